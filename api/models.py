@@ -1,0 +1,245 @@
+"""Tables (``table=True``) and the separate models the API reads and writes.
+
+Identifiers are 32-character hex strings, so they can name workflows before anything runs.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import Field as PydanticField
+from sqlalchemy import JSON, BigInteger, Column, DateTime, String, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from core.contracts.engineering import EngineeringAction
+from core.contracts.events import EventType, TaskStatus
+from core.ids import new_id
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class TaskType(StrEnum):
+    engineering = "engineering"
+    deploy = "deploy"
+
+
+class ProjectStatus(StrEnum):
+    new = "NEW"
+    scaffolding = "SCAFFOLDING"
+    ready = "READY"
+    failed = "FAILED"
+
+
+# --- tables -------------------------------------------------------------------------------------
+
+
+class User(SQLModel, table=True):
+    __tablename__ = "users"
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    name: str = Field(max_length=200)
+    telegram_id: int | None = Field(default=None, unique=True, index=True, sa_type=BigInteger)
+    is_admin: bool = False
+    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+
+
+class ApiKey(SQLModel, table=True):
+    __tablename__ = "api_keys"
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    user_id: str = Field(foreign_key="users.id", index=True, max_length=32)
+    name: str = Field(max_length=200)
+    prefix: str = Field(unique=True, index=True, max_length=32)
+    key_hash: str = Field(max_length=128)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+    last_used_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+    revoked_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+
+
+class Project(SQLModel, table=True):
+    __tablename__ = "projects"
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    name: str = Field(index=True, max_length=100)
+    description: str = ""
+    modules: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    status: ProjectStatus = Field(default=ProjectStatus.new, sa_type=String(20))
+    repo_full_name: str | None = Field(default=None, max_length=200)
+    repository: str | None = Field(default=None, description="Clone URL of the repository")
+    owner_id: str = Field(foreign_key="users.id", index=True, max_length=32)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+
+
+class Task(SQLModel, table=True):
+    __tablename__ = "tasks"
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    type: TaskType = Field(index=True, sa_type=String(20))
+    project_id: str = Field(foreign_key="projects.id", index=True, max_length=32)
+    user_id: str = Field(foreign_key="users.id", index=True, max_length=32)
+    status: TaskStatus = Field(default=TaskStatus.queued, index=True, sa_type=String(20))
+    action: str = Field(default=EngineeringAction.feature, max_length=20)
+    spec: str = ""
+    details: dict[str, Any] = Field(
+        default_factory=dict, sa_column=Column("metadata", JSON, nullable=False)
+    )
+    result: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    error: str | None = None
+    workflow_id: str = Field(index=True, max_length=200)
+    correlation_id: str = Field(default_factory=new_id, max_length=64)
+    callback_stream: str | None = Field(default=None, max_length=200)
+    retry_of: str | None = Field(default=None, max_length=32)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+    started_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+    completed_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+
+
+class TaskEventRow(SQLModel, table=True):
+    __tablename__ = "task_events"
+    __table_args__ = (UniqueConstraint("task_id", "seq"),)
+    id: int | None = Field(default=None, primary_key=True)
+    task_id: str = Field(foreign_key="tasks.id", index=True, max_length=32)
+    seq: int
+    type: EventType = Field(sa_type=String(30))
+    status: TaskStatus = Field(sa_type=String(20))
+    stage: str | None = Field(default=None, max_length=50)
+    message: str = ""
+    progress: float | None = None
+    data: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+
+
+class OutboxMessage(SQLModel, table=True):
+    """A stream entry written in the same transaction as the change it announces.
+
+    A relay XADDs it and marks it published, so a crash between the commit and the XADD delays
+    the message but never loses it. Consumers deduplicate (deterministic workflow IDs, event seq).
+    """
+
+    __tablename__ = "outbox"
+    id: int | None = Field(default=None, primary_key=True)
+    stream: str = Field(max_length=200)
+    fields: dict[str, str] = Field(sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+    published_at: datetime | None = Field(
+        default=None,
+        sa_type=DateTime(timezone=True),  # type: ignore[call-overload]
+        index=True,
+    )
+
+
+# --- what the API reads and writes --------------------------------------------------------------
+
+
+class ReadModel(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _utc(cls, value: Any) -> Any:
+        # SQLite hands timestamps back without their zone; they were written in UTC.
+        if isinstance(value, datetime) and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+class UserCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = PydanticField(min_length=1, max_length=200)
+    telegram_id: int | None = None
+    is_admin: bool = False
+
+
+class UserRead(ReadModel):
+    id: str
+    name: str
+    telegram_id: int | None
+    is_admin: bool
+    created_at: datetime
+
+
+class ApiKeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = PydanticField(min_length=1, max_length=200)
+    user_id: str | None = PydanticField(
+        default=None, description="Admins may create keys for others"
+    )
+
+
+class ApiKeyRead(ReadModel):
+    id: str
+    user_id: str
+    name: str
+    prefix: str
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+class ApiKeyCreated(ApiKeyRead):
+    key: str = PydanticField(description="The key itself; shown once, stored only as a hash")
+
+
+class ProjectCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = PydanticField(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    description: str = PydanticField(default="", max_length=10_000)
+    modules: list[str] = PydanticField(default_factory=lambda: ["backend"])
+
+
+class ProjectRead(ReadModel):
+    id: str
+    name: str
+    description: str
+    modules: list[str]
+    status: ProjectStatus
+    repo_full_name: str | None
+    repository: str | None
+    owner_id: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class TaskCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: TaskType = TaskType.engineering
+    project_id: str = PydanticField(min_length=1, max_length=32)
+    spec: str = PydanticField(min_length=1, max_length=100_000)
+    action: EngineeringAction = EngineeringAction.feature
+    callback_stream: str | None = PydanticField(default=None, max_length=200)
+
+
+class TaskRead(ReadModel):
+    id: str
+    type: TaskType
+    project_id: str
+    user_id: str
+    status: TaskStatus
+    action: str
+    spec: str
+    details: dict[str, Any]
+    result: dict[str, Any] | None
+    error: str | None
+    workflow_id: str
+    correlation_id: str
+    callback_stream: str | None
+    retry_of: str | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+
+
+class TaskEventRead(ReadModel):
+    task_id: str
+    seq: int
+    type: EventType
+    status: TaskStatus
+    stage: str | None
+    message: str
+    progress: float | None
+    data: dict[str, Any]
+    created_at: datetime

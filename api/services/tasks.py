@@ -1,0 +1,234 @@
+"""Tasks: creation with their queue message, status changes and progress events.
+
+The API routes and the Temporal activities both change tasks through this one service, so a task
+moves through its states the same way whoever moves it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from redis.asyncio import Redis
+from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import col, func, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from api.db import Database
+from api.models import Project, Task, TaskCreate, TaskEventRow, TaskType, utcnow
+from api.services import outbox
+from core.contracts.engineering import ENGINEERING_QUEUE, EngineeringMessage
+from core.contracts.events import TERMINAL_STATUSES, EventType, TaskEvent, TaskStatus
+from core.ids import engineering_workflow_id, new_id, task_progress_stream
+from core.logging import get_logger
+
+log = get_logger(__name__)
+
+TERMINAL_EVENT_OF = {
+    TaskStatus.completed: EventType.completed,
+    TaskStatus.failed: EventType.failed,
+    TaskStatus.cancelled: EventType.cancelled,
+}
+
+
+class TaskNotFound(LookupError):
+    pass
+
+
+class TaskService:
+    def __init__(self, db: Database, redis: Redis) -> None:
+        self.db = db
+        self.redis = redis
+
+    async def get(self, task_id: str) -> Task:
+        async with self.db.session() as session:
+            task = await session.get(Task, task_id)
+        if task is None:
+            raise TaskNotFound(task_id)
+        return task
+
+    async def create(
+        self, data: TaskCreate, *, user_id: str, project: Project, retry_of: str | None = None
+    ) -> Task:
+        """Write the task and its queue message in one transaction, then try to send it."""
+        if data.type is not TaskType.engineering:
+            raise ValueError(f"{data.type} tasks cannot be created yet")
+        task_id = new_id()
+        task = Task(
+            id=task_id,
+            type=data.type,
+            project_id=project.id,
+            user_id=user_id,
+            action=data.action,
+            spec=data.spec,
+            workflow_id=engineering_workflow_id(task_id),
+            callback_stream=data.callback_stream,
+            retry_of=retry_of,
+        )
+        message = EngineeringMessage(
+            task_id=task.id,
+            project_id=project.id,
+            user_id=user_id,
+            action=data.action,
+            correlation_id=task.correlation_id,
+            callback_stream=data.callback_stream,
+        )
+        async with self.db.session() as session:
+            session.add(task)
+            queued = outbox.enqueue(session, ENGINEERING_QUEUE, message.to_fields())
+            await session.commit()
+        await self._publish([queued.id])
+        log.info("task created", task_id=task.id, workflow_id=task.workflow_id)
+        return task
+
+    async def start(self, task_id: str) -> Task | None:
+        """QUEUED -> RUNNING. None when the task was cancelled (or finished) before it started."""
+        async with self.db.session() as session:
+            changed = await self._transition(
+                session, task_id, TaskStatus.running, [TaskStatus.queued], started_at=utcnow()
+            )
+            task = await session.get(Task, task_id)
+            if task is None:
+                raise TaskNotFound(task_id)
+            if changed:
+                await self._add_event(session, task, EventType.started, "Task started")
+            await session.commit()
+        await self.flush()
+        if task.status in TERMINAL_STATUSES:
+            return None
+        return task
+
+    async def add_event(
+        self,
+        task_id: str,
+        type: EventType,
+        message: str,
+        *,
+        stage: str | None = None,
+        progress: float | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> TaskEvent:
+        async with self.db.session() as session:
+            task = await session.get(Task, task_id)
+            if task is None:
+                raise TaskNotFound(task_id)
+            event = await self._add_event(
+                session, task, type, message, stage=stage, progress=progress, data=data
+            )
+            await session.commit()
+        await self.flush()
+        return event
+
+    async def finish(
+        self,
+        task_id: str,
+        status: TaskStatus,
+        *,
+        message: str,
+        result: dict[str, Any] | None = None,
+        error: str | None = None,
+    ) -> bool:
+        """Move a task to a terminal status once; a second call changes nothing."""
+        if status not in TERMINAL_STATUSES:
+            raise ValueError(f"{status} is not a terminal status")
+        allowed = [s for s in TaskStatus if s not in TERMINAL_STATUSES]
+        async with self.db.session() as session:
+            changed = await self._transition(
+                session,
+                task_id,
+                status,
+                allowed,
+                result=result,
+                error=error,
+                completed_at=utcnow(),
+            )
+            if changed:
+                task = await session.get(Task, task_id)
+                assert task is not None
+                await self._add_event(
+                    session,
+                    task,
+                    TERMINAL_EVENT_OF[status],
+                    message,
+                    progress=1.0,
+                    data={"result": result} if result else {"error": error} if error else {},
+                )
+            await session.commit()
+        await self.flush()
+        return changed
+
+    async def flush(self) -> None:
+        """Send what this process committed; the API's relay sends it later if Redis is away."""
+        await self._publish(None)
+
+    async def _publish(self, ids: list[int | None] | None) -> None:
+        try:
+            await outbox.publish(self.db, self.redis, [i for i in ids if i] if ids else None)
+        except Exception as exc:  # the relay retries; the commit already made it durable
+            log.warning("outbox publish deferred", error=str(exc))
+
+    async def _transition(
+        self,
+        session: AsyncSession,
+        task_id: str,
+        to: TaskStatus,
+        from_: Iterable[TaskStatus],
+        **values: Any,
+    ) -> bool:
+        result = await session.exec(
+            update(Task)
+            .where(col(Task.id) == task_id, col(Task.status).in_(list(from_)))
+            .values(status=to, updated_at=utcnow(), **values)
+        )
+        session.expire_all()
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def _add_event(
+        self,
+        session: AsyncSession,
+        task: Task,
+        type: EventType,
+        message: str,
+        *,
+        stage: str | None = None,
+        progress: float | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> TaskEvent:
+        last = await session.exec(
+            select(func.max(TaskEventRow.seq)).where(TaskEventRow.task_id == task.id)
+        )
+        seq = (last.one() or 0) + 1
+        row = TaskEventRow(
+            task_id=task.id,
+            seq=seq,
+            type=type,
+            status=task.status,
+            stage=stage,
+            message=message,
+            progress=progress,
+            data=data or {},
+        )
+        session.add(row)
+        try:
+            await session.flush()
+        except IntegrityError:
+            raise RuntimeError(f"event {seq} of task {task.id} was written twice") from None
+        event = TaskEvent(
+            task_id=task.id,
+            seq=seq,
+            type=type,
+            status=task.status,
+            stage=stage,
+            message=message,
+            progress=progress,
+            data=data or {},
+            correlation_id=task.correlation_id,
+            workflow_id=task.workflow_id,
+            timestamp=row.created_at,
+        )
+        fields = {"data": event.model_dump_json()}
+        outbox.enqueue(session, task_progress_stream(task.id), fields)
+        if task.callback_stream:
+            outbox.enqueue(session, task.callback_stream, fields)
+        return event

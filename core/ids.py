@@ -1,0 +1,37 @@
+"""Deterministic workflow IDs: the API can name a run before any bridge has started it."""
+
+from __future__ import annotations
+
+import uuid
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def engineering_workflow_id(task_id: str) -> str:
+    return f"engineering-{task_id}"
+
+
+def deploy_workflow_id(task_id: str) -> str:
+    return f"deploy-{task_id}"
+
+
+def scaffold_workflow_id(project_id: str) -> str:
+    return f"scaffold-{project_id}"
+
+
+def provision_workflow_id(server_handle: str) -> str:
+    return f"provision-{server_handle}"
+
+
+def ansible_deploy_workflow_id(request_id: str) -> str:
+    return f"ansible-deploy-{request_id}"
+
+
+def worker_workflow_id(worker_id: str) -> str:
+    return f"worker-{worker_id}"
+
+
+def task_progress_stream(task_id: str) -> str:
+    return f"task_progress:{task_id}"

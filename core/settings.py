@@ -1,0 +1,129 @@
+"""Settings for every process, read from ``ORCHESTRATOR_*`` variables.
+
+The defaults describe the embedded stack: everything lives under ``ORCHESTRATOR_HOME`` and every
+server binds to loopback on a port of its own. Pointing ``TEMPORAL_ADDRESS``, ``REDIS_URL`` or
+``DATABASE_URL`` at existing servers makes ``orchestrator up`` use them instead of starting its own.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _env(name: str) -> AliasChoices:
+    """Accept both ``ORCHESTRATOR_NAME`` and the bare, conventional ``NAME``."""
+    return AliasChoices(f"ORCHESTRATOR_{name}", name)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ORCHESTRATOR_", extra="ignore")
+
+    home: Path = Field(default=Path("~/.orchestrator"), description="Where all state lives")
+    host: str = "127.0.0.1"
+
+    # Ports of the embedded stack.
+    api_port: int = 8710
+    temporal_port: int = 7233
+    temporal_ui_port: int = 8233
+    redis_port: int = 6479
+
+    # Existing servers instead of the embedded ones.
+    database_url: str | None = Field(default=None, validation_alias=_env("DATABASE_URL"))
+    redis_url: str | None = Field(default=None, validation_alias=_env("REDIS_URL"))
+    temporal_address: str | None = Field(default=None, validation_alias=_env("TEMPORAL_ADDRESS"))
+    temporal_namespace: str = "default"
+    temporal_task_queue: str = "orchestrator"
+    temporal_api_key: SecretStr | None = None
+    temporal_tls: bool = False
+    temporal_tls_server_name: str | None = None
+    temporal_tls_ca_cert: Path | None = None
+    temporal_tls_client_cert: Path | None = None
+    temporal_tls_client_key: Path | None = None
+    temporal_ui_url: str | None = Field(
+        default=None, description="Base URL of the Temporal Web UI, for links"
+    )
+
+    # The API as its clients see it.
+    api_url: str | None = Field(default=None, validation_alias=_env("API_URL"))
+    api_key: SecretStr | None = Field(default=None, validation_alias=_env("API_KEY"))
+
+    # Bridges.
+    bridge_claim_idle_ms: int = Field(
+        default=30_000, description="Claim messages a dead consumer left pending this long"
+    )
+    bridge_batch: int = 100
+    bridge_block_ms: int = 1000
+
+    log_level: str = "INFO"
+
+    @cached_property
+    def home_dir(self) -> Path:
+        return self.home.expanduser().resolve()
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.home_dir / "logs"
+
+    @property
+    def forge_dir(self) -> Path:
+        return self.home_dir / "forge"
+
+    @property
+    def api_key_file(self) -> Path:
+        return self.home_dir / "api_key"
+
+    @property
+    def state_file(self) -> Path:
+        return self.home_dir / "stack.json"
+
+    @property
+    def temporal_db_file(self) -> Path:
+        return self.home_dir / "temporal.sqlite"
+
+    @property
+    def redis_dir(self) -> Path:
+        return self.home_dir / "redis"
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.home_dir / 'orchestrator.db'}"
+
+    @property
+    def effective_redis_url(self) -> str:
+        return self.redis_url or f"redis://{self.host}:{self.redis_port}/0"
+
+    @property
+    def effective_temporal_address(self) -> str:
+        return self.temporal_address or f"{self.host}:{self.temporal_port}"
+
+    @property
+    def effective_api_url(self) -> str:
+        return (self.api_url or f"http://{self.host}:{self.api_port}").rstrip("/")
+
+    @property
+    def effective_temporal_ui_url(self) -> str:
+        return (self.temporal_ui_url or f"http://{self.host}:{self.temporal_ui_port}").rstrip("/")
+
+    def workflow_url(self, workflow_id: str) -> str:
+        """A link that opens the run's timeline in the Temporal Web UI."""
+        return (
+            f"{self.effective_temporal_ui_url}/namespaces/{self.temporal_namespace}"
+            f"/workflows/{workflow_id}"
+        )
+
+    def read_api_key(self) -> str | None:
+        """The key from the environment, else the bootstrap key ``up`` wrote into the home."""
+        if self.api_key is not None:
+            return self.api_key.get_secret_value()
+        try:
+            return self.api_key_file.read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+
+def get_settings() -> Settings:
+    return Settings()

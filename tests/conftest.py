@@ -1,0 +1,136 @@
+"""Session-scoped real servers shared by the whole suite: Temporal, Redis, PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+import pytest_asyncio
+from redis.asyncio import Redis
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from api.db import Database
+from api.migrate import upgrade_async
+from core.temporal import SEARCH_ATTRIBUTES
+from tests import servers
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    # The Temporal core runtime can abort at interpreter exit (sdk-python #300): leave at once.
+    os._exit(config._exit_status if hasattr(config, "_exit_status") else 0)  # type: ignore[attr-defined]
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    session.config._exit_status = exitstatus  # type: ignore[attr-defined]
+
+
+@pytest_asyncio.fixture(scope="session")
+async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=str(servers.TEMPORAL_BIN),
+        data_converter=pydantic_data_converter,
+        search_attributes=SEARCH_ATTRIBUTES,
+        dev_server_extra_args=servers.TEMPORAL_SQLITE_PRAGMAS,
+    )
+    try:
+        yield env
+    finally:
+        await env.shutdown()
+
+
+@pytest.fixture
+def temporal_client(temporal_env: WorkflowEnvironment) -> Client:
+    return temporal_env.client
+
+
+@pytest.fixture(scope="session")
+def temporal_address(temporal_env: WorkflowEnvironment) -> str:
+    return temporal_env.client.service_client.config.target_host
+
+
+@pytest_asyncio.fixture(scope="session")
+async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
+    env = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=str(servers.TEMPORAL_TEST_SERVER_BIN),
+        data_converter=pydantic_data_converter,
+    )
+    try:
+        yield env
+    finally:
+        await env.shutdown()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    with servers.redis_server() as url:
+        yield url
+
+
+@pytest_asyncio.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url)
+    await client.flushdb()
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url() -> Iterator[str]:
+    with servers.postgres_server() as url:
+        yield url
+
+
+async def _fresh_postgres_database(server_url: str) -> str:
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(server_url.replace("postgresql+asyncpg", "postgresql"))
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return f"{server_url}/{name}"
+
+
+@pytest_asyncio.fixture(params=["sqlite", "postgresql"])
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A migrated, empty database: SQLite (the embedded default) and PostgreSQL."""
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'orchestrator.db'}"
+    else:
+        url = await _fresh_postgres_database(request.getfixturevalue("postgres_server_url"))
+    await upgrade_async(url)
+    return url
+
+
+@pytest_asyncio.fixture
+async def sqlite_database_url(tmp_path: Path) -> str:
+    """A migrated SQLite database, for tests that need one database and not both."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'orchestrator.db'}"
+    await upgrade_async(url)
+    return url
+
+
+@pytest_asyncio.fixture
+async def database(database_url: str) -> AsyncIterator[Database]:
+    db = Database(database_url)
+    try:
+        yield db
+    finally:
+        await db.dispose()
+
+
+@pytest_asyncio.fixture
+async def sqlite_database(sqlite_database_url: str) -> AsyncIterator[Database]:
+    db = Database(sqlite_database_url)
+    try:
+        yield db
+    finally:
+        await db.dispose()
