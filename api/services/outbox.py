@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from redis.asyncio import Redis
 from sqlalchemy import update
@@ -37,7 +38,8 @@ async def publish(db: Database, redis: Redis, ids: list[int] | None = None) -> i
         sent = 0
         for message in pending:
             crash_point("outbox.before_xadd")
-            await redis.xadd(message.stream, message.fields, maxlen=STREAM_MAXLEN, approximate=True)
+            fields: dict[Any, Any] = dict(message.fields)
+            await redis.xadd(message.stream, fields, maxlen=STREAM_MAXLEN, approximate=True)
             await session.exec(
                 update(OutboxMessage)
                 .where(col(OutboxMessage.id) == message.id)

@@ -34,7 +34,7 @@ def utcnow() -> datetime:
 
 
 class Envelope(Strict):
-    version: Literal["1"] = Field(default=CONTRACT_VERSION, description="Contract version")
+    version: Literal["1"] = Field(default="1", description="Contract version")
     correlation_id: str = Field(default_factory=new_id, description="Ties a whole conversation")
     timestamp: datetime = Field(default_factory=utcnow)
     request_id: str = Field(default_factory=new_id, description="Unique per message")

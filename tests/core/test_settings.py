@@ -1,0 +1,43 @@
+"""Settings: the embedded default, and existing servers chosen by environment alone."""
+
+from pathlib import Path
+
+from core.settings import Settings
+
+
+def test_defaults_describe_the_embedded_stack(monkeypatch, tmp_path):
+    for name in ("DATABASE_URL", "REDIS_URL", "TEMPORAL_ADDRESS", "ORCHESTRATOR_API_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("ORCHESTRATOR_HOME", str(tmp_path))
+    settings = Settings()
+    assert settings.home_dir == tmp_path
+    assert settings.effective_database_url == f"sqlite+aiosqlite:///{tmp_path / 'orchestrator.db'}"
+    assert settings.effective_redis_url.startswith("redis://127.0.0.1:")
+    assert settings.effective_temporal_address == f"127.0.0.1:{settings.temporal_port}"
+    assert settings.workflow_url("engineering-x").endswith(
+        "/namespaces/default/workflows/engineering-x"
+    )
+
+
+def test_existing_servers_and_ports_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv("DATABASE_URL", "postgresql+asyncpg://u@db/orch")
+    monkeypatch.setenv("REDIS_URL", "redis://cache:6379/2")
+    monkeypatch.setenv("ORCHESTRATOR_TEMPORAL_ADDRESS", "temporal.example:7233")
+    monkeypatch.setenv("ORCHESTRATOR_TEMPORAL_NAMESPACE", "prod.abc12")
+    monkeypatch.setenv("ORCHESTRATOR_API_PORT", "9999")
+    settings = Settings()
+    assert settings.effective_database_url == "postgresql+asyncpg://u@db/orch"
+    assert settings.effective_redis_url == "redis://cache:6379/2"
+    assert settings.effective_temporal_address == "temporal.example:7233"
+    assert settings.temporal_namespace == "prod.abc12"
+    assert settings.effective_api_url == "http://127.0.0.1:9999"
+
+
+def test_the_cli_finds_the_bootstrap_key_in_the_home(monkeypatch, tmp_path: Path):
+    monkeypatch.delenv("ORCHESTRATOR_API_KEY", raising=False)
+    monkeypatch.setenv("ORCHESTRATOR_HOME", str(tmp_path))
+    assert Settings().read_api_key() is None
+    (tmp_path / "api_key").write_text("orch_abc_secret\n")
+    assert Settings().read_api_key() == "orch_abc_secret"
+    monkeypatch.setenv("ORCHESTRATOR_API_KEY", "orch_env_key")
+    assert Settings().read_api_key() == "orch_env_key"
