@@ -16,6 +16,7 @@ bound_context = structlog.contextvars.bound_contextvars
 
 def _lift_temporal_context(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
     """Temporal's loggers put workflow and activity details in ``extra``; name them plainly."""
+    event.pop("color_message", None)  # uvicorn's copy of the message with terminal colours
     for key in ("temporal_workflow", "temporal_activity"):
         details = event.pop(key, None)
         if isinstance(details, dict):

@@ -49,14 +49,24 @@ class TaskService:
         return task
 
     async def create(
-        self, data: TaskCreate, *, user_id: str, project: Project, retry_of: str | None = None
+        self,
+        data: TaskCreate,
+        *,
+        user_id: str,
+        project: Project,
+        retry_of: str | None = None,
+        correlation_id: str | None = None,
     ) -> Task:
-        """Write the task and its queue message in one transaction, then try to send it."""
+        """Write the task and its queue message in one transaction, then try to send it.
+
+        ``correlation_id`` ties the task to the conversation that asked for it (a new one if None).
+        """
         if data.type is not TaskType.engineering:
             raise ValueError(f"{data.type} tasks cannot be created yet")
         task_id = new_id()
         task = Task(
             id=task_id,
+            correlation_id=correlation_id or new_id(),
             type=data.type,
             project_id=project.id,
             user_id=user_id,

@@ -1,0 +1,23 @@
+# install: system packages, .venv and the project (idempotent, quiet when nothing changed)
+# run:     the main job: a demo engineering task on the embedded stack
+# test:    the whole test suite, then a quick bridge throughput check
+# lint:    ruff and mypy
+.PHONY: install run test lint
+
+VENV := .venv
+BIN := $(VENV)/bin
+
+install:
+	@bash scripts/install.sh
+
+run: install
+	$(BIN)/orchestrator demo
+
+test: install
+	$(BIN)/pytest
+	$(BIN)/python bench/bridge_throughput.py --quick
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy

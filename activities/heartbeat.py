@@ -1,0 +1,55 @@
+"""Heartbeats for activities whose work blocks: a dead worker is noticed, a cancel gets through."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
+
+from temporalio import activity
+
+T = TypeVar("T")
+
+DEFAULT_INTERVAL = 2.0
+
+
+def _interval() -> float:
+    # Beat several times per heartbeat timeout, so one late beat does not time the activity out.
+    timeout = activity.info().heartbeat_timeout
+    if timeout is None:
+        return DEFAULT_INTERVAL
+    return max(0.1, min(DEFAULT_INTERVAL, timeout.total_seconds() / 4))
+
+
+@contextlib.asynccontextmanager
+async def heartbeating(*details: Any) -> AsyncIterator[None]:
+    """Heartbeat in the background while the body runs.
+
+    The server learns within the heartbeat timeout that a killed worker's activity is gone (and
+    retries it elsewhere), and a cancellation reaches the activity with the next heartbeat.
+    """
+
+    async def beat() -> None:
+        interval = _interval()
+        while True:
+            activity.heartbeat(*details)
+            await asyncio.sleep(interval)
+
+    task = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def run_blocking(function: Callable[..., T], *args: Any) -> T:
+    """Run blocking work (git, copier) in a thread and keep heartbeating until it returns.
+
+    A cancelled activity stops waiting at once; the thread finishes its step on its own, which is
+    why blocking work run this way must be idempotent.
+    """
+    async with heartbeating(getattr(function, "__name__", "work")):
+        return await asyncio.to_thread(function, *args)

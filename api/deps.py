@@ -1,0 +1,122 @@
+"""What routes depend on, as ``Annotated`` aliases: the database session, the caller, services."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from redis.asyncio import Redis
+from sqlmodel.ext.asyncio.session import AsyncSession
+from temporalio.client import Client
+
+from api.db import Database
+from api.models import User
+from api.problems import Forbidden, ServiceUnavailable, Unauthorized
+from api.services import users
+from api.services.tasks import TaskService
+from core import temporal
+from core.logging import bind_context, get_logger
+from core.settings import Settings
+
+log = get_logger(__name__)
+
+TEMPORAL_CONNECT_TIMEOUT = 10.0
+
+
+@dataclass
+class Runtime:
+    """The parts one app instance runs on; kept on ``app.state.runtime``."""
+
+    settings: Settings
+    db: Database
+    redis: Redis
+    tasks: TaskService
+    temporal: Client | None = None
+    sse_ping: float = 15.0
+    sse_wait: float = 5.0
+    sse_streams: int = 0  # open event streams, so a test can see them close
+    temporal_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def temporal_client(self) -> Client:
+        """Connect on first need: the API serves everything else while Temporal is away."""
+        if self.temporal is not None:
+            return self.temporal
+        async with self.temporal_lock:
+            if self.temporal is None:
+                try:
+                    self.temporal = await asyncio.wait_for(
+                        temporal.connect(self.settings), TEMPORAL_CONNECT_TIMEOUT
+                    )
+                except Exception as exc:
+                    log.warning("cannot reach Temporal", error=str(exc))
+                    address = self.settings.effective_temporal_address
+                    raise ServiceUnavailable(
+                        f"Temporal at {address} is not reachable; try again shortly"
+                    ) from exc
+        return self.temporal
+
+
+def get_runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+AppRuntime = Annotated[Runtime, Depends(get_runtime)]
+
+
+async def get_session(runtime: AppRuntime) -> AsyncIterator[AsyncSession]:
+    async with runtime.db.session() as session:
+        yield session
+
+
+DbSession = Annotated[AsyncSession, Depends(get_session)]
+
+_bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <API key>`")
+_api_key_header = APIKeyHeader(
+    name="X-API-Key", auto_error=False, description="The API key in a header of its own"
+)
+
+
+async def current_user(
+    session: DbSession,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    header_key: Annotated[str | None, Depends(_api_key_header)],
+) -> User:
+    key = bearer.credentials if bearer is not None else header_key
+    if not key:
+        raise Unauthorized("an API key is required: send 'Authorization: Bearer <key>'")
+    user = await users.authenticate(session, key.strip())
+    if user is None:
+        raise Unauthorized("the API key is invalid or revoked")
+    bind_context(user_id=user.id)
+    return user
+
+
+CurrentUser = Annotated[User, Depends(current_user)]
+
+
+async def admin_user(user: CurrentUser) -> User:
+    if not user.is_admin:
+        raise Forbidden("only an admin may do this")
+    return user
+
+
+AdminUser = Annotated[User, Depends(admin_user)]
+
+
+def get_tasks(runtime: AppRuntime) -> TaskService:
+    return runtime.tasks
+
+
+Tasks = Annotated[TaskService, Depends(get_tasks)]
+
+
+async def get_temporal(runtime: AppRuntime) -> Client:
+    return await runtime.temporal_client()
+
+
+TemporalClient = Annotated[Client, Depends(get_temporal)]

@@ -1,0 +1,33 @@
+"""Projects: what the engineering and deploy pipelines work on."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, status
+
+from api.deps import CurrentUser, DbSession
+from api.models import ProjectCreate, ProjectRead
+from api.problems import problem_responses
+from api.services import projects
+
+router = APIRouter(prefix="/projects", tags=["projects"])
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    summary="Create a project",
+    responses=problem_responses(409),
+)
+async def create_project(data: ProjectCreate, user: CurrentUser, session: DbSession) -> ProjectRead:
+    project = await projects.create_project(session, data, owner_id=user.id)
+    return ProjectRead.model_validate(project)
+
+
+@router.get("", summary="All projects, newest first")
+async def list_projects(session: DbSession) -> list[ProjectRead]:
+    return [ProjectRead.model_validate(p) for p in await projects.list_projects(session)]
+
+
+@router.get("/{id_or_name}", summary="One project, by id or name", responses=problem_responses(404))
+async def get_project(id_or_name: str, session: DbSession) -> ProjectRead:
+    return ProjectRead.model_validate(await projects.get_project(session, id_or_name))

@@ -1,0 +1,39 @@
+"""Users: who the caller is; admins manage the others."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, status
+
+from api.deps import AdminUser, CurrentUser, DbSession
+from api.models import UserCreate, UserRead
+from api.problems import Forbidden, problem_responses
+from api.services import users
+
+router = APIRouter(prefix="/users", tags=["users"], responses=problem_responses(403))
+
+
+@router.get("/me", summary="The caller")
+async def me(user: CurrentUser) -> UserRead:
+    return UserRead.model_validate(user)
+
+
+@router.get("", summary="All users (admin)")
+async def list_users(_: AdminUser, session: DbSession) -> list[UserRead]:
+    return [UserRead.model_validate(user) for user in await users.list_users(session)]
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    summary="Create a user (admin)",
+    responses=problem_responses(409),
+)
+async def create_user(data: UserCreate, _: AdminUser, session: DbSession) -> UserRead:
+    return UserRead.model_validate(await users.create_user(session, data))
+
+
+@router.get("/{user_id}", summary="One user (the caller, or any for an admin)")
+async def get_user(user_id: str, caller: CurrentUser, session: DbSession) -> UserRead:
+    if user_id != caller.id and not caller.is_admin:
+        raise Forbidden("only an admin may read other users")
+    return UserRead.model_validate(await users.get_user(session, user_id))

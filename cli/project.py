@@ -1,0 +1,102 @@
+"""``orchestrator project``: create, list and show projects."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from cli.client import ApiClient
+from cli.output import JsonOption, Output, command
+
+app = typer.Typer(help="Projects: create, list, show.", no_args_is_help=True)
+
+
+def parse_modules(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    return [module.strip() for module in value.split(",") if module.strip()]
+
+
+def render_project(out: Output, project: dict[str, Any]) -> None:
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column()
+    for label, key in (
+        ("project", "name"),
+        ("id", "id"),
+        ("status", "status"),
+        ("modules", "modules"),
+        ("repository", "repository"),
+        ("description", "description"),
+        ("created", "created_at"),
+    ):
+        value = project.get(key)
+        if isinstance(value, list):
+            value = ", ".join(value)
+        if value:
+            table.add_row(label, escape(str(value)))
+    out.console.print(table)
+
+
+@command(app, "create")
+def create(
+    name: Annotated[str, typer.Option(help="Unique name: letters, digits, '.', '_', '-'.")],
+    modules: Annotated[
+        str | None, typer.Option(help="Comma-separated modules, e.g. backend,tg_bot.")
+    ] = None,
+    description: Annotated[str, typer.Option(help="What the project is for.")] = "",
+    json_output: JsonOption = False,
+) -> None:
+    """Create a project."""
+    out = Output(json_output)
+    body: dict[str, Any] = {"name": name, "description": description}
+    if (parsed := parse_modules(modules)) is not None:
+        body["modules"] = parsed
+    with ApiClient() as client:
+        project = client.post("/projects", body)
+    out.emit(
+        project,
+        lambda: out.console.print(
+            f"Created project [bold]{escape(project['name'])}[/bold] ({project['id']})"
+        ),
+    )
+
+
+@command(app, "list")
+def list_projects(json_output: JsonOption = False) -> None:
+    """All projects."""
+    out = Output(json_output)
+    with ApiClient() as client:
+        projects = client.get("/projects")
+
+    def render() -> None:
+        if not projects:
+            out.console.print("No projects yet: `orchestrator project create --name NAME`.")
+            return
+        table = Table("name", "id", "status", "modules", "repository")
+        for project in projects:
+            table.add_row(
+                escape(project["name"]),
+                project["id"],
+                project["status"],
+                ", ".join(project.get("modules") or []),
+                escape(project.get("repository") or ""),
+            )
+        out.console.print(table)
+
+    out.emit(projects, render)
+
+
+@command(app, "show")
+def show(
+    project: Annotated[str, typer.Argument(help="Project ID or name.")],
+    json_output: JsonOption = False,
+) -> None:
+    """One project."""
+    out = Output(json_output)
+    with ApiClient() as client:
+        found = client.project(project)
+    out.emit(found, lambda: render_project(out, found))

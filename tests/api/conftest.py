@@ -1,0 +1,125 @@
+"""The API on real parts: each test's database (SQLite and PostgreSQL), Redis and Temporal."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest_asyncio
+import uvicorn
+from fastapi import FastAPI
+from redis.asyncio import Redis
+from temporalio.client import Client
+
+from api.app import create_app
+from api.bootstrap import ensure_admin_key
+from api.db import Database
+from api.deps import Runtime
+from core.settings import Settings
+from tests.servers import free_port
+
+MakeClient = Callable[..., Awaitable[httpx.AsyncClient]]
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+@pytest_asyncio.fixture
+async def app(
+    database: Database, redis: Redis, temporal_client: Client, tmp_path: Path
+) -> AsyncIterator[FastAPI]:
+    """The app with its lifespan running (the outbox relay included)."""
+    application = create_app(
+        Settings(home=tmp_path),
+        database=database,
+        redis=redis,
+        temporal=temporal_client,
+        sse_ping=0.2,
+        sse_wait=0.5,
+    )
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+def runtime_of(app: FastAPI) -> Runtime:
+    runtime: Runtime = app.state.runtime
+    return runtime
+
+
+@pytest_asyncio.fixture
+async def admin_key(database: Database, tmp_path: Path) -> str:
+    return await ensure_admin_key(database, tmp_path / "api_key")
+
+
+@pytest_asyncio.fixture
+async def make_client(app: FastAPI) -> AsyncIterator[MakeClient]:
+    """Clients of the app in this process; ``key`` sets the Authorization header."""
+    clients: list[httpx.AsyncClient] = []
+
+    async def make(
+        key: str | None = None, headers: dict[str, str] | None = None
+    ) -> httpx.AsyncClient:
+        client = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app),
+            base_url="http://api",
+            headers={**(auth(key) if key else {}), **(headers or {})},
+        )
+        clients.append(client)
+        return client
+
+    try:
+        yield make
+    finally:
+        for client in clients:
+            await client.aclose()
+
+
+@pytest_asyncio.fixture
+async def admin(make_client: MakeClient, admin_key: str) -> httpx.AsyncClient:
+    return await make_client(admin_key)
+
+
+@pytest_asyncio.fixture
+async def user_key(admin: httpx.AsyncClient) -> str:
+    """The key of a user who is not an admin."""
+    created = await admin.post("/users", json={"name": "dev"})
+    assert created.status_code == 201, created.text
+    key = await admin.post("/api-keys", json={"name": "dev", "user_id": created.json()["id"]})
+    assert key.status_code == 201, key.text
+    return str(key.json()["key"])
+
+
+@pytest_asyncio.fixture
+async def project(admin: httpx.AsyncClient) -> dict[str, Any]:
+    response = await admin.post("/projects", json={"name": "shop", "description": "a shop"})
+    assert response.status_code == 201, response.text
+    return dict(response.json())
+
+
+@contextlib.asynccontextmanager
+async def live_server(app: FastAPI) -> AsyncIterator[str]:
+    """The app under a real uvicorn in this event loop: real sockets, so streams really stream."""
+    port = free_port()
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="off"
+    )
+    server = uvicorn.Server(config)
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]  # pytest's own
+    serving = asyncio.create_task(server.serve())
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if serving.done():
+            serving.result()
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        await asyncio.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(serving, 15)

@@ -1,0 +1,184 @@
+"""Record the workflow histories the replay tests check new workflow code against.
+
+    .venv/bin/python -m tests.histories.record
+
+Runs the real worker against a throwaway dev server, Redis and SQLite database, drives each path
+of the workflows once, and writes each run's history as JSON next to this file. Paths of this
+machine are replaced in the recorded payloads and stack traces, so the files can be committed.
+
+Re-record only when a change is meant to be incompatible AND no run of the old code can still be
+open anywhere; otherwise keep the old files and guard the change with ``workflow.patched``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import socket
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+from redis.asyncio import Redis
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from api.db import Database
+from api.migrate import upgrade_async
+from core.ids import scaffold_workflow_id
+from core.temporal import SEARCH_ATTRIBUTES, search_attributes
+from tests import servers
+from tests.workflows.helpers import (
+    eventually,
+    make_project,
+    make_task,
+    running_worker,
+    start_engineering,
+)
+from workflows.io import ScaffoldInput
+from workflows.scaffold import ScaffoldWorkflow
+
+HERE = Path(__file__).resolve().parent
+REPO_ROOT = HERE.parents[1]
+IDENTITY = "history-recorder"
+
+
+async def record(out_dir: Path) -> list[Path]:
+    with tempfile.TemporaryDirectory(prefix="histories-") as tmp, servers.redis_server() as url:
+        home = Path(tmp)
+        env = await WorkflowEnvironment.start_local(
+            dev_server_existing_path=str(servers.TEMPORAL_BIN),
+            data_converter=pydantic_data_converter,
+            search_attributes=SEARCH_ATTRIBUTES,
+            dev_server_extra_args=servers.TEMPORAL_SQLITE_PRAGMAS,
+        )
+        database_url = f"sqlite+aiosqlite:///{home / 'orchestrator.db'}"
+        await upgrade_async(database_url)
+        db, redis = Database(database_url), Redis.from_url(url)
+        try:
+            client = await Client.connect(
+                env.client.service_client.config.target_host,
+                data_converter=pydantic_data_converter,
+                identity=IDENTITY,
+            )
+            histories = await _run_paths(client, db, redis, home)
+            cleaner = _Cleaner(home)
+            written = []
+            for name, handle in histories.items():
+                history = await handle.fetch_history()
+                path = out_dir / f"{name}.json"
+                data = cleaner.clean(history.to_json_dict())
+                path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+                written.append(path)
+            return written
+        finally:
+            await redis.aclose()
+            await db.dispose()
+            await env.shutdown()
+
+
+async def _run_paths(
+    client: Client, db: Database, redis: Redis, home: Path
+) -> dict[str, WorkflowHandle[Any, Any]]:
+    runs: dict[str, WorkflowHandle[Any, Any]] = {}
+    options = {"identity": IDENTITY}
+
+    # A new project: the engineering run and its scaffold child; then a second task on it.
+    project = await make_project(db, name="demo")
+    async with running_worker(client, db, redis, home, **options) as queue:
+        first = await start_engineering(client, await make_task(db, redis, project), queue)
+        await first.result()
+        runs["engineering"] = first
+        runs["scaffold"] = client.get_workflow_handle(scaffold_workflow_id(project.id))
+        second = await start_engineering(client, await make_task(db, redis, project), queue)
+        await second.result()
+        runs["engineering_existing_repository"] = second
+
+    # A scaffold that fails (no template): the task fails, and so does the child.
+    broken = await make_project(db, name="broken")
+    missing = home / "no-template"
+    async with running_worker(client, db, redis, home, template_dir=missing, **options) as queue:
+        failing = await start_engineering(client, await make_task(db, redis, broken), queue)
+        try:
+            await failing.result()
+        except WorkflowFailureError:
+            pass
+        runs["engineering_failed"] = failing
+        runs["scaffold_failed"] = client.get_workflow_handle(scaffold_workflow_id(broken.id))
+
+    # Cancelled while waiting for a scaffold run that another starter began.
+    waiting = await make_project(db, name="waiting")
+    blocker = await client.start_workflow(
+        ScaffoldWorkflow.run,
+        ScaffoldInput(project_id=waiting.id),
+        id=scaffold_workflow_id(waiting.id),
+        task_queue=f"nobody-{uuid.uuid4().hex}",
+        search_attributes=search_attributes(project_id=waiting.id),
+    )
+    async with running_worker(client, db, redis, home, **options) as queue:
+        cancelled = await start_engineering(client, await make_task(db, redis, waiting), queue)
+        await eventually(lambda: _waiting(cancelled))
+        await cancelled.cancel()
+        try:
+            await cancelled.result()
+        except WorkflowFailureError:
+            pass
+        runs["engineering_cancelled"] = cancelled
+    await blocker.terminate("recorded")
+    return runs
+
+
+async def _waiting(handle: WorkflowHandle[Any, Any]) -> bool:
+    described = await handle.describe()
+    return any(
+        a.activity_type.name == "wait_for_scaffold"
+        for a in described.raw_description.pending_activities
+    )
+
+
+class _Cleaner:
+    """Replaces this machine's paths and name in every string and JSON payload of a history."""
+
+    def __init__(self, home: Path) -> None:
+        self.replacements = [
+            (str(home), "/srv/orchestrator"),
+            (str(REPO_ROOT), "/app"),
+            (sys.base_prefix, "/python"),
+            (socket.gethostname(), "host"),
+        ]
+
+    def text(self, value: str) -> str:
+        for needle, replacement in self.replacements:
+            value = value.replace(needle, replacement)
+        return value
+
+    def clean(self, value: Any) -> Any:
+        if isinstance(value, dict):
+            if "data" in value and isinstance(value.get("metadata"), dict):
+                return self._payload(value)
+            return {key: self.clean(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [self.clean(item) for item in value]
+        if isinstance(value, str):
+            return self.text(value)
+        return value
+
+    def _payload(self, payload: dict[str, Any]) -> dict[str, Any]:
+        encoding = base64.b64decode(payload["metadata"].get("encoding", "")).decode()
+        if encoding != "json/plain":
+            return payload
+        data = self.text(base64.b64decode(payload["data"]).decode())
+        return {**payload, "data": base64.b64encode(data.encode()).decode()}
+
+
+def main() -> None:
+    for path in asyncio.run(record(HERE)):
+        print(f"wrote {path.relative_to(REPO_ROOT)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,197 @@
+"""The real `orchestrator up --detach` on its SQLite default, in a home and on ports of its own.
+
+Nothing is given as an address (no TEMPORAL_ADDRESS, REDIS_URL or DATABASE_URL): the stack starts
+every server itself, exactly as a person's first `orchestrator up` does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.service import RPCError
+
+from tests.servers import free_port
+
+FOREIGN = [
+    f"{prefix}{name}"
+    for prefix in ("", "ORCHESTRATOR_")
+    for name in ("API_URL", "API_KEY", "DATABASE_URL", "REDIS_URL", "TEMPORAL_ADDRESS")
+]
+SERVICES = {"temporal", "redis", "api", "worker", "bridges"}
+ORCHESTRATOR = Path(sys.executable).parent / "orchestrator"
+
+
+@dataclass
+class Stack:
+    home: Path
+    env: dict[str, str]
+    ports: dict[str, int]
+
+    def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        command = (
+            [str(ORCHESTRATOR)] if ORCHESTRATOR.exists() else [sys.executable, "-m", "cli.main"]
+        )
+        return subprocess.run(
+            [*command, *args], env=self.env, capture_output=True, text=True, timeout=timeout
+        )
+
+    def json(self, *args: str) -> Any:
+        done = self.cli(*args, "--json")
+        assert done.returncode == 0, (args, done.stdout, done.stderr)
+        return json.loads(done.stdout)
+
+    def state(self) -> dict[str, Any]:
+        return json.loads((self.home / "stack.json").read_text())
+
+    def pids(self) -> list[int]:
+        current = self.state()
+        return [current["supervisor_pid"], *(s["pid"] for s in current["services"] if s["pid"])]
+
+
+def running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def listening(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+        return True
+    return False
+
+
+def wait_until(condition: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true after {timeout}s: {what}")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    ports = {
+        "API_PORT": free_port(),
+        "TEMPORAL_PORT": free_port(),
+        "TEMPORAL_UI_PORT": free_port(),
+        "REDIS_PORT": free_port(),
+    }
+    env = {k: v for k, v in os.environ.items() if k not in FOREIGN}
+    env["ORCHESTRATOR_HOME"] = str(tmp_path / "home")
+    env.update({f"ORCHESTRATOR_{name}": str(port) for name, port in ports.items()})
+    created = Stack(home=tmp_path / "home", env=env, ports=ports)
+    leftovers: list[int] = []
+    try:
+        yield created
+    finally:
+        with contextlib.suppress(Exception):
+            leftovers = created.pids()
+        if (created.home / "stack.json").exists():
+            created.cli("down", timeout=120)
+        for pid in leftovers:  # a failed test must not leave servers behind
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+async def wait_for_workflow(stack: Stack, workflow_id: str) -> WorkflowExecutionStatus:
+    client = await Client.connect(
+        f"127.0.0.1:{stack.ports['TEMPORAL_PORT']}", data_converter=pydantic_data_converter
+    )
+    handle = client.get_workflow_handle(workflow_id)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            status = (await handle.describe()).status
+        except RPCError:
+            status = None  # the bridge has not started it yet
+        if status in (WorkflowExecutionStatus.RUNNING, WorkflowExecutionStatus.COMPLETED):
+            return status
+        assert time.monotonic() < deadline, f"{workflow_id} is {status} after 20s"
+        await asyncio.sleep(0.05)
+
+
+async def test_up_run_a_task_down(stack: Stack) -> None:
+    up = await asyncio.to_thread(stack.json, "up", "--detach")
+    assert up["status"] == "started"
+    assert up["api_url"] == f"http://127.0.0.1:{stack.ports['API_PORT']}"
+    again = await asyncio.to_thread(stack.json, "up", "--detach")
+    assert again["status"] == "already_running"
+    assert again["supervisor_pid"] == up["supervisor_pid"]
+
+    project = stack.json("project", "create", "--name", "smoke", "--modules", "backend")
+    started = stack.json("engineering", "start", "--project", "smoke", "--spec", "a /hello route")
+    assert started["workflow_id"] == f"engineering-{started['task_id']}"
+    assert started["project_id"] == project["id"]
+    await wait_for_workflow(stack, started["workflow_id"])
+
+    watched = await asyncio.to_thread(stack.cli, "task", "watch", started["task_id"], timeout=120)
+    assert watched.returncode == 0, (watched.stdout, watched.stderr)
+    assert "scaffold" in watched.stdout
+    assert "COMPLETED" in watched.stdout
+    task = stack.json("task", "show", started["task_id"])
+    assert "scaffold" in task["result"]["stages"]
+    assert task["result"]["repository"]
+
+    status = stack.json("status")
+    assert status["running"] is True
+    assert {s["name"]: s["state"] for s in status["services"]} == dict.fromkeys(SERVICES, "running")
+    async with httpx.AsyncClient(timeout=10) as http:
+        assert (await http.get(status["temporal_ui_url"])).status_code == 200
+
+    pids = stack.pids()
+    assert len(pids) == 1 + len(SERVICES)
+    down = await asyncio.to_thread(stack.json, "down")
+    assert down["was_running"] is True
+    assert down["killed"] == []  # all stopped on SIGTERM
+    assert [pid for pid in pids if running(pid)] == []
+    assert [p for p in stack.ports.values() if listening(p)] == []
+    assert not (stack.home / "stack.json").exists()
+    assert stack.json("status")["running"] is False
+
+
+def service(stack: Stack, name: str) -> dict[str, Any]:
+    return next(s for s in stack.state()["services"] if s["name"] == name)
+
+
+async def test_a_crashed_child_restarts_and_all_die_with_the_supervisor(stack: Stack) -> None:
+    await asyncio.to_thread(stack.json, "up", "--detach")
+    crashed = service(stack, "worker")["pid"]
+    os.kill(crashed, signal.SIGKILL)
+
+    def restarted() -> bool:
+        worker = service(stack, "worker")
+        return worker["pid"] not in (None, crashed) and worker["healthy"]
+
+    await asyncio.to_thread(wait_until, restarted, 60, "the worker restarted and healthy")
+    assert service(stack, "worker")["restarts"] == 1
+    states = {s["name"]: s["state"] for s in stack.json("status")["services"]}
+    assert states == dict.fromkeys(SERVICES, "running")
+
+    current = stack.state()
+    children = [s["pid"] for s in current["services"]]
+    assert len(children) == len(SERVICES)
+    os.kill(current["supervisor_pid"], signal.SIGKILL)
+    # PR_SET_PDEATHSIG: the kernel sends each child SIGTERM when the supervisor dies.
+    await asyncio.to_thread(
+        wait_until, lambda: not any(running(pid) for pid in children), 30, "children gone"
+    )
+    assert stack.json("status")["running"] is False
+    assert [p for p in stack.ports.values() if listening(p)] == []

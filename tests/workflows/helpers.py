@@ -1,0 +1,137 @@
+"""Rows, workers and waits shared by the workflow and activity tests."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from redis.asyncio import Redis
+from sqlmodel import col, select
+from temporalio.client import Client, WorkflowHandle
+
+from api.db import Database
+from api.models import Project, Task, TaskCreate, TaskEventRow, User
+from api.services.tasks import TaskService
+from core.settings import Settings
+from core.temporal import search_attributes
+from stack.worker import build_worker
+from workflows.engineering import EngineeringWorkflow
+from workflows.io import EngineeringInput, EngineeringOutput
+
+T = TypeVar("T")
+
+
+async def make_project(
+    db: Database, name: str | None = None, modules: list[str] | None = None
+) -> Project:
+    async with db.session() as session:
+        user = User(name="tester")
+        session.add(user)
+        await session.flush()
+        project = Project(
+            name=name or f"demo-{uuid.uuid4().hex[:6]}",
+            description="A demo project",
+            modules=modules or ["backend"],
+            owner_id=user.id,
+        )
+        session.add(project)
+        await session.commit()
+    return project
+
+
+async def make_task(db: Database, redis: Redis, project: Project) -> Task:
+    service = TaskService(db, redis)
+    return await service.create(
+        TaskCreate(project_id=project.id, spec="Add a /time endpoint"),
+        user_id=project.owner_id,
+        project=project,
+    )
+
+
+async def start_engineering(
+    client: Client, task: Task, task_queue: str
+) -> WorkflowHandle[Any, EngineeringOutput]:
+    return await client.start_workflow(
+        EngineeringWorkflow.run,
+        EngineeringInput(task_id=task.id, project_id=task.project_id, user_id=task.user_id),
+        id=task.workflow_id,
+        task_queue=task_queue,
+        search_attributes=search_attributes(
+            task_id=task.id, project_id=task.project_id, task_type="engineering"
+        ),
+    )
+
+
+async def get_task(db: Database, task_id: str) -> Task:
+    async with db.session() as session:
+        task = await session.get(Task, task_id)
+    assert task is not None
+    return task
+
+
+async def get_project(db: Database, project_id: str) -> Project:
+    async with db.session() as session:
+        project = await session.get(Project, project_id)
+    assert project is not None
+    return project
+
+
+async def events(db: Database, task_id: str) -> list[TaskEventRow]:
+    async with db.session() as session:
+        rows = await session.exec(
+            select(TaskEventRow)
+            .where(TaskEventRow.task_id == task_id)
+            .order_by(col(TaskEventRow.seq))
+        )
+        return list(rows.all())
+
+
+async def eventually(
+    check: Callable[[], Awaitable[T]], *, within: float = 30.0, interval: float = 0.1
+) -> T:
+    """Poll ``check`` until it returns something truthy; fail at the deadline."""
+    deadline = time.monotonic() + within
+    while True:
+        value = await check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {within}s (last: {value!r})")
+        await asyncio.sleep(interval)
+
+
+@asynccontextmanager
+async def running_worker(
+    client: Client,
+    db: Database,
+    redis: Redis,
+    home: Path,
+    *,
+    task_queue: str | None = None,
+    **options: Any,
+) -> AsyncIterator[str]:
+    """The real worker of ``python -m stack.worker``, in this process, on a queue of its own."""
+    queue = task_queue or f"test-{uuid.uuid4().hex}"
+    worker = build_worker(client, Settings(home=home), db, redis, task_queue=queue, **options)
+    async with worker:
+        yield queue
+
+
+def git_out(repo: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=repo, check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+def bare_repositories(forge_dir: Path) -> list[Path]:
+    return sorted(p for p in forge_dir.glob("*/*") if p.is_dir())
+
+
+def commit_count(repo: Path, branch: str = "main") -> int:
+    return int(git_out(repo, "rev-list", "--count", branch))

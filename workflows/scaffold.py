@@ -1,0 +1,151 @@
+"""ScaffoldWorkflow: a project's repository, made once from the project template.
+
+Started as ``scaffold-{project_id}``, by the engineering workflow (as its child) or from
+``scaffolder:queue``. The workflow code only decides; the activities do the I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    ChildWorkflowError,
+    FailureError,
+    is_cancelled_exception,
+)
+
+with workflow.unsafe.imports_passed_through():
+    from activities.forge import FindRepositoryInput, ForgeActivities, ScaffoldRequest
+    from activities.tasks import ProjectInfo, ProjectStatusInput, TaskActivities
+    from api.models import ProjectStatus
+    from workflows.io import SCAFFOLD_WORKFLOW, ScaffoldInput, ScaffoldOutput
+
+# Database activities: a database that is away for minutes is waited for, not failed on.
+DB_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=30),
+    maximum_attempts=20,
+)
+
+
+def describe_failure(error: BaseException) -> str:
+    """One readable sentence for a failure: the first application error's message, else the
+    innermost cause (a timeout, a termination), naming the activity or child it came from."""
+    where: list[str] = []
+    innermost = str(error)
+    current: BaseException | None = error
+    while current is not None:
+        if isinstance(current, ApplicationError):
+            return current.message
+        if isinstance(current, ActivityError):
+            where.append(f"activity {current.activity_type}")
+        elif isinstance(current, ChildWorkflowError):
+            where.append(f"workflow {current.workflow_id}")
+        elif isinstance(current, FailureError) and current.message:
+            innermost = current.message
+        current = current.cause if isinstance(current, FailureError) else None
+    return f"{innermost} ({', '.join(where)})" if where else innermost
+
+
+@workflow.defn(name=SCAFFOLD_WORKFLOW)
+class ScaffoldWorkflow:
+    @workflow.run
+    async def run(self, request: ScaffoldInput) -> ScaffoldOutput:
+        project = await self._get_project(request.project_id)
+        full_name = request.repo_full_name or project.repo_full_name
+        if project.repository:
+            return await self._existing(project, full_name)
+        await self._set_status(project.id, ProjectStatus.scaffolding)
+        try:
+            result = await workflow.execute_activity_method(
+                ForgeActivities.scaffold_repository,
+                ScaffoldRequest(
+                    project_id=project.id,
+                    project_name=request.project_name or project.name,
+                    repo_full_name=full_name,
+                    description=project.description,
+                    modules=request.modules or project.modules,
+                ),
+                start_to_close_timeout=timedelta(minutes=5),
+                # Short, so a killed worker's scaffold is retried elsewhere within seconds.
+                heartbeat_timeout=timedelta(seconds=10),
+                retry_policy=RetryPolicy(
+                    initial_interval=timedelta(seconds=1),
+                    maximum_interval=timedelta(seconds=10),
+                    maximum_attempts=5,
+                ),
+                summary=f"Render the service template into a new repository for {project.name}",
+            )
+            await workflow.execute_activity_method(
+                TaskActivities.record_repository,
+                result,
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=DB_RETRY,
+                summary=f"Record {result.repo_full_name} on the project",
+            )
+        except (asyncio.CancelledError, FailureError) as error:
+            cancelled = is_cancelled_exception(error)
+            # A cancelled scaffold leaves the project as it was found; a failed one says so.
+            await self._set_status(
+                project.id, ProjectStatus.new if cancelled else ProjectStatus.failed
+            )
+            if cancelled:
+                raise
+            raise ApplicationError(
+                f"scaffolding project {project.name} failed: {describe_failure(error)}",
+                type="ScaffoldFailed",
+                non_retryable=True,
+            ) from error
+        workflow.logger.info("scaffolded %s at %s", result.repo_full_name, result.commit_sha)
+        return result
+
+    async def _get_project(self, project_id: str) -> ProjectInfo:
+        try:
+            return await workflow.execute_activity_method(
+                TaskActivities.get_project,
+                project_id,
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=DB_RETRY,
+                summary=f"Load project {project_id}",
+            )
+        except ActivityError as error:
+            raise ApplicationError(
+                f"cannot scaffold: {describe_failure(error)}",
+                type="ScaffoldFailed",
+                non_retryable=True,
+            ) from error
+
+    async def _existing(self, project: ProjectInfo, full_name: str | None) -> ScaffoldOutput:
+        """Runs once per project: a project with a repository gets that repository back."""
+        found = None
+        if full_name:
+            found = await workflow.execute_activity_method(
+                ForgeActivities.find_repository,
+                FindRepositoryInput(project_id=project.id, repo_full_name=full_name),
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=RetryPolicy(maximum_attempts=5),
+                summary=f"Look up {full_name} on the forge",
+            )
+        if found is None:
+            raise ApplicationError(
+                f"project {project.name} records the repository {project.repository}, "
+                "but the forge has no such repository",
+                type="RepositoryMissing",
+                non_retryable=True,
+            )
+        return found
+
+    async def _set_status(self, project_id: str, status: ProjectStatus) -> None:
+        await workflow.execute_activity_method(
+            TaskActivities.set_project_status,
+            ProjectStatusInput(project_id=project_id, status=status),
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=DB_RETRY,
+            summary=f"Project status {status.value}",
+        )
