@@ -1,6 +1,6 @@
 # install: system packages, .venv and the project (idempotent, quiet when nothing changed)
 # run:     the main job: a demo engineering task on the embedded stack
-# test:    the whole test suite, then a quick bridge throughput check
+# test:    the whole test suite, a quick bridge throughput check, then lint and type checks
 # lint:    ruff and mypy
 .PHONY: install run test lint
 
@@ -16,6 +16,7 @@ run: install
 test: install
 	$(BIN)/pytest
 	$(BIN)/python bench/bridge_throughput.py --quick
+	$(MAKE) --no-print-directory lint
 
 lint: install
 	$(BIN)/ruff check .

@@ -25,6 +25,9 @@ from temporalio.exceptions import ApplicationError
 from activities.heartbeat import run_blocking
 from core.contracts.scaffolder import ScaffoldResult
 from core.faults import crash_point
+from core.logging import get_logger
+
+log = get_logger(__name__)
 
 BRANCH = "main"
 BOT_NAME = "orchestrator"
@@ -171,7 +174,13 @@ class ForgeActivities:
         Idempotent: when the repository already has its branch (a retry after a crash, or a second
         request), that commit is returned with ``created=False`` and nothing is pushed again.
         """
-        return await run_blocking(self._scaffold, request)
+        result = await run_blocking(self._scaffold, request)
+        log.info(
+            "repository scaffolded" if result.created else "repository already scaffolded",
+            repository=result.repo_full_name,
+            commit_sha=result.commit_sha,
+        )
+        return result
 
     @activity.defn
     async def find_repository(self, found: FindRepositoryInput) -> ScaffoldResult | None:

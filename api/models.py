@@ -11,7 +11,17 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, field_validator
 from pydantic import Field as PydanticField
-from sqlalchemy import JSON, BigInteger, Column, DateTime, String, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    String,
+    UniqueConstraint,
+    func,
+    text,
+)
 from sqlmodel import Field, SQLModel
 
 from core.contracts.engineering import EngineeringAction
@@ -61,6 +71,8 @@ class ApiKey(SQLModel, table=True):
 
 class Project(SQLModel, table=True):
     __tablename__ = "projects"
+    # Names become repository names, which forges compare without case (migration 0002).
+    __table_args__ = (Index("uq_projects_lower_name", func.lower(text("name")), unique=True),)
     id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
     name: str = Field(index=True, max_length=100)
     description: str = ""

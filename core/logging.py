@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from temporalio import activity as temporal_activity
+from temporalio import workflow as temporal_workflow
 
 bind_context = structlog.contextvars.bind_contextvars
 clear_context = structlog.contextvars.clear_contextvars
@@ -64,6 +66,9 @@ def configure_logging(service: str, level: str = "INFO", log_dir: Path | None = 
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # Workflow and activity details go into their own JSON fields, not into the message text.
+    temporal_workflow.logger.workflow_info_on_message = False
+    temporal_activity.logger.activity_info_on_message = False
     for name in ("uvicorn", "uvicorn.access", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True

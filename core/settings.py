@@ -58,6 +58,11 @@ class Settings(BaseSettings):
     bridge_batch: int = 100
     bridge_block_ms: int = 1000
 
+    # Where new project repositories come from.
+    template_dir: Path | None = Field(
+        default=None, description="A copier template; the bundled service template by default"
+    )
+
     log_level: str = "INFO"
 
     @cached_property

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
+import structlog
+from temporalio import activity
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import (
     AddSearchAttributesRequest,
@@ -11,8 +16,11 @@ from temporalio.client import Client
 from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import TLSConfig
+from temporalio.worker import ActivityInboundInterceptor, ExecuteActivityInput, Interceptor
 
 from core.settings import Settings
+
+_log = structlog.stdlib.get_logger("orchestrator.activity")
 
 TASK_ID = SearchAttributeKey.for_keyword("TaskId")
 PROJECT_ID = SearchAttributeKey.for_keyword("ProjectId")
@@ -75,3 +83,35 @@ async def ensure_search_attributes(client: Client, namespace: str) -> None:
         await client.operator_service.add_search_attributes(
             AddSearchAttributesRequest(namespace=namespace, search_attributes=missing)
         )
+
+
+def task_id_of(workflow_id: str) -> str | None:
+    """The task a workflow serves, from its deterministic ID (``engineering-{task_id}`` ...)."""
+    kind, _, rest = workflow_id.partition("-")
+    return rest if kind in ("engineering", "deploy") and rest else None
+
+
+class _ActivityLogContext(ActivityInboundInterceptor):
+    async def execute_activity(self, input: ExecuteActivityInput) -> Any:
+        info = activity.info()
+        context = {
+            "workflow_id": info.workflow_id,
+            "run_id": info.workflow_run_id,
+            "activity": info.activity_type,
+            "attempt": info.attempt,
+            "task_id": task_id_of(info.workflow_id or ""),
+        }
+        with structlog.contextvars.bound_contextvars(**context):
+            try:
+                return await self.next.execute_activity(input)
+            except Exception as exc:
+                if not isinstance(exc, asyncio.CancelledError):
+                    _log.warning("activity failed", error=str(exc), error_type=type(exc).__name__)
+                raise
+
+
+class LogContextInterceptor(Interceptor):
+    """Every log line an activity writes names its workflow and task."""
+
+    def intercept_activity(self, next: ActivityInboundInterceptor) -> ActivityInboundInterceptor:
+        return _ActivityLogContext(next)

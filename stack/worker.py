@@ -27,7 +27,7 @@ from api.db import Database
 from core.logging import configure_logging, get_logger
 from core.readiness import clear_ready, mark_ready
 from core.settings import Settings
-from core.temporal import connect, ensure_search_attributes
+from core.temporal import LogContextInterceptor, connect, ensure_search_attributes
 from workflows.engineering import EngineeringWorkflow
 from workflows.scaffold import ScaffoldWorkflow
 
@@ -63,10 +63,13 @@ def build_worker(
 ) -> Worker:
     """A worker with all workflows and activities; ``options`` go to ``Worker`` as they are."""
     tasks = TaskActivities(db, redis)
-    forge = ForgeActivities(settings.forge_dir, template_dir or SERVICE_TEMPLATE_DIR)
+    forge = ForgeActivities(
+        settings.forge_dir, template_dir or settings.template_dir or SERVICE_TEMPLATE_DIR
+    )
     temporal = TemporalActivities(client)
     options.setdefault("graceful_shutdown_timeout", timedelta(seconds=10))
     options.setdefault("workflow_runner", workflow_runner())
+    options.setdefault("interceptors", [LogContextInterceptor()])
     # Heartbeats carry cancellations to activities; by default they are held back up to 80% of
     # the heartbeat timeout, so a cancelled wait would linger ~8 s.
     options.setdefault("max_heartbeat_throttle_interval", timedelta(seconds=2))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sqlalchemy import func
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -23,7 +24,12 @@ async def create_project(session: AsyncSession, data: ProjectCreate, *, owner_id
         name=data.name, description=data.description, modules=data.modules, owner_id=owner_id
     )
     session.add(project)
-    await session.commit()
+    try:
+        await session.commit()
+    except IntegrityError:
+        # Another request took the name between our check and our commit.
+        await session.rollback()
+        raise Conflict(f"a project named {data.name!r} already exists") from None
     return project
 
 

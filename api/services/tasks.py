@@ -166,6 +166,8 @@ class TaskService:
                 )
             await session.commit()
         await self.flush()
+        if changed:
+            log.info("task finished", task_id=task_id, status=status.value, error=error)
         return changed
 
     async def flush(self) -> None:

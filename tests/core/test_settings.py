@@ -41,3 +41,12 @@ def test_the_cli_finds_the_bootstrap_key_in_the_home(monkeypatch, tmp_path: Path
     assert Settings().read_api_key() == "orch_abc_secret"
     monkeypatch.setenv("ORCHESTRATOR_API_KEY", "orch_env_key")
     assert Settings().read_api_key() == "orch_env_key"
+
+
+def test_task_ids_are_read_from_workflow_ids():
+    from core.temporal import task_id_of
+
+    assert task_id_of("engineering-abc123") == "abc123"
+    assert task_id_of("deploy-abc123") == "abc123"
+    assert task_id_of("scaffold-p1") is None
+    assert task_id_of("engineering-") is None

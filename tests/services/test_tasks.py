@@ -89,3 +89,17 @@ async def test_a_task_cancelled_before_it_started_does_not_start(database, redis
     assert await tasks.finish(task.id, TaskStatus.cancelled, message="cancelled by user")
     assert await tasks.start(task.id) is None
     assert (await tasks.get(task.id)).status == TaskStatus.cancelled
+
+
+async def test_project_names_are_unique_in_the_database_whatever_their_case(database):
+    from sqlalchemy.exc import IntegrityError
+
+    async with database.session() as session:
+        user = User(name="bo")
+        session.add(user)
+        await session.flush()
+        session.add(Project(name="Shop", owner_id=user.id))
+        await session.commit()
+        session.add(Project(name="shop", owner_id=user.id))
+        with pytest.raises(IntegrityError):
+            await session.commit()

@@ -133,3 +133,10 @@ async def test_kill_9_during_scaffold_then_a_new_worker_finishes_once(
     said = [(line["service"], line["event"]) for line in lines]
     assert said.count(("worker", "worker polling")) == 2
     assert ("worker", "worker stopped") in said
+    # Activity log lines name their workflow and task.
+    finished = [line for line in lines if line["event"] == "task finished"]
+    assert [(f["task_id"], f["workflow_id"], f["status"]) for f in finished] == [
+        (task.id, task.workflow_id, "COMPLETED")
+    ]
+    scaffolded = [line for line in lines if line["event"] == "repository already scaffolded"]
+    assert scaffolded and scaffolded[0]["workflow_id"] == scaffold_workflow_id(project.id)

@@ -8,7 +8,6 @@ Create Date: 2026-11-24 22:50:56.396097
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-import sqlmodel
 from alembic import op
 
 revision: str = "0001"
@@ -22,7 +21,7 @@ def upgrade() -> None:
     op.create_table(
         "outbox",
         sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("stream", sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
+        sa.Column("stream", sa.String(length=200), nullable=False),
         sa.Column("fields", sa.JSON(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("published_at", sa.DateTime(timezone=True), nullable=True),
@@ -33,8 +32,8 @@ def upgrade() -> None:
 
     op.create_table(
         "users",
-        sa.Column("id", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
-        sa.Column("name", sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
+        sa.Column("id", sa.String(length=32), nullable=False),
+        sa.Column("name", sa.String(length=200), nullable=False),
         sa.Column("telegram_id", sa.BigInteger(), nullable=True),
         sa.Column("is_admin", sa.Boolean(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
@@ -45,11 +44,11 @@ def upgrade() -> None:
 
     op.create_table(
         "api_keys",
-        sa.Column("id", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
-        sa.Column("user_id", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
-        sa.Column("name", sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
-        sa.Column("prefix", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
-        sa.Column("key_hash", sqlmodel.sql.sqltypes.AutoString(length=128), nullable=False),
+        sa.Column("id", sa.String(length=32), nullable=False),
+        sa.Column("user_id", sa.String(length=32), nullable=False),
+        sa.Column("name", sa.String(length=200), nullable=False),
+        sa.Column("prefix", sa.String(length=32), nullable=False),
+        sa.Column("key_hash", sa.String(length=128), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("last_used_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
@@ -65,14 +64,14 @@ def upgrade() -> None:
 
     op.create_table(
         "projects",
-        sa.Column("id", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
-        sa.Column("name", sqlmodel.sql.sqltypes.AutoString(length=100), nullable=False),
-        sa.Column("description", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+        sa.Column("id", sa.String(length=32), nullable=False),
+        sa.Column("name", sa.String(length=100), nullable=False),
+        sa.Column("description", sa.String(), nullable=False),
         sa.Column("modules", sa.JSON(), nullable=False),
         sa.Column("status", sa.String(length=20), nullable=False),
-        sa.Column("repo_full_name", sqlmodel.sql.sqltypes.AutoString(length=200), nullable=True),
-        sa.Column("repository", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
-        sa.Column("owner_id", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
+        sa.Column("repo_full_name", sa.String(length=200), nullable=True),
+        sa.Column("repository", sa.String(), nullable=True),
+        sa.Column("owner_id", sa.String(length=32), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
@@ -87,20 +86,20 @@ def upgrade() -> None:
 
     op.create_table(
         "tasks",
-        sa.Column("id", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
+        sa.Column("id", sa.String(length=32), nullable=False),
         sa.Column("type", sa.String(length=20), nullable=False),
-        sa.Column("project_id", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
-        sa.Column("user_id", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
+        sa.Column("project_id", sa.String(length=32), nullable=False),
+        sa.Column("user_id", sa.String(length=32), nullable=False),
         sa.Column("status", sa.String(length=20), nullable=False),
-        sa.Column("action", sqlmodel.sql.sqltypes.AutoString(length=20), nullable=False),
-        sa.Column("spec", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+        sa.Column("action", sa.String(length=20), nullable=False),
+        sa.Column("spec", sa.String(), nullable=False),
         sa.Column("metadata", sa.JSON(), nullable=False),
         sa.Column("result", sa.JSON(), nullable=True),
-        sa.Column("error", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
-        sa.Column("workflow_id", sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
-        sa.Column("correlation_id", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
-        sa.Column("callback_stream", sqlmodel.sql.sqltypes.AutoString(length=200), nullable=True),
-        sa.Column("retry_of", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=True),
+        sa.Column("error", sa.String(), nullable=True),
+        sa.Column("workflow_id", sa.String(length=200), nullable=False),
+        sa.Column("correlation_id", sa.String(length=64), nullable=False),
+        sa.Column("callback_stream", sa.String(length=200), nullable=True),
+        sa.Column("retry_of", sa.String(length=32), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("started_at", sa.DateTime(timezone=True), nullable=True),
@@ -125,12 +124,12 @@ def upgrade() -> None:
     op.create_table(
         "task_events",
         sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("task_id", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
+        sa.Column("task_id", sa.String(length=32), nullable=False),
         sa.Column("seq", sa.Integer(), nullable=False),
         sa.Column("type", sa.String(length=30), nullable=False),
         sa.Column("status", sa.String(length=20), nullable=False),
-        sa.Column("stage", sqlmodel.sql.sqltypes.AutoString(length=50), nullable=True),
-        sa.Column("message", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+        sa.Column("stage", sa.String(length=50), nullable=True),
+        sa.Column("message", sa.String(), nullable=False),
         sa.Column("progress", sa.Float(), nullable=True),
         sa.Column("data", sa.JSON(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
