@@ -76,14 +76,20 @@ def list_projects(json_output: JsonOption = False) -> None:
         if not projects:
             out.console.print("No projects yet: `orchestrator project create --name NAME`.")
             return
-        table = Table("name", "id", "status", "modules", "repository")
+        # IDs are never cut: people copy them into the next command.
+        table = Table()
+        table.add_column("name", no_wrap=True, min_width=12)
+        table.add_column("id", no_wrap=True, min_width=32)
+        table.add_column("status", no_wrap=True)
+        table.add_column("modules", min_width=7)
+        table.add_column("repository", overflow="ellipsis", no_wrap=True)
         for project in projects:
             table.add_row(
                 escape(project["name"]),
                 project["id"],
                 project["status"],
                 ", ".join(project.get("modules") or []),
-                escape(project.get("repository") or ""),
+                escape(project.get("repo_full_name") or ""),
             )
         out.console.print(table)
 

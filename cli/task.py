@@ -141,19 +141,32 @@ def list_tasks(
         if not tasks:
             out.console.print("No tasks.")
             return
-        table = Table("task", "type", "status", "project", "created", "workflow")
+        # IDs are never cut: people copy them into the next command.
+        table = Table()
+        table.add_column("task", no_wrap=True, min_width=32)
+        table.add_column("status", no_wrap=True, min_width=9)
+        table.add_column("created", no_wrap=True, min_width=11)
+        table.add_column(
+            f"{'type: ' if len({t['type'] for t in tasks}) > 1 else ''}spec",
+            overflow="ellipsis",
+            no_wrap=True,
+            max_width=50,
+        )
         for task in tasks:
             table.add_row(
                 task["id"],
-                task["type"],
                 styled(task["status"]),
-                task["project_id"],
-                str(task["created_at"])[:19],
-                task["workflow_id"],
+                str(task["created_at"])[5:16].replace("T", " "),
+                escape(_summary(task, with_type=len({t["type"] for t in tasks}) > 1)),
             )
         out.console.print(table)
 
     out.emit(tasks, render)
+
+
+def _summary(task: dict[str, Any], *, with_type: bool) -> str:
+    first_line = task["spec"].splitlines()[0] if task["spec"] else ""
+    return f"{task['type']}: {first_line}" if with_type else first_line
 
 
 @command(app, "show")

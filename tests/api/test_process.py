@@ -1,5 +1,6 @@
 """``python -m api`` as the supervisor runs it: killed between the commit and the XADD of a task,
-restarted, the message still goes out exactly once; SIGTERM stops it cleanly; logs are JSON."""
+restarted, the message still goes out exactly once and the task starts; SIGTERM stops it
+cleanly; logs are JSON."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,10 +20,13 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 from sqlmodel import select
+from temporalio.client import Client
 
 from api.bootstrap import ensure_admin_key
 from api.db import Database
 from api.models import OutboxMessage, Project, Task, User
+from bridges.consumer import Bridge
+from bridges.routes import routes
 from core.contracts.engineering import ENGINEERING_QUEUE, EngineeringMessage
 from core.faults import CRASH_AT_ENV
 from core.readiness import is_ready, ready_file
@@ -76,8 +81,31 @@ async def _wait_until_published(db: Database, redis: Redis, deadline: float) -> 
         await asyncio.sleep(0.1)
 
 
+async def _bridge_once(redis: Redis, temporal_client: Client) -> None:
+    """Run a real bridge until it has taken everything on the queue."""
+    queue = f"api-crash-{uuid.uuid4().hex[:8]}"  # no worker polls it: the run stays visible
+    bridge = Bridge(redis, temporal_client, routes(Settings(temporal_task_queue=queue)))
+    stop = asyncio.Event()
+    running = asyncio.create_task(bridge.run(stop))
+    deadline = time.monotonic() + 15
+    try:
+        while True:
+            groups = await redis.xinfo_groups(ENGINEERING_QUEUE)
+            if groups and groups[0]["pending"] == 0 and groups[0]["lag"] == 0:
+                return
+            assert time.monotonic() < deadline, "the bridge did not take the message"
+            await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 15)
+
+
 async def test_crash_between_commit_and_xadd_loses_nothing(
-    api_env: dict[str, str], sqlite_database: Database, redis: Redis, tmp_path: Path
+    api_env: dict[str, str],
+    sqlite_database: Database,
+    redis: Redis,
+    temporal_client: Client,
+    tmp_path: Path,
 ) -> None:
     home = Path(api_env["ORCHESTRATOR_HOME"])
     key = await ensure_admin_key(sqlite_database, home / "api_key")
@@ -106,9 +134,13 @@ async def test_crash_between_commit_and_xadd_loses_nothing(
         assert EngineeringMessage.from_fields(entries[0][1]).task_id == task.id
         async with httpx.AsyncClient(base_url=base_url, headers=auth(key)) as client:
             assert (await client.get(f"/tasks/{task.id}")).json()["status"] == "QUEUED"
+        await _bridge_once(redis, temporal_client)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
     assert not ready_file(Settings(home=home), "api").exists()
+    # ...and the task started: its workflow runs, once.
+    runs = [r async for r in temporal_client.list_workflows(f'WorkflowId = "{task.workflow_id}"')]
+    assert len(runs) == 1
 
     lines = (home / "logs" / "api.log").read_text().splitlines()
     records = [json.loads(line) for line in lines]  # every line is JSON
