@@ -3,43 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-import logging
-import os
-import signal
 
 from redis.asyncio import Redis
-from temporalio.client import Client
 
 from bridges.consumer import BACKOFF_MAX_S, Bridge
 from bridges.routes import routes
-from core.logging import configure_logging, get_logger
+from core.logging import get_logger
 from core.readiness import clear_ready, mark_ready
+from core.service import run_service
 from core.settings import Settings
-from core.temporal import connect
+from core.temporal import connect_when_up
 
 SERVICE = "bridges"
 log = get_logger("bridges")
 
 
-async def _connect_temporal(settings: Settings, stop: asyncio.Event) -> Client | None:
-    """Connect, retrying while the server is still starting; None if asked to stop first."""
-    delay = 0.2
-    while not stop.is_set():
-        try:
-            return await connect(settings)
-        except Exception as exc:  # the SDK raises RuntimeError for an unreachable server
-            log.warning("temporal unreachable; retrying", error=str(exc), retry_in_s=delay)
-        try:
-            await asyncio.wait_for(stop.wait(), delay)
-        except TimeoutError:
-            delay = min(delay * 2, BACKOFF_MAX_S)
-    return None
-
-
 async def _serve(settings: Settings, stop: asyncio.Event) -> None:
     redis = Redis.from_url(settings.effective_redis_url)  # bytes, not decoded: see consumer.py
     try:
-        client = await _connect_temporal(settings, stop)
+        client = await connect_when_up(settings, stop, max_delay=BACKOFF_MAX_S)
         if client is None:
             return
         bridge = Bridge(
@@ -62,27 +44,5 @@ async def _serve(settings: Settings, stop: asyncio.Event) -> None:
         await redis.aclose()
 
 
-async def main() -> None:
-    settings = Settings()
-    configure_logging(SERVICE, settings.log_level, settings.logs_dir)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    await _serve(settings, stop)
-
-
-def run() -> None:
-    status = 0
-    try:
-        asyncio.run(main())
-    except Exception:
-        log.exception("bridges failed")
-        status = 1
-    logging.shutdown()
-    # The Temporal core runtime can abort at interpreter exit (sdk-python #300): leave at once.
-    os._exit(status)
-
-
 if __name__ == "__main__":
-    run()
+    run_service(SERVICE, _serve)

@@ -115,3 +115,20 @@ class LogContextInterceptor(Interceptor):
 
     def intercept_activity(self, next: ActivityInboundInterceptor) -> ActivityInboundInterceptor:
         return _ActivityLogContext(next)
+
+
+async def connect_when_up(
+    settings: Settings, stop: asyncio.Event, max_delay: float = 5.0
+) -> Client | None:
+    """Connect, retrying while the server is still starting; None if asked to stop first."""
+    delay = 0.2
+    while not stop.is_set():
+        try:
+            return await connect(settings)
+        except Exception as exc:  # the SDK raises RuntimeError for an unreachable server
+            _log.warning("temporal unreachable; retrying", error=str(exc), retry_in_s=delay)
+        try:
+            await asyncio.wait_for(stop.wait(), delay)
+        except TimeoutError:
+            delay = min(delay * 2, max_delay)
+    return None

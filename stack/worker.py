@@ -7,9 +7,6 @@ until SIGTERM or SIGINT, then shuts down gracefully (running activities get a gr
 from __future__ import annotations
 
 import asyncio
-import logging
-import os
-import signal
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -24,10 +21,11 @@ from activities.forge import ForgeActivities
 from activities.tasks import TaskActivities
 from activities.temporal import TemporalActivities
 from api.db import Database
-from core.logging import configure_logging, get_logger
+from core.logging import get_logger
 from core.readiness import clear_ready, mark_ready
+from core.service import run_service
 from core.settings import Settings
-from core.temporal import LogContextInterceptor, connect, ensure_search_attributes
+from core.temporal import LogContextInterceptor, connect_when_up, ensure_search_attributes
 from workflows.engineering import EngineeringWorkflow
 from workflows.scaffold import ScaffoldWorkflow
 
@@ -94,7 +92,9 @@ def build_worker(
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
-    client = await connect(settings)
+    client = await connect_when_up(settings, stop)
+    if client is None:
+        return
     try:
         await ensure_search_attributes(client, settings.temporal_namespace)
     except Exception as exc:  # Temporal Cloud does not let workers register them; `up` does
@@ -123,26 +123,8 @@ async def _check(db: Database, redis: Redis) -> None:
     await redis.ping()
 
 
-async def _main(settings: Settings) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await serve(settings, stop)
-
-
 def main() -> None:
-    settings = Settings()
-    configure_logging(SERVICE, settings.log_level, settings.logs_dir)
-    status = 0
-    try:
-        asyncio.run(_main(settings))
-    except Exception:
-        log.exception("worker crashed")
-        status = 1
-    logging.shutdown()
-    # The Temporal core runtime can abort at interpreter exit (sdk-python #300): leave at once.
-    os._exit(status)
+    run_service(SERVICE, serve)
 
 
 if __name__ == "__main__":
