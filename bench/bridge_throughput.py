@@ -24,7 +24,6 @@ import importlib.util
 import json
 import math
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -56,6 +55,7 @@ from tests.servers import (  # noqa: E402
     TEMPORAL_SQLITE_PRAGMAS,
     free_port,
     redis_server,
+    stop_process,
     wait_for_port,
 )
 
@@ -67,16 +67,6 @@ def percentile(values: list[float], p: float) -> float:
     """Nearest-rank percentile."""
     ordered = sorted(values)
     return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
-
-
-def _terminate(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @contextlib.contextmanager
@@ -110,7 +100,7 @@ def temporal_server(workdir: Path) -> Iterator[str]:
         wait_for_port(port, proc=proc)
         yield f"127.0.0.1:{port}"
     finally:
-        _terminate(proc)
+        stop_process(proc)
         log.close()
 
 
@@ -298,7 +288,7 @@ async def api_and_bridge(
         yield url, key
     finally:
         for proc in processes:
-            _terminate(proc)
+            stop_process(proc)
 
 
 def spawn(module: str, env: dict[str, str], workdir: Path) -> subprocess.Popen[bytes]:

@@ -45,7 +45,10 @@ def wait_for_port(port: int, timeout: float = 30.0, proc: subprocess.Popen | Non
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def stop_process(proc: subprocess.Popen) -> None:
+    """SIGTERM, a grace period, then SIGKILL."""
+    if proc.poll() is not None:
+        return
     proc.terminate()
     try:
         proc.wait(10)
@@ -78,7 +81,7 @@ def redis_server() -> Iterator[str]:
         wait_for_port(port, proc=proc)
         yield f"redis://127.0.0.1:{port}/0"
     finally:
-        _stop(proc)
+        stop_process(proc)
 
 
 def _postgres_bin() -> Path:
@@ -153,5 +156,5 @@ def postgres_server() -> Iterator[str]:
             time.sleep(0.1)
         yield f"postgresql+asyncpg://postgres@127.0.0.1:{port}"
     finally:
-        _stop(proc)
+        stop_process(proc)
         shutil.rmtree(root, ignore_errors=True)
