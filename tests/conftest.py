@@ -89,7 +89,7 @@ def postgres_server_url() -> Iterator[str]:
         yield url
 
 
-async def _fresh_postgres_database(server_url: str) -> str:
+async def fresh_postgres_database(server_url: str) -> str:
     name = f"t_{uuid.uuid4().hex[:12]}"
     conn = await asyncpg.connect(server_url.replace("postgresql+asyncpg", "postgresql"))
     try:
@@ -105,7 +105,7 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         url = f"sqlite+aiosqlite:///{tmp_path / 'orchestrator.db'}"
     else:
-        url = await _fresh_postgres_database(request.getfixturevalue("postgres_server_url"))
+        url = await fresh_postgres_database(request.getfixturevalue("postgres_server_url"))
     await upgrade_async(url)
     return url
 

@@ -15,11 +15,13 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import psutil
 import pytest
@@ -27,6 +29,7 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
 
+from tests.conftest import fresh_postgres_database
 from tests.servers import free_port
 
 FOREIGN = [
@@ -195,3 +198,51 @@ async def test_a_crashed_child_restarts_and_all_die_with_the_supervisor(stack: S
     )
     assert stack.json("status")["running"] is False
     assert [p for p in stack.ports.values() if listening(p)] == []
+
+
+async def test_up_uses_servers_it_is_given(
+    stack: Stack,
+    temporal_address: str,
+    redis_url: str,
+    redis: Any,
+    postgres_server_url: str,
+) -> None:
+    """TEMPORAL_ADDRESS, REDIS_URL and a PostgreSQL DATABASE_URL: `up` starts only our services,
+    the whole pipeline runs on PostgreSQL, and `down` leaves those servers alone."""
+    database_url = await fresh_postgres_database(postgres_server_url)
+    stack.env.update(
+        TEMPORAL_ADDRESS=temporal_address,
+        REDIS_URL=redis_url,
+        DATABASE_URL=database_url,
+        # The test Temporal server is shared: keep this stack's runs on a queue of its own.
+        ORCHESTRATOR_TEMPORAL_TASK_QUEUE=f"smoke-{uuid.uuid4().hex[:8]}",
+    )
+    await asyncio.to_thread(stack.json, "up", "--detach")
+    status = stack.json("status")
+    states = {s["name"]: s["state"] for s in status["services"]}
+    assert states == {
+        "temporal": "external",
+        "redis": "external",
+        "database": "external",
+        "api": "running",
+        "worker": "running",
+        "bridges": "running",
+    }
+
+    stack.json("project", "create", "--name", "on-postgres")
+    started = stack.json("engineering", "start", "--project", "on-postgres", "--spec", "x")
+    waited = await asyncio.to_thread(
+        stack.cli, "engineering", "wait", started["task_id"], "--timeout", "60"
+    )
+    assert waited.returncode == 0, (waited.stdout, waited.stderr)
+    conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg", "postgresql"))
+    try:
+        row = await conn.fetchrow("SELECT status FROM tasks WHERE id = $1", started["task_id"])
+    finally:
+        await conn.close()
+    assert row["status"] == "COMPLETED"
+
+    await asyncio.to_thread(stack.json, "down")
+    assert await redis.ping()  # the servers we were given still run
+    client = await Client.connect(temporal_address)
+    assert await client.service_client.check_health()
