@@ -15,7 +15,7 @@ from stack import services, state
 
 def sleeper(*, group: bool = False) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-c", "import time; time.sleep(60)"],
+        [sys.executable, "-c", "import signal; signal.pause()"],
         process_group=0 if group else None,
     )
 
