@@ -53,6 +53,11 @@ find_python() {
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v git >/dev/null || missing+=(git)
+# Worker containers: podman serves the Docker API (runc: crun fails on hybrid cgroup hosts);
+# debootstrap builds the worker images' base rootfs.
+command -v podman >/dev/null || missing+=(podman)
+command -v runc >/dev/null || missing+=(runc)
+command -v debootstrap >/dev/null || missing+=(debootstrap)
 # The tests start throwaway PostgreSQL clusters from its binaries.
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 if [[ ! -x $VENV/bin/python ]] && ! find_python >/dev/null; then

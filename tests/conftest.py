@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import asyncpg
+import docker
 import pytest
 import pytest_asyncio
 from redis.asyncio import Redis
@@ -134,3 +135,24 @@ async def sqlite_database(sqlite_database_url: str) -> AsyncIterator[Database]:
         yield db
     finally:
         await db.dispose()
+
+
+@pytest.fixture(scope="session")
+def docker_host() -> Iterator[str]:
+    """A Docker API for the session: DOCKER_HOST if set (a real Docker engine works the same),
+    else podman with its storage kept between runs (images are cached by content hash)."""
+    configured = os.environ.get("DOCKER_HOST")
+    if configured:
+        yield configured
+        return
+    with servers.podman_service(servers.test_images_root() / "podman") as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def docker_client(docker_host: str) -> Iterator[docker.DockerClient]:
+    client = docker.DockerClient(base_url=docker_host, timeout=120)
+    try:
+        yield client
+    finally:
+        client.close()

@@ -158,3 +158,74 @@ def postgres_server() -> Iterator[str]:
     finally:
         stop_process(proc)
         shutil.rmtree(root, ignore_errors=True)
+
+
+# --- containers -------------------------------------------------------------------------------
+
+CONTAINERS_CONF = """\
+[containers]
+# Required here: podman's default ulimits cannot be applied on these hosts.
+default_ulimits = []
+
+[engine]
+# crun fails on hybrid cgroup hosts; runc with cgroupfs works everywhere we run.
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+"""
+
+
+def container_storage_conf(root: Path) -> str:
+    return (
+        "[storage]\n"
+        'driver = "overlay"\n'
+        f'graphroot = "{root / "storage"}"\n'
+        f'runroot = "{root / "run"}"\n'
+    )
+
+
+def podman_env(root: Path) -> dict[str, str]:
+    """Environment for podman with its configuration and storage under ``root``."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "containers.conf").write_text(CONTAINERS_CONF)
+    (root / "storage.conf").write_text(container_storage_conf(root))
+    return {
+        **os.environ,
+        "CONTAINERS_CONF": str(root / "containers.conf"),
+        "CONTAINERS_STORAGE_CONF": str(root / "storage.conf"),
+    }
+
+
+def test_images_root() -> Path:
+    """Where the test suite keeps its container storage between runs, so worker images are
+    built once per content hash, not once per run."""
+    configured = os.environ.get("ORCHESTRATOR_TEST_CONTAINERS")
+    return Path(configured) if configured else Path.home() / ".cache" / "orchestrator-tests"
+
+
+@contextlib.contextmanager
+def podman_service(root: Path) -> Iterator[str]:
+    """Podman serving the Docker API on a Unix socket; yields its ``unix://`` URL."""
+    if shutil.which("podman") is None:
+        raise RuntimeError("podman is not installed; run `make install`")
+    env = podman_env(root)
+    sock_dir = Path(tempfile.mkdtemp(prefix="orch-podman-"))
+    sock = sock_dir / "docker.sock"
+    proc = subprocess.Popen(
+        ["podman", "system", "service", "--time=0", f"unix://{sock}"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=(root / "service.log").open("ab"),
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not sock.exists():
+            if proc.poll() is not None:
+                raise RuntimeError(f"podman service exited with {proc.returncode}")
+            if time.monotonic() > deadline:
+                raise TimeoutError("podman did not open its Docker API socket")
+            time.sleep(0.05)
+        yield f"unix://{sock}"
+    finally:
+        stop_process(proc)
+        shutil.rmtree(sock_dir, ignore_errors=True)
