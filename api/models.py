@@ -143,6 +143,30 @@ class OutboxMessage(SQLModel, table=True):
     )
 
 
+class ModelUsage(SQLModel, table=True):
+    """One model API call a task's agent made through the gateway (or that it refused).
+
+    No foreign key to tasks: the gateway writes this ledger from the Temporal worker while the
+    task runs, and a row must never be lost to the order in which rows land.
+    """
+
+    __tablename__ = "model_usage"
+    id: int | None = Field(default=None, primary_key=True)
+    task_id: str = Field(index=True, max_length=32)
+    provider: str = Field(max_length=20)
+    model: str = Field(default="", max_length=200)
+    endpoint: str = Field(default="", max_length=100)
+    status_code: int | None = None
+    refused: bool = False
+    error: str | None = Field(default=None, max_length=500)
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    cost_usd: float | None = None
+    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+
+
 # --- what the API reads and writes --------------------------------------------------------------
 
 

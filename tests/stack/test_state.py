@@ -60,7 +60,7 @@ def test_kill_leftovers_takes_the_whole_group() -> None:
 def test_child_env_makes_every_service_agree(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for name in ("DATABASE_URL", "REDIS_URL", "TEMPORAL_ADDRESS", "API_URL"):
+    for name in ("DATABASE_URL", "REDIS_URL", "TEMPORAL_ADDRESS", "API_URL", "DOCKER_HOST"):
         monkeypatch.delenv(name, raising=False)
         monkeypatch.delenv(f"ORCHESTRATOR_{name}", raising=False)
     settings = Settings(home=tmp_path, api_port=1234, redis_port=4321, temporal_port=5555)
@@ -70,6 +70,23 @@ def test_child_env_makes_every_service_agree(
     assert env["ORCHESTRATOR_TEMPORAL_ADDRESS"] == env["TEMPORAL_ADDRESS"] == "127.0.0.1:5555"
     assert env["DATABASE_URL"].endswith(str(tmp_path.resolve() / "orchestrator.db"))
     assert env["ORCHESTRATOR_API_URL"] == "http://127.0.0.1:1234"
+    socket = f"unix://{tmp_path.resolve() / 'podman' / 'docker.sock'}"
+    assert env["ORCHESTRATOR_DOCKER_HOST"] == env["DOCKER_HOST"] == socket
+    assert [s.name for s in services.infrastructure(settings)] == [
+        "temporal",
+        "redis",
+        "containers",
+    ]
+
+
+def test_docker_host_is_read_from_its_conventional_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("ORCHESTRATOR_DOCKER_HOST", raising=False)
+    monkeypatch.setenv("DOCKER_HOST", "ssh://builder@docker.example")
+    settings = Settings(home=tmp_path)
+    assert settings.docker_host == "ssh://builder@docker.example"
+    assert "containers" in [s.name for s in services.externals(settings)]
 
 
 def test_given_servers_are_not_started(tmp_path: Path) -> None:
@@ -77,10 +94,13 @@ def test_given_servers_are_not_started(tmp_path: Path) -> None:
         home=tmp_path,
         temporal_address="temporal.example:7233",
         redis_url="redis://:secret@redis.example:6379/0",
+        docker_host="tcp://docker.example:2375",
     )
     assert services.infrastructure(settings) == []
     externals = {e.name: e.address for e in services.externals(settings)}
     assert externals["temporal"] == "temporal.example:7233"
+    assert externals["containers"] == "tcp://docker.example:2375"
+    assert services.child_env(settings)["DOCKER_HOST"] == "tcp://docker.example:2375"
     assert "secret" not in externals["redis"]
     assert [s.name for s in services.applications(settings)] == ["api", "worker", "bridges"]
 
@@ -93,3 +113,8 @@ def test_probes(tmp_path: Path) -> None:
     assert probe.check(os.getpid())
     assert not probe.check(os.getpid() + 1)
     assert not services.Probe("tcp", "127.0.0.1:1").check()
+    assert not services.Probe("docker", f"unix://{tmp_path / 'none.sock'}").check()
+
+
+def test_the_docker_probe_pings_a_docker_api(docker_host: str) -> None:
+    assert services.Probe("docker", docker_host).check()

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import docker
 import httpx
 import psutil
 import pytest
@@ -29,15 +30,25 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
 
+from activities.containers import ContainerRuntime, WorkerSpec
+from core.settings import Settings
 from tests.conftest import fresh_postgres_database
+from tests.containers.images import tiny_image
 from tests.servers import free_port
 
 FOREIGN = [
     f"{prefix}{name}"
     for prefix in ("", "ORCHESTRATOR_")
-    for name in ("API_URL", "API_KEY", "DATABASE_URL", "REDIS_URL", "TEMPORAL_ADDRESS")
+    for name in (
+        "API_URL",
+        "API_KEY",
+        "DATABASE_URL",
+        "REDIS_URL",
+        "TEMPORAL_ADDRESS",
+        "DOCKER_HOST",
+    )
 ]
-SERVICES = {"temporal", "redis", "api", "worker", "bridges"}
+SERVICES = {"temporal", "redis", "containers", "api", "worker", "bridges"}
 ORCHESTRATOR = Path(sys.executable).parent / "orchestrator"
 
 
@@ -79,6 +90,35 @@ def listening(port: int) -> bool:
     with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
         return True
     return False
+
+
+def processes_of(home: Path) -> list[psutil.Process]:
+    """Processes that name the stack's home on their command line (podman, conmon, ...)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            if any(str(home) in arg for arg in proc.info["cmdline"] or []):
+                found.append(proc)
+    return found
+
+
+async def start_a_worker(docker_host: str) -> int:
+    """A Worker on the stack's own container service; returns its process's host PID."""
+    client = docker.DockerClient(base_url=docker_host, timeout=60)
+    try:
+        spec = WorkerSpec(
+            image=await asyncio.to_thread(tiny_image, client),
+            worker_id="smoke",
+            task_id="smoke",
+            workflow_id="engineering-smoke",
+        )
+        runtime = ContainerRuntime(client, Settings())
+        container_id = await runtime.create_worker(spec)
+        hello = await runtime.exec("smoke", ["sh", "-c", "echo hello"], workdir="/")
+        assert (hello.exit_code, hello.stdout) == (0, "hello\n")
+        return int(client.containers.get(container_id).attrs["State"]["Pid"])
+    finally:
+        client.close()
 
 
 def wait_until(condition: Any, timeout: float, what: str) -> None:
@@ -158,6 +198,11 @@ async def test_up_run_a_task_down(stack: Stack) -> None:
     assert {s["name"]: s["state"] for s in status["services"]} == dict.fromkeys(SERVICES, "running")
     async with httpx.AsyncClient(timeout=10) as http:
         assert (await http.get(status["temporal_ui_url"])).status_code == 200
+    containers = next(s for s in status["services"] if s["name"] == "containers")
+    assert containers["address"] == f"unix://{stack.home / 'podman' / 'docker.sock'}"
+    worker_pid = await start_a_worker(containers["address"])
+    assert running(worker_pid)
+    assert processes_of(stack.home)  # the service and the Worker's conmon
 
     pids = stack.pids()
     assert len(pids) == 1 + len(SERVICES)
@@ -165,6 +210,8 @@ async def test_up_run_a_task_down(stack: Stack) -> None:
     assert down["was_running"] is True
     assert down["killed"] == []  # all stopped on SIGTERM
     assert [pid for pid in pids if running(pid)] == []
+    assert not running(worker_pid)
+    assert processes_of(stack.home) == []
     assert [p for p in stack.ports.values() if listening(p)] == []
     assert not (stack.home / "stack.json").exists()
     assert stack.json("status")["running"] is False
@@ -206,14 +253,16 @@ async def test_up_uses_servers_it_is_given(
     redis_url: str,
     redis: Any,
     postgres_server_url: str,
+    docker_host: str,
 ) -> None:
-    """TEMPORAL_ADDRESS, REDIS_URL and a PostgreSQL DATABASE_URL: `up` starts only our services,
-    the whole pipeline runs on PostgreSQL, and `down` leaves those servers alone."""
+    """TEMPORAL_ADDRESS, REDIS_URL, DOCKER_HOST and a PostgreSQL DATABASE_URL: `up` starts only
+    our services, the whole pipeline runs on PostgreSQL, and `down` leaves those servers alone."""
     database_url = await fresh_postgres_database(postgres_server_url)
     stack.env.update(
         TEMPORAL_ADDRESS=temporal_address,
         REDIS_URL=redis_url,
         DATABASE_URL=database_url,
+        DOCKER_HOST=docker_host,
         # The test Temporal server is shared: keep this stack's runs on a queue of its own.
         ORCHESTRATOR_TEMPORAL_TASK_QUEUE=f"smoke-{uuid.uuid4().hex[:8]}",
     )
@@ -224,6 +273,7 @@ async def test_up_uses_servers_it_is_given(
         "temporal": "external",
         "redis": "external",
         "database": "external",
+        "containers": "external",
         "api": "running",
         "worker": "running",
         "bridges": "running",
@@ -244,5 +294,6 @@ async def test_up_uses_servers_it_is_given(
 
     await asyncio.to_thread(stack.json, "down")
     assert await redis.ping()  # the servers we were given still run
+    assert docker.DockerClient(base_url=docker_host).ping()
     client = await Client.connect(temporal_address)
     assert await client.service_client.check_health()

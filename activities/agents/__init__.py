@@ -1,0 +1,51 @@
+"""Coding-agent adapters behind one interface (see base.py): claude, codex, droid, scripted."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from activities.agents.base import (
+    KEY_PLACEHOLDER,
+    AgentAdapter,
+    AgentCommand,
+    AgentEvent,
+    AgentFile,
+    AgentRequest,
+    AgentResult,
+)
+from activities.agents.claude import ClaudeAdapter
+from activities.agents.codex import CodexAdapter
+from activities.agents.droid import DroidAdapter
+from activities.agents.scripted import ScriptedAdapter
+
+ADAPTERS: dict[str, type[AgentAdapter]] = {
+    "claude": ClaudeAdapter,
+    "codex": CodexAdapter,
+    "droid": DroidAdapter,
+    "scripted": ScriptedAdapter,
+}
+
+
+def get_adapter(name: str, **options: Any) -> AgentAdapter:
+    """The adapter called ``name``; ``options`` go to its constructor (e.g. a scripted script)."""
+    try:
+        return ADAPTERS[name](**options)
+    except KeyError:
+        raise ValueError(f"unknown agent {name!r}; known: {', '.join(sorted(ADAPTERS))}") from None
+
+
+__all__ = [
+    "ADAPTERS",
+    "KEY_PLACEHOLDER",
+    "AgentAdapter",
+    "AgentCommand",
+    "AgentEvent",
+    "AgentFile",
+    "AgentRequest",
+    "AgentResult",
+    "ClaudeAdapter",
+    "CodexAdapter",
+    "DroidAdapter",
+    "ScriptedAdapter",
+    "get_adapter",
+]

@@ -1,0 +1,47 @@
+"""Where the gateway sends model API calls and the keys it adds to them.
+
+Read apart from ``core.settings.Settings`` so the keys live only in the process that serves the
+gateway. Base URLs have no ``/v1``: the gateway appends the path the agent asked for.
+"""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ModelPrice(BaseModel):
+    """USD per million tokens. Cached input costs ``cache_read`` / ``cache_write`` when given."""
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+    cache_read: float | None = Field(default=None, ge=0)
+    cache_write: float | None = Field(default=None, ge=0)
+
+
+class GatewaySettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="ORCHESTRATOR_", extra="ignore", populate_by_name=True
+    )
+
+    anthropic_base_url: str = "https://api.anthropic.com"
+    openai_base_url: str = "https://api.openai.com"
+    anthropic_api_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("ANTHROPIC_API_KEY", "ORCHESTRATOR_ANTHROPIC_API_KEY"),
+    )
+    openai_api_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("OPENAI_API_KEY", "ORCHESTRATOR_OPENAI_API_KEY"),
+    )
+    anthropic_version: str = Field(
+        default="2023-06-01", description="Sent when the agent names no anthropic-version"
+    )
+    gateway_prices: dict[str, ModelPrice] = Field(
+        default_factory=dict,
+        description="JSON {model: {input, output, cache_read?, cache_write?}} over the defaults",
+    )
+    gateway_connect_timeout: float = Field(default=10.0, gt=0)
+    gateway_read_timeout: float = Field(
+        default=600.0, gt=0, description="Longest silence in an upstream answer (long thinking)"
+    )

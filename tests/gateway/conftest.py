@@ -1,0 +1,126 @@
+"""A stand-in upstream on a loopback port, the gateway on Unix sockets, the forwarder process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import pytest_asyncio
+import uvicorn
+
+from api.db import Database
+from gateway import Gateway, GatewaySettings, ModelPrice, PriceTable
+from tests.gateway.upstream import ANTHROPIC_MODEL, OPENAI_MODEL, Upstream
+from tests.servers import free_port, stop_process, wait_for_port
+
+FORWARDER = Path(__file__).resolve().parents[2] / "deploy" / "images" / "base" / "files"
+FORWARDER = FORWARDER / "forwarder.py"
+ANTHROPIC_KEY = "sk-ant-gateway-secret"
+OPENAI_KEY = "sk-openai-gateway-secret"
+PRICES = {
+    ANTHROPIC_MODEL: ModelPrice(input=3, output=15, cache_read=0.3, cache_write=3.75),
+    OPENAI_MODEL: ModelPrice(input=1.25, output=10, cache_read=0.125),
+}
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield  # pytest keeps its own signal handlers
+
+
+@pytest_asyncio.fixture
+async def upstream() -> AsyncIterator[tuple[Upstream, str]]:
+    stand_in = Upstream()
+    port = free_port()
+    server = _Server(
+        uvicorn.Config(stand_in.app(), host="127.0.0.1", port=port, lifespan="off", log_config=None)
+    )
+    task = asyncio.create_task(server.serve())
+    async with asyncio.timeout(10):
+        while not server.started:
+            if task.done():
+                task.result()  # raises why it did not start
+            await asyncio.sleep(0.01)
+    try:
+        yield stand_in, f"http://127.0.0.1:{port}"
+    finally:
+        if stand_in.hold is not None:
+            stand_in.hold.set()
+        server.should_exit = True
+        await task
+
+
+def make_gateway(db: Database, base_url: str) -> Gateway:
+    settings = GatewaySettings(
+        anthropic_base_url=base_url,
+        openai_base_url=f"{base_url}/v1",  # the OpenAI-SDK way of writing it
+        anthropic_api_key=ANTHROPIC_KEY,
+        openai_api_key=OPENAI_KEY,
+    )
+    return Gateway(db, settings, prices=PriceTable(PRICES, defaults=False))
+
+
+@pytest_asyncio.fixture
+async def gateway(
+    sqlite_database: Database, upstream: tuple[Upstream, str]
+) -> AsyncIterator[Gateway]:
+    async with make_gateway(sqlite_database, upstream[1]) as gw:
+        yield gw
+
+
+@pytest.fixture
+def socket_dir() -> Iterator[Path]:
+    # Short: a Unix socket path holds at most 107 bytes, pytest's tmp_path is often longer.
+    path = Path(tempfile.mkdtemp(prefix="gw-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+class Forwarders:
+    """Starts ``forwarder.py`` as the image runs it; ``start`` returns its base URL."""
+
+    def __init__(self) -> None:
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, socket_path: Path) -> str:
+        port = free_port()
+        # -I -S: no site-packages, so it runs on a bare python3 as in the image.
+        command = [sys.executable, "-I", "-S", str(FORWARDER)]
+        command += ["--listen", f"127.0.0.1:{port}", "--socket", str(socket_path)]
+        proc = subprocess.Popen(command, stderr=subprocess.DEVNULL)
+        url = f"http://127.0.0.1:{port}"
+        self.processes[url] = proc
+        wait_for_port(port, timeout=10, proc=proc)
+        return url
+
+    __call__ = start
+
+    def stop_all(self) -> None:
+        for proc in self.processes.values():
+            stop_process(proc)
+
+
+@pytest.fixture
+def forwarder() -> Iterator[Forwarders]:
+    forwarders = Forwarders()
+    try:
+        yield forwarders
+    finally:
+        forwarders.stop_all()
+
+
+def uds_client(socket_path: Path) -> httpx.AsyncClient:
+    """A client straight on a task's socket (no forwarder)."""
+    transport = httpx.AsyncHTTPTransport(uds=str(socket_path))
+    return httpx.AsyncClient(transport=transport, base_url="http://gateway", timeout=30)
