@@ -44,6 +44,8 @@ DLQ_SUFFIX = ":dlq"
 # Backoff after Redis or Temporal errors: doubling from the first value up to the second.
 BACKOFF_MIN_S = 0.2
 BACKOFF_MAX_S = 5.0
+# A consumer name with nothing pending that has been idle this long belongs to a gone process.
+CONSUMER_FORGET_MS = 60 * 60 * 1000
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,26 @@ class Bridge:
             except ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
+            await self.prune_consumers(queue)
+
+    async def prune_consumers(self, queue: str) -> list[str]:
+        """Forget consumers of earlier processes that hold nothing and have been idle a while.
+
+        Each bridge process has a name of its own, so every restart leaves one behind. One still
+        holding messages is kept: deleting it would drop its pending entries, which XAUTOCLAIM
+        hands to a live consumer instead.
+        """
+        forgotten = []
+        for consumer in await self.redis.xinfo_consumers(queue, self.group):
+            name = _text(consumer["name"])
+            idle_ms = int(consumer.get("inactive", consumer["idle"]))
+            if name == self.consumer or consumer["pending"] or idle_ms < CONSUMER_FORGET_MS:
+                continue
+            await self.redis.xgroup_delconsumer(queue, self.group, name)
+            forgotten.append(name)
+        if forgotten:
+            log.info("forgot idle consumers", queue=queue, consumers=forgotten)
+        return forgotten
 
     # -- the loop ----------------------------------------------------------------------------
 

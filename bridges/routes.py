@@ -7,16 +7,42 @@ from __future__ import annotations
 
 from functools import partial
 
+from redis.asyncio import Redis
 from temporalio.client import Client
 from temporalio.common import WorkflowIDReusePolicy
+from temporalio.service import RPCError, RPCStatusCode
 
 from bridges.consumer import Route
 from core.contracts.engineering import ENGINEERING_QUEUE, EngineeringMessage
 from core.contracts.scaffolder import SCAFFOLDER_QUEUE, ScaffolderMessage
-from core.ids import engineering_workflow_id, scaffold_workflow_id
+from core.contracts.worker import (
+    WORKER_COMMANDS_QUEUE,
+    WORKER_RESPONSES_QUEUE,
+    CreateWorker,
+    DeleteWorker,
+    SendFile,
+    SendMessage,
+    WorkerCommand,
+    WorkerResponse,
+)
+from core.ids import engineering_workflow_id, scaffold_workflow_id, worker_workflow_id
 from core.settings import Settings
 from core.temporal import search_attributes
-from workflows.io import ENGINEERING_WORKFLOW, SCAFFOLD_WORKFLOW, EngineeringInput, ScaffoldInput
+from workflows.io import (
+    ENGINEERING_WORKFLOW,
+    SCAFFOLD_WORKFLOW,
+    WORKER_DELETE,
+    WORKER_QUEUE_FILE,
+    WORKER_QUEUE_MESSAGE,
+    WORKER_WORKFLOW,
+    EngineeringInput,
+    ReplyTo,
+    ScaffoldInput,
+    WorkerDelete,
+    WorkerFile,
+    WorkerInput,
+    WorkerMessage,
+)
 
 # A message delivered again after its run closed must not start a second run (ARCHITECTURE.md,
 # "Deduplication"); the consumer treats the resulting WorkflowAlreadyStartedError as success.
@@ -67,9 +93,95 @@ async def start_scaffold(client: Client, message: ScaffolderMessage, *, task_que
     )
 
 
-def routes(settings: Settings) -> list[Route]:
+def _reply_to(message: WorkerCommand) -> ReplyTo:
+    streams = [WORKER_RESPONSES_QUEUE]
+    if message.callback_stream:
+        streams.append(message.callback_stream)
+    return ReplyTo(
+        request_id=message.request_id, correlation_id=message.correlation_id, streams=streams
+    )
+
+
+class WorkerCommands:
+    """``worker:commands``: create starts a ``WorkerWorkflow``, the others signal it.
+
+    A create's ``request_id`` becomes the Worker's id (the contract has no other field for it):
+    the workflow is ``worker-{request_id}`` and every response names it in ``worker_id``. The
+    Worker itself answers each command on ``worker:responses`` (and the ``callback_stream``) with
+    the command's request_id, so the bridge never waits for an agent. Only a command for a Worker
+    that does not exist (or has ended) is answered here.
+    """
+
+    def __init__(self, settings: Settings, redis: Redis | None = None) -> None:
+        self.task_queue = settings.temporal_task_queue
+        self.redis_url = settings.effective_redis_url
+        self._redis = redis
+
+    def redis(self) -> Redis:
+        if self._redis is None:
+            self._redis = Redis.from_url(self.redis_url)
+        return self._redis
+
+    async def __call__(self, client: Client, message: WorkerCommand) -> None:
+        if isinstance(message, CreateWorker):
+            await self.create(client, message)
+            return
+        handle = client.get_workflow_handle(worker_workflow_id(message.worker_id))
+        reply = _reply_to(message)
+        try:
+            if isinstance(message, SendMessage):
+                payload = WorkerMessage(
+                    message=message.message, timeout_s=message.timeout, reply=reply
+                )
+                await handle.signal(WORKER_QUEUE_MESSAGE, payload)
+            elif isinstance(message, SendFile):
+                file = WorkerFile(path=message.path, content=message.content, reply=reply)
+                await handle.signal(WORKER_QUEUE_FILE, file)
+            elif isinstance(message, DeleteWorker):
+                await handle.signal(WORKER_DELETE, WorkerDelete(reply=reply))
+        except RPCError as exc:
+            if exc.status != RPCStatusCode.NOT_FOUND:
+                raise
+            await self.answer(reply, message.worker_id, f"no Worker {message.worker_id} is running")
+
+    async def create(self, client: Client, message: CreateWorker) -> None:
+        config = message.config
+        worker_id = message.request_id
+        await client.start_workflow(
+            WORKER_WORKFLOW,
+            WorkerInput(
+                worker_id=worker_id,
+                agent=config.agent,
+                name=config.name,
+                capabilities=config.capabilities,
+                env_refs=config.env_refs,
+                instructions=config.instructions,
+                reply=_reply_to(message),
+            ),
+            id=worker_workflow_id(worker_id),
+            task_queue=self.task_queue,
+            id_reuse_policy=REUSE_POLICY,
+            static_summary=f"Worker {config.name} ({config.agent})",
+        )
+
+    async def answer(self, reply: ReplyTo, worker_id: str, error: str) -> None:
+        response = WorkerResponse(
+            request_id=reply.request_id,
+            correlation_id=reply.correlation_id,
+            success=False,
+            worker_id=worker_id,
+            error=error,
+        )
+        for stream in reply.streams:
+            await self.redis().xadd(stream, response.to_fields())  # type: ignore[arg-type]
+
+
+def routes(settings: Settings, redis: Redis | None = None) -> list[Route]:
+    """The bridges' routes; ``redis`` answers commands for missing Workers (default: settings')."""
     queue = settings.temporal_task_queue
     return [
         Route(ENGINEERING_QUEUE, EngineeringMessage, partial(start_engineering, task_queue=queue)),
         Route(SCAFFOLDER_QUEUE, ScaffolderMessage, partial(start_scaffold, task_queue=queue)),
+        # worker:responses has no route: a response does not name the workflow that asked.
+        Route(WORKER_COMMANDS_QUEUE, WorkerCommand, WorkerCommands(settings, redis)),
     ]

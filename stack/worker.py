@@ -17,17 +17,22 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
+from activities.containers import ContainerRuntime
 from activities.forge import ForgeActivities
 from activities.tasks import TaskActivities
 from activities.temporal import TemporalActivities
+from activities.workers import WorkerActivities
 from api.db import Database
 from core.logging import get_logger
 from core.readiness import clear_ready, mark_ready
 from core.service import run_service
 from core.settings import Settings
 from core.temporal import LogContextInterceptor, connect_when_up, ensure_search_attributes
+from gateway.activities import GatewayActivities
+from gateway.server import Gateway
 from workflows.engineering import EngineeringWorkflow
 from workflows.scaffold import ScaffoldWorkflow
+from workflows.worker import WorkerWorkflow
 
 log = get_logger("stack.worker")
 
@@ -35,7 +40,7 @@ SERVICE = "worker"
 # The project templates ship with the code: <repo>/deploy/templates/<name>.
 TEMPLATES_DIR = Path(__file__).resolve().parents[1] / "deploy" / "templates"
 SERVICE_TEMPLATE_DIR = TEMPLATES_DIR / "service"
-WORKFLOWS = [EngineeringWorkflow, ScaffoldWorkflow]
+WORKFLOWS = [EngineeringWorkflow, ScaffoldWorkflow, WorkerWorkflow]
 
 
 def workflow_runner() -> SandboxedWorkflowRunner:
@@ -57,14 +62,27 @@ def build_worker(
     *,
     task_queue: str | None = None,
     template_dir: Path | None = None,
+    gateway: Gateway | None = None,
+    runtime: ContainerRuntime | None = None,
     **options: Any,
 ) -> Worker:
-    """A worker with all workflows and activities; ``options`` go to ``Worker`` as they are."""
+    """A worker with all workflows and activities; ``options`` go to ``Worker`` as they are.
+
+    ``gateway``: the model gateway this process serves (``serve`` makes one and closes it; by
+    default one that is never closed, for tests). ``runtime``: the container service;
+    by default the settings' one, connected on first use.
+    """
     tasks = TaskActivities(db, redis)
     forge = ForgeActivities(
         settings.forge_dir, template_dir or settings.template_dir or SERVICE_TEMPLATE_DIR
     )
     temporal = TemporalActivities(client)
+    # Not closed here: whoever passes the gateway owns it (``serve`` closes its own).
+    gateway = gateway or Gateway(db)
+    workers = WorkerActivities(
+        settings, redis=redis, client=client, gateway=gateway, runtime=runtime
+    )
+    gateways = GatewayActivities(gateway)
     options.setdefault("graceful_shutdown_timeout", timedelta(seconds=10))
     options.setdefault("workflow_runner", workflow_runner())
     options.setdefault("interceptors", [LogContextInterceptor()])
@@ -86,6 +104,15 @@ def build_worker(
             forge.scaffold_repository,
             forge.find_repository,
             temporal.wait_for_scaffold,
+            workers.create_container,
+            workers.remove_container,
+            workers.run_agent_turn,
+            workers.write_file,
+            workers.publish_response,
+            workers.reap_workers,
+            gateways.open_gateway,
+            gateways.close_gateway,
+            gateways.gateway_usage,
         ],
         **options,
     )
@@ -101,7 +128,8 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         log.warning("search attributes not registered", error=str(exc))
     db = Database(settings.effective_database_url)
     redis = Redis.from_url(settings.effective_redis_url)
-    worker = build_worker(client, settings, db, redis)
+    gateway = Gateway(db)
+    worker = build_worker(client, settings, db, redis, gateway=gateway)
     try:
         await _check(db, redis)
         async with worker:
@@ -111,6 +139,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
             log.info("worker stopping")
             clear_ready(settings, SERVICE)
     finally:
+        await gateway.aclose()
         await redis.aclose()
         await db.dispose()
     log.info("worker stopped")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
 from pydantic import BaseModel, Field
 
+from activities.agents.base import AgentResult
 from core.contracts.engineering import EngineeringAction, EngineeringResult
 from core.contracts.events import TaskStatus
 from core.contracts.scaffolder import ScaffoldResult
@@ -40,3 +43,80 @@ class ScaffoldInput(BaseModel):
 
 
 ScaffoldOutput = ScaffoldResult
+
+
+# --- Workers (workflows/worker.py) --------------------------------------------------------------
+
+WORKER_WORKFLOW = "WorkerWorkflow"
+# Updates: the caller waits for the outcome (a workflow or a client that can hold a connection).
+WORKER_SEND_MESSAGE = "send_message"
+WORKER_SEND_FILE = "send_file"
+# Signals: fire and forget; the Worker publishes a WorkerResponse when ``reply`` says where
+# (the bridge of ``worker:commands`` uses these, so it never waits for an agent).
+WORKER_QUEUE_MESSAGE = "queue_message"
+WORKER_QUEUE_FILE = "queue_file"
+WORKER_DELETE = "delete"
+
+
+class ReplyTo(BaseModel):
+    """Where and how to answer a queued command with a ``WorkerResponse``."""
+
+    request_id: str = Field(description="The command's request_id, repeated in the response")
+    correlation_id: str
+    streams: list[str] = Field(description="worker:responses, and the callback_stream if any")
+
+
+class WorkerInput(BaseModel):
+    worker_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    agent: str = Field(description="claude, codex, droid or scripted")
+    task_id: str | None = Field(default=None, description="The task it works for; else its own")
+    owner_workflow_id: str | None = Field(default=None, description="The workflow that made it")
+    name: str | None = None
+    image: str | None = Field(default=None, description="None: the agent's built image")
+    workspace: str | None = Field(default=None, description="Host directory at /workspace")
+    capabilities: list[str] = Field(default_factory=list)
+    env_refs: dict[str, str] = Field(default_factory=dict)
+    instructions: str | None = None
+    model: str | None = None
+    agent_options: dict[str, Any] = Field(
+        default_factory=dict, description="Adapter options, e.g. the scripted agent's script"
+    )
+    idle_timeout_s: float = Field(default=1800.0, gt=0)
+    budget_tokens: int | None = Field(default=None, gt=0)
+    budget_cost_usd: float | None = Field(default=None, gt=0)
+    reply: ReplyTo | None = Field(default=None, description="Answer the create command here")
+
+    @property
+    def effective_task_id(self) -> str:
+        return self.task_id or self.worker_id
+
+
+class WorkerMessage(BaseModel):
+    message: str
+    timeout_s: float = Field(default=600.0, gt=0)
+    reply: ReplyTo | None = None
+
+
+class WorkerFile(BaseModel):
+    path: str = Field(description="Absolute, or relative to /workspace")
+    content: str
+    mode: int = 0o644
+    reply: ReplyTo | None = None
+
+
+class WorkerDelete(BaseModel):
+    reply: ReplyTo | None = None
+
+
+class WorkerAnswer(BaseModel):
+    """What ``send_message`` returns: the agent's answer and its whole result."""
+
+    worker_id: str
+    response: str
+    result: AgentResult
+
+
+class WorkerOutput(BaseModel):
+    worker_id: str
+    reason: Literal["deleted", "idle"]
+    turns: int = 0

@@ -9,7 +9,7 @@ from redis.asyncio import Redis
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
-from bridges.consumer import Route, dead_letter_stream
+from bridges.consumer import Bridge, Route, dead_letter_stream
 from bridges.routes import start_engineering
 from core.contracts.engineering import ENGINEERING_QUEUE, EngineeringMessage
 from core.contracts.scaffolder import SCAFFOLDER_QUEUE
@@ -242,3 +242,20 @@ async def test_the_bridge_recreates_its_group_when_the_stream_vanishes(
     workflow_id = engineering_workflow_id(message.task_id)
     await eventually(lambda: workflow_exists(temporal_client, workflow_id), "the workflow")
     await eventually(lambda: acked(redis, ENGINEERING_QUEUE), "the ack")
+
+
+async def test_consumers_of_gone_processes_are_forgotten_unless_they_hold_messages(
+    redis: Redis, temporal_client: Client, bridge_routes: list[Route], monkeypatch: Any
+) -> None:
+    queue = "engineering:queue"
+    await redis.xgroup_create(queue, "bridges", id="0", mkstream=True)
+    await publish(redis, queue, engineering_message().to_fields())
+    # Two earlier processes: one read the message and died holding it, one left nothing.
+    await redis.xreadgroup("bridges", "gone-holding", {queue: ">"}, count=1)
+    await redis.xgroup_createconsumer(queue, "bridges", "gone-empty")
+    bridge = Bridge(redis, temporal_client, bridge_routes, consumer="alive")
+    monkeypatch.setattr("bridges.consumer.CONSUMER_FORGET_MS", 0)  # everyone idle long enough
+    forgotten = await bridge.prune_consumers(queue)
+    assert forgotten == ["gone-empty"]
+    names = {c["name"].decode() for c in await redis.xinfo_consumers(queue, "bridges")}
+    assert names == {"gone-holding"}
