@@ -7,22 +7,27 @@ it with the same methods (``full_name_for``, ``head``, ``create``, ``push``, ``c
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
 import subprocess
 import tempfile
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import copier
 from copier.errors import CopierError
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.heartbeat import run_blocking
+from api.db import Database
+from api.models import PullRequestCreate, PullRequestRead, PullRequestState
+from api.services import pull_requests
 from core.contracts.scaffolder import ScaffoldResult
 from core.faults import crash_point
 from core.logging import get_logger
@@ -48,6 +53,63 @@ class ScaffoldRequest(BaseModel):
 class FindRepositoryInput(BaseModel):
     project_id: str
     repo_full_name: str
+
+
+class FileStat(BaseModel):
+    path: str
+    insertions: int | None = Field(description="None for a binary file")
+    deletions: int | None
+
+
+class DiffStat(BaseModel):
+    """What a pull request changes, as ``git diff --numstat base...branch`` counts it."""
+
+    files_changed: int = 0
+    insertions: int = 0
+    deletions: int = 0
+    files: list[FileStat] = Field(default_factory=list)
+
+
+class TestOutcome(BaseModel):
+    """The Tester's verdict on the branch, shown with the pull request."""
+
+    __test__ = False  # not a pytest class, whatever its name
+    model_config = ConfigDict(extra="allow")
+    passed: int = 0
+    failed: int = 0
+    errors: int = 0
+    skipped: int = 0
+    summary: str = ""
+
+
+class PullRequestInfo(BaseModel):
+    """A pull request as a forge (local or GitHub) reports it."""
+
+    repo_full_name: str
+    number: int
+    url: str
+    branch: str
+    base: str
+    title: str
+    body: str = ""
+    head_sha: str | None = None
+    diff_stat: DiffStat = Field(default_factory=DiffStat)
+    state: PullRequestState = PullRequestState.open
+    created: bool = Field(default=False, description="True when this call opened it")
+
+
+class OpenPullRequestInput(BaseModel):
+    project_id: str
+    task_id: str | None = None
+    repo_full_name: str
+    branch: str
+    base: str = "main"
+    title: str
+    body: str = ""
+    test_outcome: TestOutcome | None = None
+    worktree: str | None = Field(
+        default=None, description="A checkout on this host to push the branch from first"
+    )
 
 
 def slugify(name: str) -> str:
@@ -96,6 +158,48 @@ class Forge(Protocol):
     def head(self, full_name: str, branch: str = BRANCH) -> str | None: ...
     def create(self, full_name: str) -> None: ...
     def push(self, full_name: str, worktree: Path, branch: str = BRANCH) -> bool: ...
+
+
+class PullRequestForge(Protocol):
+    """What opening a pull request needs; ``LocalForge`` and ``GitHubForge`` both have it."""
+
+    def push_branch(self, full_name: str, worktree: Path, branch: str) -> str: ...
+    def open_pull_request(
+        self, full_name: str, branch: str, base: str = BRANCH, *, title: str, body: str = ""
+    ) -> PullRequestInfo: ...
+
+
+_BRANCH = re.compile(r"^(?!/)(?!.*(?:\.\.|//|@\{|\.lock$|/$))[A-Za-z0-9._/-]+$")
+
+
+def check_branch(branch: str) -> str:
+    if not _BRANCH.match(branch) or branch.startswith("-"):
+        raise ApplicationError(
+            f"{branch!r} is not a usable branch name", type="InvalidBranch", non_retryable=True
+        )
+    return branch
+
+
+def parse_numstat(output: str) -> DiffStat:
+    """``git diff --numstat`` lines (``added<TAB>deleted<TAB>path``; ``-`` for binary files)."""
+    files = []
+    for line in output.splitlines():
+        added, deleted, path = [*line.split("\t", 2), "", ""][:3]
+        if not path:
+            continue
+        files.append(
+            FileStat(
+                path=path,
+                insertions=None if added == "-" else int(added),
+                deletions=None if deleted == "-" else int(deleted),
+            )
+        )
+    return DiffStat(
+        files_changed=len(files),
+        insertions=sum(f.insertions or 0 for f in files),
+        deletions=sum(f.deletions or 0 for f in files),
+        files=files,
+    )
 
 
 class LocalForge:
@@ -160,6 +264,94 @@ class LocalForge:
         if self.head(full_name, branch) is not None:
             return False
         raise RuntimeError(f"git push to {full_name} failed: {pushed.stderr.strip()}")
+
+    # --- pull requests ----------------------------------------------------------------------------
+    # Kept in the bare repository itself (``pulls/<number>.json``), as a forge keeps them: the
+    # database row the activity writes is a copy, and a retry finds the first one here.
+
+    def push_branch(self, full_name: str, worktree: Path, branch: str) -> str:
+        """Push the worktree's HEAD to ``branch``; returns the commit the forge now has there.
+
+        Forced: a task's branch belongs to that task alone, and a later round may rewrite it.
+        """
+        check_branch(branch)
+        target = str(self.path(full_name))
+        pushed = git(
+            "push", "--porcelain", target, f"+HEAD:refs/heads/{branch}", cwd=worktree, check=False
+        )
+        if pushed.returncode != 0:
+            raise RuntimeError(f"git push to {full_name} failed: {pushed.stderr.strip()}")
+        head = self.head(full_name, branch)
+        if head is None:
+            raise RuntimeError(f"{full_name} has no branch {branch} right after the push")
+        return head
+
+    def pull_url(self, full_name: str, branch: str) -> str:
+        # What a person can use: `git fetch <repository> <branch>` (the part after '#').
+        return f"{self.clone_url(full_name)}#{branch}"
+
+    def diff_stat(self, full_name: str, branch: str, base: str = BRANCH) -> DiffStat:
+        path = self.path(full_name)
+        since_fork = f"refs/heads/{base}...refs/heads/{branch}"
+        numstat = git("diff", "--numstat", "--no-renames", since_fork, cwd=path, check=False)
+        if numstat.returncode != 0:
+            # Unrelated histories have no merge base: compare the two tips instead.
+            tips = (f"refs/heads/{base}", f"refs/heads/{branch}")
+            numstat = git("diff", "--numstat", "--no-renames", *tips, cwd=path)
+        return parse_numstat(numstat.stdout)
+
+    def pull_requests(self, full_name: str) -> list[PullRequestInfo]:
+        folder = self.path(full_name) / "pulls"
+        found = [PullRequestInfo.model_validate_json(p.read_text()) for p in folder.glob("*.json")]
+        return sorted(found, key=lambda pr: pr.number)
+
+    def find_pull_request(self, full_name: str, branch: str) -> PullRequestInfo | None:
+        return next((pr for pr in self.pull_requests(full_name) if pr.branch == branch), None)
+
+    def open_pull_request(
+        self, full_name: str, branch: str, base: str = BRANCH, *, title: str, body: str = ""
+    ) -> PullRequestInfo:
+        """Open a pull request of ``branch`` into ``base``; the one already open for it if any."""
+        check_branch(branch)
+        check_branch(base)
+        path = self.path(full_name)
+        if not (path / "HEAD").is_file():
+            raise ApplicationError(
+                f"the forge has no repository {full_name}",
+                type="RepositoryNotFound",
+                non_retryable=True,
+            )
+        for name in (branch, base):
+            if self.head(full_name, name) is None:
+                raise ApplicationError(
+                    f"{full_name} has no branch {name!r}",
+                    type="BranchNotFound",
+                    non_retryable=True,
+                )
+        (path / "pulls").mkdir(exist_ok=True)
+        # One opener at a time per repository: numbers increase, and a branch gets one request.
+        with open(path / "pulls.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            existing = self.find_pull_request(full_name, branch)
+            if existing is not None:
+                return existing
+            number = max((pr.number for pr in self.pull_requests(full_name)), default=0) + 1
+            info = PullRequestInfo(
+                repo_full_name=full_name,
+                number=number,
+                url=self.pull_url(full_name, branch),
+                branch=branch,
+                base=base,
+                title=title,
+                body=body,
+                head_sha=self.head(full_name, branch),
+                diff_stat=self.diff_stat(full_name, branch, base),
+            )
+            record = path / "pulls" / f"{number}.json"
+            staging = record.with_suffix(".tmp")
+            staging.write_text(info.model_dump_json(indent=2))
+            os.replace(staging, record)
+        return info.model_copy(update={"created": True})
 
 
 class ForgeActivities:
@@ -246,3 +438,66 @@ class ForgeActivities:
         except (CopierError, ValueError) as exc:
             # A bad answer (an unknown module) stays bad however often it is retried.
             raise _invalid(f"the template refused the project: {exc}") from None
+
+
+class PullRequestActivities:
+    """Opens a task's pull request on the forge, then records it in the database."""
+
+    def __init__(self, db: Database, forge: PullRequestForge) -> None:
+        self.db = db
+        self.forge = forge
+
+    @activity.defn
+    async def open_pull_request(self, request: OpenPullRequestInput) -> PullRequestRead:
+        """Idempotent per (repository, branch): a retry returns the pull request opened first."""
+        info = await run_blocking(self._open, request)
+        row = await pull_requests.record(
+            self.db,
+            PullRequestCreate(
+                project_id=request.project_id,
+                task_id=request.task_id,
+                repo_full_name=info.repo_full_name,
+                number=info.number,
+                branch=info.branch,
+                base=info.base,
+                title=info.title,
+                body=info.body,
+                url=info.url,
+                head_sha=info.head_sha,
+                diff_stat=info.diff_stat.model_dump(),
+                test_outcome=_outcome(request.test_outcome),
+                state=info.state,
+            ),
+        )
+        log.info(
+            "pull request opened" if info.created else "pull request already open",
+            repository=info.repo_full_name,
+            number=info.number,
+            branch=info.branch,
+        )
+        return PullRequestRead.model_validate(row)
+
+    def _open(self, request: OpenPullRequestInput) -> PullRequestInfo:
+        try:
+            if request.worktree is not None:
+                path = Path(request.worktree)
+                self.forge.push_branch(request.repo_full_name, path, request.branch)
+            return self.forge.open_pull_request(
+                request.repo_full_name,
+                request.branch,
+                request.base,
+                title=request.title,
+                body=request.body,
+            )
+        except Exception as exc:
+            # A forge's own errors (GitHub's) say whether a retry can help, and when.
+            convert = getattr(exc, "to_application_error", None)
+            if callable(convert):
+                raise convert() from exc
+            raise
+
+
+def _outcome(outcome: TestOutcome | None) -> dict[str, Any] | None:
+    if outcome is None:
+        return None
+    return {**outcome.model_dump(), "recorded_at": datetime.now(UTC).isoformat()}

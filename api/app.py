@@ -23,7 +23,7 @@ from temporalio.client import Client
 from api import problems
 from api.db import Database
 from api.deps import Runtime, current_user
-from api.routes import api_keys, health, projects, tasks, users
+from api.routes import api_keys, health, projects, pull_requests, tasks, users
 from api.services import outbox
 from api.services.tasks import TaskService
 from core.ids import new_id
@@ -156,12 +156,13 @@ def create_app(
             {"name": "api-keys", "description": "Keys for the CLI, the bot and agents"},
             {"name": "projects", "description": "What the pipelines work on"},
             {"name": "tasks", "description": "Units of asynchronous work and their progress"},
+            {"name": "pull-requests", "description": "What engineering tasks delivered"},
         ],
     )
     problems.install(app)
     app.add_middleware(RequestContext)
     app.include_router(health.router)
-    for module in (users, api_keys, projects, tasks):
+    for module in (users, api_keys, projects, tasks, pull_requests):
         # Authentication on the router: a route added later cannot forget it.
         app.include_router(
             module.router,

@@ -38,6 +38,12 @@ class TaskType(StrEnum):
     deploy = "deploy"
 
 
+class PullRequestState(StrEnum):
+    open = "open"
+    merged = "merged"
+    closed = "closed"
+
+
 class ProjectStatus(StrEnum):
     new = "NEW"
     scaffolding = "SCAFFOLDING"
@@ -167,6 +173,31 @@ class ModelUsage(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
 
 
+class PullRequest(SQLModel, table=True):
+    """A pull request a task opened on its project's forge (the local one or GitHub).
+
+    One per (repository, branch): a retried activity finds the row it wrote before.
+    """
+
+    __tablename__ = "pull_requests"
+    __table_args__ = (UniqueConstraint("repo_full_name", "branch"),)
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    project_id: str = Field(foreign_key="projects.id", index=True, max_length=32)
+    task_id: str | None = Field(default=None, index=True, max_length=32)
+    repo_full_name: str = Field(max_length=200)
+    number: int
+    branch: str = Field(max_length=250)
+    base: str = Field(max_length=250)
+    title: str = Field(max_length=500)
+    body: str = ""
+    url: str = Field(max_length=1000)
+    head_sha: str | None = Field(default=None, max_length=64)
+    diff_stat: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    test_outcome: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    state: PullRequestState = Field(default=PullRequestState.open, sa_type=String(20))
+    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+
+
 # --- what the API reads and writes --------------------------------------------------------------
 
 
@@ -278,4 +309,41 @@ class TaskEventRead(ReadModel):
     message: str
     progress: float | None
     data: dict[str, Any]
+    created_at: datetime
+
+
+class PullRequestCreate(BaseModel):
+    """What an activity records once the forge has opened the pull request."""
+
+    model_config = ConfigDict(extra="forbid")
+    project_id: str = PydanticField(min_length=1, max_length=32)
+    task_id: str | None = PydanticField(default=None, max_length=32)
+    repo_full_name: str = PydanticField(min_length=3, max_length=200)
+    number: int = PydanticField(ge=1)
+    branch: str = PydanticField(min_length=1, max_length=250)
+    base: str = PydanticField(min_length=1, max_length=250)
+    title: str = PydanticField(min_length=1, max_length=500)
+    body: str = ""
+    url: str = PydanticField(min_length=1, max_length=1000)
+    head_sha: str | None = PydanticField(default=None, max_length=64)
+    diff_stat: dict[str, Any] = PydanticField(default_factory=dict)
+    test_outcome: dict[str, Any] | None = None
+    state: PullRequestState = PullRequestState.open
+
+
+class PullRequestRead(ReadModel):
+    id: str
+    project_id: str
+    task_id: str | None
+    repo_full_name: str
+    number: int
+    branch: str
+    base: str
+    title: str
+    body: str
+    url: str
+    head_sha: str | None
+    diff_stat: dict[str, Any]
+    test_outcome: dict[str, Any] | None
+    state: PullRequestState
     created_at: datetime

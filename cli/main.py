@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from cli import contracts, engineering, images, project, stack, task
+from cli import contracts, engineering, images, pr, project, stack, task
 from cli.demo import demo
 from cli.output import command
 
@@ -24,6 +24,7 @@ app.add_typer(engineering.app, name="engineering")
 app.add_typer(task.app, name="task")
 app.add_typer(contracts.app, name="contracts")
 app.add_typer(images.app, name="images")
+app.add_typer(pr.app, name="pr")
 command(app, "demo")(demo)
 
 
