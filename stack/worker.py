@@ -18,7 +18,8 @@ from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.containers import ContainerRuntime
-from activities.forge import ForgeActivities
+from activities.engineering import EngineeringActivities
+from activities.forge import ForgeActivities, LocalForge, PullRequestActivities
 from activities.tasks import TaskActivities
 from activities.temporal import TemporalActivities
 from activities.workers import WorkerActivities
@@ -83,6 +84,8 @@ def build_worker(
         settings, redis=redis, client=client, gateway=gateway, runtime=runtime
     )
     gateways = GatewayActivities(gateway)
+    engineering = EngineeringActivities(settings, db, workers)
+    pulls = PullRequestActivities(db, LocalForge(settings.forge_dir))
     options.setdefault("graceful_shutdown_timeout", timedelta(seconds=10))
     options.setdefault("workflow_runner", workflow_runner())
     options.setdefault("interceptors", [LogContextInterceptor()])
@@ -113,6 +116,11 @@ def build_worker(
             gateways.open_gateway,
             gateways.close_gateway,
             gateways.gateway_usage,
+            engineering.plan_task,
+            engineering.prepare_workspace,
+            engineering.run_tests,
+            engineering.commit_workspace,
+            pulls.open_pull_request,
         ],
         **options,
     )

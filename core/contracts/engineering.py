@@ -32,3 +32,4 @@ class EngineeringResult(Strict):
     pr_url: str | None = None
     repository: str | None = Field(default=None, description="The project's repository")
     stages: list[str] = Field(default_factory=list, description="Stages that really ran")
+    rounds: int | None = Field(default=None, description="Developer rounds (agent turns) run")

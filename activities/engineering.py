@@ -1,0 +1,241 @@
+"""Host activities of the engineering stages (workflows/engineering.py): plan, workspace, tests.
+
+- ``plan_task``: what the task asks for. For this first version only the ``scripted`` agent is
+  wired: a task whose spec is a JSON object ``{"script": {"rounds": [...]}, "max_rounds": N}``
+  runs the developer / tester loop with that script; any other spec has no agent yet.
+- ``prepare_workspace``: a checkout of the project's repository per task, at
+  ``<home>/workspaces/<task_id>``, on the branch ``task/<task_id>`` (mounted at /workspace in the
+  task's Worker).
+- ``run_tests``: the project's ``make test`` inside the Worker, parsed into a ``TestReport``.
+- ``commit_workspace``: commits what the agent left uncommitted and gives the checkout back to
+  this process's user (the Worker's uid owned it), so the host can push it.
+
+All are idempotent: a retry finds the checkout, the branch and the commit already made.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.containers import WorkerNotFound
+from activities.forge import git
+from activities.heartbeat import heartbeating, run_blocking
+from activities.workers import WorkerActivities
+from api.db import Database
+from api.models import Task
+from core.settings import Settings
+
+DEFAULT_MAX_ROUNDS = 3
+TEST_COMMAND = ["make", "test"]
+OUTPUT_TAIL = 4000
+
+
+class TaskPlan(BaseModel):
+    agent: str | None = Field(default=None, description="None: no agent is wired for this spec")
+    agent_options: dict[str, Any] = Field(default_factory=dict)
+    prompt: str = ""
+    max_rounds: int = DEFAULT_MAX_ROUNDS
+
+
+class WorkspaceInput(BaseModel):
+    task_id: str
+    repository: str = Field(description="Clone URL of the project's repository")
+    branch: str
+    base: str = "main"
+
+
+class Workspace(BaseModel):
+    path: str
+    branch: str
+    base_sha: str
+
+
+class RunTestsInput(BaseModel):
+    worker_id: str
+    timeout_s: float = 600.0
+
+
+class TestReport(BaseModel):
+    __test__ = False  # not a pytest class
+    passed: bool
+    exit_code: int
+    tests_run: int = 0
+    failures: int = 0
+    errors: int = 0
+    skipped: int = 0
+    failing_tests: list[str] = Field(default_factory=list)
+    summary: str = ""
+    output: str = Field(default="", description="The command's last lines")
+
+
+class CommitInput(BaseModel):
+    path: str
+    base_sha: str
+    message: str
+
+
+class CommitResult(BaseModel):
+    commit_sha: str
+    files_changed: list[str] = Field(default_factory=list)
+
+
+def parse_plan(spec: str, default_rounds: int = DEFAULT_MAX_ROUNDS) -> TaskPlan:
+    """The plan of a task's spec: a JSON object carrying a script selects the scripted agent."""
+    try:
+        data = json.loads(spec)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict) or not isinstance(data.get("script"), dict):
+        return TaskPlan(prompt=spec, max_rounds=default_rounds)
+    rounds = data.get("max_rounds", default_rounds)
+    if not isinstance(rounds, int) or rounds < 1:
+        raise ApplicationError(
+            f"max_rounds must be a positive integer: {rounds!r}", type="BadSpec", non_retryable=True
+        )
+    return TaskPlan(
+        agent="scripted",
+        agent_options={"script": data["script"]},
+        prompt=str(data.get("prompt") or "Follow the script"),
+        max_rounds=rounds,
+    )
+
+
+_RAN = re.compile(r"^Ran (\d+) tests? in", re.MULTILINE)
+_VERDICT = re.compile(r"^(OK|FAILED)(?: \(([^)]*)\))?\s*$", re.MULTILINE)
+_FAILING = re.compile(r"^(?:FAIL|ERROR): (\S+) \(([^)]+)\)", re.MULTILINE)
+
+
+def parse_unittest(output: str, exit_code: int) -> TestReport:
+    """The outcome of ``python -m unittest`` (the template's ``make test``) from its output."""
+    ran = _RAN.findall(output)
+    counts: dict[str, int] = {}
+    verdicts = _VERDICT.findall(output)
+    if verdicts:
+        for part in (verdicts[-1][1] or "").split(","):
+            name, _, value = part.strip().partition("=")
+            if value.strip().isdigit():
+                counts[name] = int(value)
+    # 3.11+ print "FAIL: test_y (tests.test_x.Case.test_y)"; older ones "(tests.test_x.Case)".
+    found = (_dedupe_name(f"{where}.{name}") for name, where in _FAILING.findall(output))
+    failing = list(dict.fromkeys(found))
+    passed = exit_code == 0 and (not verdicts or verdicts[-1][0] == "OK")
+    total = int(ran[-1]) if ran else 0
+    if passed:
+        summary = f"{total} tests passed"
+    elif verdicts:
+        summary = f"{total} tests ran: {verdicts[-1][0]} ({verdicts[-1][1]})"
+    else:
+        summary = f"the test command exited with {exit_code}"
+    return TestReport(
+        passed=passed,
+        exit_code=exit_code,
+        tests_run=total,
+        failures=counts.get("failures", 0),
+        errors=counts.get("errors", 0),
+        skipped=counts.get("skipped", 0),
+        failing_tests=failing,
+        summary=summary,
+        output=output[-OUTPUT_TAIL:],
+    )
+
+
+def _dedupe_name(name: str) -> str:
+    parts = name.split(".")
+    if len(parts) >= 2 and parts[-1] == parts[-2]:
+        return ".".join(parts[:-1])
+    return name
+
+
+class EngineeringActivities:
+    def __init__(self, settings: Settings, db: Database, workers: WorkerActivities) -> None:
+        self.settings = settings
+        self.db = db
+        self.workers = workers
+
+    @property
+    def workspaces(self) -> Path:
+        return self.settings.home_dir / "workspaces"
+
+    @activity.defn
+    async def plan_task(self, task_id: str) -> TaskPlan:
+        """The task's plan, read from its spec (kept out of the workflow's input and history)."""
+        async with self.db.session() as session:
+            task = await session.get(Task, task_id)
+        if task is None:
+            raise ApplicationError(f"no task {task_id}", type="TaskNotFound", non_retryable=True)
+        return parse_plan(task.spec)
+
+    @activity.defn
+    async def prepare_workspace(self, request: WorkspaceInput) -> Workspace:
+        return await run_blocking(self._prepare, request)
+
+    def _prepare(self, request: WorkspaceInput) -> Workspace:
+        path = self.workspaces / request.task_id
+        if not (path / ".git").is_dir():
+            staging = path.with_name(f".{path.name}.clone")
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.parent.mkdir(parents=True, exist_ok=True)
+            git("clone", "--quiet", "--branch", request.base, request.repository, str(staging))
+            git("checkout", "--quiet", "-B", request.branch, cwd=staging)
+            os.rename(staging, path)
+        _reclaim(path)
+        base = git("rev-parse", f"origin/{request.base}", cwd=path).stdout.strip()
+        return Workspace(path=str(path), branch=request.branch, base_sha=base)
+
+    @activity.defn
+    async def run_tests(self, request: RunTestsInput) -> TestReport:
+        runtime = await self.workers.runtime()
+        try:
+            async with heartbeating("tests"):
+                done = await runtime.exec(
+                    request.worker_id,
+                    TEST_COMMAND,
+                    # A round rewrites files within the same second: no stale .pyc may shadow them.
+                    env={"PYTHONDONTWRITEBYTECODE": "1"},
+                    timeout=request.timeout_s,
+                )
+        except WorkerNotFound as exc:
+            raise ApplicationError(str(exc), type="WorkerNotFound", non_retryable=True) from None
+        output = done.stdout + done.stderr
+        if done.timed_out:
+            return TestReport(
+                passed=False,
+                exit_code=done.exit_code,
+                summary=f"the tests ran past their {request.timeout_s:g} s limit",
+                output=output[-OUTPUT_TAIL:],
+            )
+        return parse_unittest(output, done.exit_code)
+
+    @activity.defn
+    async def commit_workspace(self, request: CommitInput) -> CommitResult:
+        return await run_blocking(self._commit, request)
+
+    def _commit(self, request: CommitInput) -> CommitResult:
+        path = Path(request.path)
+        _reclaim(path)  # the Worker's uid owned it; git refuses a repository of another user
+        git("add", "--all", cwd=path)
+        if git("diff", "--cached", "--quiet", cwd=path, check=False).returncode != 0:
+            git("commit", "--quiet", "-m", request.message, cwd=path)
+        sha = git("rev-parse", "HEAD", cwd=path).stdout.strip()
+        names = git("diff", "--name-only", f"{request.base_sha}..HEAD", cwd=path).stdout
+        return CommitResult(commit_sha=sha, files_changed=names.split())
+
+
+def _reclaim(path: Path) -> None:
+    """Give the checkout back to this process's user (a Worker ran as another uid)."""
+    if os.geteuid() != 0:
+        return
+    uid, gid = os.geteuid(), os.getegid()
+    for root, dirs, files in os.walk(path):
+        os.chown(root, uid, gid)
+        for name in [*dirs, *files]:
+            os.chown(os.path.join(root, name), uid, gid, follow_symlinks=False)
