@@ -193,6 +193,13 @@ async def test_up_run_a_task_down(stack: Stack) -> None:
     assert "scaffold" in task["result"]["stages"]
     assert task["result"]["repository"]
 
+    # The main job (`make run`) on the running stack: a project, a task to its end, the links.
+    demo = await asyncio.to_thread(stack.json, "demo")
+    assert demo["status"] == "COMPLETED", demo
+    assert demo["workflow_id"] == f"engineering-{demo['task_id']}"
+    assert demo["workflow_url"].endswith(f"/workflows/{demo['workflow_id']}")
+    assert demo["result"]["stages"] == ["scaffold"] and demo["result"]["repository"]
+
     status = stack.json("status")
     assert status["running"] is True
     assert {s["name"]: s["state"] for s in status["services"]} == dict.fromkeys(SERVICES, "running")
