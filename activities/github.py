@@ -32,6 +32,7 @@ from activities.forge import (
     DiffStat,
     PullRequestInfo,
     check_branch,
+    git,
     git_env,
     slugify,
 )
@@ -420,14 +421,7 @@ class GitHubForge:
     def push_branch(self, full_name: str, worktree: Path, branch: str) -> str:
         """Push HEAD to ``branch`` (forced: a task's branch is its own); returns the pushed sha."""
         self._push(full_name, worktree, f"+HEAD:refs/heads/{check_branch(branch)}")
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=worktree,
-            env=git_env(),
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
+        sha = git("rev-parse", "HEAD", cwd=worktree).stdout.strip()
         log.info("branch pushed", repository=full_name, branch=branch, commit_sha=sha)
         return sha
 

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, TypeVar
+from collections.abc import Mapping
+from typing import Any
 
 from redis.asyncio import Redis
 from temporalio.client import Client
@@ -14,22 +12,6 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from core.contracts.engineering import EngineeringMessage
 from core.contracts.scaffolder import ScaffolderMessage
-
-T = TypeVar("T")
-
-
-async def eventually(
-    check: Callable[[], Awaitable[T]], what: str, within: float = 15.0, interval: float = 0.02
-) -> T:
-    """Poll ``check`` until it returns something truthy; fail with ``what`` at the deadline."""
-    deadline = time.monotonic() + within
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(interval)
-    raise AssertionError(f"timed out after {within}s waiting for {what} (last: {last!r})")
 
 
 def engineering_message(**overrides: Any) -> EngineeringMessage:

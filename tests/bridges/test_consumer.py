@@ -19,13 +19,13 @@ from tests.bridges.conftest import StartBridge
 from tests.bridges.helpers import (
     acked,
     engineering_message,
-    eventually,
     pending_count,
     publish,
     runs_of,
     scaffolder_message,
     workflow_exists,
 )
+from tests.waiting import eventually
 from workflows.io import ENGINEERING_WORKFLOW, SCAFFOLD_WORKFLOW, EngineeringInput, ScaffoldInput
 
 DLQ = dead_letter_stream(ENGINEERING_QUEUE)

@@ -18,12 +18,12 @@ from core.ids import engineering_workflow_id
 from tests.bridges.helpers import (
     acked,
     engineering_message,
-    eventually,
     pending_count,
     publish,
     runs_of,
     workflow_exists,
 )
+from tests.waiting import eventually
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -27,8 +27,9 @@ from core.contracts.worker import (
 )
 from core.settings import Settings
 from tests.bridges.conftest import StartBridge
-from tests.bridges.helpers import eventually, publish
+from tests.bridges.helpers import publish
 from tests.images.conftest import image_builder
+from tests.waiting import eventually
 from tests.workflows.helpers import running_worker
 
 SCRIPT = {"rounds": [{"write": {"path": "a.txt", "content": "A\n"}, "summary": "Wrote a.txt."}]}

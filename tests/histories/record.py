@@ -32,8 +32,8 @@ from api.migrate import upgrade_async
 from core.ids import scaffold_workflow_id
 from core.temporal import SEARCH_ATTRIBUTES, search_attributes
 from tests import servers
+from tests.waiting import eventually
 from tests.workflows.helpers import (
-    eventually,
     make_project,
     make_task,
     running_worker,

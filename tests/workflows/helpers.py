@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from redis.asyncio import Redis
 from sqlmodel import col, select
@@ -23,8 +21,6 @@ from core.temporal import search_attributes
 from stack.worker import build_worker
 from workflows.engineering import EngineeringWorkflow
 from workflows.io import EngineeringInput, EngineeringOutput
-
-T = TypeVar("T")
 
 
 async def make_project(
@@ -90,20 +86,6 @@ async def events(db: Database, task_id: str) -> list[TaskEventRow]:
             .order_by(col(TaskEventRow.seq))
         )
         return list(rows.all())
-
-
-async def eventually(
-    check: Callable[[], Awaitable[T]], *, within: float = 30.0, interval: float = 0.1
-) -> T:
-    """Poll ``check`` until it returns something truthy; fail at the deadline."""
-    deadline = time.monotonic() + within
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {within}s (last: {value!r})")
-        await asyncio.sleep(interval)
 
 
 @asynccontextmanager

@@ -19,10 +19,10 @@ from core.faults import CRASH_AT_ENV
 from core.ids import scaffold_workflow_id
 from core.readiness import is_ready
 from core.settings import Settings
+from tests.waiting import eventually
 from tests.workflows.helpers import (
     bare_repositories,
     commit_count,
-    eventually,
     get_task,
     git_out,
     make_project,

@@ -17,11 +17,11 @@ from api.services.tasks import TaskService
 from core.contracts.events import EventType, TaskEvent, TaskStatus
 from core.ids import scaffold_workflow_id, task_progress_stream
 from core.temporal import search_attributes
+from tests.waiting import eventually
 from tests.workflows.helpers import (
     bare_repositories,
     commit_count,
     events,
-    eventually,
     get_project,
     get_task,
     git_out,

@@ -21,7 +21,8 @@ from api.db import Database
 from core.ids import worker_workflow_id
 from core.settings import Settings
 from tests.images.conftest import image_builder
-from tests.workflows.helpers import eventually, running_worker
+from tests.waiting import eventually
+from tests.workflows.helpers import running_worker
 from workflows.io import (
     WORKER_DELETE,
     WORKER_SEND_FILE,
