@@ -55,6 +55,9 @@ class Route:
     queue: str
     model: Any  # a pydantic model class or a (discriminated) union type
     action: Action  # starts or signals a workflow; raising leaves the message pending
+    # Messages with the same key are acted on one after another, in stream order (the commands
+    # of one Worker); others run concurrently. None: no order between this queue's messages.
+    order_key: Callable[[Any], str | None] | None = None
 
     @property
     def dlq(self) -> str:
@@ -118,6 +121,8 @@ class Bridge:
         self.claim_interval_s = min(max(claim_idle_ms / 2000, 0.05), 10.0)
         self.ready = asyncio.Event()
         self._in_flight: dict[tuple[str, str], asyncio.Task[None]] = {}
+        # (queue, order key) -> the task of the latest message with that key.
+        self._ordered_tails: dict[tuple[str, str], asyncio.Task[Any]] = {}
         self._failures = 0
         self._retry_after = 0.0
 
@@ -332,7 +337,7 @@ class Bridge:
                 await self._dead_letter(route, message_id, fields, exc.reason)
             return
         with bound_context(**_context(queue, message_id, message)):
-            if not await self._act(route, message):
+            if not await self._act_in_order(route, message):
                 return
             crash_point("bridge.before_ack")
             try:
@@ -341,6 +346,27 @@ class Bridge:
                 # Temporal has it; the redelivery after the claim will be a harmless duplicate.
                 log.warning("ack failed; the message will be redelivered", error=str(exc))
                 self._note_failure()
+
+    async def _act_in_order(self, route: Route, message: Any) -> bool:
+        """``_act``, after the earlier messages that share this one's order key.
+
+        Tasks start in the order their messages were read, and nothing above awaits before the
+        tail is taken, so each message waits exactly for the one before it with the same key.
+        """
+        key = route.order_key(message) if route.order_key else None
+        current = asyncio.current_task()
+        if key is None or current is None:
+            return await self._act(route, message)
+        slot = (route.queue, key)
+        previous = self._ordered_tails.get(slot)
+        self._ordered_tails[slot] = current
+        try:
+            if previous is not None:
+                await asyncio.gather(previous, return_exceptions=True)
+            return await self._act(route, message)
+        finally:
+            if self._ordered_tails.get(slot) is current:
+                del self._ordered_tails[slot]
 
     async def _act(self, route: Route, message: Any) -> bool:
         """True once Temporal accepted the message (a duplicate counts as accepted)."""

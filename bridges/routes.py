@@ -93,6 +93,11 @@ async def start_scaffold(client: Client, message: ScaffolderMessage, *, task_que
     )
 
 
+def worker_of(message: WorkerCommand) -> str:
+    """The Worker a command is for: its commands must reach it in the order they were sent."""
+    return message.request_id if isinstance(message, CreateWorker) else message.worker_id
+
+
 def _reply_to(message: WorkerCommand) -> ReplyTo:
     streams = [WORKER_RESPONSES_QUEUE]
     if message.callback_stream:
@@ -183,5 +188,10 @@ def routes(settings: Settings, redis: Redis | None = None) -> list[Route]:
         Route(ENGINEERING_QUEUE, EngineeringMessage, partial(start_engineering, task_queue=queue)),
         Route(SCAFFOLDER_QUEUE, ScaffolderMessage, partial(start_scaffold, task_queue=queue)),
         # worker:responses has no route: a response does not name the workflow that asked.
-        Route(WORKER_COMMANDS_QUEUE, WorkerCommand, WorkerCommands(settings, redis)),
+        Route(
+            WORKER_COMMANDS_QUEUE,
+            WorkerCommand,
+            WorkerCommands(settings, redis),
+            order_key=worker_of,
+        ),
     ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -259,3 +260,33 @@ async def test_consumers_of_gone_processes_are_forgotten_unless_they_hold_messag
     assert forgotten == ["gone-empty"]
     names = {c["name"].decode() for c in await redis.xinfo_consumers(queue, "bridges")}
     assert names == {"gone-holding"}
+
+
+async def test_messages_sharing_an_order_key_are_acted_on_in_order(
+    redis: Redis, start_bridge: StartBridge
+) -> None:
+    """Commands for one Worker reach it in the order they were sent; others are not held up."""
+    release = asyncio.Event()
+    acted: list[str] = []
+
+    async def action(_: Client, message: EngineeringMessage) -> None:
+        if message.user_id == "first":
+            await release.wait()  # the first command of worker A is slow
+        acted.append(message.user_id)
+
+    route = Route(ENGINEERING_QUEUE, EngineeringMessage, action, order_key=lambda m: m.project_id)
+    await start_bridge([route])
+    for user_id, worker in (("first", "A"), ("second", "A"), ("other", "B")):
+        message = engineering_message(user_id=user_id, project_id=worker)
+        await publish(redis, ENGINEERING_QUEUE, message.to_fields())
+
+    await eventually(lambda: _async(acted == ["other"]), "worker B's command, not held up")
+    assert "second" not in acted  # it waits for the first command of its own worker
+    release.set()
+    await eventually(lambda: _async(len(acted) == 3), "all three commands")
+    assert acted == ["other", "first", "second"]
+    await eventually(lambda: acked(redis, ENGINEERING_QUEUE), "the acks")
+
+
+async def _async(value: bool) -> bool:
+    return value
