@@ -1,8 +1,8 @@
 """Host activities of the engineering stages (workflows/engineering.py): plan, workspace, tests.
 
-- ``plan_task``: what the task asks for. For this first version only the ``scripted`` agent is
-  wired: a task whose spec is a JSON object ``{"script": {"rounds": [...]}, "max_rounds": N}``
-  runs the developer / tester loop with that script; any other spec has no agent yet.
+- ``plan_task``: what the task asks for: its spec, its agent and its limits, from the task's
+  ``EngineeringOptions`` over the settings' defaults (the default agent follows the model keys
+  the gateway holds: claude, else codex).
 - ``prepare_workspace``: a checkout of the project's repository per task, at
   ``<home>/workspaces/<task_id>``, on the branch ``task/<task_id>`` (mounted at /workspace in the
   task's Worker).
@@ -22,7 +22,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -32,7 +32,10 @@ from activities.heartbeat import heartbeating, run_blocking
 from activities.workers import WorkerActivities
 from api.db import Database
 from api.models import Task
+from core.contracts.engineering import EngineeringOptions
 from core.settings import Settings
+from gateway.ledger import Budget
+from gateway.settings import GatewaySettings
 
 DEFAULT_MAX_ROUNDS = 3
 TEST_COMMAND = ["make", "test"]
@@ -40,10 +43,18 @@ OUTPUT_TAIL = 4000
 
 
 class TaskPlan(BaseModel):
-    agent: str | None = Field(default=None, description="None: no agent is wired for this spec")
+    """What an engineering task asks for and within which limits (from its options and the
+    settings' defaults). Read by an activity: the spec and options stay out of the history."""
+
+    agent: str | None = Field(default=None, description="None: no agent is available")
+    no_agent: str | None = Field(default=None, description="Why no agent runs, for the task")
     agent_options: dict[str, Any] = Field(default_factory=dict)
+    model: str | None = None
+    instructions: str | None = None
     prompt: str = ""
     max_rounds: int = DEFAULT_MAX_ROUNDS
+    max_minutes: float = 60.0
+    budget: Budget = Field(default_factory=Budget)
 
 
 class WorkspaceInput(BaseModel):
@@ -88,25 +99,73 @@ class CommitResult(BaseModel):
     files_changed: list[str] = Field(default_factory=list)
 
 
-def parse_plan(spec: str, default_rounds: int = DEFAULT_MAX_ROUNDS) -> TaskPlan:
-    """The plan of a task's spec: a JSON object carrying a script selects the scripted agent."""
+NO_AGENT = (
+    "No coding agent is configured: set ANTHROPIC_API_KEY (Claude Code) or OPENAI_API_KEY "
+    "(Codex) for the worker, or choose one with `engineering start --agent`"
+)
+
+
+def plan_of(spec: str, options: EngineeringOptions, settings: Settings, keys: set[str]) -> TaskPlan:
+    """The plan of a task: its options over the settings' defaults.
+
+    ``keys``: the providers the gateway holds a key for ("anthropic", "openai"). A spec that is
+    a JSON object with a ``script`` (the older way to ask for the scripted agent) still works.
+    """
+    legacy = _legacy_script(spec)
+    if legacy is not None:
+        prompt = legacy.pop("prompt", None)
+        options = EngineeringOptions.model_validate(
+            {**legacy, **options.model_dump(exclude_none=True)}
+        )
+        spec = str(prompt or "Follow the script")
+    agent = options.agent or settings.default_agent or _agent_for(keys)
+    if agent == "scripted" and options.script is None:
+        raise ApplicationError(
+            "the scripted agent needs a script (engineering start --script FILE)",
+            type="BadSpec",
+            non_retryable=True,
+        )
+    return TaskPlan(
+        agent=agent,
+        no_agent=None if agent else NO_AGENT,
+        agent_options={"script": options.script} if agent == "scripted" else {},
+        model=options.model,
+        instructions=options.instructions,
+        prompt=spec,
+        max_rounds=options.max_rounds or settings.task_max_rounds,
+        max_minutes=options.max_minutes or settings.task_max_minutes,
+        budget=Budget(
+            max_tokens=options.max_tokens or settings.task_max_tokens,
+            max_cost_usd=options.max_cost_usd or settings.task_max_cost_usd,
+        ),
+    )
+
+
+def _agent_for(keys: set[str]) -> str | None:
+    if "anthropic" in keys:
+        return "claude"
+    if "openai" in keys:
+        return "codex"
+    return None
+
+
+def _legacy_script(spec: str) -> dict[str, Any] | None:
     try:
         data = json.loads(spec)
     except ValueError:
-        data = None
+        return None
     if not isinstance(data, dict) or not isinstance(data.get("script"), dict):
-        return TaskPlan(prompt=spec, max_rounds=default_rounds)
-    rounds = data.get("max_rounds", default_rounds)
-    if not isinstance(rounds, int) or rounds < 1:
+        return None
+    fields = {"script": data["script"], "agent": "scripted"}
+    if "max_rounds" in data:
+        fields["max_rounds"] = data["max_rounds"]
+    try:
+        EngineeringOptions.model_validate(fields)
+    except ValidationError as exc:
         raise ApplicationError(
-            f"max_rounds must be a positive integer: {rounds!r}", type="BadSpec", non_retryable=True
-        )
-    return TaskPlan(
-        agent="scripted",
-        agent_options={"script": data["script"]},
-        prompt=str(data.get("prompt") or "Follow the script"),
-        max_rounds=rounds,
-    )
+            f"bad options in the spec: {exc.errors()[0]['msg']}", type="BadSpec", non_retryable=True
+        ) from None
+    return {**fields, "prompt": data.get("prompt")}
 
 
 _RAN = re.compile(r"^Ran (\d+) tests? in", re.MULTILINE)
@@ -148,6 +207,17 @@ def parse_unittest(output: str, exit_code: int) -> TestReport:
     )
 
 
+def gateway_keys() -> set[str]:
+    """The providers the gateway of this process can call (it holds their key)."""
+    settings = GatewaySettings()
+    keys = set()
+    if settings.anthropic_api_key is not None:
+        keys.add("anthropic")
+    if settings.openai_api_key is not None:
+        keys.add("openai")
+    return keys
+
+
 def _dedupe_name(name: str) -> str:
     parts = name.split(".")
     if len(parts) >= 2 and parts[-1] == parts[-2]:
@@ -156,10 +226,18 @@ def _dedupe_name(name: str) -> str:
 
 
 class EngineeringActivities:
-    def __init__(self, settings: Settings, db: Database, workers: WorkerActivities) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        workers: WorkerActivities,
+        model_keys: set[str] | None = None,
+    ) -> None:
         self.settings = settings
         self.db = db
         self.workers = workers
+        # The providers this process's gateway holds a key for: they choose the default agent.
+        self.model_keys = model_keys if model_keys is not None else gateway_keys()
 
     @property
     def workspaces(self) -> Path:
@@ -172,7 +250,13 @@ class EngineeringActivities:
             task = await session.get(Task, task_id)
         if task is None:
             raise ApplicationError(f"no task {task_id}", type="TaskNotFound", non_retryable=True)
-        return parse_plan(task.spec)
+        try:
+            options = EngineeringOptions.model_validate(task.details.get("engineering") or {})
+        except ValidationError as exc:
+            raise ApplicationError(
+                f"bad engineering options: {exc}", type="BadSpec", non_retryable=True
+            ) from None
+        return plan_of(task.spec, options, self.settings, self.model_keys)
 
     @activity.defn
     async def prepare_workspace(self, request: WorkspaceInput) -> Workspace:

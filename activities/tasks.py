@@ -44,6 +44,12 @@ class FinishTaskInput(BaseModel):
     error: str | None = None
 
 
+class QuestionInput(BaseModel):
+    task_id: str
+    question: str
+    stage: str | None = None
+
+
 class ProjectInfo(BaseModel):
     """What the workflows need to know about a project."""
 
@@ -143,6 +149,24 @@ class TaskActivities:
             )
         except TaskNotFound:
             raise _not_found("task", finish.task_id) from None
+
+    @activity.defn
+    async def wait_for_human(self, request: QuestionInput) -> bool:
+        """RUNNING -> WAITING_HUMAN, with the question in the event (idempotent)."""
+        try:
+            return await self.tasks.wait_for_human(
+                request.task_id, request.question, stage=request.stage
+            )
+        except TaskNotFound:
+            raise _not_found("task", request.task_id) from None
+
+    @activity.defn
+    async def answered(self, request: QuestionInput) -> bool:
+        """WAITING_HUMAN -> RUNNING once the question is answered (idempotent)."""
+        try:
+            return await self.tasks.answered(request.task_id, request.question, stage=request.stage)
+        except TaskNotFound:
+            raise _not_found("task", request.task_id) from None
 
     @activity.defn
     async def get_project(self, project_id: str) -> ProjectInfo:

@@ -25,7 +25,7 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.agents import ADAPTERS, AgentResult, get_adapter
+from activities.agents import ADAPTERS, AgentEvent, AgentResult, get_adapter
 from activities.agents.base import DEFAULT_HOME, AgentRequest
 from activities.containers import ContainerRuntime, Mount, WorkerNotFound, WorkerSpec
 from activities.heartbeat import heartbeating
@@ -195,6 +195,13 @@ class WorkerActivities:
     @activity.defn
     async def run_agent_turn(self, turn: AgentTurnInput) -> AgentResult:
         """Run the agent's CLI once on ``turn.prompt``; heartbeats with every output line."""
+        return await self.agent_turn(turn)
+
+    async def agent_turn(
+        self, turn: AgentTurnInput, on_event: Callable[[AgentEvent], None] | None = None
+    ) -> AgentResult:
+        """The body of ``run_agent_turn``, for other activities too; ``on_event`` gets the CLI's
+        live events (edits, commands, messages) as its output is parsed."""
         try:
             adapter = get_adapter(turn.agent, **turn.agent_options)
         except (ValueError, TypeError) as exc:
@@ -221,6 +228,9 @@ class WorkerActivities:
                 if stream == "stdout":
                     lines.append(line)
                     del lines[:-MAX_LINES]
+                    if on_event is not None:
+                        for event in adapter.parse_line(line):
+                            on_event(event)
                 activity.heartbeat(stream, len(lines))
 
             async with heartbeating("agent turn"):

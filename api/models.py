@@ -24,7 +24,7 @@ from sqlalchemy import (
 )
 from sqlmodel import Field, SQLModel
 
-from core.contracts.engineering import EngineeringAction
+from core.contracts.engineering import EngineeringAction, EngineeringOptions
 from core.contracts.events import EventType, TaskStatus
 from core.ids import new_id
 
@@ -277,6 +277,9 @@ class TaskCreate(BaseModel):
     spec: str = PydanticField(min_length=1, max_length=100_000)
     action: EngineeringAction = EngineeringAction.feature
     callback_stream: str | None = PydanticField(default=None, max_length=200)
+    engineering: EngineeringOptions | None = PydanticField(
+        default=None, description="The agent and the limits of an engineering task"
+    )
 
 
 class TaskRead(ReadModel):

@@ -2,28 +2,46 @@
 
 from __future__ import annotations
 
+import json
 import sys
-from typing import Annotated, Any
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, get_args
 
 import typer
 
 from cli.client import ApiClient, WaitTimeout
-from cli.output import JsonOption, Output, cli_name, command
+from cli.output import USAGE, CliError, JsonOption, Output, cli_name, command
 from cli.task import exit_code_of, render_task, styled, timed_out, with_url
-from core.contracts.engineering import EngineeringAction
+from core.contracts.engineering import AgentName, EngineeringAction
 
 app = typer.Typer(help="Engineering tasks: start, status, wait.", no_args_is_help=True)
 
 
+class Agent(StrEnum):
+    claude = "claude"
+    codex = "codex"
+    droid = "droid"
+    scripted = "scripted"
+
+
+# The contract is the source of truth: the choices here must not drift from it.
+assert {a.value for a in Agent} == set(get_args(AgentName))
+
+
 def start_task(
-    client: ApiClient, project: str, spec: str, action: EngineeringAction
+    client: ApiClient,
+    project: str,
+    spec: str,
+    action: EngineeringAction,
+    engineering: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Create the task; the API names its workflow before any bridge has started it."""
     project_id = client.project(project)["id"]
-    task = client.post(
-        "/tasks",
-        {"type": "engineering", "project_id": project_id, "spec": spec, "action": action.value},
-    )
+    body = {"type": "engineering", "project_id": project_id, "spec": spec, "action": action.value}
+    if engineering:
+        body["engineering"] = engineering
+    task = client.post("/tasks", body)
     return {
         "task_id": task["id"],
         "workflow_id": task["workflow_id"],
@@ -33,6 +51,32 @@ def start_task(
     }
 
 
+def read_script(path: Path) -> dict[str, Any]:
+    """The scripted agent's script: a JSON object in a file."""
+    try:
+        script = json.loads(path.read_text())
+    except OSError as exc:
+        raise CliError(USAGE, f"cannot read the script {path}", str(exc)) from None
+    except ValueError as exc:
+        raise CliError(USAGE, f"the script {path} is not JSON", str(exc)) from None
+    if not isinstance(script, dict):
+        raise CliError(USAGE, f"the script {path} must be a JSON object")
+    return script
+
+
+def engineering_options(agent: Agent | None, script: Path | None, **given: Any) -> dict[str, Any]:
+    """TaskCreate.engineering from the options given; the API fills in the rest."""
+    options = {key: value for key, value in given.items() if value is not None}
+    if script is not None:
+        if agent not in (None, Agent.scripted):
+            raise CliError(USAGE, f"--script is for the scripted agent, not {agent}")
+        agent = Agent.scripted
+        options["script"] = read_script(script)
+    if agent is not None:
+        options["agent"] = agent.value
+    return options
+
+
 @command(app, "start")
 def start(
     project: Annotated[str, typer.Option(help="Project ID or name.")],
@@ -40,13 +84,42 @@ def start(
     action: Annotated[EngineeringAction, typer.Option(help="Kind of work.")] = (
         EngineeringAction.feature
     ),
+    agent: Annotated[
+        Agent | None, typer.Option(help="The coding agent; default: the stack's choice.")
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="The agent's model.")] = None,
+    script: Annotated[
+        Path | None,
+        typer.Option(help="JSON file: the scripted agent's script (implies --agent scripted)."),
+    ] = None,
+    instructions: Annotated[
+        str | None, typer.Option(help="Project rules added to the agent's own.")
+    ] = None,
+    max_rounds: Annotated[int | None, typer.Option(help="At most this many developer turns.")] = (
+        None
+    ),
+    max_minutes: Annotated[
+        float | None, typer.Option(help="Wall time of the developer/tester loop.")
+    ] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Model tokens in + out.")] = None,
+    max_cost_usd: Annotated[float | None, typer.Option(help="Model cost in USD.")] = None,
     json_output: JsonOption = False,
 ) -> None:
     """Start an engineering task; prints its task ID and workflow ID at once."""
     out = Output(json_output)
+    options = engineering_options(
+        agent,
+        script,
+        model=model,
+        instructions=instructions,
+        max_rounds=max_rounds,
+        max_minutes=max_minutes,
+        max_tokens=max_tokens,
+        max_cost_usd=max_cost_usd,
+    )
     text = sys.stdin.read() if spec == "-" else spec
     with ApiClient() as client:
-        started = start_task(client, project, text, action)
+        started = start_task(client, project, text, action, options)
 
     def render() -> None:
         out.console.print(f"task      [bold]{started['task_id']}[/bold]")

@@ -1,7 +1,8 @@
-"""``orchestrator task``: list, show, cancel, retry and watch tasks."""
+"""``orchestrator task``: list, show, cancel, retry, respond and watch tasks."""
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated, Any
 
 import typer
@@ -17,9 +18,9 @@ from rich.progress import (
 from rich.table import Table
 
 from cli.client import ApiClient, WaitTimeout, task_id_of
-from cli.output import FAILED, OK, CliError, JsonOption, Output, command
+from cli.output import FAILED, OK, USAGE, CliError, JsonOption, Output, cli_name, command
 
-app = typer.Typer(help="Tasks: list, show, cancel, retry, watch.", no_args_is_help=True)
+app = typer.Typer(help="Tasks: list, show, cancel, retry, respond, watch.", no_args_is_help=True)
 
 STATUS_STYLE = {
     "QUEUED": "dim",
@@ -78,6 +79,38 @@ def render_task(out: Output, task: dict[str, Any]) -> None:
     spec = task.get("spec") or ""
     if spec:
         out.console.print(f"[bold]spec[/bold] {escape(spec[:500])}{'…' if len(spec) > 500 else ''}")
+    render_engineering(out, (task.get("details") or {}).get("engineering"))
+
+
+def render_engineering(out: Output, options: dict[str, Any] | None) -> None:
+    """The agent and limits the task was started with (the script itself only as its size)."""
+    if not options:
+        return
+    parts = [
+        "script=given" if key == "script" else f"{key}={value}"
+        for key, value in options.items()
+        if key != "instructions"
+    ]
+    if options.get("instructions"):
+        parts.append(f"instructions={len(options['instructions'])} chars")
+    out.console.print(f"[bold]engineering[/bold] {escape(', '.join(parts))}")
+
+
+def pending_question(events: list[dict[str, Any]]) -> str | None:
+    """The question of a WAITING_HUMAN task: the latest event that carries one."""
+    for event in reversed(events):
+        question = (event.get("data") or {}).get("question")
+        if question:
+            return str(question)
+    return None
+
+
+def render_question(out: Output, task: dict[str, Any], events: list[dict[str, Any]]) -> None:
+    if task["status"] != "WAITING_HUMAN":
+        return
+    question = pending_question(events) or (events[-1].get("message") if events else None)
+    out.console.print(f"[bold yellow]question[/bold yellow] {escape(question or '(not recorded)')}")
+    out.console.print(f'Answer it: {cli_name()} task respond {task["id"]} "..."')
 
 
 def event_line(event: dict[str, Any]) -> str:
@@ -186,6 +219,7 @@ def show(
             out.console.print("[bold]events[/bold]")
             for event in events:
                 out.console.print(f"  {event_line(event)}")
+        render_question(out, task, events)
 
     out.emit({**task, "events": events}, render)
 
@@ -221,6 +255,23 @@ def retry(
         out.console.print(f"Web UI    {task['workflow_url']}")
 
     out.emit({**task, "task_id": task["id"]}, render)
+
+
+@command(app, "respond")
+def respond(
+    task_id: Annotated[str, typer.Argument(help="A task in WAITING_HUMAN.")],
+    answer: Annotated[str, typer.Argument(help="The answer; '-' reads it from stdin.")],
+    json_output: JsonOption = False,
+) -> None:
+    """Answer the question of a task waiting for a person (exit 1 if it is not waiting)."""
+    out = Output(json_output)
+    text = sys.stdin.read() if answer == "-" else answer
+    if not text.strip():
+        raise CliError(USAGE, "the answer is empty")
+    with ApiClient() as client:
+        path = f"/tasks/{task_id_of(task_id)}/respond"
+        task = with_url(client, client.post(path, {"answer": text}))
+    out.emit(task, lambda: out.console.print(f"Answer delivered to task {task['id']}"))
 
 
 @command(app, "watch")

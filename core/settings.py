@@ -75,6 +75,17 @@ class Settings(BaseSettings):
     worker_user: str = Field(default="1000:1000", description="uid:gid Workers run as")
     max_workers: int = Field(default=4, gt=0, description="Most Workers at a time")
 
+    # Engineering tasks: the defaults of what a task does not set (EngineeringOptions).
+    default_agent: str | None = Field(
+        default=None,
+        description="claude, codex, droid or scripted; None: claude with an Anthropic key, "
+        "else codex with an OpenAI key",
+    )
+    task_max_rounds: int = Field(default=3, ge=1, description="Developer/tester rounds")
+    task_max_minutes: float = Field(default=60.0, gt=0, description="Wall time of the loop")
+    task_max_tokens: int | None = Field(default=None, gt=0, description="Model tokens per task")
+    task_max_cost_usd: float | None = Field(default=None, gt=0, description="Model USD per task")
+
     log_level: str = "INFO"
 
     @cached_property

@@ -14,16 +14,19 @@ from typing import Any
 from redis.asyncio import Redis
 from sqlmodel import select
 from temporalio.client import Client
+from temporalio.langgraph import LangGraphPlugin
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.containers import ContainerRuntime
+from activities.development import DevelopmentNodes
 from activities.engineering import EngineeringActivities
 from activities.forge import ForgeActivities, LocalForge, PullRequestActivities
 from activities.tasks import TaskActivities
 from activities.temporal import TemporalActivities
 from activities.workers import WorkerActivities
 from api.db import Database
+from api.services.tasks import TaskService
 from core.logging import get_logger
 from core.readiness import clear_ready, mark_ready
 from core.service import run_service
@@ -31,6 +34,7 @@ from core.settings import Settings
 from core.temporal import LogContextInterceptor, connect_when_up, ensure_search_attributes
 from gateway.activities import GatewayActivities
 from gateway.server import Gateway
+from workflows.development import DEVELOPMENT_GRAPH, build_development_graph
 from workflows.engineering import EngineeringWorkflow
 from workflows.scaffold import ScaffoldWorkflow
 from workflows.worker import WorkerWorkflow
@@ -86,6 +90,7 @@ def build_worker(
     gateways = GatewayActivities(gateway)
     engineering = EngineeringActivities(settings, db, workers)
     pulls = PullRequestActivities(db, LocalForge(settings.forge_dir))
+    nodes = DevelopmentNodes(TaskService(db, redis), workers, engineering, pulls)
     options.setdefault("graceful_shutdown_timeout", timedelta(seconds=10))
     options.setdefault("workflow_runner", workflow_runner())
     options.setdefault("interceptors", [LogContextInterceptor()])
@@ -97,10 +102,13 @@ def build_worker(
         client,
         task_queue=task_queue or settings.temporal_task_queue,
         workflows=WORKFLOWS,
+        plugins=[development_plugin(nodes)],
         activities=[
             tasks.start_task,
             tasks.record_event,
             tasks.finish_task,
+            tasks.wait_for_human,
+            tasks.answered,
             tasks.get_project,
             tasks.set_project_status,
             tasks.record_repository,
@@ -124,6 +132,12 @@ def build_worker(
         ],
         **options,
     )
+
+
+def development_plugin(nodes: DevelopmentNodes) -> LangGraphPlugin:
+    """The development graph's nodes as this worker's activities (a new graph per worker: the
+    plugin rewires the nodes it is given)."""
+    return LangGraphPlugin(graphs={DEVELOPMENT_GRAPH: build_development_graph(nodes)})
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:

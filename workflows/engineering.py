@@ -1,14 +1,15 @@
 """EngineeringWorkflow: one engineering task, from QUEUED to a terminal status.
 
 Stages: scaffold (the project's repository, once per project, as the child ``scaffold-{project}``),
-then, when the task names an agent (for now: a spec carrying a ``scripted`` agent's script, see
-activities/engineering.py), the developer / tester loop in one Worker container of the task:
-the agent works on ``task/{task_id}`` in a checkout mounted at /workspace, the project's
-``make test`` runs in the same Worker, and failures go back to the agent, at most ``max_rounds``
-agent turns (checked before each turn). Then commit, push and pull request in the forge.
-A task with no agent wired says so in its events; its result lists only the stages that ran.
+then the development graph (workflows/development.py, LangGraph through temporalio-langgraph) in
+one Worker container of the task: the agent works on ``task/{task_id}`` in a checkout mounted at
+/workspace, the project's ``make test`` runs in the same Worker, failures go back to the agent
+within the task's limits, then commit, push and pull request. A blocked agent's question moves
+the task to WAITING_HUMAN until the ``respond`` update brings a person's answer. With no agent
+available the task fails after the scaffold stage, saying how to configure one.
 
-Runs started before the developer stages existed replay through ``engineering-developer-stages``.
+Histories from before the development graph (no ``engineering-development-graph`` marker) replay
+their old ending: the scaffold stage, then an event saying the later stages were not installed.
 """
 
 from __future__ import annotations
@@ -29,30 +30,38 @@ from temporalio.exceptions import (
 from workflows.scaffold import DB_RETRY, ScaffoldWorkflow, describe_failure
 
 with workflow.unsafe.imports_passed_through():
-    from activities.engineering import (
-        CommitInput,
-        EngineeringActivities,
-        RunTestsInput,
-        TaskPlan,
-        TestReport,
-        WorkspaceInput,
+    from langgraph.checkpoint.memory import InMemorySaver
+    from langgraph.types import Command
+    from temporalio.langgraph import graph as langgraph_graph
+
+    from activities.development import (
+        DEVELOPER,
+        PULL_REQUEST,
+        TESTER,
+        DevelopmentState,
     )
-    from activities.forge import OpenPullRequestInput, PullRequestActivities, TestOutcome
+    from activities.engineering import EngineeringActivities, TaskPlan, WorkspaceInput
     from activities.tasks import (
         FinishTaskInput,
         ProjectInfo,
+        QuestionInput,
         StartTaskResult,
         TaskActivities,
         TaskEventInput,
     )
     from activities.temporal import TemporalActivities
-    from activities.workers import AgentTurnInput, CreateContainerInput, WorkerActivities
-    from core.contracts.engineering import EngineeringResult
+    from activities.workers import CreateContainerInput, WorkerActivities, uses_model
+    from core.contracts.engineering import EngineeringResult, HumanAnswer
     from core.contracts.events import EventType, TaskStatus
     from core.contracts.scaffolder import ScaffoldResult
     from core.ids import scaffold_workflow_id
     from core.temporal import search_attributes
+    from gateway.activities import GatewayActivities
+    from gateway.ledger import TaskUsage
+    from workflows.development import DEVELOPMENT_GRAPH, RUN_RETRY
     from workflows.io import (
+        ENGINEERING_QUESTION,
+        ENGINEERING_RESPOND,
         ENGINEERING_WORKFLOW,
         EngineeringInput,
         EngineeringOutput,
@@ -64,19 +73,11 @@ NOT_INSTALLED = (
     "The developer, tester and pull-request stages are not installed yet: "
     "no code was written, tested or proposed for this task."
 )
-DEVELOPER_PATCH = "engineering-developer-stages"
-DEVELOPER, TESTER, PULL_REQUEST = "developer", "tester", "pull_request"
+DEVELOPMENT_PATCH = "engineering-development-graph"
 QUICK = timedelta(seconds=30)
 QUICK_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=10), maximum_attempts=10)
 # Making the container may build its image first (minutes on a fresh machine).
 CREATE_TIMEOUT = timedelta(minutes=20)
-TURN_TIMEOUT_S = 600.0
-TEST_TIMEOUT_S = 600.0
-# A turn or a test run plays again after a worker crash (the heartbeat stops), not forever.
-RUN_RETRY = RetryPolicy(
-    maximum_attempts=3,
-    non_retryable_error_types=["BadWorkerInput", "WorkerNotFound", "BadSpec", "TaskNotFound"],
-)
 
 
 class StageFailed(ApplicationError):
@@ -90,6 +91,8 @@ class EngineeringWorkflow:
         self._task_id = ""
         self._stages: list[str] = []
         self._developed = False
+        self._question: str | None = None
+        self._answer: HumanAnswer | None = None
 
     @workflow.run
     async def run(self, request: EngineeringInput) -> EngineeringOutput:
@@ -159,21 +162,24 @@ class EngineeringWorkflow:
                 progress=0.3,
                 data=scaffold.model_dump(mode="json"),
             )
-        if workflow.patched(DEVELOPER_PATCH):
-            plan = await workflow.execute_activity_method(
-                EngineeringActivities.plan_task,
-                request.task_id,
-                start_to_close_timeout=QUICK,
-                retry_policy=DB_RETRY,
-                summary="Read the task's plan",
-            )
-            if plan.agent is not None and repository and full_name:
-                self._developed = True
-                return await self._develop(request, plan, repository, full_name)
-        await self._event(EventType.progress, NOT_INSTALLED, progress=0.3)
-        return EngineeringResult(repository=repository, stages=list(self._stages))
+        if not workflow.patched(DEVELOPMENT_PATCH):
+            await self._event(EventType.progress, NOT_INSTALLED, progress=0.3)
+            return EngineeringResult(repository=repository, stages=list(self._stages))
+        plan = await workflow.execute_activity_method(
+            EngineeringActivities.plan_task,
+            request.task_id,
+            start_to_close_timeout=QUICK,
+            retry_policy=DB_RETRY,
+            summary="Read the task's plan",
+        )
+        if plan.agent is None:
+            raise StageFailed(plan.no_agent or "no coding agent is configured")
+        if not (repository and full_name):
+            raise StageFailed(f"project {project.name} has no repository to work in")
+        self._developed = True
+        return await self._develop(request, plan, repository, full_name)
 
-    # --- developer -> tester -> pull request ---------------------------------------------------
+    # --- developer -> tester -> pull request: the development graph ----------------------------
 
     async def _develop(
         self, request: EngineeringInput, plan: TaskPlan, repository: str, full_name: str
@@ -187,6 +193,25 @@ class EngineeringWorkflow:
             summary=f"Check out {branch}",
         )
         worker_id = f"{request.task_id}-developer"
+        state: DevelopmentState = {
+            "task_id": request.task_id,
+            "project_id": request.project_id,
+            "repo_full_name": full_name,
+            "worker_id": worker_id,
+            "workspace": workspace.path,
+            "base_sha": workspace.base_sha,
+            "branch": branch,
+            "agent": str(plan.agent),
+            "agent_options": plan.agent_options,
+            "model": plan.model,
+            "instructions": plan.instructions,
+            "prompt": plan.prompt,
+            "max_rounds": plan.max_rounds,
+            "budget": plan.budget.model_dump(),
+            "deadline": (workflow.now() + timedelta(minutes=plan.max_minutes)).isoformat(),
+            "turns": 0,
+            "rounds": 0,
+        }
         try:
             await workflow.execute_activity_method(
                 WorkerActivities.create_container,
@@ -197,13 +222,14 @@ class EngineeringWorkflow:
                     workflow_id=workflow.info().workflow_id,
                     agent=str(plan.agent),
                     workspace=workspace.path,
+                    budget=plan.budget,
                 ),
                 start_to_close_timeout=CREATE_TIMEOUT,
                 heartbeat_timeout=timedelta(minutes=2),
                 retry_policy=RUN_RETRY,
                 summary=f"Create the {plan.agent} Worker {worker_id}",
             )
-            rounds, report = await self._rounds(request, plan, worker_id)
+            final = await self._run_graph(state)
         finally:
             # Also after a cancellation: the container must not outlive the task's work.
             await workflow.execute_activity_method(
@@ -213,150 +239,92 @@ class EngineeringWorkflow:
                 retry_policy=QUICK_RETRY,
                 summary=f"Remove the Worker {worker_id}",
             )
-        commit = await workflow.execute_activity_method(
-            EngineeringActivities.commit_workspace,
-            CommitInput(
-                path=workspace.path,
-                base_sha=workspace.base_sha,
-                message=f"Task {request.task_id}: the agent's remaining changes",
-            ),
-            start_to_close_timeout=timedelta(minutes=2),
-            retry_policy=QUICK_RETRY,
-            summary=f"Commit {branch}",
-        )
-        await self._event(
-            EventType.stage_started,
-            f"Pushing {branch} and opening its pull request",
-            stage=PULL_REQUEST,
-            progress=0.9,
-        )
-        pull = await workflow.execute_activity_method(
-            PullRequestActivities.open_pull_request,
-            OpenPullRequestInput(
-                project_id=request.project_id,
-                task_id=request.task_id,
-                repo_full_name=full_name,
-                branch=branch,
-                title=f"Task {request.task_id}",
-                body=f"Written by the {plan.agent} agent in {rounds} round(s); {report.summary}.",
-                test_outcome=TestOutcome(
-                    passed=report.tests_run - report.failures - report.errors - report.skipped,
-                    failed=report.failures,
-                    errors=report.errors,
-                    skipped=report.skipped,
-                    summary=report.summary,
-                ),
-                worktree=workspace.path,
-            ),
-            start_to_close_timeout=timedelta(minutes=5),
-            retry_policy=QUICK_RETRY,
-            summary=f"Open the pull request of {branch}",
-        )
-        self._stages.append(PULL_REQUEST)
-        await self._event(
-            EventType.stage_completed,
-            f"Pull request #{pull.number} opened: {pull.url}",
-            stage=PULL_REQUEST,
-            progress=0.95,
-            data={"number": pull.number, "url": pull.url, "head_sha": pull.head_sha},
-        )
+        for stage in (DEVELOPER, TESTER, PULL_REQUEST):
+            if _ran(stage, final):
+                self._stages.append(stage)
+        if final.get("failure"):
+            raise StageFailed(str(final["failure"]))
+        pull = final.get("pull") or {}
+        usage = await self._usage(plan)
         return EngineeringResult(
-            files_changed=commit.files_changed,
-            commit_sha=pull.head_sha or commit.commit_sha,
+            files_changed=final.get("files_changed") or [],
+            commit_sha=final.get("commit_sha"),
             branch=branch,
-            pr_url=pull.url,
+            pr_url=pull.get("url"),
             repository=repository,
             stages=list(self._stages),
-            rounds=rounds,
+            rounds=final["rounds"],
+            agent=plan.agent,
+            tokens_in=usage.tokens_in,
+            tokens_out=usage.tokens_out,
+            cost_usd=usage.cost_usd,
         )
 
-    async def _rounds(
-        self, request: EngineeringInput, plan: TaskPlan, worker_id: str
-    ) -> tuple[int, TestReport]:
-        """Agent turn, then tests, until they pass; the round limit is checked before each turn."""
-        prompt = plan.prompt
-        rounds = 0
-        report: TestReport | None = None
-        while True:
-            if rounds >= plan.max_rounds:
-                raise StageFailed(
-                    f"the tests still fail after {rounds} round(s), the task's limit"
-                    + (f": {report.summary}" if report else "")
-                )
-            rounds += 1
-            progress = min(0.3 + 0.15 * rounds, 0.85)
-            await self._event(
-                EventType.stage_started,
-                f"Round {rounds}: the {plan.agent} agent works on the task",
-                stage=DEVELOPER,
-                progress=progress,
-                data={"round": rounds},
+    async def _run_graph(self, state: DevelopmentState) -> dict[str, Any]:
+        """Run the development graph; each interrupt is a question the task waits on."""
+        app = langgraph_graph(DEVELOPMENT_GRAPH).compile(checkpointer=InMemorySaver())
+        config: Any = {"configurable": {"thread_id": self._task_id}, "recursion_limit": 500}
+        result: dict[str, Any] = await app.ainvoke(state, config)
+        while result.get("__interrupt__"):
+            question = str(result["__interrupt__"][0].value["question"])
+            asked = workflow.now()
+            answer = await self._wait_for_answer(question)
+            waited = (workflow.now() - asked).total_seconds()
+            result = await app.ainvoke(
+                Command(resume={"answer": answer.answer, "waited_s": waited}), config
             )
-            result = await workflow.execute_activity_method(
-                WorkerActivities.run_agent_turn,
-                AgentTurnInput(
-                    worker_id=worker_id,
-                    task_id=request.task_id,
-                    agent=str(plan.agent),
-                    prompt=prompt,
-                    agent_options=plan.agent_options,
-                    timeout_s=TURN_TIMEOUT_S,
-                ),
-                start_to_close_timeout=timedelta(seconds=TURN_TIMEOUT_S + 60),
-                heartbeat_timeout=timedelta(seconds=30),
-                retry_policy=RUN_RETRY,
-                summary=f"Round {rounds}: agent turn",
-            )
-            if result.status == "blocked":
-                # Not resumable yet (WAITING_HUMAN is to come): the question ends the task.
-                raise StageFailed(f"the agent is blocked in round {rounds}: {result.question}")
-            if result.status != "completed":
-                raise StageFailed(f"the agent failed in round {rounds}: {result.raw_error}")
-            if DEVELOPER not in self._stages:
-                self._stages.append(DEVELOPER)
-            await self._event(
-                EventType.stage_completed,
-                f"Round {rounds}: the agent is done: {result.summary}",
-                stage=DEVELOPER,
-                progress=progress,
-                data={"round": rounds, "files_changed": result.files_changed},
-            )
-            report = await self._test(worker_id, rounds, progress)
-            if report.passed:
-                return rounds, report
-            prompt = (
-                f"{plan.prompt}\n\nThe tests fail ({report.summary}): "
-                f"{', '.join(report.failing_tests) or 'see the output'}.\n{report.output}"
-            )
+        return result
 
-    async def _test(self, worker_id: str, rounds: int, progress: float) -> TestReport:
-        await self._event(
-            EventType.stage_started,
-            f"Round {rounds}: running the project's tests",
-            stage=TESTER,
-            progress=progress,
-            data={"round": rounds},
+    async def _wait_for_answer(self, question: str) -> HumanAnswer:
+        change = QuestionInput(task_id=self._task_id, question=question, stage=DEVELOPER)
+        self._question = question
+        await workflow.execute_activity_method(
+            TaskActivities.wait_for_human,
+            change,
+            start_to_close_timeout=QUICK,
+            retry_policy=DB_RETRY,
+            summary="Mark the task WAITING_HUMAN",
         )
-        report = await workflow.execute_activity_method(
-            EngineeringActivities.run_tests,
-            RunTestsInput(worker_id=worker_id, timeout_s=TEST_TIMEOUT_S),
-            start_to_close_timeout=timedelta(seconds=TEST_TIMEOUT_S + 60),
-            heartbeat_timeout=timedelta(seconds=30),
-            retry_policy=RUN_RETRY,
-            summary=f"Round {rounds}: make test",
+        # As long as it takes: days are fine, the run holds no resources but its Worker.
+        await workflow.wait_condition(lambda: self._answer is not None)
+        answer = self._answer
+        assert answer is not None
+        self._answer, self._question = None, None
+        await workflow.execute_activity_method(
+            TaskActivities.answered,
+            change,
+            start_to_close_timeout=QUICK,
+            retry_policy=DB_RETRY,
+            summary="Mark the task RUNNING again",
         )
-        if TESTER not in self._stages:
-            self._stages.append(TESTER)
-        failing = ", ".join(report.failing_tests)
-        verdict = "pass" if report.passed else "fail" + (f": {failing}" if failing else "")
-        await self._event(
-            EventType.stage_completed,
-            f"Round {rounds}: the tests {verdict} ({report.summary})",
-            stage=TESTER,
-            progress=progress,
-            data={"round": rounds, **report.model_dump(exclude={"output"})},
+        return answer
+
+    @workflow.update(name=ENGINEERING_RESPOND)
+    async def respond(self, answer: HumanAnswer) -> str:
+        """A person's answer to the pending question; returns the question it answered."""
+        question = self._question or ""
+        self._answer = answer
+        return question
+
+    @respond.validator
+    def _validate_respond(self, answer: HumanAnswer) -> None:
+        if self._question is None or self._answer is not None:
+            raise ValueError(f"task {self._task_id} is not waiting for an answer")
+
+    @workflow.query(name=ENGINEERING_QUESTION)
+    def question(self) -> str | None:
+        return self._question
+
+    async def _usage(self, plan: TaskPlan) -> TaskUsage:
+        if plan.agent is None or not uses_model(plan.agent):
+            return TaskUsage(task_id=self._task_id)
+        return await workflow.execute_activity_method(
+            GatewayActivities.gateway_usage,
+            self._task_id,
+            start_to_close_timeout=QUICK,
+            retry_policy=QUICK_RETRY,
+            summary="Model usage of the task",
         )
-        return report
 
     async def _scaffold(self, project: ProjectInfo, request: EngineeringInput) -> ScaffoldResult:
         child_id = scaffold_workflow_id(project.id)
@@ -452,3 +420,11 @@ class EngineeringWorkflow:
                 raise
             # Already failing or cancelled: report that first problem, not this second one.
             workflow.logger.warning("could not record %s: %s", status, describe_failure(failure))
+
+
+def _ran(stage: str, final: dict[str, Any]) -> bool:
+    if stage == DEVELOPER:
+        return bool(final.get("turns"))
+    if stage == TESTER:
+        return bool(final.get("rounds"))
+    return bool(final.get("pull"))

@@ -7,11 +7,17 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from activities.agents.base import AgentResult
-from core.contracts.engineering import EngineeringAction, EngineeringResult
+from core.contracts.engineering import (
+    ENGINEERING_QUESTION,
+    ENGINEERING_RESPOND,
+    EngineeringAction,
+    EngineeringResult,
+)
 from core.contracts.events import TaskStatus
 from core.contracts.scaffolder import ScaffoldResult
 
 ENGINEERING_WORKFLOW = "EngineeringWorkflow"
+__all__ = ["ENGINEERING_QUESTION", "ENGINEERING_RESPOND"]  # defined with the contracts
 SCAFFOLD_WORKFLOW = "ScaffoldWorkflow"
 
 

@@ -1,14 +1,17 @@
-"""Tasks: create (the queue message goes through the outbox), read, cancel, retry, events."""
+"""Tasks: create (the queue message goes through the outbox), read, cancel, retry, respond,
+events."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, status
+from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import col, select
 from sse_starlette import EventSourceResponse, ServerSentEvent
-from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
+from temporalio.client import WorkflowExecutionStatus, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.deps import AppRuntime, CurrentUser, DbSession, Runtime, Tasks
@@ -16,6 +19,7 @@ from api.models import Task, TaskCreate, TaskEventRead, TaskRead, TaskType
 from api.problems import Conflict, ServiceUnavailable, Unprocessable, problem_responses
 from api.services import events, projects
 from api.services.tasks import TaskService
+from core.contracts.engineering import ENGINEERING_RESPOND, EngineeringOptions, HumanAnswer
 from core.contracts.events import TERMINAL_STATUSES, TaskStatus
 from core.logging import bind_context
 
@@ -23,6 +27,8 @@ router = APIRouter(prefix="/tasks", tags=["tasks"])
 
 RETRYABLE = (TaskStatus.failed, TaskStatus.cancelled)
 EVENT_STREAM = "text/event-stream"
+# How long an answer may wait for the workflow to take it (a worker must be polling).
+RESPOND_TIMEOUT = 30.0
 
 
 async def load_task(task_id: str, tasks: Tasks) -> Task:
@@ -164,6 +170,7 @@ async def retry_task(
         spec=task.spec,
         action=task.action,  # type: ignore[arg-type]
         callback_stream=task.callback_stream,
+        engineering=_engineering_options(task),
     )
     retry = await tasks.create(
         data,
@@ -173,6 +180,55 @@ async def retry_task(
         correlation_id=task.correlation_id,
     )
     return TaskRead.model_validate(retry)
+
+
+def _engineering_options(task: Task) -> EngineeringOptions | None:
+    """The original's agent and limits, so a retry runs the way the first run did."""
+    options = (task.details or {}).get("engineering")
+    return EngineeringOptions.model_validate(options) if options is not None else None
+
+
+class TaskAnswer(BaseModel):
+    """A person's answer to the question of a task in WAITING_HUMAN."""
+
+    model_config = ConfigDict(extra="forbid")
+    answer: str = Field(min_length=1, max_length=20_000)
+
+
+@router.post(
+    "/{task_id}/respond",
+    summary="Answer the question of a task waiting for a person; the work goes on",
+    responses=problem_responses(404, 409, 503),
+)
+async def respond_to_task(
+    task: PathTask, body: TaskAnswer, user: CurrentUser, tasks: Tasks, runtime: AppRuntime
+) -> TaskRead:
+    if task.status != TaskStatus.waiting_human:
+        raise Conflict(f"task {task.id} is not waiting for an answer (status {task.status})")
+    client = await runtime.temporal_client()
+    answer = HumanAnswer(answer=body.answer, user_id=user.id)
+    await _deliver(client.get_workflow_handle(task.workflow_id), task, answer)
+    # The workflow moves the task back to RUNNING itself, a moment later.
+    return TaskRead.model_validate(await tasks.get(task.id))
+
+
+async def _deliver(handle: WorkflowHandle[Any, Any], task: Task, answer: HumanAnswer) -> None:
+    """Run the workflow's ``respond`` update; its refusals become 409s."""
+    try:
+        async with asyncio.timeout(RESPOND_TIMEOUT):
+            await handle.execute_update(ENGINEERING_RESPOND, answer, result_type=str)
+    except WorkflowUpdateFailedError as exc:
+        reason = getattr(exc.cause, "message", None) or str(exc.cause)
+        raise Conflict(f"task {task.id} did not take the answer: {reason}") from None
+    except RPCError as exc:
+        if exc.status != RPCStatusCode.NOT_FOUND:
+            raise _unavailable(exc) from exc
+        raise Conflict(f"the run of task {task.id} is not running") from None
+    except TimeoutError:
+        raise ServiceUnavailable(
+            f"the workflow of task {task.id} did not take the answer within "
+            f"{RESPOND_TIMEOUT:g}s; is a worker running?"
+        ) from None
 
 
 @router.get(

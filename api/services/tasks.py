@@ -75,6 +75,7 @@ class TaskService:
             workflow_id=engineering_workflow_id(task_id),
             callback_stream=data.callback_stream,
             retry_of=retry_of,
+            details=_details(data),
         )
         message = EngineeringMessage(
             task_id=task.id,
@@ -108,6 +109,51 @@ class TaskService:
         if task.status in TERMINAL_STATUSES:
             return None
         return task
+
+    async def wait_for_human(self, task_id: str, question: str, *, stage: str | None) -> bool:
+        """RUNNING -> WAITING_HUMAN with the question; False when the task was not RUNNING."""
+        return await self._pause(
+            task_id,
+            TaskStatus.waiting_human,
+            TaskStatus.running,
+            f"Waiting for an answer: {question}",
+            stage=stage,
+            data={"question": question},
+        )
+
+    async def answered(self, task_id: str, question: str, *, stage: str | None) -> bool:
+        """WAITING_HUMAN -> RUNNING once answered; False when the task was not waiting."""
+        return await self._pause(
+            task_id,
+            TaskStatus.running,
+            TaskStatus.waiting_human,
+            "Answered; the work goes on",
+            stage=stage,
+            data={"question": question},
+        )
+
+    async def _pause(
+        self,
+        task_id: str,
+        to: TaskStatus,
+        from_: TaskStatus,
+        message: str,
+        *,
+        stage: str | None,
+        data: dict[str, Any],
+    ) -> bool:
+        async with self.db.session() as session:
+            changed = await self._transition(session, task_id, to, [from_])
+            task = await session.get(Task, task_id)
+            if task is None:
+                raise TaskNotFound(task_id)
+            if changed:
+                await self._add_event(
+                    session, task, EventType.progress, message, stage=stage, data=data
+                )
+            await session.commit()
+        await self.flush()
+        return changed
 
     async def add_event(
         self,
@@ -244,3 +290,10 @@ class TaskService:
         if task.callback_stream:
             outbox.enqueue(session, task.callback_stream, fields)
         return event
+
+
+def _details(data: TaskCreate) -> dict[str, Any]:
+    """The task's metadata: its engineering options, read by the workflow's plan activity."""
+    if data.engineering is None:
+        return {}
+    return {"engineering": data.engineering.model_dump(mode="json", exclude_none=True)}

@@ -209,3 +209,18 @@ async def test_temporal_is_reached_lazily(
             assert (await admin.get(f"/tasks/{task['id']}")).json()["status"] == "QUEUED"
             await runtime_of(app).tasks.finish(task["id"], TaskStatus.failed, message="x")
             assert (await admin.post(f"/tasks/{task['id']}/cancel")).status_code == 409
+
+
+async def test_a_retry_keeps_the_engineering_options(
+    app: FastAPI, admin: httpx.AsyncClient, project: dict[str, Any]
+) -> None:
+    options = {"agent": "scripted", "script": {"steps": []}, "max_rounds": 2, "max_cost_usd": 0.5}
+    task = await create_task(admin, project, engineering=options)
+    assert task["details"]["engineering"] == options
+    await runtime_of(app).tasks.finish(task["id"], TaskStatus.failed, message="no", error="tests")
+    retry = (await admin.post(f"/tasks/{task['id']}/retry")).json()
+    assert retry["retry_of"] == task["id"]
+    assert retry["details"]["engineering"] == options
+    plain = await create_task(admin, project)
+    await runtime_of(app).tasks.finish(plain["id"], TaskStatus.failed, message="no", error="tests")
+    assert "engineering" not in (await admin.post(f"/tasks/{plain['id']}/retry")).json()["details"]

@@ -22,6 +22,7 @@ from activities.forge import LocalForge
 from api.db import Database
 from api.models import PullRequest, TaskCreate
 from api.services.tasks import TaskService
+from core.contracts.engineering import EngineeringOptions
 from core.contracts.events import EventType, TaskStatus
 from core.settings import Settings
 from tests.images.conftest import image_builder
@@ -148,9 +149,9 @@ async def test_the_round_limit_ends_the_task_failed(
 ) -> None:
     home = tmp_path / "home"
     project = await make_project(sqlite_database, name="limited")
-    spec = {"script": SCRIPT, "max_rounds": 1}
+    options = EngineeringOptions(agent="scripted", script=SCRIPT, max_rounds=1)
     task = await TaskService(sqlite_database, redis).create(
-        TaskCreate(project_id=project.id, spec=json.dumps(spec)),
+        TaskCreate(project_id=project.id, spec="Add greet()", engineering=options),
         user_id=project.owner_id,
         project=project,
     )
@@ -166,7 +167,12 @@ async def test_the_round_limit_ends_the_task_failed(
     assert done.status == TaskStatus.failed
     assert done.error is not None and "after 1 round(s)" in done.error
     rows = await events(sqlite_database, task.id)
-    assert [e.data.get("round") for e in rows if e.stage == "developer"] == [1, 1]
+    developer = [e for e in rows if e.stage == "developer"]
+    turns = [e for e in developer if e.type in (EventType.stage_started, EventType.stage_completed)]
+    assert [e.data["round"] for e in turns] == [1, 1]
+    # The agent's edits arrived as live events while it worked.
+    live = [e.message for e in developer if e.data.get("agent_event") == "file_change"]
+    assert any("app/greeting.py" in m for m in live), live
     assert LocalForge(home / "forge").pull_requests("local/limited") == []
     left = docker_client.containers.list(all=True, filters={"label": f"{TASK_ID}={task.id}"})
     assert left == []
