@@ -1,6 +1,7 @@
 # install: system packages, .venv and the project (idempotent, quiet when nothing changed)
 # run:     the main job: a demo engineering task on the embedded stack
-# test:    the whole test suite, a quick bridge throughput check, then lint and type checks
+# test:    the whole test suite, quick bridge throughput and engineering overhead checks, then lint
+#          and type checks
 # lint:    ruff and mypy
 .PHONY: install run test lint
 
@@ -16,6 +17,7 @@ run: install
 test: install
 	$(BIN)/pytest
 	$(BIN)/python bench/bridge_throughput.py --quick
+	$(BIN)/python bench/engineering_overhead.py --quick
 	$(MAKE) --no-print-directory lint
 
 lint: install

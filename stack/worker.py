@@ -14,8 +14,9 @@ from typing import Any
 from redis.asyncio import Redis
 from sqlmodel import select
 from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.langgraph import LangGraphPlugin
-from temporalio.worker import Worker
+from temporalio.worker import Replayer, Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.containers import ContainerRuntime
@@ -138,6 +139,20 @@ def development_plugin(nodes: DevelopmentNodes) -> LangGraphPlugin:
     """The development graph's nodes as this worker's activities (a new graph per worker: the
     plugin rewires the nodes it is given)."""
     return LangGraphPlugin(graphs={DEVELOPMENT_GRAPH: build_development_graph(nodes)})
+
+
+def replayer(workflows: list[type] | None = None) -> Replayer:
+    """A Replayer for recorded histories with this worker's workflows, sandbox and plugin.
+
+    Replaying runs no activity: the development graph's nodes need no real dependencies.
+    """
+    nodes = DevelopmentNodes(None, None, None, None)  # type: ignore[arg-type]
+    return Replayer(
+        workflows=workflows or WORKFLOWS,
+        data_converter=pydantic_data_converter,
+        workflow_runner=workflow_runner(),
+        plugins=[development_plugin(nodes)],
+    )
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:

@@ -21,6 +21,11 @@ from api.migrate import upgrade_async
 from core.temporal import SEARCH_ATTRIBUTES
 from tests import servers
 
+# The suite never calls a real model API (it would cost money and fail offline): the stand-ins'
+# tests set their own keys. Without these, tasks choose their agent only from their options.
+for _name in ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "ORCHESTRATOR_DEFAULT_AGENT"):
+    os.environ.pop(_name, None)
+
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     # The Temporal core runtime can abort at interpreter exit (sdk-python #300): leave at once.

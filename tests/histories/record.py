@@ -8,6 +8,8 @@ machine are replaced in the recorded payloads and stack traces, so the files can
 
 Re-record only when a change is meant to be incompatible AND no run of the old code can still be
 open anywhere; otherwise keep the old files and guard the change with ``workflow.patched``.
+Name the paths to record (``record engineering_developed``); with no name it records them all.
+The first six histories are from before the development graph (they replay its patch's old side).
 """
 
 from __future__ import annotations
@@ -22,16 +24,28 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import docker
 from redis.asyncio import Redis
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
+from activities.containers import ContainerRuntime
 from api.db import Database
 from api.migrate import upgrade_async
+from api.models import TaskCreate
+from api.services.tasks import TaskService
+from core.contracts.engineering import (
+    ENGINEERING_QUESTION,
+    ENGINEERING_RESPOND,
+    EngineeringOptions,
+    HumanAnswer,
+)
 from core.ids import scaffold_workflow_id
+from core.settings import Settings
 from core.temporal import SEARCH_ATTRIBUTES, search_attributes
 from tests import servers
+from tests.images.conftest import image_builder
 from tests.waiting import eventually
 from tests.workflows.helpers import (
     make_project,
@@ -39,6 +53,7 @@ from tests.workflows.helpers import (
     running_worker,
     start_engineering,
 )
+from tests.workflows.test_engineering_e2e import SCRIPT
 from workflows.io import ScaffoldInput
 from workflows.scaffold import ScaffoldWorkflow
 
@@ -47,8 +62,12 @@ REPO_ROOT = HERE.parents[1]
 IDENTITY = "history-recorder"
 
 
-async def record(out_dir: Path) -> list[Path]:
-    with tempfile.TemporaryDirectory(prefix="histories-") as tmp, servers.redis_server() as url:
+async def record(out_dir: Path, names: set[str]) -> list[Path]:
+    with (
+        tempfile.TemporaryDirectory(prefix="histories-") as tmp,
+        servers.redis_server() as url,
+        servers.podman_service(servers.test_images_root() / "podman") as docker_host,
+    ):
         home = Path(tmp)
         env = await WorkflowEnvironment.start_local(
             dev_server_existing_path=str(servers.TEMPORAL_BIN),
@@ -65,10 +84,16 @@ async def record(out_dir: Path) -> list[Path]:
                 data_converter=pydantic_data_converter,
                 identity=IDENTITY,
             )
-            histories = await _run_paths(client, db, redis, home)
+            histories = {}
+            if names - DEVELOPMENT_PATHS:
+                histories.update(await _run_paths(client, db, redis, home))
+            if names & DEVELOPMENT_PATHS:
+                histories.update(await _run_development_paths(client, db, redis, home, docker_host))
             cleaner = _Cleaner(home)
             written = []
             for name, handle in histories.items():
+                if name not in names:
+                    continue
                 history = await handle.fetch_history()
                 path = out_dir / f"{name}.json"
                 data = cleaner.clean(history.to_json_dict())
@@ -132,6 +157,65 @@ async def _run_paths(
     return runs
 
 
+DEVELOPMENT_PATHS = {"engineering_developed", "engineering_answered"}
+BLOCKED_THEN_DONE = {
+    "rounds": [
+        {"report": "blocked", "question": "Should greet() say Hello or Hi?"},
+        {
+            "write": [SCRIPT["rounds"][1]["write"], SCRIPT["rounds"][0]["write"][1]],
+            "commit": "Add greet()",
+            "report": "completed",
+        },
+    ]
+}
+
+
+async def _run_development_paths(
+    client: Client, db: Database, redis: Redis, home: Path, docker_host: str
+) -> dict[str, WorkflowHandle[Any, Any]]:
+    """The development graph: a failing round fixed in the next; a question answered."""
+    runs: dict[str, WorkflowHandle[Any, Any]] = {}
+    docker_client = docker.DockerClient(base_url=docker_host, timeout=120)
+    image_builder(docker_client).ensure("scripted")
+    runtime = ContainerRuntime(docker_client, Settings(worker_memory="256m", worker_pids=128))
+    project = await make_project(db, name="greeter")
+    service = TaskService(db, redis)
+    async with running_worker(client, db, redis, home, runtime=runtime, identity=IDENTITY) as queue:
+        developed = await service.create(
+            TaskCreate(
+                project_id=project.id,
+                spec="Add greet()",
+                engineering=EngineeringOptions(agent="scripted", script=SCRIPT),
+            ),
+            user_id=project.owner_id,
+            project=project,
+        )
+        handle = await start_engineering(client, developed, queue)
+        await handle.result()
+        runs["engineering_developed"] = handle
+
+        asking = await service.create(
+            TaskCreate(
+                project_id=project.id,
+                spec="Add greet()",
+                engineering=EngineeringOptions(agent="scripted", script=BLOCKED_THEN_DONE),
+            ),
+            user_id=project.owner_id,
+            project=project,
+        )
+        handle = await start_engineering(client, asking, queue)
+        await eventually(lambda: _asks(handle), within=120)
+        await handle.execute_update(ENGINEERING_RESPOND, HumanAnswer(answer="Hello"))
+        await handle.result()
+        runs["engineering_answered"] = handle
+    docker_client.close()
+    return runs
+
+
+async def _asks(handle: WorkflowHandle[Any, Any]) -> bool:
+    return bool(await handle.query(ENGINEERING_QUESTION))
+
+
 async def _waiting(handle: WorkflowHandle[Any, Any]) -> bool:
     described = await handle.describe()
     return any(
@@ -175,8 +259,23 @@ class _Cleaner:
         return {**payload, "data": base64.b64encode(data.encode()).decode()}
 
 
+ALL_PATHS = {
+    "engineering",
+    "engineering_cancelled",
+    "engineering_existing_repository",
+    "engineering_failed",
+    "scaffold",
+    "scaffold_failed",
+    *DEVELOPMENT_PATHS,
+}
+
+
 def main() -> None:
-    for path in asyncio.run(record(HERE)):
+    names = set(sys.argv[1:]) or ALL_PATHS
+    unknown = names - ALL_PATHS
+    if unknown:
+        sys.exit(f"unknown paths: {sorted(unknown)}; known: {sorted(ALL_PATHS)}")
+    for path in asyncio.run(record(HERE, names)):
         print(f"wrote {path.relative_to(REPO_ROOT)}")
 
 

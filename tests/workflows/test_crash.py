@@ -10,8 +10,9 @@ import sys
 import uuid
 from pathlib import Path
 
+import pytest
 from redis.asyncio import Redis
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowFailureError
 
 from api.db import Database
 from core.contracts.events import TaskStatus
@@ -106,18 +107,20 @@ async def test_kill_9_during_scaffold_then_a_new_worker_finishes_once(
         survivor = spawn_worker(env, log)
         await wait_ready(settings, survivor)
 
-        async def completed() -> bool:
-            return (await get_task(sqlite_database, task.id)).status == TaskStatus.completed
+        # No coding agent is configured here: after its scaffold the task ends FAILED saying so.
+        async def ended() -> bool:
+            return (await get_task(sqlite_database, task.id)).status == TaskStatus.failed
 
-        await eventually(completed, within=60, interval=0.2)
-        output = await handle.result()
+        await eventually(ended, within=60, interval=0.2)
+        with pytest.raises(WorkflowFailureError):
+            await handle.result()
     finally:
         stop(doomed)
         if survivor is not None:
             stop(survivor)
 
     assert survivor.returncode == 0, log.read_text()[-3000:]
-    assert output.result is not None and output.result.stages == ["scaffold"]
+    assert "No coding agent" in str((await get_task(sqlite_database, task.id)).error)
     repos = bare_repositories(home / "forge")
     assert [p.name for p in repos] == ["crashy.git"]
     assert commit_count(repos[0]) == 1
@@ -136,7 +139,7 @@ async def test_kill_9_during_scaffold_then_a_new_worker_finishes_once(
     # Activity log lines name their workflow and task.
     finished = [line for line in lines if line["event"] == "task finished"]
     assert [(f["task_id"], f["workflow_id"], f["status"]) for f in finished] == [
-        (task.id, task.workflow_id, "COMPLETED")
+        (task.id, task.workflow_id, "FAILED")
     ]
     scaffolded = [line for line in lines if line["event"] == "repository already scaffolded"]
     assert scaffolded and scaffolded[0]["workflow_id"] == scaffold_workflow_id(project.id)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 from temporalio.api.enums.v1 import PendingActivityState
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError
 
 from api.db import Database
@@ -52,10 +53,8 @@ async def test_first_task_scaffolds_the_repository(
     task = await make_task(database, redis, project)
     async with running_worker(temporal_client, database, redis, tmp_path) as queue:
         handle = await start_engineering(temporal_client, task, queue)
-        output = await handle.result()
+        await ends_for_want_of_an_agent(handle)
 
-    assert output.status == TaskStatus.completed
-    assert output.result is not None and output.result.stages == ["scaffold"]
     # The repository: one bare repo, one commit on main, the template's files.
     repos = bare_repositories(tmp_path / "forge")
     assert [p.relative_to(tmp_path / "forge").as_posix() for p in repos] == ["local/shop-api.git"]
@@ -69,11 +68,12 @@ async def test_first_task_scaffolds_the_repository(
     stored = await get_project(database, project.id)
     assert stored.status == ProjectStatus.ready
     assert stored.repo_full_name == "local/shop-api"
-    assert stored.repository == repos[0].resolve().as_uri() == output.result.repository
+    assert stored.repository == repos[0].resolve().as_uri()
 
+    # No agent is configured here: the task ends FAILED after its scaffold, saying what to do.
     done = await get_task(database, task.id)
-    assert done.status == TaskStatus.completed
-    assert done.result is not None and done.result["stages"] == ["scaffold"]
+    assert done.status == TaskStatus.failed
+    assert done.error is not None and done.error.startswith("No coding agent is configured")
     rows = await events(database, task.id)
     kinds = [(e.type, e.stage) for e in rows]
     assert kinds[:3] == [
@@ -81,11 +81,11 @@ async def test_first_task_scaffolds_the_repository(
         (EventType.stage_started, "scaffold"),
         (EventType.stage_completed, "scaffold"),
     ]
-    assert kinds[-1] == (EventType.completed, None)
-    # RUNNING while it worked, COMPLETED at the end.
+    assert kinds[-1] == (EventType.failed, None)
+    # RUNNING while it worked, FAILED at the end.
     assert {e.status for e in rows[:-1]} == {TaskStatus.running}
-    assert rows[-1].status == TaskStatus.completed
-    assert any("not installed yet" in e.message for e in rows)
+    assert rows[-1].status == TaskStatus.failed
+    assert "ANTHROPIC_API_KEY" in rows[-1].message
     progress = [e.progress for e in rows if e.progress is not None]
     assert progress == sorted(progress) and progress[-1] == 1.0
 
@@ -109,11 +109,9 @@ async def test_second_task_does_not_scaffold_again(
     project = await make_project(db)
     first, second = await make_task(db, redis, project), await make_task(db, redis, project)
     async with running_worker(temporal_client, db, redis, tmp_path) as queue:
-        await (await start_engineering(temporal_client, first, queue)).result()
-        output = await (await start_engineering(temporal_client, second, queue)).result()
+        await ends_for_want_of_an_agent(await start_engineering(temporal_client, first, queue))
+        await ends_for_want_of_an_agent(await start_engineering(temporal_client, second, queue))
 
-    assert output.status == TaskStatus.completed
-    assert output.result is not None and output.result.stages == []  # nothing pretends to run
     repos = bare_repositories(tmp_path / "forge")
     assert len(repos) == 1 and commit_count(repos[0]) == 1
     rows = await events(db, second.id)
@@ -141,10 +139,8 @@ async def test_waits_for_a_scaffold_already_under_way(
         await eventually(lambda: _pending_activity(handle, "wait_for_scaffold"))
         # Only now does a worker serve the queue the other run was started on.
         async with running_worker(temporal_client, db, redis, tmp_path, task_queue=other_queue):
-            output = await handle.result()
+            await ends_for_want_of_an_agent(handle)
 
-    assert output.status == TaskStatus.completed
-    assert output.result is not None and output.result.stages == ["scaffold"]
     assert len(bare_repositories(tmp_path / "forge")) == 1
     rows = await events(db, task.id)
     assert any("already under way" in e.message for e in rows)
@@ -240,8 +236,7 @@ async def test_failing_scaffold_fails_the_task(
     # A failed scaffold may run again: the next task's child starts a fresh scaffold run.
     retry = await make_task(db, redis, project)
     async with running_worker(temporal_client, db, redis, tmp_path) as queue:
-        output = await (await start_engineering(temporal_client, retry, queue)).result()
-    assert output.result is not None and output.result.stages == ["scaffold"]
+        await ends_for_want_of_an_agent(await start_engineering(temporal_client, retry, queue))
     assert (await get_project(db, project.id)).status == ProjectStatus.ready
 
 
@@ -260,6 +255,14 @@ async def test_scaffold_of_a_missing_project_fails(
     assert isinstance(failed.value.cause, ApplicationError)
     assert failed.value.cause.message == f"cannot scaffold: project {'0' * 32} does not exist"
     assert failed.value.cause.non_retryable
+
+
+async def ends_for_want_of_an_agent(handle: WorkflowHandle[Any, Any]) -> None:
+    """The run fails after its scaffold stage: no coding agent is configured in these tests."""
+    with pytest.raises(WorkflowFailureError) as failed:
+        await handle.result()
+    assert isinstance(failed.value.cause, ApplicationError)
+    assert failed.value.cause.message.startswith("No coding agent is configured")
 
 
 async def _pending_activity(handle, activity_type: str) -> bool:

@@ -10,11 +10,9 @@ from pathlib import Path
 
 import pytest
 from temporalio.client import WorkflowHistory
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.worker import Replayer
 from temporalio.workflow import NondeterminismError
 
-from stack.worker import WORKFLOWS, workflow_runner
+from stack.worker import replayer as make_replayer
 from tests.workflows.changed_workflows import (
     EngineeringWithAnExtraEvent,
     EngineeringWithAPatchedEvent,
@@ -24,7 +22,9 @@ from workflows.scaffold import ScaffoldWorkflow
 HISTORIES = Path(__file__).resolve().parents[1] / "histories"
 RECORDED = [
     "engineering",
+    "engineering_answered",
     "engineering_cancelled",
+    "engineering_developed",
     "engineering_existing_repository",
     "engineering_failed",
     "scaffold",
@@ -43,30 +43,18 @@ def test_every_recording_is_checked() -> None:
 
 @pytest.mark.parametrize("name", RECORDED)
 async def test_history_replays(name: str) -> None:
-    replayer = Replayer(
-        workflows=WORKFLOWS,
-        data_converter=pydantic_data_converter,
-        workflow_runner=workflow_runner(),
-    )
+    replayer = make_replayer()
     await replayer.replay_workflow(history(name))
 
 
 @pytest.mark.parametrize("name", ENGINEERING)
 async def test_an_incompatible_change_fails_replay(name: str) -> None:
-    replayer = Replayer(
-        workflows=[EngineeringWithAnExtraEvent, ScaffoldWorkflow],
-        data_converter=pydantic_data_converter,
-        workflow_runner=workflow_runner(),
-    )
+    replayer = make_replayer([EngineeringWithAnExtraEvent, ScaffoldWorkflow])
     with pytest.raises(NondeterminismError):
         await replayer.replay_workflow(history(name))
 
 
 @pytest.mark.parametrize("name", ENGINEERING)
 async def test_the_same_change_behind_a_patch_replays(name: str) -> None:
-    replayer = Replayer(
-        workflows=[EngineeringWithAPatchedEvent, ScaffoldWorkflow],
-        data_converter=pydantic_data_converter,
-        workflow_runner=workflow_runner(),
-    )
+    replayer = make_replayer([EngineeringWithAPatchedEvent, ScaffoldWorkflow])
     await replayer.replay_workflow(history(name))

@@ -1,0 +1,476 @@
+"""What the orchestrator adds to an engineering run, and how fast a Worker container is ready.
+
+    python bench/engineering_overhead.py [--quick]
+
+Starts its own Temporal dev server, Redis, a migrated SQLite database and the container service
+(podman serving the Docker API, or DOCKER_HOST), builds the scripted Worker image once (cached by
+content hash, like the tests), runs the real worker in this process, then:
+
+(a) runs engineering tasks one after the other on one project, with the scripted agent playing one
+    round (write a feature and its passing test, commit). The first task also scaffolds the
+    project: it is shown on its own and left out of the medians; N more follow. Per run:
+
+    wall      the task's created_at -> completed_at in the database (the task row is written,
+              then its workflow started directly, as the bridge would);
+    agent     time inside the agent's command: the ``ContainerRuntime.exec`` of the agent's CLI,
+              timed in the worker (a runtime that notes each exec's duration);
+    tests     time inside ``make test``, timed the same way;
+    overhead  wall - agent - tests: everything else the run did (scaffold check, checkout,
+              container create/remove, events, commit, push, pull request, Temporal round trips).
+
+    From the workflow's history it also shows the developer and tester activities (the graph's
+    nodes: ActivityTaskStarted -> ActivityTaskCompleted; they hold the commands plus their task
+    events), ``wall - nodes``, and where the rest of the overhead goes by activity.
+(b) container create -> ready: ``ContainerRuntime.create_worker(spec)`` until an exec of ``true``
+    answers, M times, each removed afterwards.
+
+Prints a table and the medians, then one JSON line with the figures. Exits non-zero only when a
+task does not complete; no timing is a pass/fail threshold (machines are noisy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+import uuid
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run as a script: make the project (and tests.servers) importable
+
+import docker  # noqa: E402
+from redis.asyncio import Redis  # noqa: E402
+from temporalio.api.enums.v1 import EventType as HistoryEventType  # noqa: E402
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle  # noqa: E402
+from temporalio.contrib.pydantic import pydantic_data_converter  # noqa: E402
+from temporalio.testing import WorkflowEnvironment  # noqa: E402
+
+from activities.agents.scripted import RUNNER_PATH  # noqa: E402
+from activities.containers import (  # noqa: E402
+    ContainerRuntime,
+    ExecResult,
+    OnLine,
+    WorkerSpec,
+)
+from activities.engineering import TEST_COMMAND  # noqa: E402
+from activities.images import ImageBuilder  # noqa: E402
+from api.db import Database  # noqa: E402
+from api.migrate import upgrade_async  # noqa: E402
+from api.models import Project, TaskCreate  # noqa: E402
+from api.services.tasks import TaskService  # noqa: E402
+from core.contracts.engineering import EngineeringOptions  # noqa: E402
+from core.contracts.events import TaskStatus  # noqa: E402
+from core.logging import configure_logging  # noqa: E402
+from core.settings import Settings  # noqa: E402
+from core.temporal import SEARCH_ATTRIBUTES  # noqa: E402
+from stack.worker import build_worker  # noqa: E402
+from tests import servers  # noqa: E402
+from tests.workflows.helpers import get_task, make_project, start_engineering  # noqa: E402
+
+RUN_TIMEOUT_S = 300.0
+READY_TIMEOUT_S = 60.0
+# The graph's activity nodes (temporalio-langgraph names them "<graph>.<node>").
+DEVELOPER_NODE = "developer"
+TESTER_NODE = "tester"
+TEST_FILE = """import unittest
+
+from app.feature_{i} import value
+
+
+class Feature{i}Test(unittest.TestCase):
+    def test_value(self):
+        self.assertEqual(value(), {i})
+"""
+
+
+def percentile(values: list[float], p: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
+# -- the commands' time, noted where they run ---------------------------------------------------
+
+
+@dataclass
+class Exec:
+    worker_id: str
+    argv: tuple[str, ...]
+    seconds: float
+
+
+class TimedRuntime(ContainerRuntime):
+    """The product's runtime, noting how long each command inside a Worker takes."""
+
+    def __init__(self, client: docker.DockerClient, settings: Settings) -> None:
+        super().__init__(client, settings)
+        self.execs: list[Exec] = []
+
+    async def exec(
+        self,
+        worker_id: str,
+        argv: list[str],
+        *,
+        env: dict[str, str] | None = None,
+        workdir: str = "/workspace",
+        timeout: float | None = None,  # noqa: ASYNC109
+        on_line: OnLine | None = None,
+    ) -> ExecResult:
+        started = time.perf_counter()
+        try:
+            return await super().exec(
+                worker_id, argv, env=env, workdir=workdir, timeout=timeout, on_line=on_line
+            )
+        finally:
+            self.execs.append(Exec(worker_id, tuple(argv), time.perf_counter() - started))
+
+    def command_seconds(self, worker_id: str) -> tuple[float, float]:
+        """(agent, tests): seconds inside the agent's CLI and inside ``make test``."""
+        mine = [e for e in self.execs if e.worker_id == worker_id]
+        agent = sum(e.seconds for e in mine if RUNNER_PATH in e.argv)
+        tests = sum(e.seconds for e in mine if list(e.argv) == TEST_COMMAND)
+        return agent, tests
+
+
+# -- the workflow's history -----------------------------------------------------------------------
+
+
+@dataclass
+class HistoryTimes:
+    """Seconds per activity type (Started -> Completed, summed), and in workflow tasks."""
+
+    activities: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    workflow_tasks: float = 0.0
+
+    def node(self, name: str) -> float:
+        return sum(s for kind, s in self.activities.items() if kind.rsplit(".", 1)[-1] == name)
+
+
+def _seconds(a: datetime, b: datetime) -> float:
+    return (b - a).total_seconds()
+
+
+async def history_times(handle: WorkflowHandle[Any, Any]) -> HistoryTimes:
+    history = await handle.fetch_history()
+    times = HistoryTimes()
+    kinds: dict[int, str] = {}
+    started: dict[int, datetime] = {}
+    for event in history.events:
+        at = event.event_time.ToDatetime()
+        if event.event_type == HistoryEventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            attributes = event.activity_task_scheduled_event_attributes
+            kinds[event.event_id] = attributes.activity_type.name
+        elif event.event_type == HistoryEventType.EVENT_TYPE_ACTIVITY_TASK_STARTED:
+            started[event.activity_task_started_event_attributes.scheduled_event_id] = at
+        elif event.event_type == HistoryEventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
+            scheduled = event.activity_task_completed_event_attributes.scheduled_event_id
+            times.activities[kinds[scheduled]] += _seconds(started[scheduled], at)
+        elif event.event_type == HistoryEventType.EVENT_TYPE_WORKFLOW_TASK_STARTED:
+            started[event.event_id] = at
+        elif event.event_type == HistoryEventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED:
+            began = started.get(event.workflow_task_completed_event_attributes.started_event_id)
+            if began is not None:
+                times.workflow_tasks += _seconds(began, at)
+    return times
+
+
+# -- (a) engineering runs -------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    task_id: str
+    wall: float
+    around: float  # start_workflow -> result, measured here
+    agent: float
+    tests: float
+    nodes: float  # developer + tester activities, from the history
+    history: HistoryTimes
+
+    @property
+    def overhead(self) -> float:
+        return self.wall - self.agent - self.tests
+
+
+class TaskNotCompleted(Exception):
+    pass
+
+
+def script(i: int) -> dict[str, Any]:
+    """One round: a feature and its passing test, committed."""
+    return {
+        "rounds": [
+            {
+                "write": [
+                    {"path": f"app/feature_{i}.py", "content": f"def value():\n    return {i}\n"},
+                    {"path": f"tests/test_feature_{i}.py", "content": TEST_FILE.format(i=i)},
+                ],
+                "commit": f"Add feature {i}",
+                "report": "completed",
+                "summary": f"Added feature {i} and its test.",
+            }
+        ]
+    }
+
+
+async def one_run(
+    client: Client,
+    db: Database,
+    redis: Redis,
+    runtime: TimedRuntime,
+    project: Project,
+    queue: str,
+    i: int,
+) -> Run:
+    options = EngineeringOptions(agent="scripted", script=script(i), max_rounds=2)
+    task = await TaskService(db, redis).create(
+        TaskCreate(project_id=project.id, spec=f"Add feature {i}", engineering=options),
+        user_id=project.owner_id,
+        project=project,
+    )
+    began = time.perf_counter()
+    handle = await start_engineering(client, task, queue)
+    try:
+        await asyncio.wait_for(handle.result(), RUN_TIMEOUT_S)
+    except WorkflowFailureError:
+        pass  # the task row says why
+    around = time.perf_counter() - began
+    done = await get_task(db, task.id)
+    if done.status != TaskStatus.completed or done.completed_at is None:
+        raise TaskNotCompleted(f"task {task.id} ended {done.status}: {done.error}")
+    agent, tests = runtime.command_seconds(f"{task.id}-developer")
+    history = await history_times(handle)
+    return Run(
+        task_id=task.id,
+        wall=_seconds(done.created_at, done.completed_at),
+        around=around,
+        agent=agent,
+        tests=tests,
+        nodes=history.node(DEVELOPER_NODE) + history.node(TESTER_NODE),
+        history=history,
+    )
+
+
+def print_run(label: str, run: Run) -> None:
+    print(
+        f"{label:>6} {run.wall:8.2f} {run.agent:7.2f} {run.tests:7.2f} {run.overhead:9.2f}"
+        f" {run.nodes:8.2f} {run.wall - run.nodes:10.2f}",
+        flush=True,
+    )
+
+
+def print_breakdown(runs: list[Run]) -> dict[str, float]:
+    """The median seconds of each other activity type, largest first."""
+    kinds = {kind for run in runs for kind in run.history.activities}
+    medians = {
+        kind: statistics.median(run.history.activities.get(kind, 0.0) for run in runs)
+        for kind in kinds
+        if kind.rsplit(".", 1)[-1] not in (DEVELOPER_NODE, TESTER_NODE)
+    }
+    medians["(workflow tasks)"] = statistics.median(r.history.workflow_tasks for r in runs)
+    print("where the overhead goes (history, median s per run):", flush=True)
+    for kind, seconds in sorted(medians.items(), key=lambda kv: -kv[1])[:8]:
+        print(f"  {kind:<32} {seconds:6.3f}", flush=True)
+    return {kind: round(s, 3) for kind, s in medians.items()}
+
+
+async def bench_runs(
+    client: Client, db: Database, redis: Redis, runtime: TimedRuntime, home: Path, n: int
+) -> dict[str, Any]:
+    queue = f"bench-{uuid.uuid4().hex[:8]}"
+    project = await make_project(db, name=f"bench-{uuid.uuid4().hex[:6]}")
+    worker = build_worker(client, Settings(home=home), db, redis, task_queue=queue, runtime=runtime)
+    print(
+        "   run   wall s  agent s  tests s  overhead s  nodes s  wall-nodes  "
+        "(overhead = wall - agent - tests)",
+        flush=True,
+    )
+    async with worker:
+        first = await one_run(client, db, redis, runtime, project, queue, 0)
+        print_run("first", first)
+        runs = []
+        for i in range(1, n + 1):
+            runs.append(await one_run(client, db, redis, runtime, project, queue, i))
+            print_run(str(i), runs[-1])
+
+    def med(values: list[float]) -> float:
+        return statistics.median(values)
+
+    figures: dict[str, Any] = {
+        "first_wall_s": round(first.wall, 3),
+        "first_overhead_s": round(first.overhead, 3),
+        "wall_s": round(med([r.wall for r in runs]), 3),
+        "agent_s": round(med([r.agent for r in runs]), 3),
+        "tests_s": round(med([r.tests for r in runs]), 3),
+        "overhead_s": round(med([r.overhead for r in runs]), 3),
+        "overhead_max_s": round(max(r.overhead for r in runs), 3),
+        "overhead_share": round(med([r.overhead / r.wall for r in runs]), 3),
+        "nodes_s": round(med([r.nodes for r in runs]), 3),
+        "wall_minus_nodes_s": round(med([r.wall - r.nodes for r in runs]), 3),
+        "around_s": round(med([r.around for r in runs]), 3),
+    }
+    print(
+        f"median {figures['wall_s']:8.2f} {figures['agent_s']:7.2f} {figures['tests_s']:7.2f}"
+        f" {figures['overhead_s']:9.2f} {figures['nodes_s']:8.2f}"
+        f" {figures['wall_minus_nodes_s']:10.2f}",
+        flush=True,
+    )
+    figures["breakdown_s"] = print_breakdown(runs)
+    return figures
+
+
+# -- (b) container create -> ready ----------------------------------------------------------------
+
+
+async def create_to_ready(
+    runtime: ContainerRuntime, image: str, workspace: Path
+) -> tuple[float, float]:
+    """(create -> ready, then one more exec of ``true``: the price of any command in a Worker)."""
+    worker_id = f"bench-ready-{uuid.uuid4().hex[:8]}"
+    spec = WorkerSpec(
+        image=image,
+        worker_id=worker_id,
+        task_id="bench",
+        workflow_id="bench-create-to-ready",
+        workspace=workspace,
+    )
+    try:
+        began = time.perf_counter()
+        await runtime.create_worker(spec)
+        deadline = began + READY_TIMEOUT_S
+        while (await runtime.exec(worker_id, ["true"], workdir="/")).exit_code != 0:
+            if time.perf_counter() > deadline:
+                raise TimeoutError(f"{worker_id} did not answer within {READY_TIMEOUT_S}s")
+            await asyncio.sleep(0.01)
+        ready = time.perf_counter() - began
+        began = time.perf_counter()
+        await runtime.exec(worker_id, ["true"], workdir="/")
+        return ready, time.perf_counter() - began
+    finally:
+        await runtime.remove(worker_id)
+
+
+async def bench_ready(
+    runtime: ContainerRuntime, image: str, workdir: Path, m: int
+) -> tuple[list[float], list[float]]:
+    workspace = workdir / "ready-workspace"  # mounted like a task's checkout
+    workspace.mkdir()
+    samples = [await create_to_ready(runtime, image, workspace) for _ in range(m)]
+    return [ready for ready, _ in samples], [exec_ for _, exec_ in samples]
+
+
+# -- main ------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def docker_host() -> Iterator[str]:
+    """DOCKER_HOST if set, else podman on the tests' storage (where their images are cached)."""
+    configured = os.environ.get("DOCKER_HOST")
+    if configured:
+        yield configured
+        return
+    with servers.podman_service(servers.test_images_root() / "podman") as url:
+        yield url
+
+
+async def run(n: int, m: int) -> tuple[dict[str, Any], int]:
+    figures: dict[str, Any] = {"n": n, "m": m}
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-engineering-") as tmp,
+        servers.redis_server() as redis_url,
+        docker_host() as host,
+    ):
+        workdir = Path(tmp)
+        # The in-process worker logs like the real one, to a file.
+        configure_logging("bench", "INFO", workdir / "logs")
+        client_docker = docker.DockerClient(base_url=host, timeout=120)
+        builder = ImageBuilder(client_docker, servers.test_images_root() / "image-builds")
+        began = time.perf_counter()
+        image = (await asyncio.to_thread(builder.ensure, "scripted")).reference
+        print(f"image {image} ready in {time.perf_counter() - began:.1f} s", flush=True)
+
+        db_url = f"sqlite+aiosqlite:///{workdir / 'orchestrator.db'}"
+        await upgrade_async(db_url)
+        db = Database(db_url)
+        redis = Redis.from_url(redis_url)
+        env = await WorkflowEnvironment.start_local(
+            dev_server_existing_path=str(servers.TEMPORAL_BIN),
+            data_converter=pydantic_data_converter,
+            search_attributes=SEARCH_ATTRIBUTES,
+            # A SQLite file, as the embedded stack keeps it.
+            dev_server_database_filename=str(workdir / "temporal.sqlite"),
+            dev_server_log_level="error",
+            dev_server_extra_args=servers.TEMPORAL_SQLITE_PRAGMAS,
+        )
+        # The limits the engineering tests give their Workers.
+        settings = Settings(home=workdir / "home", worker_memory="256m", worker_pids=128)
+        runtime = TimedRuntime(client_docker, settings)
+        try:
+            figures.update(await bench_runs(env.client, db, redis, runtime, workdir / "home", n))
+            samples, execs = await bench_ready(runtime, image, workdir, m)
+        except TaskNotCompleted as failed:
+            print(f"FAILED: {failed}", flush=True)
+            return figures, 1
+        finally:
+            await env.shutdown()
+            await redis.aclose()
+            await db.dispose()
+            client_docker.close()
+    p50, worst = percentile(samples, 50), max(samples)
+    print(
+        f"container create -> ready (exec `true` answers): p50 {p50 * 1000:.0f} ms, "
+        f"max {worst * 1000:.0f} ms (M={m}); then an exec of `true`: p50 "
+        f"{percentile(execs, 50) * 1000:.0f} ms",
+        flush=True,
+    )
+    print(
+        f"engineering run (median of N={n}, first run with scaffolding excluded): "
+        f"wall {figures['wall_s']:.2f} s = agent {figures['agent_s']:.2f} s + tests "
+        f"{figures['tests_s']:.2f} s + overhead {figures['overhead_s']:.2f} s "
+        f"({figures['overhead_share']:.0%} of the wall time)",
+        flush=True,
+    )
+    figures.update(
+        ready_p50_ms=round(p50 * 1000, 1),
+        ready_max_ms=round(worst * 1000, 1),
+        exec_true_p50_ms=round(percentile(execs, 50) * 1000, 1),
+    )
+    return figures, 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="N=3, M=5")
+    parser.add_argument("-n", type=int, help="engineering runs after the first (10)")
+    parser.add_argument("-m", type=int, help="containers for create -> ready (5)")
+    args = parser.parse_args()
+    n = args.n or (3 if args.quick else 10)
+    m = args.m or 5
+    try:
+        figures, status = asyncio.run(run(n, m))
+        print(json.dumps(figures), flush=True)
+    except BaseException:
+        traceback.print_exc()
+        status = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # The Temporal core runtime can abort at interpreter exit (sdk-python #300).
+    os._exit(status)
+
+
+if __name__ == "__main__":
+    main()
