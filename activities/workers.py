@@ -30,6 +30,9 @@ from activities.agents.base import DEFAULT_HOME, AgentRequest
 from activities.containers import ContainerRuntime, Mount, WorkerNotFound, WorkerSpec
 from activities.heartbeat import heartbeating
 from activities.images import TOOLS_DIR, ImageBuilder, ensure_async
+from activities.slots import WorkerSlots
+from api.services.tasks import TaskNotFound, TaskService
+from core.contracts.events import EventType
 from core.contracts.worker import WorkerResponse
 from core.logging import get_logger
 from core.settings import Settings
@@ -110,11 +113,14 @@ class WorkerActivities:
         gateway: Gateway | None = None,
         runtime: ContainerRuntime | None = None,
         images: Callable[[ContainerRuntime], ImageBuilder] | None = None,
+        tasks: TaskService | None = None,
     ) -> None:
         self.settings = settings
         self.redis = redis
         self.client = client
         self.gateway = gateway
+        self.slots = WorkerSlots(redis, settings.max_workers)
+        self.tasks = tasks  # to tell a task that its Worker waits for a slot
         self._runtime = runtime
         self._images = images
         self._builder: ImageBuilder | None = None
@@ -158,6 +164,7 @@ class WorkerActivities:
         workspace = Path(request.workspace) if request.workspace else None
         if workspace is not None and not workspace.is_dir():
             raise _bad_input(f"the workspace {workspace} is not a directory")
+        await self._take_slot(request)
         image = request.image or await self._image(request.agent)
         mounts: list[Mount] = []
         command = ["sleep", "infinity"]
@@ -185,10 +192,41 @@ class WorkerActivities:
         runtime = await self.runtime()
         return await runtime.create_worker(spec)
 
+    async def _take_slot(self, request: CreateContainerInput) -> None:
+        """Wait until fewer than ``max_workers`` Workers exist (each process counts the same)."""
+
+        async def on_wait(in_use: int) -> None:
+            message = (
+                f"Waiting for a Worker slot: {in_use} of {self.settings.max_workers} in use "
+                "(ORCHESTRATOR_MAX_WORKERS)"
+            )
+            log.info("waiting for a worker slot", worker_id=request.worker_id, in_use=in_use)
+            if self.tasks is None:
+                return
+            try:
+                await self.tasks.add_event(
+                    request.task_id, EventType.progress, message, data={"in_use": in_use}
+                )
+            except TaskNotFound:  # a Worker of no task (worker:commands): the log says it
+                pass
+
+        waited = await self.slots.take(
+            request.workflow_id,
+            request.worker_id,
+            self._is_open,
+            on_wait,
+            lambda: activity.heartbeat("waiting for a worker slot"),
+        )
+        if waited:
+            log.info("worker slot taken", worker_id=request.worker_id, waited_s=round(waited, 1))
+
     @activity.defn
     async def remove_container(self, worker_id: str) -> bool:
-        """Remove the Worker's container (running or not); False when there was none."""
-        return await (await self.runtime()).remove(worker_id)
+        """Remove the Worker's container (running or not) and free its slot; False when there
+        was no container."""
+        removed = await (await self.runtime()).remove(worker_id)
+        await self.slots.release_worker(worker_id)
+        return removed
 
     # --- work inside it -------------------------------------------------------------------------
 
@@ -287,7 +325,9 @@ class WorkerActivities:
     async def reap_workers(self) -> list[str]:
         """Remove the containers whose workflow is closed (or unknown); returns their ids."""
         runtime = await self.runtime()
-        return await runtime.reap(self._is_open)
+        removed = await runtime.reap(self._is_open)
+        await self.slots.free_closed(self._is_open)
+        return removed
 
     async def _is_open(self, workflow_id: str) -> bool:
         if not workflow_id:

@@ -1,30 +1,102 @@
 """``orchestrator demo``: the main job, end to end, on the embedded stack.
 
-It brings the stack up if needed, creates a project, starts an engineering task, follows it to the
-end and shows where each run is in the Temporal Web UI. The stack is left running.
+It brings the stack up if needed, creates a project, starts an engineering task with a coding
+agent, follows it live to its pull request and shows where each run is in the Temporal Web UI.
+The agent: Claude Code when ANTHROPIC_API_KEY is set, else Codex when OPENAI_API_KEY is, else the
+deterministic ``scripted`` agent playing cli/demo_script.py. The stack is left running.
 """
 
 from __future__ import annotations
 
+import os
 import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Annotated, Any
 
+import docker.errors
 import typer
 from rich.markup import escape
 
 from cli.client import ApiClient, WaitTimeout
+from cli.demo_script import DEMO_SPEC, demo_script
 from cli.engineering import start_task
+from cli.images import builder
 from cli.output import JsonOption, Output, cli_name
+from cli.pr import test_summary
 from cli.stack import ensure_up, print_summary, summary
 from cli.task import exit_code_of, follow_with_progress, styled, timed_out
 from core.contracts.engineering import EngineeringAction
 from core.ids import scaffold_workflow_id
 from core.settings import Settings
 
-DEMO_SPEC = (
-    "A small HTTP service with a GET /hello endpoint that answers "
-    '{"message": "hello"}, and a test for it.'
+# The model gateway reads either name (gateway/settings.py).
+ANTHROPIC_KEYS = ("ANTHROPIC_API_KEY", "ORCHESTRATOR_ANTHROPIC_API_KEY")
+OPENAI_KEYS = ("OPENAI_API_KEY", "ORCHESTRATOR_OPENAI_API_KEY")
+SPEC_HELP = (
+    "What the demo asks Engineering to build (the scripted agent plays its script, which adds "
+    "GET /greet/<name>, whatever this says)."
 )
+
+
+@dataclass(frozen=True)
+class DemoAgent:
+    name: str
+    engineering: dict[str, Any]  # TaskCreate.engineering
+    note: str  # what people are told about it
+
+
+def choose_agent(env: Mapping[str, str]) -> DemoAgent:
+    """Claude Code or Codex when their model key is set, else the scripted stand-in."""
+    if any(env.get(key) for key in ANTHROPIC_KEYS):
+        return DemoAgent(
+            "claude",
+            {"agent": "claude"},
+            "Agent: Claude Code (claude), since ANTHROPIC_API_KEY is set. The key stays with "
+            "the model gateway on this host; the Worker never sees it.",
+        )
+    if any(env.get(key) for key in OPENAI_KEYS):
+        return DemoAgent(
+            "codex",
+            {"agent": "codex"},
+            "Agent: Codex (codex), since OPENAI_API_KEY is set. The key stays with the model "
+            "gateway on this host; the Worker never sees it.",
+        )
+    return DemoAgent(
+        "scripted",
+        {"agent": "scripted", "script": demo_script()},
+        "Agent: scripted. No model API key is set, so a deterministic scripted agent stands in "
+        "for a real coding agent: it really writes a small feature (GET /greet/<name>) and its "
+        "tests, and the Tester really runs them. Set ANTHROPIC_API_KEY or OPENAI_API_KEY to use "
+        "Claude Code or Codex instead.",
+    )
+
+
+def image_missing(settings: Settings, agent: str) -> bool | None:
+    """Whether the agent's Worker image still has to be built here; None when we cannot tell."""
+    if settings.api_url:
+        return None  # a stack elsewhere builds its images on its own machine
+    try:
+        with builder(settings) as images:
+            try:
+                images.docker.images.get(images.reference(agent))
+            except docker.errors.ImageNotFound:
+                return True
+            return False
+    except Exception:  # no Docker API here, no apt sources, ...: say what may happen
+        return None
+
+
+def image_note(settings: Settings, agent: str) -> str | None:
+    missing = image_missing(settings, agent)
+    if missing is False:
+        return None
+    when = "This is" if missing else "If this is"
+    return (
+        f"{when} the first engineering run on this machine: after the scaffold stage the worker "
+        f"builds the {agent} Worker image (a Debian base with debootstrap, then the agent), "
+        "which takes a few minutes, once; later runs reuse it."
+    )
 
 
 def runs_of(project_id: str, task: dict[str, Any], events: list[dict[str, Any]]) -> list[str]:
@@ -36,14 +108,20 @@ def runs_of(project_id: str, task: dict[str, Any], events: list[dict[str, Any]])
     return runs
 
 
+def pull_request_of(client: ApiClient, task_id: str) -> dict[str, Any] | None:
+    found = client.get("/pull-requests", task_id=task_id)
+    return found[0] if found else None
+
+
 def demo(
-    spec: Annotated[str, typer.Option(help="What the demo asks Engineering to build.")] = DEMO_SPEC,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for the task.")] = 600,
+    spec: Annotated[str, typer.Option(help=SPEC_HELP)] = DEMO_SPEC,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the task.")] = 900,
     json_output: JsonOption = False,
 ) -> None:
-    """Run the main job: stack up, a project, an engineering task followed to its end."""
+    """Run the main job: stack up, a project, an engineering task followed to its pull request."""
     out = Output(json_output)
     settings = Settings()
+    agent = choose_agent(os.environ)
     if settings.api_url:  # an API elsewhere: use it as it is
         current, started = {"api_url": settings.effective_api_url}, False
     else:
@@ -53,47 +131,89 @@ def demo(
         print_summary(out, summary(current))
     else:
         out.say(f"Using the running stack at {current.get('api_url')}.")
+        if agent.name != "scripted":
+            out.say(
+                "(The running stack's worker holds the model key it was started with: if it was "
+                f"started without one, `{cli_name()} down` and run the demo again.)"
+            )
+    out.say(escape(agent.note))
     with ApiClient(settings) as client:
         name = f"demo-{secrets.token_hex(2)}"
         project = client.post("/projects", {"name": name, "description": "orchestrator demo"})
         out.say(f"Project [bold]{name}[/bold] ({project['id']})")
-        run = start_task(client, project["id"], spec, EngineeringAction.create)
-        out.say(f"Task {run['task_id']}  workflow {run['workflow_id']}")
-        out.say(f"Web UI {run['workflow_url']}")
+        run = start_task(client, project["id"], spec, EngineeringAction.create, agent.engineering)
+        scaffold_id = scaffold_workflow_id(project["id"])
+        out.say(f"Task {run['task_id']}")
+        out.say(f"Web UI  engineering run  {run['workflow_url']}")
+        out.say(f"        scaffold run     {settings.workflow_url(scaffold_id)}")
+        note = image_note(settings, agent.name)
+        if note:
+            out.say(f"[yellow]{escape(note)}[/yellow]")
         try:
             events = follow_with_progress(client, out, run["task_id"], timeout)
         except WaitTimeout:
             raise timed_out(client, run["task_id"], timeout) from None
         task = client.task(run["task_id"])
-    runs = runs_of(project["id"], task, events)
+        pull = pull_request_of(client, task["id"]) if task["status"] == "COMPLETED" else None
+    report = demo_report(settings, project, agent, task, events, pull)
+    out.emit(report, lambda: render(out, report))
+    out.say(f"The stack keeps running; `{cli_name()} down` stops it.")
+    raise typer.Exit(exit_code_of(task["status"]))
+
+
+def demo_report(
+    settings: Settings,
+    project: dict[str, Any],
+    agent: DemoAgent,
+    task: dict[str, Any],
+    events: list[dict[str, Any]],
+    pull: dict[str, Any] | None,
+) -> dict[str, Any]:
     result = task.get("result") or {}
-    report = {
-        "project_id": project["id"],
-        "project_name": name,
+    runs = runs_of(project["id"], task, events)
+    return {
         "task_id": task["id"],
         "workflow_id": task["workflow_id"],
         "status": task["status"],
-        "result": task.get("result"),
         "error": task.get("error"),
+        "agent": result.get("agent") or agent.name,
+        "pr_url": result.get("pr_url"),
+        "pull_request_id": pull["id"] if pull else None,
+        "branch": result.get("branch"),
+        "commit_sha": result.get("commit_sha"),
+        "files_changed": result.get("files_changed") or [],
+        "test_outcome": pull.get("test_outcome") if pull else None,
+        "rounds": result.get("rounds"),
+        "project_id": project["id"],
+        "project_name": project["name"],
+        "repository": result.get("repository"),
+        "result": task.get("result"),
         "workflow_url": settings.workflow_url(task["workflow_id"]),
         "workflow_urls": {wid: settings.workflow_url(wid) for wid in runs},
     }
 
-    def render() -> None:
-        out.console.print(f"\nTask {task['id']} {styled(task['status'])}")
-        if task.get("error"):
-            out.console.print(f"[red]{escape(task['error'])}[/red]")
-        if result.get("repository"):
-            out.console.print(f"repository  {escape(result['repository'])}")
-        if result.get("stages"):
-            out.console.print(f"stages      {', '.join(result['stages'])}")
-        for label in ("branch", "commit_sha", "pr_url"):
-            if result.get(label):
-                out.console.print(f"{label:<11} {escape(str(result[label]))}")
-        out.console.print("Runs in the Temporal Web UI:")
-        for wid, url in report["workflow_urls"].items():
-            out.console.print(f"  {wid}  {url}")
 
-    out.emit(report, render)
-    out.say(f"The stack keeps running; `{cli_name()} down` stops it.")
-    raise typer.Exit(exit_code_of(task["status"]))
+def render(out: Output, report: dict[str, Any]) -> None:
+    say = out.console.print
+    say(f"\nTask {report['task_id']} {styled(report['status'])}  (agent {report['agent']})")
+    if report["error"]:
+        say(f"[red]{escape(report['error'])}[/red]")
+    if report["pr_url"]:
+        say(f"[bold]Pull request[/bold]  {escape(report['pr_url'])}")
+        rows = [
+            ("branch", report["branch"]),
+            ("commit", report["commit_sha"]),
+            ("files", ", ".join(report["files_changed"])),
+            ("tests", test_summary(report["test_outcome"]) if report["pull_request_id"] else None),
+            ("rounds", report["rounds"]),
+        ]
+        for label, value in rows:
+            if value is not None and value != "":
+                say(f"  {label:<8} {escape(str(value))}")
+        if report["pull_request_id"]:
+            say(f"  See it:  {cli_name()} pr show {report['pull_request_id']}")
+    elif report["repository"]:
+        say(f"repository  {escape(report['repository'])}")
+    say("Runs in the Temporal Web UI:")
+    for wid, url in report["workflow_urls"].items():
+        say(f"  {wid}  {url}")

@@ -85,13 +85,14 @@ def build_worker(
     temporal = TemporalActivities(client)
     # Not closed here: whoever passes the gateway owns it (``serve`` closes its own).
     gateway = gateway or Gateway(db)
+    task_service = TaskService(db, redis)
     workers = WorkerActivities(
-        settings, redis=redis, client=client, gateway=gateway, runtime=runtime
+        settings, redis=redis, client=client, gateway=gateway, runtime=runtime, tasks=task_service
     )
     gateways = GatewayActivities(gateway)
     engineering = EngineeringActivities(settings, db, workers)
     pulls = PullRequestActivities(db, LocalForge(settings.forge_dir))
-    nodes = DevelopmentNodes(TaskService(db, redis), workers, engineering, pulls)
+    nodes = DevelopmentNodes(task_service, workers, engineering, pulls)
     options.setdefault("graceful_shutdown_timeout", timedelta(seconds=10))
     options.setdefault("workflow_runner", workflow_runner())
     options.setdefault("interceptors", [LogContextInterceptor()])

@@ -74,10 +74,12 @@ NOT_INSTALLED = (
     "no code was written, tested or proposed for this task."
 )
 DEVELOPMENT_PATCH = "engineering-development-graph"
+CLOSE_GATEWAY_PATCH = "engineering-close-gateway"
 QUICK = timedelta(seconds=30)
 QUICK_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=10), maximum_attempts=10)
 # Making the container may build its image first (minutes on a fresh machine).
-CREATE_TIMEOUT = timedelta(minutes=20)
+# Making the container may wait for a Worker slot (max_workers) as long as other tasks run.
+CREATE_TIMEOUT = timedelta(hours=24)
 
 
 class StageFailed(ApplicationError):
@@ -239,6 +241,15 @@ class EngineeringWorkflow:
                 retry_policy=QUICK_RETRY,
                 summary=f"Remove the Worker {worker_id}",
             )
+            if uses_model(str(plan.agent)) and workflow.patched(CLOSE_GATEWAY_PATCH):
+                # The task's gateway socket serves no one any more (its totals stay recorded).
+                await workflow.execute_activity_method(
+                    GatewayActivities.close_gateway,
+                    request.task_id,
+                    start_to_close_timeout=QUICK,
+                    retry_policy=QUICK_RETRY,
+                    summary="Close the task's model gateway",
+                )
         for stage in (DEVELOPER, TESTER, PULL_REQUEST):
             if _ran(stage, final):
                 self._stages.append(stage)

@@ -60,7 +60,8 @@ QUICK_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=10), maximum_attemp
 TURN_RETRY = RetryPolicy(maximum_attempts=3, non_retryable_error_types=["BadWorkerInput"])
 TURN_HEARTBEAT = timedelta(seconds=30)
 # Making the container may build its image first (minutes on a fresh machine).
-CREATE_TIMEOUT = timedelta(minutes=20)
+# Making the container may wait for a Worker slot (max_workers) as long as other tasks run.
+CREATE_TIMEOUT = timedelta(hours=24)
 CREATE_HEARTBEAT = timedelta(minutes=2)
 SEEN_REQUESTS = 1000
 

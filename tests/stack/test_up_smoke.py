@@ -1,7 +1,13 @@
 """The real `orchestrator up --detach` on its SQLite default, in a home and on ports of its own.
 
 Nothing is given as an address (no TEMPORAL_ADDRESS, REDIS_URL or DATABASE_URL): the stack starts
-every server itself, exactly as a person's first `orchestrator up` does.
+every server itself, exactly as a person's first `orchestrator up` does. No model key is given
+either, so a task without an agent ends after scaffolding and says how to configure one.
+
+The demo (`make run`) runs the scripted agent in a Worker container. Its image lives in the
+container service's storage: a stack's own podman (under its fresh home) would build it anew,
+minutes each run, so that test gives the stack the session's container service (DOCKER_HOST),
+whose storage keeps the image between runs (tests/servers.py test_images_root).
 """
 
 from __future__ import annotations
@@ -30,10 +36,14 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
 
-from activities.containers import ContainerRuntime, WorkerSpec
+from activities.containers import TASK_ID, ContainerRuntime, WorkerSpec
+from activities.forge import LocalForge
+from cli.demo import ANTHROPIC_KEYS, OPENAI_KEYS
+from cli.demo_script import DEMO_FILES
 from core.settings import Settings
 from tests.conftest import fresh_postgres_database
 from tests.containers.images import tiny_image
+from tests.images.conftest import image_builder
 from tests.servers import free_port
 
 FOREIGN = [
@@ -46,8 +56,21 @@ FOREIGN = [
         "REDIS_URL",
         "TEMPORAL_ADDRESS",
         "DOCKER_HOST",
+        "DEFAULT_AGENT",
     )
-]
+] + [*ANTHROPIC_KEYS, *OPENAI_KEYS]  # the stack must not pick a real agent from this machine
+NO_AGENT = "No coding agent is configured"
+# A small script for the scripted agent: one round that writes, commits and completes.
+PING_SCRIPT = {
+    "rounds": [
+        {
+            "write": {"path": "app/ping.py", "content": 'def ping():\n    return "pong"\n'},
+            "commit": "Add ping()",
+            "report": "completed",
+            "summary": "Added ping().",
+        }
+    ]
+}
 SERVICES = {"temporal", "redis", "containers", "api", "worker", "bridges"}
 ORCHESTRATOR = Path(sys.executable).parent / "orchestrator"
 
@@ -171,6 +194,19 @@ async def wait_for_workflow(stack: Stack, workflow_id: str) -> WorkflowExecution
         await asyncio.sleep(0.05)
 
 
+@pytest.fixture(scope="session")
+def scripted_image(docker_client: docker.DockerClient) -> str:
+    """Built once per content hash in the session's container storage; a stack given that
+    service as DOCKER_HOST finds it by the same hash instead of building it."""
+    return image_builder(docker_client).ensure("scripted").reference
+
+
+def git_out(repo: Path, *args: str) -> str:
+    done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
 async def test_up_run_a_task_down(stack: Stack) -> None:
     up = await asyncio.to_thread(stack.json, "up", "--detach")
     assert up["status"] == "started"
@@ -185,20 +221,17 @@ async def test_up_run_a_task_down(stack: Stack) -> None:
     assert started["project_id"] == project["id"]
     await wait_for_workflow(stack, started["workflow_id"])
 
+    # No agent is configured (no model key, no --agent): the scaffold runs, then the task fails
+    # saying how to configure one.
     watched = await asyncio.to_thread(stack.cli, "task", "watch", started["task_id"], timeout=120)
-    assert watched.returncode == 0, (watched.stdout, watched.stderr)
+    assert watched.returncode == 1, (watched.stdout, watched.stderr)
     assert "scaffold" in watched.stdout
-    assert "COMPLETED" in watched.stdout
+    assert "FAILED" in watched.stdout
     task = stack.json("task", "show", started["task_id"])
-    assert "scaffold" in task["result"]["stages"]
-    assert task["result"]["repository"]
-
-    # The main job (`make run`) on the running stack: a project, a task to its end, the links.
-    demo = await asyncio.to_thread(stack.json, "demo")
-    assert demo["status"] == "COMPLETED", demo
-    assert demo["workflow_id"] == f"engineering-{demo['task_id']}"
-    assert demo["workflow_url"].endswith(f"/workflows/{demo['workflow_id']}")
-    assert demo["result"]["stages"] == ["scaffold"] and demo["result"]["repository"]
+    assert task["status"] == "FAILED"
+    assert NO_AGENT in task["error"]
+    assert [e["stage"] for e in task["events"] if e["type"] == "stage_completed"] == ["scaffold"]
+    assert stack.json("project", "show", "smoke")["repository"]
 
     status = stack.json("status")
     assert status["running"] is True
@@ -222,6 +255,44 @@ async def test_up_run_a_task_down(stack: Stack) -> None:
     assert [p for p in stack.ports.values() if listening(p)] == []
     assert not (stack.home / "stack.json").exists()
     assert stack.json("status")["running"] is False
+
+
+async def test_the_demo_opens_a_pull_request(
+    stack: Stack, docker_host: str, docker_client: docker.DockerClient, scripted_image: str
+) -> None:
+    """`make run`: the demo starts the stack itself, and the scripted agent's feature ends in a
+    pull request whose branch holds it, its tests passed."""
+    stack.env["DOCKER_HOST"] = docker_host  # where the scripted image is kept (see the top)
+    done = await asyncio.to_thread(stack.cli, "demo", "--json", timeout=600)
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    demo = json.loads(done.stdout)
+    assert "deterministic scripted agent stands in for a real coding agent" in done.stderr
+    assert (demo["status"], demo["agent"], demo["error"]) == ("COMPLETED", "scripted", None)
+    assert demo["workflow_id"] == f"engineering-{demo['task_id']}"
+    assert demo["workflow_url"].endswith(f"/workflows/{demo['workflow_id']}")
+    scaffold = f"scaffold-{demo['project_id']}"
+    assert set(demo["workflow_urls"]) == {demo["workflow_id"], scaffold}
+    assert demo["workflow_urls"][scaffold].endswith(f"/workflows/{scaffold}")
+    assert demo["result"]["stages"] == ["scaffold", "developer", "tester", "pull_request"]
+    assert sorted(demo["files_changed"]) == sorted(DEMO_FILES)
+    assert demo["rounds"] == 1
+    assert demo["test_outcome"]["failed"] == 0 and demo["test_outcome"]["passed"] > 0
+
+    # The pull request is there, and its branch in the forge holds the feature and its tests.
+    [pull] = stack.json("pr", "list", "--task", demo["task_id"])
+    assert pull["url"] == demo["pr_url"] and pull["id"] == demo["pull_request_id"]
+    assert pull["branch"] == demo["branch"] == f"task/{demo['task_id']}"
+    repo = LocalForge(stack.home / "forge").path(pull["repo_full_name"])
+    head = git_out(repo, "rev-parse", f"refs/heads/{pull['branch']}")
+    assert head == pull["head_sha"] == demo["commit_sha"]
+    changed = git_out(repo, "diff", "--name-only", f"{pull['base']}...{pull['branch']}")
+    assert sorted(changed.splitlines()) == sorted(DEMO_FILES)
+    assert "greet_route" in git_out(repo, "show", f"{head}:app/server.py")
+    label = f"{TASK_ID}={demo['task_id']}"
+    assert docker_client.containers.list(all=True, filters={"label": label}) == []
+
+    down = await asyncio.to_thread(stack.json, "down")
+    assert down["was_running"] is True and down["killed"] == []
 
 
 def service(stack: Stack, name: str) -> dict[str, Any]:
@@ -261,9 +332,12 @@ async def test_up_uses_servers_it_is_given(
     redis: Any,
     postgres_server_url: str,
     docker_host: str,
+    scripted_image: str,
+    tmp_path: Path,
 ) -> None:
     """TEMPORAL_ADDRESS, REDIS_URL, DOCKER_HOST and a PostgreSQL DATABASE_URL: `up` starts only
-    our services, the whole pipeline runs on PostgreSQL, and `down` leaves those servers alone."""
+    our services, the whole pipeline (to the pull request) runs on PostgreSQL, and `down` leaves
+    those servers alone."""
     database_url = await fresh_postgres_database(postgres_server_url)
     stack.env.update(
         TEMPORAL_ADDRESS=temporal_address,
@@ -287,17 +361,26 @@ async def test_up_uses_servers_it_is_given(
     }
 
     stack.json("project", "create", "--name", "on-postgres")
-    started = stack.json("engineering", "start", "--project", "on-postgres", "--spec", "x")
+    script = tmp_path / "script.json"
+    script.write_text(json.dumps(PING_SCRIPT))
+    started = stack.json(
+        "engineering", "start", "--project", "on-postgres", "--spec", "add ping()",
+        "--script", str(script),
+    )  # fmt: skip
     waited = await asyncio.to_thread(
-        stack.cli, "engineering", "wait", started["task_id"], "--timeout", "60"
+        stack.cli, "engineering", "wait", started["task_id"], "--timeout", "180"
     )
     assert waited.returncode == 0, (waited.stdout, waited.stderr)
     conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg", "postgresql"))
     try:
         row = await conn.fetchrow("SELECT status FROM tasks WHERE id = $1", started["task_id"])
+        pull = await conn.fetchrow(
+            "SELECT branch FROM pull_requests WHERE task_id = $1", started["task_id"]
+        )
     finally:
         await conn.close()
     assert row["status"] == "COMPLETED"
+    assert pull["branch"] == f"task/{started['task_id']}"
 
     await asyncio.to_thread(stack.json, "down")
     assert await redis.ping()  # the servers we were given still run

@@ -96,11 +96,13 @@ async def running_worker(
     home: Path,
     *,
     task_queue: str | None = None,
+    settings: Settings | None = None,
     **options: Any,
 ) -> AsyncIterator[str]:
     """The real worker of ``python -m stack.worker``, in this process, on a queue of its own."""
     queue = task_queue or f"test-{uuid.uuid4().hex}"
-    worker = build_worker(client, Settings(home=home), db, redis, task_queue=queue, **options)
+    settings = settings or Settings(home=home)
+    worker = build_worker(client, settings, db, redis, task_queue=queue, **options)
     async with worker:
         yield queue
 
