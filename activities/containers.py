@@ -38,6 +38,21 @@ WORKFLOW_ID = "orchestrator.workflow_id"
 # `timeout` (coreutils) ends a command that runs too long: the Docker API cannot kill an exec.
 TIMED_OUT_CODES = (124, 137)
 KILL_AFTER = 5  # seconds between SIGTERM and SIGKILL on a timeout
+# The guard of an exclusive exec: `timeout` leads its own process group, so the pid file names a
+# group; an earlier group still alive gets SIGTERM, up to 5 s, then SIGKILL. (dash: no `kill --`.)
+_EXCLUSIVE = """f="$1"; shift
+if [ -s "$f" ]; then
+  old=$(cat "$f")
+  if [ "$old" -gt 1 ] 2>/dev/null && kill -0 "$old" 2>/dev/null; then
+    kill -TERM -"$old" 2>/dev/null
+    i=0
+    while kill -0 "$old" 2>/dev/null && [ "$i" -lt 50 ]; do sleep 0.1; i=$((i+1)); done
+    kill -KILL -"$old" 2>/dev/null
+  fi
+fi
+echo $$ > "$f"
+exec "$@"
+"""
 
 OnLine = Callable[[str, str], Any]  # (stream: "stdout" | "stderr", line without its newline)
 
@@ -124,11 +139,14 @@ class ContainerRuntime:
         # Enforced inside the Worker: cancelling the caller could not stop the process there.
         timeout: float | None = None,  # noqa: ASYNC109
         on_line: OnLine | None = None,
+        exclusive: str | None = None,
     ) -> ExecResult:
         """Run ``argv`` in the Worker; ``on_line`` gets each output line, on the event loop.
 
         With ``timeout`` (seconds) the command is ended (SIGTERM, then SIGKILL) when it runs
         longer, and the result says ``timed_out``. The Worker is started first if it stopped.
+        ``exclusive`` (with ``timeout``) names a kind of command of which one runs at a time: an
+        earlier one still running (its caller died, e.g. a killed worker process) is ended first.
         """
         emit = None
         if on_line is not None:
@@ -138,7 +156,9 @@ class ContainerRuntime:
             def emit(stream: str, line: str) -> None:
                 loop.call_soon_threadsafe(callback, stream, line)
 
-        return await asyncio.to_thread(self._exec, worker_id, argv, env, workdir, timeout, emit)
+        return await asyncio.to_thread(
+            self._exec, worker_id, argv, env, workdir, timeout, emit, exclusive
+        )
 
     async def put_file(self, worker_id: str, path: str, content: bytes, mode: int = 0o644) -> None:
         """Write a file into the Worker (a relative ``path`` is under /workspace).
@@ -174,6 +194,11 @@ class ContainerRuntime:
             return self.client.containers.get(container_name(worker_id))
         except docker.errors.NotFound:
             return None
+        except docker.errors.APIError as exc:
+            # Podman answers 500 "does not exist in database" while it removes the container.
+            if "does not exist" in str(exc):
+                return None
+            raise
 
     def _get(self, worker_id: str) -> Container:
         container = self._find(worker_id)
@@ -243,11 +268,15 @@ class ContainerRuntime:
         workdir: str,
         timeout: float | None,
         emit: Callable[[str, str], None] | None,
+        exclusive: str | None = None,
     ) -> ExecResult:
         container = self._get(worker_id)
         command = list(argv)
         if timeout is not None:
             command = ["timeout", "-k", str(KILL_AFTER), f"{timeout:g}", *command]
+            if exclusive is not None:
+                command = ["sh", "-c", _EXCLUSIVE, "sh", f"/tmp/orchestrator-{exclusive}.pid"]
+                command += ["timeout", "-k", str(KILL_AFTER), f"{timeout:g}", *argv]
         api = self.client.api
         try:
             exec_id = api.exec_create(

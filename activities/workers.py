@@ -279,6 +279,8 @@ class WorkerActivities:
                     workdir=command.cwd,
                     timeout=turn.timeout_s,
                     on_line=on_line,
+                    # A turn orphaned by a killed worker process must not edit alongside this one.
+                    exclusive="agent-turn",
                 )
         except WorkerNotFound as exc:
             raise ApplicationError(str(exc), type="WorkerNotFound", non_retryable=True) from None

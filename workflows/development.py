@@ -110,7 +110,7 @@ def build_development_graph(nodes: DevelopmentNodes) -> StateGraph[Any, Any, Any
         metadata={
             "execute_in": "activity",
             "start_to_close_timeout": timedelta(seconds=TURN_TIMEOUT_S + 120),
-            "heartbeat_timeout": timedelta(seconds=30),
+            "heartbeat_timeout": timedelta(seconds=10),
             "retry_policy": RUN_RETRY,
             "summary": "Developer: an agent turn",
         },
@@ -122,7 +122,7 @@ def build_development_graph(nodes: DevelopmentNodes) -> StateGraph[Any, Any, Any
         metadata={
             "execute_in": "activity",
             "start_to_close_timeout": timedelta(seconds=TEST_TIMEOUT_S + 120),
-            "heartbeat_timeout": timedelta(seconds=30),
+            "heartbeat_timeout": timedelta(seconds=10),
             "retry_policy": RUN_RETRY,
             "summary": "Tester: make test",
         },

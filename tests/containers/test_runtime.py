@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 import uuid
@@ -147,6 +148,38 @@ async def test_a_command_past_its_timeout_is_killed_and_its_lines_came_while_it_
     assert len(seen) == 1 and seen[0] - started < 1  # streamed, not handed over at the end
     again = await runtime.exec(spec.worker_id, ["cat", "/proc/self/status"])
     assert again.exit_code == 0  # the Worker itself lives on
+
+
+async def test_an_exclusive_command_ends_the_earlier_one_still_running(
+    runtime: ContainerRuntime, make_worker: MakeWorker
+) -> None:
+    """A turn whose caller died (its worker was killed) must not edit alongside the next one."""
+    spec = await make_worker()
+    started: asyncio.Event = asyncio.Event()
+    orphan = asyncio.create_task(
+        runtime.exec(
+            spec.worker_id,
+            ["sh", "-c", "echo running; sleep 60; echo finished"],
+            timeout=120,
+            exclusive="turn",
+            on_line=lambda _stream, _line: started.set(),
+        )
+    )
+    await asyncio.wait_for(started.wait(), 30)
+    begun = time.monotonic()
+    second = await runtime.exec(
+        spec.worker_id, ["sh", "-c", "echo second"], timeout=30, exclusive="turn"
+    )
+    assert second.stdout == "second\n", (second.exit_code, second.stderr)
+    first = await asyncio.wait_for(orphan, 30)
+    assert time.monotonic() - begun < 10
+    assert first.stdout == "running\n"  # ended before it could finish
+    assert first.exit_code != 0
+    # Another kind of command is left alone.
+    other = await runtime.exec(
+        spec.worker_id, ["sh", "-c", "echo tests"], timeout=30, exclusive="tests"
+    )
+    assert other.exit_code == 0
 
 
 async def test_put_file_writes_into_the_worker(

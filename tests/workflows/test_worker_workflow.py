@@ -74,6 +74,10 @@ def container(client: docker.DockerClient, worker_id: str) -> Any:
         return client.containers.get(container_name(worker_id))
     except docker.errors.NotFound:
         return None
+    except docker.errors.APIError as exc:  # podman: 500 while the container is being removed
+        if "does not exist" in str(exc):
+            return None
+        raise
 
 
 async def start(
