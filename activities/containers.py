@@ -34,6 +34,9 @@ MANAGED = "orchestrator.managed"
 WORKER_ID = "orchestrator.worker_id"
 TASK_ID = "orchestrator.task_id"
 WORKFLOW_ID = "orchestrator.workflow_id"
+# The Temporal (address and namespace) whose workflows own the Worker: a reaper judges only its
+# own stack's Workers when several stacks share one container service.
+STACK = "orchestrator.stack"
 
 # `timeout` (coreutils) ends a command that runs too long: the Docker API cannot kill an exec.
 TIMED_OUT_CODES = (124, 137)
@@ -97,6 +100,7 @@ class WorkerInfo(BaseModel):
     workflow_id: str
     status: str
     container_id: str
+    stack: str | None = None
 
 
 class WorkerNotFound(Exception):
@@ -174,10 +178,16 @@ class ContainerRuntime:
     async def list_workers(self) -> list[WorkerInfo]:
         return await asyncio.to_thread(self._list)
 
+    @property
+    def stack(self) -> str:
+        return f"{self.settings.effective_temporal_address}/{self.settings.temporal_namespace}"
+
     async def reap(self, is_workflow_open: Callable[[str], Awaitable[bool]]) -> list[str]:
         """Remove the Workers whose workflow is closed; return their worker ids."""
         removed = []
         for worker in await self.list_workers():
+            if worker.stack is not None and worker.stack != self.stack:
+                continue  # another stack's: its own reaper knows whether its workflow runs
             if await is_workflow_open(worker.workflow_id):
                 continue
             if await self.remove(worker.worker_id):
@@ -238,6 +248,7 @@ class ContainerRuntime:
                 WORKER_ID: spec.worker_id,
                 TASK_ID: spec.task_id,
                 WORKFLOW_ID: spec.workflow_id,
+                STACK: self.stack,
             },
             "environment": spec.env,
             "volumes": volumes,
@@ -351,6 +362,7 @@ class ContainerRuntime:
                 workflow_id=c.labels.get(WORKFLOW_ID, ""),
                 status=c.status,
                 container_id=c.id,
+                stack=c.labels.get(STACK),
             )
             for c in found
         ]

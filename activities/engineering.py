@@ -9,6 +9,8 @@
 - ``run_tests``: the project's ``make test`` inside the Worker, parsed into a ``TestReport``.
 - ``commit_workspace``: commits what the agent left uncommitted and gives the checkout back to
   this process's user (the Worker's uid owned it), so the host can push it.
+- ``clean_workspaces`` (the reaper's): removes the workspaces of tasks finished longer than the
+  retention ago, and unknown ones that old; never one of a task still running or waiting.
 
 All are idempotent: a retry finds the checkout, the branch and the commit already made.
 """
@@ -19,10 +21,13 @@ import json
 import os
 import re
 import shutil
+import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
+from sqlmodel import col, select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -33,9 +38,13 @@ from activities.workers import WorkerActivities
 from api.db import Database
 from api.models import Task
 from core.contracts.engineering import EngineeringOptions
+from core.contracts.events import TaskStatus
+from core.logging import get_logger
 from core.settings import Settings
 from gateway.ledger import Budget
 from gateway.settings import GatewaySettings
+
+log = get_logger("activities.engineering")
 
 DEFAULT_MAX_ROUNDS = 3
 TEST_COMMAND = ["make", "test"]
@@ -97,6 +106,20 @@ class CommitInput(BaseModel):
 class CommitResult(BaseModel):
     commit_sha: str
     files_changed: list[str] = Field(default_factory=list)
+
+
+class CleanWorkspacesInput(BaseModel):
+    retention_hours: float | None = Field(
+        default=None, ge=0, description="None: the worker's workspace_retention_hours"
+    )
+
+
+class CleanWorkspacesResult(BaseModel):
+    removed: list[str] = Field(default_factory=list, description="Names of removed workspaces")
+    kept: int = Field(default=0, description="Workspaces left: in use or not old enough")
+    failed: list[str] = Field(
+        default_factory=list, description="Old enough, but this process may not remove them"
+    )
 
 
 NO_AGENT = (
@@ -271,9 +294,68 @@ class EngineeringActivities:
             git("clone", "--quiet", "--branch", request.base, request.repository, str(staging))
             git("checkout", "--quiet", "-B", request.branch, cwd=staging)
             os.rename(staging, path)
-        _reclaim(path)
+        _take_back(path)
         base = git("rev-parse", f"origin/{request.base}", cwd=path).stdout.strip()
         return Workspace(path=str(path), branch=request.branch, base_sha=base)
+
+    @activity.defn
+    async def clean_workspaces(self, request: CleanWorkspacesInput) -> CleanWorkspacesResult:
+        """Remove the workspaces of tasks finished (COMPLETED, FAILED, CANCELLED) longer than
+        the retention ago, and those of no known task whose directory is that old."""
+        hours = request.retention_hours
+        retention = timedelta(
+            hours=self.settings.workspace_retention_hours if hours is None else hours
+        )
+        entries = await run_blocking(self._workspace_entries)
+        ends = await self._task_ends({task_id for task_id, _, _ in entries})
+        now = datetime.now(UTC)
+        result = CleanWorkspacesResult()
+        for task_id, path, mtime in entries:
+            if task_id in ends:
+                ended = ends[task_id]  # None: the task is queued, running or waiting
+                expired = ended is not None and now - ended >= retention
+            else:  # no task of ours: judged by the directory's age
+                expired = time.time() - mtime >= retention.total_seconds()
+            if not expired:
+                result.kept += 1
+            elif await run_blocking(_remove_tree, path):
+                result.removed.append(path.name)
+            else:
+                result.failed.append(path.name)
+        if result.removed or result.failed:
+            log.info("workspaces_cleaned", removed=result.removed, failed=result.failed)
+        return result
+
+    def _workspace_entries(self) -> list[tuple[str, Path, float]]:
+        """(task id, path, mtime) of each workspace; a clone left half-made counts as its
+        task's. Symbolic links are no workspace of ours: left alone."""
+        if not self.workspaces.is_dir():
+            return []
+        entries = []
+        for path in self.workspaces.iterdir():
+            if path.is_symlink() or not path.is_dir():
+                continue
+            task_id = path.name
+            if task_id.startswith(".") and task_id.endswith(".clone"):
+                task_id = task_id.removeprefix(".").removesuffix(".clone")
+            entries.append((task_id, path, path.lstat().st_mtime))
+        return entries
+
+    async def _task_ends(self, task_ids: set[str]) -> dict[str, datetime | None]:
+        """Of ``task_ids``, each task that exists: when it ended, None while it has not."""
+        if not task_ids:
+            return {}
+        async with self.db.session() as session:
+            rows = await session.exec(
+                select(Task.id, Task.status, Task.completed_at, Task.updated_at).where(
+                    col(Task.id).in_(task_ids)
+                )
+            )
+            found = list(rows.all())
+        return {
+            task_id: _aware(completed_at or updated_at) if TaskStatus(status).is_terminal else None
+            for task_id, status, completed_at, updated_at in found
+        }
 
     @activity.defn
     async def run_tests(self, request: RunTestsInput) -> TestReport:
@@ -305,13 +387,52 @@ class EngineeringActivities:
 
     def _commit(self, request: CommitInput) -> CommitResult:
         path = Path(request.path)
-        _reclaim(path)  # the Worker's uid owned it; git refuses a repository of another user
+        _take_back(path)  # the Worker's uid owned it; git refuses a repository of another user
         git("add", "--all", cwd=path)
         if git("diff", "--cached", "--quiet", cwd=path, check=False).returncode != 0:
             git("commit", "--quiet", "-m", request.message, cwd=path)
         sha = git("rev-parse", "HEAD", cwd=path).stdout.strip()
         names = git("diff", "--name-only", f"{request.base_sha}..HEAD", cwd=path).stdout
         return CommitResult(commit_sha=sha, files_changed=names.split())
+
+
+def _aware(moment: datetime) -> datetime:
+    # SQLite gives back naive datetimes; every time stored here is UTC.
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _remove_tree(path: Path) -> bool:
+    """Remove a workspace; False (logged) when this process may not, e.g. files of the
+    Worker's uid in a directory this non-root process cannot write."""
+    try:
+        shutil.rmtree(path)
+    except FileNotFoundError:
+        pass  # removed meanwhile (another worker process's reaper)
+    except OSError as exc:
+        log.warning("workspace_not_removed", path=str(path), error=str(exc))
+        return False
+    return True
+
+
+# The repository settings a checkout may keep once an agent had it: nothing that runs a command
+# (filters, diff/merge drivers, credential helpers, aliases, includes...) when the host's git
+# works in it. Patterns are matched against ``git config --list`` keys.
+_SAFE_CONFIG = re.compile(
+    r"^(core\.(repositoryformatversion|filemode|bare|logallrefupdates|ignorecase|precomposeunicode)"
+    r"|remote\.[^.]+\.(url|fetch)|branch\..+\.(remote|merge)|user\.(name|email))$"
+)
+
+
+def _take_back(path: Path) -> None:
+    """Before the host's git works in a checkout an agent wrote: own it, and drop every
+    repository setting that could run a command (its hooks are off for every host git)."""
+    _reclaim(path)
+    config = path / ".git" / "config"
+    listed = git("config", "--file", str(config), "--list", "--name-only", check=False).stdout
+    for key in dict.fromkeys(listed.split()):
+        if not _SAFE_CONFIG.match(key):
+            git("config", "--file", str(config), "--unset-all", key, check=False)
+            log.warning("unsafe repository setting dropped", key=key, workspace=str(path))
 
 
 def _reclaim(path: Path) -> None:

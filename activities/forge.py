@@ -1,12 +1,14 @@
 """The git forge: where project repositories live, and the activity that scaffolds one.
 
 ``LocalForge`` is the embedded default: bare repositories on disk under
-``<forge_dir>/<owner>/<name>.git``, cloned through ``file://`` URLs. A GitHub forge can sit beside
-it with the same methods (``full_name_for``, ``head``, ``create``, ``push``, ``clone_url``).
+``<forge_dir>/<owner>/<name>.git``, cloned through ``file://`` URLs. ``GitHubForge``
+(activities/github.py) has the same methods (the ``Forge`` and ``PullRequestForge`` protocols);
+``activities.forges.make_forge`` picks one from the settings.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import re
@@ -14,6 +16,7 @@ import shutil
 import subprocess
 import tempfile
 import uuid
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -125,10 +128,23 @@ def _invalid(message: str) -> ApplicationError:
     return ApplicationError(message, type="InvalidScaffoldRequest", non_retryable=True)
 
 
+# What a host git process inherits: nothing else (no model key, no token by ``env:``).
+_GIT_INHERITED = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SSL_CERT_FILE", "SSL_CERT_DIR")
+
+
 def git_env() -> dict[str, str]:
-    """Git isolated from the machine's configuration (hooks, signing) and committing as the bot."""
+    """Git isolated from the machine's configuration (hooks, signing) and committing as the bot.
+
+    Workspaces are written by agents: their hooks and fsmonitor command never run on the host
+    (these settings override the repository's own), and git gets no secret from this process.
+    """
     return {
-        **os.environ,
+        **{name: os.environ[name] for name in _GIT_INHERITED if name in os.environ},
+        "GIT_CONFIG_COUNT": "2",
+        "GIT_CONFIG_KEY_0": "core.hooksPath",
+        "GIT_CONFIG_VALUE_0": os.devnull,
+        "GIT_CONFIG_KEY_1": "core.fsmonitor",
+        "GIT_CONFIG_VALUE_1": "false",
         "GIT_CONFIG_GLOBAL": os.devnull,
         "GIT_CONFIG_NOSYSTEM": "1",
         "GIT_TERMINAL_PROMPT": "0",
@@ -139,11 +155,31 @@ def git_env() -> dict[str, str]:
     }
 
 
+# Forges that need credentials over HTTPS, by URL prefix (``https://github.com/``): each gives the
+# environment one git process needs to reach a URL of its own (see ``authenticate_git``).
+_GIT_AUTH: dict[str, Callable[[str], dict[str, str]]] = {}
+
+
+def authenticate_git(origin: str, env_for: Callable[[str], dict[str, str]]) -> None:
+    """Let ``git()`` commands that name a URL under ``origin`` (a workspace's clone) authenticate:
+    ``env_for(url)`` gives that one process's environment, credentials included. The forge of
+    the worker registers itself; nothing is written into a repository's configuration."""
+    _GIT_AUTH[origin.rstrip("/") + "/"] = env_for
+
+
+def _env_for(args: tuple[str, ...]) -> dict[str, str]:
+    for arg in args:
+        for origin, env_for in _GIT_AUTH.items():
+            if arg.startswith(origin):
+                return env_for(arg)
+    return git_env()
+
+
 def git(
     *args: str, cwd: Path | None = None, check: bool = True
 ) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
-        ["git", *args], cwd=cwd, env=git_env(), capture_output=True, text=True, check=False
+        ["git", *args], cwd=cwd, env=_env_for(args), capture_output=True, text=True, check=False
     )
     if check and result.returncode != 0:
         raise RuntimeError(f"git {' '.join(args)} failed: {result.stderr.strip()}")
@@ -156,7 +192,11 @@ class Forge(Protocol):
     def full_name_for(self, project_name: str) -> str: ...
     def clone_url(self, full_name: str) -> str: ...
     def head(self, full_name: str, branch: str = BRANCH) -> str | None: ...
-    def create(self, full_name: str) -> None: ...
+    def create(self, full_name: str) -> bool:
+        """Make the repository unless it exists; True when the forge filled it itself (GitHub,
+        from a template repository): then there is nothing to render and push."""
+        ...
+
     def push(self, full_name: str, worktree: Path, branch: str = BRANCH) -> bool: ...
 
 
@@ -236,11 +276,14 @@ class LocalForge:
         )
         return found.stdout.strip() if found.returncode == 0 else None
 
-    def create(self, full_name: str) -> None:
-        """Create the bare repository unless it exists. Atomic: made aside, then renamed in."""
+    def create(self, full_name: str) -> bool:
+        """Create the bare repository unless it exists. Atomic: made aside, then renamed in.
+
+        Always empty (False): the activity renders the project template into it.
+        """
         path = self.path(full_name)
         if (path / "HEAD").is_file():
-            return
+            return False
         path.parent.mkdir(parents=True, exist_ok=True)
         staging = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
         try:
@@ -251,6 +294,7 @@ class LocalForge:
                 raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+        return False
 
     def push(self, full_name: str, worktree: Path, branch: str = BRANCH) -> bool:
         """Push ``branch``; False when the forge already had that branch (so nothing changed)."""
@@ -366,7 +410,8 @@ class ForgeActivities:
         Idempotent: when the repository already has its branch (a retry after a crash, or a second
         request), that commit is returned with ``created=False`` and nothing is pushed again.
         """
-        result = await run_blocking(self._scaffold, request)
+        with forge_errors():
+            result = await run_blocking(self._scaffold, request)
         log.info(
             "repository scaffolded" if result.created else "repository already scaffolded",
             repository=result.repo_full_name,
@@ -376,7 +421,8 @@ class ForgeActivities:
 
     @activity.defn
     async def find_repository(self, found: FindRepositoryInput) -> ScaffoldResult | None:
-        head = await run_blocking(self.forge.head, found.repo_full_name)
+        with forge_errors():
+            head = await run_blocking(self.forge.head, found.repo_full_name)
         if head is None:
             return None
         return self._result(found.project_id, found.repo_full_name, head, created=False)
@@ -400,7 +446,12 @@ class ForgeActivities:
         existing = self.forge.head(full_name)
         if existing is not None:
             return self._result(request.project_id, full_name, existing, created=False)
-        self.forge.create(full_name)
+        if self.forge.create(full_name):
+            # The forge made it from its own template (GitHub's template repository).
+            generated = self.forge.head(full_name)
+            if generated is None:
+                raise RuntimeError(f"{full_name} has no {BRANCH} branch after its generation")
+            return self._result(request.project_id, full_name, generated, created=True)
         with tempfile.TemporaryDirectory(prefix="scaffold-") as tmp:
             worktree = Path(tmp) / "repo"
             self._render(request, worktree)
@@ -478,7 +529,7 @@ class PullRequestActivities:
         return PullRequestRead.model_validate(row)
 
     def _open(self, request: OpenPullRequestInput) -> PullRequestInfo:
-        try:
+        with forge_errors():
             if request.worktree is not None:
                 path = Path(request.worktree)
                 self.forge.push_branch(request.repo_full_name, path, request.branch)
@@ -489,12 +540,18 @@ class PullRequestActivities:
                 title=request.title,
                 body=request.body,
             )
-        except Exception as exc:
-            # A forge's own errors (GitHub's) say whether a retry can help, and when.
-            convert = getattr(exc, "to_application_error", None)
-            if callable(convert):
-                raise convert() from exc
-            raise
+
+
+@contextlib.contextmanager
+def forge_errors() -> Iterator[None]:
+    """A forge's own errors (GitHub's) say whether a retry can help, and when: Temporal is told."""
+    try:
+        yield
+    except Exception as exc:
+        convert = getattr(exc, "to_application_error", None)
+        if callable(convert):
+            raise convert() from exc
+        raise
 
 
 def _outcome(outcome: TestOutcome | None) -> dict[str, Any] | None:

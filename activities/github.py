@@ -5,6 +5,8 @@ REST v3 through httpx against ``api_url`` (``https://api.github.com``, a GitHub 
 (``env:NAME`` or ``file:PATH``) and resolved at each call, so workflow inputs, events and logs
 only ever hold the reference. A push hands the token to git through ``GIT_CONFIG_*`` variables of
 that one process (an ``http.<origin>.extraheader``): never in argv, a remote URL or ``.git/config``.
+The same goes for a workspace's clone: the forge registers its web origin with
+``activities.forge.authenticate_git`` (``activities.forges.make_forge`` does).
 
 ``GitHubForge`` has the methods of ``LocalForge`` that the activities use (``full_name_for``,
 ``clone_url``, ``head``, ``create``, ``push``, ``push_branch``, ``open_pull_request``), so the
@@ -274,6 +276,7 @@ class GitHubForge:
         private: bool = True,
         timeout: float = 30.0,
         resolver: Callable[[str], str] = resolve_secret,
+        generate_timeout: float = 120.0,
     ) -> None:
         self.token_ref = token_ref
         self.default_owner = default_owner
@@ -282,6 +285,7 @@ class GitHubForge:
         self.private = private
         self.timeout = timeout
         self.resolver = resolver
+        self.generate_timeout = generate_timeout
         self._login: str | None = None
 
     # --- HTTP ---------------------------------------------------------------------------------
@@ -359,8 +363,25 @@ class GitHubForge:
         log.info("github repository created", repository=full_name, template=template)
         return created
 
-    def create(self, full_name: str) -> None:
+    def create(self, full_name: str) -> bool:
+        """Create the repository unless it exists; True when it comes from the template.
+
+        GitHub generates a repository from a template asynchronously: this waits until the
+        branch is there, so the caller can read its commit.
+        """
         self.create_repository(full_name)
+        if not self.template:
+            return False
+        deadline = time.monotonic() + self.generate_timeout
+        while self.head(full_name) is None:
+            if time.monotonic() > deadline:
+                raise GitHubError(
+                    504,
+                    f"{full_name} has no {BRANCH} branch {self.generate_timeout:g} s after "
+                    f"its generation from {self.template}",
+                )
+            time.sleep(1.0)
+        return True
 
     def clone_url(self, full_name: str) -> str:
         repository = self.repository(full_name)
@@ -378,19 +399,30 @@ class GitHubForge:
 
     # --- pushing ------------------------------------------------------------------------------
 
-    def _git_auth_env(self, url: str) -> dict[str, str]:
+    @property
+    def git_origin(self) -> str:
+        """Where GitHub serves git: ``https://github.com/`` for ``https://api.github.com``,
+        the host itself for GitHub Enterprise's ``https://HOST/api/v3``."""
+        parts = urlsplit(self.api_url)
+        host = parts.netloc.removeprefix("api.")
+        return f"{parts.scheme}://{host}/"
+
+    def git_auth_env(self, url: str) -> dict[str, str]:
         """git's configuration for this one process: the token as a header for this origin only."""
         parts = urlsplit(url)
         origin = f"{parts.scheme}://{parts.netloc}/"
         basic = base64.b64encode(f"x-access-token:{self._token()}".encode()).decode()
         return {
             **git_env(),
-            "GIT_CONFIG_COUNT": "2",
+            "GIT_CONFIG_COUNT": "3",
             "GIT_CONFIG_KEY_0": f"http.{origin}.extraheader",
             "GIT_CONFIG_VALUE_0": f"Authorization: Basic {basic}",
             # No helper may offer (or store) another credential.
             "GIT_CONFIG_KEY_1": "credential.helper",
             "GIT_CONFIG_VALUE_1": "",
+            # Pushes run in an agent's workspace: none of its hooks may run with the token around.
+            "GIT_CONFIG_KEY_2": "core.hooksPath",
+            "GIT_CONFIG_VALUE_2": os.devnull,
             "GIT_ASKPASS": "true",
         }
 
@@ -399,7 +431,7 @@ class GitHubForge:
         pushed = subprocess.run(
             ["git", "push", "--porcelain", url, refspec],
             cwd=worktree,
-            env=self._git_auth_env(url),
+            env=self.git_auth_env(url),
             capture_output=True,
             text=True,
             check=False,

@@ -129,11 +129,18 @@ class TimedRuntime(ContainerRuntime):
         workdir: str = "/workspace",
         timeout: float | None = None,  # noqa: ASYNC109
         on_line: OnLine | None = None,
+        exclusive: str | None = None,
     ) -> ExecResult:
         started = time.perf_counter()
         try:
             return await super().exec(
-                worker_id, argv, env=env, workdir=workdir, timeout=timeout, on_line=on_line
+                worker_id,
+                argv,
+                env=env,
+                workdir=workdir,
+                timeout=timeout,
+                on_line=on_line,
+                exclusive=exclusive,
             )
         finally:
             self.execs.append(Exec(worker_id, tuple(argv), time.perf_counter() - started))

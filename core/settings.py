@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
+from typing import Literal, Self
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -20,7 +21,10 @@ def _env(name: str) -> AliasChoices:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="ORCHESTRATOR_", extra="ignore")
+    # Errors name the setting, never its value: some values are secrets.
+    model_config = SettingsConfigDict(
+        env_prefix="ORCHESTRATOR_", extra="ignore", hide_input_in_errors=True
+    )
 
     home: Path = Field(default=Path("~/.orchestrator"), description="Where all state lives")
     host: str = "127.0.0.1"
@@ -68,12 +72,39 @@ class Settings(BaseSettings):
         default=None, description="A copier template; the bundled service template by default"
     )
 
+    # Where repositories live and pull requests are opened.
+    forge: Literal["local", "github"] = Field(
+        default="local", description="local: bare repositories under <home>/forge; github: GitHub"
+    )
+    github_owner: str | None = Field(
+        default=None, description="The user or organisation new repositories belong to"
+    )
+    github_token_ref: str | None = Field(
+        default=None,
+        description="Where the GitHub token is: env:NAME or file:PATH (never the token itself)",
+    )
+    github_api_url: str = Field(
+        default="https://api.github.com", description="GitHub Enterprise: https://HOST/api/v3"
+    )
+    github_template: str | None = Field(
+        default=None,
+        description="owner/name of a template repository new repositories are generated from; "
+        "else the copier template is rendered into an empty repository",
+    )
+    github_private: bool = Field(default=True, description="New repositories are private")
+
     # Workers: the containers agents run in. Limits apply to each one.
     worker_memory: str = Field(default="1g", description="Memory limit, as Docker takes it")
     worker_cpus: float = Field(default=1.0, gt=0)
     worker_pids: int = Field(default=512, gt=0, description="Most processes in one Worker")
     worker_user: str = Field(default="1000:1000", description="uid:gid Workers run as")
     max_workers: int = Field(default=4, gt=0, description="Most Workers at a time")
+
+    # The reaper (workflows/reaper.py), run by the Temporal Schedule `up` creates.
+    reaper_interval_minutes: float = Field(default=5.0, gt=0, description="How often it runs")
+    workspace_retention_hours: float = Field(
+        default=24.0, ge=0, description="Keep a finished task's workspace this long"
+    )
 
     # Engineering tasks: the defaults of what a task does not set (EngineeringOptions).
     default_agent: str | None = Field(
@@ -87,6 +118,30 @@ class Settings(BaseSettings):
     task_max_cost_usd: float | None = Field(default=None, gt=0, description="Model USD per task")
 
     log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _check_forge(self) -> Self:
+        if self.github_token_ref is not None:
+            kind, _, target = self.github_token_ref.partition(":")
+            if kind not in ("env", "file") or not target:
+                # Said without the value: it may be the token itself, set by mistake.
+                raise ValueError(
+                    "ORCHESTRATOR_GITHUB_TOKEN_REF must say where the token is (env:NAME or "
+                    "file:PATH), not hold the token"
+                )
+        if self.forge == "github":
+            needed = {
+                "ORCHESTRATOR_GITHUB_OWNER (the user or organisation of new repositories)": (
+                    self.github_owner
+                ),
+                "ORCHESTRATOR_GITHUB_TOKEN_REF (where the token is: env:NAME or file:PATH)": (
+                    self.github_token_ref
+                ),
+            }
+            missing = [name for name, value in needed.items() if not value]
+            if missing:
+                raise ValueError(f"ORCHESTRATOR_FORGE=github needs {' and '.join(missing)}")
+        return self
 
     @cached_property
     def home_dir(self) -> Path:

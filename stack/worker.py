@@ -22,7 +22,8 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 from activities.containers import ContainerRuntime
 from activities.development import DevelopmentNodes
 from activities.engineering import EngineeringActivities
-from activities.forge import ForgeActivities, LocalForge, PullRequestActivities
+from activities.forge import ForgeActivities, PullRequestActivities
+from activities.forges import make_forge
 from activities.tasks import TaskActivities
 from activities.temporal import TemporalActivities
 from activities.workers import WorkerActivities
@@ -37,6 +38,7 @@ from gateway.activities import GatewayActivities
 from gateway.server import Gateway
 from workflows.development import DEVELOPMENT_GRAPH, build_development_graph
 from workflows.engineering import EngineeringWorkflow
+from workflows.reaper import ReaperWorkflow
 from workflows.scaffold import ScaffoldWorkflow
 from workflows.worker import WorkerWorkflow
 
@@ -46,7 +48,7 @@ SERVICE = "worker"
 # The project templates ship with the code: <repo>/deploy/templates/<name>.
 TEMPLATES_DIR = Path(__file__).resolve().parents[1] / "deploy" / "templates"
 SERVICE_TEMPLATE_DIR = TEMPLATES_DIR / "service"
-WORKFLOWS = [EngineeringWorkflow, ScaffoldWorkflow, WorkerWorkflow]
+WORKFLOWS = [EngineeringWorkflow, ScaffoldWorkflow, WorkerWorkflow, ReaperWorkflow]
 
 
 def workflow_runner() -> SandboxedWorkflowRunner:
@@ -79,8 +81,12 @@ def build_worker(
     by default the settings' one, connected on first use.
     """
     tasks = TaskActivities(db, redis)
+    # One forge (local or GitHub, as the settings say) for repositories and pull requests alike.
+    repositories = make_forge(settings)
     forge = ForgeActivities(
-        settings.forge_dir, template_dir or settings.template_dir or SERVICE_TEMPLATE_DIR
+        settings.forge_dir,
+        template_dir or settings.template_dir or SERVICE_TEMPLATE_DIR,
+        repositories,
     )
     temporal = TemporalActivities(client)
     # Not closed here: whoever passes the gateway owns it (``serve`` closes its own).
@@ -91,7 +97,7 @@ def build_worker(
     )
     gateways = GatewayActivities(gateway)
     engineering = EngineeringActivities(settings, db, workers)
-    pulls = PullRequestActivities(db, LocalForge(settings.forge_dir))
+    pulls = PullRequestActivities(db, repositories)
     nodes = DevelopmentNodes(task_service, workers, engineering, pulls)
     options.setdefault("graceful_shutdown_timeout", timedelta(seconds=10))
     options.setdefault("workflow_runner", workflow_runner())
@@ -130,6 +136,7 @@ def build_worker(
             engineering.prepare_workspace,
             engineering.run_tests,
             engineering.commit_workspace,
+            engineering.clean_workspaces,
             pulls.open_pull_request,
         ],
         **options,

@@ -161,3 +161,12 @@ def docker_client(docker_host: str) -> Iterator[docker.DockerClient]:
         yield client
     finally:
         client.close()
+
+
+@pytest.fixture(scope="session")
+def scripted_image(docker_client: docker.DockerClient) -> str:
+    """The scripted agent's Worker image, built once per content hash (a worker's own builder
+    then finds it by the same hash)."""
+    from tests.images.conftest import image_builder
+
+    return image_builder(docker_client).ensure("scripted").reference

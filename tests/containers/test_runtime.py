@@ -100,6 +100,37 @@ async def test_a_worker_is_locked_down(
     assert interfaces == ["lo"]
 
 
+async def test_a_worker_cannot_reach_the_network_nor_pass_its_memory_limit(
+    runtime: ContainerRuntime, make_worker: MakeWorker, scripted_image: str
+) -> None:
+    spec = await make_worker(image=scripted_image)  # python3 inside
+    # Any address, even the host's loopback services: the Worker has only its own `lo`.
+    probe = (
+        "import socket\n"
+        "for host, port in [('1.1.1.1', 443), ('10.0.2.2', 80), ('172.17.0.1', 80)]:\n"
+        "    try:\n"
+        "        socket.create_connection((host, port), timeout=3)\n"
+        "        print('reached', host)\n"
+        "    except OSError as exc:\n"
+        "        print('unreachable', host, exc.errno)\n"
+    )
+    net = await runtime.exec(spec.worker_id, ["python3", "-c", probe], timeout=30)
+    assert net.exit_code == 0, net.stderr
+    assert "reached" not in net.stdout.split()
+    assert net.stdout.count("unreachable") == 3
+    # 256 MiB is the limit: holding 400 MiB gets the process killed (or refused), never granted.
+    hog = (
+        "b = bytearray(400 * 1024 * 1024)\n"
+        "for i in range(0, len(b), 4096): b[i] = 1\n"
+        "print('got it')"
+    )
+    memory = await runtime.exec(spec.worker_id, ["python3", "-c", hog], timeout=60)
+    assert "got it" not in memory.stdout
+    assert memory.exit_code != 0
+    alive = await runtime.exec(spec.worker_id, ["true"], timeout=30)
+    assert alive.exit_code == 0  # the Worker itself survives its process's excess
+
+
 async def test_exec_returns_output_and_exit_code_and_streams_lines(
     runtime: ContainerRuntime, make_worker: MakeWorker
 ) -> None:
@@ -266,6 +297,22 @@ async def test_the_reaper_removes_only_workers_of_closed_workflows(
     assert still_open.worker_id in left
     assert not left & {closed_a.worker_id, closed_b.worker_id}
     assert await runtime.reap(is_workflow_open) == []
+
+
+async def test_the_reaper_leaves_workers_of_another_stack_alone(
+    docker_client: docker.DockerClient, make_worker: MakeWorker
+) -> None:
+    """Two stacks on one container service: each judges only the Workers of its own Temporal."""
+    mine = await make_worker(workflow_id=f"closed-{uuid.uuid4().hex[:8]}")
+    other_stack = ContainerRuntime(
+        docker_client, Settings(temporal_address="127.0.0.1:1", worker_memory="256m")
+    )
+
+    async def nothing_is_open(_workflow_id: str) -> bool:
+        return False
+
+    assert mine.worker_id not in await other_stack.reap(nothing_is_open)
+    assert mine.worker_id in {w.worker_id for w in await other_stack.list_workers()}
 
 
 def test_worker_ids_are_container_name_safe() -> None:

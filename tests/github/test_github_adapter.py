@@ -25,20 +25,14 @@ from activities.github import (
     resolve_secret,
 )
 from api.db import Database
-from tests.standins.github_api import GitHubStandIn, create_app
-from tests.standins.server import serve
+from tests.github.standin import TOKEN, TOKEN_ENV, github_standin
+from tests.standins.github_api import GitHubStandIn
 from tests.workflows.helpers import make_project
-
-TOKEN = "ghp_standin0123456789abcdefSECRET"
-TOKEN_ENV = "ORCHESTRATOR_TEST_GITHUB_TOKEN"
 
 
 @pytest.fixture
 def github(tmp_path: Path) -> Iterator[GitHubStandIn]:
-    state = GitHubStandIn(root=tmp_path / "github", tokens={TOKEN: "octocat"}, orgs={"acme"})
-    state.root.mkdir()
-    with serve(create_app(state)) as url:
-        state.base_url = url
+    with github_standin(tmp_path / "github") as state:
         yield state
 
 

@@ -43,7 +43,6 @@ from cli.demo_script import DEMO_FILES
 from core.settings import Settings
 from tests.conftest import fresh_postgres_database
 from tests.containers.images import tiny_image
-from tests.images.conftest import image_builder
 from tests.servers import free_port
 
 FOREIGN = [
@@ -192,13 +191,6 @@ async def wait_for_workflow(stack: Stack, workflow_id: str) -> WorkflowExecution
             return status
         assert time.monotonic() < deadline, f"{workflow_id} is {status} after 20s"
         await asyncio.sleep(0.05)
-
-
-@pytest.fixture(scope="session")
-def scripted_image(docker_client: docker.DockerClient) -> str:
-    """Built once per content hash in the session's container storage; a stack given that
-    service as DOCKER_HOST finds it by the same hash instead of building it."""
-    return image_builder(docker_client).ensure("scripted").reference
 
 
 def git_out(repo: Path, *args: str) -> str:

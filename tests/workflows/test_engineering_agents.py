@@ -123,13 +123,20 @@ class RecordingRuntime(ContainerRuntime):
         workdir: str = "/workspace",
         timeout: float | None = None,  # noqa: ASYNC109
         on_line: OnLine | None = None,
+        exclusive: str | None = None,
     ) -> ExecResult:
         self.exec_envs.append(dict(env or {}))
         container = await asyncio.to_thread(self._find, worker_id)
         if container is not None:
             self.containers.append(container.attrs)
         return await super().exec(
-            worker_id, argv, env=env, workdir=workdir, timeout=timeout, on_line=on_line
+            worker_id,
+            argv,
+            env=env,
+            workdir=workdir,
+            timeout=timeout,
+            on_line=on_line,
+            exclusive=exclusive,
         )
 
 

@@ -25,7 +25,6 @@ from api.services.tasks import TaskService
 from core.contracts.engineering import EngineeringOptions
 from core.contracts.events import EventType, TaskStatus
 from core.settings import Settings
-from tests.images.conftest import image_builder
 from tests.workflows.helpers import (
     events,
     get_task,
@@ -66,12 +65,6 @@ SCRIPT = {
     ]
 }
 FAILING_TEST = "tests.test_greeting.GreetingTest.test_greets_by_name"
-
-
-@pytest.fixture(scope="session")
-def scripted_image(docker_client: docker.DockerClient) -> str:
-    """Built once per content hash; the worker's own builder then finds it by the same hash."""
-    return image_builder(docker_client).ensure("scripted").reference
 
 
 async def test_a_failing_first_round_is_fixed_and_proposed(

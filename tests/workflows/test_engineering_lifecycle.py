@@ -41,7 +41,6 @@ from core.contracts.engineering import EngineeringOptions
 from core.contracts.events import EventType, TaskStatus
 from core.faults import CRASH_AT_ENV
 from core.settings import Settings
-from tests.images.conftest import image_builder
 from tests.waiting import eventually
 from tests.workflows.helpers import (
     events,
@@ -78,12 +77,6 @@ ANSWER = "Hello, with the name and an exclamation mark."
 def gate(name: str) -> str:
     """A shell loop that holds the agent until the test creates ``.git/<name>``."""
     return f"while [ ! -e .git/{name} ]; do sleep 0.05; done"
-
-
-@pytest.fixture(scope="session")
-def scripted_image(docker_client: docker.DockerClient) -> str:
-    """Built once per content hash; the worker's own builder then finds it by the same hash."""
-    return image_builder(docker_client).ensure("scripted").reference
 
 
 def containers_of(docker_client: docker.DockerClient, task_id: str) -> list[Any]:

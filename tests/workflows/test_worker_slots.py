@@ -6,7 +6,6 @@ import asyncio
 from pathlib import Path
 
 import docker
-import pytest
 from redis.asyncio import Redis
 from temporalio.client import Client
 
@@ -18,7 +17,6 @@ from api.services.tasks import TaskService
 from core.contracts.engineering import EngineeringOptions
 from core.contracts.events import TaskStatus
 from core.settings import Settings
-from tests.images.conftest import image_builder
 from tests.waiting import eventually
 from tests.workflows.helpers import events, get_task, make_project, running_worker
 from tests.workflows.helpers import start_engineering as start
@@ -63,11 +61,6 @@ async def test_slots_are_taken_atomically_and_given_back(redis: Redis) -> None:
     assert sorted(freed) == sorted(f"w-{i}" for i in holders[1:])
     assert await slots.holders() == ["wf-late w-late"]
     await redis.delete(SLOTS_KEY)
-
-
-@pytest.fixture(scope="session")
-def scripted_image(docker_client: docker.DockerClient) -> str:
-    return image_builder(docker_client).ensure("scripted").reference
 
 
 async def test_with_one_slot_the_second_task_waits_visibly_then_runs(

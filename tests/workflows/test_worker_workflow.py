@@ -20,7 +20,6 @@ from activities.containers import ContainerRuntime, container_name
 from api.db import Database
 from core.ids import worker_workflow_id
 from core.settings import Settings
-from tests.images.conftest import image_builder
 from tests.waiting import eventually
 from tests.workflows.helpers import running_worker
 from workflows.io import (
@@ -46,12 +45,6 @@ HELLO = {
     ]
 }
 SLOW = {"rounds": [{"run": ["sleep", "120"], "report": "completed", "summary": "slept"}]}
-
-
-@pytest.fixture(scope="session")
-def scripted_image(docker_client: docker.DockerClient) -> str:
-    """The scripted Worker image (built once per content hash, cached between runs)."""
-    return image_builder(docker_client).ensure("scripted").reference
 
 
 @pytest_asyncio.fixture

@@ -1,0 +1,102 @@
+"""ReaperWorkflow: what crashed or finished runs left behind is removed, on a Temporal Schedule.
+
+A Worker's container is removed by its own workflow; one that closed without doing so (its
+worker process was killed, it was terminated) leaves the container behind. So does every task's
+workspace. The Schedule ``orchestrator-reaper`` (made by ``orchestrator up``, see
+stack/prepare.py) starts this workflow every ``reaper_interval_minutes``; each run:
+
+- removes the containers whose workflow is closed or unknown, and frees the Worker slots such
+  workflows still hold (``WorkerActivities.reap_workers``);
+- removes the workspaces of tasks finished longer than ``workspace_retention_hours`` ago
+  (``EngineeringActivities.clean_workspaces``).
+
+Both parts run even when the other fails; a run with a failed part fails (after both ran), so
+the Schedule's recent actions show it.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from pydantic import BaseModel, Field
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.engineering import (
+        CleanWorkspacesInput,
+        CleanWorkspacesResult,
+        EngineeringActivities,
+    )
+    from activities.workers import WorkerActivities
+
+REAPER_WORKFLOW = "ReaperWorkflow"
+REAPER_SCHEDULE = "orchestrator-reaper"
+# A run that fails is tried again by the next scheduled one: few attempts, soon given up.
+REAP_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=2),
+    maximum_interval=timedelta(seconds=30),
+    maximum_attempts=3,
+)
+# One describe per container: minutes only with very many of them.
+REAP_WORKERS_TIMEOUT = timedelta(minutes=5)
+# Removing big checkouts (node_modules) takes a while; the activity heartbeats meanwhile.
+CLEAN_TIMEOUT = timedelta(minutes=30)
+CLEAN_HEARTBEAT = timedelta(minutes=1)
+
+
+class ReaperInput(BaseModel):
+    workspace_retention_hours: float | None = Field(
+        default=None, ge=0, description="None: the worker's workspace_retention_hours setting"
+    )
+
+
+class ReaperOutput(BaseModel):
+    workers_removed: list[str] = Field(
+        default_factory=list, description="Worker ids whose containers were removed"
+    )
+    workspaces: CleanWorkspacesResult = Field(default_factory=CleanWorkspacesResult)
+    errors: list[str] = Field(default_factory=list)
+
+
+@workflow.defn(name=REAPER_WORKFLOW)
+class ReaperWorkflow:
+    @workflow.run
+    async def run(self, request: ReaperInput) -> ReaperOutput:
+        output = ReaperOutput()
+        try:
+            output.workers_removed = await workflow.execute_activity_method(
+                WorkerActivities.reap_workers,
+                start_to_close_timeout=REAP_WORKERS_TIMEOUT,
+                retry_policy=REAP_RETRY,
+                summary="Remove the containers of closed workflows",
+            )
+        except ActivityError as error:
+            output.errors.append(f"removing containers: {_cause(error)}")
+        try:
+            output.workspaces = await workflow.execute_activity_method(
+                EngineeringActivities.clean_workspaces,
+                CleanWorkspacesInput(retention_hours=request.workspace_retention_hours),
+                start_to_close_timeout=CLEAN_TIMEOUT,
+                heartbeat_timeout=CLEAN_HEARTBEAT,
+                retry_policy=REAP_RETRY,
+                summary="Remove the workspaces of finished tasks",
+            )
+        except ActivityError as error:
+            output.errors.append(f"removing workspaces: {_cause(error)}")
+        workflow.logger.info(
+            "reaped %d containers, %d workspaces",
+            len(output.workers_removed),
+            len(output.workspaces.removed),
+        )
+        if output.errors:
+            raise ApplicationError(
+                "; ".join(output.errors), output.model_dump(), type="ReapFailed", non_retryable=True
+            )
+        return output
+
+
+def _cause(error: ActivityError) -> str:
+    cause = error.cause
+    return str(cause) if cause is not None else str(error)
