@@ -75,6 +75,7 @@ NOT_INSTALLED = (
 )
 DEVELOPMENT_PATCH = "engineering-development-graph"
 CLOSE_GATEWAY_PATCH = "engineering-close-gateway"
+FREE_WORKER_PATCH = "engineering-free-worker-while-waiting"
 QUICK = timedelta(seconds=30)
 QUICK_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=10), maximum_attempts=10)
 # Making the container may build its image first (minutes on a fresh machine).
@@ -214,33 +215,21 @@ class EngineeringWorkflow:
             "turns": 0,
             "rounds": 0,
         }
+        worker = CreateContainerInput(
+            worker_id=worker_id,
+            task_id=request.task_id,
+            # This run owns the container: the reaper removes it once the run closes.
+            workflow_id=workflow.info().workflow_id,
+            agent=str(plan.agent),
+            workspace=workspace.path,
+            budget=plan.budget,
+        )
         try:
-            await workflow.execute_activity_method(
-                WorkerActivities.create_container,
-                CreateContainerInput(
-                    worker_id=worker_id,
-                    task_id=request.task_id,
-                    # This run owns the container: the reaper removes it once the run closes.
-                    workflow_id=workflow.info().workflow_id,
-                    agent=str(plan.agent),
-                    workspace=workspace.path,
-                    budget=plan.budget,
-                ),
-                start_to_close_timeout=CREATE_TIMEOUT,
-                heartbeat_timeout=timedelta(minutes=2),
-                retry_policy=RUN_RETRY,
-                summary=f"Create the {plan.agent} Worker {worker_id}",
-            )
-            final = await self._run_graph(state)
+            await self._create_worker(worker)
+            final = await self._run_graph(state, worker)
         finally:
             # Also after a cancellation: the container must not outlive the task's work.
-            await workflow.execute_activity_method(
-                WorkerActivities.remove_container,
-                worker_id,
-                start_to_close_timeout=QUICK,
-                retry_policy=QUICK_RETRY,
-                summary=f"Remove the Worker {worker_id}",
-            )
+            await self._remove_worker(worker_id)
             if uses_model(str(plan.agent)) and workflow.patched(CLOSE_GATEWAY_PATCH):
                 # The task's gateway socket serves no one any more (its totals stay recorded).
                 await workflow.execute_activity_method(
@@ -271,15 +260,45 @@ class EngineeringWorkflow:
             cost_usd=usage.cost_usd,
         )
 
-    async def _run_graph(self, state: DevelopmentState) -> dict[str, Any]:
-        """Run the development graph; each interrupt is a question the task waits on."""
+    async def _create_worker(self, worker: CreateContainerInput) -> None:
+        await workflow.execute_activity_method(
+            WorkerActivities.create_container,
+            worker,
+            start_to_close_timeout=CREATE_TIMEOUT,
+            heartbeat_timeout=timedelta(minutes=2),
+            retry_policy=RUN_RETRY,
+            summary=f"Create the {worker.agent} Worker {worker.worker_id}",
+        )
+
+    async def _remove_worker(self, worker_id: str) -> None:
+        await workflow.execute_activity_method(
+            WorkerActivities.remove_container,
+            worker_id,
+            start_to_close_timeout=QUICK,
+            retry_policy=QUICK_RETRY,
+            summary=f"Remove the Worker {worker_id}",
+        )
+
+    async def _run_graph(
+        self, state: DevelopmentState, worker: CreateContainerInput
+    ) -> dict[str, Any]:
+        """Run the development graph; each interrupt is a question the task waits on.
+
+        While it waits (hours, days) the task gives its Worker and slot back: the workspace
+        stays on the host, and a new Worker takes it up with the answer.
+        """
         app = langgraph_graph(DEVELOPMENT_GRAPH).compile(checkpointer=InMemorySaver())
         config: Any = {"configurable": {"thread_id": self._task_id}, "recursion_limit": 500}
         result: dict[str, Any] = await app.ainvoke(state, config)
         while result.get("__interrupt__"):
             question = str(result["__interrupt__"][0].value["question"])
             asked = workflow.now()
+            free_worker = workflow.patched(FREE_WORKER_PATCH)
+            if free_worker:
+                await self._remove_worker(worker.worker_id)
             answer = await self._wait_for_answer(question)
+            if free_worker:
+                await self._create_worker(worker)
             waited = (workflow.now() - asked).total_seconds()
             result = await app.ainvoke(
                 Command(resume={"answer": answer.answer, "waited_s": waited}), config
@@ -296,7 +315,7 @@ class EngineeringWorkflow:
             retry_policy=DB_RETRY,
             summary="Mark the task WAITING_HUMAN",
         )
-        # As long as it takes: days are fine, the run holds no resources but its Worker.
+        # As long as it takes: days are fine, the run holds no container while it waits.
         await workflow.wait_condition(lambda: self._answer is not None)
         answer = self._answer
         assert answer is not None

@@ -157,7 +157,9 @@ async def _run_paths(
     return runs
 
 
-DEVELOPMENT_PATHS = {"engineering_developed", "engineering_answered"}
+# engineering_answered.json was recorded before a waiting task gave its Worker back: kept, not
+# re-recorded, so the replay test keeps checking that older runs still replay.
+DEVELOPMENT_PATHS = {"engineering_developed", "engineering_answered_frees_worker"}
 BLOCKED_THEN_DONE = {
     "rounds": [
         {"report": "blocked", "question": "Should greet() say Hello or Hi?"},
@@ -207,7 +209,7 @@ async def _run_development_paths(
         await eventually(lambda: _asks(handle), within=120)
         await handle.execute_update(ENGINEERING_RESPOND, HumanAnswer(answer="Hello"))
         await handle.result()
-        runs["engineering_answered"] = handle
+        runs["engineering_answered_frees_worker"] = handle
     docker_client.close()
     return runs
 

@@ -349,6 +349,8 @@ async def test_a_blocked_agent_waits_for_the_answer_then_completes(
         rows = await events(sqlite_database, task.id)
         assert rows[-1].data.get("question") == QUESTION, rows[-1]
         assert await handle.query("question", result_type=str) == QUESTION
+        # While it waits (maybe for days) the task holds no container and no Worker slot.
+        await eventually(lambda: _no_containers(docker_client, task.id), within=10)
 
         response = await api.post(f"/tasks/{task.id}/respond", json={"answer": ANSWER})
         assert response.status_code == 200, response.text
@@ -379,3 +381,10 @@ async def test_a_blocked_agent_waits_for_the_answer_then_completes(
     assert done.status == TaskStatus.completed
     assert [p.branch for p in await pull_requests(sqlite_database, task.id)] == [f"task/{task.id}"]
     assert containers_of(docker_client, task.id) == []
+
+
+async def _no_containers(docker_client: docker.DockerClient, task_id: str) -> bool:
+    try:
+        return not await asyncio.to_thread(containers_of, docker_client, task_id)
+    except (docker.errors.APIError, ValueError):  # podman mid-removal: an empty or 500 answer
+        return False

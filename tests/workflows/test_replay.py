@@ -23,6 +23,7 @@ HISTORIES = Path(__file__).resolve().parents[1] / "histories"
 RECORDED = [
     "engineering",
     "engineering_answered",
+    "engineering_answered_frees_worker",
     "engineering_cancelled",
     "engineering_developed",
     "engineering_existing_repository",
