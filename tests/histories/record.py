@@ -33,12 +33,9 @@ from temporalio.testing import WorkflowEnvironment
 from activities.containers import ContainerRuntime
 from api.db import Database
 from api.migrate import upgrade_async
-from api.models import TaskCreate
-from api.services.tasks import TaskService
 from core.contracts.engineering import (
     ENGINEERING_QUESTION,
     ENGINEERING_RESPOND,
-    EngineeringOptions,
     HumanAnswer,
 )
 from core.ids import scaffold_workflow_id
@@ -49,6 +46,7 @@ from tests.images.conftest import image_builder
 from tests.waiting import eventually
 from tests.workflows.helpers import (
     make_project,
+    make_scripted_task,
     make_task,
     running_worker,
     start_engineering,
@@ -181,30 +179,13 @@ async def _run_development_paths(
     image_builder(docker_client).ensure("scripted")
     runtime = ContainerRuntime(docker_client, Settings(worker_memory="256m", worker_pids=128))
     project = await make_project(db, name="greeter")
-    service = TaskService(db, redis)
     async with running_worker(client, db, redis, home, runtime=runtime, identity=IDENTITY) as queue:
-        developed = await service.create(
-            TaskCreate(
-                project_id=project.id,
-                spec="Add greet()",
-                engineering=EngineeringOptions(agent="scripted", script=SCRIPT),
-            ),
-            user_id=project.owner_id,
-            project=project,
-        )
+        developed = await make_scripted_task(db, redis, project, SCRIPT)
         handle = await start_engineering(client, developed, queue)
         await handle.result()
         runs["engineering_developed"] = handle
 
-        asking = await service.create(
-            TaskCreate(
-                project_id=project.id,
-                spec="Add greet()",
-                engineering=EngineeringOptions(agent="scripted", script=BLOCKED_THEN_DONE),
-            ),
-            user_id=project.owner_id,
-            project=project,
-        )
+        asking = await make_scripted_task(db, redis, project, BLOCKED_THEN_DONE)
         handle = await start_engineering(client, asking, queue)
         await eventually(lambda: _asks(handle), within=120)
         await handle.execute_update(ENGINEERING_RESPOND, HumanAnswer(answer="Hello"))

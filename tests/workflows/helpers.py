@@ -16,6 +16,7 @@ from temporalio.client import Client, WorkflowHandle
 from api.db import Database
 from api.models import Project, Task, TaskCreate, TaskEventRow, User
 from api.services.tasks import TaskService
+from core.contracts.engineering import EngineeringOptions
 from core.settings import Settings
 from core.temporal import search_attributes
 from stack.worker import build_worker
@@ -41,12 +42,24 @@ async def make_project(
     return project
 
 
-async def make_task(db: Database, redis: Redis, project: Project) -> Task:
-    service = TaskService(db, redis)
-    return await service.create(
-        TaskCreate(project_id=project.id, spec="Add a /time endpoint"),
+async def make_task(
+    db: Database, redis: Redis, project: Project, spec: str = "Add a /time endpoint", **options: Any
+) -> Task:
+    """A task as the API makes it; ``options`` are its EngineeringOptions (agent, script...)."""
+    engineering = EngineeringOptions(**options) if options else None
+    return await TaskService(db, redis).create(
+        TaskCreate(project_id=project.id, spec=spec, engineering=engineering),
         user_id=project.owner_id,
         project=project,
+    )
+
+
+async def make_scripted_task(
+    db: Database, redis: Redis, project: Project, script: dict[str, Any], **options: Any
+) -> Task:
+    """A task for the scripted agent following ``script``."""
+    return await make_task(
+        db, redis, project, "Add greet()", agent="scripted", script=script, **options
     )
 
 

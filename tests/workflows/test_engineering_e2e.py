@@ -22,7 +22,6 @@ from activities.forge import LocalForge
 from api.db import Database
 from api.models import PullRequest, TaskCreate
 from api.services.tasks import TaskService
-from core.contracts.engineering import EngineeringOptions
 from core.contracts.events import EventType, TaskStatus
 from core.settings import Settings
 from tests.workflows.helpers import (
@@ -30,6 +29,7 @@ from tests.workflows.helpers import (
     get_task,
     git_out,
     make_project,
+    make_scripted_task,
     running_worker,
     start_engineering,
 )
@@ -142,12 +142,7 @@ async def test_the_round_limit_ends_the_task_failed(
 ) -> None:
     home = tmp_path / "home"
     project = await make_project(sqlite_database, name="limited")
-    options = EngineeringOptions(agent="scripted", script=SCRIPT, max_rounds=1)
-    task = await TaskService(sqlite_database, redis).create(
-        TaskCreate(project_id=project.id, spec="Add greet()", engineering=options),
-        user_id=project.owner_id,
-        project=project,
-    )
+    task = await make_scripted_task(sqlite_database, redis, project, SCRIPT, max_rounds=1)
     runtime = ContainerRuntime(docker_client, Settings(worker_memory="256m", worker_pids=128))
     async with running_worker(
         temporal_client, sqlite_database, redis, home, runtime=runtime

@@ -35,9 +35,7 @@ from activities.forge import LocalForge
 from api.app import create_app
 from api.bootstrap import ensure_admin_key
 from api.db import Database
-from api.models import PullRequest, Task, TaskCreate
-from api.services.tasks import TaskService
-from core.contracts.engineering import EngineeringOptions
+from api.models import PullRequest, Task
 from core.contracts.events import EventType, TaskStatus
 from core.faults import CRASH_AT_ENV
 from core.settings import Settings
@@ -47,6 +45,7 @@ from tests.workflows.helpers import (
     get_task,
     git_out,
     make_project,
+    make_scripted_task,
     running_worker,
     start_engineering,
 )
@@ -89,10 +88,14 @@ def containers_of(docker_client: docker.DockerClient, task_id: str) -> list[Any]
 
 def runs_in_container(docker_client: docker.DockerClient, task_id: str, command: str) -> bool:
     """True when a process whose command line contains ``command`` runs in the task's Worker."""
-    for container in containers_of(docker_client, task_id):
+    try:
+        containers = containers_of(docker_client, task_id)
+    except (docker.errors.APIError, ValueError):  # podman mid-create/removal: a 500 or no JSON
+        return False
+    for container in containers:
         try:
             top = container.top()
-        except docker.errors.APIError:  # not running (yet, or any more)
+        except (docker.errors.APIError, ValueError):  # not running (yet, or any more)
             continue
         # Docker names the column CMD, podman COMMAND: look at the whole row.
         if any(command in " ".join(map(str, row)) for row in top.get("Processes") or []):
@@ -125,16 +128,7 @@ async def status_is(db: Database, task_id: str, status: TaskStatus, within: floa
 
 
 async def create_task(db: Database, redis: Redis, name: str, script: dict[str, Any]) -> Task:
-    project = await make_project(db, name=name)
-    return await TaskService(db, redis).create(
-        TaskCreate(
-            project_id=project.id,
-            spec="Add greet()",
-            engineering=EngineeringOptions(agent="scripted", script=script),
-        ),
-        user_id=project.owner_id,
-        project=project,
-    )
+    return await make_scripted_task(db, redis, await make_project(db, name=name), script)
 
 
 @contextlib.asynccontextmanager

@@ -12,13 +12,16 @@ from temporalio.client import Client
 from activities.containers import TASK_ID, ContainerRuntime
 from activities.slots import SLOTS_KEY, WorkerSlots
 from api.db import Database
-from api.models import TaskCreate
-from api.services.tasks import TaskService
-from core.contracts.engineering import EngineeringOptions
 from core.contracts.events import TaskStatus
 from core.settings import Settings
 from tests.waiting import eventually
-from tests.workflows.helpers import events, get_task, make_project, running_worker
+from tests.workflows.helpers import (
+    events,
+    get_task,
+    make_project,
+    make_scripted_task,
+    running_worker,
+)
 from tests.workflows.helpers import start_engineering as start
 from tests.workflows.test_engineering_e2e import TEST_FILE
 
@@ -73,16 +76,8 @@ async def test_with_one_slot_the_second_task_waits_visibly_then_runs(
 ) -> None:
     db = sqlite_database
     project = await make_project(db, name="one-at-a-time")
-    service = TaskService(db, redis)
-    options = EngineeringOptions(agent="scripted", script=SLOW_FEATURE)
-    first, second = [
-        await service.create(
-            TaskCreate(project_id=project.id, spec="Add greet()", engineering=options),
-            user_id=project.owner_id,
-            project=project,
-        )
-        for _ in range(2)
-    ]
+    first = await make_scripted_task(db, redis, project, SLOW_FEATURE)
+    second = await make_scripted_task(db, redis, project, SLOW_FEATURE)
     home = tmp_path / "home"
     settings = Settings(home=home, max_workers=1, worker_memory="256m", worker_pids=128)
     runtime = ContainerRuntime(docker_client, settings)
