@@ -5,13 +5,35 @@ Exit codes: 0 ok, 1 failed task or not allowed, 2 usage, 3 not found, 4 cannot r
 
 from __future__ import annotations
 
-import typer
+import os
+from typing import Any
 
-from cli import contracts, engineering, images, pr, project, stack, task
+import typer
+from typer.core import TyperGroup
+
+from cli import contracts, engineering, images, permissions, pr, project, stack, task
 from cli.demo import demo
 from cli.output import command
 
+
+class GuardedGroup(TyperGroup):
+    """The root group: every command passes ``ALLOWED_COMMANDS`` (cli/permissions.py) here.
+
+    Hooked where the first word is resolved because that is the last moment the remaining
+    arguments are still known (a root callback only sees the sub-command's name) and before the
+    command runs. ``--help`` runs nothing and is let through whatever is allowed.
+    """
+
+    # ctx: Any because typer types it as its vendored click's Context, which it does not export.
+    def resolve_command(self, ctx: Any, args: list[str]) -> tuple[str | None, Any, list[str]]:
+        name, cmd, rest = super().resolve_command(ctx, args)
+        if cmd is not None and name is not None and not ctx.resilient_parsing:
+            permissions.enforce(ctx, name, cmd, rest, os.environ)
+        return name, cmd, rest
+
+
 app = typer.Typer(
+    cls=GuardedGroup,
     name="orchestrator",
     help="codegen-orchestrator: durable engineering pipelines on Temporal.",
     no_args_is_help=True,
@@ -26,6 +48,7 @@ app.add_typer(contracts.app, name="contracts")
 app.add_typer(images.app, name="images")
 app.add_typer(pr.app, name="pr")
 command(app, "demo")(demo)
+command(app, "permissions")(permissions.permissions)
 
 
 def main() -> None:

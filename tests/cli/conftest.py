@@ -26,7 +26,14 @@ from tests.servers import free_port
 FOREIGN = [
     f"{prefix}{name}"
     for prefix in ("", "ORCHESTRATOR_")
-    for name in ("API_URL", "API_KEY", "DATABASE_URL", "REDIS_URL", "TEMPORAL_ADDRESS")
+    for name in (
+        "API_URL",
+        "API_KEY",
+        "DATABASE_URL",
+        "REDIS_URL",
+        "TEMPORAL_ADDRESS",
+        "ALLOWED_COMMANDS",
+    )
 ]
 
 
