@@ -1,1 +1,1 @@
-"""The Telegram bot (aiogram): a thin client of the API. Built with the Product Owner issue."""
+"""The Telegram bot (aiogram): a thin client of the API, run by ``python -m bot``."""

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
-from typing import Literal, Self
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 def _env(name: str) -> AliasChoices:
@@ -117,7 +117,33 @@ class Settings(BaseSettings):
     task_max_tokens: int | None = Field(default=None, gt=0, description="Model tokens per task")
     task_max_cost_usd: float | None = Field(default=None, gt=0, description="Model USD per task")
 
+    # The Telegram bot (`python -m bot`); `up` starts it only when a token is set.
+    telegram_token: SecretStr | None = None
+    telegram_admins: Annotated[list[int], NoDecode] = Field(
+        default_factory=list, description="Telegram user IDs allowed without an API user"
+    )
+    telegram_api_url: str = Field(
+        default="https://api.telegram.org",
+        description="The Bot API base: Telegram's, a local Bot API server or a stand-in",
+    )
+    telegram_webhook_url: str | None = Field(
+        default=None, description="Receive updates on this public URL instead of long polling"
+    )
+    telegram_webhook_port: int = Field(
+        default=8711, description="The local port the webhook server listens on"
+    )
+
     log_level: str = "INFO"
+
+    @field_validator("telegram_admins", mode="before")
+    @classmethod
+    def _split_admins(cls, value: Any) -> Any:
+        # People write "123, 456" in an environment variable, not JSON.
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, int):
+            return [value]
+        return value
 
     @model_validator(mode="after")
     def _check_forge(self) -> Self:

@@ -28,6 +28,7 @@ REDIS = "redis"
 API = "api"
 WORKER = "worker"
 BRIDGES = "bridges"
+BOT = "bot"
 DATABASE = "database"
 CONTAINERS = "containers"
 
@@ -255,11 +256,16 @@ def applications(settings: Settings) -> list[Service]:
     # The worker polls a task queue of Temporal; the bridges read Redis: that is where they are.
     queue = f"{settings.temporal_task_queue}@{settings.effective_temporal_address}"
     redis_address = _redact(settings.effective_redis_url)
-    return [
+    found = [
         python_service(settings, API, "api", api, Probe("http", f"{api}/health")),
         python_service(settings, WORKER, "stack.worker", queue),
         python_service(settings, BRIDGES, "bridges", redis_address),
     ]
+    if settings.telegram_token is not None:
+        # After the API: the bot's first look-ups go there. Ready once updates can arrive.
+        where = settings.telegram_webhook_url or f"polling {settings.telegram_api_url}"
+        found.append(python_service(settings, BOT, "bot", where))
+    return found
 
 
 def externals(settings: Settings) -> list[External]:

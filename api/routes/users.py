@@ -17,9 +17,14 @@ async def me(user: CurrentUser) -> UserRead:
     return UserRead.model_validate(user)
 
 
-@router.get("", summary="All users (admin)")
-async def list_users(_: AdminUser, session: DbSession) -> list[UserRead]:
-    return [UserRead.model_validate(user) for user in await users.list_users(session)]
+@router.get("", summary="All users, or the one with a Telegram ID (admin)")
+async def list_users(
+    _: AdminUser, session: DbSession, telegram_id: int | None = None
+) -> list[UserRead]:
+    # A list even when filtered: "no such user" is an empty answer, not an error (the bot asks
+    # this for every stranger who writes to it).
+    found = await users.list_users(session, telegram_id=telegram_id)
+    return [UserRead.model_validate(user) for user in found]
 
 
 @router.post(

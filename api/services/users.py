@@ -63,8 +63,11 @@ async def get_user(session: AsyncSession, user_id: str) -> User:
     return user
 
 
-async def list_users(session: AsyncSession) -> list[User]:
-    return list((await session.exec(select(User).order_by(col(User.created_at)))).all())
+async def list_users(session: AsyncSession, *, telegram_id: int | None = None) -> list[User]:
+    query = select(User).order_by(col(User.created_at))
+    if telegram_id is not None:
+        query = query.where(User.telegram_id == telegram_id)
+    return list((await session.exec(query)).all())
 
 
 async def create_user(session: AsyncSession, data: UserCreate) -> User:

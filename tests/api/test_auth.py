@@ -129,6 +129,18 @@ async def test_users_admin_creates_and_reads(admin: httpx.AsyncClient) -> None:
     assert missing.headers["content-type"] == "application/problem+json"
 
 
+async def test_users_found_by_telegram_id(
+    make_client: MakeClient, user_key: str, admin: httpx.AsyncClient
+) -> None:
+    created = (await admin.post("/users", json={"name": "tg", "telegram_id": 777})).json()
+    found = await admin.get("/users", params={"telegram_id": 777})
+    assert found.status_code == 200 and found.json() == [created]
+    assert (await admin.get("/users", params={"telegram_id": 778})).json() == []
+    # Only admins may look people up.
+    user = await make_client(user_key)
+    assert (await user.get("/users", params={"telegram_id": 777})).status_code == 403
+
+
 async def test_api_keys_create_list_revoke(make_client: MakeClient, user_key: str) -> None:
     user = await make_client(user_key)
     created = await user.post("/api-keys", json={"name": "laptop"})

@@ -50,3 +50,18 @@ def test_task_ids_are_read_from_workflow_ids():
     assert task_id_of("deploy-abc123") == "abc123"
     assert task_id_of("scaffold-p1") is None
     assert task_id_of("engineering-") is None
+
+
+def test_telegram_settings_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv("ORCHESTRATOR_TELEGRAM_TOKEN", "1:abc")
+    monkeypatch.setenv("ORCHESTRATOR_TELEGRAM_ADMINS", " 12, 34,")
+    monkeypatch.setenv("ORCHESTRATOR_TELEGRAM_API_URL", "http://127.0.0.1:8081")
+    settings = Settings()
+    assert settings.telegram_token is not None
+    assert settings.telegram_token.get_secret_value() == "1:abc"
+    assert "1:abc" not in repr(settings)
+    assert settings.telegram_admins == [12, 34]
+    assert settings.telegram_api_url == "http://127.0.0.1:8081"
+    assert settings.telegram_webhook_url is None
+    monkeypatch.setenv("ORCHESTRATOR_TELEGRAM_ADMINS", "")
+    assert Settings().telegram_admins == []

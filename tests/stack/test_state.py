@@ -105,6 +105,15 @@ def test_given_servers_are_not_started(tmp_path: Path) -> None:
     assert [s.name for s in services.applications(settings)] == ["api", "worker", "bridges"]
 
 
+def test_the_bot_runs_only_with_a_token(tmp_path: Path) -> None:
+    assert services.BOT not in [s.name for s in services.applications(Settings(home=tmp_path))]
+    settings = Settings(home=tmp_path, telegram_token="1:abc")
+    bot = services.applications(settings)[-1]
+    assert bot.name == services.BOT and bot.argv[-2:] == ["-m", "bot"]
+    # Healthy once its ready file names it: `python -m bot` writes it when updates can arrive.
+    assert bot.probe == services.Probe("ready", str(tmp_path / "run" / "bot.ready"))
+
+
 def test_probes(tmp_path: Path) -> None:
     ready = tmp_path / "worker.ready"
     probe = services.Probe("ready", str(ready))

@@ -56,6 +56,7 @@ FOREIGN = [
         "TEMPORAL_ADDRESS",
         "DOCKER_HOST",
         "DEFAULT_AGENT",
+        "TELEGRAM_TOKEN",  # no bot: this stack has no Telegram to talk to
     )
 ] + [*ANTHROPIC_KEYS, *OPENAI_KEYS]  # the stack must not pick a real agent from this machine
 NO_AGENT = "No coding agent is configured"

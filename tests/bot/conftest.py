@@ -1,0 +1,119 @@
+"""The bot on real parts: the real API (uvicorn, SQLite, Redis) and a Telegram Bot API stand-in.
+
+The bot runs in this process (``bot.service.serve``, the same code ``python -m bot`` runs) and
+reaches the stand-in through aiogram's ``TelegramAPIServer``, as it would a local Bot API server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import pytest_asyncio
+from fastapi import FastAPI
+from redis.asyncio import Redis
+
+from api.app import create_app
+from api.bootstrap import ensure_admin_key
+from api.db import Database
+from bot.api import OrchestratorApi
+from bot.service import serve
+from core.readiness import ready_file
+from core.settings import Settings
+from tests.api.conftest import auth, live_server
+from tests.standins.server import serve as serve_standin
+from tests.standins.telegram_api import TelegramStandIn, person
+from tests.waiting import eventually
+
+TOKEN = "123456:stand-in-token"
+ADMIN = person(1001, "Admin")
+
+
+@pytest.fixture
+def telegram() -> Iterator[TelegramStandIn]:
+    standin = TelegramStandIn(TOKEN)
+    with serve_standin(standin.app) as url:
+        standin.url = url
+        yield standin
+        standin.closing = True  # let a waiting getUpdates return, so the server stops at once
+
+
+@pytest_asyncio.fixture
+async def api_app(
+    sqlite_database: Database, redis: Redis, tmp_path: Path
+) -> AsyncIterator[FastAPI]:
+    # No Temporal: the bot only reads, and tasks are moved along through the TaskService.
+    app = create_app(Settings(home=tmp_path), database=sqlite_database, redis=redis)
+    async with app.router.lifespan_context(app):
+        yield app
+
+
+@pytest_asyncio.fixture
+async def api_url(api_app: FastAPI) -> AsyncIterator[str]:
+    async with live_server(api_app) as url:
+        yield url
+
+
+@pytest_asyncio.fixture
+async def admin_key(sqlite_database: Database, tmp_path: Path) -> str:
+    return await ensure_admin_key(sqlite_database, tmp_path / "api_key")
+
+
+@pytest_asyncio.fixture
+async def admin(api_url: str, admin_key: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=api_url, headers=auth(admin_key)) as client:
+        yield client
+
+
+@pytest.fixture
+def bot_settings(
+    telegram: TelegramStandIn, api_url: str, admin_key: str, tmp_path: Path
+) -> Settings:
+    return Settings(
+        home=tmp_path,
+        telegram_token=TOKEN,
+        telegram_admins=[ADMIN["id"]],
+        telegram_api_url=telegram.url,
+        api_url=api_url,
+        api_key=admin_key,
+    )
+
+
+@dataclass
+class RunningBot:
+    settings: Settings
+    api: OrchestratorApi
+    # Every request the bot made to the API, as "METHOD /path?query".
+    api_calls: list[str]
+
+
+@pytest_asyncio.fixture
+async def running_bot(bot_settings: Settings) -> AsyncIterator[RunningBot]:
+    calls: list[str] = []
+
+    async def record(request: httpx.Request) -> None:
+        query = f"?{request.url.query.decode()}" if request.url.query else ""
+        calls.append(f"{request.method} {request.url.path}{query}")
+
+    api = OrchestratorApi.from_settings(bot_settings, event_hooks={"request": [record]})
+    stop = asyncio.Event()
+    serving = asyncio.create_task(serve(bot_settings, stop, api=api))
+    ready = ready_file(bot_settings, "bot")
+
+    async def started() -> bool:
+        if serving.done():
+            serving.result()  # raise what stopped it
+        return ready.exists()
+
+    try:
+        await eventually(started, "the bot to start polling", within=15)
+        yield RunningBot(bot_settings, api, calls)
+    finally:
+        stop.set()
+        await asyncio.wait_for(serving, 15)
+        await api.aclose()
+        assert not ready.exists(), "the ready file outlived the bot"
