@@ -35,3 +35,7 @@ def worker_workflow_id(worker_id: str) -> str:
 
 def task_progress_stream(task_id: str) -> str:
     return f"task_progress:{task_id}"
+
+
+def po_session_workflow_id(chat_id: int | str) -> str:
+    return f"po-{chat_id}"

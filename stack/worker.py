@@ -38,6 +38,7 @@ from gateway.activities import GatewayActivities
 from gateway.server import Gateway
 from workflows.development import DEVELOPMENT_GRAPH, build_development_graph
 from workflows.engineering import EngineeringWorkflow
+from workflows.po_session import POSessionWorkflow
 from workflows.reaper import ReaperWorkflow
 from workflows.scaffold import ScaffoldWorkflow
 from workflows.worker import WorkerWorkflow
@@ -48,7 +49,13 @@ SERVICE = "worker"
 # The project templates ship with the code: <repo>/deploy/templates/<name>.
 TEMPLATES_DIR = Path(__file__).resolve().parents[1] / "deploy" / "templates"
 SERVICE_TEMPLATE_DIR = TEMPLATES_DIR / "service"
-WORKFLOWS = [EngineeringWorkflow, ScaffoldWorkflow, WorkerWorkflow, ReaperWorkflow]
+WORKFLOWS = [
+    EngineeringWorkflow,
+    ScaffoldWorkflow,
+    WorkerWorkflow,
+    ReaperWorkflow,
+    POSessionWorkflow,
+]
 
 
 def workflow_runner() -> SandboxedWorkflowRunner:

@@ -126,3 +126,71 @@ class WorkerOutput(BaseModel):
     worker_id: str
     reason: Literal["deleted", "idle"]
     turns: int = 0
+
+
+# --- PO sessions (workflows/po_session.py) ------------------------------------------------------
+
+PO_SESSION_WORKFLOW = "POSessionWorkflow"
+# Update: one user message; returns the PO's reply text. Delivered with update-with-start.
+PO_SEND = "send_message"
+# Query: a POSessionStatus.
+PO_STATUS = "status"
+
+
+class POMessage(BaseModel):
+    """One user message of a chat; ``message_id`` (the chat's own) deduplicates redeliveries."""
+
+    message_id: int
+    text: str
+    user_id: str | None = None
+
+
+class POExchange(BaseModel):
+    message_id: int
+    text: str
+    reply: str
+
+
+class POSessionInput(BaseModel):
+    chat_id: int
+    user_id: str | None = Field(default=None, description="The chat's user (orchestrator id)")
+    agent: str = Field(default="scripted", description="claude, codex, droid or scripted")
+    model: str | None = None
+    instructions: str | None = None
+    agent_options: dict[str, Any] = Field(
+        default_factory=dict, description="Adapter options, e.g. the scripted agent's script"
+    )
+    image: str | None = Field(default=None, description="None: the agent's built image")
+    workspace: str | None = Field(default=None, description="Host directory at /workspace")
+    idle_timeout_s: float = Field(
+        default=1800.0, gt=0, description="No message this long: remove the Worker, end"
+    )
+    turn_timeout_s: float = Field(default=600.0, gt=0)
+    max_turns_per_run: int = Field(
+        default=50, gt=0, description="Continue-as-new after this many turns in one run"
+    )
+    # Carried over continue-as-new:
+    summary: str | None = Field(default=None, description="The conversation before this run")
+    replies: dict[int, str] = Field(
+        default_factory=dict, description="Recent replies by message_id (oldest first)"
+    )
+    pending: list[POMessage] = Field(default_factory=list, description="Not yet answered")
+    turns: int = Field(default=0, ge=0, description="Turns taken by earlier runs")
+
+
+class POSessionStatus(BaseModel):
+    chat_id: int
+    turns: int = Field(description="Turns taken by the whole session")
+    run_turns: int = Field(description="Turns taken by this run")
+    current: int | None = Field(description="The message_id whose turn runs now")
+    pending: list[int]
+    container: bool
+    summary: str | None
+    exchanges: list[POExchange] = Field(description="This run's exchanges, in turn order")
+
+
+class POSessionOutput(BaseModel):
+    chat_id: int
+    reason: Literal["idle"]
+    turns: int
+    summary: str | None = None
