@@ -110,11 +110,17 @@ class EngineeringWorkflow:
             result = await self._pipeline(request)
             ran = ", ".join(self._stages) or "none"
             if self._developed:
+                spent = ""
+                if result.tokens_in or result.tokens_out:
+                    spent = (
+                        f"; {result.tokens_in + result.tokens_out} model tokens, "
+                        f"${result.cost_usd:.4f}"
+                    )
                 message = (
-                    f"Pull request {result.pr_url} opened after {result.rounds} round(s) "
-                    f"(ran: {ran})"
+                    f"Pull request {result.pr_url} opened after {result.rounds} round(s) by "
+                    f"the {result.agent} agent (ran: {ran}{spent})"
                 )
-            else:
+            else:  # a run from before the development graph, replaying its old ending
                 message = f"Finished the stages that exist (ran: {ran}). {NOT_INSTALLED}"
             await self._finish(TaskStatus.completed, message, result=result.model_dump(mode="json"))
         except (asyncio.CancelledError, FailureError) as error:
