@@ -63,7 +63,6 @@ from activities.agents.scripted import RUNNER_PATH  # noqa: E402
 from activities.containers import (  # noqa: E402
     ContainerRuntime,
     ExecResult,
-    OnLine,
     WorkerSpec,
 )
 from activities.engineering import TEST_COMMAND  # noqa: E402
@@ -120,28 +119,10 @@ class TimedRuntime(ContainerRuntime):
         super().__init__(client, settings)
         self.execs: list[Exec] = []
 
-    async def exec(
-        self,
-        worker_id: str,
-        argv: list[str],
-        *,
-        env: dict[str, str] | None = None,
-        workdir: str = "/workspace",
-        timeout: float | None = None,  # noqa: ASYNC109
-        on_line: OnLine | None = None,
-        exclusive: str | None = None,
-    ) -> ExecResult:
+    async def exec(self, worker_id: str, argv: list[str], **options: Any) -> ExecResult:
         started = time.perf_counter()
         try:
-            return await super().exec(
-                worker_id,
-                argv,
-                env=env,
-                workdir=workdir,
-                timeout=timeout,
-                on_line=on_line,
-                exclusive=exclusive,
-            )
+            return await super().exec(worker_id, argv, **options)
         finally:
             self.execs.append(Exec(worker_id, tuple(argv), time.perf_counter() - started))
 

@@ -30,7 +30,6 @@ from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from activities.containers import ContainerRuntime
 from api.db import Database
 from api.migrate import upgrade_async
 from core.contracts.engineering import (
@@ -39,7 +38,6 @@ from core.contracts.engineering import (
     HumanAnswer,
 )
 from core.ids import scaffold_workflow_id
-from core.settings import Settings
 from core.temporal import SEARCH_ATTRIBUTES, search_attributes
 from tests import servers
 from tests.images.conftest import image_builder
@@ -49,6 +47,7 @@ from tests.workflows.helpers import (
     make_scripted_task,
     make_task,
     running_worker,
+    small_runtime,
     start_engineering,
 )
 from tests.workflows.test_engineering_e2e import SCRIPT
@@ -177,7 +176,7 @@ async def _run_development_paths(
     runs: dict[str, WorkflowHandle[Any, Any]] = {}
     docker_client = docker.DockerClient(base_url=docker_host, timeout=120)
     image_builder(docker_client).ensure("scripted")
-    runtime = ContainerRuntime(docker_client, Settings(worker_memory="256m", worker_pids=128))
+    runtime = small_runtime(docker_client)
     project = await make_project(db, name="greeter")
     async with running_worker(client, db, redis, home, runtime=runtime, identity=IDENTITY) as queue:
         developed = await make_scripted_task(db, redis, project, SCRIPT)

@@ -9,10 +9,12 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import docker
 from redis.asyncio import Redis
 from sqlmodel import col, select
 from temporalio.client import Client, WorkflowHandle
 
+from activities.containers import ContainerRuntime
 from api.db import Database
 from api.models import Project, Task, TaskCreate, TaskEventRow, User
 from api.services.tasks import TaskService
@@ -118,6 +120,11 @@ async def running_worker(
     worker = build_worker(client, settings, db, redis, task_queue=queue, **options)
     async with worker:
         yield queue
+
+
+def small_runtime(docker_client: docker.DockerClient) -> ContainerRuntime:
+    """The real container runtime, with Worker limits sized for tests."""
+    return ContainerRuntime(docker_client, Settings(worker_memory="256m", worker_pids=128))
 
 
 def git_out(repo: Path, *args: str) -> str:

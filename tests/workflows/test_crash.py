@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -18,7 +16,6 @@ from api.db import Database
 from core.contracts.events import TaskStatus
 from core.faults import CRASH_AT_ENV
 from core.ids import scaffold_workflow_id
-from core.readiness import is_ready
 from core.settings import Settings
 from tests.waiting import eventually
 from tests.workflows.helpers import (
@@ -30,38 +27,8 @@ from tests.workflows.helpers import (
     make_task,
     start_engineering,
 )
+from tests.workflows.worker_process import spawn_worker, stop, wait_ready, worker_env
 from workflows.io import ScaffoldOutput
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def spawn_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "stack.worker"],
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-
-
-async def wait_ready(settings: Settings, proc: subprocess.Popen[bytes]) -> None:
-    async def ready() -> bool:
-        assert proc.poll() is None, f"worker exited with {proc.returncode}"
-        return is_ready(settings, "worker", proc.pid)
-
-    await eventually(ready, within=30)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 async def test_kill_9_during_scaffold_then_a_new_worker_finishes_once(
@@ -76,15 +43,13 @@ async def test_kill_9_during_scaffold_then_a_new_worker_finishes_once(
     home = tmp_path / "home"
     settings = Settings(home=home)
     queue = f"crash-{uuid.uuid4().hex}"
-    env = {
-        **os.environ,
-        "ORCHESTRATOR_HOME": str(home),
-        "DATABASE_URL": sqlite_database_url,
-        "REDIS_URL": redis_url,
-        "TEMPORAL_ADDRESS": temporal_address,
-        "ORCHESTRATOR_TEMPORAL_TASK_QUEUE": queue,
-    }
-    env.pop(CRASH_AT_ENV, None)
+    env = worker_env(
+        home,
+        database_url=sqlite_database_url,
+        redis_url=redis_url,
+        temporal_address=temporal_address,
+        task_queue=queue,
+    )
     log = tmp_path / "workers.log"
     project = await make_project(sqlite_database, name="crashy")
     task = await make_task(sqlite_database, redis, project)

@@ -37,7 +37,7 @@ from temporalio.client import Client, WorkflowFailureError
 from temporalio.testing import WorkflowEnvironment
 
 from activities.agents import KEY_PLACEHOLDER
-from activities.containers import TASK_ID, ContainerRuntime, ExecResult, OnLine
+from activities.containers import TASK_ID, ContainerRuntime, ExecResult
 from activities.forge import LocalForge
 from api.db import Database
 from api.migrate import upgrade_async
@@ -114,30 +114,12 @@ class RecordingRuntime(ContainerRuntime):
         self.exec_envs: list[dict[str, str]] = []
         self.containers: list[dict[str, Any]] = []
 
-    async def exec(
-        self,
-        worker_id: str,
-        argv: list[str],
-        *,
-        env: dict[str, str] | None = None,
-        workdir: str = "/workspace",
-        timeout: float | None = None,  # noqa: ASYNC109
-        on_line: OnLine | None = None,
-        exclusive: str | None = None,
-    ) -> ExecResult:
-        self.exec_envs.append(dict(env or {}))
+    async def exec(self, worker_id: str, argv: list[str], **options: Any) -> ExecResult:
+        self.exec_envs.append(dict(options.get("env") or {}))
         container = await asyncio.to_thread(self._find, worker_id)
         if container is not None:
             self.containers.append(container.attrs)
-        return await super().exec(
-            worker_id,
-            argv,
-            env=env,
-            workdir=workdir,
-            timeout=timeout,
-            on_line=on_line,
-            exclusive=exclusive,
-        )
+        return await super().exec(worker_id, argv, **options)
 
 
 @dataclass

@@ -17,13 +17,12 @@ from redis.asyncio import Redis
 from sqlmodel import select
 from temporalio.client import Client, WorkflowFailureError
 
-from activities.containers import TASK_ID, ContainerRuntime
+from activities.containers import TASK_ID
 from activities.forge import LocalForge
 from api.db import Database
 from api.models import PullRequest, TaskCreate
 from api.services.tasks import TaskService
 from core.contracts.events import EventType, TaskStatus
-from core.settings import Settings
 from tests.workflows.helpers import (
     events,
     get_task,
@@ -31,6 +30,7 @@ from tests.workflows.helpers import (
     make_project,
     make_scripted_task,
     running_worker,
+    small_runtime,
     start_engineering,
 )
 
@@ -82,7 +82,7 @@ async def test_a_failing_first_round_is_fixed_and_proposed(
         user_id=project.owner_id,
         project=project,
     )
-    runtime = ContainerRuntime(docker_client, Settings(worker_memory="256m", worker_pids=128))
+    runtime = small_runtime(docker_client)
     async with running_worker(
         temporal_client, sqlite_database, redis, home, runtime=runtime
     ) as queue:
@@ -143,7 +143,7 @@ async def test_the_round_limit_ends_the_task_failed(
     home = tmp_path / "home"
     project = await make_project(sqlite_database, name="limited")
     task = await make_scripted_task(sqlite_database, redis, project, SCRIPT, max_rounds=1)
-    runtime = ContainerRuntime(docker_client, Settings(worker_memory="256m", worker_pids=128))
+    runtime = small_runtime(docker_client)
     async with running_worker(
         temporal_client, sqlite_database, redis, home, runtime=runtime
     ) as queue:

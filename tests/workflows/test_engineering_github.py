@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 from sqlmodel import select
 from temporalio.client import Client
 
-from activities.containers import TASK_ID, ContainerRuntime
+from activities.containers import TASK_ID
 from api.db import Database
 from api.models import PullRequest, TaskCreate
 from api.services.tasks import TaskService
@@ -36,6 +36,7 @@ from tests.workflows.helpers import (
     git_out,
     make_project,
     running_worker,
+    small_runtime,
     start_engineering,
 )
 from tests.workflows.test_engineering_e2e import SCRIPT
@@ -81,7 +82,7 @@ async def test_a_task_opens_its_pull_request_on_github(
         user_id=project.owner_id,
         project=project,
     )
-    runtime = ContainerRuntime(docker_client, Settings(worker_memory="256m", worker_pids=128))
+    runtime = small_runtime(docker_client)
     async with running_worker(
         temporal_client, sqlite_database, redis, home, settings=settings, runtime=runtime
     ) as queue:

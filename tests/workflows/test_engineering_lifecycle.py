@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import subprocess
 import time
@@ -30,14 +29,13 @@ from sqlmodel import select
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.service import RPCError
 
-from activities.containers import TASK_ID, ContainerRuntime
+from activities.containers import TASK_ID
 from activities.forge import LocalForge
 from api.app import create_app
 from api.bootstrap import ensure_admin_key
 from api.db import Database
 from api.models import PullRequest, Task
 from core.contracts.events import EventType, TaskStatus
-from core.faults import CRASH_AT_ENV
 from core.settings import Settings
 from tests.waiting import eventually
 from tests.workflows.helpers import (
@@ -47,9 +45,10 @@ from tests.workflows.helpers import (
     make_project,
     make_scripted_task,
     running_worker,
+    small_runtime,
     start_engineering,
 )
-from tests.workflows.test_crash import spawn_worker, stop, wait_ready
+from tests.workflows.worker_process import spawn_worker, stop, wait_ready, worker_env
 
 FEATURE = {"path": "app/greeting.py", "content": 'def greet(name):\n    return f"Hello, {name}!"\n'}
 FEATURE_TEST = {
@@ -164,10 +163,6 @@ async def api_client(
         yield http
 
 
-def runtime_for(docker_client: docker.DockerClient) -> ContainerRuntime:
-    return ContainerRuntime(docker_client, Settings(worker_memory="256m", worker_pids=128))
-
-
 async def pull_requests(db: Database, task_id: str) -> list[PullRequest]:
     async with db.session() as session:
         rows = await session.exec(select(PullRequest).where(PullRequest.task_id == task_id))
@@ -189,18 +184,16 @@ async def test_kill_9_of_the_worker_while_the_agent_runs(
     home = tmp_path / "home"
     settings = Settings(home=home)
     queue = f"lifecycle-{uuid.uuid4().hex}"
-    env = {
-        **os.environ,
-        "ORCHESTRATOR_HOME": str(home),
-        "DATABASE_URL": sqlite_database_url,
-        "REDIS_URL": redis_url,
-        "TEMPORAL_ADDRESS": temporal_address,
-        "ORCHESTRATOR_TEMPORAL_TASK_QUEUE": queue,
-        "DOCKER_HOST": docker_host,
-        "ORCHESTRATOR_WORKER_MEMORY": "256m",
-        "ORCHESTRATOR_WORKER_PIDS": "128",
-    }
-    env.pop(CRASH_AT_ENV, None)
+    env = worker_env(
+        home,
+        database_url=sqlite_database_url,
+        redis_url=redis_url,
+        temporal_address=temporal_address,
+        task_queue=queue,
+        DOCKER_HOST=docker_host,
+        ORCHESTRATOR_WORKER_MEMORY="256m",
+        ORCHESTRATOR_WORKER_PIDS="128",
+    )
     log = tmp_path / "workers.log"
     script = {
         "rounds": [
@@ -276,7 +269,7 @@ async def test_cancel_while_the_agent_runs_removes_its_worker_at_once(
         cleaned_up(temporal_client, docker_client, task),
         api_client(sqlite_database, redis, temporal_client, tmp_path / "api") as api,
         running_worker(
-            temporal_client, sqlite_database, redis, home, runtime=runtime_for(docker_client)
+            temporal_client, sqlite_database, redis, home, runtime=small_runtime(docker_client)
         ) as queue,
     ):
         handle = await start_engineering(temporal_client, task, queue)
@@ -328,7 +321,7 @@ async def test_a_blocked_agent_waits_for_the_answer_then_completes(
         cleaned_up(temporal_client, docker_client, task),
         api_client(sqlite_database, redis, temporal_client, tmp_path / "api") as api,
         running_worker(
-            temporal_client, sqlite_database, redis, home, runtime=runtime_for(docker_client)
+            temporal_client, sqlite_database, redis, home, runtime=small_runtime(docker_client)
         ) as queue,
     ):
         handle = await start_engineering(temporal_client, task, queue)

@@ -17,7 +17,6 @@ import docker
 import docker.errors
 import pytest
 import pytest_asyncio
-from redis.asyncio import Redis
 from temporalio.client import (
     Client,
     WorkflowExecutionStatus,
@@ -29,12 +28,9 @@ from temporalio.exceptions import CancelledError
 from temporalio.service import RPCError
 
 from activities.containers import ContainerRuntime, container_name
-from api.db import Database
 from core.ids import po_session_workflow_id
-from core.settings import Settings
 from stack.worker import replayer as make_replayer
 from tests.waiting import eventually
-from tests.workflows.helpers import running_worker
 from workflows.io import (
     PO_SEND,
     PO_STATUS,
@@ -44,21 +40,6 @@ from workflows.io import (
     POSessionStatus,
 )
 from workflows.po_session import POSessionWorkflow, send_po_message, worker_id_for
-
-
-@pytest_asyncio.fixture
-async def worker_queue(
-    temporal_client: Client,
-    docker_client: docker.DockerClient,
-    sqlite_database: Database,
-    redis: Redis,
-    tmp_path: Path,
-) -> AsyncIterator[str]:
-    runtime = ContainerRuntime(docker_client, Settings(worker_memory="256m", worker_pids=128))
-    async with running_worker(
-        temporal_client, sqlite_database, redis, tmp_path / "home", runtime=runtime
-    ) as queue:
-        yield queue
 
 
 def script(prefix: str, turns: int = 4, **first: Any) -> dict[str, Any]:

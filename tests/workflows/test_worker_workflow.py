@@ -4,24 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import docker
 import docker.errors
 import pytest
-import pytest_asyncio
-from redis.asyncio import Redis
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import CancelledError
 
 from activities.containers import ContainerRuntime, container_name
-from api.db import Database
 from core.ids import worker_workflow_id
-from core.settings import Settings
 from tests.waiting import eventually
-from tests.workflows.helpers import running_worker
 from workflows.io import (
     WORKER_DELETE,
     WORKER_SEND_FILE,
@@ -45,21 +39,6 @@ HELLO = {
     ]
 }
 SLOW = {"rounds": [{"run": ["sleep", "120"], "report": "completed", "summary": "slept"}]}
-
-
-@pytest_asyncio.fixture
-async def worker_queue(
-    temporal_client: Client,
-    docker_client: docker.DockerClient,
-    sqlite_database: Database,
-    redis: Redis,
-    tmp_path: Path,
-) -> AsyncIterator[str]:
-    runtime = ContainerRuntime(docker_client, Settings(worker_memory="256m", worker_pids=128))
-    async with running_worker(
-        temporal_client, sqlite_database, redis, tmp_path / "home", runtime=runtime
-    ) as queue:
-        yield queue
 
 
 def container(client: docker.DockerClient, worker_id: str) -> Any:
