@@ -343,11 +343,10 @@ class ContainerRuntime:
             raise RuntimeError(f"could not write {target} in Worker {worker_id}")
 
     def _remove(self, worker_id: str) -> bool:
-        container = self._find(worker_id)
-        if container is None:
-            return False
+        # By name, with no inspect first: podman may answer an inspect with a 500 "does not
+        # exist" for a container that is still there; only a real 404 means there is none.
         try:
-            container.remove(force=True)
+            self.client.api.remove_container(container_name(worker_id), force=True)
         except docker.errors.NotFound:
             return False
         log.info("worker_removed", worker_id=worker_id)
