@@ -23,7 +23,7 @@ from temporalio.client import Client
 from api import problems
 from api.db import Database
 from api.deps import Runtime, current_user
-from api.routes import api_keys, health, projects, pull_requests, tasks, users
+from api.routes import api_keys, chats, health, projects, pull_requests, tasks, users
 from api.services import outbox
 from api.services.tasks import TaskService
 from core.ids import new_id
@@ -157,12 +157,13 @@ def create_app(
             {"name": "projects", "description": "What the pipelines work on"},
             {"name": "tasks", "description": "Units of asynchronous work and their progress"},
             {"name": "pull-requests", "description": "What engineering tasks delivered"},
+            {"name": "chats", "description": "Telegram chats and their Product Owner sessions"},
         ],
     )
     problems.install(app)
     app.add_middleware(RequestContext)
     app.include_router(health.router)
-    for module in (users, api_keys, projects, tasks, pull_requests):
+    for module in (users, api_keys, projects, tasks, pull_requests, chats):
         # Authentication on the router: a route added later cannot forget it.
         app.include_router(
             module.router,

@@ -82,6 +82,7 @@ _api_key_header = APIKeyHeader(
 
 
 async def current_user(
+    request: Request,
     session: DbSession,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     header_key: Annotated[str | None, Depends(_api_key_header)],
@@ -89,14 +90,32 @@ async def current_user(
     key = bearer.credentials if bearer is not None else header_key
     if not key:
         raise Unauthorized("an API key is required: send 'Authorization: Bearer <key>'")
-    user = await users.authenticate(session, key.strip())
-    if user is None:
+    found = await users.authenticate(session, key.strip())
+    if found is None:
         raise Unauthorized("the API key is invalid or revoked")
+    user, api_key = found
+    # A PO session's key: routes ask for it through ``KeyChat``.
+    request.state.key_chat_id = api_key.chat_id
     bind_context(user_id=user.id)
     return user
 
 
 CurrentUser = Annotated[User, Depends(current_user)]
+
+
+async def key_chat(request: Request, user: CurrentUser) -> int | None:
+    """The chat the caller's key is scoped to (a PO session's key), or None for a full key."""
+    chat_id: int | None = getattr(request.state, "key_chat_id", None)
+    return chat_id
+
+
+KeyChat = Annotated[int | None, Depends(key_chat)]
+
+
+async def full_key(chat_id: KeyChat) -> None:
+    """For routes a session's key may not use: managing users and keys."""
+    if chat_id is not None:
+        raise Forbidden(f"the key of chat {chat_id}'s PO session may not do this")
 
 
 async def admin_user(user: CurrentUser) -> User:

@@ -70,6 +70,8 @@ class ApiKey(SQLModel, table=True):
     name: str = Field(max_length=200)
     prefix: str = Field(unique=True, index=True, max_length=32)
     key_hash: str = Field(max_length=128)
+    # Set on a PO session's key: it acts for its user in that chat only (migration 0005).
+    chat_id: int | None = Field(default=None, index=True, sa_type=BigInteger)
     created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
     last_used_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
     revoked_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
@@ -241,6 +243,7 @@ class ApiKeyRead(ReadModel):
     user_id: str
     name: str
     prefix: str
+    chat_id: int | None = None
     created_at: datetime
     last_used_at: datetime | None
     revoked_at: datetime | None

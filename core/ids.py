@@ -39,3 +39,20 @@ def task_progress_stream(task_id: str) -> str:
 
 def po_session_workflow_id(chat_id: int | str) -> str:
     return f"po-{chat_id}"
+
+
+def chat_stream(chat_id: int | str) -> str:
+    """The Redis stream of what goes to one Telegram chat: the PO's replies and notes, and the
+    progress events of the tasks started from that chat (their ``callback_stream``)."""
+    return f"telegram:chat:{chat_id}"
+
+
+def chat_id_of_stream(stream: str) -> int | None:
+    """The chat a :func:`chat_stream` name belongs to; None for any other stream."""
+    prefix, _, rest = stream.rpartition(":")
+    if prefix != "telegram:chat":
+        return None
+    try:
+        return int(rest)
+    except ValueError:
+        return None

@@ -133,6 +133,26 @@ class Settings(BaseSettings):
         default=8711, description="The local port the webhook server listens on"
     )
 
+    # Product Owner sessions (one per chat, workflows/po_session.py).
+    po_agent: str | None = Field(
+        default=None,
+        description="claude, codex, droid or scripted; None: as engineering's default agent",
+    )
+    po_model: str | None = None
+    po_script: Path | None = Field(
+        default=None, description="The scripted PO agent's script (JSON), for tests and demos"
+    )
+    po_idle_minutes: float = Field(
+        default=30.0, gt=0, description="A chat quiet this long gives its Worker back"
+    )
+    po_turn_timeout_s: float = Field(default=600.0, gt=0, description="One PO turn at most")
+    po_max_turns_per_run: int = Field(
+        default=50, gt=0, description="Turns before a session continues as new"
+    )
+    po_allowed_commands: str = Field(
+        default="PRODUCT_OWNER", description="ALLOWED_COMMANDS of the PO agent's CLI"
+    )
+
     log_level: str = "INFO"
 
     @field_validator("telegram_admins", mode="before")
@@ -180,6 +200,11 @@ class Settings(BaseSettings):
     @property
     def forge_dir(self) -> Path:
         return self.home_dir / "forge"
+
+    @property
+    def api_socket(self) -> Path:
+        """The API's Unix socket, next to its TCP port: PO Workers reach the API through it."""
+        return self.home_dir / "run" / "api" / "api.sock"
 
     @property
     def api_key_file(self) -> Path:

@@ -24,6 +24,7 @@ from activities.development import DevelopmentNodes
 from activities.engineering import EngineeringActivities
 from activities.forge import ForgeActivities, PullRequestActivities
 from activities.forges import make_forge
+from activities.po import POActivities
 from activities.tasks import TaskActivities
 from activities.temporal import TemporalActivities
 from activities.workers import WorkerActivities
@@ -106,6 +107,7 @@ def build_worker(
     engineering = EngineeringActivities(settings, db, workers)
     pulls = PullRequestActivities(db, repositories)
     nodes = DevelopmentNodes(task_service, workers, engineering, pulls)
+    po = POActivities(settings, redis)
     options.setdefault("graceful_shutdown_timeout", timedelta(seconds=10))
     options.setdefault("workflow_runner", workflow_runner())
     options.setdefault("interceptors", [LogContextInterceptor()])
@@ -145,6 +147,8 @@ def build_worker(
             engineering.commit_workspace,
             engineering.clean_workspaces,
             pulls.open_pull_request,
+            po.prepare_session,
+            po.publish_to_chat,
         ],
         **options,
     )

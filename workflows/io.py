@@ -135,6 +135,8 @@ PO_SESSION_WORKFLOW = "POSessionWorkflow"
 PO_SEND = "send_message"
 # Query: a POSessionStatus.
 PO_STATUS = "status"
+# Update: a message from a Worker's agent (``orchestrator respond``) to the chat; a POResponse.
+PO_RESPOND = "respond"
 
 
 class POMessage(BaseModel):
@@ -151,10 +153,26 @@ class POExchange(BaseModel):
     reply: str
 
 
+class POResponse(BaseModel):
+    """``orchestrator respond``: sent to the chat as a note, and kept in the conversation."""
+
+    response_id: str
+    text: str
+    source: str | None = None
+
+
 class POSessionInput(BaseModel):
     chat_id: int
-    user_id: str | None = Field(default=None, description="The chat's user (orchestrator id)")
-    agent: str = Field(default="scripted", description="claude, codex, droid or scripted")
+    user_id: str | None = Field(
+        default=None, description="The chat's user (orchestrator id): the PO's CLI acts as them"
+    )
+    agent: str | None = Field(
+        default=None,
+        description="claude, codex, droid or scripted; None: the worker's settings decide",
+    )
+    allowed_commands: str = Field(
+        default="PRODUCT_OWNER", description="ALLOWED_COMMANDS of the PO's CLI"
+    )
     model: str | None = None
     instructions: str | None = None
     agent_options: dict[str, Any] = Field(

@@ -1,8 +1,17 @@
 """POSessionWorkflow: one chat's Product Owner session, id ``po-{chat_id}``.
 
 Every user message arrives as the ``send_message`` update (:data:`PO_SEND`), delivered with
-update-with-start (:func:`send_po_message`): the first message starts the session. The update
-returns the PO's reply text for its message.
+update-with-start (the API's ``POST /chats/{chat_id}/messages``, or :func:`send_po_message`): the
+first message starts the session. The reply goes onto the chat's stream
+``telegram:chat:{chat_id}`` (the bot sends it; once per message however often the publishing
+activity runs) and is the update's result too.
+
+- The Worker: the first turn of a run prepares the session (its workspace ``<home>/po/<chat_id>``
+  with our instructions file, and the agent the settings choose) and makes the container, which
+  mounts the API's socket so the agent's ``orchestrator`` CLI acts as the chat's user, with
+  ``ALLOWED_COMMANDS`` = the session's ``allowed_commands`` (PRODUCT_OWNER).
+- ``respond`` (:data:`PO_RESPOND`, from ``orchestrator respond``): a Worker's message goes to the
+  chat at once, and the next turn's prompt tells the PO about it.
 
 - Order: the handlers only queue their message; the run takes them one at a time, in arrival
   order, and each handler waits until its own reply exists.
@@ -16,7 +25,7 @@ returns the PO's reply text for its message.
 - Continue-as-new after ``max_turns_per_run`` turns or when Temporal suggests it: the run first
   answers everything queued and lets every handler finish, then carries the summary, the kept
   replies and the turn count. The summary is a deterministic digest built here: the previous
-  summary followed by the run's exchanges, each side cut short, keeping the last
+  summary followed by the run's exchanges and notes, each cut short, keeping the last
   :data:`SUMMARY_CHARS` characters. (A model-written summary can replace it later.)
 - A turn that fails (the agent fails, the activity gives up) still answers: the reply says why.
 - With no message for ``idle_timeout_s`` the session removes its container and ends (its output
@@ -40,20 +49,30 @@ with workflow.unsafe.imports_passed_through():
     from temporalio.common import WorkflowIDConflictPolicy
 
     from activities.agents import AgentResult
+    from activities.po import (
+        POActivities,
+        PrepareSessionInput,
+        PublishToChatInput,
+        SessionPlan,
+    )
     from activities.workers import (
         AgentTurnInput,
+        ApiAccess,
         CreateContainerInput,
         WorkerActivities,
         uses_model,
     )
+    from core.contracts.chat import ChatNote, ChatReply
     from core.ids import po_session_workflow_id
     from gateway.activities import GatewayActivities
     from workflows.io import (
+        PO_RESPOND,
         PO_SEND,
         PO_SESSION_WORKFLOW,
         PO_STATUS,
         POExchange,
         POMessage,
+        POResponse,
         POSessionInput,
         POSessionOutput,
         POSessionStatus,
@@ -70,7 +89,10 @@ RECENT_EXCHANGES = 10
 SUMMARY_CHARS = 6000
 # One side of an exchange in the summary.
 SUMMARY_SIDE_CHARS = 400
-TURN_HEARTBEAT = timedelta(seconds=30)
+TURN_HEARTBEAT = timedelta(seconds=10)
+# Publishing to the chat waits out a Redis restart rather than dropping the reply.
+PUBLISH_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=10))
+PUBLISH_TIMEOUT = timedelta(hours=1)
 # A turn runs again after a worker crash (the heartbeat stops), not forever.
 TURN_RETRY = RetryPolicy(
     maximum_attempts=3, non_retryable_error_types=["BadWorkerInput", "WorkerNotFound"]
@@ -93,6 +115,11 @@ class POSessionWorkflow:
         self._exchanges: list[POExchange] = []
         self._run_turns = 0
         self._container = False
+        self._plan: SessionPlan | None = None
+        # What Workers told the chat (``orchestrator respond``) since the last turn's prompt.
+        self._notes: list[str] = []
+        # This run's conversation for the summary, in order: exchanges and notes.
+        self._lines: list[str] = []
 
     @property
     def _worker_id(self) -> str:
@@ -185,6 +212,20 @@ class POSessionWorkflow:
             exchanges=self._exchanges,
         )
 
+    @workflow.update(name=PO_RESPOND)
+    async def respond(self, response: POResponse) -> None:
+        """A Worker's message to the chat: sent at once, and the next turn's prompt tells the PO."""
+        note = ChatNote(
+            chat_id=self._input.chat_id,
+            note_id=response.response_id,
+            text=response.text,
+            source=response.source,
+        )
+        await self._publish(PublishToChatInput(chat_id=note.chat_id, note=note))
+        told = f"{response.source or 'a Worker'}: {response.text}"
+        self._notes.append(told)
+        self._lines.append(f"Told the user, {_cut(told)}")
+
     def _waiting(self, message_id: int) -> bool:
         if self._current is not None and self._current.message_id == message_id:
             return True
@@ -198,29 +239,43 @@ class POSessionWorkflow:
             reply = await self._answer(message)
         finally:
             self._current = None
+        chat_id = self._input.chat_id
+        reply_entry = ChatReply(chat_id=chat_id, message_id=message.message_id, text=reply)
+        await self._publish(PublishToChatInput(chat_id=chat_id, reply=reply_entry))
         self._run_turns += 1
         self._exchanges.append(
             POExchange(message_id=message.message_id, text=message.text, reply=reply)
         )
+        self._lines += [f"User: {_cut(message.text)}", f"PO: {_cut(reply)}"]
         self._replies[message.message_id] = reply
         for old in list(self._replies)[:-KEPT_REPLIES]:
             del self._replies[old]
+
+    async def _publish(self, publish: PublishToChatInput) -> None:
+        await workflow.execute_activity_method(
+            POActivities.publish_to_chat,
+            publish,
+            start_to_close_timeout=PUBLISH_TIMEOUT,
+            retry_policy=PUBLISH_RETRY,
+            summary=f"Send to chat {publish.chat_id}",
+        )
 
     async def _answer(self, message: POMessage) -> str:
         """The PO's reply; a failed turn's reply says why (the chat must hear something)."""
         request = self._input
         try:
-            await self._create()
+            plan = await self._prepare()
+            await self._create(plan)
             result: AgentResult = await workflow.execute_activity_method(
                 WorkerActivities.run_agent_turn,
                 AgentTurnInput(
                     worker_id=self._worker_id,
                     task_id=workflow.info().workflow_id,
-                    agent=request.agent,
+                    agent=plan.agent,
                     prompt=self._prompt(message),
-                    agent_options=request.agent_options,
+                    agent_options=request.agent_options or plan.agent_options,
                     instructions=request.instructions,
-                    model=request.model,
+                    model=request.model or plan.model,
                     timeout_s=request.turn_timeout_s,
                 ),
                 # The command's own timeout ends it inside the Worker; this is the backstop.
@@ -236,19 +291,44 @@ class POSessionWorkflow:
             return f"Sorry, I could not handle that message: {describe_failure(error)}"
         return _reply_text(result)
 
-    async def _create(self) -> None:
+    async def _prepare(self) -> SessionPlan:
+        """The workspace with our instructions, and the agent: once a run (settings may change
+        between runs; a run keeps what it started with)."""
+        if self._plan is None:
+            self._plan = await workflow.execute_activity_method(
+                POActivities.prepare_session,
+                PrepareSessionInput(chat_id=self._input.chat_id, agent=self._input.agent),
+                start_to_close_timeout=QUICK,
+                retry_policy=RetryPolicy(
+                    maximum_interval=timedelta(seconds=10),
+                    maximum_attempts=10,
+                    non_retryable_error_types=["BadSettings"],
+                ),
+                summary="Prepare the PO's workspace and agent",
+            )
+        return self._plan
+
+    async def _create(self, plan: SessionPlan) -> None:
         if self._container:
             return
         request = self._input
+        api = None
+        if request.user_id is not None:
+            api = ApiAccess(
+                user_id=request.user_id,
+                chat_id=request.chat_id,
+                allowed_commands=request.allowed_commands,
+            )
         await workflow.execute_activity_method(
             WorkerActivities.create_container,
             CreateContainerInput(
                 worker_id=self._worker_id,
                 task_id=workflow.info().workflow_id,
                 workflow_id=workflow.info().workflow_id,
-                agent=request.agent,
+                agent=plan.agent,
                 image=request.image,
-                workspace=request.workspace,
+                workspace=request.workspace or plan.workspace,
+                api=api,
             ),
             start_to_close_timeout=CREATE_TIMEOUT,
             heartbeat_timeout=CREATE_HEARTBEAT,
@@ -269,7 +349,7 @@ class POSessionWorkflow:
             summary=f"Remove the PO Worker {self._worker_id}",
         )
         self._container = False
-        if uses_model(self._input.agent):
+        if self._plan is not None and uses_model(self._plan.agent):
             await workflow.execute_activity_method(
                 GatewayActivities.close_gateway,
                 workflow.info().workflow_id,
@@ -286,15 +366,17 @@ class POSessionWorkflow:
         if recent:
             lines = [f"User: {e.text}\nYou: {e.reply}" for e in recent]
             parts.append("The latest messages:\n" + "\n".join(lines))
+        if self._notes:
+            told = "\n".join(self._notes)
+            parts.append(f"Since then, Workers told the user (orchestrator respond):\n{told}")
+            self._notes = []  # the summary has them already (self._lines)
         parts.append(f"The user's new message:\n{message.text}")
         return "\n\n".join(parts)
 
     def _digest(self) -> str | None:
         """The summary carried to the next run: deterministic (replays build the same text)."""
         lines = [self._summary] if self._summary else []
-        for exchange in self._exchanges:
-            lines.append(f"User: {_cut(exchange.text)}")
-            lines.append(f"PO: {_cut(exchange.reply)}")
+        lines += self._lines
         if not lines:
             return None
         text = "\n".join(lines)

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, Depends, Response, status
 
-from api.deps import CurrentUser, DbSession
+from api.deps import CurrentUser, DbSession, full_key
 from api.models import ApiKeyCreate, ApiKeyCreated, ApiKeyRead, User
 from api.problems import Forbidden, problem_responses
 from api.services import users
 
-router = APIRouter(prefix="/api-keys", tags=["api-keys"], responses=problem_responses(403))
+# A PO session's key cannot make keys: what it may do ends with its session.
+router = APIRouter(
+    prefix="/api-keys",
+    tags=["api-keys"],
+    dependencies=[Depends(full_key)],
+    responses=problem_responses(403),
+)
 
 
 def _target_user(caller: User, user_id: str | None) -> str:

@@ -14,13 +14,14 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from temporalio.client import WorkflowExecutionStatus, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from api.deps import AppRuntime, CurrentUser, DbSession, Runtime, Tasks
+from api.deps import AppRuntime, CurrentUser, DbSession, KeyChat, Runtime, Tasks
 from api.models import Task, TaskCreate, TaskEventRead, TaskRead, TaskType
 from api.problems import Conflict, ServiceUnavailable, Unprocessable, problem_responses
 from api.services import events, projects
 from api.services.tasks import TaskService
 from core.contracts.engineering import ENGINEERING_RESPOND, EngineeringOptions, HumanAnswer
 from core.contracts.events import TERMINAL_STATUSES, TaskStatus
+from core.ids import chat_stream
 from core.logging import bind_context
 
 router = APIRouter(prefix="/tasks", tags=["tasks"])
@@ -47,9 +48,17 @@ PathTask = Annotated[Task, Depends(load_task)]
     responses=problem_responses(404),
 )
 async def create_task(
-    data: TaskCreate, request: Request, user: CurrentUser, session: DbSession, tasks: Tasks
+    data: TaskCreate,
+    request: Request,
+    user: CurrentUser,
+    key_chat: KeyChat,
+    session: DbSession,
+    tasks: Tasks,
 ) -> TaskRead:
     project = await projects.get_project_by_id(session, data.project_id)
+    if key_chat is not None and data.callback_stream is None:
+        # Started by a chat's PO: its progress goes back to that chat.
+        data = data.model_copy(update={"callback_stream": chat_stream(key_chat)})
     correlation_id = getattr(request.state, "client_correlation_id", None)
     try:
         task = await tasks.create(

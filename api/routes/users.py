@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Depends, status
 
-from api.deps import AdminUser, CurrentUser, DbSession
+from api.deps import AdminUser, CurrentUser, DbSession, full_key
 from api.models import UserCreate, UserRead
 from api.problems import Forbidden, problem_responses
 from api.services import users
@@ -31,6 +31,7 @@ async def list_users(
     "",
     status_code=status.HTTP_201_CREATED,
     summary="Create a user (admin)",
+    dependencies=[Depends(full_key)],
     responses=problem_responses(409),
 )
 async def create_user(data: UserCreate, _: AdminUser, session: DbSession) -> UserRead:

@@ -22,8 +22,8 @@ def as_utc(value: datetime) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
-async def authenticate(session: AsyncSession, plaintext: str) -> User | None:
-    """The user owning this key, or None when the key is unknown, wrong or revoked."""
+async def authenticate(session: AsyncSession, plaintext: str) -> tuple[User, ApiKey] | None:
+    """The user owning this key and the key, or None when it is unknown, wrong or revoked."""
     prefix = parse_prefix(plaintext)
     if prefix is None:
         return None
@@ -34,7 +34,7 @@ async def authenticate(session: AsyncSession, plaintext: str) -> User | None:
     if user is None:
         return None
     await _touch(session, key)
-    return user
+    return user, key
 
 
 async def _touch(session: AsyncSession, key: ApiKey) -> None:
@@ -107,3 +107,36 @@ async def revoke_key(session: AsyncSession, key_id: str, *, owner_id: str | None
         key.revoked_at = utcnow()
         session.add(key)
         await session.commit()
+
+
+def session_key_name(chat_id: int) -> str:
+    return f"po-session-{chat_id}"
+
+
+async def issue_session_key(session: AsyncSession, *, user_id: str, chat_id: int) -> str:
+    """A new key for the PO session of ``chat_id``, acting as ``user_id`` in that chat only;
+    returns its plaintext. The chat's earlier session keys are revoked: only the Worker made
+    last holds a working one."""
+    await get_user(session, user_id)
+    await session.exec(
+        update(ApiKey)
+        .where(col(ApiKey.chat_id) == chat_id, col(ApiKey.revoked_at).is_(None))
+        .values(revoked_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    generated = generate_key()
+    session.add(
+        ApiKey(
+            user_id=user_id,
+            name=session_key_name(chat_id),
+            prefix=generated.prefix,
+            key_hash=generated.key_hash,
+            chat_id=chat_id,
+        )
+    )
+    await session.commit()
+    return generated.plaintext
+
+
+async def user_by_telegram_id(session: AsyncSession, telegram_id: int) -> User | None:
+    return (await session.exec(select(User).where(User.telegram_id == telegram_id))).first()

@@ -70,7 +70,7 @@ class Chat:
             self.chat_id = -self.chat_id
         fields.setdefault("agent_options", {"script": script(prefix)})
         self.session = POSessionInput(
-            chat_id=self.chat_id, user_id="user-1", agent="scripted", image=image, **fields
+            chat_id=self.chat_id, agent="scripted", image=image, **fields
         )
         self.next_id = 0
 
