@@ -9,6 +9,14 @@ port, the CLI's base URL. No credential enters the container, an input or a hist
 Everything here is idempotent: creating returns the container already made for the worker id,
 removing a missing container is fine, a retried agent turn plays the turn again (the CLIs and
 the scripted agent leave the workspace as a retried turn expects).
+
+A PO Worker (``CreateContainerInput.api``) also drives the ``orchestrator`` CLI: the API's Unix
+socket directory is mounted read-only at ``/run/orchestrator-api`` and the forwarder exposes it on
+another loopback port; the CLI is a bundle (activities/cli_bundle.py) mounted read-only and first
+on ``PATH``. Its key, scoped to the chat, is made when the container is (re)created and written as
+a 0600 file of the Worker's user where the CLI looks (``$ORCHESTRATOR_HOME/api_key``): never an
+input, an output, a log line or the container's environment. Each creation makes a new key and
+revokes the chat's older ones.
 """
 
 from __future__ import annotations
@@ -27,11 +35,14 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from activities.agents import ADAPTERS, AgentEvent, AgentResult, get_adapter
 from activities.agents.base import DEFAULT_HOME, AgentRequest
+from activities.cli_bundle import default_root, ensure_bundle_async
 from activities.containers import ContainerRuntime, Mount, WorkerNotFound, WorkerSpec
 from activities.heartbeat import heartbeating
-from activities.images import TOOLS_DIR, ImageBuilder, ensure_async
+from activities.images import PATH, TOOLS_DIR, WORKER_HOME, ImageBuilder, ensure_async
 from activities.slots import WorkerSlots
+from api.problems import NotFound
 from api.services.tasks import TaskNotFound, TaskService
+from api.services.users import issue_session_key
 from core.contracts.events import EventType
 from core.contracts.worker import WorkerResponse
 from core.logging import get_logger
@@ -45,6 +56,28 @@ log = get_logger("activities.workers")
 GATEWAY_MOUNT = "/run/orchestrator"
 FORWARDER_PORT = 8788
 MODEL_BASE_URL = f"http://127.0.0.1:{FORWARDER_PORT}"
+# Inside a PO Worker: the API socket's directory, the forwarder's port for it, the CLI bundle,
+# and the CLI's home (its key file).
+API_MOUNT = "/run/orchestrator-api"
+API_PORT = 8789
+API_URL = f"http://127.0.0.1:{API_PORT}"
+CLI_MOUNT = "/opt/orchestrator/cli"
+CLI_HOME = posixpath.join(WORKER_HOME, ".orchestrator")
+CLI_KEY_FILE = posixpath.join(CLI_HOME, "api_key")  # where Settings.read_api_key() looks
+FORWARDER_WAIT_S = 20
+# Run in the Worker: wait until something listens on each loopback port given.
+_WAIT_FOR_PORT = f"""import socket, sys, time
+deadline = time.monotonic() + {FORWARDER_WAIT_S}
+for port in map(int, sys.argv[1:]):
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), 1).close()
+            break
+        except OSError as exc:
+            if time.monotonic() > deadline:
+                sys.exit(f"nothing listens on 127.0.0.1:{{port}}: {{exc}}")
+            time.sleep(0.05)
+"""
 # Agents that call no model run without the gateway.
 MODEL_FREE_AGENTS = frozenset({"scripted"})
 # Where the scripted agent looks for its script when the Worker was made without one: a PO
@@ -59,6 +92,17 @@ def uses_model(agent: str) -> bool:
     return agent not in MODEL_FREE_AGENTS
 
 
+class ApiAccess(BaseModel):
+    """A Worker that may use the ``orchestrator`` CLI: the API's socket is mounted into it and
+    the CLI acts with a key scoped to the chat's user (made here, never in an input)."""
+
+    user_id: str = Field(description="The orchestrator user the CLI acts as")
+    chat_id: int = Field(description="The chat the key is scoped to")
+    allowed_commands: str = Field(
+        default="PRODUCT_OWNER", description="ALLOWED_COMMANDS inside the Worker"
+    )
+
+
 class CreateContainerInput(BaseModel):
     worker_id: str
     task_id: str
@@ -67,6 +111,7 @@ class CreateContainerInput(BaseModel):
     image: str | None = None
     workspace: str | None = None
     budget: Budget = Field(default_factory=Budget)
+    api: ApiAccess | None = None
 
 
 class AgentTurnInput(BaseModel):
@@ -91,6 +136,21 @@ class WriteFileInput(BaseModel):
 class PublishInput(BaseModel):
     streams: list[str]
     response: WorkerResponse
+
+
+def _forwarder_command(routes: list[tuple[int, str]], multi: bool) -> list[str]:
+    """The Worker's main process: ``sleep`` when nothing is forwarded, else the forwarder.
+
+    A Worker without API access keeps the single-route form it always had."""
+    if not routes:
+        return ["sleep", "infinity"]
+    command = ["python3", f"{TOOLS_DIR}/forwarder.py"]
+    if not multi:
+        ((port, socket),) = routes
+        return [*command, "--listen", f"127.0.0.1:{port}", "--socket", socket]
+    for port, socket in routes:
+        command += ["--route", f"127.0.0.1:{port}={socket}"]
+    return command
 
 
 def _bad_input(message: str) -> ApplicationError:
@@ -167,19 +227,18 @@ class WorkerActivities:
         await self._take_slot(request)
         image = request.image or await self._image(request.agent)
         mounts: list[Mount] = []
-        command = ["sleep", "infinity"]
+        env: dict[str, str] = {}
+        # The forwarder keeps the container alive and is the agent's way to its model and the
+        # CLI's to the API.
+        routes: list[tuple[int, str]] = []
         if uses_model(request.agent):
             socket = await self._open_gateway(request.task_id, request.budget)
             mounts.append(Mount(source=socket.parent, target=GATEWAY_MOUNT, read_only=True))
-            # The forwarder keeps the container alive and is the agent's way to its model.
-            command = [
-                "python3",
-                f"{TOOLS_DIR}/forwarder.py",
-                "--listen",
-                f"127.0.0.1:{FORWARDER_PORT}",
-                "--socket",
-                f"{GATEWAY_MOUNT}/{socket.name}",
-            ]
+            routes.append((FORWARDER_PORT, f"{GATEWAY_MOUNT}/{socket.name}"))
+        if request.api is not None:
+            api_mounts, env = await self._api_access(request.worker_id, request.api)
+            mounts += api_mounts
+            routes.append((API_PORT, f"{API_MOUNT}/{self.settings.api_socket.name}"))
         spec = WorkerSpec(
             image=image,
             worker_id=request.worker_id,
@@ -187,10 +246,71 @@ class WorkerActivities:
             workflow_id=request.workflow_id,
             workspace=workspace,
             mounts=mounts,
-            command=command,
+            env=env,
+            command=_forwarder_command(routes, request.api is not None),
         )
         runtime = await self.runtime()
-        return await runtime.create_worker(spec)
+        container_id = await runtime.create_worker(spec)
+        if request.api is not None:
+            # After the container exists, also when it already did (a retry): a fresh key.
+            await self._give_key(runtime, request.worker_id, request.api)
+        return container_id
+
+    async def _api_access(
+        self, worker_id: str, api: ApiAccess
+    ) -> tuple[list[Mount], dict[str, str]]:
+        """The mounts and environment of a Worker that drives the ``orchestrator`` CLI."""
+        if self.tasks is None:
+            raise ApplicationError(
+                "this worker process has no database to issue the Worker's API key",
+                type="NoDatabase",
+                non_retryable=True,
+            )
+        bundle = await ensure_bundle_async(default_root(self.settings))
+        # The API makes the socket; its directory must exist to be mounted before it does.
+        socket_dir = self.settings.api_socket.parent
+        socket_dir.mkdir(parents=True, exist_ok=True)
+        mounts = [
+            Mount(source=socket_dir, target=API_MOUNT, read_only=True),
+            Mount(source=bundle.path, target=CLI_MOUNT, read_only=True),
+        ]
+        env = {
+            "PATH": f"{CLI_MOUNT}/bin:{PATH}",
+            "ORCHESTRATOR_HOME": CLI_HOME,
+            "ORCHESTRATOR_API_URL": API_URL,
+            "ALLOWED_COMMANDS": api.allowed_commands,
+            "ORCHESTRATOR_CHAT_ID": str(api.chat_id),
+            "ORCHESTRATOR_WORKER_ID": worker_id,
+        }
+        return mounts, env
+
+    async def _give_key(self, runtime: ContainerRuntime, worker_id: str, api: ApiAccess) -> None:
+        """A new key for the chat (the older ones revoked), as a 0600 file of the Worker's user."""
+        assert self.tasks is not None  # checked by _api_access
+        try:
+            async with self.tasks.db.session() as session:
+                key = await issue_session_key(session, user_id=api.user_id, chat_id=api.chat_id)
+        except NotFound as exc:
+            raise _bad_input(str(exc.detail)) from None
+        made = await runtime.exec(
+            worker_id, ["mkdir", "-p", "-m", "700", CLI_HOME], workdir="/", timeout=30
+        )
+        if made.exit_code != 0:
+            raise ApplicationError(f"cannot make {CLI_HOME}: {made.stderr.strip()}")
+        await runtime.put_file(worker_id, CLI_KEY_FILE, f"{key}\n".encode(), 0o600)
+        log.info("worker api key written", worker_id=worker_id, chat_id=api.chat_id)
+        # The container's main process has only just started: the CLI's first call must not
+        # find the port closed.
+        waited = await runtime.exec(
+            worker_id,
+            ["python3", "-I", "-S", "-c", _WAIT_FOR_PORT, str(API_PORT)],
+            workdir="/",
+            timeout=FORWARDER_WAIT_S + 10,
+        )
+        if waited.exit_code != 0:
+            raise ApplicationError(
+                f"the Worker's forwarder does not listen: {waited.stderr.strip()[-500:]}"
+            )
 
     async def _take_slot(self, request: CreateContainerInput) -> None:
         """Wait until fewer than ``max_workers`` Workers exist (each process counts the same)."""

@@ -14,7 +14,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-import docker.errors
 import typer
 from rich.markup import escape
 
@@ -77,13 +76,15 @@ def image_missing(settings: Settings, agent: str) -> bool | None:
     if settings.api_url:
         return None  # a stack elsewhere builds its images on its own machine
     try:
+        import docker.errors  # here: the CLI imports with its client dependencies only
+
         with builder(settings) as images:
             try:
                 images.docker.images.get(images.reference(agent))
             except docker.errors.ImageNotFound:
                 return True
             return False
-    except Exception:  # no Docker API here, no apt sources, ...: say what may happen
+    except Exception:  # no Docker API (or SDK) here, no apt sources, ...: say what may happen
         return None
 
 

@@ -13,9 +13,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import jinja2
-import yaml
-
 DEMO_SPEC = (
     "Add a GET /greet/<name> endpoint to the HTTP service that answers "
     '{"message": "Hello, <name>!"}, with unittest tests for it.'
@@ -100,6 +97,10 @@ ROUTE_HOOK = """\
 
 def scaffolded_server() -> str:
     """app/server.py as the scaffold stage renders it for the demo's project (the defaults)."""
+    # Imported here: the CLI imports with its client dependencies only.
+    import jinja2
+    import yaml
+
     answers = yaml.safe_load((TEMPLATE_DIR / "copier.yml").read_text())
     env = jinja2.Environment(keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
     return env.from_string(SERVER_TEMPLATE.read_text()).render(port=answers["port"]["default"])

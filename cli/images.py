@@ -9,22 +9,17 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import docker
-import docker.errors
 import typer
 from rich.table import Table
 
-from activities.images import (
-    DEFAULT_IMAGES,
-    REPOSITORY_PREFIX,
-    ImageBuilder,
-    ImageError,
-    ImageInfo,
-)
 from cli.output import FAILED, UNREACHABLE, CliError, JsonOption, Output, command
 from core.settings import Settings
+
+if TYPE_CHECKING:
+    # Imported where used: the CLI imports with its client dependencies only.
+    from activities.images import ImageBuilder, ImageInfo
 
 app = typer.Typer(help="Worker images (built locally, never pulled).", no_args_is_help=True)
 
@@ -41,6 +36,11 @@ def docker_host(settings: Settings) -> str:
 
 @contextmanager
 def builder(settings: Settings) -> Iterator[ImageBuilder]:
+    import docker
+    import docker.errors
+
+    from activities.images import ImageBuilder
+
     url = docker_host(settings)
     try:
         client = docker.DockerClient(base_url=url, timeout=900)
@@ -59,6 +59,8 @@ def builder(settings: Settings) -> Iterator[ImageBuilder]:
 
 
 def _table(images: list[ImageInfo], timing: bool) -> Table:
+    from activities.images import REPOSITORY_PREFIX
+
     columns = ["image", "tag", "id", "size"] + (["result", "seconds"] if timing else ["created"])
     table = Table(*columns, caption=f"repository: {REPOSITORY_PREFIX}<image>")
     for info in images:
@@ -87,6 +89,8 @@ def build(
 
     Default: base, scripted, claude, codex. droid needs ORCHESTRATOR_DROID_BINARY.
     """
+    from activities.images import DEFAULT_IMAGES, ImageError
+
     out = Output(json_output)
     names = list(dict.fromkeys(images or DEFAULT_IMAGES))
     done: list[ImageInfo] = []

@@ -11,7 +11,7 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
-from cli import contracts, engineering, images, permissions, pr, project, stack, task
+from cli import contracts, engineering, images, permissions, pr, project, respond, stack, task
 from cli.demo import demo
 from cli.output import command
 
@@ -48,6 +48,7 @@ app.add_typer(contracts.app, name="contracts")
 app.add_typer(images.app, name="images")
 app.add_typer(pr.app, name="pr")
 command(app, "demo")(demo)
+command(app, "respond")(respond.respond)
 command(app, "permissions")(permissions.permissions)
 
 

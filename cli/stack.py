@@ -1,4 +1,8 @@
-"""``orchestrator up / down / status``: the embedded stack."""
+"""``orchestrator up / down / status``: the embedded stack.
+
+The stack's modules (the supervisor, psutil, ...) are imported by the commands that use them: the
+CLI itself must import with its client dependencies only (a Worker runs it from a bundle).
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,6 @@ from rich.table import Table
 
 from cli.output import FAILED, CliError, JsonOption, Output, cli_name
 from core.settings import Settings
-from stack import state
-from stack.supervisor import StackError, Supervisor, start_detached, status, stop
 
 STATE_STYLE = {
     "running": "green",
@@ -41,6 +43,9 @@ def print_summary(out: Output, info: dict[str, Any]) -> None:
 
 def ensure_up(out: Output, settings: Settings, timeout: float) -> tuple[dict[str, Any], bool]:
     """The running stack's state, starting it detached if it is not up; (state, started)."""
+    from stack import state
+    from stack.supervisor import StackError, start_detached
+
     current = state.read_state(settings)
     if not state.is_up(current):
         out.say(f"Starting the embedded stack in {settings.home_dir} ...")
@@ -58,6 +63,8 @@ def up(
     json_output: JsonOption = False,
 ) -> None:
     """Start the embedded stack: Temporal, Redis, the API, the Temporal worker, the bridges."""
+    from stack import state
+
     out = Output(json_output)
     settings = Settings()
     current = state.read_state(settings)
@@ -85,6 +92,8 @@ def _already(out: Output, info: dict[str, Any]) -> None:
 
 
 def run_foreground(out: Output, settings: Settings) -> None:
+    from stack.supervisor import Supervisor
+
     out.say(f"Starting the embedded stack in {settings.home_dir} ...")
 
     def ready(supervisor: Supervisor) -> None:
@@ -104,6 +113,8 @@ def down(
     json_output: JsonOption = False,
 ) -> None:
     """Stop the stack and every process it started."""
+    from stack.supervisor import stop
+
     out = Output(json_output)
     result = stop(Settings(), timeout)
 
@@ -120,6 +131,8 @@ def down(
 
 def show_status(json_output: JsonOption = False) -> None:
     """Each service of the stack: running, unhealthy or stopped; its address and PID."""
+    from stack.supervisor import status
+
     out = Output(json_output)
     info = status(Settings())
 

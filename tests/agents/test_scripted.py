@@ -127,3 +127,27 @@ def test_bad_scripts_fail_cleanly(workspace: Path, tmp_path: Path) -> None:
     no_script = run_agent(ScriptedAdapter(runner=str(RUNNER_SOURCE)), _request(workspace, tmp_path))
     assert no_script.result.status == "failed"
     assert "no script" in (no_script.result.raw_error or "")
+
+
+def test_run_sees_the_prompt_and_the_summary_carries_its_output(
+    workspace: Path, tmp_path: Path
+) -> None:
+    """A scripted PO answers with what its command printed for the user's message."""
+    script = {
+        "rounds": [
+            {
+                "run": 'printf "  you said: %s\\n\\n" "$SCRIPTED_AGENT_PROMPT"',
+                "summary": "Done. {output} (that is all)",
+            },
+            {"summary": "no command: [{output}]"},
+        ]
+    }
+    request = _request(workspace, tmp_path).model_copy(update={"prompt": "make me a 'todo' API"})
+    first = run_agent(_adapter(script), request)
+    assert first.result.status == "completed", first.result
+    assert first.result.summary == "Done. you said: make me a 'todo' API (that is all)"
+    assert [e.data["output"] for e in first.events if e.kind == "command"] == [
+        "  you said: make me a 'todo' API\n\n"
+    ]
+    second = run_agent(_adapter(script), request)
+    assert second.result.summary == "no command: []"

@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from redis.asyncio import Redis
 from temporalio.client import Client
 
+from api.__main__ import bind_unix
 from api.app import create_app
 from api.bootstrap import ensure_admin_key
 from api.db import Database
@@ -103,15 +104,19 @@ async def project(admin: httpx.AsyncClient) -> dict[str, Any]:
 
 
 @contextlib.asynccontextmanager
-async def live_server(app: FastAPI) -> AsyncIterator[str]:
-    """The app under a real uvicorn in this event loop: real sockets, so streams really stream."""
+async def live_server(app: FastAPI, uds: Path | None = None) -> AsyncIterator[str]:
+    """The app under a real uvicorn in this event loop: real sockets, so streams really stream.
+
+    With ``uds`` it also listens on that Unix socket, bound as ``python -m api`` binds its own
+    (keep the path short: at most 107 bytes)."""
     port = free_port()
     config = uvicorn.Config(
         app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="off"
     )
     server = uvicorn.Server(config)
     server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]  # pytest's own
-    serving = asyncio.create_task(server.serve())
+    sockets = None if uds is None else [config.bind_socket(), bind_unix(uds)]
+    serving = asyncio.create_task(server.serve(sockets))
     deadline = time.monotonic() + 10
     while not server.started:
         if serving.done():
@@ -123,3 +128,5 @@ async def live_server(app: FastAPI) -> AsyncIterator[str]:
     finally:
         server.should_exit = True
         await asyncio.wait_for(serving, 15)
+        if uds is not None:
+            uds.unlink(missing_ok=True)

@@ -152,9 +152,7 @@ async def test_unknown_telegram_user_is_refused_and_no_session_starts(
     assert response.status_code == 403
     assert response.headers["content-type"].startswith("application/problem+json")
     assert "999" in response.json()["detail"]
-    sessions = [
-        w async for w in temporal_client.list_workflows(f"WorkflowId = 'po-{chat_id}'")
-    ]
+    sessions = [w async for w in temporal_client.list_workflows(f"WorkflowId = 'po-{chat_id}'")]
     assert sessions == []
 
 

@@ -69,9 +69,7 @@ class Chat:
         if group:  # Telegram's group chats have negative ids
             self.chat_id = -self.chat_id
         fields.setdefault("agent_options", {"script": script(prefix)})
-        self.session = POSessionInput(
-            chat_id=self.chat_id, agent="scripted", image=image, **fields
-        )
+        self.session = POSessionInput(chat_id=self.chat_id, agent="scripted", image=image, **fields)
         self.next_id = 0
 
     @property

@@ -17,6 +17,11 @@ The script (JSON) is a list of rounds; each invocation plays ONE round, in order
        "summary": "..."}
     ]}
 
+The ``run`` command sees the prompt in the environment variable ``SCRIPTED_AGENT_PROMPT`` (e.g. a
+scripted Product Owner passes the user's message on: ``orchestrator ... "$SCRIPTED_AGENT_PROMPT"``).
+In ``summary`` the text ``{output}`` stands for the run command's output (stdout and stderr),
+stripped, so a round can answer with what its command printed; without a ``run`` it is empty.
+
 Which round: the environment variable ``SCRIPTED_AGENT_ROUND`` (1-based) when set, else the count
 of rounds already played, kept in ``.git/scripted-agent-round`` (or ``.scripted-agent-round`` in
 the working directory when it is not a git repository), so a second invocation plays the next
@@ -49,6 +54,8 @@ from pathlib import Path
 from typing import Any
 
 OUTPUT_LIMIT = 4000
+PROMPT_VARIABLE = "SCRIPTED_AGENT_PROMPT"
+OUTPUT_MARK = "{output}"
 STATUSES = ("completed", "blocked", "failed")
 
 
@@ -114,11 +121,12 @@ def delete_files(spec: Any, workdir: Path, changed: list[str]) -> None:
         emit(type="delete", path=str(relative))
 
 
-def run_command(spec: Any, workdir: Path) -> None:
+def run_command(spec: Any, workdir: Path, prompt: str) -> str:
+    """Run the round's command; returns its whole output."""
     argv = ["sh", "-c", spec] if isinstance(spec, str) else [str(a) for a in spec]
     # Rounds rewrite files within the same second: a cached .pyc (keyed on mtime and size) of the
     # previous version would shadow the new source.
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", PROMPT_VARIABLE: prompt}
     try:
         proc = subprocess.run(
             argv,
@@ -134,6 +142,7 @@ def run_command(spec: Any, workdir: Path) -> None:
     except OSError as exc:
         code, output = 127, str(exc)
     emit(type="run", argv=argv, exit_code=code, output=output[-OUTPUT_LIMIT:])
+    return output
 
 
 def commit(message: str, workdir: Path) -> str:
@@ -154,7 +163,7 @@ def commit(message: str, workdir: Path) -> str:
     return sha
 
 
-def play(round_spec: dict[str, Any], number: int, workdir: Path) -> dict[str, Any]:
+def play(round_spec: dict[str, Any], number: int, workdir: Path, prompt: str) -> dict[str, Any]:
     report = round_spec.get("report", "completed")
     if report not in STATUSES:
         raise ScriptError(f"report must be one of {STATUSES}: {report!r}")
@@ -163,15 +172,18 @@ def play(round_spec: dict[str, Any], number: int, workdir: Path) -> dict[str, An
         write_files(round_spec["write"], workdir, changed)
     if "delete" in round_spec:
         delete_files(round_spec["delete"], workdir, changed)
+    output = ""
     if "run" in round_spec:
-        run_command(round_spec["run"], workdir)
+        output = run_command(round_spec["run"], workdir, prompt)
     sha = commit(str(round_spec["commit"]), workdir) if round_spec.get("commit") else None
     question = round_spec.get("question") if report == "blocked" else None
     if report == "blocked" and not question:
         question = "The scripted agent is blocked."
     return {
         "status": report,
-        "summary": round_spec.get("summary", f"scripted round {number}"),
+        "summary": str(round_spec.get("summary", f"scripted round {number}")).replace(
+            OUTPUT_MARK, output.strip()
+        ),
         "question": question,
         "files_changed": list(dict.fromkeys(changed)),
         "commit": sha,
@@ -197,14 +209,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="A deterministic scripted coding agent.")
     parser.add_argument("--script", help="the script file (default: $SCRIPTED_AGENT_SCRIPT)")
     parser.add_argument("--workdir", default=".", help="the workspace (default: cwd)")
-    parser.add_argument("prompt", nargs="*", help="the task (recorded, not interpreted)")
+    parser.add_argument(
+        "prompt", nargs="*", help="the task (given to run commands as $SCRIPTED_AGENT_PROMPT)"
+    )
     args = parser.parse_args(argv)
     workdir = Path(args.workdir).resolve()
     try:
         rounds = load_script(args.script)
         number = choose_round(rounds, workdir)
         emit(type="start", round=number, rounds=len(rounds))
-        result = play(rounds[number - 1], number, workdir)
+        result = play(rounds[number - 1], number, workdir, " ".join(args.prompt))
     except ScriptError as exc:
         emit(type="error", message=str(exc))
         emit(type="result", status="failed", summary=str(exc), question=None, files_changed=[],

@@ -1,7 +1,13 @@
 #!/usr/bin/env python3
-"""Expose a Unix socket on a loopback TCP port, inside a Worker that has no network.
+"""Expose Unix sockets on loopback TCP ports, inside a Worker that has no network.
 
     python3 forwarder.py --listen 127.0.0.1:8788 --socket /run/orchestrator/gateway.sock
+    python3 forwarder.py --route 127.0.0.1:8788=/run/orchestrator/gateway.sock
+                         --route 127.0.0.1:8789=/run/orchestrator-api/api.sock   (one command)
+
+Each ``--route HOST:PORT=SOCKET`` is one listener (repeatable); ``--listen``/``--socket`` is one
+more route (``--socket`` without ``--listen`` listens on 127.0.0.1:8788). A port that cannot be
+bound ends the forwarder with status 1 before it serves anything.
 
 Each TCP connection gets its own connection to the socket and bytes flow both ways as they come
 (no buffering beyond one read), so streamed (SSE) answers arrive as the gateway sends them. The
@@ -82,6 +88,9 @@ class Forwarder:
             await asyncio.wait(list(self.connections), timeout=5)
 
 
+Route = tuple[tuple[str, int], str]  # ((host, port), socket path)
+
+
 def parse_listen(value: str) -> tuple[str, int]:
     host, _, port = value.rpartition(":")
     if not host or not port.isdigit():
@@ -89,28 +98,62 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-async def main(listen: tuple[str, int], socket_path: str) -> None:
-    forwarder = Forwarder(socket_path)
+def parse_route(value: str) -> Route:
+    listen, sep, socket_path = value.partition("=")
+    if not sep or not socket_path:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT=SOCKET, got {value!r}")
+    return parse_listen(listen), socket_path
+
+
+async def main(routes: list[Route]) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    host, port = listen
-    server = await asyncio.start_server(forwarder.handle, host, port, backlog=1024)
-    log(f"listening on {host}:{port} -> {socket_path}")
-    async with server:
+    forwarders: list[Forwarder] = []
+    servers: list[asyncio.Server] = []
+    try:
+        for (host, port), socket_path in routes:
+            forwarder = Forwarder(socket_path)
+            server = await asyncio.start_server(forwarder.handle, host, port, backlog=1024)
+            forwarders.append(forwarder)
+            servers.append(server)
+            log(f"listening on {host}:{port} -> {socket_path}")
         await stop.wait()
-        server.close()
-        await forwarder.stop()
+    finally:
+        for server in servers:
+            server.close()
+        await asyncio.gather(*(forwarder.stop() for forwarder in forwarders))
     log("stopped")
 
 
 def cli() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--listen", type=parse_listen, default=("127.0.0.1", 8788))
-    parser.add_argument("--socket", required=True, help="the Unix socket to forward to")
+    parser.add_argument(
+        "--route",
+        type=parse_route,
+        action="append",
+        default=[],
+        help="HOST:PORT=SOCKET: listen on HOST:PORT, forward to SOCKET (repeatable)",
+    )
+    parser.add_argument("--listen", type=parse_listen, help="with --socket: one more route")
+    parser.add_argument("--socket", help="the Unix socket --listen forwards to")
     args = parser.parse_args()
-    asyncio.run(main(args.listen, args.socket))
+    routes: list[Route] = list(args.route)
+    if args.socket:
+        routes.append((args.listen or ("127.0.0.1", 8788), args.socket))
+    elif args.listen:
+        parser.error("--listen needs --socket")
+    if not routes:
+        parser.error("nothing to forward: give --route HOST:PORT=SOCKET or --socket")
+    listens = [listen for listen, _ in routes]
+    if len(set(listens)) != len(listens):
+        parser.error("two routes listen on the same HOST:PORT")
+    try:
+        asyncio.run(main(routes))
+    except OSError as exc:  # a port that cannot be bound
+        log(f"cannot listen: {exc}")
+        sys.exit(1)
 
 
 if __name__ == "__main__":
