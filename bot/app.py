@@ -21,6 +21,7 @@ from aiogram.utils.keyboard import InlineKeyboardBuilder
 
 from bot.access import AccessMiddleware
 from bot.api import ApiError, OrchestratorApi
+from bot.chat import ChatInbound
 from core.settings import Settings
 
 # Telegram allows 4096 characters a message; lists and specs are cut well before that.
@@ -56,20 +57,27 @@ def make_bot(settings: Settings) -> Bot:
     )
 
 
-def build_dispatcher(api: OrchestratorApi, admins: Iterable[int]) -> Dispatcher:
-    # ``api`` becomes workflow data: aiogram hands it to every handler that names it.
-    dispatcher = Dispatcher(api=api)
+def build_dispatcher(
+    api: OrchestratorApi, admins: Iterable[int], chat: ChatInbound | None = None
+) -> Dispatcher:
+    """``chat``: where a person's text messages go (the PO session); None: nowhere (they are
+    answered with the commands there are)."""
+    # ``api`` and ``chat`` become workflow data: aiogram hands them to the handlers naming them.
+    dispatcher = Dispatcher(api=api, chat=chat)
     dispatcher.update.outer_middleware(AccessMiddleware(api, admins))
-    dispatcher.include_router(build_router())
+    dispatcher.include_router(build_router(chat_enabled=chat is not None))
     dispatcher.errors.register(on_api_error, ExceptionTypeFilter(ApiError))
     return dispatcher
 
 
-def build_router() -> Router:
+def build_router(*, chat_enabled: bool = True) -> Router:
     router = Router(name="orchestrator")
     router.message.register(start, CommandStart())
     router.message.register(list_projects, Command("projects"))
     router.message.register(recent_tasks, Command("tasks"))
+    router.message.register(unknown_command, is_command)
+    if chat_enabled:
+        router.message.register(to_the_chat)  # everything else a person writes
     router.callback_query.register(show_projects, F.data == BACK_TO_PROJECTS)
     router.callback_query.register(show_project, ProjectButton.filter())
     router.callback_query.register(show_task, TaskButton.filter())
@@ -81,6 +89,20 @@ def build_router() -> Router:
 
 async def start(message: Message) -> None:
     await message.answer(html.quote(GREETING))
+
+
+def is_command(message: Message) -> bool:
+    """Starts with a /command (Telegram marks it): not for the PO, whatever follows."""
+    return any(e.type == "bot_command" and e.offset == 0 for e in message.entities or [])
+
+
+async def unknown_command(message: Message) -> None:
+    await message.answer(html.quote("I do not know that command.\n\n" + GREETING))
+
+
+async def to_the_chat(message: Message, chat: ChatInbound) -> None:
+    """A person's message: to their Product Owner, or to the task whose question it answers."""
+    await chat.handle(message)
 
 
 async def list_projects(message: Message, api: OrchestratorApi) -> None:

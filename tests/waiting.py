@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -11,18 +12,20 @@ T = TypeVar("T")
 
 
 async def eventually(
-    check: Callable[[], Awaitable[T]],
+    check: Callable[[], Awaitable[T] | T],
     what: str = "the condition",
     *,
     within: float = 30.0,
     interval: float = 0.05,
 ) -> T:
-    """Poll ``check`` until it returns something truthy, and return that; fail at the deadline
-    naming ``what`` and the last value seen."""
+    """Poll ``check`` (a coroutine function or a plain one) until it returns something truthy,
+    and return that; fail at the deadline naming ``what`` and the last value seen."""
     deadline = time.monotonic() + within
     last: Any = None
     while True:
-        last = await check()
+        last = check()
+        if inspect.isawaitable(last):
+            last = await last
         if last:
             return last
         if time.monotonic() > deadline:

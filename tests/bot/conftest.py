@@ -7,9 +7,11 @@ reaches the stand-in through aiogram's ``TelegramAPIServer``, as it would a loca
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -21,6 +23,7 @@ from api.app import create_app
 from api.bootstrap import ensure_admin_key
 from api.db import Database
 from bot.api import OrchestratorApi
+from bot.chat import ChatOptions
 from bot.service import serve
 from core.readiness import ready_file
 from core.settings import Settings
@@ -71,7 +74,7 @@ async def admin(api_url: str, admin_key: str) -> AsyncIterator[httpx.AsyncClient
 
 @pytest.fixture
 def bot_settings(
-    telegram: TelegramStandIn, api_url: str, admin_key: str, tmp_path: Path
+    telegram: TelegramStandIn, api_url: str, admin_key: str, redis_url: str, tmp_path: Path
 ) -> Settings:
     return Settings(
         home=tmp_path,
@@ -80,7 +83,13 @@ def bot_settings(
         telegram_api_url=telegram.url,
         api_url=api_url,
         api_key=admin_key,
+        redis_url=redis_url,
     )
+
+
+# Quick enough for tests: a message the API does not take is reported after 2 s.
+QUICK_CHAT = ChatOptions(deliver_within_s=2.0, typing_interval_s=0.2, typing_timeout_s=30.0)
+QUICK_DELIVERY: dict[str, Any] = {"block_ms": 100, "backoff_min_s": 0.05, "backoff_max_s": 0.5}
 
 
 @dataclass
@@ -89,20 +98,32 @@ class RunningBot:
     api: OrchestratorApi
     # Every request the bot made to the API, as "METHOD /path?query".
     api_calls: list[str]
+    stop: asyncio.Event
+    serving: asyncio.Task[None]
+
+    async def stopped(self) -> None:
+        """Stop it (as SIGTERM does) and wait until it has."""
+        self.stop.set()
+        await asyncio.wait_for(asyncio.shield(self.serving), 15)
 
 
-@pytest_asyncio.fixture
-async def running_bot(bot_settings: Settings) -> AsyncIterator[RunningBot]:
+@contextlib.asynccontextmanager
+async def bot_running(
+    settings: Settings, *, options: ChatOptions = QUICK_CHAT
+) -> AsyncIterator[RunningBot]:
+    """``bot.service.serve`` in this process, until the block ends."""
     calls: list[str] = []
 
     async def record(request: httpx.Request) -> None:
         query = f"?{request.url.query.decode()}" if request.url.query else ""
         calls.append(f"{request.method} {request.url.path}{query}")
 
-    api = OrchestratorApi.from_settings(bot_settings, event_hooks={"request": [record]})
+    api = OrchestratorApi.from_settings(settings, event_hooks={"request": [record]})
     stop = asyncio.Event()
-    serving = asyncio.create_task(serve(bot_settings, stop, api=api))
-    ready = ready_file(bot_settings, "bot")
+    serving = asyncio.create_task(
+        serve(settings, stop, api=api, options=options, delivery=QUICK_DELIVERY)
+    )
+    ready = ready_file(settings, "bot")
 
     async def started() -> bool:
         if serving.done():
@@ -111,9 +132,15 @@ async def running_bot(bot_settings: Settings) -> AsyncIterator[RunningBot]:
 
     try:
         await eventually(started, "the bot to start polling", within=15)
-        yield RunningBot(bot_settings, api, calls)
+        yield RunningBot(settings, api, calls, stop, serving)
     finally:
         stop.set()
         await asyncio.wait_for(serving, 15)
         await api.aclose()
         assert not ready.exists(), "the ready file outlived the bot"
+
+
+@pytest_asyncio.fixture
+async def running_bot(bot_settings: Settings) -> AsyncIterator[RunningBot]:
+    async with bot_running(bot_settings) as running:
+        yield running

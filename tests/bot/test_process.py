@@ -10,8 +10,13 @@ import sys
 from pathlib import Path
 
 import httpx
+from redis.asyncio import Redis
 
+from bot.delivery import GROUP
 from bot.service import serve, webhook_secret
+from core.contracts.chat import CHATS_KEY, ChatNote, ChatReply, encode_chat_entry
+from core.faults import CRASH_AT_ENV
+from core.ids import chat_stream
 from core.readiness import ready_file
 from core.settings import Settings
 from tests.bot.conftest import ADMIN, TOKEN
@@ -30,16 +35,18 @@ def bot_env(settings: Settings) -> dict[str, str]:
         ORCHESTRATOR_TELEGRAM_ADMINS=f" {ADMIN['id']}, 99",
         ORCHESTRATOR_TELEGRAM_API_URL=settings.telegram_api_url,
         ORCHESTRATOR_API_URL=settings.effective_api_url,
+        ORCHESTRATOR_REDIS_URL=settings.effective_redis_url,
         PYTHONUNBUFFERED="1",
     )
     return env  # no API key: the bot reads the one `up` wrote into the home
 
 
-def spawn(settings: Settings, out: Path) -> subprocess.Popen[bytes]:
-    with open(out, "wb") as sink:
-        return subprocess.Popen(
-            [sys.executable, "-m", "bot"], env=bot_env(settings), stdout=sink, stderr=sink
-        )
+def spawn(settings: Settings, out: Path, crash_at: str | None = None) -> subprocess.Popen[bytes]:
+    env = bot_env(settings)
+    if crash_at:
+        env[CRASH_AT_ENV] = crash_at
+    with open(out, "ab") as sink:
+        return subprocess.Popen([sys.executable, "-m", "bot"], env=env, stdout=sink, stderr=sink)
 
 
 async def test_the_bot_process_serves_until_sigterm(
@@ -71,6 +78,50 @@ async def test_the_bot_process_serves_until_sigterm(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+async def test_a_bot_killed_between_send_and_ack_sends_nothing_twice_and_loses_nothing(
+    telegram: TelegramStandIn, bot_settings: Settings, admin_key: str, redis: Redis
+) -> None:
+    (bot_settings.home_dir / "api_key").write_text(admin_key)
+    chat, stream = 6001, chat_stream(6001)
+    await redis.sadd(CHATS_KEY, str(chat))  # type: ignore[misc]
+    for entry in (
+        ChatReply(chat_id=chat, message_id=1, text="one"),
+        ChatNote(chat_id=chat, note_id="2", text="two"),
+        ChatNote(chat_id=chat, note_id="3", text="three"),
+    ):
+        await redis.xadd(stream, encode_chat_entry(entry))  # type: ignore[arg-type]
+
+    def texts() -> list[str]:
+        return [c.params["text"] for c in telegram.calls_of("sendMessage") if c.chat_id() == chat]
+
+    out = bot_settings.home_dir / "bot.out"
+    killed = spawn(bot_settings, out, crash_at="bot.delivery.before_ack")
+    try:
+        assert await asyncio.to_thread(killed.wait, 60) == -signal.SIGKILL, out.read_text()
+    finally:
+        if killed.poll() is None:
+            killed.kill()
+    # It had read all three, sent the first, acknowledged none.
+    assert texts() == ["one"]
+    assert (await redis.xpending(stream, GROUP))["pending"] == 3
+
+    restarted = spawn(bot_settings, out)
+    try:
+
+        async def all_sent() -> bool:
+            assert restarted.poll() is None, out.read_text()
+            return len(texts()) >= 3 and (await redis.xpending(stream, GROUP))["pending"] == 0
+
+        await eventually(all_sent, "the restarted bot to send the rest", within=30)
+        assert texts() == ["one", "two", "three"]
+        restarted.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(restarted.wait, 15) == 0, out.read_text()
+    finally:
+        if restarted.poll() is None:
+            restarted.kill()
+            restarted.wait()
 
 
 def test_the_bot_process_without_a_token_says_so(tmp_path: Path) -> None:

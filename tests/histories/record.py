@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import socket
 import sys
@@ -37,7 +38,7 @@ from core.contracts.engineering import (
     ENGINEERING_RESPOND,
     HumanAnswer,
 )
-from core.ids import scaffold_workflow_id
+from core.ids import po_session_workflow_id, scaffold_workflow_id
 from core.temporal import SEARCH_ATTRIBUTES, search_attributes
 from tests import servers
 from tests.images.conftest import image_builder
@@ -51,7 +52,8 @@ from tests.workflows.helpers import (
     start_engineering,
 )
 from tests.workflows.test_engineering_e2e import SCRIPT
-from workflows.io import ScaffoldInput
+from workflows.io import PO_RESPOND, POMessage, POResponse, POSessionInput, ScaffoldInput
+from workflows.po_session import send_po_message
 from workflows.scaffold import ScaffoldWorkflow
 
 HERE = Path(__file__).resolve().parent
@@ -156,7 +158,8 @@ async def _run_paths(
 
 # engineering_answered.json was recorded before a waiting task gave its Worker back: kept, not
 # re-recorded, so the replay test keeps checking that older runs still replay.
-DEVELOPMENT_PATHS = {"engineering_developed", "engineering_answered_frees_worker"}
+DEVELOPMENT_PATHS = {"engineering_developed", "engineering_answered_frees_worker", "po_session"}
+PO_CHAT = 424242
 BLOCKED_THEN_DONE = {
     "rounds": [
         {"report": "blocked", "question": "Should greet() say Hello or Hi?"},
@@ -190,8 +193,37 @@ async def _run_development_paths(
         await handle.execute_update(ENGINEERING_RESPOND, HumanAnswer(answer="Hello"))
         await handle.result()
         runs["engineering_answered_frees_worker"] = handle
+        runs["po_session"] = await _po_session(client, queue)
     docker_client.close()
     return runs
+
+
+async def _po_session(client: Client, queue: str) -> WorkflowHandle[Any, Any]:
+    """A PO session's first run: two turns with a Worker's response between, then
+    continue-as-new; the next run is cancelled (its Worker removed)."""
+    rounds = [{"report": "completed", "summary": f"reply {n}"} for n in (1, 2, 3)]
+    session = POSessionInput(
+        chat_id=PO_CHAT,
+        agent="scripted",
+        agent_options={"script": {"rounds": rounds}},
+        max_turns_per_run=2,
+    )
+    await send_po_message(client, session, POMessage(message_id=1, text="hello"), task_queue=queue)
+    first = client.get_workflow_handle(po_session_workflow_id(PO_CHAT))
+    run_id = (await first.describe()).run_id
+    await first.execute_update(PO_RESPOND, POResponse(response_id="r1", text="working on it"))
+    message = POMessage(message_id=2, text="make me a todo API")
+    await send_po_message(client, session, message, task_queue=queue)
+
+    async def continued() -> bool:
+        return (await first.describe()).run_id != run_id
+
+    await eventually(continued, within=60)
+    latest = client.get_workflow_handle(po_session_workflow_id(PO_CHAT))
+    await latest.cancel()
+    with contextlib.suppress(WorkflowFailureError):
+        await latest.result()
+    return client.get_workflow_handle(po_session_workflow_id(PO_CHAT), run_id=run_id)
 
 
 async def _asks(handle: WorkflowHandle[Any, Any]) -> bool:

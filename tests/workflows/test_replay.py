@@ -28,6 +28,7 @@ RECORDED = [
     "engineering_developed",
     "engineering_existing_repository",
     "engineering_failed",
+    "po_session",
     "scaffold",
     "scaffold_failed",
 ]
