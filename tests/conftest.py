@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -170,3 +172,14 @@ def scripted_image(docker_client: docker.DockerClient) -> str:
     from tests.images.conftest import image_builder
 
     return image_builder(docker_client).ensure("scripted").reference
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A fresh directory with a short path, for homes and directories that hold Unix sockets: a
+    socket's path has at most 107 bytes, and pytest's tmp_path is often longer."""
+    path = Path(tempfile.mkdtemp(prefix="o-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

@@ -5,14 +5,11 @@ or a path too long for a Unix socket is refused with a clear message."""
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import stat
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -26,13 +23,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def short_home() -> Iterator[Path]:
-    # pytest's tmp_path can make the socket's path longer than the 107 bytes a Unix socket has.
-    home = Path(tempfile.mkdtemp(prefix="o-"))
-    try:
-        yield home
-    finally:
-        shutil.rmtree(home, ignore_errors=True)
+def short_home(short_dir: Path) -> Path:
+    return short_dir
 
 
 def api_env(home: Path, database_url: str, redis_url: str, temporal_address: str) -> dict[str, str]:

@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import shutil
-import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -131,11 +129,9 @@ def telegram() -> Any:
 
 
 @pytest.fixture
-def short_home() -> Any:
-    """Unix socket paths must stay under 108 bytes: a home under /tmp, not pytest's tmp_path."""
-    home = Path(tempfile.mkdtemp(prefix="oc-"))
-    yield home
-    shutil.rmtree(home, ignore_errors=True)
+def short_home(short_dir: Path) -> Path:
+    """The API's socket lives under the home."""
+    return short_dir
 
 
 @contextlib.asynccontextmanager

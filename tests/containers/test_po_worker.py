@@ -9,10 +9,8 @@ port, and a key scoped to the chat is written where the CLI finds it, and nowher
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,13 +45,9 @@ from tests.workflows.helpers import small_runtime
 
 
 @pytest.fixture
-def home() -> Iterator[Path]:
-    # Short: the API's socket lives under it, and a Unix socket's path has at most 107 bytes.
-    path = Path(tempfile.mkdtemp(prefix="o-"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
+def home(short_dir: Path) -> Path:
+    """Short: the API's socket lives under it."""
+    return short_dir
 
 
 @dataclass
