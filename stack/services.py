@@ -113,6 +113,8 @@ class Service:
     ready_file: str | None = None
     # Variables of its own, over the stack's common environment.
     env: dict[str, str] = field(default_factory=dict)
+    # Its working directory; None: the supervisor's.
+    cwd: Path | None = None
 
     def out_file(self, settings: Settings) -> Path:
         return settings.logs_dir / f"{self.name}.out"
@@ -219,6 +221,9 @@ def containers(settings: Settings) -> Service:
         probe=Probe("docker", address),
         start_timeout=60,
         env=podman.config_env(root),
+        # conmon leaves files (an ``oom`` marker when a Worker's process is OOM-killed) in its
+        # working directory: its own, not wherever `up` was run.
+        cwd=root,
     )
 
 

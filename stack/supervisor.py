@@ -239,6 +239,7 @@ class Supervisor:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env={**self._env, **service.env},
+                cwd=service.cwd,
                 process_group=0,
                 preexec_fn=_die_with(os.getpid()),
             )

@@ -188,6 +188,7 @@ def podman_service(root: Path) -> Iterator[str]:
     proc = subprocess.Popen(
         podman.service_argv(sock),
         env=env,
+        cwd=root,  # conmon leaves an ``oom`` marker in its working directory
         stdout=subprocess.DEVNULL,
         stderr=(root / "service.log").open("ab"),
     )
