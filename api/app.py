@@ -23,7 +23,17 @@ from temporalio.client import Client
 from api import problems
 from api.db import Database
 from api.deps import Runtime, current_user
-from api.routes import api_keys, chats, health, projects, pull_requests, tasks, users
+from api.routes import (
+    api_keys,
+    chats,
+    health,
+    projects,
+    pull_requests,
+    secrets,
+    servers,
+    tasks,
+    users,
+)
 from api.services import outbox
 from api.services.tasks import TaskService
 from core.ids import new_id
@@ -158,12 +168,14 @@ def create_app(
             {"name": "tasks", "description": "Units of asynchronous work and their progress"},
             {"name": "pull-requests", "description": "What engineering tasks delivered"},
             {"name": "chats", "description": "Telegram chats and their Product Owner sessions"},
+            {"name": "servers", "description": "Machines deploys go to, reached over SSH"},
+            {"name": "secrets", "description": "A project's secrets: names out, values only in"},
         ],
     )
     problems.install(app)
     app.add_middleware(RequestContext)
     app.include_router(health.router)
-    for module in (users, api_keys, projects, tasks, pull_requests, chats):
+    for module in (users, api_keys, projects, tasks, pull_requests, chats, servers, secrets):
         # Authentication on the router: a route added later cannot forget it.
         app.include_router(
             module.router,

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, SecretStr, field_validator
 from pydantic import Field as PydanticField
 from sqlalchemy import (
     JSON,
@@ -42,6 +42,27 @@ class PullRequestState(StrEnum):
     open = "open"
     merged = "merged"
     closed = "closed"
+
+
+class ServerStatus(StrEnum):
+    new = "NEW"
+    provisioning = "PROVISIONING"
+    ready = "READY"
+    failed = "FAILED"
+
+
+class SecretKind(StrEnum):
+    env = "env"  # a project's environment variable
+    ssh_key = "ssh_key"  # a server's private key (no project)
+
+
+class DeploymentStatus(StrEnum):
+    pending = "PENDING"
+    deploying = "DEPLOYING"
+    running = "RUNNING"  # the live release of its project
+    failed = "FAILED"
+    superseded = "SUPERSEDED"  # a newer release (or a rollback) took its place
+    stopped = "STOPPED"
 
 
 class ProjectStatus(StrEnum):
@@ -200,6 +221,91 @@ class PullRequest(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
 
 
+class Server(SQLModel, table=True):
+    """A machine deploys go to, reached over SSH with a private key stored as a secret."""
+
+    __tablename__ = "servers"
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    handle: str = Field(unique=True, index=True, max_length=63)
+    host: str = Field(max_length=255)
+    port: int = 22
+    ssh_user: str = Field(max_length=64)
+    key_ref: str = Field(max_length=64, description="secret:<id> of the SSH private key")
+    status: ServerStatus = Field(default=ServerStatus.new, index=True, sa_type=String(20))
+    # {"memory_mb": int, "cpus": int, "disk_free_gb": float}, read from the server itself.
+    capacity: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    last_error: str | None = None
+    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+    last_checked_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+
+
+class Secret(SQLModel, table=True):
+    """An encrypted value (core/crypto.Vault), addressed elsewhere as ``secret:<id>``.
+
+    A project's secrets are unique by (project_id, name). Servers' keys have no project, and SQL
+    counts NULLs as distinct in a unique constraint, so a partial index keeps their names
+    (``server:<handle>``) unique too.
+    """
+
+    __tablename__ = "secrets"
+    __table_args__ = (
+        UniqueConstraint("project_id", "name"),
+        Index(
+            "uq_secrets_name_without_project",
+            "name",
+            unique=True,
+            sqlite_where=text("project_id IS NULL"),
+            postgresql_where=text("project_id IS NULL"),
+        ),
+    )
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    project_id: str | None = Field(
+        default=None, foreign_key="projects.id", index=True, max_length=32
+    )
+    name: str = Field(max_length=200)
+    kind: SecretKind = Field(default=SecretKind.env, sa_type=String(20))
+    ciphertext: str
+    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+
+
+class Deployment(SQLModel, table=True):
+    """One release of a project on a server and port."""
+
+    __tablename__ = "deployments"
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    project_id: str = Field(foreign_key="projects.id", index=True, max_length=32)
+    task_id: str | None = Field(default=None, index=True, max_length=32)
+    # NULL once its server is removed: the record outlives the machine.
+    server_id: str | None = Field(
+        default=None, foreign_key="servers.id", ondelete="SET NULL", index=True, max_length=32
+    )
+    port: int
+    release: str = Field(max_length=100)
+    status: DeploymentStatus = Field(
+        default=DeploymentStatus.pending, index=True, sa_type=String(20)
+    )
+    url: str | None = Field(default=None, max_length=1000)
+    error: str | None = None
+    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+
+
+class PortAllocation(SQLModel, table=True):
+    """A port of a server taken by a project: the primary key makes concurrent takers collide
+    in the database, so exactly one of them gets it."""
+
+    __tablename__ = "port_allocations"
+    server_id: str = Field(foreign_key="servers.id", primary_key=True, max_length=32)
+    port: int = Field(primary_key=True)
+    project_id: str = Field(foreign_key="projects.id", index=True, max_length=32)
+    deployment_id: str | None = Field(
+        default=None, foreign_key="deployments.id", index=True, max_length=32
+    )
+    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+
+
 # --- what the API reads and writes --------------------------------------------------------------
 
 
@@ -352,4 +458,84 @@ class PullRequestRead(ReadModel):
     diff_stat: dict[str, Any]
     test_outcome: dict[str, Any] | None
     state: PullRequestState
+    created_at: datetime
+
+
+# Handles name servers in commands and workflow ids (provision-<handle>).
+SERVER_HANDLE_PATTERN = r"^[a-z0-9][a-z0-9-]*$"
+
+
+class ServerCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    handle: str = PydanticField(min_length=1, max_length=63, pattern=SERVER_HANDLE_PATTERN)
+    host: str = PydanticField(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9.:_-]+$")
+    port: int = PydanticField(default=22, ge=1, le=65535)
+    ssh_user: str = PydanticField(
+        min_length=1, max_length=64, pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*$"
+    )
+    private_key: SecretStr = PydanticField(
+        min_length=1,
+        max_length=64_000,
+        description="The SSH private key's text (OpenSSH or PEM, without a passphrase); stored "
+        "encrypted and never shown again",
+    )
+
+
+class ServerRead(ReadModel):
+    id: str
+    handle: str
+    host: str
+    port: int
+    ssh_user: str
+    key_ref: str
+    status: ServerStatus
+    capacity: dict[str, Any] | None
+    last_error: str | None
+    created_at: datetime
+    updated_at: datetime
+    last_checked_at: datetime | None
+
+
+class ServerCreated(ServerRead):
+    request_id: str = PydanticField(
+        description="request_id of the provisioner:queue message; its result lands on "
+        "provisioner:result:<request_id>"
+    )
+
+
+class SecretWrite(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    value: SecretStr = PydanticField(min_length=1, max_length=64_000)
+
+
+class SecretRead(ReadModel):
+    """A secret's name and times: never its value, encrypted or not."""
+
+    id: str
+    project_id: str | None
+    name: str
+    kind: SecretKind
+    created_at: datetime
+    updated_at: datetime
+
+
+class DeploymentRead(ReadModel):
+    id: str
+    project_id: str
+    task_id: str | None
+    server_id: str | None
+    port: int
+    release: str
+    status: DeploymentStatus
+    url: str | None
+    error: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class PortAllocationRead(ReadModel):
+    server_id: str
+    port: int
+    project_id: str
+    deployment_id: str | None
     created_at: datetime

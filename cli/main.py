@@ -11,7 +11,19 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
-from cli import contracts, engineering, images, permissions, pr, project, respond, stack, task
+from cli import (
+    contracts,
+    engineering,
+    images,
+    permissions,
+    pr,
+    project,
+    respond,
+    secret,
+    server,
+    stack,
+    task,
+)
 from cli.demo import demo
 from cli.output import command
 
@@ -47,6 +59,8 @@ app.add_typer(task.app, name="task")
 app.add_typer(contracts.app, name="contracts")
 app.add_typer(images.app, name="images")
 app.add_typer(pr.app, name="pr")
+app.add_typer(server.app, name="server")
+app.add_typer(secret.app, name="secret")
 command(app, "demo")(demo)
 command(app, "respond")(respond.respond)
 command(app, "permissions")(permissions.permissions)

@@ -153,6 +153,11 @@ class Settings(BaseSettings):
         default="PRODUCT_OWNER", description="ALLOWED_COMMANDS of the PO agent's CLI"
     )
 
+    # Secrets at rest (core/crypto.py): a Fernet key; else the one in <home>/secret.key.
+    secret_key: SecretStr | None = Field(
+        default=None, description="Fernet key that encrypts stored secrets and SSH keys"
+    )
+
     log_level: str = "INFO"
 
     @field_validator("telegram_admins", mode="before")
@@ -209,6 +214,11 @@ class Settings(BaseSettings):
     @property
     def api_key_file(self) -> Path:
         return self.home_dir / "api_key"
+
+    @property
+    def secret_key_file(self) -> Path:
+        """The key of stored secrets when ORCHESTRATOR_SECRET_KEY is not set (made on first use)."""
+        return self.home_dir / "secret.key"
 
     @property
     def state_file(self) -> Path:

@@ -60,6 +60,8 @@ command -v runc >/dev/null || missing+=(runc)
 command -v debootstrap >/dev/null || missing+=(debootstrap)
 # The tests start throwaway PostgreSQL clusters from its binaries.
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
+# Deploy targets in tests are real sshd servers on loopback (Ansible over SSH); brings ssh too.
+[[ -x /usr/sbin/sshd ]] || command -v sshd >/dev/null || missing+=(openssh-server)
 if [[ ! -x $VENV/bin/python ]] && ! find_python >/dev/null; then
     missing+=(python3 python3-venv)
 fi

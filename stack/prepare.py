@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from api.bootstrap import ensure_admin_key
 from api.db import Database
 from api.migrate import upgrade
+from core.crypto import Vault
 from core.settings import Settings
 
 if TYPE_CHECKING:
@@ -147,6 +148,9 @@ def _not_ours_to_change(exc: Exception) -> bool:
 
 async def prepare(settings: Settings) -> None:
     settings.home_dir.mkdir(parents=True, exist_ok=True)
+    # The key of stored secrets: made here once (0600), and a bad ORCHESTRATOR_SECRET_KEY fails
+    # `up` instead of the first `secret set`.
+    Vault.from_settings(settings)
     # Alembic's env.py runs its own event loop, so keep it off this one.
     await asyncio.to_thread(upgrade, settings.effective_database_url)
     db = Database(settings.effective_database_url)

@@ -1,0 +1,61 @@
+"""Servers deploys go to. Adding one stores its SSH key encrypted and asks for provisioning."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, status
+
+from api.deps import AdminUser, AppRuntime, DbSession
+from api.models import ServerCreate, ServerCreated, ServerRead, ServerStatus
+from api.problems import problem_responses
+from api.routes.secrets import VaultDep
+from api.services import outbox, servers
+from core.logging import get_logger
+
+log = get_logger(__name__)
+
+router = APIRouter(prefix="/servers", tags=["servers"])
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    summary="Add a server (admins): its key is stored encrypted, then it is provisioned",
+    responses=problem_responses(403, 409),
+)
+async def add_server(
+    data: ServerCreate, _: AdminUser, session: DbSession, runtime: AppRuntime, vault: VaultDep
+) -> ServerCreated:
+    server, message, queued = await servers.create_server(session, vault, data)
+    try:
+        await outbox.publish(runtime.db, runtime.redis, [queued] if queued else None)
+    except Exception as exc:  # committed: the relay sends it later
+        log.warning("outbox publish deferred", error=str(exc))
+    read = ServerRead.model_validate(server)
+    return ServerCreated(**read.model_dump(), request_id=message.request_id)
+
+
+@router.get("", summary="All servers, by handle")
+async def list_servers(
+    session: DbSession,
+    state: Annotated[ServerStatus | None, Query(alias="status", description="Only these")] = None,
+) -> list[ServerRead]:
+    return [ServerRead.model_validate(s) for s in await servers.list_servers(session, state)]
+
+
+@router.get(
+    "/{id_or_handle}", summary="One server, by id or handle", responses=problem_responses(404)
+)
+async def get_server(id_or_handle: str, session: DbSession) -> ServerRead:
+    return ServerRead.model_validate(await servers.get_server(session, id_or_handle))
+
+
+@router.delete(
+    "/{id_or_handle}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Remove a server and its key (admins); refused while ports on it are allocated",
+    responses=problem_responses(403, 404, 409),
+)
+async def remove_server(id_or_handle: str, _: AdminUser, session: DbSession) -> None:
+    await servers.remove_server(session, id_or_handle)

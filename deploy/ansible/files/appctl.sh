@@ -1,0 +1,70 @@
+#!/bin/sh
+# Runs the releases of one app as background processes, without systemd.
+#
+#   appctl.sh start RELEASE [COMMAND]  start the release (stopped first if up) in a session of its
+#                                      own; COMMAND (shell) is saved, so a later start reuses it
+#   appctl.sh stop RELEASE             SIGTERM the release's process group, SIGKILL after 10 s
+#   appctl.sh status RELEASE           exit 0 when the release's process is alive
+#   appctl.sh switch RELEASE PORT      make RELEASE current; stop every other release
+#   appctl.sh stop-all                 stop every release of the app
+#
+# Layout (next to this script): releases/RELEASE (checkout with .env), run/RELEASE.sh (its start
+# script), run/RELEASE.pid, logs/RELEASE.log, current -> releases/RELEASE, current.json.
+set -eu
+APP_DIR=$(cd "$(dirname "$0")" && pwd)
+cd "$APP_DIR"
+
+alive() {  # alive PID: the process exists and is not a zombie nobody reaped yet
+    state=$(sed -n 's/^State:[[:space:]]*\(.\).*/\1/p' "/proc/$1/status" 2>/dev/null || true)
+    [ -n "$state" ] && [ "$state" != Z ]
+}
+
+stop_pidfile() {
+    [ -s "$1" ] || { rm -f "$1"; return 0; }
+    pid=$(cat "$1")
+    if alive "$pid"; then
+        # The release leads its own session (setsid): signal the whole group, children too.
+        kill -TERM -"$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+        i=0
+        while alive "$pid" && [ "$i" -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+        kill -KILL -"$pid" 2>/dev/null || true
+    fi
+    rm -f "$1"
+}
+
+start() {  # start RELEASE [COMMAND]
+    mkdir -p run logs
+    if [ -n "${2:-}" ]; then
+        printf '#!/bin/sh\ncd %s || exit 1\nset -a; . ./.env; set +a\nexec %s\n' \
+            "'$APP_DIR/releases/$1'" "$2" >"run/$1.sh"
+    fi
+    [ -f "run/$1.sh" ] || { echo "appctl.sh: release $1 has no start command" >&2; exit 2; }
+    stop_pidfile "run/$1.pid"
+    # setsid: the app outlives the SSH session and leads a process group we can stop as one.
+    setsid nohup sh "run/$1.sh" >>"logs/$1.log" 2>&1 </dev/null &
+    echo $! >"run/$1.pid"
+}
+
+command=${1:?usage: appctl.sh start|stop|status|switch RELEASE ... | stop-all}
+case $command in
+start) start "${2:?release}" "${3:-}" ;;
+stop) stop_pidfile "run/${2:?release}.pid" ;;
+status)
+    if [ -s "run/${2:?release}.pid" ] && alive "$(cat "run/$2.pid")"; then exit 0; else exit 1; fi
+    ;;
+switch)
+    printf '{"release": "%s", "port": %d}\n' "${2:?release}" "${3:?port}" >current.json.new
+    mv current.json.new current.json
+    ln -sfn "releases/$2" current.new && mv -T current.new current
+    for file in run/*.pid; do
+        [ -e "$file" ] && [ "$file" != "run/$2.pid" ] && stop_pidfile "$file"
+    done
+    ;;
+stop-all)
+    for file in run/*.pid; do
+        [ -e "$file" ] && stop_pidfile "$file"
+    done
+    ;;
+*) echo "appctl.sh: unknown command $command" >&2; exit 2 ;;
+esac
+exit 0

@@ -1,0 +1,180 @@
+"""AnsibleRunner itself: secrets stay secret, host keys are checked, runs time out and cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from activities.ansible import MASK, AnsibleRunner, RunnerEvent, SshTarget
+from tests.ansible.helpers import answers, deploy, stop
+from tests.servers import free_port
+from tests.ssh_host import SshHost
+
+LEAKY = """
+- name: A playbook that leaks its secret
+  hosts: all
+  gather_facts: false
+  tasks:
+    - name: Print it
+      ansible.builtin.debug:
+        msg: "the token is {{ token }}"
+    - name: Report it
+      ansible.builtin.set_stats:
+        data: {token: "{{ token }}"}
+    - name: Fail with it
+      ansible.builtin.fail:
+        msg: "failing with {{ token }}"
+"""
+
+SLOW = """
+- name: A slow playbook
+  hosts: all
+  gather_facts: false
+  tasks:
+    - name: Wait
+      ansible.builtin.pause:
+        seconds: 60
+"""
+
+
+def files_containing(root: Path, text: str) -> list[Path]:
+    hits = []
+    for path in root.rglob("*"):
+        if path.is_file() and text.encode() in path.read_bytes():
+            hits.append(path)
+    return hits
+
+
+def test_a_secret_reaches_the_app_and_nothing_else(
+    runner: AnsibleRunner,
+    target: SshTarget,
+    sshd: SshHost,
+    app_repo: Path,
+    apps_root: Path,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    secret = f"s3cret-{uuid.uuid4().hex}"
+    port = free_port()
+    events: list[RunnerEvent] = []
+    run = deploy(
+        runner, target, app_repo, apps_root, "r1", port, secret_env={"API_TOKEN": secret},
+        on_event=events.append,
+    )  # fmt: skip
+    assert run.ok, run.stdout_tail
+    assert answers(port)
+
+    # In the app's environment and its 0600 .env on the target...
+    app_dir = apps_root / "hello"
+    pid = int((app_dir / "run" / "r1.pid").read_text())
+    assert f"API_TOKEN={secret}".encode() in Path(f"/proc/{pid}/environ").read_bytes()
+    env_file = app_dir / "releases" / "r1" / ".env"
+    assert (env_file.stat().st_mode & 0o777) == 0o600
+    assert files_containing(apps_root, secret) == [env_file]
+    # ...and nowhere else: not in the result, the events, the runner's files, logs or sshd's log.
+    assert secret not in run.model_dump_json()
+    assert all(secret not in event.model_dump_json() for event in events)
+    assert files_containing(runner.work_root, secret) == []
+    assert list((runner.work_root / "runs").iterdir()) == []
+    assert secret not in caplog.text
+    out, err = capfd.readouterr()
+    assert secret not in out and secret not in err
+    assert secret not in sshd.log()
+    assert stop(runner, target, apps_root).ok
+
+
+def test_secret_values_are_masked_even_when_a_playbook_leaks_them(
+    tmp_path: Path, target: SshTarget
+) -> None:
+    playbooks = tmp_path / "playbooks"
+    playbooks.mkdir()
+    (playbooks / "leaky.yml").write_text(LEAKY)
+    runner = AnsibleRunner(work_root=tmp_path / "work", playbooks_dir=playbooks)
+    secret = f"tok-{uuid.uuid4().hex}"
+
+    run = runner.run("leaky.yml", target, {}, {"token": secret})
+
+    assert not run.ok and run.failed_task == "Fail with it"
+    assert run.failed_msg == f"failing with {MASK}"
+    assert run.data == {"token": MASK}
+    assert f"the token is {MASK}" in run.stdout_tail
+    assert secret not in run.model_dump_json()
+    assert files_containing(tmp_path / "work", secret) == []
+
+
+def test_a_wrong_host_key_is_refused(
+    tmp_path: Path, runner: AnsibleRunner, target: SshTarget, sshd: SshHost
+) -> None:
+    key = tmp_path / "other_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key], check=True)
+    key_type, key_text = key.with_suffix(".pub").read_text().split()[:2]
+    wrong = target.model_copy(
+        update={"known_hosts": f"[{sshd.host}]:{sshd.port} {key_type} {key_text}"}
+    )
+    run = runner.run("stop.yml", wrong, {"app_name": "x"})
+    assert not run.ok
+    assert "Host key verification failed" in (run.failed_msg or "")
+    assert run.learned_known_hosts is None
+
+
+def test_an_unknown_host_key_is_accepted_and_learned(
+    runner: AnsibleRunner, target: SshTarget, sshd: SshHost
+) -> None:
+    run = runner.run("stop.yml", target.model_copy(update={"known_hosts": None}), {"app_name": "x"})
+    assert run.ok, run.stdout_tail
+    assert run.learned_known_hosts
+    host_key = sshd.known_hosts.split(maxsplit=1)[1]
+    assert host_key in run.learned_known_hosts or "|1|" in run.learned_known_hosts  # hashed names
+    again = runner.run(
+        "stop.yml",
+        target.model_copy(update={"known_hosts": run.learned_known_hosts}),
+        {"app_name": "x"},
+    )
+    assert again.ok, again.stdout_tail
+
+
+def test_a_run_times_out(tmp_path: Path, target: SshTarget) -> None:
+    playbooks = tmp_path / "playbooks"
+    playbooks.mkdir()
+    (playbooks / "slow.yml").write_text(SLOW)
+    runner = AnsibleRunner(work_root=tmp_path / "work", playbooks_dir=playbooks)
+    started = time.monotonic()
+    run = runner.run("slow.yml", target, timeout_s=2)
+    assert not run.ok and run.timed_out
+    assert time.monotonic() - started < 20
+    assert list((tmp_path / "work" / "runs").iterdir()) == []
+
+
+async def test_run_async_relays_events_on_the_loop_and_cancels(
+    tmp_path: Path, target: SshTarget
+) -> None:
+    playbooks = tmp_path / "playbooks"
+    playbooks.mkdir()
+    (playbooks / "slow.yml").write_text(SLOW)
+    runner = AnsibleRunner(work_root=tmp_path / "work", playbooks_dir=playbooks)
+    loop_thread = threading.get_ident()
+    waiting = asyncio.Event()
+    threads: set[int] = set()
+
+    def on_event(event: RunnerEvent) -> None:
+        threads.add(threading.get_ident())
+        if event.event == "runner_on_start" and event.task == "Wait":
+            waiting.set()
+
+    task = asyncio.create_task(runner.run_async("slow.yml", target, on_event=on_event))
+    await asyncio.wait_for(waiting.wait(), 30)
+    started = time.monotonic()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert time.monotonic() - started < 15
+    assert threads == {loop_thread}
+    assert list((tmp_path / "work" / "runs").iterdir()) == []
