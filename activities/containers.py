@@ -60,6 +60,13 @@ exec "$@"
 OnLine = Callable[[str, str], Any]  # (stream: "stdout" | "stderr", line without its newline)
 
 
+def vanishing(exc: docker.errors.APIError) -> bool:
+    """Podman's 500 about a container it is removing right now ("does not exist in database",
+    "getting container from store ...: container not known"): as good as a 404."""
+    text = str(exc)
+    return "does not exist" in text or "container not known" in text
+
+
 class Mount(BaseModel):
     """A host path seen inside the Worker (e.g. the directory of a Unix socket it talks to)."""
 
@@ -205,8 +212,7 @@ class ContainerRuntime:
         except docker.errors.NotFound:
             return None
         except docker.errors.APIError as exc:
-            # Podman answers 500 "does not exist in database" while it removes the container.
-            if "does not exist" in str(exc):
+            if vanishing(exc):
                 return None
             raise
 

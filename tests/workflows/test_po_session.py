@@ -27,7 +27,7 @@ from temporalio.client import (
 from temporalio.exceptions import CancelledError
 from temporalio.service import RPCError
 
-from activities.containers import ContainerRuntime, container_name
+from activities.containers import ContainerRuntime, container_name, vanishing
 from core.ids import po_session_workflow_id
 from stack.worker import replayer as make_replayer
 from tests.waiting import eventually
@@ -130,8 +130,8 @@ def container(client: docker.DockerClient, worker_id: str) -> Any:
         return client.containers.get(container_name(worker_id))
     except docker.errors.NotFound:
         return None
-    except docker.errors.APIError as exc:  # podman: 500 while the container is being removed
-        if "does not exist" in str(exc):
+    except docker.errors.APIError as exc:
+        if vanishing(exc):
             return None
         raise
 

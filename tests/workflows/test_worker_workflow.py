@@ -13,7 +13,7 @@ import pytest
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import CancelledError
 
-from activities.containers import ContainerRuntime, container_name
+from activities.containers import ContainerRuntime, container_name, vanishing
 from core.ids import worker_workflow_id
 from tests.waiting import eventually
 from workflows.io import (
@@ -46,8 +46,8 @@ def container(client: docker.DockerClient, worker_id: str) -> Any:
         return client.containers.get(container_name(worker_id))
     except docker.errors.NotFound:
         return None
-    except docker.errors.APIError as exc:  # podman: 500 while the container is being removed
-        if "does not exist" in str(exc):
+    except docker.errors.APIError as exc:
+        if vanishing(exc):
             return None
         raise
 
