@@ -6,18 +6,38 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 T = TypeVar("T")
 
 
+@overload
 async def eventually(
-    check: Callable[[], Awaitable[T] | T],
+    check: Callable[[], Awaitable[T]],
+    what: str = ...,
+    *,
+    within: float = ...,
+    interval: float = ...,
+) -> T: ...
+
+
+@overload
+async def eventually(
+    check: Callable[[], T],
+    what: str = ...,
+    *,
+    within: float = ...,
+    interval: float = ...,
+) -> T: ...
+
+
+async def eventually(
+    check: Callable[[], Any],
     what: str = "the condition",
     *,
     within: float = 30.0,
     interval: float = 0.05,
-) -> T:
+) -> Any:
     """Poll ``check`` (a coroutine function or a plain one) until it returns something truthy,
     and return that; fail at the deadline naming ``what`` and the last value seen."""
     deadline = time.monotonic() + within

@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import docker
+import docker.errors
 from redis.asyncio import Redis
 from sqlmodel import col, select
 from temporalio.client import Client, WorkflowHandle
 
-from activities.containers import ContainerRuntime
+from activities.containers import ContainerRuntime, container_name, vanishing
 from api.db import Database
 from api.models import Project, Task, TaskCreate, TaskEventRow, User
 from api.services.tasks import TaskService
@@ -120,6 +121,18 @@ async def running_worker(
     worker = build_worker(client, settings, db, redis, task_queue=queue, **options)
     async with worker:
         yield queue
+
+
+def container(client: docker.DockerClient, worker_id: str) -> Any:
+    """The Worker's container, or None once it is gone (podman's 500s while removing count)."""
+    try:
+        return client.containers.get(container_name(worker_id))
+    except docker.errors.NotFound:
+        return None
+    except docker.errors.APIError as exc:
+        if vanishing(exc):
+            return None
+        raise
 
 
 def small_runtime(docker_client: docker.DockerClient) -> ContainerRuntime:

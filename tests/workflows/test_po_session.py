@@ -27,10 +27,11 @@ from temporalio.client import (
 from temporalio.exceptions import CancelledError
 from temporalio.service import RPCError
 
-from activities.containers import ContainerRuntime, container_name, vanishing
+from activities.containers import ContainerRuntime
 from core.ids import po_session_workflow_id
 from stack.worker import replayer as make_replayer
 from tests.waiting import eventually
+from tests.workflows.helpers import container
 from workflows.io import (
     PO_SEND,
     PO_STATUS,
@@ -123,17 +124,6 @@ async def chats(
     yield new_chat
     for chat in made:
         await chat.close(docker_client)
-
-
-def container(client: docker.DockerClient, worker_id: str) -> Any:
-    try:
-        return client.containers.get(container_name(worker_id))
-    except docker.errors.NotFound:
-        return None
-    except docker.errors.APIError as exc:
-        if vanishing(exc):
-            return None
-        raise
 
 
 async def test_the_first_message_starts_the_session_and_the_next_reuses_it(

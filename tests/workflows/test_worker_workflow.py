@@ -13,9 +13,10 @@ import pytest
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import CancelledError
 
-from activities.containers import ContainerRuntime, container_name, vanishing
+from activities.containers import ContainerRuntime
 from core.ids import worker_workflow_id
 from tests.waiting import eventually
+from tests.workflows.helpers import container
 from workflows.io import (
     WORKER_DELETE,
     WORKER_SEND_FILE,
@@ -39,17 +40,6 @@ HELLO = {
     ]
 }
 SLOW = {"rounds": [{"run": ["sleep", "120"], "report": "completed", "summary": "slept"}]}
-
-
-def container(client: docker.DockerClient, worker_id: str) -> Any:
-    try:
-        return client.containers.get(container_name(worker_id))
-    except docker.errors.NotFound:
-        return None
-    except docker.errors.APIError as exc:
-        if vanishing(exc):
-            return None
-        raise
 
 
 async def start(
