@@ -141,7 +141,7 @@ def plan_of(spec: str, options: EngineeringOptions, settings: Settings, keys: se
             {**legacy, **options.model_dump(exclude_none=True)}
         )
         spec = str(prompt or "Follow the script")
-    agent = options.agent or settings.default_agent or _agent_for(keys)
+    agent = options.agent or settings.default_agent or agent_for_keys(keys)
     if agent == "scripted" and options.script is None:
         raise ApplicationError(
             "the scripted agent needs a script (engineering start --script FILE)",
@@ -164,7 +164,8 @@ def plan_of(spec: str, options: EngineeringOptions, settings: Settings, keys: se
     )
 
 
-def _agent_for(keys: set[str]) -> str | None:
+def agent_for_keys(keys: set[str]) -> str | None:
+    """The agent whose provider the gateway holds a key for: Claude Code first."""
     if "anthropic" in keys:
         return "claude"
     if "openai" in keys:

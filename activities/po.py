@@ -19,7 +19,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.agents import ADAPTERS
-from activities.engineering import gateway_keys
+from activities.engineering import agent_for_keys, gateway_keys
 from core.contracts.chat import ChatNote, ChatReply, delivery_key, encode_chat_entry
 from core.ids import chat_stream
 from core.settings import Settings
@@ -94,8 +94,7 @@ class POActivities:
         settings = self.settings
         agent = wanted or settings.po_agent or settings.default_agent
         if agent is None:
-            keys = gateway_keys()
-            agent = "claude" if "anthropic" in keys else "codex" if "openai" in keys else None
+            agent = agent_for_keys(gateway_keys())
         if agent is not None and agent not in ADAPTERS:
             raise ApplicationError(
                 f"unknown PO agent {agent!r}; known: {sorted(ADAPTERS)}",

@@ -19,6 +19,7 @@ from api.problems import Forbidden, ServiceUnavailable, Unauthorized
 from api.services import users
 from api.services.tasks import TaskService
 from core import temporal
+from core.crypto import Vault, VaultError
 from core.logging import bind_context, get_logger
 from core.settings import Settings
 
@@ -36,6 +37,7 @@ class Runtime:
     redis: Redis
     tasks: TaskService
     temporal: Client | None = None
+    vault: Vault | None = None  # made on first need: that may create <home>/secret.key
     sse_ping: float = 15.0
     sse_wait: float = 5.0
     sse_streams: int = 0  # open event streams, so a test can see them close
@@ -139,3 +141,16 @@ async def get_temporal(runtime: AppRuntime) -> Client:
 
 
 TemporalClient = Annotated[Client, Depends(get_temporal)]
+
+
+def get_vault(runtime: AppRuntime) -> Vault:
+    """The key secrets are encrypted with: made on first need, a 503 when it cannot be read."""
+    if runtime.vault is None:
+        try:
+            runtime.vault = Vault.from_settings(runtime.settings)
+        except (VaultError, OSError) as exc:
+            raise ServiceUnavailable(f"secrets cannot be stored: {exc}") from None
+    return runtime.vault
+
+
+VaultDep = Annotated[Vault, Depends(get_vault)]

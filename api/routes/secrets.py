@@ -2,32 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from fastapi import APIRouter, Response, status
 
-from fastapi import APIRouter, Depends, Request, Response, status
-
-from api.deps import AppRuntime, DbSession
+from api.deps import DbSession, VaultDep
 from api.models import SecretRead, SecretWrite
-from api.problems import ServiceUnavailable, problem_responses
+from api.problems import problem_responses
 from api.services import projects, secrets
-from core.crypto import Vault, VaultError
 
 router = APIRouter(prefix="/projects/{project_id_or_name}/secrets", tags=["secrets"])
-
-
-def get_vault(request: Request, runtime: AppRuntime) -> Vault:
-    """The app's Vault, made on first need (which may create ``<home>/secret.key``)."""
-    vault: Vault | None = getattr(request.app.state, "vault", None)
-    if vault is None:
-        try:
-            vault = Vault.from_settings(runtime.settings)
-        except (VaultError, OSError) as exc:
-            raise ServiceUnavailable(f"secrets cannot be stored: {exc}") from None
-        request.app.state.vault = vault
-    return vault
-
-
-VaultDep = Annotated[Vault, Depends(get_vault)]
 
 
 @router.put(

@@ -6,10 +6,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, status
 
-from api.deps import AdminUser, AppRuntime, DbSession
+from api.deps import AdminUser, AppRuntime, DbSession, VaultDep
 from api.models import ServerCreate, ServerCreated, ServerRead, ServerStatus
 from api.problems import problem_responses
-from api.routes.secrets import VaultDep
 from api.services import outbox, servers
 from core.logging import get_logger
 

@@ -3,7 +3,6 @@ events."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -11,14 +10,15 @@ from fastapi import APIRouter, Depends, Header, Query, Request, status
 from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import col, select
 from sse_starlette import EventSourceResponse, ServerSentEvent
-from temporalio.client import WorkflowExecutionStatus, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.deps import AppRuntime, CurrentUser, DbSession, KeyChat, Runtime, Tasks
 from api.models import Task, TaskCreate, TaskEventRead, TaskRead, TaskType
-from api.problems import Conflict, ServiceUnavailable, Unprocessable, problem_responses
+from api.problems import Conflict, Unprocessable, problem_responses
 from api.services import events, projects
 from api.services.tasks import TaskService
+from api.services.temporal_calls import delivering, temporal_unavailable
 from core.contracts.engineering import ENGINEERING_RESPOND, EngineeringOptions, HumanAnswer
 from core.contracts.events import TERMINAL_STATUSES, TaskStatus
 from core.ids import chat_stream
@@ -116,7 +116,7 @@ async def _cancel(handle: WorkflowHandle[Any, Any], tasks: TaskService, task: Ta
             description = await handle.describe()
         except RPCError as exc:
             if exc.status != RPCStatusCode.NOT_FOUND:
-                raise _unavailable(exc) from exc
+                raise temporal_unavailable(exc) from exc
             if not requested:
                 # Not started yet: mark it. A workflow a bridge starts later finds the task
                 # CANCELLED when it tries to start it, and ends at once.
@@ -135,7 +135,7 @@ async def _rpc_found(call: Any) -> bool:
         await call
     except RPCError as exc:
         if exc.status != RPCStatusCode.NOT_FOUND:
-            raise _unavailable(exc) from exc
+            raise temporal_unavailable(exc) from exc
         return False
     return True
 
@@ -149,10 +149,6 @@ async def _closed_workflow(
         await tasks.finish(task.id, TaskStatus.cancelled, message=f"The workflow was {name}")
         return
     raise Conflict(f"the workflow of task {task.id} has already finished")
-
-
-def _unavailable(exc: RPCError) -> ServiceUnavailable:
-    return ServiceUnavailable(f"Temporal refused the request: {exc.message}")
 
 
 @router.post(
@@ -223,21 +219,13 @@ async def respond_to_task(
 
 async def _deliver(handle: WorkflowHandle[Any, Any], task: Task, answer: HumanAnswer) -> None:
     """Run the workflow's ``respond`` update; its refusals become 409s."""
-    try:
-        async with asyncio.timeout(RESPOND_TIMEOUT):
-            await handle.execute_update(ENGINEERING_RESPOND, answer, result_type=str)
-    except WorkflowUpdateFailedError as exc:
-        reason = getattr(exc.cause, "message", None) or str(exc.cause)
-        raise Conflict(f"task {task.id} did not take the answer: {reason}") from None
-    except RPCError as exc:
-        if exc.status != RPCStatusCode.NOT_FOUND:
-            raise _unavailable(exc) from exc
-        raise Conflict(f"the run of task {task.id} is not running") from None
-    except TimeoutError:
-        raise ServiceUnavailable(
-            f"the workflow of task {task.id} did not take the answer within "
-            f"{RESPOND_TIMEOUT:g}s; is a worker running?"
-        ) from None
+    async with delivering(
+        f"task {task.id}",
+        "the answer",
+        within_s=RESPOND_TIMEOUT,
+        not_running=f"the run of task {task.id} is not running",
+    ):
+        await handle.execute_update(ENGINEERING_RESPOND, answer, result_type=str)
 
 
 @router.get(

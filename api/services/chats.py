@@ -8,7 +8,6 @@ stream ``telegram:chat:{chat_id}`` (the bot sends it).
 
 from __future__ import annotations
 
-import asyncio
 from datetime import timedelta
 from typing import Any
 
@@ -18,15 +17,14 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import (
     Client,
     WithStartWorkflowOperation,
-    WorkflowUpdateFailedError,
     WorkflowUpdateStage,
 )
 from temporalio.common import WorkflowIDConflictPolicy
-from temporalio.service import RPCError, RPCStatusCode
 
 from api.models import User, UserCreate
 from api.problems import Conflict, Forbidden, ServiceUnavailable
 from api.services import users
+from api.services.temporal_calls import delivering
 from core.contracts.chat import (
     CHATS_KEY,
     ChatMessageAccepted,
@@ -123,25 +121,17 @@ async def deliver_message(
         result_type=POSessionOutput,
     )
     update = POMessage(message_id=message.message_id, text=message.text, user_id=user.id)
-    try:
-        async with asyncio.timeout(ACCEPT_TIMEOUT):
-            await client.start_update_with_start_workflow(
-                PO_SEND,
-                update,
-                start_workflow_operation=start,
-                wait_for_stage=WorkflowUpdateStage.ACCEPTED,
-                # Per message: the bot delivering it again is the same update for Temporal.
-                id=f"po-message-{message.message_id}",
-                result_type=str,
-                rpc_timeout=timedelta(seconds=ACCEPT_TIMEOUT),
-            )
-    except TimeoutError:
-        raise ServiceUnavailable(
-            f"the PO session of chat {chat_id} did not take the message within "
-            f"{ACCEPT_TIMEOUT:g}s; is a worker running?"
-        ) from None
-    except RPCError as exc:
-        raise _unavailable(exc) from exc
+    async with delivering(_session(chat_id), "the message", within_s=ACCEPT_TIMEOUT):
+        await client.start_update_with_start_workflow(
+            PO_SEND,
+            update,
+            start_workflow_operation=start,
+            wait_for_stage=WorkflowUpdateStage.ACCEPTED,
+            # Per message: the bot delivering it again is the same update for Temporal.
+            id=f"po-message-{message.message_id}",
+            result_type=str,
+            rpc_timeout=timedelta(seconds=ACCEPT_TIMEOUT),
+        )
     log.info("chat message accepted", chat_id=chat_id, message_id=message.message_id)
     return ChatMessageAccepted(
         chat_id=chat_id,
@@ -159,27 +149,17 @@ async def deliver_response(
         response_id=body.response_id or new_id(), text=body.text, source=body.source
     )
     handle = client.get_workflow_handle(workflow_id)
-    try:
-        async with asyncio.timeout(ACCEPT_TIMEOUT):
-            await handle.execute_update(
-                PO_RESPOND, response, id=f"po-response-{response.response_id}"
-            )
-    except WorkflowUpdateFailedError as exc:
-        reason = getattr(exc.cause, "message", None) or str(exc.cause)
-        raise Conflict(f"the PO session of chat {chat_id} did not take it: {reason}") from None
-    except RPCError as exc:
-        if exc.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.FAILED_PRECONDITION):
-            raise Conflict(f"no PO session is running for chat {chat_id}") from None
-        raise _unavailable(exc) from exc
-    except TimeoutError:
-        raise ServiceUnavailable(
-            f"the PO session of chat {chat_id} did not take the response within "
-            f"{ACCEPT_TIMEOUT:g}s; is a worker running?"
-        ) from None
+    async with delivering(
+        _session(chat_id),
+        "the response",
+        within_s=ACCEPT_TIMEOUT,
+        not_running=f"no PO session is running for chat {chat_id}",
+    ):
+        await handle.execute_update(PO_RESPOND, response, id=f"po-response-{response.response_id}")
     return ChatResponseAccepted(
         chat_id=chat_id, response_id=response.response_id, workflow_id=workflow_id
     )
 
 
-def _unavailable(exc: RPCError) -> ServiceUnavailable:
-    return ServiceUnavailable(f"Temporal refused the request: {exc.message}")
+def _session(chat_id: int) -> str:
+    return f"the PO session of chat {chat_id}"
