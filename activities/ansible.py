@@ -18,6 +18,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -106,18 +107,21 @@ class AnsibleRunner:
         on_event: OnEvent | None = None,
         timeout_s: int = 600,
         cancel: threading.Event | None = None,
+        run_name: str | None = None,
     ) -> PlaybookRun:
         """Run `playbook` (a file name in playbooks_dir) against `target`; block until it ends.
 
         `secret_vars` are extra variables like `extravars` (values may be nested), but written
         only to a 0600 vars file and masked in the result. Setting `cancel` stops the run.
+        `run_name` names the run's directory: a run of the same name that an earlier process
+        left behind (it was killed mid-playbook) is ended first, so two never race.
         """
         if not (self.playbooks_dir / playbook).is_file():
             raise FileNotFoundError(f"no playbook {playbook} in {self.playbooks_dir}")
         secrets = _secret_values(secret_vars or {})
         started = time.monotonic()
         events: list[dict[str, Any]] = []
-        with self._private_dir() as (data_dir, control_dir):
+        with self._private_dir(run_name) as (data_dir, control_dir):
             inventory = self._write_target(data_dir, target)
             # Authoritative and empty: an ansible.cfg near the worker must not change deploys.
             (data_dir / "ansible.cfg").write_text("[defaults]\n")
@@ -182,6 +186,7 @@ class AnsibleRunner:
         secret_vars: Mapping[str, Any] | None = None,
         on_event: OnEvent | None = None,
         timeout_s: int = 600,
+        run_name: str | None = None,
     ) -> PlaybookRun:
         """`run` in a thread, for activities. on_event is called on the event loop (so it may
         call `activity.heartbeat`); cancelling the awaiting task cancels the playbook."""
@@ -194,7 +199,9 @@ class AnsibleRunner:
 
         future = loop.run_in_executor(
             None,
-            lambda: self.run(playbook, target, extravars, secret_vars, relay, timeout_s, cancel),
+            lambda: self.run(
+                playbook, target, extravars, secret_vars, relay, timeout_s, cancel, run_name
+            ),
         )
         try:
             return await asyncio.shield(future)
@@ -208,10 +215,17 @@ class AnsibleRunner:
     # --- private ---------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _private_dir(self) -> Iterator[tuple[Path, Path]]:
+    def _private_dir(self, run_name: str | None) -> Iterator[tuple[Path, Path]]:
         runs = self.work_root / "runs"
         runs.mkdir(parents=True, exist_ok=True)
-        data_dir = Path(tempfile.mkdtemp(prefix="run-", dir=runs))  # 0700
+        if run_name is None:
+            data_dir = Path(tempfile.mkdtemp(prefix="run-", dir=runs))  # 0700
+        else:
+            data_dir = runs / f"run-{_safe_name(run_name)}"
+            if data_dir.exists():
+                end_processes_using(data_dir)
+                shutil.rmtree(data_dir, ignore_errors=True)
+            data_dir.mkdir(mode=0o700)
         # ssh's ControlPath is a Unix socket: its path must stay short, whatever work_root is.
         control_dir = Path(tempfile.mkdtemp(prefix="o-cp-"))
         try:
@@ -261,6 +275,40 @@ class AnsibleRunner:
             "ANSIBLE_NOCOLOR": "True",
             "ANSIBLE_CONFIG": str(data_dir / "ansible.cfg"),
         }
+
+
+def _safe_name(name: str) -> str:
+    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
+    if not safe or safe.startswith("."):
+        raise ValueError(f"not a usable run name: {name!r}")
+    return safe
+
+
+def end_processes_using(directory: Path) -> list[int]:
+    """SIGKILL the process groups of this machine's processes whose command line names
+    ``directory`` (an ansible-playbook of a killed worker, and its ssh children)."""
+    needle = str(directory).encode()
+    own_group = os.getpgid(0)
+    ended = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle not in (entry / "cmdline").read_bytes():
+                continue
+            pid = int(entry.name)
+            group = os.getpgid(pid)
+            # ansible-runner starts the playbook in a session of its own; never end ours.
+            if group == own_group:
+                os.kill(pid, signal.SIGKILL)
+            else:
+                os.killpg(group, signal.SIGKILL)
+            ended.append(pid)
+        except (OSError, ProcessLookupError):
+            continue  # gone meanwhile, or not ours to end
+    if ended:
+        log.warning("ended a playbook an earlier process left running", pids=ended)
+    return ended
 
 
 def _write_private(path: Path, text: str) -> None:

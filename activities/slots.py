@@ -33,14 +33,18 @@ def _member(workflow_id: str, worker_id: str) -> str:
 
 
 class WorkerSlots:
-    def __init__(self, redis: Redis, limit: int) -> None:
+    """``limit`` slots under ``key``; other pools (a project's one deploy at a time) use a key of
+    their own."""
+
+    def __init__(self, redis: Redis, limit: int, key: str = SLOTS_KEY) -> None:
         self.redis = redis
         self.limit = limit
+        self.key = key
         self._take = redis.register_script(_TAKE)
 
     async def try_take(self, workflow_id: str, worker_id: str) -> bool:
         taken = await self._take(
-            keys=[SLOTS_KEY], args=[_member(workflow_id, worker_id), self.limit, time.time()]
+            keys=[self.key], args=[_member(workflow_id, worker_id), self.limit, time.time()]
         )
         return bool(taken)
 
@@ -66,19 +70,19 @@ class WorkerSlots:
             await asyncio.sleep(POLL_S)
 
     async def release(self, workflow_id: str, worker_id: str) -> None:
-        await self.redis.zrem(SLOTS_KEY, _member(workflow_id, worker_id))
+        await self.redis.zrem(self.key, _member(workflow_id, worker_id))
 
     async def release_worker(self, worker_id: str) -> None:
         """Free the slot of ``worker_id`` whichever workflow holds it."""
         for member in await self.holders():
             if member.split(" ", 1)[-1] == worker_id:
-                await self.redis.zrem(SLOTS_KEY, member)
+                await self.redis.zrem(self.key, member)
 
     async def in_use(self) -> int:
-        return int(await self.redis.zcard(SLOTS_KEY))
+        return int(await self.redis.zcard(self.key))
 
     async def holders(self) -> list[str]:
-        members = await self.redis.zrange(SLOTS_KEY, 0, -1)
+        members = await self.redis.zrange(self.key, 0, -1)
         return [m.decode() if isinstance(m, bytes) else str(m) for m in members]
 
     async def free_closed(self, is_open: Callable[[str], Awaitable[bool]]) -> list[str]:
@@ -87,6 +91,6 @@ class WorkerSlots:
         for member in await self.holders():
             workflow_id, _, worker_id = member.partition(" ")
             if not await is_open(workflow_id):
-                await self.redis.zrem(SLOTS_KEY, member)
+                await self.redis.zrem(self.key, member)
                 freed.append(worker_id)
         return freed

@@ -26,6 +26,7 @@ from api.deps import Runtime, current_user
 from api.routes import (
     api_keys,
     chats,
+    deployments,
     health,
     projects,
     pull_requests,
@@ -170,12 +171,24 @@ def create_app(
             {"name": "chats", "description": "Telegram chats and their Product Owner sessions"},
             {"name": "servers", "description": "Machines deploys go to, reached over SSH"},
             {"name": "secrets", "description": "A project's secrets: names out, values only in"},
+            {"name": "deployments", "description": "Releases deploy tasks put on servers"},
         ],
     )
     problems.install(app)
     app.add_middleware(RequestContext)
     app.include_router(health.router)
-    for module in (users, api_keys, projects, tasks, pull_requests, chats, servers, secrets):
+    routers = (
+        users,
+        api_keys,
+        projects,
+        tasks,
+        pull_requests,
+        chats,
+        servers,
+        secrets,
+        deployments,
+    )
+    for module in routers:
         # Authentication on the router: a route added later cannot forget it.
         app.include_router(
             module.router,

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, SecretStr, field_validator, model_validator
 from pydantic import Field as PydanticField
 from sqlalchemy import (
     JSON,
@@ -24,6 +24,7 @@ from sqlalchemy import (
 )
 from sqlmodel import Field, SQLModel
 
+from core.contracts.deploy import DeployOptions
 from core.contracts.engineering import EngineeringAction, EngineeringOptions
 from core.contracts.events import EventType, TaskStatus
 from core.ids import new_id
@@ -234,6 +235,10 @@ class Server(SQLModel, table=True):
     status: ServerStatus = Field(default=ServerStatus.new, index=True, sa_type=String(20))
     # {"memory_mb": int, "cpus": int, "disk_free_gb": float}, read from the server itself.
     capacity: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    # The host key learned on first contact (known_hosts lines); checked on every later run.
+    known_hosts: str | None = None
+    # Where apps live on the server; None: ~/orchestrator-apps of the SSH user.
+    apps_root: str | None = Field(default=None, max_length=500)
     last_error: str | None = None
     created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
     updated_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
@@ -283,11 +288,14 @@ class Deployment(SQLModel, table=True):
     )
     port: int
     release: str = Field(max_length=100)
+    commit_sha: str | None = Field(default=None, max_length=64)
     status: DeploymentStatus = Field(
         default=DeploymentStatus.pending, index=True, sa_type=String(20)
     )
     url: str | None = Field(default=None, max_length=1000)
     error: str | None = None
+    # How the release runs (the EnvAnalyzer's spec), its server's handle, the playbook's timing.
+    details: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
     updated_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
 
@@ -297,6 +305,10 @@ class PortAllocation(SQLModel, table=True):
     in the database, so exactly one of them gets it."""
 
     __tablename__ = "port_allocations"
+    # One port per project on a server (migration 0007): its releases share it.
+    __table_args__ = (
+        Index("uq_port_allocations_server_project", "server_id", "project_id", unique=True),
+    )
     server_id: str = Field(foreign_key="servers.id", primary_key=True, max_length=32)
     port: int = Field(primary_key=True)
     project_id: str = Field(foreign_key="projects.id", index=True, max_length=32)
@@ -383,12 +395,28 @@ class TaskCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     type: TaskType = TaskType.engineering
     project_id: str = PydanticField(min_length=1, max_length=32)
-    spec: str = PydanticField(min_length=1, max_length=100_000)
+    spec: str = PydanticField(
+        default="", max_length=100_000, description="What to build (engineering tasks: required)"
+    )
     action: EngineeringAction = EngineeringAction.feature
     callback_stream: str | None = PydanticField(default=None, max_length=200)
     engineering: EngineeringOptions | None = PydanticField(
         default=None, description="The agent and the limits of an engineering task"
     )
+    deploy: DeployOptions | None = PydanticField(
+        default=None, description="A deploy task's action and ref (default: create from main)"
+    )
+
+    @model_validator(mode="after")
+    def _fits_its_type(self) -> TaskCreate:
+        if self.type is TaskType.engineering:
+            if not self.spec.strip():
+                raise ValueError("an engineering task needs a spec: what to build")
+            if self.deploy is not None:
+                raise ValueError("deploy options are for deploy tasks (type: deploy)")
+        elif self.engineering is not None:
+            raise ValueError("engineering options are for engineering tasks")
+        return self
 
 
 class TaskRead(ReadModel):
@@ -479,6 +507,13 @@ class ServerCreate(BaseModel):
         description="The SSH private key's text (OpenSSH or PEM, without a passphrase); stored "
         "encrypted and never shown again",
     )
+    apps_root: str | None = PydanticField(
+        default=None,
+        max_length=500,
+        pattern=r"^(/|~/)[A-Za-z0-9._/-]*$",
+        description="Where apps live on the server (absolute or ~/...); default "
+        "~/orchestrator-apps",
+    )
 
 
 class ServerRead(ReadModel):
@@ -490,6 +525,7 @@ class ServerRead(ReadModel):
     key_ref: str
     status: ServerStatus
     capacity: dict[str, Any] | None
+    apps_root: str | None = None
     last_error: str | None
     created_at: datetime
     updated_at: datetime
@@ -526,9 +562,11 @@ class DeploymentRead(ReadModel):
     server_id: str | None
     port: int
     release: str
+    commit_sha: str | None = None
     status: DeploymentStatus
     url: str | None
     error: str | None
+    details: dict[str, Any] | None = None
     created_at: datetime
     updated_at: datetime
 

@@ -9,11 +9,18 @@ from functools import partial
 
 from redis.asyncio import Redis
 from temporalio.client import Client
-from temporalio.common import WorkflowIDReusePolicy
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.service import RPCError, RPCStatusCode
 
 from bridges.consumer import Route
+from core.contracts.deploy import (
+    ANSIBLE_DEPLOY_QUEUE,
+    DEPLOY_QUEUE,
+    AnsibleDeployMessage,
+    DeployMessage,
+)
 from core.contracts.engineering import ENGINEERING_QUEUE, EngineeringMessage
+from core.contracts.provisioner import PROVISIONER_QUEUE, ProvisionerMessage
 from core.contracts.scaffolder import SCAFFOLDER_QUEUE, ScaffolderMessage
 from core.contracts.worker import (
     WORKER_COMMANDS_QUEUE,
@@ -25,17 +32,29 @@ from core.contracts.worker import (
     WorkerCommand,
     WorkerResponse,
 )
-from core.ids import engineering_workflow_id, scaffold_workflow_id, worker_workflow_id
+from core.ids import (
+    ansible_deploy_workflow_id,
+    deploy_workflow_id,
+    engineering_workflow_id,
+    provision_workflow_id,
+    scaffold_workflow_id,
+    worker_workflow_id,
+)
 from core.settings import Settings
 from core.temporal import search_attributes
 from workflows.io import (
+    ANSIBLE_DEPLOY_WORKFLOW,
+    DEPLOY_WORKFLOW,
     ENGINEERING_WORKFLOW,
+    PROVISION_WORKFLOW,
     SCAFFOLD_WORKFLOW,
     WORKER_DELETE,
     WORKER_QUEUE_FILE,
     WORKER_QUEUE_MESSAGE,
     WORKER_WORKFLOW,
+    DeployInput,
     EngineeringInput,
+    ProvisionInput,
     ReplyTo,
     ScaffoldInput,
     WorkerDelete,
@@ -90,6 +109,68 @@ async def start_scaffold(client: Client, message: ScaffolderMessage, *, task_que
         id_reuse_policy=REUSE_POLICY,
         search_attributes=search_attributes(project_id=message.project_id),
         static_summary=f"Scaffold {message.repo_full_name} for project {message.project_id}",
+    )
+
+
+async def start_provision(client: Client, message: ProvisionerMessage, *, task_queue: str) -> None:
+    await client.start_workflow(
+        PROVISION_WORKFLOW,
+        ProvisionInput(
+            server_handle=message.server_handle,
+            request_id=message.request_id,
+            correlation_id=message.correlation_id,
+            force_reinstall=message.force_reinstall,
+            is_recovery=message.is_recovery,
+        ),
+        id=provision_workflow_id(message.server_handle),
+        task_queue=task_queue,
+        # Unlike REUSE_POLICY: one id serves every provisioning of a server (added, then again
+        # with force_reinstall or for a recovery), so a closed run must not refuse the next
+        # request, and a request for a server being provisioned right now joins that run. A
+        # redelivered message stays harmless: its run finds its request_id's published result
+        # and returns it without provisioning again.
+        id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        static_summary=f"Provision server {message.server_handle}"
+        + (" (reinstall)" if message.force_reinstall else "")
+        + (" (recovery)" if message.is_recovery else ""),
+    )
+
+
+async def start_deploy(client: Client, message: DeployMessage, *, task_queue: str) -> None:
+    await client.start_workflow(
+        DEPLOY_WORKFLOW,
+        DeployInput(
+            task_id=message.task_id,
+            project_id=message.project_id,
+            user_id=message.user_id,
+            action=message.action,
+            correlation_id=message.correlation_id,
+            callback_stream=message.callback_stream,
+        ),
+        id=deploy_workflow_id(message.task_id),
+        task_queue=task_queue,
+        id_reuse_policy=REUSE_POLICY,
+        search_attributes=search_attributes(
+            task_id=message.task_id, project_id=message.project_id, task_type="deploy"
+        ),
+        static_summary=f"Deploy task {message.task_id} ({message.action}) on project "
+        f"{message.project_id}",
+    )
+
+
+async def start_ansible_deploy(
+    client: Client, message: AnsibleDeployMessage, *, task_queue: str
+) -> None:
+    await client.start_workflow(
+        ANSIBLE_DEPLOY_WORKFLOW,
+        message,
+        id=ansible_deploy_workflow_id(message.request_id),
+        task_queue=task_queue,
+        id_reuse_policy=REUSE_POLICY,
+        search_attributes=search_attributes(project_id=message.project_id),
+        static_summary=f"Release {message.release or message.request_id} of "
+        f"{message.project_name} to {message.server_ip}:{message.port}",
     )
 
 
@@ -187,6 +268,13 @@ def routes(settings: Settings, redis: Redis | None = None) -> list[Route]:
     return [
         Route(ENGINEERING_QUEUE, EngineeringMessage, partial(start_engineering, task_queue=queue)),
         Route(SCAFFOLDER_QUEUE, ScaffolderMessage, partial(start_scaffold, task_queue=queue)),
+        Route(DEPLOY_QUEUE, DeployMessage, partial(start_deploy, task_queue=queue)),
+        Route(
+            ANSIBLE_DEPLOY_QUEUE,
+            AnsibleDeployMessage,
+            partial(start_ansible_deploy, task_queue=queue),
+        ),
+        Route(PROVISIONER_QUEUE, ProvisionerMessage, partial(start_provision, task_queue=queue)),
         # worker:responses has no route: a response does not name the workflow that asked.
         Route(
             WORKER_COMMANDS_QUEUE,

@@ -1,7 +1,9 @@
 """``orchestrator demo``: the main job, end to end, on the embedded stack.
 
 It brings the stack up if needed, creates a project, starts an engineering task with a coding
-agent, follows it live to its pull request and shows where each run is in the Temporal Web UI.
+agent, follows it live to its pull request, then deploys the pull request's branch to a target
+on this machine (``orchestrator server local``: an sshd of the stack's own, reached by Ansible)
+and checks that the app answers at its URL. It shows where each run is in the Temporal Web UI.
 The agent: Claude Code when ANTHROPIC_API_KEY is set, else Codex when OPENAI_API_KEY is, else the
 deterministic ``scripted`` agent playing cli/demo_script.py. The stack is left running.
 """
@@ -19,12 +21,15 @@ from rich.markup import escape
 
 from cli.client import ApiClient, WaitTimeout
 from cli.demo_script import DEMO_SPEC, demo_script
+from cli.deploy import start_deploy
 from cli.engineering import start_task
 from cli.images import builder
 from cli.output import JsonOption, Output, cli_name
 from cli.pr import test_summary
+from cli.server import ensure_local_server
 from cli.stack import ensure_up, print_summary, summary
 from cli.task import exit_code_of, follow_with_progress, styled, timed_out
+from core.contracts.deploy import DeployAction
 from core.contracts.engineering import EngineeringAction
 from core.ids import scaffold_workflow_id
 from core.settings import Settings
@@ -117,9 +122,16 @@ def pull_request_of(client: ApiClient, task_id: str) -> dict[str, Any] | None:
 def demo(
     spec: Annotated[str, typer.Option(help=SPEC_HELP)] = DEMO_SPEC,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the task.")] = 900,
+    deploy: Annotated[
+        bool,
+        typer.Option(
+            "--deploy/--no-deploy", help="Deploy the pull request's branch to this machine."
+        ),
+    ] = True,
     json_output: JsonOption = False,
 ) -> None:
-    """Run the main job: stack up, a project, an engineering task followed to its pull request."""
+    """Run the main job: stack up, a project, an engineering task followed to its pull request,
+    then a deploy of that branch to a target on this machine, answering at its URL."""
     out = Output(json_output)
     settings = Settings()
     agent = choose_agent(os.environ)
@@ -156,10 +168,55 @@ def demo(
             raise timed_out(client, run["task_id"], timeout) from None
         task = client.task(run["task_id"])
         pull = pull_request_of(client, task["id"]) if task["status"] == "COMPLETED" else None
-    report = demo_report(settings, project, agent, task, events, pull)
+        report = demo_report(settings, project, agent, task, events, pull)
+        status = task["status"]
+        if deploy and status == "COMPLETED":
+            deployed = deploy_branch(client, out, project, report["branch"], timeout)
+            report["workflow_urls"].update(deployed.pop("workflow_urls"))
+            report.update(deployed)
+            status = report["deploy_status"]
     out.emit(report, lambda: render(out, report))
     out.say(f"The stack keeps running; `{cli_name()} down` stops it.")
-    raise typer.Exit(exit_code_of(task["status"]))
+    raise typer.Exit(exit_code_of(status))
+
+
+def deploy_branch(
+    client: ApiClient, out: Output, project: dict[str, Any], branch: str | None, timeout: float
+) -> dict[str, Any]:
+    """Deploy ``branch`` to the local target, follow it, and ask the app at its URL."""
+    out.say("\n[bold]Deploy[/bold]: the pull request's branch, to a target on this machine")
+    ensure_local_server(client, out, client.settings)
+    run = start_deploy(client, project["id"], DeployAction.create, ref=branch)
+    out.say(f"Deploy task {run['task_id']}")
+    out.say(f"Web UI  deploy run  {run['workflow_url']}")
+    try:
+        follow_with_progress(client, out, run["task_id"], timeout)
+    except WaitTimeout:
+        raise timed_out(client, run["task_id"], timeout) from None
+    task = client.task(run["task_id"])
+    result = task.get("result") or {}
+    url = result.get("deployed_url")
+    return {
+        "deploy_task_id": task["id"],
+        "deploy_workflow_id": task["workflow_id"],
+        "deploy_status": task["status"],
+        "deploy_error": task.get("error"),
+        "deployed_url": url,
+        "release": result.get("release"),
+        "health": answer_at(f"{url}health") if url else None,
+        "workflow_urls": {task["workflow_id"]: run["workflow_url"]},
+    }
+
+
+def answer_at(url: str) -> dict[str, Any]:
+    """What the deployed app answers at ``url`` (status and body), as a person would see it."""
+    import httpx  # here: the CLI's import time stays short
+
+    try:
+        response = httpx.get(url, timeout=10)
+    except httpx.HTTPError as exc:
+        return {"url": url, "error": str(exc) or type(exc).__name__}
+    return {"url": url, "status": response.status_code, "body": response.text[:500]}
 
 
 def demo_report(
@@ -215,6 +272,22 @@ def render(out: Output, report: dict[str, Any]) -> None:
             say(f"  See it:  {cli_name()} pr show {report['pull_request_id']}")
     elif report["repository"]:
         say(f"repository  {escape(report['repository'])}")
+    if report.get("deploy_task_id"):
+        render_deploy(out, report)
     say("Runs in the Temporal Web UI:")
     for wid, url in report["workflow_urls"].items():
         say(f"  {wid}  {url}")
+
+
+def render_deploy(out: Output, report: dict[str, Any]) -> None:
+    say = out.console.print
+    say(f"Deploy {report['deploy_task_id']} {styled(report['deploy_status'])}")
+    if report["deploy_error"]:
+        say(f"[red]{escape(report['deploy_error'])}[/red]")
+    if report["deployed_url"]:
+        say(
+            f"[bold]Live at[/bold]  {escape(report['deployed_url'])}  (release {report['release']})"
+        )
+        health = report.get("health") or {}
+        answer = health.get("body") or health.get("error") or ""
+        say(f"  GET {escape(health.get('url', ''))} -> {health.get('status', '')} {escape(answer)}")

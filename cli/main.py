@@ -13,6 +13,7 @@ from typer.core import TyperGroup
 
 from cli import (
     contracts,
+    deploy,
     engineering,
     images,
     permissions,
@@ -55,6 +56,7 @@ app = typer.Typer(
 stack.register(app)
 app.add_typer(project.app, name="project")
 app.add_typer(engineering.app, name="engineering")
+app.add_typer(deploy.app, name="deploy")
 app.add_typer(task.app, name="task")
 app.add_typer(contracts.app, name="contracts")
 app.add_typer(images.app, name="images")

@@ -1,7 +1,9 @@
-"""``orchestrator server``: add, list, show and remove the servers deploys go to."""
+"""``orchestrator server``: add, list, show, provision and remove the servers deploys go to."""
 
 from __future__ import annotations
 
+import subprocess
+import time
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -11,9 +13,24 @@ from rich.markup import escape
 from rich.table import Table
 
 from cli.client import ApiClient
-from cli.output import USAGE, CliError, JsonOption, Output, command
+from cli.output import FAILED, NOT_FOUND, OK, USAGE, CliError, JsonOption, Output, command
+from core.settings import Settings
 
-app = typer.Typer(help="Servers deploys go to: add, list, show, remove.", no_args_is_help=True)
+app = typer.Typer(
+    help="Servers deploys go to: add, list, show, provision, remove.", no_args_is_help=True
+)
+
+LOCAL = "local"  # the handle of this machine as a deploy target
+# Where a provisioning ends.
+PROVISIONED = ("READY", "FAILED")
+POLL_S = 0.5
+
+WaitOption = Annotated[
+    bool, typer.Option("--wait", help="Block until provisioning ends: exit 0 READY, 1 FAILED.")
+]
+TimeoutOption = Annotated[
+    float | None, typer.Option(min=0, help="With --wait: give up after this many seconds (exit 1).")
+]
 
 
 def read_key_file(path: Path) -> str:
@@ -54,6 +71,7 @@ def render_server(out: Output, server: dict[str, Any]) -> None:
         "address": f"{server.get('ssh_user')}@{server.get('host')}:{server.get('port')}",
         "status": server.get("status"),
         "capacity": capacity_text(server.get("capacity")),
+        "apps": server.get("apps_root"),
         "key": server.get("key_ref"),
         "last error": server.get("last_error"),
         "last checked": server.get("last_checked_at"),
@@ -70,6 +88,50 @@ def server_path(id_or_handle: str) -> str:
     return f"/servers/{quote(id_or_handle, safe='')}"
 
 
+def wait_provisioned(
+    client: ApiClient, out: Output, requested: dict[str, Any], timeout: float | None
+) -> dict[str, Any]:
+    """Poll the server until a provisioning ends after ``requested`` (the server as the request
+    returned it): READY or FAILED with a new ``last_checked_at``, which every outcome stamps."""
+    out.say(f"Waiting for server {escape(requested['handle'])} to be provisioned...")
+    before = requested.get("last_checked_at")
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        server: dict[str, Any] = client.get(server_path(requested["id"]))
+        if server["status"] in PROVISIONED and server.get("last_checked_at") != before:
+            return {**server, "request_id": requested["request_id"]}
+        if deadline is not None and time.monotonic() >= deadline:
+            raise CliError(
+                FAILED,
+                f"timed out after {timeout:g}s waiting for server {server['handle']} "
+                f"(still {server['status']})",
+                f"Provisioning goes on; see it with `orchestrator server show {server['handle']}`.",
+                extra={"timed_out": True, "server": server["handle"], "status": server["status"]},
+            )
+        time.sleep(POLL_S)
+
+
+def emit_provisioned(out: Output, server: dict[str, Any]) -> None:
+    """The provisioned server; exit 1 when it FAILED."""
+
+    def render() -> None:
+        status = server["status"]
+        if status == "READY":
+            details = capacity_text(server.get("capacity"))
+            out.console.print(
+                f"Server [bold]{escape(server['handle'])}[/bold] [green]READY[/green]"
+                + (f": {details}" if details else "")
+            )
+        else:
+            out.console.print(
+                f"Server [bold]{escape(server['handle'])}[/bold] [red]{status}[/red]: "
+                f"{escape(server.get('last_error') or 'no reason given')}"
+            )
+
+    out.emit(server, render)
+    raise typer.Exit(OK if server["status"] == "READY" else FAILED)
+
+
 @command(app, "add")
 def add(
     handle: Annotated[str, typer.Option(help="Unique name: lower-case letters, digits, '-'.")],
@@ -79,6 +141,14 @@ def add(
         Path, typer.Option(help="The SSH private key's file; stored encrypted, never shown.")
     ],
     port: Annotated[int, typer.Option(help="The SSH port.", min=1, max=65535)] = 22,
+    apps_root: Annotated[
+        str | None,
+        typer.Option(
+            help="Where apps live on it (absolute or ~/...); default ~/orchestrator-apps."
+        ),
+    ] = None,
+    wait: WaitOption = False,
+    timeout: TimeoutOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Add a server (admins) and have it provisioned."""
@@ -90,15 +160,97 @@ def add(
         "ssh_user": user,
         "private_key": read_key_file(key_file),
     }
+    if apps_root:
+        body["apps_root"] = apps_root
     with ApiClient() as client:
         server = client.post("/servers", body)
-    out.emit(
-        server,
-        lambda: out.console.print(
+        out.print(
             f"Added server [bold]{escape(server['handle'])}[/bold] ({server['id']}); "
             f"provisioning requested ({server['request_id']})"
+        )
+        if wait:
+            emit_provisioned(out, wait_provisioned(client, out, server, timeout))
+    out.emit(server, lambda: None)  # people read the line above
+
+
+@command(app, "provision")
+def provision(
+    server: Annotated[str, typer.Argument(help="Server ID or handle.")],
+    force_reinstall: Annotated[
+        bool,
+        typer.Option(
+            "--force-reinstall", help="Install what deploys need (python3, tar, gzip) with apt-get."
         ),
-    )
+    ] = False,
+    wait: WaitOption = False,
+    timeout: TimeoutOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Provision a server again (admins): it checks what deploys need and measures capacity."""
+    out = Output(json_output)
+    with ApiClient() as client:
+        requested = client.post(
+            f"{server_path(server)}/provision", {"force_reinstall": force_reinstall}
+        )
+        out.print(
+            f"Provisioning of server [bold]{escape(requested['handle'])}[/bold] requested "
+            f"({requested['request_id']})"
+        )
+        if wait:
+            emit_provisioned(out, wait_provisioned(client, out, requested, timeout))
+    out.emit(requested, lambda: None)  # people read the line above
+
+
+def ensure_local_server(
+    client: ApiClient, out: Output, settings: Settings, timeout: float | None = 120
+) -> dict[str, Any]:
+    """The server ``local`` (an sshd of the stack's own on this machine), started, registered
+    and provisioned if it is not yet: READY, or a CliError saying why not."""
+    from stack import local_target  # here: a PO Worker's CLI bundle has no stack package
+
+    try:
+        target = local_target.ensure_running(settings)
+    except (local_target.TargetError, OSError, subprocess.SubprocessError) as exc:
+        raise CliError(FAILED, "the local deploy target did not start", str(exc)) from None
+    try:
+        server: dict[str, Any] = client.get(server_path(LOCAL))
+    except CliError as error:
+        if error.exit_code != NOT_FOUND:
+            raise
+        body = {
+            "handle": LOCAL,
+            "host": target.host,
+            "port": target.port,
+            "ssh_user": target.user,
+            "private_key": target.private_key,
+            "apps_root": str(target.apps_root),
+        }
+        out.say(f"Registering this machine as the deploy target [bold]{LOCAL}[/bold] ...")
+        server = wait_provisioned(client, out, client.post("/servers", body), timeout)
+    if server["status"] != "READY":
+        requested = client.post(f"{server_path(LOCAL)}/provision", {})
+        server = wait_provisioned(client, out, requested, timeout)
+    if server["status"] != "READY":
+        raise CliError(
+            FAILED,
+            f"the local deploy target is {server['status']}",
+            server.get("last_error") or "",
+            extra={"server": server},
+        )
+    return server
+
+
+@command(app, "local")
+def local(
+    timeout: TimeoutOption = 120,
+    json_output: JsonOption = False,
+) -> None:
+    """Make this machine a deploy target: an sshd of the stack's own on loopback (stopped by
+    `down`), registered as the server `local` and provisioned; apps live under the home."""
+    out = Output(json_output)
+    with ApiClient() as client:
+        server = ensure_local_server(client, out, client.settings, timeout)
+    out.emit(server, lambda: render_server(out, server))
 
 
 @command(app, "list")

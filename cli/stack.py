@@ -119,6 +119,8 @@ def down(
     result = stop(Settings(), timeout)
 
     def render() -> None:
+        if result.get("local_target"):
+            out.console.print("Stopped the local deploy target (its apps keep running).")
         if not result["was_running"]:
             out.console.print("The stack is not running.")
             return

@@ -153,6 +153,23 @@ class Settings(BaseSettings):
         default="PRODUCT_OWNER", description="ALLOWED_COMMANDS of the PO agent's CLI"
     )
 
+    # Deploys (workflows/deploy.py): where releases go and how they are checked.
+    deploy_ports: str = Field(
+        default="20000-29999",
+        pattern=r"^\d{1,5}-\d{1,5}$",
+        description="The ports deploys take on a server, FIRST-LAST",
+    )
+    deploy_app_memory_mb: int = Field(
+        default=256, gt=0, description="Memory set aside per app when judging a server's room"
+    )
+    local_target_port: int = Field(
+        default=8722,
+        description="SSH port of the deploy target on this machine (orchestrator server local)",
+    )
+    deploy_health_timeout_s: float = Field(
+        default=60.0, gt=0, description="How long a new release has to answer its health check"
+    )
+
     # Secrets at rest (core/crypto.py): a Fernet key; else the one in <home>/secret.key.
     secret_key: SecretStr | None = Field(
         default=None, description="Fernet key that encrypts stored secrets and SSH keys"
@@ -169,6 +186,18 @@ class Settings(BaseSettings):
         if isinstance(value, int):
             return [value]
         return value
+
+    @property
+    def deploy_port_range(self) -> range:
+        first, _, last = self.deploy_ports.partition("-")
+        return range(int(first), int(last) + 1)
+
+    @model_validator(mode="after")
+    def _check_ports(self) -> Self:
+        ports = self.deploy_port_range
+        if not ports or ports.start < 1 or ports.stop > 65536:
+            raise ValueError("ORCHESTRATOR_DEPLOY_PORTS must be FIRST-LAST within 1-65535")
+        return self
 
     @model_validator(mode="after")
     def _check_forge(self) -> Self:

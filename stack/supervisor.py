@@ -30,7 +30,7 @@ from typing import IO, Any
 
 from core.logging import configure_logging, get_logger
 from core.settings import Settings
-from stack import podman, services, state
+from stack import local_target, podman, services, state
 from stack.services import External, Service
 
 log = get_logger("stack.supervisor")
@@ -513,10 +513,12 @@ def wait_ready(
 
 
 def stop(settings: Settings, timeout: float = 90.0) -> dict[str, Any]:
-    """Stop the supervisor and every child; SIGKILL what is left at the deadline."""
+    """Stop the supervisor and every child; SIGKILL what is left at the deadline. The local
+    deploy target (`orchestrator server local`) stops too."""
+    target = local_target.stop(settings)
     current = state.read_state(settings)
     if current is None:
-        return {"was_running": False, "stopped": [], "killed": []}
+        return {"was_running": False, "stopped": [], "killed": [], "local_target": target}
     procs = state.owned_processes(current)
     running = [p for p in procs if state.alive(p[0], p[1])]
     if state.supervisor_alive(current):
@@ -534,6 +536,7 @@ def stop(settings: Settings, timeout: float = 90.0) -> dict[str, Any]:
         "was_running": bool(running),
         "stopped": [p[0] for p in running],
         "killed": killed,
+        "local_target": target,
     }
 
 

@@ -19,17 +19,22 @@ from temporalio.langgraph import LangGraphPlugin
 from temporalio.worker import Replayer, Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
+from activities.ansible import AnsibleRunner
 from activities.containers import ContainerRuntime
+from activities.deploy import DeployActivities
 from activities.development import DevelopmentNodes
 from activities.engineering import EngineeringActivities
 from activities.forge import ForgeActivities, PullRequestActivities
 from activities.forges import make_forge
 from activities.po import POActivities
+from activities.releases import ReleaseActivities
+from activities.servers import ServerActivities
 from activities.tasks import TaskActivities
 from activities.temporal import TemporalActivities
 from activities.workers import WorkerActivities
 from api.db import Database
 from api.services.tasks import TaskService
+from core.crypto import Vault
 from core.logging import get_logger
 from core.readiness import clear_ready, mark_ready
 from core.service import run_service
@@ -37,9 +42,13 @@ from core.settings import Settings
 from core.temporal import LogContextInterceptor, connect_when_up, ensure_search_attributes
 from gateway.activities import GatewayActivities
 from gateway.server import Gateway
+from workflows.ansible_deploy import AnsibleDeployWorkflow
+from workflows.deploy import DeployWorkflow
 from workflows.development import DEVELOPMENT_GRAPH, build_development_graph
+from workflows.devops import DEVOPS_GRAPH, build_devops_graph
 from workflows.engineering import EngineeringWorkflow
 from workflows.po_session import POSessionWorkflow
+from workflows.provision import ProvisionWorkflow
 from workflows.reaper import ReaperWorkflow
 from workflows.scaffold import ScaffoldWorkflow
 from workflows.worker import WorkerWorkflow
@@ -56,6 +65,9 @@ WORKFLOWS = [
     WorkerWorkflow,
     ReaperWorkflow,
     POSessionWorkflow,
+    ProvisionWorkflow,
+    DeployWorkflow,
+    AnsibleDeployWorkflow,
 ]
 
 
@@ -108,6 +120,11 @@ def build_worker(
     pulls = PullRequestActivities(db, repositories)
     nodes = DevelopmentNodes(task_service, workers, engineering, pulls)
     po = POActivities(settings, redis)
+    vault = Vault.from_settings(settings)
+    runner = AnsibleRunner.from_settings(settings)
+    server_activities = ServerActivities(db, redis, vault, runner)
+    deploys = DeployActivities(settings, db, redis, client, task_service)
+    releases = ReleaseActivities(settings, db, redis, vault, runner)
     options.setdefault("graceful_shutdown_timeout", timedelta(seconds=10))
     options.setdefault("workflow_runner", workflow_runner())
     options.setdefault("interceptors", [LogContextInterceptor()])
@@ -119,7 +136,7 @@ def build_worker(
         client,
         task_queue=task_queue or settings.temporal_task_queue,
         workflows=WORKFLOWS,
-        plugins=[development_plugin(nodes)],
+        plugins=[graphs_plugin(nodes, deploys)],
         activities=[
             tasks.start_task,
             tasks.record_event,
@@ -149,15 +166,35 @@ def build_worker(
             pulls.open_pull_request,
             po.prepare_session,
             po.publish_to_chat,
+            server_activities.find_provision_result,
+            server_activities.mark_provisioning,
+            server_activities.provision_server,
+            server_activities.record_provisioned,
+            server_activities.publish_provision_result,
+            deploys.plan_deploy,
+            deploys.acquire_deploy_lock,
+            deploys.release_deploy_lock,
+            deploys.missing_secrets,
+            deploys.record_deploy_failure,
+            deploys.apps_of_project,
+            deploys.record_stopped,
+            releases.deploy_release,
+            releases.publish_deploy_result,
+            releases.stop_app,
         ],
         **options,
     )
 
 
-def development_plugin(nodes: DevelopmentNodes) -> LangGraphPlugin:
-    """The development graph's nodes as this worker's activities (a new graph per worker: the
-    plugin rewires the nodes it is given)."""
-    return LangGraphPlugin(graphs={DEVELOPMENT_GRAPH: build_development_graph(nodes)})
+def graphs_plugin(nodes: DevelopmentNodes, deploys: DeployActivities) -> LangGraphPlugin:
+    """The development and DevOps graphs' nodes as this worker's activities (new graphs per
+    worker: the plugin rewires the nodes it is given)."""
+    return LangGraphPlugin(
+        graphs={
+            DEVELOPMENT_GRAPH: build_development_graph(nodes),
+            DEVOPS_GRAPH: build_devops_graph(deploys),
+        }
+    )
 
 
 def replayer(workflows: list[type] | None = None) -> Replayer:
@@ -166,11 +203,12 @@ def replayer(workflows: list[type] | None = None) -> Replayer:
     Replaying runs no activity: the development graph's nodes need no real dependencies.
     """
     nodes = DevelopmentNodes(None, None, None, None)  # type: ignore[arg-type]
+    deploys = DeployActivities(None, None, None, None)  # type: ignore[arg-type]
     return Replayer(
         workflows=workflows or WORKFLOWS,
         data_converter=pydantic_data_converter,
         workflow_runner=workflow_runner(),
-        plugins=[development_plugin(nodes)],
+        plugins=[graphs_plugin(nodes, deploys)],
     )
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import getpass
-import os
 import shutil
 import subprocess
 import tempfile
@@ -17,28 +16,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from stack.local_target import CLIENT_KEY, HOST_KEY, find_sshd, keygen, sshd_config
 from tests.servers import free_port, stop_process, wait_for_port
-
-SSHD_CANDIDATES = ("/usr/sbin/sshd", "/usr/local/sbin/sshd")
-
-_CONFIG = """\
-Port {port}
-ListenAddress 127.0.0.1
-HostKey {dir}/host_ed25519
-PidFile {dir}/sshd.pid
-AuthorizedKeysFile {dir}/authorized_keys
-UsePAM no
-StrictModes no
-PermitRootLogin prohibit-password
-PubkeyAuthentication yes
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-AllowUsers {user}
-MaxStartups 100:30:200
-MaxSessions 100
-Subsystem sftp internal-sftp
-LogLevel VERBOSE
-"""
 
 
 @dataclass(frozen=True)
@@ -73,21 +52,6 @@ class SshHost:
         return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
 
 
-def find_sshd() -> str | None:
-    for candidate in SSHD_CANDIDATES:
-        if os.access(candidate, os.X_OK):
-            return candidate
-    return shutil.which("sshd")
-
-
-def _keygen(path: Path, comment: str) -> None:
-    subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
-        check=True,
-        capture_output=True,
-    )
-
-
 @contextlib.contextmanager
 def ssh_host() -> Iterator[SshHost]:
     """Start an sshd on 127.0.0.1:<free port>; stop it and remove its directory afterwards."""
@@ -103,11 +67,11 @@ def ssh_host() -> Iterator[SshHost]:
     port = free_port()
     proc: subprocess.Popen[bytes] | None = None
     try:
-        _keygen(directory / "host_ed25519", "test-host")
-        _keygen(directory / "client_ed25519", "test-client")
+        keygen(directory / HOST_KEY, "test-host")
+        keygen(directory / CLIENT_KEY, "test-client")
         (directory / "authorized_keys").write_text((directory / "client_ed25519.pub").read_text())
         config = directory / "sshd_config"
-        config.write_text(_CONFIG.format(port=port, dir=directory, user=user))
+        config.write_text(sshd_config(host="127.0.0.1", port=port, directory=directory, user=user))
         log_file = directory / "sshd.log"
         with log_file.open("ab") as log:
             # sshd re-executes itself, so its path must be absolute.

@@ -7,6 +7,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from activities.agents.base import AgentResult
+from api.models import ServerStatus
+from core.contracts.deploy import (
+    AnsibleDeployMessage,
+    AnsibleDeployResult,
+    DeployAction,
+    DeployResult,
+)
 from core.contracts.engineering import (
     ENGINEERING_QUESTION,
     ENGINEERING_RESPOND,
@@ -49,6 +56,30 @@ class ScaffoldInput(BaseModel):
 
 
 ScaffoldOutput = ScaffoldResult
+
+
+# --- Provisioning (workflows/provision.py) ------------------------------------------------------
+
+PROVISION_WORKFLOW = "ProvisionWorkflow"
+
+
+class ProvisionInput(BaseModel):
+    server_handle: str
+    request_id: str = Field(description="The message's; its result goes to provisioner:result:<id>")
+    correlation_id: str | None = None
+    force_reinstall: bool = Field(
+        default=False, description="Install what deploys need (python3, tar, gzip) with apt-get"
+    )
+    is_recovery: bool = False
+
+
+class ProvisionOutput(BaseModel):
+    server_handle: str
+    status: ServerStatus = Field(description="READY or FAILED")
+    capacity: dict[str, Any] | None = Field(
+        default=None, description="{memory_mb, cpus, disk_free_gb}, read from the server"
+    )
+    error: str | None = None
 
 
 # --- Workers (workflows/worker.py) --------------------------------------------------------------
@@ -212,3 +243,32 @@ class POSessionOutput(BaseModel):
     reason: Literal["idle"]
     turns: int
     summary: str | None = None
+
+
+# --- Deploys (workflows/deploy.py, workflows/ansible_deploy.py) ---------------------------------
+
+DEPLOY_WORKFLOW = "DeployWorkflow"
+ANSIBLE_DEPLOY_WORKFLOW = "AnsibleDeployWorkflow"
+# A deploy waiting for secrets answers ``respond`` (engineering's update: any answer means
+# "look again") and the ``secrets_changed`` signal the API sends when a secret is set.
+
+
+class DeployInput(BaseModel):
+    task_id: str
+    project_id: str
+    user_id: str
+    action: DeployAction = DeployAction.create
+    correlation_id: str | None = None
+    callback_stream: str | None = None
+
+
+class DeployOutput(BaseModel):
+    task_id: str
+    status: TaskStatus
+    result: DeployResult | None = None
+
+
+# AnsibleDeployWorkflow takes the ``ansible:deploy:queue`` message as it is and returns the
+# result it also publishes on ``deploy:result:{request_id}``.
+AnsibleDeployInput = AnsibleDeployMessage
+AnsibleDeployOutput = AnsibleDeployResult

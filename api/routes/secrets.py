@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Response, status
+from temporalio.service import RPCError
 
-from api.deps import DbSession, VaultDep
+from api.deps import AppRuntime, DbSession, VaultDep
 from api.models import SecretRead, SecretWrite
-from api.problems import problem_responses
-from api.services import projects, secrets
+from api.problems import ServiceUnavailable, problem_responses
+from api.services import deployments, projects, secrets
+from core.contracts.deploy import DEPLOY_SECRETS_CHANGED
+from core.logging import get_logger
+
+log = get_logger(__name__)
 
 router = APIRouter(prefix="/projects/{project_id_or_name}/secrets", tags=["secrets"])
 
@@ -20,13 +25,19 @@ router = APIRouter(prefix="/projects/{project_id_or_name}/secrets", tags=["secre
     responses={204: {"description": "Replaced"}, **problem_responses(404)},
 )
 async def set_secret(
-    project_id_or_name: str, name: str, data: SecretWrite, session: DbSession, vault: VaultDep
+    project_id_or_name: str,
+    name: str,
+    data: SecretWrite,
+    session: DbSession,
+    vault: VaultDep,
+    runtime: AppRuntime,
 ) -> SecretRead | Response:
     secrets.check_name(name)
     project = await projects.get_project(session, project_id_or_name)
     secret, created = await secrets.set_secret(
         session, vault, project.id, name, data.value.get_secret_value()
     )
+    await _wake_waiting_deploys(session, runtime, project.id)
     if not created:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
     return SecretRead.model_validate(secret)
@@ -47,3 +58,17 @@ async def list_secrets(project_id_or_name: str, session: DbSession) -> list[Secr
 async def delete_secret(project_id_or_name: str, name: str, session: DbSession) -> None:
     project = await projects.get_project(session, project_id_or_name)
     await secrets.delete_secret(session, project.id, name)
+
+
+async def _wake_waiting_deploys(session: DbSession, runtime: AppRuntime, project_id: str) -> None:
+    """Deploys of the project waiting for secrets look again. The secret is stored whatever
+    happens here: a deploy Temporal did not reach is woken by ``task respond``."""
+    waiting = await deployments.waiting_for_secrets(session, project_id)
+    if not waiting:
+        return
+    try:
+        client = await runtime.temporal_client()
+        for task in waiting:
+            await client.get_workflow_handle(task.workflow_id).signal(DEPLOY_SECRETS_CHANGED)
+    except (RPCError, ServiceUnavailable) as exc:
+        log.warning("waiting deploys not woken", project_id=project_id, error=str(exc))

@@ -1,13 +1,15 @@
-"""Servers deploys go to. Adding one stores its SSH key encrypted and asks for provisioning."""
+"""Servers deploys go to. Adding one stores its SSH key encrypted and asks for provisioning;
+admins may ask for it again later."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 from fastapi import APIRouter, Query, status
+from pydantic import BaseModel, ConfigDict, Field
 
-from api.deps import AdminUser, AppRuntime, DbSession, VaultDep
-from api.models import ServerCreate, ServerCreated, ServerRead, ServerStatus
+from api.deps import AdminUser, AppRuntime, DbSession, Runtime, VaultDep
+from api.models import Server, ServerCreate, ServerCreated, ServerRead, ServerStatus
 from api.problems import problem_responses
 from api.services import outbox, servers
 from core.logging import get_logger
@@ -15,6 +17,27 @@ from core.logging import get_logger
 log = get_logger(__name__)
 
 router = APIRouter(prefix="/servers", tags=["servers"])
+
+
+class ProvisionOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    force_reinstall: bool = Field(
+        default=False,
+        description="Install what deploys need and the server lacks (python3, GNU tar, gzip) "
+        "with apt-get; by default provisioning only checks for them",
+    )
+
+
+async def queued_answer(
+    runtime: Runtime, server: Server, request_id: str, queued: int | None
+) -> ServerCreated:
+    """Send the committed provision request at once, and answer with the server and its id."""
+    try:
+        await outbox.publish(runtime.db, runtime.redis, [queued] if queued else None)
+    except Exception as exc:  # committed: the relay sends it later
+        log.warning("outbox publish deferred", error=str(exc))
+    read = ServerRead.model_validate(server)
+    return ServerCreated(**read.model_dump(), request_id=request_id)
 
 
 @router.post(
@@ -27,12 +50,27 @@ async def add_server(
     data: ServerCreate, _: AdminUser, session: DbSession, runtime: AppRuntime, vault: VaultDep
 ) -> ServerCreated:
     server, message, queued = await servers.create_server(session, vault, data)
-    try:
-        await outbox.publish(runtime.db, runtime.redis, [queued] if queued else None)
-    except Exception as exc:  # committed: the relay sends it later
-        log.warning("outbox publish deferred", error=str(exc))
-    read = ServerRead.model_validate(server)
-    return ServerCreated(**read.model_dump(), request_id=message.request_id)
+    return await queued_answer(runtime, server, message.request_id, queued)
+
+
+@router.post(
+    "/{id_or_handle}/provision",
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Provision a server again (admins): READY with its capacity, or FAILED with why",
+    responses=problem_responses(403, 404),
+)
+async def provision_server(
+    id_or_handle: str,
+    _: AdminUser,
+    session: DbSession,
+    runtime: AppRuntime,
+    options: ProvisionOptions | None = None,
+) -> ServerCreated:
+    force = options.force_reinstall if options else False
+    server, message, queued = await servers.request_provisioning(
+        session, id_or_handle, force_reinstall=force
+    )
+    return await queued_answer(runtime, server, message.request_id, queued)
 
 
 @router.get("", summary="All servers, by handle")

@@ -19,7 +19,13 @@ from api.problems import Conflict, Unprocessable, problem_responses
 from api.services import events, projects
 from api.services.tasks import TaskService
 from api.services.temporal_calls import delivering, temporal_unavailable
-from core.contracts.engineering import ENGINEERING_RESPOND, EngineeringOptions, HumanAnswer
+from core.contracts.deploy import DeployOptions
+from core.contracts.engineering import (
+    ENGINEERING_RESPOND,
+    EngineeringAction,
+    EngineeringOptions,
+    HumanAnswer,
+)
 from core.contracts.events import TERMINAL_STATUSES, TaskStatus
 from core.ids import chat_stream
 from core.logging import bind_context
@@ -173,9 +179,12 @@ async def retry_task(
         type=task.type,
         project_id=task.project_id,
         spec=task.spec,
-        action=task.action,  # type: ignore[arg-type]
+        action=EngineeringAction(task.action)
+        if task.type is TaskType.engineering
+        else EngineeringAction.feature,
         callback_stream=task.callback_stream,
         engineering=_engineering_options(task),
+        deploy=_deploy_options(task),
     )
     retry = await tasks.create(
         data,
@@ -191,6 +200,12 @@ def _engineering_options(task: Task) -> EngineeringOptions | None:
     """The original's agent and limits, so a retry runs the way the first run did."""
     options = (task.details or {}).get("engineering")
     return EngineeringOptions.model_validate(options) if options is not None else None
+
+
+def _deploy_options(task: Task) -> DeployOptions | None:
+    """A deploy's action and ref, so its retry deploys the same thing."""
+    options = (task.details or {}).get("deploy")
+    return DeployOptions.model_validate(options) if options is not None else None
 
 
 class TaskAnswer(BaseModel):

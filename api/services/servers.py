@@ -2,6 +2,7 @@
 
 Adding a server asks the provisioner to bootstrap it: a ``provisioner:queue`` message written
 through the outbox in the same transaction as the server, so neither exists without the other.
+Asking again later (``request_provisioning``) queues another message the same way.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class SshAccess(BaseModel):
     port: int
     user: str
     private_key: SecretStr
+    known_hosts: str | None = None  # the host key learned on first contact; None: not yet
 
 
 def key_secret_name(handle: str) -> str:
@@ -98,6 +100,7 @@ async def create_server(
         port=data.port,
         ssh_user=data.ssh_user,
         key_ref=secrets.secret_ref(secret),
+        apps_root=data.apps_root,
     )
     session.add(server)
     message = ProvisionerMessage(server_handle=server.handle)
@@ -108,6 +111,27 @@ async def create_server(
         await session.rollback()
         raise Conflict(f"a server named {data.handle!r} already exists") from None
     log.info("server added", server_id=server.id, handle=server.handle, host=server.host)
+    return server, message, queued.id
+
+
+async def request_provisioning(
+    session: AsyncSession, id_or_handle: str, *, force_reinstall: bool = False
+) -> tuple[Server, ProvisionerMessage, int | None]:
+    """Queue a provision request for an existing server through the outbox.
+
+    Returns the server, the message and its outbox id (to publish at once).
+    """
+    server = await get_server(session, id_or_handle)
+    message = ProvisionerMessage(server_handle=server.handle, force_reinstall=force_reinstall)
+    queued = outbox.enqueue(session, PROVISIONER_QUEUE, message.to_fields())
+    await session.commit()
+    log.info(
+        "server provisioning requested",
+        server_id=server.id,
+        handle=server.handle,
+        request_id=message.request_id,
+        force_reinstall=force_reinstall,
+    )
     return server, message, queued.id
 
 
@@ -157,11 +181,13 @@ async def set_status(
     error: str | None = None,
     capacity: dict[str, Any] | None = None,
     checked: bool = False,
+    known_hosts: str | None = None,
 ) -> Server:
     """Record what provisioning or a health check found; ``error`` replaces ``last_error``.
 
     ``capacity`` ({"memory_mb", "cpus", "disk_free_gb"}) is kept unless a new one is given;
-    ``checked`` stamps ``last_checked_at``.
+    ``checked`` stamps ``last_checked_at``. ``known_hosts``, a host key learned on first
+    contact, is stored only when the server has none: a known key is never replaced.
     """
     server = await get_server(session, id_or_handle)
     now = utcnow()
@@ -171,6 +197,8 @@ async def set_status(
         server.capacity = dict(capacity)
     if checked:
         server.last_checked_at = now
+    if known_hosts and not server.known_hosts:
+        server.known_hosts = known_hosts
     server.updated_at = now
     session.add(server)
     await session.commit()
@@ -179,9 +207,14 @@ async def set_status(
 
 
 async def ssh_access(session: AsyncSession, vault: Vault, id_or_handle: str) -> SshAccess:
-    """Host, port, user and the decrypted private key: for the activity that connects."""
+    """Host, port, user, the decrypted private key and the known host key: for the activity
+    that connects."""
     server = await get_server(session, id_or_handle)
     key = await secrets.resolve_secret_ref(session, vault, server.key_ref)
     return SshAccess(
-        host=server.host, port=server.port, user=server.ssh_user, private_key=SecretStr(key)
+        host=server.host,
+        port=server.port,
+        user=server.ssh_user,
+        private_key=SecretStr(key),
+        known_hosts=server.known_hosts,
     )

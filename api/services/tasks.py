@@ -18,9 +18,10 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from api.db import Database
 from api.models import Project, Task, TaskCreate, TaskEventRow, TaskType, utcnow
 from api.services import outbox
-from core.contracts.engineering import ENGINEERING_QUEUE, EngineeringMessage
+from core.contracts.deploy import DEPLOY_QUEUE, DeployAction, DeployMessage, DeployOptions
+from core.contracts.engineering import ENGINEERING_QUEUE, EngineeringAction, EngineeringMessage
 from core.contracts.events import TERMINAL_STATUSES, EventType, TaskEvent, TaskStatus
-from core.ids import engineering_workflow_id, new_id, task_progress_stream
+from core.ids import deploy_workflow_id, engineering_workflow_id, new_id, task_progress_stream
 from core.logging import get_logger
 
 log = get_logger(__name__)
@@ -61,8 +62,6 @@ class TaskService:
 
         ``correlation_id`` ties the task to the conversation that asked for it (a new one if None).
         """
-        if data.type is not TaskType.engineering:
-            raise ValueError(f"{data.type} tasks cannot be created yet")
         task_id = new_id()
         task = Task(
             id=task_id,
@@ -70,24 +69,17 @@ class TaskService:
             type=data.type,
             project_id=project.id,
             user_id=user_id,
-            action=data.action,
-            spec=data.spec,
-            workflow_id=engineering_workflow_id(task_id),
+            action=_action(data),
+            spec=data.spec or _deploy_spec(data, project),
+            workflow_id=_workflow_id(data.type, task_id),
             callback_stream=data.callback_stream,
             retry_of=retry_of,
             details=_details(data),
         )
-        message = EngineeringMessage(
-            task_id=task.id,
-            project_id=project.id,
-            user_id=user_id,
-            action=data.action,
-            correlation_id=task.correlation_id,
-            callback_stream=data.callback_stream,
-        )
+        queue, message = _message(task)
         async with self.db.session() as session:
             session.add(task)
-            queued = outbox.enqueue(session, ENGINEERING_QUEUE, message.to_fields())
+            queued = outbox.enqueue(session, queue, message.to_fields())
             await session.commit()
         await self._publish([queued.id])
         log.info("task created", task_id=task.id, workflow_id=task.workflow_id)
@@ -293,7 +285,43 @@ class TaskService:
 
 
 def _details(data: TaskCreate) -> dict[str, Any]:
-    """The task's metadata: its engineering options, read by the workflow's plan activity."""
+    """The task's metadata: its engineering or deploy options, read by the workflow's plan
+    activity."""
+    if data.type is TaskType.deploy:
+        options = data.deploy or DeployOptions()
+        return {"deploy": options.model_dump(mode="json", exclude_none=True)}
     if data.engineering is None:
         return {}
     return {"engineering": data.engineering.model_dump(mode="json", exclude_none=True)}
+
+
+def _action(data: TaskCreate) -> str:
+    if data.type is TaskType.deploy:
+        return (data.deploy or DeployOptions()).action.value
+    return data.action.value
+
+
+def _deploy_spec(data: TaskCreate, project: Project) -> str:
+    options = data.deploy or DeployOptions()
+    ref = f" ({options.ref})" if options.ref else ""
+    return f"{options.action.value.capitalize()} {project.name}{ref}"
+
+
+def _workflow_id(type: TaskType, task_id: str) -> str:
+    if type is TaskType.deploy:
+        return deploy_workflow_id(task_id)
+    return engineering_workflow_id(task_id)
+
+
+def _message(task: Task) -> tuple[str, EngineeringMessage | DeployMessage]:
+    """The queue and the message that start the task's workflow."""
+    common: dict[str, Any] = {
+        "task_id": task.id,
+        "project_id": task.project_id,
+        "user_id": task.user_id,
+        "correlation_id": task.correlation_id,
+        "callback_stream": task.callback_stream,
+    }
+    if task.type is TaskType.deploy:
+        return DEPLOY_QUEUE, DeployMessage(**common, action=DeployAction(task.action))
+    return ENGINEERING_QUEUE, EngineeringMessage(**common, action=EngineeringAction(task.action))

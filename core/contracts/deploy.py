@@ -4,17 +4,38 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from pydantic import Field
+
 from core.contracts.base import Envelope, Strict
 
 DEPLOY_QUEUE = "deploy:queue"
 ANSIBLE_DEPLOY_QUEUE = "ansible:deploy:queue"
+DEPLOY_RESULT_TTL_SECONDS = 3600
+# Signal to a deploy workflow waiting for secrets: the project's secrets changed, look again.
+DEPLOY_SECRETS_CHANGED = "secrets_changed"
+# What ``secrets_ref`` holds for "the project's stored secrets, as its environment".
+PROJECT_SECRETS_PREFIX = "project-secrets:"
 
 
 class DeployAction(StrEnum):
-    create = "create"
-    redeploy = "redeploy"
-    stop = "stop"
-    undeploy = "undeploy"
+    create = "create"  # the first release of a project
+    redeploy = "redeploy"  # a new release (the same port, the same URL)
+    rollback = "rollback"  # the release before the serving one serves again
+    stop = "stop"  # stop serving; the port and the releases stay
+    undeploy = "undeploy"  # stop, remove the releases from the server, free the port
+
+
+class DeployOptions(Strict):
+    """What one deploy task does. Stored on the task (``Task.details["deploy"]``); the workflow
+    reads it in an activity."""
+
+    action: DeployAction = DeployAction.create
+    ref: str | None = Field(
+        default=None,
+        max_length=250,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$",
+        description="The branch or commit to deploy (create / redeploy); None: main",
+    )
 
 
 class DeployMessage(Envelope):
@@ -25,9 +46,21 @@ class DeployMessage(Envelope):
 
 
 class DeployResult(Strict):
-    deployed_url: str
-    server_ip: str
-    port: int
+    deployed_url: str | None = None
+    server_ip: str | None = None
+    port: int | None = None
+    # Beyond ARCHITECTURE.md's three: what a person wants to know about the release.
+    action: DeployAction = DeployAction.create
+    server: str | None = Field(default=None, description="The server's handle")
+    release: str | None = None
+    previous_release: str | None = None
+    commit_sha: str | None = None
+    deployment_id: str | None = None
+    playbook_s: float | None = Field(default=None, description="Time inside Ansible's playbook")
+
+
+def project_secrets_ref(project_id: str) -> str:
+    return f"{PROJECT_SECRETS_PREFIX}{project_id}"
 
 
 class AnsibleDeployMessage(Envelope):
@@ -37,8 +70,23 @@ class AnsibleDeployMessage(Envelope):
     server_ip: str
     port: int
     modules: list[str] = []
-    github_token_ref: str | None = None
-    secrets_ref: str | None = None
+    github_token_ref: str | None = Field(
+        default=None, description="Where the forge's token is (env:/file:), never the token"
+    )
+    secrets_ref: str | None = Field(
+        default=None,
+        description="project-secrets:<project_id>: the project's stored secrets become the "
+        "release's environment (decrypted only by the activity that writes them)",
+    )
+    # Optional fields beyond ARCHITECTURE.md's list (older producers still validate):
+    server_handle: str | None = Field(default=None, description="Which server; else by IP")
+    repository: str | None = Field(default=None, description="Clone URL; else the forge's")
+    commit_sha: str | None = Field(default=None, description="What to deploy; else main's head")
+    release: str | None = Field(default=None, description="The release id; else request_id")
+    start_command: str | None = Field(default=None, description="Else the EnvAnalyzer's")
+    port_env: str | None = None
+    health_path: str | None = None
+    env: dict[str, str] = Field(default_factory=dict, description="Non-secret variables")
 
 
 class AnsibleDeployResult(Strict):
@@ -46,6 +94,17 @@ class AnsibleDeployResult(Strict):
     success: bool
     deployed_url: str | None = None
     error: str | None = None
+    # Beyond ARCHITECTURE.md's fields:
+    release: str | None = None
+    previous_release: str | None = None
+    server_ip: str | None = None
+    port: int | None = None
+    commit_sha: str | None = None
+    failed_task: str | None = None
+    port_busy: bool = Field(
+        default=False, description="The port was taken on the server by something else"
+    )
+    playbook_s: float | None = None
 
 
 def deploy_result_key(request_id: str) -> str:

@@ -262,10 +262,11 @@ async def test_concurrent_allocations_of_one_port_collide(
     admin: httpx.AsyncClient, database: Database, project: dict[str, Any]
 ) -> None:
     server = (await add(admin)).json()
+    other = (await admin.post("/projects", json={"name": "other"})).json()
 
-    async def take(port: int) -> bool:
+    async def take(port: int, project_id: str = project["id"]) -> bool:
         async with database.session() as session:
-            session.add(PortAllocation(server_id=server["id"], port=port, project_id=project["id"]))
+            session.add(PortAllocation(server_id=server["id"], port=port, project_id=project_id))
             try:
                 await session.commit()
             except IntegrityError:
@@ -274,7 +275,8 @@ async def test_concurrent_allocations_of_one_port_collide(
 
     results = await asyncio.gather(*(take(9000) for _ in range(5)))
     assert sorted(results) == [False, False, False, False, True]
-    assert await take(9001)
+    assert not await take(9001)  # one port per project on a server: its releases share it
+    assert await take(9001, other["id"])
 
 
 async def test_a_stored_key_resolves_by_reference_only(
@@ -293,3 +295,53 @@ async def test_a_stored_key_resolves_by_reference_only(
         # No project lists a server's key among its secrets.
         for project in (await session.exec(select(Project))).all():
             assert await secrets.list_secrets(session, project.id) == []
+
+
+async def test_provisioning_again_queues_a_new_request(
+    admin: httpx.AsyncClient, make_client: MakeClient, user_key: str, redis: Redis
+) -> None:
+    created = (await add(admin)).json()
+    again = await admin.post("/servers/web-1/provision")
+    assert again.status_code == 202, again.text
+    body = again.json()
+    assert body["id"] == created["id"] and body["status"] == "NEW"
+    assert len(body["request_id"]) == 32 and body["request_id"] != created["request_id"]
+    forced = await admin.post(f"/servers/{created['id']}/provision", json={"force_reinstall": True})
+    assert forced.status_code == 202, forced.text
+
+    messages = [ProvisionerMessage.from_fields(f) for _, f in await redis.xrange(PROVISIONER_QUEUE)]
+    assert [m.request_id for m in messages] == [
+        created["request_id"],
+        body["request_id"],
+        forced.json()["request_id"],
+    ]
+    assert [m.force_reinstall for m in messages] == [False, False, True]
+    assert {m.server_handle for m in messages} == {"web-1"}
+    assert not any(m.is_recovery for m in messages)
+
+    user = await make_client(user_key)
+    assert (await user.post("/servers/web-1/provision")).status_code == 403
+    missing = await admin.post("/servers/nope/provision")
+    assert missing.status_code == 404 and "nope" in missing.json()["detail"]
+    wrong = await admin.post("/servers/web-1/provision", json={"reinstall": True})
+    assert wrong.status_code == 422 and [e["field"] for e in wrong.json()["errors"]] == [
+        "reinstall"
+    ]
+    assert len(await redis.xrange(PROVISIONER_QUEUE)) == 3
+
+
+async def test_a_learned_host_key_is_kept_and_never_replaced(
+    admin: httpx.AsyncClient, database: Database, tmp_path: Path
+) -> None:
+    await add(admin)
+    first = "[127.0.0.1]:2222 ssh-ed25519 AAAAfirst"
+    vault = Vault.from_settings(Settings(home=tmp_path))
+    async with database.session() as session:
+        assert (await servers.ssh_access(session, vault, "web-1")).known_hosts is None
+        await servers.set_status(session, "web-1", ServerStatus.ready, known_hosts=first)
+        # A later run (which checked that key) cannot swap it for another.
+        await servers.set_status(
+            session, "web-1", ServerStatus.ready, known_hosts="[127.0.0.1]:2222 ssh-rsa AAAAother"
+        )
+    async with database.session() as session:
+        assert (await servers.ssh_access(session, vault, "web-1")).known_hosts == first

@@ -1,5 +1,6 @@
 """``orchestrator server`` against a real API process: add (a key file, never echoed), list,
-show, remove, exit codes, --json everywhere."""
+show, provision, remove, exit codes, --json everywhere. (``--wait``, which needs the worker and
+the bridges too: tests/cli/test_server_provision_cli.py.)"""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 
+from core.contracts.provisioner import PROVISIONER_QUEUE, ProvisionerMessage
 from tests.api.test_servers import key_body, private_key
 from tests.cli.conftest import Api, Cli
 
@@ -117,3 +120,35 @@ def test_a_duplicate_handle_and_a_plain_user_fail_with_1(
     assert handle in {s["handle"] for s in cli.json("server", "list", ORCHESTRATOR_API_KEY=key)}
     refused = cli.json("server", "remove", handle, expect=1, ORCHESTRATOR_API_KEY=key)
     assert refused["error"]["status"] == 403
+    refused = cli.json("server", "provision", handle, expect=1, ORCHESTRATOR_API_KEY=key)
+    assert refused["error"]["status"] == 403
+
+
+def queued_messages(api: Api) -> dict[str, ProvisionerMessage]:
+    """What is on provisioner:queue, by request_id (no bridge runs here: nothing takes it)."""
+    with redis.Redis.from_url(api.redis_url) as client:
+        entries = client.xrange(PROVISIONER_QUEUE)
+    messages = (ProvisionerMessage.from_fields(fields) for _, fields in entries)
+    return {message.request_id: message for message in messages}
+
+
+def test_provision_queues_a_new_request(cli: Cli, key_file: Path, api: Api) -> None:
+    handle = unique("prov")
+    server = add(cli, handle, key_file)
+    forced = cli.json("server", "provision", handle, "--force-reinstall")
+    assert forced["id"] == server["id"] and forced["handle"] == handle
+    assert len(forced["request_id"]) == 32 and forced["request_id"] != server["request_id"]
+    plain = cli.json("server", "provision", server["id"])
+
+    queued = queued_messages(api)
+    assert queued[forced["request_id"]].force_reinstall
+    assert not queued[plain["request_id"]].force_reinstall
+    assert {queued[r].server_handle for r in (forced["request_id"], plain["request_id"])} == {
+        handle
+    }
+
+    human = cli("server", "provision", handle)
+    assert human.exit_code == 0, human.output
+    assert f"Provisioning of server {handle} requested" in human.stdout
+    missing = cli.json("server", "provision", unique("nope"), expect=3)
+    assert missing["error"]["status"] == 404

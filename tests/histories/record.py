@@ -33,15 +33,21 @@ from temporalio.testing import WorkflowEnvironment
 
 from api.db import Database
 from api.migrate import upgrade_async
+from api.models import ServerCreate
+from api.services import servers as server_service
+from bridges.routes import start_provision
 from core.contracts.engineering import (
     ENGINEERING_QUESTION,
     ENGINEERING_RESPOND,
     HumanAnswer,
 )
-from core.ids import po_session_workflow_id, scaffold_workflow_id
+from core.crypto import Vault
+from core.ids import po_session_workflow_id, provision_workflow_id, scaffold_workflow_id
+from core.settings import Settings
 from core.temporal import SEARCH_ATTRIBUTES, search_attributes
 from tests import servers
 from tests.images.conftest import image_builder
+from tests.ssh_host import ssh_host
 from tests.waiting import eventually
 from tests.workflows.helpers import (
     make_project,
@@ -84,8 +90,10 @@ async def record(out_dir: Path, names: set[str]) -> list[Path]:
                 identity=IDENTITY,
             )
             histories = {}
-            if names - DEVELOPMENT_PATHS:
+            if names - DEVELOPMENT_PATHS - PROVISION_PATHS:
                 histories.update(await _run_paths(client, db, redis, home))
+            if names & PROVISION_PATHS:
+                histories.update(await _run_provision_paths(client, db, redis, home))
             if names & DEVELOPMENT_PATHS:
                 histories.update(await _run_development_paths(client, db, redis, home, docker_host))
             cleaner = _Cleaner(home)
@@ -154,6 +162,31 @@ async def _run_paths(
         runs["engineering_cancelled"] = cancelled
     await blocker.terminate("recorded")
     return runs
+
+
+PROVISION_PATHS = {"provision"}
+
+
+async def _run_provision_paths(
+    client: Client, db: Database, redis: Redis, home: Path
+) -> dict[str, WorkflowHandle[Any, Any]]:
+    """A server added and provisioned: this machine, over SSH through a throwaway sshd."""
+    vault = Vault.from_settings(Settings(home=home))  # the worker's, in the same home
+    with ssh_host() as sshd:
+        server = ServerCreate(
+            handle="web-1",
+            host=sshd.host,
+            port=sshd.port,
+            ssh_user=sshd.user,
+            private_key=sshd.private_key,  # type: ignore[arg-type]
+        )
+        async with db.session() as session:
+            _, message, _ = await server_service.create_server(session, vault, server)
+        async with running_worker(client, db, redis, home, identity=IDENTITY) as queue:
+            await start_provision(client, message, task_queue=queue)
+            handle = client.get_workflow_handle(provision_workflow_id(message.server_handle))
+            await handle.result()
+    return {"provision": handle}
 
 
 # engineering_answered.json was recorded before a waiting task gave its Worker back: kept, not
@@ -281,6 +314,7 @@ ALL_PATHS = {
     "scaffold",
     "scaffold_failed",
     *DEVELOPMENT_PATHS,
+    *PROVISION_PATHS,
 }
 
 

@@ -43,6 +43,7 @@ from cli.demo_script import DEMO_FILES
 from core.settings import Settings
 from tests.conftest import fresh_postgres_database
 from tests.containers.images import tiny_image
+from tests.deploy.helpers import end_apps
 from tests.servers import free_port
 
 FOREIGN = [
@@ -159,6 +160,7 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         "TEMPORAL_PORT": free_port(),
         "TEMPORAL_UI_PORT": free_port(),
         "REDIS_PORT": free_port(),
+        "LOCAL_TARGET_PORT": free_port(),
     }
     env = {k: v for k, v in os.environ.items() if k not in FOREIGN}
     env["ORCHESTRATOR_HOME"] = str(tmp_path / "home")
@@ -175,6 +177,7 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         for pid in leftovers:  # a failed test must not leave servers behind
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        end_apps(created.home / "target" / "apps")  # nor apps the demo deployed
 
 
 async def wait_for_workflow(stack: Stack, workflow_id: str) -> WorkflowExecutionStatus:
@@ -250,11 +253,12 @@ async def test_up_run_a_task_down(stack: Stack) -> None:
     assert stack.json("status")["running"] is False
 
 
-async def test_the_demo_opens_a_pull_request(
+async def test_the_demo_opens_a_pull_request_and_deploys_it(
     stack: Stack, docker_host: str, docker_client: docker.DockerClient, scripted_image: str
 ) -> None:
-    """`make run`: the demo starts the stack itself, and the scripted agent's feature ends in a
-    pull request whose branch holds it, its tests passed."""
+    """`make run`: the demo starts the stack itself, the scripted agent's feature ends in a
+    pull request whose branch holds it, its tests passed, and that branch answers at its URL on
+    a deploy target the demo made on this machine."""
     stack.env["DOCKER_HOST"] = docker_host  # where the scripted image is kept (see the top)
     done = await asyncio.to_thread(stack.cli, "demo", "--json", timeout=600)
     assert done.returncode == 0, (done.stdout, done.stderr)
@@ -264,7 +268,7 @@ async def test_the_demo_opens_a_pull_request(
     assert demo["workflow_id"] == f"engineering-{demo['task_id']}"
     assert demo["workflow_url"].endswith(f"/workflows/{demo['workflow_id']}")
     scaffold = f"scaffold-{demo['project_id']}"
-    assert set(demo["workflow_urls"]) == {demo["workflow_id"], scaffold}
+    assert set(demo["workflow_urls"]) == {demo["workflow_id"], scaffold, demo["deploy_workflow_id"]}
     assert demo["workflow_urls"][scaffold].endswith(f"/workflows/{scaffold}")
     assert demo["result"]["stages"] == ["scaffold", "developer", "tester", "pull_request"]
     assert sorted(demo["files_changed"]) == sorted(DEMO_FILES)
@@ -284,8 +288,25 @@ async def test_the_demo_opens_a_pull_request(
     label = f"{TASK_ID}={demo['task_id']}"
     assert docker_client.containers.list(all=True, filters={"label": label}) == []
 
+    # The branch is live on the local target: the feature answers at the deployed URL.
+    assert (demo["deploy_status"], demo["deploy_error"]) == ("COMPLETED", None)
+    url = demo["deployed_url"]
+    assert url == f"http://127.0.0.1:{url.rsplit(':', 1)[1]}"
+    assert demo["health"]["status"] == 200
+    async with httpx.AsyncClient(timeout=10) as http:
+        assert (await http.get(f"{url}greet/world")).json() == {"message": "Hello, world!"}
+    [local] = stack.json("server", "list")
+    assert (local["handle"], local["status"]) == ("local", "READY")
+    [release] = stack.json("deploy", "list", "--project", demo["project_name"])
+    assert (release["status"], release["url"]) == ("RUNNING", url)
+    gone = await asyncio.to_thread(stack.json, "deploy", "undeploy", demo["project_name"], "--wait")
+    assert gone["status"] == "COMPLETED"
+    assert not listening(int(url.rstrip("/").rsplit(":", 1)[1]))
+
     down = await asyncio.to_thread(stack.json, "down")
     assert down["was_running"] is True and down["killed"] == []
+    assert down["local_target"] is True
+    assert not listening(stack.ports["LOCAL_TARGET_PORT"])
 
 
 def service(stack: Stack, name: str) -> dict[str, Any]:

@@ -29,6 +29,7 @@ RECORDED = [
     "engineering_existing_repository",
     "engineering_failed",
     "po_session",
+    "provision",
     "scaffold",
     "scaffold_failed",
 ]

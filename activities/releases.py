@@ -1,0 +1,262 @@
+"""Releases on servers, through Ansible: what ``AnsibleDeployWorkflow`` and stop/undeploy run.
+
+The release travels as an archive made here (``git archive`` of one commit), so a server needs
+no access to the forge and holds no credential. Secrets are decrypted only in ``deploy_release``,
+handed to the runner as secret variables (a 0600 file, masked in its output) and written by the
+playbook into the release's ``.env``; they appear in no result, event, log or history.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+from redis.asyncio import Redis
+from sqlmodel import col, select
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.ansible import AnsibleRunner, PlaybookRun, SshTarget
+from activities.forge import git
+from activities.forges import make_forge
+from activities.heartbeat import heartbeating, run_blocking
+from activities.servers import ssh_target
+from api.db import Database
+from api.models import Secret, SecretKind, Server
+from core.contracts.deploy import (
+    DEPLOY_RESULT_TTL_SECONDS,
+    PROJECT_SECRETS_PREFIX,
+    AnsibleDeployMessage,
+    AnsibleDeployResult,
+    deploy_result_key,
+)
+from core.crypto import Vault
+from core.logging import get_logger
+from core.settings import Settings
+
+log = get_logger("activities.releases")
+
+PORT_BUSY = "port {port} is in use on the server by another process"
+DEFAULT_COMMIT = "refs/heads/main"
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+PLAYBOOK_TIMEOUT_S = 900
+
+
+class StopAppInput(BaseModel):
+    server_handle: str
+    app_name: str
+    remove: bool = False  # undeploy: the app's directory goes too
+
+
+class StopAppResult(BaseModel):
+    server_handle: str
+    app_found: bool
+
+
+def _fail(message: str, kind: str = "ReleaseFailed") -> ApplicationError:
+    return ApplicationError(message, type=kind, non_retryable=True)
+
+
+def _apps_root(server: Server) -> dict[str, str]:
+    """The server's own apps directory, when it has one (else the playbooks' default)."""
+    return {"apps_root": server.apps_root} if server.apps_root else {}
+
+
+def deployed_url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+
+class ReleaseActivities:
+    def __init__(
+        self, settings: Settings, db: Database, redis: Redis, vault: Vault, runner: AnsibleRunner
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.redis = redis
+        self.vault = vault
+        self.runner = runner
+
+    @activity.defn
+    async def deploy_release(self, message: AnsibleDeployMessage) -> AnsibleDeployResult:
+        """Run deploy.yml for one release; a failed playbook is a result, not an error."""
+        handle = message.server_handle or await self._handle_of(message.server_ip)
+        target, server = await ssh_target(self.db, self.vault, handle)
+        release = message.release or message.request_id
+        archive_dir = Path(tempfile.mkdtemp(prefix="release-", dir=self._archives()))
+        try:
+            archive, commit = await run_blocking(
+                self._archive, message, archive_dir / f"{release}.tar.gz"
+            )
+            run = await self._run(
+                "deploy.yml",
+                target,
+                self._extravars(message, server, release, archive),
+                {"secret_env": await self._secret_env(message.secrets_ref)},
+                run_name=message.request_id,
+            )
+        finally:
+            shutil.rmtree(archive_dir, ignore_errors=True)
+        await self._remember_host_key(server, run)
+        return self._result(message, server, release, commit, run)
+
+    @activity.defn
+    async def publish_deploy_result(self, result: AnsibleDeployResult) -> None:
+        """``deploy:result:{request_id}`` for an hour, as the contract says."""
+        await self.redis.set(
+            deploy_result_key(result.request_id),
+            result.model_dump_json(),
+            ex=DEPLOY_RESULT_TTL_SECONDS,
+        )
+
+    @activity.defn
+    async def stop_app(self, request: StopAppInput) -> StopAppResult:
+        """Stop the app's releases on one server (undeploy: and remove them)."""
+        target, server = await ssh_target(self.db, self.vault, request.server_handle)
+        playbook = "undeploy.yml" if request.remove else "stop.yml"
+        extravars = {"app_name": request.app_name, **_apps_root(server)}
+        run = await self._run(playbook, target, extravars)
+        await self._remember_host_key(server, run)
+        if not run.ok:
+            # Retried: an unreachable server may come back; the message says what failed.
+            raise ApplicationError(
+                f"{playbook} failed on {server.handle}: {run.failed_msg}", type="PlaybookFailed"
+            )
+        return StopAppResult(
+            server_handle=server.handle, app_found=bool(run.data.get("app_found", True))
+        )
+
+    # --- private ---------------------------------------------------------------------------
+
+    async def _run(
+        self,
+        playbook: str,
+        target: SshTarget,
+        extravars: dict[str, Any],
+        secret_vars: dict[str, Any] | None = None,
+        run_name: str | None = None,
+    ) -> PlaybookRun:
+        async with heartbeating(playbook):
+            return await self.runner.run_async(
+                playbook,
+                target,
+                extravars,
+                secret_vars,
+                timeout_s=PLAYBOOK_TIMEOUT_S,
+                run_name=run_name,
+            )
+
+    async def _handle_of(self, host: str) -> str:
+        """The server a message names by its address only (the contract's ``server_ip``)."""
+        async with self.db.session() as session:
+            found = (await session.exec(select(Server).where(col(Server.host) == host))).all()
+        if len(found) != 1:
+            many = "several servers have" if found else "no server has"
+            raise _fail(
+                f"{many} the address {host}: name the server by its handle", "ServerNotFound"
+            )
+        return found[0].handle
+
+    async def _remember_host_key(self, server: Server, run: PlaybookRun) -> None:
+        """The host key learned on first contact is checked from then on."""
+        if server.known_hosts or not run.learned_known_hosts:
+            return
+        async with self.db.session() as session:
+            row = await session.get(Server, server.id)
+            if row is not None and not row.known_hosts:
+                row.known_hosts = run.learned_known_hosts
+                session.add(row)
+                await session.commit()
+
+    async def _secret_env(self, secrets_ref: str | None) -> dict[str, str]:
+        """The project's stored secrets by name, decrypted (only here, only for the playbook)."""
+        if not secrets_ref:
+            return {}
+        if not secrets_ref.startswith(PROJECT_SECRETS_PREFIX):
+            raise _fail(f"secrets_ref must be {PROJECT_SECRETS_PREFIX}<project id>")
+        project_id = secrets_ref.removeprefix(PROJECT_SECRETS_PREFIX)
+        async with self.db.session() as session:
+            rows = await session.exec(
+                select(Secret).where(
+                    col(Secret.project_id) == project_id, col(Secret.kind) == SecretKind.env
+                )
+            )
+            return {row.name: self.vault.decrypt(row.ciphertext) for row in rows.all()}
+
+    def _archive(self, message: AnsibleDeployMessage, path: Path) -> tuple[Path, str]:
+        """``git archive`` of the release's commit, made from a fresh clone of the repository."""
+        repository = message.repository or make_forge(self.settings).clone_url(
+            message.repo_full_name
+        )
+        checkout = path.parent / "repository"
+        git("clone", "--quiet", "--bare", repository, str(checkout))
+        wanted = message.commit_sha or DEFAULT_COMMIT
+        found = git(
+            "rev-parse", "--verify", "--quiet", f"{wanted}^{{commit}}", cwd=checkout, check=False
+        )
+        if found.returncode != 0:
+            raise _fail(f"{message.repo_full_name} has no commit {wanted}")
+        commit = found.stdout.strip()
+        git("archive", "--format=tar.gz", "-o", str(path), commit, cwd=checkout)
+        return path, commit
+
+    def _archives(self) -> Path:
+        directory = self.runner.work_root / "archives"
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return directory
+
+    def _extravars(
+        self, message: AnsibleDeployMessage, server: Server, release: str, archive: Path
+    ) -> dict[str, Any]:
+        # An app on a loopback server answers on loopback only; elsewhere on every interface.
+        host = "127.0.0.1" if server.host in LOOPBACK_HOSTS else "0.0.0.0"
+        retries = max(1, math.ceil(self.settings.deploy_health_timeout_s))
+        return {
+            "app_name": message.project_name,
+            "release": release,
+            "archive": str(archive),
+            "app_port": message.port,
+            "start_command": message.start_command or "",
+            "port_env": message.port_env or "PORT",
+            "health_path": message.health_path or "/",
+            "env": {"HOST": host, **message.env},
+            "health_retries": retries,
+            "health_delay": 1,
+            **_apps_root(server),
+        }
+
+    def _result(
+        self,
+        message: AnsibleDeployMessage,
+        server: Server,
+        release: str,
+        commit: str,
+        run: PlaybookRun,
+    ) -> AnsibleDeployResult:
+        common: dict[str, Any] = {
+            "request_id": message.request_id,
+            "release": release,
+            "server_ip": server.host,
+            "port": message.port,
+            "commit_sha": commit,
+            "playbook_s": round(run.duration_s, 3),
+        }
+        if run.ok:
+            return AnsibleDeployResult(
+                **common,
+                success=True,
+                deployed_url=deployed_url(server.host, message.port),
+                previous_release=run.data.get("previous_release") or None,
+            )
+        error = run.failed_msg or f"the playbook failed (rc {run.rc})"
+        log.warning("release failed", release=release, server=server.handle, task=run.failed_task)
+        return AnsibleDeployResult(
+            **common,
+            success=False,
+            error=error,
+            failed_task=run.failed_task,
+            port_busy=error.startswith(PORT_BUSY.format(port=message.port)),
+        )

@@ -1,0 +1,178 @@
+"""``orchestrator deploy``: hand work to the DevOps department and follow it.
+
+Every deploy is a task (``deploy-<task id>`` in Temporal): ``start`` puts a release of the project
+on a server, ``rollback`` brings the release before back, ``stop`` and ``undeploy`` end it.
+One deploy of a project runs at a time; the others wait their turn.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from cli.client import ApiClient, WaitTimeout
+from cli.engineering import status as task_status
+from cli.engineering import wait as task_wait
+from cli.output import JsonOption, Output, cli_name, command
+from cli.task import exit_code_of, follow_with_progress, styled, timed_out
+from core.contracts.deploy import DeployAction
+
+app = typer.Typer(
+    help="Deploys: start, rollback, stop, undeploy, status, wait, list.", no_args_is_help=True
+)
+
+ProjectOption = Annotated[str, typer.Option(help="Project ID or name.")]
+WaitOption = Annotated[
+    bool, typer.Option("--wait", help="Follow the deploy until it ends (exit 1 unless it worked).")
+]
+TimeoutOption = Annotated[
+    float | None, typer.Option(min=0, help="With --wait: give up after this many seconds.")
+]
+
+
+def start_deploy(
+    client: ApiClient, project: str, action: DeployAction, ref: str | None = None
+) -> dict[str, Any]:
+    """Create the deploy task; the API names its workflow before any bridge has started it."""
+    project_id = client.project(project)["id"]
+    options: dict[str, Any] = {"action": action.value}
+    if ref:
+        options["ref"] = ref
+    task = client.post("/tasks", {"type": "deploy", "project_id": project_id, "deploy": options})
+    return {
+        "task_id": task["id"],
+        "workflow_id": task["workflow_id"],
+        "workflow_url": client.settings.workflow_url(task["workflow_id"]),
+        "project_id": project_id,
+        "action": action.value,
+        "status": task["status"],
+    }
+
+
+def _run(
+    project: str,
+    action: DeployAction,
+    ref: str | None,
+    wait: bool,
+    timeout: float | None,
+    json_output: bool,
+) -> None:
+    out = Output(json_output)
+    with ApiClient() as client:
+        started = start_deploy(client, project, action, ref)
+        if not wait:
+            out.emit(started, lambda: _render_started(out, started))
+            return
+        out.print(f"Deploy task {started['task_id']}  workflow {started['workflow_id']}")
+        out.print(f"Web UI {started['workflow_url']}")
+        try:
+            follow_with_progress(client, out, started["task_id"], timeout)
+        except WaitTimeout:
+            raise timed_out(client, started["task_id"], timeout) from None
+        final = client.task(started["task_id"])
+    summary = {**started, "status": final["status"], "result": final.get("result")}
+    if final.get("error"):
+        summary["error"] = final["error"]
+    out.emit(summary, lambda: _render_final(out, final))
+    raise typer.Exit(exit_code_of(final["status"]))
+
+
+def _render_started(out: Output, started: dict[str, Any]) -> None:
+    out.console.print(f"task      [bold]{started['task_id']}[/bold] ({started['action']})")
+    out.console.print(f"workflow  {started['workflow_id']}")
+    out.console.print(f"Web UI    {started['workflow_url']}")
+    out.console.print(f"Follow it: {cli_name()} task watch {started['task_id']}")
+
+
+def _render_final(out: Output, task: dict[str, Any]) -> None:
+    result = task.get("result") or {}
+    out.console.print(f"Deploy {task['id']} {styled(task['status'])}")
+    if result.get("deployed_url"):
+        out.console.print(f"URL      [bold]{result['deployed_url']}[/bold]")
+        out.console.print(f"release  {result.get('release')} on {result.get('server')}")
+    if task.get("error"):
+        out.console.print(f"[red]{escape(task['error'])}[/red]")
+
+
+@command(app, "start")
+def start(
+    project: ProjectOption,
+    ref: Annotated[
+        str | None, typer.Option(help="Branch, tag or commit to deploy (default: main).")
+    ] = None,
+    wait: WaitOption = False,
+    timeout: TimeoutOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Deploy a new release of the project; prints the task and workflow IDs at once."""
+    _run(project, DeployAction.create, ref, wait, timeout, json_output)
+
+
+@command(app, "rollback")
+def rollback(
+    project: Annotated[str, typer.Argument(help="Project ID or name.")],
+    wait: WaitOption = False,
+    timeout: TimeoutOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Serve the release before the serving one again (same server, same port)."""
+    _run(project, DeployAction.rollback, None, wait, timeout, json_output)
+
+
+@command(app, "stop")
+def stop(
+    project: Annotated[str, typer.Argument(help="Project ID or name.")],
+    wait: WaitOption = False,
+    timeout: TimeoutOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Stop serving the project; its port and releases stay (`deploy start` serves again)."""
+    _run(project, DeployAction.stop, None, wait, timeout, json_output)
+
+
+@command(app, "undeploy")
+def undeploy(
+    project: Annotated[str, typer.Argument(help="Project ID or name.")],
+    wait: WaitOption = False,
+    timeout: TimeoutOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Stop the project and remove its releases from its servers; its port is freed."""
+    _run(project, DeployAction.undeploy, None, wait, timeout, json_output)
+
+
+@command(app, "list")
+def list_deployments(
+    project: Annotated[str | None, typer.Option(help="Only this project's releases.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=500, help="At most this many.")] = 20,
+    json_output: JsonOption = False,
+) -> None:
+    """Releases, newest first: where each runs and which one serves."""
+    out = Output(json_output)
+    params: dict[str, Any] = {"limit": limit}
+    if project:
+        params["project"] = project
+    with ApiClient() as client:
+        found = client.get("/deployments", **params)
+
+    def render() -> None:
+        table = Table("release", "status", "server", "port", "url", "task")
+        for row in found:
+            table.add_row(
+                row["release"],
+                styled(row["status"]) if row["status"] != "RUNNING" else "[green]RUNNING[/]",
+                (row.get("details") or {}).get("server", ""),
+                str(row["port"]),
+                row.get("url") or "",
+                row.get("task_id") or "",
+            )
+        out.console.print(table)
+
+    out.emit(found, render)
+
+
+command(app, "status")(task_status)
+command(app, "wait")(task_wait)

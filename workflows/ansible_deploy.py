@@ -1,0 +1,62 @@
+"""AnsibleDeployWorkflow: one ``ansible:deploy:queue`` message, one release on one server.
+
+Started by the bridge with the id ``ansible-deploy-{request_id}``. Runs deploy.yml through
+ansible-runner in one heartbeating activity (a killed worker's run is played again elsewhere,
+ending the orphaned playbook first), then publishes the result on ``deploy:result:{request_id}``
+for an hour, whatever the outcome, and returns it.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, is_cancelled_exception
+
+from workflows.scaffold import describe_failure
+
+with workflow.unsafe.imports_passed_through():
+    from activities.releases import PLAYBOOK_TIMEOUT_S, ReleaseActivities
+    from workflows.io import ANSIBLE_DEPLOY_WORKFLOW, AnsibleDeployInput, AnsibleDeployOutput
+
+RUN_RETRY = RetryPolicy(
+    maximum_interval=timedelta(seconds=10),
+    maximum_attempts=5,
+    non_retryable_error_types=["ReleaseFailed", "ServerNotFound", "VaultError"],
+)
+
+
+@workflow.defn(name=ANSIBLE_DEPLOY_WORKFLOW)
+class AnsibleDeployWorkflow:
+    @workflow.run
+    async def run(self, message: AnsibleDeployInput) -> AnsibleDeployOutput:
+        try:
+            result = await workflow.execute_activity_method(
+                ReleaseActivities.deploy_release,
+                message,
+                start_to_close_timeout=timedelta(seconds=PLAYBOOK_TIMEOUT_S + 300),
+                heartbeat_timeout=timedelta(seconds=10),
+                retry_policy=RUN_RETRY,
+                summary=f"deploy.yml: release {message.release} to {message.server_ip}"
+                f":{message.port}",
+            )
+        except ActivityError as error:
+            if is_cancelled_exception(error):
+                raise
+            result = AnsibleDeployOutput(
+                request_id=message.request_id,
+                success=False,
+                error=describe_failure(error),
+                server_ip=message.server_ip,
+                port=message.port,
+                release=message.release,
+            )
+        await workflow.execute_activity_method(
+            ReleaseActivities.publish_deploy_result,
+            result,
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=10)),
+            summary="Publish deploy:result",
+        )
+        return result
