@@ -1,7 +1,7 @@
 # install: system packages, .venv and the project (idempotent, quiet when nothing changed)
 # run:     the main job: a demo engineering task on the embedded stack
-# test:    the whole test suite, quick bridge throughput and engineering overhead checks, then lint
-#          and type checks
+# test:    the whole test suite, quick bridge throughput, engineering and deploy overhead checks,
+#          then lint and type checks
 # lint:    ruff and mypy
 .PHONY: install run test lint
 
@@ -18,6 +18,7 @@ test: install
 	$(BIN)/pytest
 	$(BIN)/python bench/bridge_throughput.py --quick
 	$(BIN)/python bench/engineering_overhead.py --quick
+	$(BIN)/python bench/deploy_overhead.py --quick
 	$(MAKE) --no-print-directory lint
 
 lint: install

@@ -5,9 +5,11 @@ two projects to one server get ports of their own."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from pathlib import Path
 from typing import Any
 
+from api.services import deployments
 from tests.deploy.helpers import DeployStack, commit_files, served
 
 BROKEN_MAIN = """import sys
@@ -151,3 +153,22 @@ async def test_deploys_of_one_project_take_turns(deploy_stack: DeployStack) -> N
     assert started["created_at"] > other["completed_at"]
     statuses = sorted(status for _, status in await releases(stack, project["name"]))
     assert statuses == ["RUNNING", "SUPERSEDED"]
+
+
+async def test_a_port_another_process_holds_is_skipped(deploy_stack: DeployStack) -> None:
+    stack = deploy_stack
+    first_port = stack.settings.deploy_port_range.start
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", first_port))
+        squatter.listen()
+        project = await stack.project()
+        done = await stack.finished((await stack.deploy(project["id"]))["id"])
+        assert done["status"] == "COMPLETED", done["error"]
+        assert done["result"]["port"] != first_port
+        assert (await served(done["result"]["deployed_url"]))["service"] == project["name"]
+    messages = [e["message"] for e in await stack.events(done["id"])]
+    assert any(f"Port {first_port} is taken" in m for m in messages), messages
+    # The port it left is free again for others; the one it serves on is its own.
+    async with stack.db.session() as session:
+        held = await deployments.project_allocations(session, project["id"])
+    assert [a.port for a in held] == [done["result"]["port"]]
