@@ -166,6 +166,9 @@ class AnsibleRunner:
                     learned = (data_dir / "known_hosts").read_text().strip() or None
             finally:
                 _close_ssh_masters(control_dir)
+                # A cancelled or timed-out run's forks live in sessions of their own, which
+                # ansible-runner does not signal: nothing of the run may outlive it.
+                end_processes_using(data_dir)
         result = _result(playbook, status, rc, events, stdout, secrets, time.monotonic() - started)
         result.learned_known_hosts = learned
         log.info(

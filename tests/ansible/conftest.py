@@ -16,6 +16,7 @@ import pytest
 
 from activities.ansible import AnsibleRunner, SshTarget
 from stack.worker import TEMPLATES_DIR
+from tests.ansible.helpers import processes_in
 from tests.ssh_host import SshHost, ssh_host
 
 # The `broken` branch starts, logs why it cannot serve, and exits: its health check must fail.
@@ -62,12 +63,17 @@ def apps_root() -> Iterator[Path]:
         for pid_file in root.glob("*/run/*.pid"):
             with contextlib.suppress(ValueError, ProcessLookupError, PermissionError):
                 os.killpg(int(pid_file.read_text()), signal.SIGKILL)
+        # A release whose pid file is gone (a test that failed halfway through a crash) too.
+        for pid in processes_in(root):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
         shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
 def app_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The service template rendered and committed on `main`, plus a `broken` branch."""
+    """The service template rendered and committed on `main`, plus two branches: `broken` (fails
+    its health check) and `v2` (serves, and says so on `/`, so a test sees which version serves)."""
     repo = tmp_path_factory.mktemp("app") / "repo"
     data = {"project_name": "hello", "description": "A deploy test.", "modules": ["backend"]}
     copier.run_copy(str(TEMPLATES_DIR / "service"), str(repo), data=data, defaults=True, quiet=True)
@@ -78,5 +84,11 @@ def app_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     git(repo, "checkout", "-q", "-b", "broken")
     (repo / "app" / "__main__.py").write_text(BROKEN_MAIN)
     git(repo, *commit, "Break the start", "--all")
+    git(repo, "checkout", "-q", "-b", "v2", "main")
+    server = repo / "app" / "server.py"
+    hello = '"message": "hello"'
+    assert hello in server.read_text()
+    server.write_text(server.read_text().replace(hello, '"message": "hello from v2"'))
+    git(repo, *commit, "Say which version serves", "--all")
     git(repo, "checkout", "-q", "main")
     return repo

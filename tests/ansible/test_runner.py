@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import signal
 import subprocess
 import threading
 import time
@@ -41,6 +43,15 @@ SLOW = """
     - name: Wait
       ansible.builtin.pause:
         seconds: 60
+"""
+
+QUICK = """
+- name: A quick playbook
+  hosts: all
+  gather_facts: false
+  tasks:
+    - name: Answer
+      ansible.builtin.command: "true"
 """
 
 
@@ -151,6 +162,40 @@ def test_a_run_times_out(tmp_path: Path, target: SshTarget) -> None:
     assert not run.ok and run.timed_out
     assert time.monotonic() - started < 20
     assert list((tmp_path / "work" / "runs").iterdir()) == []
+    # Its forks (in sessions of their own, which ansible-runner does not signal) are gone too.
+    assert processes_naming(tmp_path / "work" / "runs") == []
+
+
+def test_a_named_run_ends_the_one_a_killed_process_left_behind(
+    tmp_path: Path, target: SshTarget
+) -> None:
+    playbooks = tmp_path / "playbooks"
+    playbooks.mkdir()
+    (playbooks / "quick.yml").write_text(QUICK)
+    runner = AnsibleRunner(work_root=tmp_path / "work", playbooks_dir=playbooks)
+    left = tmp_path / "work" / "runs" / "run-release-1"
+    left.mkdir(parents=True)
+    # What a killed worker leaves: a process of its run, in a session of its own.
+    orphan = subprocess.Popen(
+        ["sh", "-c", "sleep 120", str(left / "inventory")], start_new_session=True
+    )
+    try:
+        run = runner.run("quick.yml", target, run_name="release-1")
+        assert run.ok, run.stdout_tail
+        assert orphan.wait(10) == -signal.SIGKILL
+        assert list((tmp_path / "work" / "runs").iterdir()) == []
+    finally:
+        if orphan.poll() is None:
+            orphan.kill()
+
+
+def processes_naming(directory: Path) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if entry.name.isdigit() and str(directory).encode() in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+    return found
 
 
 async def test_run_async_relays_events_on_the_loop_and_cancels(

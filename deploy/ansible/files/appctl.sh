@@ -7,8 +7,11 @@
 #   appctl.sh status RELEASE           exit 0 when the release's process is alive
 #   appctl.sh switch RELEASE PORT      make RELEASE current; stop every other release
 #   appctl.sh stop-all                 stop every release of the app
+#   appctl.sh install RELEASE DIR      stop the release, then make DIR (a fresh unpack of its
+#                                      archive, in releases/) its directory, replacing the old one
 #
-# Layout (next to this script): releases/RELEASE (checkout with .env), run/RELEASE.sh (its start
+# Layout (next to this script): releases/RELEASE (the release's archive unpacked, with its .env),
+# releases/.RELEASE.unpack (deploy.yml unpacks there, then swaps it in), run/RELEASE.sh (its start
 # script), run/RELEASE.pid, logs/RELEASE.log, current -> releases/RELEASE, current.json.
 set -eu
 APP_DIR=$(cd "$(dirname "$0")" && pwd)
@@ -45,7 +48,7 @@ start() {  # start RELEASE [COMMAND]
     echo $! >"run/$1.pid"
 }
 
-command=${1:?usage: appctl.sh start|stop|status|switch RELEASE ... | stop-all}
+command=${1:?usage: appctl.sh start|stop|status|switch|install RELEASE ... | stop-all}
 case $command in
 start) start "${2:?release}" "${3:-}" ;;
 stop) stop_pidfile "run/${2:?release}.pid" ;;
@@ -59,6 +62,12 @@ switch)
     for file in run/*.pid; do
         [ -e "$file" ] && [ "$file" != "run/$2.pid" ] && stop_pidfile "$file"
     done
+    ;;
+install)
+    # A process of the release runs from the directory being replaced: it goes first.
+    stop_pidfile "run/${2:?release}.pid"
+    rm -rf -- "releases/$2"
+    mv -T -- "${3:?unpacked directory}" "releases/$2"
     ;;
 stop-all)
     for file in run/*.pid; do
