@@ -10,6 +10,8 @@ Re-record only when a change is meant to be incompatible AND no run of the old c
 open anywhere; otherwise keep the old files and guard the change with ``workflow.patched``.
 Name the paths to record (``record engineering_developed``); with no name it records them all.
 The first six histories are from before the development graph (they replay its patch's old side).
+No recording may hold a secret: each file is checked for the recording's SSH private keys and its
+project secret (an obviously fake value) before it is written.
 """
 
 from __future__ import annotations
@@ -42,10 +44,18 @@ from core.contracts.engineering import (
     HumanAnswer,
 )
 from core.crypto import Vault
-from core.ids import po_session_workflow_id, provision_workflow_id, scaffold_workflow_id
+from core.ids import (
+    ansible_deploy_workflow_id,
+    po_session_workflow_id,
+    provision_workflow_id,
+    scaffold_workflow_id,
+)
 from core.settings import Settings
 from core.temporal import SEARCH_ATTRIBUTES, search_attributes
 from tests import servers
+from tests.deploy.helpers import DeployStack, deploy_stack_on
+from tests.deploy.test_lifecycle import BROKEN_MAIN
+from tests.deploy.test_secrets import manifest
 from tests.images.conftest import image_builder
 from tests.ssh_host import ssh_host
 from tests.waiting import eventually
@@ -71,9 +81,14 @@ async def record(out_dir: Path, names: set[str]) -> list[Path]:
     with (
         tempfile.TemporaryDirectory(prefix="histories-") as tmp,
         servers.redis_server() as url,
-        servers.podman_service(servers.test_images_root() / "podman") as docker_host,
+        contextlib.ExitStack() as services,
     ):
         home = Path(tmp)
+        # Only the development paths run Workers: the container service only for them.
+        docker_host = ""
+        if names & DEVELOPMENT_PATHS:
+            podman = servers.podman_service(servers.test_images_root() / "podman")
+            docker_host = services.enter_context(podman)
         env = await WorkflowEnvironment.start_local(
             dev_server_existing_path=str(servers.TEMPORAL_BIN),
             data_converter=pydantic_data_converter,
@@ -90,10 +105,13 @@ async def record(out_dir: Path, names: set[str]) -> list[Path]:
                 identity=IDENTITY,
             )
             histories = {}
-            if names - DEVELOPMENT_PATHS - PROVISION_PATHS:
+            secrets: list[str] = []  # what no recording may contain
+            if names - DEVELOPMENT_PATHS - PROVISION_PATHS - DEPLOY_PATHS:
                 histories.update(await _run_paths(client, db, redis, home))
             if names & PROVISION_PATHS:
-                histories.update(await _run_provision_paths(client, db, redis, home))
+                histories.update(await _run_provision_paths(client, db, redis, home, secrets))
+            if names & DEPLOY_PATHS:
+                histories.update(await _run_deploy_paths(client, db, redis, home, secrets))
             if names & DEVELOPMENT_PATHS:
                 histories.update(await _run_development_paths(client, db, redis, home, docker_host))
             cleaner = _Cleaner(home)
@@ -104,7 +122,9 @@ async def record(out_dir: Path, names: set[str]) -> list[Path]:
                 history = await handle.fetch_history()
                 path = out_dir / f"{name}.json"
                 data = cleaner.clean(history.to_json_dict())
-                path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+                text = json.dumps(data, indent=1, sort_keys=True) + "\n"
+                _assert_no_secret(name, data, text, secrets)
+                path.write_text(text)
                 written.append(path)
             return written
         finally:
@@ -168,11 +188,12 @@ PROVISION_PATHS = {"provision"}
 
 
 async def _run_provision_paths(
-    client: Client, db: Database, redis: Redis, home: Path
+    client: Client, db: Database, redis: Redis, home: Path, secrets: list[str]
 ) -> dict[str, WorkflowHandle[Any, Any]]:
     """A server added and provisioned: this machine, over SSH through a throwaway sshd."""
     vault = Vault.from_settings(Settings(home=home))  # the worker's, in the same home
     with ssh_host() as sshd:
+        secrets.append(sshd.private_key)
         server = ServerCreate(
             handle="web-1",
             host=sshd.host,
@@ -187,6 +208,73 @@ async def _run_provision_paths(
             handle = client.get_workflow_handle(provision_workflow_id(message.server_handle))
             await handle.result()
     return {"provision": handle}
+
+
+DEPLOY_PATHS = {
+    "deploy",
+    "ansible_deploy",
+    "deploy_stopped",
+    "deploy_waited_for_secret",
+    "deploy_failed",
+}
+# The secret the recording's app waits for: a made-up value, and no recording may contain it.
+FAKE_SECRET = "fake-api-token-for-recorded-histories"
+
+
+async def _run_deploy_paths(
+    client: Client, db: Database, redis: Redis, home: Path, secrets: list[str]
+) -> dict[str, WorkflowHandle[Any, Any]]:
+    """Deploys to this machine through a throwaway sshd, on tests/deploy/helpers.py's stack (the
+    API, a bridge, a READY server): one that completes (and its Ansible run) and is then stopped,
+    one that waits for a secret until it is set through the API, one whose release cannot start."""
+    runs: dict[str, WorkflowHandle[Any, Any]] = {}
+    with ssh_host() as sshd:
+        secrets.extend([sshd.private_key, FAKE_SECRET])
+        async with deploy_stack_on(db, redis, client, sshd, home) as stack:
+            project = await stack.project("webapp")
+            deployed = await _deployed(stack, project["id"], "COMPLETED")
+            runs["deploy"] = client.get_workflow_handle(deployed["workflow_id"])
+            request_id = f"{deployed['id']}-{deployed['result']['release']}"
+            runs["ansible_deploy"] = client.get_workflow_handle(
+                ansible_deploy_workflow_id(request_id)
+            )
+            stopped = await _deployed(stack, project["id"], "COMPLETED", action="stop")
+            runs["deploy_stopped"] = client.get_workflow_handle(stopped["workflow_id"])
+
+            files = {".orchestrator.yml": manifest("secretive", ["API_TOKEN"])}
+            secretive = await stack.project("secretive", **files)
+            waiting = await stack.deploy(secretive["id"])
+            await eventually(
+                lambda: _status_is(stack, waiting["id"], "WAITING_HUMAN"),
+                "the deploy waiting for API_TOKEN",
+                within=120,
+            )
+            put = await stack.api.put(
+                "/projects/secretive/secrets/API_TOKEN", json={"value": FAKE_SECRET}
+            )
+            assert put.status_code == 201, put.text  # the API signals secrets_changed
+            done = await stack.finished(waiting["id"])
+            assert done["status"] == "COMPLETED", done["error"]
+            runs["deploy_waited_for_secret"] = client.get_workflow_handle(waiting["workflow_id"])
+
+            crasher = await stack.project("crasher", **{"app/__main__.py": BROKEN_MAIN})
+            failed = await _deployed(stack, crasher["id"], "FAILED")
+            assert "boom: this release cannot start" in failed["error"], failed["error"]
+            runs["deploy_failed"] = client.get_workflow_handle(failed["workflow_id"])
+    return runs
+
+
+async def _deployed(
+    stack: DeployStack, project_id: str, status: str, action: str = "create"
+) -> dict[str, Any]:
+    """A deploy task of ``project_id`` once it ended, which it did with ``status``."""
+    task = await stack.finished((await stack.deploy(project_id, action))["id"])
+    assert task["status"] == status, (task["status"], task["error"])
+    return task
+
+
+async def _status_is(stack: DeployStack, task_id: str, status: str) -> bool:
+    return bool((await stack.task(task_id))["status"] == status)
 
 
 # engineering_answered.json was recorded before a waiting task gave its Worker back: kept, not
@@ -271,6 +359,26 @@ async def _waiting(handle: WorkflowHandle[Any, Any]) -> bool:
     )
 
 
+def _assert_no_secret(name: str, data: Any, text: str, secrets: list[str]) -> None:
+    """Neither the file nor any payload in it (base64 there) holds a secret or a line of one
+    (a key's lines may have been joined with an escaped newline)."""
+    payloads = "\n".join(_payload_texts(data))
+    for secret in secrets:
+        lines = [line for line in secret.splitlines() if len(line) >= 16 and "-----" not in line]
+        for needle in (secret, *lines):
+            assert needle not in text and needle not in payloads, f"{name} holds a secret"
+
+
+def _payload_texts(value: Any) -> list[str]:
+    if isinstance(value, dict):
+        if isinstance(value.get("data"), str) and isinstance(value.get("metadata"), dict):
+            return [base64.b64decode(value["data"]).decode(errors="replace")]
+        return [text for item in value.values() for text in _payload_texts(item)]
+    if isinstance(value, list):
+        return [text for item in value for text in _payload_texts(item)]
+    return []
+
+
 class _Cleaner:
     """Replaces this machine's paths and name in every string and JSON payload of a history."""
 
@@ -315,6 +423,7 @@ ALL_PATHS = {
     "scaffold_failed",
     *DEVELOPMENT_PATHS,
     *PROVISION_PATHS,
+    *DEPLOY_PATHS,
 }
 
 

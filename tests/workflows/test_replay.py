@@ -12,6 +12,7 @@ import pytest
 from temporalio.client import WorkflowHistory
 from temporalio.workflow import NondeterminismError
 
+from core.contracts.deploy import DEPLOY_SECRETS_CHANGED
 from stack.worker import replayer as make_replayer
 from tests.workflows.changed_workflows import (
     EngineeringWithAnExtraEvent,
@@ -21,6 +22,11 @@ from workflows.scaffold import ScaffoldWorkflow
 
 HISTORIES = Path(__file__).resolve().parents[1] / "histories"
 RECORDED = [
+    "ansible_deploy",
+    "deploy",
+    "deploy_failed",
+    "deploy_stopped",
+    "deploy_waited_for_secret",
     "engineering",
     "engineering_answered",
     "engineering_answered_frees_worker",
@@ -48,6 +54,26 @@ def test_every_recording_is_checked() -> None:
 async def test_history_replays(name: str) -> None:
     replayer = make_replayer()
     await replayer.replay_workflow(history(name))
+
+
+def test_the_secret_wait_is_in_its_recording() -> None:
+    """So its replay runs the DevOps graph's interrupt and its resume: the secrets node found one
+    missing, the run waited until signalled, and the node, run again, let the deploy go on."""
+    steps = []
+    for event in history("deploy_waited_for_secret").events:
+        if event.HasField("activity_task_scheduled_event_attributes"):
+            steps.append(event.activity_task_scheduled_event_attributes.activity_type.name)
+        elif event.HasField("workflow_execution_signaled_event_attributes"):
+            steps.append(event.workflow_execution_signaled_event_attributes.signal_name)
+    waited = steps.index("wait_for_human")
+    assert steps[waited - 1 : waited + 5] == [
+        "missing_secrets",
+        "wait_for_human",
+        DEPLOY_SECRETS_CHANGED,
+        "answered",
+        "missing_secrets",
+        "devops.deployer",
+    ]
 
 
 @pytest.mark.parametrize("name", ENGINEERING)
