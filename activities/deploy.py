@@ -24,14 +24,14 @@ import httpx
 from pydantic import BaseModel, Field
 from redis.asyncio import Redis
 from temporalio import activity
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
+from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import ApplicationError
-from temporalio.service import RPCError, RPCStatusCode
 
 from activities.env_analyzer import AnalysisError, AppSpec, analyze
 from activities.forge import git
 from activities.heartbeat import heartbeating, run_blocking
 from activities.slots import WorkerSlots
+from activities.temporal import failure_reason, is_running, workflow_status
 from api.db import Database
 from api.models import DeploymentStatus, Project, Server, Task
 from api.services import deployments, outbox, secrets
@@ -260,13 +260,7 @@ class DeployActivities:
         return WorkerSlots(self.redis, 1, key=LOCK_KEY.format(project_id=project_id))
 
     async def _is_open(self, workflow_id: str) -> bool:
-        try:
-            description = await self.client.get_workflow_handle(workflow_id).describe()
-        except RPCError as exc:
-            if exc.status == RPCStatusCode.NOT_FOUND:
-                return False
-            raise
-        return description.status == WorkflowExecutionStatus.RUNNING
+        return await is_running(self.client, workflow_id)
 
     @activity.defn
     async def missing_secrets(self, request: SecretsInput) -> list[str]:
@@ -463,10 +457,8 @@ class DeployActivities:
             try:
                 return await handle.result()
             except WorkflowFailureError as exc:
-                cause = exc.cause
-                reason = getattr(cause, "message", None) or str(cause or exc)
                 return AnsibleDeployResult(
-                    request_id=message.request_id, success=False, error=reason
+                    request_id=message.request_id, success=False, error=failure_reason(exc)
                 )
 
     async def _started(self, workflow_id: str) -> None:
@@ -475,13 +467,7 @@ class DeployActivities:
             await asyncio.sleep(0.2)
 
     async def _exists(self, workflow_id: str) -> bool:
-        try:
-            await self.client.get_workflow_handle(workflow_id).describe()
-        except RPCError as exc:
-            if exc.status == RPCStatusCode.NOT_FOUND:
-                return False
-            raise
-        return True
+        return await workflow_status(self.client, workflow_id) is not None
 
     async def health(self, state: DevOpsState) -> dict[str, Any]:
         """The release answers at the URL a person will use, from here (not only on the server)."""

@@ -29,9 +29,8 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 from redis.asyncio import Redis
 from temporalio import activity
-from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
-from temporalio.service import RPCError, RPCStatusCode
 
 from activities.agents import ADAPTERS, AgentEvent, AgentResult, get_adapter
 from activities.agents.base import DEFAULT_HOME, AgentRequest
@@ -40,6 +39,7 @@ from activities.containers import ContainerRuntime, Mount, WorkerNotFound, Worke
 from activities.heartbeat import heartbeating
 from activities.images import PATH, TOOLS_DIR, WORKER_HOME, ImageBuilder, ensure_async
 from activities.slots import WorkerSlots
+from activities.temporal import is_running
 from api.problems import NotFound
 from api.services.tasks import TaskNotFound, TaskService
 from api.services.users import issue_session_key
@@ -452,12 +452,4 @@ class WorkerActivities:
         return removed
 
     async def _is_open(self, workflow_id: str) -> bool:
-        if not workflow_id:
-            return False
-        try:
-            description = await self.client.get_workflow_handle(workflow_id).describe()
-        except RPCError as exc:
-            if exc.status == RPCStatusCode.NOT_FOUND:
-                return False
-            raise
-        return description.status == WorkflowExecutionStatus.RUNNING
+        return bool(workflow_id) and await is_running(self.client, workflow_id)

@@ -44,6 +44,7 @@ from temporalio.client import Client, WorkflowExecutionStatus  # noqa: E402
 from temporalio.contrib.pydantic import pydantic_data_converter  # noqa: E402
 from temporalio.service import RPCError  # noqa: E402
 
+from bench.common import exit_now  # noqa: E402
 from bridges.consumer import Bridge  # noqa: E402
 from bridges.routes import routes, start_engineering  # noqa: E402
 from core.contracts.engineering import ENGINEERING_QUEUE, EngineeringMessage  # noqa: E402
@@ -405,10 +406,7 @@ def main() -> None:
     except BaseException:
         traceback.print_exc()
         status = 1
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # The Temporal core runtime can abort at interpreter exit (sdk-python #300).
-    os._exit(status)
+    exit_now(status)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -49,14 +48,12 @@ sys.path.insert(0, str(REPO))  # run as a script: make the project (and tests' h
 from redis.asyncio import Redis  # noqa: E402
 from temporalio.api.enums.v1 import EventType as HistoryEventType  # noqa: E402
 from temporalio.client import Client  # noqa: E402
-from temporalio.contrib.pydantic import pydantic_data_converter  # noqa: E402
-from temporalio.testing import WorkflowEnvironment  # noqa: E402
 
 from activities.ansible import AnsibleRunner, SshTarget  # noqa: E402
 from api.db import Database  # noqa: E402
 from api.migrate import upgrade_async  # noqa: E402
+from bench.common import exit_now, temporal_on_file  # noqa: E402
 from core.logging import configure_logging  # noqa: E402
-from core.temporal import SEARCH_ATTRIBUTES  # noqa: E402
 from tests import servers  # noqa: E402
 from tests.deploy.helpers import DeployStack, deploy_stack_on  # noqa: E402
 from tests.ssh_host import SshHost, ssh_host  # noqa: E402
@@ -184,14 +181,7 @@ async def run(n: int, m: int) -> dict[str, Any]:
         await upgrade_async(db_url)
         db = Database(db_url)
         redis = Redis.from_url(redis_url)
-        env = await WorkflowEnvironment.start_local(
-            dev_server_existing_path=str(servers.TEMPORAL_BIN),
-            data_converter=pydantic_data_converter,
-            search_attributes=SEARCH_ATTRIBUTES,
-            dev_server_database_filename=str(workdir / "temporal.sqlite"),
-            dev_server_log_level="error",
-            dev_server_extra_args=servers.TEMPORAL_SQLITE_PRAGMAS,
-        )
+        env = await temporal_on_file(workdir / "temporal.sqlite")
         try:
             async with deploy_stack_on(db, redis, env.client, sshd, workdir / "home") as stack:
                 project = await stack.project("bench")
@@ -260,10 +250,7 @@ def main() -> None:
     except BaseException:
         traceback.print_exc()
         status = 1
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # The Temporal core runtime can abort at interpreter exit (sdk-python #300).
-    os._exit(status)
+    exit_now(status)
 
 
 if __name__ == "__main__":

@@ -56,8 +56,6 @@ import docker  # noqa: E402
 from redis.asyncio import Redis  # noqa: E402
 from temporalio.api.enums.v1 import EventType as HistoryEventType  # noqa: E402
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle  # noqa: E402
-from temporalio.contrib.pydantic import pydantic_data_converter  # noqa: E402
-from temporalio.testing import WorkflowEnvironment  # noqa: E402
 
 from activities.agents.scripted import RUNNER_PATH  # noqa: E402
 from activities.containers import (  # noqa: E402
@@ -71,11 +69,11 @@ from api.db import Database  # noqa: E402
 from api.migrate import upgrade_async  # noqa: E402
 from api.models import Project, TaskCreate  # noqa: E402
 from api.services.tasks import TaskService  # noqa: E402
+from bench.common import exit_now, temporal_on_file  # noqa: E402
 from core.contracts.engineering import EngineeringOptions  # noqa: E402
 from core.contracts.events import TaskStatus  # noqa: E402
 from core.logging import configure_logging  # noqa: E402
 from core.settings import Settings  # noqa: E402
-from core.temporal import SEARCH_ATTRIBUTES  # noqa: E402
 from stack.worker import build_worker  # noqa: E402
 from tests import servers  # noqa: E402
 from tests.workflows.helpers import get_task, make_project, start_engineering  # noqa: E402
@@ -395,15 +393,7 @@ async def run(n: int, m: int) -> tuple[dict[str, Any], int]:
         await upgrade_async(db_url)
         db = Database(db_url)
         redis = Redis.from_url(redis_url)
-        env = await WorkflowEnvironment.start_local(
-            dev_server_existing_path=str(servers.TEMPORAL_BIN),
-            data_converter=pydantic_data_converter,
-            search_attributes=SEARCH_ATTRIBUTES,
-            # A SQLite file, as the embedded stack keeps it.
-            dev_server_database_filename=str(workdir / "temporal.sqlite"),
-            dev_server_log_level="error",
-            dev_server_extra_args=servers.TEMPORAL_SQLITE_PRAGMAS,
-        )
+        env = await temporal_on_file(workdir / "temporal.sqlite")
         # The limits the engineering tests give their Workers.
         settings = Settings(home=workdir / "home", worker_memory="256m", worker_pids=128)
         runtime = TimedRuntime(client_docker, settings)
@@ -454,10 +444,7 @@ def main() -> None:
     except BaseException:
         traceback.print_exc()
         status = 1
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # The Temporal core runtime can abort at interpreter exit (sdk-python #300).
-    os._exit(status)
+    exit_now(status)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from api.db import Database
 from api.migrate import upgrade_async
 from core.temporal import SEARCH_ATTRIBUTES
 from tests import servers
+from tests.ssh_host import SshHost, ssh_host
 
 # The suite never calls a real model API (it would cost money and fail offline): the stand-ins'
 # tests set their own keys. Without these, tasks choose their agent only from their options.
@@ -172,6 +173,13 @@ def scripted_image(docker_client: docker.DockerClient) -> str:
     from tests.images.conftest import image_builder
 
     return image_builder(docker_client).ensure("scripted").reference
+
+
+@pytest.fixture(scope="session")
+def sshd() -> Iterator[SshHost]:
+    """A real sshd on loopback (this machine as a deploy target), shared by the session."""
+    with ssh_host() as host:
+        yield host
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError, FailureError, is_cancelled_exception
 
+from workflows import task_steps
 from workflows.scaffold import DB_RETRY, describe_failure
 
 with workflow.unsafe.imports_passed_through():
@@ -40,11 +41,9 @@ with workflow.unsafe.imports_passed_through():
     )
     from activities.releases import ReleaseActivities, StopAppInput
     from activities.tasks import (
-        FinishTaskInput,
         QuestionInput,
         StartTaskResult,
         TaskActivities,
-        TaskEventInput,
     )
     from core.contracts.deploy import DEPLOY_SECRETS_CHANGED, DeployAction, DeployResult
     from core.contracts.engineering import ENGINEERING_QUESTION, ENGINEERING_RESPOND, HumanAnswer
@@ -292,22 +291,10 @@ class DeployWorkflow:
             workflow.logger.warning("release not marked failed: %s", describe_failure(failure))
 
     async def _start(self) -> StartTaskResult:
-        return await workflow.execute_activity_method(
-            TaskActivities.start_task,
-            self._task_id,
-            start_to_close_timeout=QUICK,
-            retry_policy=DB_RETRY,
-            summary="Mark the task RUNNING",
-        )
+        return await task_steps.start_task(self._task_id)
 
     async def _event(self, type: EventType, message: str, stage: str | None = None) -> None:
-        await workflow.execute_activity_method(
-            TaskActivities.record_event,
-            TaskEventInput(task_id=self._task_id, type=type, message=message, stage=stage),
-            start_to_close_timeout=QUICK,
-            retry_policy=DB_RETRY,
-            summary=f"Event {type.value}",
-        )
+        await task_steps.record_event(self._task_id, type, message, stage=stage)
 
     async def _finish(
         self,
@@ -317,24 +304,7 @@ class DeployWorkflow:
         result: dict[str, Any] | None = None,
         error: str | None = None,
     ) -> None:
-        try:
-            await workflow.execute_activity_method(
-                TaskActivities.finish_task,
-                FinishTaskInput(
-                    task_id=self._task_id,
-                    status=status,
-                    message=message,
-                    result=result,
-                    error=error,
-                ),
-                start_to_close_timeout=QUICK,
-                retry_policy=DB_RETRY,
-                summary=f"Mark the task {status.value}",
-            )
-        except FailureError as failure:
-            if status is TaskStatus.completed:
-                raise
-            workflow.logger.warning("could not record %s: %s", status, describe_failure(failure))
+        await task_steps.finish_task(self._task_id, status, message, result=result, error=error)
 
 
 def _done_message(plan: DeployPlan, result: DeployResult) -> str:

@@ -27,6 +27,7 @@ from temporalio.exceptions import (
     is_cancelled_exception,
 )
 
+from workflows import task_steps
 from workflows.scaffold import DB_RETRY, ScaffoldWorkflow, describe_failure
 
 with workflow.unsafe.imports_passed_through():
@@ -42,12 +43,10 @@ with workflow.unsafe.imports_passed_through():
     )
     from activities.engineering import EngineeringActivities, TaskPlan, WorkspaceInput
     from activities.tasks import (
-        FinishTaskInput,
         ProjectInfo,
         QuestionInput,
         StartTaskResult,
         TaskActivities,
-        TaskEventInput,
     )
     from activities.temporal import TemporalActivities
     from activities.workers import CreateContainerInput, WorkerActivities, uses_model
@@ -397,13 +396,7 @@ class EngineeringWorkflow:
             )
 
     async def _start(self) -> StartTaskResult:
-        return await workflow.execute_activity_method(
-            TaskActivities.start_task,
-            self._task_id,
-            start_to_close_timeout=timedelta(seconds=30),
-            retry_policy=DB_RETRY,
-            summary="Mark the task RUNNING",
-        )
+        return await task_steps.start_task(self._task_id)
 
     async def _event(
         self,
@@ -414,19 +407,8 @@ class EngineeringWorkflow:
         progress: float | None = None,
         data: dict[str, Any] | None = None,
     ) -> None:
-        await workflow.execute_activity_method(
-            TaskActivities.record_event,
-            TaskEventInput(
-                task_id=self._task_id,
-                type=type,
-                message=message,
-                stage=stage,
-                progress=progress,
-                data=data or {},
-            ),
-            start_to_close_timeout=timedelta(seconds=30),
-            retry_policy=DB_RETRY,
-            summary=f"Event {type.value}" + (f" ({stage})" if stage else ""),
+        await task_steps.record_event(
+            self._task_id, type, message, stage=stage, progress=progress, data=data
         )
 
     async def _finish(
@@ -437,25 +419,7 @@ class EngineeringWorkflow:
         result: dict[str, Any] | None = None,
         error: str | None = None,
     ) -> None:
-        try:
-            await workflow.execute_activity_method(
-                TaskActivities.finish_task,
-                FinishTaskInput(
-                    task_id=self._task_id,
-                    status=status,
-                    message=message,
-                    result=result,
-                    error=error,
-                ),
-                start_to_close_timeout=timedelta(seconds=30),
-                retry_policy=DB_RETRY,
-                summary=f"Mark the task {status.value}",
-            )
-        except FailureError as failure:
-            if status is TaskStatus.completed:
-                raise
-            # Already failing or cancelled: report that first problem, not this second one.
-            workflow.logger.warning("could not record %s: %s", status, describe_failure(failure))
+        await task_steps.finish_task(self._task_id, status, message, result=result, error=error)
 
 
 def _ran(stage: str, final: dict[str, Any]) -> bool:

@@ -17,7 +17,7 @@ import pytest
 from activities.ansible import AnsibleRunner, SshTarget
 from stack.worker import TEMPLATES_DIR
 from tests.ansible.helpers import processes_in
-from tests.ssh_host import SshHost, ssh_host
+from tests.ssh_host import SshHost
 
 # The `broken` branch starts, logs why it cannot serve, and exits: its health check must fail.
 BROKEN_MAIN = """import sys
@@ -29,12 +29,6 @@ sys.exit(3)
 def git(repo: Path, *args: str) -> str:
     done = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True)
     return done.stdout.strip()
-
-
-@pytest.fixture(scope="session")
-def sshd() -> Iterator[SshHost]:
-    with ssh_host() as host:
-        yield host
 
 
 @pytest.fixture

@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest
 import pytest_asyncio
 from redis.asyncio import Redis
 from temporalio.client import Client
 
 from api.db import Database
 from tests.deploy.helpers import DeployStack, deploy_stack_on
-from tests.ssh_host import SshHost, ssh_host
-
-
-@pytest.fixture(scope="session")
-def deploy_sshd() -> Iterator[SshHost]:
-    with ssh_host() as host:
-        yield host
+from tests.ssh_host import SshHost
 
 
 @pytest_asyncio.fixture
@@ -26,10 +19,10 @@ async def deploy_stack(
     sqlite_database: Database,
     redis: Redis,
     temporal_client: Client,
-    deploy_sshd: SshHost,
+    sshd: SshHost,
     tmp_path: Path,
 ) -> AsyncIterator[DeployStack]:
     async with deploy_stack_on(
-        sqlite_database, redis, temporal_client, deploy_sshd, tmp_path / "home"
+        sqlite_database, redis, temporal_client, sshd, tmp_path / "home"
     ) as stack:
         yield stack

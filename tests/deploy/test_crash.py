@@ -58,12 +58,12 @@ async def test_kill_9_of_the_worker_during_the_playbook(
     redis_url: str,
     temporal_client: Client,
     temporal_address: str,
-    deploy_sshd: SshHost,
+    sshd: SshHost,
     tmp_path: Path,
 ) -> None:
     home = tmp_path / "home"
     async with deploy_stack_on(
-        sqlite_database, redis, temporal_client, deploy_sshd, home, in_process_worker=False
+        sqlite_database, redis, temporal_client, sshd, home, in_process_worker=False
     ) as stack:
         env = worker_env(
             home,

@@ -10,7 +10,7 @@ import base64
 import json
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +40,7 @@ from core.settings import Settings
 from tests.api.test_servers import everything_in
 from tests.bridges.helpers import acked, publish, runs_of
 from tests.servers import free_port
-from tests.ssh_host import SshHost, ssh_host
+from tests.ssh_host import SshHost
 from tests.waiting import eventually
 from tests.workflows.helpers import running_worker
 from tests.workflows.test_engineering_agents import worker_logs_to
@@ -48,12 +48,6 @@ from workflows.io import ProvisionOutput
 
 # A playbook run over SSH to this machine takes seconds; the first on a cold machine, longer.
 WITHIN = 120
-
-
-@pytest.fixture(scope="module")
-def sshd() -> Iterator[SshHost]:
-    with ssh_host() as host:
-        yield host
 
 
 @dataclass
