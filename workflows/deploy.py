@@ -79,6 +79,13 @@ class DeployWorkflow:
             started = await self._start()
             if not started.should_run:
                 return DeployOutput(task_id=request.task_id, status=started.status)
+            lock = LockInput(
+                project_id=request.project_id,
+                task_id=request.task_id,
+                workflow_id=workflow.info().workflow_id,
+            )
+            await self._take_lock(lock)
+            # Planned once the lock is ours: a rollback reads what serves after the deploy before.
             plan = await workflow.execute_activity_method(
                 DeployActivities.plan_deploy,
                 request.task_id,
@@ -86,12 +93,6 @@ class DeployWorkflow:
                 retry_policy=DB_RETRY,
                 summary="Read what the deploy does",
             )
-            lock = LockInput(
-                project_id=plan.project_id,
-                task_id=plan.task_id,
-                workflow_id=workflow.info().workflow_id,
-            )
-            await self._take_lock(lock)
             if plan.action in (DeployAction.stop, DeployAction.undeploy):
                 result, message = await self._stop(plan)
             else:
