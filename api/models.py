@@ -5,6 +5,7 @@ Identifiers are 32-character hex strings, so they can name workflows before anyt
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -407,6 +408,16 @@ class TaskCreate(BaseModel):
         default=None, description="A deploy task's action and ref (default: create from main)"
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _deploy_action_in_its_place(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("type") == "deploy" and "action" in data:
+            raise ValueError(
+                "a deploy task's action goes in deploy.action (create, redeploy, rollback, stop, "
+                "undeploy), not in action"
+            )
+        return data
+
     @model_validator(mode="after")
     def _fits_its_type(self) -> TaskCreate:
         if self.type is TaskType.engineering:
@@ -510,10 +521,19 @@ class ServerCreate(BaseModel):
     apps_root: str | None = PydanticField(
         default=None,
         max_length=500,
-        pattern=r"^(/|~/)[A-Za-z0-9._/-]*$",
         description="Where apps live on the server (absolute or ~/...); default "
         "~/orchestrator-apps",
     )
+
+    @field_validator("apps_root")
+    @classmethod
+    def _apps_root_is_a_path(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"(/|~/)[A-Za-z0-9._/-]*", value):
+            raise ValueError(
+                "apps_root must be an absolute path or one under ~/ (letters, digits, '.', '_', "
+                "'-' and '/'), e.g. /srv/apps or ~/apps"
+            )
+        return value
 
 
 class ServerRead(ReadModel):

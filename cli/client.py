@@ -167,6 +167,10 @@ def parse_sse(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
         yield json.loads("\n".join(data))
 
 
+def _field(issue: dict[str, Any]) -> str:
+    return str(issue.get("field") or ".".join(map(str, issue.get("loc", []))))
+
+
 def api_error(response: httpx.Response) -> CliError:
     """The API's problem detail (RFC 9457) as a message and an exit code."""
     status = response.status_code
@@ -180,10 +184,10 @@ def api_error(response: httpx.Response) -> CliError:
     detail = problem.get("detail")
     if not isinstance(detail, str):
         detail = json.dumps(detail) if detail else None
-    errors = problem.get("errors") or []
+    errors = [e for e in problem.get("errors") or [] if isinstance(e, dict)]
     if errors:
-        lines = [f"{'.'.join(map(str, e.get('loc', [])))}: {e.get('msg', e)}" for e in errors]
-        detail = "\n".join(filter(None, [detail, *lines]))
+        # One line per issue; the detail says the same on one line, so it gives way.
+        detail = "\n".join(f"{_field(e)}: {e.get('message') or e.get('msg')}" for e in errors)
     if status == 401:
         detail = (
             f"{detail or 'no valid API key'}. The CLI uses ORCHESTRATOR_API_KEY, else the key "

@@ -159,7 +159,14 @@ def list_deployments(
         found = client.get("/deployments", **params)
 
     def render() -> None:
-        table = Table("release", "status", "server", "port", "url", "task")
+        # Nothing is cut at any width (people copy URLs and IDs): long values wrap instead.
+        table = Table()
+        table.add_column("release", overflow="fold")
+        table.add_column("status", no_wrap=True)
+        table.add_column("server", overflow="fold")
+        table.add_column("port", no_wrap=True)
+        table.add_column("url", overflow="fold")
+        table.add_column("task", overflow="fold")
         for row in found:
             table.add_row(
                 row["release"],

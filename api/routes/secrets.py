@@ -68,7 +68,11 @@ async def _wake_waiting_deploys(session: DbSession, runtime: AppRuntime, project
         return
     try:
         client = await runtime.temporal_client()
-        for task in waiting:
-            await client.get_workflow_handle(task.workflow_id).signal(DEPLOY_SECRETS_CHANGED)
-    except (RPCError, ServiceUnavailable) as exc:
+    except ServiceUnavailable as exc:
         log.warning("waiting deploys not woken", project_id=project_id, error=str(exc))
+        return
+    for task in waiting:  # one whose workflow is gone does not keep the others waiting
+        try:
+            await client.get_workflow_handle(task.workflow_id).signal(DEPLOY_SECRETS_CHANGED)
+        except RPCError as exc:
+            log.warning("waiting deploy not woken", task_id=task.id, error=str(exc))

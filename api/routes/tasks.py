@@ -22,7 +22,6 @@ from api.services.temporal_calls import delivering, temporal_unavailable
 from core.contracts.deploy import DeployOptions
 from core.contracts.engineering import (
     ENGINEERING_RESPOND,
-    EngineeringAction,
     EngineeringOptions,
     HumanAnswer,
 )
@@ -179,12 +178,11 @@ async def retry_task(
         type=task.type,
         project_id=task.project_id,
         spec=task.spec,
-        action=EngineeringAction(task.action)
-        if task.type is TaskType.engineering
-        else EngineeringAction.feature,
         callback_stream=task.callback_stream,
         engineering=_engineering_options(task),
         deploy=_deploy_options(task),
+        # A deploy's action is in its deploy options; an engineering task's is its own.
+        **({"action": task.action} if task.type == TaskType.engineering else {}),
     )
     retry = await tasks.create(
         data,

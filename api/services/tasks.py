@@ -322,6 +322,6 @@ def _message(task: Task) -> tuple[str, EngineeringMessage | DeployMessage]:
         "correlation_id": task.correlation_id,
         "callback_stream": task.callback_stream,
     }
-    if task.type is TaskType.deploy:
+    if task.type == TaskType.deploy:
         return DEPLOY_QUEUE, DeployMessage(**common, action=DeployAction(task.action))
     return ENGINEERING_QUEUE, EngineeringMessage(**common, action=EngineeringAction(task.action))

@@ -1,5 +1,8 @@
 """The CLI against a real API process: `python -m api` on a migrated SQLite file, real Redis and
-Temporal from the session fixtures, no bridge (so tasks stay QUEUED unless a test moves them)."""
+Temporal from the session fixtures, no bridge (so tasks stay QUEUED unless a test moves them).
+
+A module that needs the rest of the stack (``stack``: the worker and the bridges) overrides
+``redis_url`` with a Redis of its own, since its bridges take every queue's messages."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +25,7 @@ from cli.main import app
 from core.readiness import is_ready
 from core.settings import Settings
 from tests.servers import free_port
+from tests.workflows.worker_process import REPO_ROOT, stop
 
 # Variables that would point the CLI (or the API) somewhere else than the servers of the test.
 FOREIGN = [
@@ -126,3 +131,41 @@ class Cli:
 @pytest.fixture
 def cli(api: Api) -> Cli:
     return Cli(api.env)
+
+
+SERVICES = {"worker": "stack.worker", "bridges": "bridges"}
+
+
+def wait_ready(api: Api, name: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 60
+    while not is_ready(api.settings(), name, proc.pid):
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{name} was not ready after 60s:\n{log.read_text()[-3000:]}")
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def stack(api: Api) -> Iterator[None]:
+    """The Temporal worker and the bridges as `orchestrator up` runs them, on the API's home
+    (the same key opens the stored SSH keys), database, Redis and Temporal."""
+    env = {**api.env, "ORCHESTRATOR_TEMPORAL_TASK_QUEUE": f"cli-stack-{uuid.uuid4().hex[:8]}"}
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for name, module in SERVICES.items():
+            log = api.home / f"{name}.out"
+            with log.open("ab") as out:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", module],
+                    cwd=REPO_ROOT,
+                    env=env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+            procs.append(proc)
+            wait_ready(api, name, proc, log)
+        yield
+    finally:
+        for proc in procs:
+            stop(proc)

@@ -5,24 +5,17 @@ machine through a real sshd on loopback."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from core.readiness import is_ready
 from tests import servers
-from tests.cli.conftest import Api, Cli
+from tests.cli.conftest import Cli
 from tests.servers import free_port
-from tests.ssh_host import SshHost, ssh_host
-from tests.workflows.worker_process import REPO_ROOT, stop
-
-SERVICES = {"worker": "stack.worker", "bridges": "bridges"}
+from tests.ssh_host import SshHost
 
 
 @pytest.fixture(scope="module")
@@ -31,47 +24,6 @@ def redis_url() -> Iterator[str]:
     # queue's messages, and the suite's shared Redis holds other tests' ones.
     with servers.redis_server() as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def sshd() -> Iterator[SshHost]:
-    with ssh_host() as host:
-        yield host
-
-
-def wait_ready(api: Api, name: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while not is_ready(api.settings(), name, proc.pid):
-        if proc.poll() is not None:
-            raise RuntimeError(f"{name} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{name} was not ready after 60s:\n{log.read_text()[-3000:]}")
-        time.sleep(0.05)
-
-
-@pytest.fixture(scope="module")
-def stack(api: Api) -> Iterator[None]:
-    """The Temporal worker and the bridges as `orchestrator up` runs them, on the API's home
-    (the same key opens the stored SSH keys), database, Redis and Temporal."""
-    env = {**api.env, "ORCHESTRATOR_TEMPORAL_TASK_QUEUE": f"cli-provision-{uuid.uuid4().hex[:8]}"}
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        for name, module in SERVICES.items():
-            log = api.home / f"{name}.out"
-            with log.open("ab") as out:
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", module],
-                    cwd=REPO_ROOT,
-                    env=env,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                )
-            procs.append(proc)
-            wait_ready(api, name, proc, log)
-        yield
-    finally:
-        for proc in procs:
-            stop(proc)
 
 
 def add(cli: Cli, sshd: SshHost, handle: str, *extra: str, port: int | None = None) -> list[str]:
