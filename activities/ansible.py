@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import os
 import shlex
@@ -195,10 +196,12 @@ class AnsibleRunner:
         call `activity.heartbeat`); cancelling the awaiting task cancels the playbook."""
         loop = asyncio.get_running_loop()
         cancel = threading.Event()
+        # The caller's context (an activity's, which activity.heartbeat needs), not the thread's.
+        context = contextvars.copy_context()
 
         def relay(event: RunnerEvent) -> None:
             if on_event is not None:
-                loop.call_soon_threadsafe(on_event, event)
+                loop.call_soon_threadsafe(on_event, event, context=context)
 
         future = loop.run_in_executor(
             None,

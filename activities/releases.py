@@ -20,7 +20,7 @@ from sqlmodel import col, select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.ansible import AnsibleRunner, PlaybookRun, SshTarget
+from activities.ansible import AnsibleRunner, PlaybookRun, RunnerEvent, SshTarget
 from activities.forge import git
 from activities.forges import make_forge
 from activities.heartbeat import heartbeating, run_blocking
@@ -100,7 +100,6 @@ class ReleaseActivities:
             )
         finally:
             shutil.rmtree(archive_dir, ignore_errors=True)
-        await self._remember_host_key(server, run)
         return self._result(message, server, release, commit, run)
 
     @activity.defn
@@ -119,7 +118,6 @@ class ReleaseActivities:
         playbook = "undeploy.yml" if request.remove else "stop.yml"
         extravars = {"app_name": request.app_name, **_apps_root(server)}
         run = await self._run(playbook, target, extravars)
-        await self._remember_host_key(server, run)
         if not run.ok:
             # Retried: an unreachable server may come back; the message says what failed.
             raise ApplicationError(
@@ -139,12 +137,17 @@ class ReleaseActivities:
         secret_vars: dict[str, Any] | None = None,
         run_name: str | None = None,
     ) -> PlaybookRun:
+        def on_event(event: RunnerEvent) -> None:
+            if event.task:  # the task's name shows in the Web UI as the heartbeat's details
+                activity.heartbeat(f"{playbook}: {event.task}")
+
         async with heartbeating(playbook):
             return await self.runner.run_async(
                 playbook,
                 target,
                 extravars,
                 secret_vars,
+                on_event,
                 timeout_s=PLAYBOOK_TIMEOUT_S,
                 run_name=run_name,
             )
@@ -159,17 +162,6 @@ class ReleaseActivities:
                 f"{many} the address {host}: name the server by its handle", "ServerNotFound"
             )
         return found[0].handle
-
-    async def _remember_host_key(self, server: Server, run: PlaybookRun) -> None:
-        """The host key learned on first contact is checked from then on."""
-        if server.known_hosts or not run.learned_known_hosts:
-            return
-        async with self.db.session() as session:
-            row = await session.get(Server, server.id)
-            if row is not None and not row.known_hosts:
-                row.known_hosts = run.learned_known_hosts
-                session.add(row)
-                await session.commit()
 
     async def _secret_env(self, secrets_ref: str | None) -> dict[str, str]:
         """The project's stored secrets by name, decrypted (only here, only for the playbook)."""

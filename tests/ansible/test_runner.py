@@ -11,8 +11,11 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
+from temporalio import activity
+from temporalio.testing import ActivityEnvironment
 
 from activities.ansible import MASK, AnsibleRunner, RunnerEvent, SshTarget
 from tests.ansible.helpers import answers, deploy, stop
@@ -187,6 +190,29 @@ def test_a_named_run_ends_the_one_a_killed_process_left_behind(
     finally:
         if orphan.poll() is None:
             orphan.kill()
+
+
+async def test_events_reach_an_activity_which_may_heartbeat_with_them(
+    tmp_path: Path, target: SshTarget
+) -> None:
+    playbooks = tmp_path / "playbooks"
+    playbooks.mkdir()
+    (playbooks / "quick.yml").write_text(QUICK)
+    runner = AnsibleRunner(work_root=tmp_path / "work", playbooks_dir=playbooks)
+    env = ActivityEnvironment()
+    beats: list[Any] = []
+    env.on_heartbeat = lambda *details: beats.append(details)
+
+    def on_event(event: RunnerEvent) -> None:
+        if event.task:
+            activity.heartbeat(event.task)
+
+    @activity.defn
+    async def deploy() -> bool:
+        return (await runner.run_async("quick.yml", target, on_event=on_event)).ok
+
+    assert await env.run(deploy)
+    assert ("Answer",) in beats
 
 
 def processes_naming(directory: Path) -> list[int]:
