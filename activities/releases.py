@@ -44,6 +44,8 @@ PORT_BUSY = "port {port} is in use on the server by another process"
 DEFAULT_COMMIT = "refs/heads/main"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 PLAYBOOK_TIMEOUT_S = 900
+# Between the playbook's health checks: an app is often up a moment after its first check.
+HEALTH_DELAY_S = 0.5
 
 
 class StopAppInput(BaseModel):
@@ -205,7 +207,7 @@ class ReleaseActivities:
     ) -> dict[str, Any]:
         # An app on a loopback server answers on loopback only; elsewhere on every interface.
         host = "127.0.0.1" if server.host in LOOPBACK_HOSTS else "0.0.0.0"
-        retries = max(1, math.ceil(self.settings.deploy_health_timeout_s))
+        retries = max(1, math.ceil(self.settings.deploy_health_timeout_s / HEALTH_DELAY_S))
         return {
             "app_name": message.project_name,
             "release": release,
@@ -216,7 +218,7 @@ class ReleaseActivities:
             "health_path": message.health_path or "/",
             "env": {"HOST": host, **message.env},
             "health_retries": retries,
-            "health_delay": 1,
+            "health_delay": HEALTH_DELAY_S,
             **_apps_root(server),
         }
 

@@ -42,6 +42,8 @@ async def test_a_broken_release_leaves_the_previous_serving_and_rollback_returns
     broken = await stack.finished((await stack.deploy(project["id"]))["id"])
     assert broken["status"] == "FAILED"
     assert "boom: this release cannot start" in broken["error"]  # the app's own log lines
+    # Said as soon as its process died, not after the whole health timeout.
+    assert "its process exited before it answered" in broken["error"]
     assert await served(url) == {"service": name, "message": "hello"}  # the first one serves on
 
     server = (await stack.api.get("/servers/local")).json()
