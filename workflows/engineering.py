@@ -29,6 +29,7 @@ from temporalio.exceptions import (
 
 from workflows import task_steps
 from workflows.scaffold import DB_RETRY, ScaffoldWorkflow, describe_failure
+from workflows.worker import create_cancellation, stop_if_cancelled
 
 with workflow.unsafe.imports_passed_through():
     from langgraph.checkpoint.memory import InMemorySaver
@@ -271,9 +272,11 @@ class EngineeringWorkflow:
             worker,
             start_to_close_timeout=CREATE_TIMEOUT,
             heartbeat_timeout=timedelta(minutes=2),
+            cancellation_type=create_cancellation(),
             retry_policy=RUN_RETRY,
             summary=f"Create the {worker.agent} Worker {worker.worker_id}",
         )
+        stop_if_cancelled()
 
     async def _remove_worker(self, worker_id: str) -> None:
         await workflow.execute_activity_method(

@@ -43,6 +43,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import FailureError, is_cancelled_exception
 
 from workflows.scaffold import describe_failure
+from workflows.worker import create_cancellation, stop_if_cancelled
 
 with workflow.unsafe.imports_passed_through():
     from temporalio.client import Client, WithStartWorkflowOperation
@@ -332,11 +333,13 @@ class POSessionWorkflow:
             ),
             start_to_close_timeout=CREATE_TIMEOUT,
             heartbeat_timeout=CREATE_HEARTBEAT,
+            cancellation_type=create_cancellation(),
             retry_policy=RetryPolicy(
                 maximum_attempts=3, non_retryable_error_types=["BadWorkerInput", "NoGateway"]
             ),
             summary=f"Create the PO Worker {self._worker_id}",
         )
+        stop_if_cancelled()
         self._container = True
 
     async def _remove(self) -> None:

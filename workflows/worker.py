@@ -24,6 +24,7 @@ from typing import Any
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError, FailureError, is_cancelled_exception
+from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
     from activities.agents import ADAPTERS, AgentResult
@@ -64,6 +65,25 @@ TURN_HEARTBEAT = timedelta(seconds=30)
 CREATE_TIMEOUT = timedelta(hours=24)
 CREATE_HEARTBEAT = timedelta(minutes=2)
 SEEN_REQUESTS = 1000
+CREATE_WAITS_PATCH = "create-container-waits-for-its-cancellation"
+
+
+def create_cancellation() -> ActivityCancellationType:
+    """How a cancel treats a ``create_container`` under way: the run waits for it to end, so the
+    cleanup that follows removes the container it made instead of running before it exists.
+    Runs from before this change keep not waiting (their histories say so). Call
+    ``stop_if_cancelled`` after the activity: one that finished anyway hands back its result."""
+    if workflow.patched(CREATE_WAITS_PATCH):
+        return ActivityCancellationType.WAIT_CANCELLATION_COMPLETED
+    return ActivityCancellationType.TRY_CANCEL
+
+
+def stop_if_cancelled() -> None:
+    """The run was cancelled while it waited for an activity that finished all the same: stop
+    here, as the cancel would have stopped it (the cleanup it leads to then sees what that
+    activity made)."""
+    if workflow.cancellation_reason() is not None:
+        raise asyncio.CancelledError()
 
 
 class WorkerDeleted(ApplicationError):
@@ -151,11 +171,13 @@ class WorkerWorkflow:
             ),
             start_to_close_timeout=CREATE_TIMEOUT,
             heartbeat_timeout=CREATE_HEARTBEAT,
+            cancellation_type=create_cancellation(),
             retry_policy=RetryPolicy(
                 maximum_attempts=3, non_retryable_error_types=["BadWorkerInput", "NoGateway"]
             ),
             summary=f"Create the {request.agent} Worker {request.worker_id}",
         )
+        stop_if_cancelled()
 
     async def _serve(self, idle_timeout_s: float) -> Any:
         """Wait for delete or idleness; a running request holds the idle clock."""
