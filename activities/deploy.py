@@ -356,7 +356,6 @@ class DeployActivities:
                     )
             except deployments.NoRoom as exc:
                 return {"failure": str(exc)}
-            await session.refresh(server)  # a lost race for a port expired the row
             deployment = await deployments.add_release(
                 session,
                 project_id=state["project_id"],

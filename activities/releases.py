@@ -26,7 +26,8 @@ from activities.forges import make_forge
 from activities.heartbeat import heartbeating, run_blocking
 from activities.servers import ssh_target
 from api.db import Database
-from api.models import Secret, SecretKind, Server
+from api.models import Server
+from api.services import secrets
 from core.contracts.deploy import (
     DEPLOY_RESULT_TTL_SECONDS,
     PROJECT_SECRETS_PREFIX,
@@ -173,12 +174,8 @@ class ReleaseActivities:
             raise _fail(f"secrets_ref must be {PROJECT_SECRETS_PREFIX}<project id>")
         project_id = secrets_ref.removeprefix(PROJECT_SECRETS_PREFIX)
         async with self.db.session() as session:
-            rows = await session.exec(
-                select(Secret).where(
-                    col(Secret.project_id) == project_id, col(Secret.kind) == SecretKind.env
-                )
-            )
-            return {row.name: self.vault.decrypt(row.ciphertext) for row in rows.all()}
+            stored = await secrets.list_secrets(session, project_id)
+        return {secret.name: self.vault.decrypt(secret.ciphertext) for secret in stored}
 
     def _archive(self, message: AnsibleDeployMessage, path: Path) -> tuple[Path, str]:
         """``git archive`` of the release's commit, made from a fresh clone of the repository."""

@@ -165,7 +165,7 @@ async def allocate_port(
 
     Concurrent callers collide on the primary key; the loser takes the next port.
     """
-    server_id, handle = server.id, server.handle  # a rollback expires the row
+    server_id, handle = server.id, server.handle
     for _ in range(len(ports)):
         taken = set(
             (
@@ -183,6 +183,7 @@ async def allocate_port(
             await session.commit()
         except IntegrityError:
             await session.rollback()
+            await session.refresh(server)  # the rollback expired the caller's row
             mine = await _allocation_on(session, server_id, project_id)
             if mine is not None:  # the project took one in a race with itself
                 return mine

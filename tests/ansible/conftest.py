@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shutil
-import signal
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -16,7 +13,7 @@ import pytest
 
 from activities.ansible import AnsibleRunner, SshTarget
 from stack.worker import TEMPLATES_DIR
-from tests.ansible.helpers import processes_in
+from tests.ansible.helpers import end_apps
 from tests.ssh_host import SshHost
 
 # The `broken` branch starts, logs why it cannot serve, and exits: its health check must fail.
@@ -54,13 +51,7 @@ def apps_root() -> Iterator[Path]:
     try:
         yield root
     finally:
-        for pid_file in root.glob("*/run/*.pid"):
-            with contextlib.suppress(ValueError, ProcessLookupError, PermissionError):
-                os.killpg(int(pid_file.read_text()), signal.SIGKILL)
-        # A release whose pid file is gone (a test that failed halfway through a crash) too.
-        for pid in processes_in(root):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
+        end_apps(root)
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import tempfile
 import threading
@@ -103,3 +105,14 @@ def processes_in(directory: Path) -> set[int]:
         if cwd.startswith(prefix) and pid_alive(int(entry.name)):
             found.add(int(entry.name))
     return found
+
+
+def end_apps(root: Path) -> None:
+    """SIGKILL every app started under the apps root ``root``: what the pid files name, and a
+    release whose pid file is gone (a test that failed halfway through a crash)."""
+    for pid_file in root.glob("*/run/*.pid"):
+        with contextlib.suppress(ValueError, ProcessLookupError, PermissionError):
+            os.killpg(int(pid_file.read_text()), signal.SIGKILL)
+    for pid in processes_in(root):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)

@@ -58,6 +58,14 @@ QUICK = """
 """
 
 
+def runner_of(tmp_path: Path, playbook: str, name: str) -> AnsibleRunner:
+    """A runner whose playbooks directory holds ``playbook`` as ``name``."""
+    playbooks = tmp_path / "playbooks"
+    playbooks.mkdir()
+    (playbooks / name).write_text(playbook)
+    return AnsibleRunner(work_root=tmp_path / "work", playbooks_dir=playbooks)
+
+
 def files_containing(root: Path, text: str) -> list[Path]:
     hits = []
     for path in root.rglob("*"):
@@ -108,10 +116,7 @@ def test_a_secret_reaches_the_app_and_nothing_else(
 def test_secret_values_are_masked_even_when_a_playbook_leaks_them(
     tmp_path: Path, target: SshTarget
 ) -> None:
-    playbooks = tmp_path / "playbooks"
-    playbooks.mkdir()
-    (playbooks / "leaky.yml").write_text(LEAKY)
-    runner = AnsibleRunner(work_root=tmp_path / "work", playbooks_dir=playbooks)
+    runner = runner_of(tmp_path, LEAKY, "leaky.yml")
     secret = f"tok-{uuid.uuid4().hex}"
 
     run = runner.run("leaky.yml", target, {}, {"token": secret})
@@ -156,10 +161,7 @@ def test_an_unknown_host_key_is_accepted_and_learned(
 
 
 def test_a_run_times_out(tmp_path: Path, target: SshTarget) -> None:
-    playbooks = tmp_path / "playbooks"
-    playbooks.mkdir()
-    (playbooks / "slow.yml").write_text(SLOW)
-    runner = AnsibleRunner(work_root=tmp_path / "work", playbooks_dir=playbooks)
+    runner = runner_of(tmp_path, SLOW, "slow.yml")
     started = time.monotonic()
     run = runner.run("slow.yml", target, timeout_s=2)
     assert not run.ok and run.timed_out
@@ -172,10 +174,7 @@ def test_a_run_times_out(tmp_path: Path, target: SshTarget) -> None:
 def test_a_named_run_ends_the_one_a_killed_process_left_behind(
     tmp_path: Path, target: SshTarget
 ) -> None:
-    playbooks = tmp_path / "playbooks"
-    playbooks.mkdir()
-    (playbooks / "quick.yml").write_text(QUICK)
-    runner = AnsibleRunner(work_root=tmp_path / "work", playbooks_dir=playbooks)
+    runner = runner_of(tmp_path, QUICK, "quick.yml")
     left = tmp_path / "work" / "runs" / "run-release-1"
     left.mkdir(parents=True)
     # What a killed worker leaves: a process of its run, in a session of its own.
@@ -195,10 +194,7 @@ def test_a_named_run_ends_the_one_a_killed_process_left_behind(
 async def test_events_reach_an_activity_which_may_heartbeat_with_them(
     tmp_path: Path, target: SshTarget
 ) -> None:
-    playbooks = tmp_path / "playbooks"
-    playbooks.mkdir()
-    (playbooks / "quick.yml").write_text(QUICK)
-    runner = AnsibleRunner(work_root=tmp_path / "work", playbooks_dir=playbooks)
+    runner = runner_of(tmp_path, QUICK, "quick.yml")
     env = ActivityEnvironment()
     beats: list[Any] = []
     env.on_heartbeat = lambda *details: beats.append(details)
@@ -227,10 +223,7 @@ def processes_naming(directory: Path) -> list[int]:
 async def test_run_async_relays_events_on_the_loop_and_cancels(
     tmp_path: Path, target: SshTarget
 ) -> None:
-    playbooks = tmp_path / "playbooks"
-    playbooks.mkdir()
-    (playbooks / "slow.yml").write_text(SLOW)
-    runner = AnsibleRunner(work_root=tmp_path / "work", playbooks_dir=playbooks)
+    runner = runner_of(tmp_path, SLOW, "slow.yml")
     loop_thread = threading.get_ident()
     waiting = asyncio.Event()
     threads: set[int] = set()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import uvicorn
 from fastapi import FastAPI
 from redis.asyncio import Redis
 from temporalio.client import Client
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from api.__main__ import bind_unix
 from api.app import create_app
@@ -46,6 +48,17 @@ async def app(
     )
     async with application.router.lifespan_context(application):
         yield application
+
+
+@contextlib.asynccontextmanager
+async def probe_worker(client: Client, workflow: type, prefix: str) -> AsyncIterator[str]:
+    """A worker of one stand-in workflow of a test module, on a queue of its own."""
+    queue = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    # Unsandboxed: the probe lives in a test module the sandbox would re-import whole.
+    async with Worker(
+        client, task_queue=queue, workflows=[workflow], workflow_runner=UnsandboxedWorkflowRunner()
+    ):
+        yield queue
 
 
 def runtime_of(app: FastAPI) -> Runtime:

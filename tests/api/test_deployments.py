@@ -21,7 +21,6 @@ from redis.asyncio import Redis
 from temporalio import workflow
 from temporalio.api.enums.v1 import EventType as HistoryEventType
 from temporalio.client import Client, WorkflowHandle
-from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from api.app import create_app
 from api.bootstrap import ensure_admin_key
@@ -31,7 +30,7 @@ from core.contracts.deploy import DEPLOY_QUEUE, DEPLOY_SECRETS_CHANGED, DeployMe
 from core.contracts.engineering import ENGINEERING_QUEUE
 from core.contracts.events import TaskStatus
 from core.settings import Settings
-from tests.api.conftest import MakeClient, auth, runtime_of
+from tests.api.conftest import MakeClient, auth, probe_worker, runtime_of
 from tests.api.test_auth import assert_unauthorized, protected_requests
 from tests.servers import free_port
 from tests.waiting import eventually
@@ -61,14 +60,7 @@ class SecretsProbe:
 
 @pytest_asyncio.fixture
 async def probe_queue(temporal_client: Client) -> AsyncIterator[str]:
-    queue = f"secrets-probe-{uuid.uuid4().hex[:8]}"
-    # Unsandboxed: the probe lives in a test module the sandbox would re-import whole.
-    async with Worker(
-        temporal_client,
-        task_queue=queue,
-        workflows=[SecretsProbe],
-        workflow_runner=UnsandboxedWorkflowRunner(),
-    ):
+    async with probe_worker(temporal_client, SecretsProbe, "secrets-probe") as queue:
         yield queue
 
 

@@ -15,10 +15,9 @@ import pytest_asyncio
 from fastapi import FastAPI
 from temporalio import workflow
 from temporalio.client import Client, WorkflowHandle
-from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from core.contracts.engineering import HumanAnswer
-from tests.api.conftest import runtime_of
+from tests.api.conftest import probe_worker, runtime_of
 from tests.api.test_tasks import create_task
 from workflows.io import ENGINEERING_RESPOND
 
@@ -56,14 +55,7 @@ class RespondProbe:
 
 @pytest_asyncio.fixture
 async def probe_queue(temporal_client: Client) -> AsyncIterator[str]:
-    queue = f"respond-probe-{uuid.uuid4().hex[:8]}"
-    # Unsandboxed: the probe lives in a test module the sandbox would re-import whole.
-    async with Worker(
-        temporal_client,
-        task_queue=queue,
-        workflows=[RespondProbe],
-        workflow_runner=UnsandboxedWorkflowRunner(),
-    ):
+    async with probe_worker(temporal_client, RespondProbe, "respond-probe") as queue:
         yield queue
 
 

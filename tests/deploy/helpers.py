@@ -5,12 +5,9 @@ projects scaffolded into the local forge."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import os
 import random
 import shutil
-import signal
 import tempfile
 import uuid
 from collections.abc import AsyncIterator
@@ -30,13 +27,13 @@ from api.app import create_app
 from api.bootstrap import ensure_admin_key
 from api.db import Database
 from api.models import Project, Server, ServerStatus
-from bridges.consumer import Bridge
-from bridges.routes import routes
 from core.contracts.deploy import ANSIBLE_DEPLOY_QUEUE, DEPLOY_QUEUE
 from core.settings import Settings
 from stack.worker import SERVICE_TEMPLATE_DIR
+from tests.ansible.helpers import end_apps
 from tests.ssh_host import SshHost
-from tests.workflows.helpers import running_worker
+from tests.waiting import eventually
+from tests.workflows.helpers import running_bridge, running_worker
 
 SERVER = "local"
 
@@ -49,13 +46,6 @@ async def served(url: str) -> Any:
     except httpx.HTTPError:
         return None
     return response.json() if response.is_success else None
-
-
-def end_apps(root: Path) -> None:
-    """Stop every app a test started under ``root`` (their pid files name them)."""
-    for pid_file in root.glob("*/run/*.pid"):
-        with contextlib.suppress(ValueError, ProcessLookupError, PermissionError):
-            os.killpg(int(pid_file.read_text()), signal.SIGKILL)
 
 
 @dataclass
@@ -109,13 +99,12 @@ class DeployStack:
 
     async def finished(self, task_id: str, within: float = 120.0) -> dict[str, Any]:
         """The task once it ended (COMPLETED, FAILED or CANCELLED)."""
-        deadline = asyncio.get_running_loop().time() + within
-        while True:
+
+        async def ended() -> dict[str, Any] | None:
             task = await self.task(task_id)
-            if task["status"] in ("COMPLETED", "FAILED", "CANCELLED"):
-                return task
-            assert asyncio.get_running_loop().time() < deadline, f"task still {task['status']}"
-            await asyncio.sleep(0.1)
+            return task if task["status"] in ("COMPLETED", "FAILED", "CANCELLED") else None
+
+        return await eventually(ended, f"task {task_id} to end", within=within, interval=0.1)
 
     async def events(self, task_id: str) -> list[dict[str, Any]]:
         got = await self.api.get(f"/tasks/{task_id}/events")
@@ -171,7 +160,9 @@ async def deploy_stack_on(
                 headers={"Authorization": f"Bearer {key}"},
             ) as api,
             _worker(client, db, redis, settings, in_process_worker),
-            _bridge(redis, client, settings.temporal_task_queue),
+            running_bridge(
+                redis, client, settings.temporal_task_queue, (DEPLOY_QUEUE, ANSIBLE_DEPLOY_QUEUE)
+            ),
         ):
             stack = DeployStack(
                 settings=settings,
@@ -203,27 +194,6 @@ async def _worker(
         client, db, redis, settings.home, settings=settings, task_queue=settings.temporal_task_queue
     ):
         yield
-
-
-@contextlib.asynccontextmanager
-async def _bridge(redis: Redis, client: Client, queue: str) -> AsyncIterator[Bridge]:
-    """The bridge of deploy:queue and ansible:deploy:queue, starting runs on ``queue``."""
-    wanted = (DEPLOY_QUEUE, ANSIBLE_DEPLOY_QUEUE)
-    bridge = Bridge(
-        redis,
-        client,
-        [r for r in routes(Settings(temporal_task_queue=queue)) if r.queue in wanted],
-        claim_idle_ms=500,
-        block_ms=100,
-    )
-    stop = asyncio.Event()
-    bridging = asyncio.create_task(bridge.run(stop))
-    await asyncio.wait_for(bridge.ready.wait(), 10)
-    try:
-        yield bridge
-    finally:
-        stop.set()
-        await asyncio.wait_for(bridging, 15)
 
 
 async def add_ready_server(stack: DeployStack, handle: str = SERVER) -> dict[str, Any]:

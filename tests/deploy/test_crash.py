@@ -13,42 +13,25 @@ from temporalio.client import Client
 
 from api.db import Database
 from api.models import Deployment
+from tests.ansible.helpers import processes_in
 from tests.deploy.helpers import DeployStack, deploy_stack_on, served
 from tests.ssh_host import SshHost
 from tests.waiting import eventually
 from tests.workflows.worker_process import spawn_worker, stop, wait_ready, worker_env
 
-# Starts slowly: the playbook waits in its health check long enough to be killed there.
-SLOW_MAIN = """import time
-time.sleep(4)
+# Serves only once the test opens its gate: the playbook waits in its health check until then,
+# long enough for the test to kill the worker there.
+GATED_MAIN = """import os, time
+while not os.path.exists({gate!r}):
+    time.sleep(0.05)
 from app.server import main
 main()
 """
 
 
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0]
-    except (FileNotFoundError, IndexError):
-        return False
-    return state != "Z"
-
-
-def app_processes(stack: DeployStack, project: str) -> list[int]:
-    """The app's processes on the server: every process whose working directory is one of the
-    project's releases."""
-    releases = (stack.apps_root / project / "releases").resolve()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cwd = (entry / "cwd").resolve()
-        except OSError:
-            continue
-        if cwd.is_relative_to(releases) and alive(int(entry.name)):
-            found.append(int(entry.name))
-    return found
+def app_processes(stack: DeployStack, project: str) -> set[int]:
+    """The app's processes on the server: those working in one of the project's releases."""
+    return processes_in(stack.apps_root / project / "releases")
 
 
 async def test_kill_9_of_the_worker_during_the_playbook(
@@ -79,13 +62,15 @@ async def test_kill_9_of_the_worker_during_the_playbook(
         survivor: subprocess.Popen[bytes] | None = None
         try:
             await wait_ready(stack.settings, doomed)
-            project = await stack.project(**{"app/__main__.py": SLOW_MAIN})
+            gate = tmp_path / "gate"
+            project = await stack.project(**{"app/__main__.py": GATED_MAIN.format(gate=str(gate))})
             name = project["name"]
             task = await stack.deploy(project["id"])
             # The release's process is up and the playbook waits for its health check: kill.
             await eventually(lambda: app_processes(stack, name), "the release started", within=90)
             doomed.send_signal(signal.SIGKILL)
             assert doomed.wait(10) == -signal.SIGKILL
+            gate.touch()
 
             survivor = spawn_worker(env, log)
             await wait_ready(stack.settings, survivor)
@@ -107,7 +92,7 @@ async def test_kill_9_of_the_worker_during_the_playbook(
             ("RUNNING", done["result"]["release"])
         ]
         pid_file = stack.apps_root / name / "run" / f"{done['result']['release']}.pid"
-        assert app_processes(stack, name) == [int(pid_file.read_text())]
+        assert app_processes(stack, name) == {int(pid_file.read_text())}
         # The playbook really ran twice: the killed attempt and the one that finished.
         workflow_id = f"ansible-deploy-{task['id']}-{done['result']['release']}"
         history = await stack.client.get_workflow_handle(workflow_id).fetch_history()

@@ -41,9 +41,9 @@ from activities.forge import LocalForge
 from cli.demo import ANTHROPIC_KEYS, OPENAI_KEYS
 from cli.demo_script import DEMO_FILES
 from core.settings import Settings
+from tests.ansible.helpers import end_apps
 from tests.conftest import fresh_postgres_database
 from tests.containers.images import tiny_image
-from tests.deploy.helpers import end_apps
 from tests.servers import free_port
 
 FOREIGN = [

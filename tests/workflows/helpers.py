@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ from activities.containers import ContainerRuntime, container_name, vanishing
 from api.db import Database
 from api.models import Project, Task, TaskCreate, TaskEventRow, User
 from api.services.tasks import TaskService
+from bridges.consumer import Bridge
+from bridges.routes import routes
 from core.contracts.engineering import EngineeringOptions
 from core.settings import Settings
 from core.temporal import search_attributes
@@ -121,6 +124,28 @@ async def running_worker(
     worker = build_worker(client, settings, db, redis, task_queue=queue, **options)
     async with worker:
         yield queue
+
+
+@asynccontextmanager
+async def running_bridge(
+    redis: Redis, client: Client, task_queue: str, queues: Collection[str] | None = None
+) -> AsyncIterator[Bridge]:
+    """``python -m bridges`` in this event loop, starting runs on ``task_queue``: every route,
+    or those of ``queues``."""
+    wanted = [
+        route
+        for route in routes(Settings(temporal_task_queue=task_queue))
+        if queues is None or route.queue in queues
+    ]
+    bridge = Bridge(redis, client, wanted, claim_idle_ms=500, block_ms=100)
+    stop = asyncio.Event()
+    running = asyncio.create_task(bridge.run(stop))
+    await asyncio.wait_for(bridge.ready.wait(), 10)
+    try:
+        yield bridge
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 15)
 
 
 def container(client: docker.DockerClient, worker_id: str) -> Any:

@@ -5,13 +5,11 @@ loopback, so the server provisioned is this very machine."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import os
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,8 +23,6 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureEr
 from api.db import Database
 from api.models import Server, ServerCreate, ServerStatus
 from api.services import outbox, servers
-from bridges.consumer import Bridge
-from bridges.routes import routes
 from core.contracts.provisioner import (
     PROVISIONER_QUEUE,
     PROVISIONER_RESULT_TTL_SECONDS,
@@ -42,7 +38,7 @@ from tests.bridges.helpers import acked, publish, runs_of
 from tests.servers import free_port
 from tests.ssh_host import SshHost
 from tests.waiting import eventually
-from tests.workflows.helpers import running_worker
+from tests.workflows.helpers import running_bridge, running_worker
 from tests.workflows.test_engineering_agents import worker_logs_to
 from workflows.io import ProvisionOutput
 
@@ -100,26 +96,6 @@ class Provisioner:
         workflow_id = provision_workflow_id(message.server_handle)
         handle = self.client.get_workflow_handle(workflow_id, result_type=ProvisionOutput)
         return await handle.result()
-
-
-@asynccontextmanager
-async def running_bridge(redis: Redis, client: Client, task_queue: str) -> AsyncIterator[None]:
-    """``python -m bridges`` in this event loop: every route, starting runs on ``task_queue``."""
-    bridge = Bridge(
-        redis,
-        client,
-        routes(Settings(temporal_task_queue=task_queue)),
-        claim_idle_ms=500,
-        block_ms=100,
-    )
-    stop = asyncio.Event()
-    running = asyncio.create_task(bridge.run(stop))
-    await asyncio.wait_for(bridge.ready.wait(), 10)
-    try:
-        yield
-    finally:
-        stop.set()
-        await asyncio.wait_for(running, 15)
 
 
 @pytest_asyncio.fixture
