@@ -1,8 +1,8 @@
 # install: system packages, .venv and the project (idempotent, quiet when nothing changed)
 # run:     the main job: a demo engineering task on the embedded stack
-# test:    the whole test suite, quick bridge throughput, engineering and deploy overhead checks,
-#          then lint and type checks
-# lint:    ruff and mypy
+# test:    the whole test suite, quick bridge throughput, engineering and deploy overhead and CLI
+#          start-up checks, then lint and type checks
+# lint:    ruff, mypy and the import contracts of ARCHITECTURE.md (import-linter)
 .PHONY: install run test lint
 
 VENV := .venv
@@ -19,9 +19,11 @@ test: install
 	$(BIN)/python bench/bridge_throughput.py --quick
 	$(BIN)/python bench/engineering_overhead.py --quick
 	$(BIN)/python bench/deploy_overhead.py --quick
+	$(BIN)/python bench/cli_startup.py --quick
 	$(MAKE) --no-print-directory lint
 
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache

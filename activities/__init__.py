@@ -1,0 +1,76 @@
+"""Temporal activities: thin classes per department that call infra/ and db/.
+
+Shared by all of them: heartbeats for work that blocks (a dead worker is noticed, a cancel gets
+through) and the translation of infrastructure failures into Temporal's (retry or not).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from infra.errors import InfraError
+
+T = TypeVar("T")
+
+DEFAULT_INTERVAL = 2.0
+
+
+def _interval() -> float:
+    # Beat several times per heartbeat timeout, so one late beat does not time the activity out.
+    timeout = activity.info().heartbeat_timeout
+    if timeout is None:
+        return DEFAULT_INTERVAL
+    return max(0.1, min(DEFAULT_INTERVAL, timeout.total_seconds() / 4))
+
+
+@contextlib.asynccontextmanager
+async def heartbeating(*details: Any) -> AsyncIterator[None]:
+    """Heartbeat in the background while the body runs.
+
+    The server learns within the heartbeat timeout that a killed worker's activity is gone (and
+    retries it elsewhere), and a cancellation reaches the activity with the next heartbeat.
+    """
+
+    async def beat() -> None:
+        interval = _interval()
+        while True:
+            activity.heartbeat(*details)
+            await asyncio.sleep(interval)
+
+    task = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def run_blocking(function: Callable[..., T], *args: Any) -> T:
+    """Run blocking work (git, copier) in a thread and keep heartbeating until it returns.
+
+    A cancelled activity stops waiting at once; the thread finishes its step on its own, which is
+    why blocking work run this way must be idempotent.
+    """
+    async with heartbeating(getattr(function, "__name__", "work")):
+        return await asyncio.to_thread(function, *args)
+
+
+@contextlib.contextmanager
+def infra_failures() -> Iterator[None]:
+    """An integration's failure as Temporal's: retried only when the integration says a retry can
+    help, after the delay it asked for (a rate limit's)."""
+    try:
+        yield
+    except InfraError as exc:
+        delay = timedelta(seconds=max(1.0, exc.retry_after)) if exc.retry_after else None
+        raise ApplicationError(
+            str(exc), type=exc.kind, non_retryable=not exc.retryable, next_retry_delay=delay
+        ) from exc

@@ -15,19 +15,13 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any, NotRequired, TypedDict
 
-from activities.agents import AgentEvent
-from activities.engineering import (
-    CommitInput,
-    EngineeringActivities,
-    RunTestsInput,
-    TestReport,
-)
+from activities.engineering import CommitInput, EngineeringActivities, RunTestsInput, TestReport
 from activities.forge import OpenPullRequestInput, PullRequestActivities, TestOutcome
-from activities.workers import AgentTurnInput, WorkerActivities, uses_model
-from api.services.tasks import TaskService
-from core.contracts.events import EventType
+from activities.workers import AgentTurnInput, WorkerActivities
+from core.contracts.agents import AgentEvent, Budget, uses_model
+from core.enums import EventType
 from core.logging import get_logger
-from gateway.ledger import Budget
+from db.tasks import TaskService
 
 log = get_logger("activities.development")
 

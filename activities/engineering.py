@@ -18,37 +18,31 @@ All are idempotent: a retry finds the checkout, the branch and the commit alread
 from __future__ import annotations
 
 import json
-import os
-import re
-import shutil
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
-from sqlmodel import col, select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.containers import WorkerNotFound
-from activities.forge import git
-from activities.heartbeat import heartbeating, run_blocking
+from activities import heartbeating, run_blocking
 from activities.workers import WorkerActivities
-from api.db import Database
-from api.models import Task
+from core.contracts.agents import Budget
 from core.contracts.engineering import EngineeringOptions
-from core.contracts.events import TaskStatus
 from core.logging import get_logger
 from core.settings import Settings
-from gateway.ledger import Budget
+from db.tasks import TaskNotFound, TaskService
 from gateway.settings import GatewaySettings
+from infra.containers import WorkerNotFound
+from infra.test_reports import OUTPUT_TAIL, TestReport, parse_unittest
+from infra.workspaces import Workspaces
 
 log = get_logger("activities.engineering")
 
 DEFAULT_MAX_ROUNDS = 3
 TEST_COMMAND = ["make", "test"]
-OUTPUT_TAIL = 4000
 
 
 class TaskPlan(BaseModel):
@@ -82,19 +76,6 @@ class Workspace(BaseModel):
 class RunTestsInput(BaseModel):
     worker_id: str
     timeout_s: float = 600.0
-
-
-class TestReport(BaseModel):
-    __test__ = False  # not a pytest class
-    passed: bool
-    exit_code: int
-    tests_run: int = 0
-    failures: int = 0
-    errors: int = 0
-    skipped: int = 0
-    failing_tests: list[str] = Field(default_factory=list)
-    summary: str = ""
-    output: str = Field(default="", description="The command's last lines")
 
 
 class CommitInput(BaseModel):
@@ -192,45 +173,6 @@ def _legacy_script(spec: str) -> dict[str, Any] | None:
     return {**fields, "prompt": data.get("prompt")}
 
 
-_RAN = re.compile(r"^Ran (\d+) tests? in", re.MULTILINE)
-_VERDICT = re.compile(r"^(OK|FAILED)(?: \(([^)]*)\))?\s*$", re.MULTILINE)
-_FAILING = re.compile(r"^(?:FAIL|ERROR): (\S+) \(([^)]+)\)", re.MULTILINE)
-
-
-def parse_unittest(output: str, exit_code: int) -> TestReport:
-    """The outcome of ``python -m unittest`` (the template's ``make test``) from its output."""
-    ran = _RAN.findall(output)
-    counts: dict[str, int] = {}
-    verdicts = _VERDICT.findall(output)
-    if verdicts:
-        for part in (verdicts[-1][1] or "").split(","):
-            name, _, value = part.strip().partition("=")
-            if value.strip().isdigit():
-                counts[name] = int(value)
-    # 3.11+ print "FAIL: test_y (tests.test_x.Case.test_y)"; older ones "(tests.test_x.Case)".
-    found = (_dedupe_name(f"{where}.{name}") for name, where in _FAILING.findall(output))
-    failing = list(dict.fromkeys(found))
-    passed = exit_code == 0 and (not verdicts or verdicts[-1][0] == "OK")
-    total = int(ran[-1]) if ran else 0
-    if passed:
-        summary = f"{total} tests passed"
-    elif verdicts:
-        summary = f"{total} tests ran: {verdicts[-1][0]} ({verdicts[-1][1]})"
-    else:
-        summary = f"the test command exited with {exit_code}"
-    return TestReport(
-        passed=passed,
-        exit_code=exit_code,
-        tests_run=total,
-        failures=counts.get("failures", 0),
-        errors=counts.get("errors", 0),
-        skipped=counts.get("skipped", 0),
-        failing_tests=failing,
-        summary=summary,
-        output=output[-OUTPUT_TAIL:],
-    )
-
-
 def gateway_keys() -> set[str]:
     """The providers the gateway of this process can call (it holds their key)."""
     settings = GatewaySettings()
@@ -242,38 +184,30 @@ def gateway_keys() -> set[str]:
     return keys
 
 
-def _dedupe_name(name: str) -> str:
-    parts = name.split(".")
-    if len(parts) >= 2 and parts[-1] == parts[-2]:
-        return ".".join(parts[:-1])
-    return name
-
-
 class EngineeringActivities:
     def __init__(
         self,
         settings: Settings,
-        db: Database,
+        tasks: TaskService,
         workers: WorkerActivities,
         model_keys: set[str] | None = None,
     ) -> None:
         self.settings = settings
-        self.db = db
+        self.tasks = tasks
         self.workers = workers
         # The providers this process's gateway holds a key for: they choose the default agent.
         self.model_keys = model_keys if model_keys is not None else gateway_keys()
-
-    @property
-    def workspaces(self) -> Path:
-        return self.settings.home_dir / "workspaces"
+        self.workspaces = Workspaces(settings.home_dir / "workspaces")
 
     @activity.defn
     async def plan_task(self, task_id: str) -> TaskPlan:
         """The task's plan, read from its spec (kept out of the workflow's input and history)."""
-        async with self.db.session() as session:
-            task = await session.get(Task, task_id)
-        if task is None:
-            raise ApplicationError(f"no task {task_id}", type="TaskNotFound", non_retryable=True)
+        try:
+            task = await self.tasks.get(task_id)
+        except TaskNotFound:
+            raise ApplicationError(
+                f"no task {task_id}", type="TaskNotFound", non_retryable=True
+            ) from None
         try:
             options = EngineeringOptions.model_validate(task.details.get("engineering") or {})
         except ValidationError as exc:
@@ -284,20 +218,14 @@ class EngineeringActivities:
 
     @activity.defn
     async def prepare_workspace(self, request: WorkspaceInput) -> Workspace:
-        return await run_blocking(self._prepare, request)
-
-    def _prepare(self, request: WorkspaceInput) -> Workspace:
-        path = self.workspaces / request.task_id
-        if not (path / ".git").is_dir():
-            staging = path.with_name(f".{path.name}.clone")
-            shutil.rmtree(staging, ignore_errors=True)
-            staging.parent.mkdir(parents=True, exist_ok=True)
-            git("clone", "--quiet", "--branch", request.base, request.repository, str(staging))
-            git("checkout", "--quiet", "-B", request.branch, cwd=staging)
-            os.rename(staging, path)
-        _take_back(path)
-        base = git("rev-parse", f"origin/{request.base}", cwd=path).stdout.strip()
-        return Workspace(path=str(path), branch=request.branch, base_sha=base)
+        checkout = await run_blocking(
+            self.workspaces.prepare,
+            request.task_id,
+            request.repository,
+            request.branch,
+            request.base,
+        )
+        return Workspace(path=str(checkout.path), branch=request.branch, base_sha=checkout.base_sha)
 
     @activity.defn
     async def clean_workspaces(self, request: CleanWorkspacesInput) -> CleanWorkspacesResult:
@@ -307,8 +235,8 @@ class EngineeringActivities:
         retention = timedelta(
             hours=self.settings.workspace_retention_hours if hours is None else hours
         )
-        entries = await run_blocking(self._workspace_entries)
-        ends = await self._task_ends({task_id for task_id, _, _ in entries})
+        entries = await run_blocking(self.workspaces.entries)
+        ends = await self.tasks.end_times({task_id for task_id, _, _ in entries})
         now = datetime.now(UTC)
         result = CleanWorkspacesResult()
         for task_id, path, mtime in entries:
@@ -319,44 +247,13 @@ class EngineeringActivities:
                 expired = time.time() - mtime >= retention.total_seconds()
             if not expired:
                 result.kept += 1
-            elif await run_blocking(_remove_tree, path):
+            elif await run_blocking(self.workspaces.remove, path):
                 result.removed.append(path.name)
             else:
                 result.failed.append(path.name)
         if result.removed or result.failed:
             log.info("workspaces_cleaned", removed=result.removed, failed=result.failed)
         return result
-
-    def _workspace_entries(self) -> list[tuple[str, Path, float]]:
-        """(task id, path, mtime) of each workspace; a clone left half-made counts as its
-        task's. Symbolic links are no workspace of ours: left alone."""
-        if not self.workspaces.is_dir():
-            return []
-        entries = []
-        for path in self.workspaces.iterdir():
-            if path.is_symlink() or not path.is_dir():
-                continue
-            task_id = path.name
-            if task_id.startswith(".") and task_id.endswith(".clone"):
-                task_id = task_id.removeprefix(".").removesuffix(".clone")
-            entries.append((task_id, path, path.lstat().st_mtime))
-        return entries
-
-    async def _task_ends(self, task_ids: set[str]) -> dict[str, datetime | None]:
-        """Of ``task_ids``, each task that exists: when it ended, None while it has not."""
-        if not task_ids:
-            return {}
-        async with self.db.session() as session:
-            rows = await session.exec(
-                select(Task.id, Task.status, Task.completed_at, Task.updated_at).where(
-                    col(Task.id).in_(task_ids)
-                )
-            )
-            found = list(rows.all())
-        return {
-            task_id: _aware(completed_at or updated_at) if TaskStatus(status).is_terminal else None
-            for task_id, status, completed_at, updated_at in found
-        }
 
     @activity.defn
     async def run_tests(self, request: RunTestsInput) -> TestReport:
@@ -384,64 +281,6 @@ class EngineeringActivities:
 
     @activity.defn
     async def commit_workspace(self, request: CommitInput) -> CommitResult:
-        return await run_blocking(self._commit, request)
-
-    def _commit(self, request: CommitInput) -> CommitResult:
         path = Path(request.path)
-        _take_back(path)  # the Worker's uid owned it; git refuses a repository of another user
-        git("add", "--all", cwd=path)
-        if git("diff", "--cached", "--quiet", cwd=path, check=False).returncode != 0:
-            git("commit", "--quiet", "-m", request.message, cwd=path)
-        sha = git("rev-parse", "HEAD", cwd=path).stdout.strip()
-        names = git("diff", "--name-only", f"{request.base_sha}..HEAD", cwd=path).stdout
-        return CommitResult(commit_sha=sha, files_changed=names.split())
-
-
-def _aware(moment: datetime) -> datetime:
-    # SQLite gives back naive datetimes; every time stored here is UTC.
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-
-
-def _remove_tree(path: Path) -> bool:
-    """Remove a workspace; False (logged) when this process may not, e.g. files of the
-    Worker's uid in a directory this non-root process cannot write."""
-    try:
-        shutil.rmtree(path)
-    except FileNotFoundError:
-        pass  # removed meanwhile (another worker process's reaper)
-    except OSError as exc:
-        log.warning("workspace_not_removed", path=str(path), error=str(exc))
-        return False
-    return True
-
-
-# The repository settings a checkout may keep once an agent had it: nothing that runs a command
-# (filters, diff/merge drivers, credential helpers, aliases, includes...) when the host's git
-# works in it. Patterns are matched against ``git config --list`` keys.
-_SAFE_CONFIG = re.compile(
-    r"^(core\.(repositoryformatversion|filemode|bare|logallrefupdates|ignorecase|precomposeunicode)"
-    r"|remote\.[^.]+\.(url|fetch)|branch\..+\.(remote|merge)|user\.(name|email))$"
-)
-
-
-def _take_back(path: Path) -> None:
-    """Before the host's git works in a checkout an agent wrote: own it, and drop every
-    repository setting that could run a command (its hooks are off for every host git)."""
-    _reclaim(path)
-    config = path / ".git" / "config"
-    listed = git("config", "--file", str(config), "--list", "--name-only", check=False).stdout
-    for key in dict.fromkeys(listed.split()):
-        if not _SAFE_CONFIG.match(key):
-            git("config", "--file", str(config), "--unset-all", key, check=False)
-            log.warning("unsafe repository setting dropped", key=key, workspace=str(path))
-
-
-def _reclaim(path: Path) -> None:
-    """Give the checkout back to this process's user (a Worker ran as another uid)."""
-    if os.geteuid() != 0:
-        return
-    uid, gid = os.geteuid(), os.getegid()
-    for root, dirs, files in os.walk(path):
-        os.chown(root, uid, gid)
-        for name in [*dirs, *files]:
-            os.chown(os.path.join(root, name), uid, gid, follow_symlinks=False)
+        commit = await run_blocking(self.workspaces.commit, path, request.message, request.base_sha)
+        return CommitResult(commit_sha=commit.sha, files_changed=commit.files_changed)

@@ -18,13 +18,14 @@ from redis.asyncio import Redis
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.agents import ADAPTERS
 from activities.engineering import agent_for_keys, gateway_keys
 from core.contracts.chat import ChatNote, ChatReply, delivery_key, encode_chat_entry
 from core.ids import chat_stream
+from core.paths import DEPLOY_DIR
 from core.settings import Settings
+from infra.agents import ADAPTERS
 
-INSTRUCTIONS_FILE = Path(__file__).resolve().parent.parent / "deploy" / "po" / "AGENTS.md"
+INSTRUCTIONS_FILE = DEPLOY_DIR / "po" / "AGENTS.md"
 INSTRUCTION_NAMES = ("AGENTS.md", "CLAUDE.md")
 CHAT_STREAM_MAXLEN = 10_000
 # How long a delivery key is remembered: far longer than any retry of one publish.

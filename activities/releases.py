@@ -16,18 +16,11 @@ from typing import Any
 
 from pydantic import BaseModel
 from redis.asyncio import Redis
-from sqlmodel import col, select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.ansible import AnsibleRunner, PlaybookRun, RunnerEvent, SshTarget
-from activities.forge import git
-from activities.forges import make_forge
-from activities.heartbeat import heartbeating, run_blocking
+from activities import heartbeating, infra_failures, run_blocking
 from activities.servers import ssh_target
-from api.db import Database
-from api.models import Server
-from api.services import secrets
 from core.contracts.deploy import (
     DEPLOY_RESULT_TTL_SECONDS,
     PROJECT_SECRETS_PREFIX,
@@ -38,6 +31,12 @@ from core.contracts.deploy import (
 from core.crypto import Vault
 from core.logging import get_logger
 from core.settings import Settings
+from db import secrets, servers
+from db.engine import Database
+from db.tables import Server
+from infra.ansible import AnsibleRunner, PlaybookRun, RunnerEvent, SshTarget
+from infra.forges import make_forge
+from infra.git import archive_commit
 
 log = get_logger("activities.releases")
 
@@ -91,9 +90,8 @@ class ReleaseActivities:
         release = message.release or message.request_id
         archive_dir = Path(tempfile.mkdtemp(prefix="release-", dir=self._archives()))
         try:
-            archive, commit = await run_blocking(
-                self._archive, message, archive_dir / f"{release}.tar.gz"
-            )
+            archive = archive_dir / f"{release}.tar.gz"
+            commit = await run_blocking(self._archive, message, archive)
             run = await self._run(
                 "deploy.yml",
                 target,
@@ -158,7 +156,7 @@ class ReleaseActivities:
     async def _handle_of(self, host: str) -> str:
         """The server a message names by its address only (the contract's ``server_ip``)."""
         async with self.db.session() as session:
-            found = (await session.exec(select(Server).where(col(Server.host) == host))).all()
+            found = await servers.find_by_host(session, host)
         if len(found) != 1:
             many = "several servers have" if found else "no server has"
             raise _fail(
@@ -174,25 +172,16 @@ class ReleaseActivities:
             raise _fail(f"secrets_ref must be {PROJECT_SECRETS_PREFIX}<project id>")
         project_id = secrets_ref.removeprefix(PROJECT_SECRETS_PREFIX)
         async with self.db.session() as session:
-            stored = await secrets.list_secrets(session, project_id)
-        return {secret.name: self.vault.decrypt(secret.ciphertext) for secret in stored}
+            return await secrets.project_env(session, self.vault, project_id)
 
-    def _archive(self, message: AnsibleDeployMessage, path: Path) -> tuple[Path, str]:
-        """``git archive`` of the release's commit, made from a fresh clone of the repository."""
+    def _archive(self, message: AnsibleDeployMessage, path: Path) -> str:
+        """``git archive`` of the release's commit at ``path``; returns the commit."""
         repository = message.repository or make_forge(self.settings).clone_url(
             message.repo_full_name
         )
-        checkout = path.parent / "repository"
-        git("clone", "--quiet", "--bare", repository, str(checkout))
         wanted = message.commit_sha or DEFAULT_COMMIT
-        found = git(
-            "rev-parse", "--verify", "--quiet", f"{wanted}^{{commit}}", cwd=checkout, check=False
-        )
-        if found.returncode != 0:
-            raise _fail(f"{message.repo_full_name} has no commit {wanted}")
-        commit = found.stdout.strip()
-        git("archive", "--format=tar.gz", "-o", str(path), commit, cwd=checkout)
-        return path, commit
+        with infra_failures():
+            return archive_commit(repository, wanted, path, name=message.repo_full_name)
 
     def _archives(self) -> Path:
         directory = self.runner.work_root / "archives"

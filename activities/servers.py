@@ -14,19 +14,20 @@ from redis.asyncio import Redis
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.ansible import AnsibleRunner, PlaybookRun, SshTarget
-from activities.heartbeat import heartbeating
-from api.db import Database
-from api.models import Server, ServerStatus
-from api.problems import NotFound
-from api.services import servers
+from activities import heartbeating
 from core.contracts.provisioner import (
     PROVISIONER_RESULT_TTL_SECONDS,
     ProvisionerResult,
     provisioner_result_key,
 )
 from core.crypto import Vault, VaultError
+from core.enums import ServerStatus
 from core.logging import get_logger
+from db import servers
+from db.engine import Database
+from db.errors import NotFound
+from db.tables import Server
+from infra.ansible import AnsibleRunner, PlaybookRun, SshTarget
 
 log = get_logger(__name__)
 

@@ -10,16 +10,15 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 from redis.asyncio import Redis
-from sqlalchemy import update
-from sqlmodel import col, select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from api.db import Database
-from api.models import Project, ProjectStatus, TaskEventRow, utcnow
-from api.services.tasks import TaskNotFound, TaskService
-from core.contracts.events import TERMINAL_STATUSES, EventType, TaskStatus
 from core.contracts.scaffolder import ScaffoldResult
+from core.enums import TERMINAL_STATUSES, EventType, ProjectStatus, TaskStatus
+from db import projects
+from db.engine import Database
+from db.errors import NotFound
+from db.tasks import TaskNotFound, TaskService
 
 
 class StartTaskResult(BaseModel):
@@ -118,15 +117,7 @@ class TaskActivities:
         return written.seq
 
     async def _latest_matching_event(self, event: TaskEventInput) -> int | None:
-        async with self.db.session() as session:
-            latest = (
-                await session.exec(
-                    select(TaskEventRow)
-                    .where(TaskEventRow.task_id == event.task_id)
-                    .order_by(col(TaskEventRow.seq).desc())
-                    .limit(1)
-                )
-            ).first()
+        latest = await self.tasks.latest_event(event.task_id)
         if latest is None:
             return None
         same = (latest.type, latest.stage, latest.message) == (
@@ -171,38 +162,28 @@ class TaskActivities:
     @activity.defn
     async def get_project(self, project_id: str) -> ProjectInfo:
         async with self.db.session() as session:
-            project = await session.get(Project, project_id)
-        if project is None:
-            raise _not_found("project", project_id)
+            try:
+                project = await projects.get_project_by_id(session, project_id)
+            except NotFound:
+                raise _not_found("project", project_id) from None
         return ProjectInfo.model_validate(project, from_attributes=True)
 
     @activity.defn
     async def set_project_status(self, change: ProjectStatusInput) -> None:
         """SCAFFOLDING / FAILED / NEW while a repository is being made; READY is never undone."""
-        await self._update_project(
-            change.project_id,
-            col(Project.status) != ProjectStatus.ready,
-            status=change.status,
-        )
+        async with self.db.session() as session:
+            try:
+                await projects.set_status(session, change.project_id, change.status)
+            except NotFound:
+                raise _not_found("project", change.project_id) from None
 
     @activity.defn
     async def record_repository(self, result: ScaffoldResult) -> None:
         """The project has its repository: remember where, and mark it READY."""
-        await self._update_project(
-            result.project_id,
-            None,
-            repository=result.repository,
-            repo_full_name=result.repo_full_name,
-            status=ProjectStatus.ready,
-        )
-
-    async def _update_project(self, project_id: str, condition: Any, **values: Any) -> None:
-        statement = update(Project).where(col(Project.id) == project_id)
-        if condition is not None:
-            statement = statement.where(condition)
         async with self.db.session() as session:
-            await session.exec(statement.values(updated_at=utcnow(), **values))
-            exists = await session.get(Project, project_id)
-            await session.commit()
-        if exists is None:
-            raise _not_found("project", project_id)
+            try:
+                await projects.set_repository(
+                    session, result.project_id, result.repository, result.repo_full_name
+                )
+            except NotFound:
+                raise _not_found("project", result.project_id) from None

@@ -8,12 +8,12 @@ engineering workflow waits for that run's result here.
 from __future__ import annotations
 
 from temporalio import activity
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
+from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import ApplicationError
-from temporalio.service import RPCError, RPCStatusCode
 
-from activities.heartbeat import heartbeating
+from activities import heartbeating
 from core.contracts.scaffolder import ScaffoldResult
+from core.temporal import failure_reason
 
 
 class TemporalActivities:
@@ -38,24 +38,3 @@ class TemporalActivities:
                     type="ScaffoldFailed",
                     non_retryable=True,
                 ) from None
-
-
-async def workflow_status(client: Client, workflow_id: str) -> WorkflowExecutionStatus | None:
-    """The status of the workflow's latest run; None when there is no such workflow."""
-    try:
-        description = await client.get_workflow_handle(workflow_id).describe()
-    except RPCError as exc:
-        if exc.status == RPCStatusCode.NOT_FOUND:
-            return None
-        raise
-    return description.status
-
-
-async def is_running(client: Client, workflow_id: str) -> bool:
-    return await workflow_status(client, workflow_id) == WorkflowExecutionStatus.RUNNING
-
-
-def failure_reason(error: WorkflowFailureError) -> str:
-    """Why a run failed, in its own words (its application error's message)."""
-    cause = error.cause
-    return getattr(cause, "message", None) or str(cause or error)

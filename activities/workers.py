@@ -12,7 +12,7 @@ the scripted agent leave the workspace as a retried turn expects).
 
 A PO Worker (``CreateContainerInput.api``) also drives the ``orchestrator`` CLI: the API's Unix
 socket directory is mounted read-only at ``/run/orchestrator-api`` and the forwarder exposes it on
-another loopback port; the CLI is a bundle (activities/cli_bundle.py) mounted read-only and first
+another loopback port; the CLI is a bundle (infra/cli_bundle.py) mounted read-only and first
 on ``PATH``. Its key, scoped to the chat, is made when the container is (re)created and written as
 a 0600 file of the Worker's user where the CLI looks (``$ORCHESTRATOR_HOME/api_key``): never an
 input, an output, a log line or the container's environment. Each creation makes a new key and
@@ -22,7 +22,6 @@ revokes the chat's older ones.
 from __future__ import annotations
 
 import asyncio
-import posixpath
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,64 +31,41 @@ from temporalio import activity
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 
-from activities.agents import ADAPTERS, AgentEvent, AgentResult, get_adapter
-from activities.agents.base import DEFAULT_HOME, AgentRequest
-from activities.cli_bundle import default_root, ensure_bundle_async
-from activities.containers import ContainerRuntime, Mount, WorkerNotFound, WorkerSpec
-from activities.heartbeat import heartbeating
-from activities.images import PATH, TOOLS_DIR, WORKER_HOME, ImageBuilder, ensure_async
-from activities.slots import WorkerSlots
-from activities.temporal import is_running
-from api.problems import NotFound
-from api.services.tasks import TaskNotFound, TaskService
-from api.services.users import issue_session_key
-from core.contracts.events import EventType
+from activities import heartbeating, infra_failures
+from core.contracts.agents import AgentEvent, AgentResult, Budget, uses_model
 from core.contracts.worker import WorkerResponse
+from core.enums import EventType
 from core.logging import get_logger
 from core.settings import Settings
-from gateway.ledger import Budget
+from core.temporal import is_running
+from db.errors import NotFound
+from db.tasks import TaskNotFound, TaskService
+from db.users import issue_session_key
 from gateway.server import Gateway, socket_path_for
+from infra.agents import ADAPTERS, get_adapter
+from infra.agents.base import AgentRequest
+from infra.cli_bundle import default_root, ensure_bundle_async
+from infra.containers import ContainerRuntime, Mount, WorkerNotFound, WorkerSpec
+from infra.images import PATH, ImageBuilder, ensure_async
+from infra.slots import WorkerSlots
+from infra.workers import (
+    API_MOUNT,
+    API_PORT,
+    API_URL,
+    CLI_HOME,
+    CLI_MOUNT,
+    FORWARDER_PORT,
+    GATEWAY_MOUNT,
+    MODEL_BASE_URL,
+    forwarder_command,
+    give_cli_key,
+    run_agent_turn,
+    write_file,
+)
 
 log = get_logger("activities.workers")
 
-# Inside the Worker: the gateway socket's directory, and the forwarder's loopback port.
-GATEWAY_MOUNT = "/run/orchestrator"
-FORWARDER_PORT = 8788
-MODEL_BASE_URL = f"http://127.0.0.1:{FORWARDER_PORT}"
-# Inside a PO Worker: the API socket's directory, the forwarder's port for it, the CLI bundle,
-# and the CLI's home (its key file).
-API_MOUNT = "/run/orchestrator-api"
-API_PORT = 8789
-API_URL = f"http://127.0.0.1:{API_PORT}"
-CLI_MOUNT = "/opt/orchestrator/cli"
-CLI_HOME = posixpath.join(WORKER_HOME, ".orchestrator")
-CLI_KEY_FILE = posixpath.join(CLI_HOME, "api_key")  # where Settings.read_api_key() looks
-FORWARDER_WAIT_S = 20
-# Run in the Worker: wait until something listens on each loopback port given.
-_WAIT_FOR_PORT = f"""import socket, sys, time
-deadline = time.monotonic() + {FORWARDER_WAIT_S}
-for port in map(int, sys.argv[1:]):
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), 1).close()
-            break
-        except OSError as exc:
-            if time.monotonic() > deadline:
-                sys.exit(f"nothing listens on 127.0.0.1:{{port}}: {{exc}}")
-            time.sleep(0.05)
-"""
-# Agents that call no model run without the gateway.
-MODEL_FREE_AGENTS = frozenset({"scripted"})
-# Where the scripted agent looks for its script when the Worker was made without one: a PO
-# sends it with send_file (the adapter writes the same path when it has a script).
-SCRIPTED_SCRIPT = posixpath.join(DEFAULT_HOME, "scripted-agent", "script.json")
 RESPONSES_MAXLEN = 100_000
-# An agent turn's output kept for the result: the tail is what the parsers need.
-MAX_LINES = 20_000
-
-
-def uses_model(agent: str) -> bool:
-    return agent not in MODEL_FREE_AGENTS
 
 
 class ApiAccess(BaseModel):
@@ -136,21 +112,6 @@ class WriteFileInput(BaseModel):
 class PublishInput(BaseModel):
     streams: list[str]
     response: WorkerResponse
-
-
-def _forwarder_command(routes: list[tuple[int, str]], multi: bool) -> list[str]:
-    """The Worker's main process: ``sleep`` when nothing is forwarded, else the forwarder.
-
-    A Worker without API access keeps the single-route form it always had."""
-    if not routes:
-        return ["sleep", "infinity"]
-    command = ["python3", f"{TOOLS_DIR}/forwarder.py"]
-    if not multi:
-        ((port, socket),) = routes
-        return [*command, "--listen", f"127.0.0.1:{port}", "--socket", socket]
-    for port, socket in routes:
-        command += ["--route", f"127.0.0.1:{port}={socket}"]
-    return command
 
 
 def _bad_input(message: str) -> ApplicationError:
@@ -247,7 +208,7 @@ class WorkerActivities:
             workspace=workspace,
             mounts=mounts,
             env=env,
-            command=_forwarder_command(routes, request.api is not None),
+            command=forwarder_command(routes, request.api is not None),
         )
         runtime = await self.runtime()
         container_id = await runtime.create_worker(spec)
@@ -292,25 +253,9 @@ class WorkerActivities:
                 key = await issue_session_key(session, user_id=api.user_id, chat_id=api.chat_id)
         except NotFound as exc:
             raise _bad_input(str(exc.detail)) from None
-        made = await runtime.exec(
-            worker_id, ["mkdir", "-p", "-m", "700", CLI_HOME], workdir="/", timeout=30
-        )
-        if made.exit_code != 0:
-            raise ApplicationError(f"cannot make {CLI_HOME}: {made.stderr.strip()}")
-        await runtime.put_file(worker_id, CLI_KEY_FILE, f"{key}\n".encode(), 0o600)
+        with infra_failures():
+            await give_cli_key(runtime, worker_id, key)
         log.info("worker api key written", worker_id=worker_id, chat_id=api.chat_id)
-        # The container's main process has only just started: the CLI's first call must not
-        # find the port closed.
-        waited = await runtime.exec(
-            worker_id,
-            ["python3", "-I", "-S", "-c", _WAIT_FOR_PORT, str(API_PORT)],
-            workdir="/",
-            timeout=FORWARDER_WAIT_S + 10,
-        )
-        if waited.exit_code != 0:
-            raise ApplicationError(
-                f"the Worker's forwarder does not listen: {waited.stderr.strip()[-500:]}"
-            )
 
     async def _take_slot(self, request: CreateContainerInput) -> None:
         """Wait until fewer than ``max_workers`` Workers exist (each process counts the same)."""
@@ -372,67 +317,36 @@ class WorkerActivities:
             instructions=turn.instructions,
             model=turn.model,
         )
-        command = adapter.command(request)
-        env = dict(command.env)
-        if turn.agent == "scripted" and "script" not in turn.agent_options:
-            env.setdefault("SCRIPTED_AGENT_SCRIPT", SCRIPTED_SCRIPT)
         runtime = await self.runtime()
         try:
-            for file in command.files:
-                await self._write(runtime, turn.worker_id, file.path, file.content, file.mode)
-            lines: list[str] = []
-
-            def on_line(stream: str, line: str) -> None:
-                if stream == "stdout":
-                    lines.append(line)
-                    del lines[:-MAX_LINES]
-                    if on_event is not None:
-                        for event in adapter.parse_line(line):
-                            on_event(event)
-                activity.heartbeat(stream, len(lines))
-
-            async with heartbeating("agent turn"):
-                result = await runtime.exec(
-                    turn.worker_id,
-                    command.argv,
-                    env=env,
-                    workdir=command.cwd,
-                    timeout=turn.timeout_s,
-                    on_line=on_line,
-                    # A turn orphaned by a killed worker process must not edit alongside this one.
-                    exclusive="agent-turn",
-                )
+            with infra_failures():
+                async with heartbeating("agent turn"):
+                    return await run_agent_turn(
+                        runtime,
+                        turn.worker_id,
+                        turn.agent,
+                        adapter,
+                        request,
+                        timeout_s=turn.timeout_s,
+                        scripted_default=turn.agent == "scripted"
+                        and "script" not in turn.agent_options,
+                        on_event=on_event,
+                        on_line=lambda stream, count: activity.heartbeat(stream, count),
+                    )
         except WorkerNotFound as exc:
             raise ApplicationError(str(exc), type="WorkerNotFound", non_retryable=True) from None
-        if result.timed_out:
-            return AgentResult(
-                status="failed", raw_error=f"the agent ran past its {turn.timeout_s:g} s limit"
-            )
-        return adapter.result(lines, result.exit_code, workdir=command.cwd)
 
     @activity.defn
     async def write_file(self, request: WriteFileInput) -> None:
         """Write a file into the Worker, making its directory first."""
         runtime = await self.runtime()
         try:
-            await self._write(
-                runtime, request.worker_id, request.path, request.content, request.mode
-            )
+            with infra_failures():
+                await write_file(
+                    runtime, request.worker_id, request.path, request.content, request.mode
+                )
         except WorkerNotFound as exc:
             raise ApplicationError(str(exc), type="WorkerNotFound", non_retryable=True) from None
-
-    @staticmethod
-    async def _write(
-        runtime: ContainerRuntime, worker_id: str, path: str, content: str, mode: int
-    ) -> None:
-        target = path if posixpath.isabs(path) else posixpath.join("/workspace", path)
-        target = posixpath.normpath(target)
-        made = await runtime.exec(
-            worker_id, ["mkdir", "-p", posixpath.dirname(target)], workdir="/", timeout=30
-        )
-        if made.exit_code != 0:
-            raise _bad_input(f"cannot make the directory of {target}: {made.stderr.strip()}")
-        await runtime.put_file(worker_id, target, content.encode(), mode)
 
     # --- answers and the reaper -----------------------------------------------------------------
 

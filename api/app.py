@@ -21,8 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from temporalio.client import Client
 
 from api import problems
-from api.db import Database
-from api.deps import Runtime, current_user
+from api.deps import Runtime, current_user, one_value_per_query_parameter, text_without_nul
 from api.routes import (
     api_keys,
     chats,
@@ -35,11 +34,12 @@ from api.routes import (
     tasks,
     users,
 )
-from api.services import outbox
-from api.services.tasks import TaskService
 from core.ids import new_id
 from core.logging import bound_context, get_logger
 from core.settings import Settings
+from db import outbox
+from db.engine import Database
+from db.tasks import TaskService
 
 log = get_logger(__name__)
 access_log = get_logger("api.access")
@@ -52,6 +52,9 @@ itself runs as a durable workflow, started from the `engineering:queue` Redis st
 
 Every route but `/health` needs an API key: `Authorization: Bearer <key>` (or `X-API-Key`).
 Errors are `application/problem+json` (RFC 9457).
+
+Text may not contain NUL (U+0000), in a body, a path or a query: such a request is refused with
+422.
 """
 
 # What a client may send as X-Correlation-ID; anything else is replaced, not logged verbatim.
@@ -192,7 +195,11 @@ def create_app(
         # Authentication on the router: a route added later cannot forget it.
         app.include_router(
             module.router,
-            dependencies=[Depends(current_user)],
+            dependencies=[
+                Depends(current_user),
+                Depends(text_without_nul),
+                Depends(one_value_per_query_parameter),
+            ],
             responses=problems.problem_responses(401, 422),
         )
     return app

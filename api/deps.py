@@ -8,20 +8,24 @@ from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.dependencies.models import Dependant
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from redis.asyncio import Redis
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import Client
 
-from api.db import Database
-from api.models import User
 from api.problems import Forbidden, ServiceUnavailable, Unauthorized
-from api.services import users
-from api.services.tasks import TaskService
 from core import temporal
+from core.contracts.base import NO_NUL, NUL
 from core.crypto import Vault, VaultError
 from core.logging import bind_context, get_logger
 from core.settings import Settings
+from db import users
+from db.engine import Database
+from db.tables import User
+from db.tasks import TaskService
 
 log = get_logger(__name__)
 
@@ -103,6 +107,53 @@ async def current_user(
 
 
 CurrentUser = Annotated[User, Depends(current_user)]
+
+
+async def text_without_nul(request: Request) -> None:
+    """No NUL in the path or the query either (bodies: ``JsonInput``): a 422, before a lookup
+    PostgreSQL would fail."""
+    places: list[tuple[str, ...]] = [("path",)] if NUL in request.scope["path"] else []
+    places += [
+        ("query", name)
+        for name, value in request.query_params.multi_items()
+        if NUL in name or NUL in value
+    ]
+    if places:
+        raise RequestValidationError(
+            [{"type": "nul_character", "loc": place, "msg": NO_NUL} for place in places]
+        )
+
+
+async def one_value_per_query_parameter(request: Request) -> None:
+    """A query parameter the route declares takes one value: given twice it is a 422, not the last
+    value silently winning (none of the API's query parameters is a list)."""
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute):
+        return
+    repeated = [name for name in _query_names(route) if len(request.query_params.getlist(name)) > 1]
+    if repeated:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "repeated_parameter",
+                    "loc": ("query", name),
+                    "msg": "given more than once; it takes one value",
+                }
+                for name in sorted(repeated)
+            ]
+        )
+
+
+def _query_names(route: APIRoute) -> frozenset[str]:
+    """The query parameters a route declares, its dependencies' included."""
+
+    def names(dependant: Dependant) -> set[str]:
+        found = {param.alias for param in dependant.query_params}
+        for dependency in dependant.dependencies:
+            found |= names(dependency)
+        return found
+
+    return frozenset(names(route.dependant))
 
 
 async def key_chat(request: Request, user: CurrentUser) -> int | None:

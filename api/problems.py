@@ -1,12 +1,13 @@
 """Errors as RFC 9457 problem details (``application/problem+json``), for every failure.
 
-Routes raise ``NotFound`` / ``Conflict`` / ... (or FastAPI's ``HTTPException``); the handlers
-installed here turn them, and request validation errors, into one JSON shape clients can rely on.
+Routes raise ``NotFound`` / ``Conflict`` / ... (or FastAPI's ``HTTPException``), the database
+layer its domain errors (db/errors.py); the handlers installed here turn them all, and request
+validation errors, into one JSON shape clients can rely on.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from http import HTTPStatus
 from typing import Any
 
@@ -15,13 +16,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
-from api.services.tasks import TaskNotFound
 from core.logging import get_logger
+from db import errors as domain
 
 log = get_logger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE")
 
 
 class ValidationIssue(BaseModel):
@@ -45,7 +48,10 @@ class ProblemDetails(BaseModel):
 
 
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses`` entries documenting problem+json errors."""
+    """OpenAPI ``responses`` entries documenting problem+json errors.
+
+    FastAPI files the model's schema under ``application/json``; ``install`` moves it to
+    ``application/problem+json``, the one type errors are sent as."""
     return {
         status: {
             "model": ProblemDetails,
@@ -154,8 +160,46 @@ async def _on_problem(request: Request, exc: Exception) -> JSONResponse:
 
 async def _on_http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if _unreadable_body(exc):
+        return _invalid_json(request)
     detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-    return problem_response(request, exc.status_code, detail, headers=exc.headers)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        # RFC 9110 requires Allow on a 405; Starlette's names the methods of one route only.
+        headers["Allow"] = ", ".join(allowed_methods(request)) or headers.get("Allow", "")
+    return problem_response(request, exc.status_code, detail, headers=headers)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method the request's path answers, across the routes that share the path.
+
+    Asked of the routes themselves, method by method: routers included in the app are routes
+    of their own (FastAPI), whose inner routes the app does not list."""
+    routes = request.app.router.routes
+    return [
+        method
+        for method in HTTP_METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes
+        )
+    ]
+
+
+def _unreadable_body(exc: StarletteHTTPException) -> bool:
+    """FastAPI's 400 for a JSON body it could not decode otherwise than as malformed JSON (not
+    UTF-8, nested too deep). It raises that 400 from the decoding error."""
+    return exc.status_code == 400 and isinstance(exc.__cause__, ValueError | RecursionError)
+
+
+def _invalid_json(request: Request) -> JSONResponse:
+    # The same answer as for malformed JSON: a body that cannot be read is invalid input (422).
+    issue = {
+        "loc": ["body"],
+        "field": "body",
+        "message": "not valid JSON: the body must be UTF-8 encoded JSON text",
+        "type": "json_invalid",
+    }
+    return problem_response(request, 422, describe_issues([issue]), errors=[issue])
 
 
 async def _on_validation(request: Request, exc: Exception) -> JSONResponse:
@@ -164,8 +208,18 @@ async def _on_validation(request: Request, exc: Exception) -> JSONResponse:
     return problem_response(request, 422, describe_issues(issues), errors=issues)
 
 
-async def _on_task_not_found(request: Request, exc: Exception) -> JSONResponse:
-    return problem_response(request, 404, f"task {exc} not found")
+# The status each domain error of the database layer answers with.
+DOMAIN_STATUS: dict[type[domain.DomainError], int] = {
+    domain.NotFound: 404,
+    domain.Conflict: 409,
+    domain.Invalid: 422,
+}
+
+
+async def _on_domain(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, domain.DomainError)
+    status = next((code for kind, code in DOMAIN_STATUS.items() if isinstance(exc, kind)), 500)
+    return problem_response(request, status, exc.detail)
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -173,9 +227,26 @@ async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     return problem_response(request, 500, "internal error; see the API log")
 
 
+def _problems_as_problem_json(
+    make_schema: Callable[[], dict[str, Any]],
+) -> Callable[[], dict[str, Any]]:
+    def openapi() -> dict[str, Any]:
+        schema = make_schema()  # FastAPI's, made once and kept
+        for path in schema.get("paths", {}).values():
+            for operation in path.values():
+                for response in operation.get("responses", {}).values():
+                    content = response.get("content", {})
+                    if PROBLEM_JSON in content and "application/json" in content:
+                        content[PROBLEM_JSON] = content.pop("application/json")
+        return schema
+
+    return openapi
+
+
 def install(app: FastAPI) -> None:
     app.add_exception_handler(Problem, _on_problem)
     app.add_exception_handler(StarletteHTTPException, _on_http)
     app.add_exception_handler(RequestValidationError, _on_validation)
-    app.add_exception_handler(TaskNotFound, _on_task_not_found)
+    app.add_exception_handler(domain.DomainError, _on_domain)
     app.add_exception_handler(Exception, _on_unexpected)
+    app.openapi = _problems_as_problem_json(app.openapi)  # type: ignore[method-assign]

@@ -51,7 +51,7 @@ from core.contracts.engineering import ENGINEERING_QUEUE, EngineeringMessage  # 
 from core.logging import configure_logging  # noqa: E402
 from core.settings import Settings  # noqa: E402
 from core.temporal import ensure_search_attributes  # noqa: E402
-from tests.servers import (  # noqa: E402
+from testing.servers import (  # noqa: E402
     TEMPORAL_BIN,
     TEMPORAL_SQLITE_PRAGMAS,
     free_port,
@@ -242,9 +242,9 @@ async def api_and_bridge(
     workdir: Path, redis_url: str, temporal_address: str, task_queue: str
 ) -> AsyncIterator[tuple[str, str]]:
     """``python -m api`` and ``python -m bridges`` on a migrated SQLite database."""
-    from api.bootstrap import ensure_admin_key
-    from api.db import Database
-    from api.migrate import upgrade_async
+    from db.engine import Database
+    from db.migrate import upgrade_async
+    from db.users import ensure_admin_key
 
     home = workdir / "home"
     port = free_port()

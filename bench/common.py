@@ -11,7 +11,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from core.temporal import SEARCH_ATTRIBUTES
-from tests import servers
+from testing import servers
 
 
 async def temporal_on_file(database: Path) -> WorkflowEnvironment:

@@ -49,14 +49,14 @@ from redis.asyncio import Redis  # noqa: E402
 from temporalio.api.enums.v1 import EventType as HistoryEventType  # noqa: E402
 from temporalio.client import Client  # noqa: E402
 
-from activities.ansible import AnsibleRunner, SshTarget  # noqa: E402
-from api.db import Database  # noqa: E402
-from api.migrate import upgrade_async  # noqa: E402
 from bench.common import exit_now, temporal_on_file  # noqa: E402
 from core.logging import configure_logging  # noqa: E402
-from tests import servers  # noqa: E402
-from tests.deploy.helpers import DeployStack, deploy_stack_on  # noqa: E402
-from tests.ssh_host import SshHost, ssh_host  # noqa: E402
+from db.engine import Database  # noqa: E402
+from db.migrate import upgrade_async  # noqa: E402
+from infra.ansible import AnsibleRunner, SshTarget  # noqa: E402
+from testing import servers  # noqa: E402
+from testing.deploy import DeployStack, deploy_stack_on  # noqa: E402
+from testing.ssh_host import SshHost, ssh_host  # noqa: E402
 
 
 def _seconds(a: datetime, b: datetime) -> float:

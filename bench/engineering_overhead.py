@@ -57,26 +57,23 @@ from redis.asyncio import Redis  # noqa: E402
 from temporalio.api.enums.v1 import EventType as HistoryEventType  # noqa: E402
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle  # noqa: E402
 
-from activities.agents.scripted import RUNNER_PATH  # noqa: E402
-from activities.containers import (  # noqa: E402
-    ContainerRuntime,
-    ExecResult,
-    WorkerSpec,
-)
 from activities.engineering import TEST_COMMAND  # noqa: E402
-from activities.images import ImageBuilder  # noqa: E402
-from api.db import Database  # noqa: E402
-from api.migrate import upgrade_async  # noqa: E402
-from api.models import Project, TaskCreate  # noqa: E402
-from api.services.tasks import TaskService  # noqa: E402
+from api.schemas import TaskCreate  # noqa: E402
 from bench.common import exit_now, temporal_on_file  # noqa: E402
 from core.contracts.engineering import EngineeringOptions  # noqa: E402
-from core.contracts.events import TaskStatus  # noqa: E402
+from core.enums import TaskStatus  # noqa: E402
 from core.logging import configure_logging  # noqa: E402
 from core.settings import Settings  # noqa: E402
-from stack.worker import build_worker  # noqa: E402
-from tests import servers  # noqa: E402
-from tests.workflows.helpers import get_task, make_project, start_engineering  # noqa: E402
+from db.engine import Database  # noqa: E402
+from db.migrate import upgrade_async  # noqa: E402
+from db.tables import Project  # noqa: E402
+from db.tasks import TaskService  # noqa: E402
+from infra.agents.scripted import RUNNER_PATH  # noqa: E402
+from infra.containers import ContainerRuntime, ExecResult, WorkerSpec  # noqa: E402
+from infra.images import ImageBuilder  # noqa: E402
+from stack.temporal_worker import build_worker  # noqa: E402
+from testing import servers  # noqa: E402
+from testing.workflows import get_task, make_project, start_engineering  # noqa: E402
 
 RUN_TIMEOUT_S = 300.0
 READY_TIMEOUT_S = 60.0
@@ -224,9 +221,9 @@ async def one_run(
 ) -> Run:
     options = EngineeringOptions(agent="scripted", script=script(i), max_rounds=2)
     task = await TaskService(db, redis).create(
-        TaskCreate(project_id=project.id, spec=f"Add feature {i}", engineering=options),
-        user_id=project.owner_id,
-        project=project,
+        TaskCreate(project_id=project.id, spec=f"Add feature {i}", engineering=options).new_task(
+            project_name=project.name, user_id=project.owner_id
+        )
     )
     began = time.perf_counter()
     handle = await start_engineering(client, task, queue)

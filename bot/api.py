@@ -14,7 +14,7 @@ from urllib.parse import quote
 import httpx
 
 from core.contracts.chat import ChatMessageAccepted, ChatMessageIn
-from core.contracts.events import TaskStatus
+from core.enums import TaskStatus
 from core.settings import Settings
 
 

@@ -19,7 +19,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from aiogram import Bot, html
 from aiogram.enums import ChatAction
@@ -217,18 +217,10 @@ class ChatInbound:
     async def _forward(self, message: Message, text: str, user_id: int) -> None:
         chat_id = message.chat.id
         body = ChatMessageIn(message_id=message.message_id, text=text, telegram_user_id=user_id)
-        try:
-            await retrying(
-                lambda: self.api.post_chat_message(chat_id, body),
-                self.options.deliver_within_s,
-                "chat message",
-            )
-        except ApiError as exc:
-            log.warning("chat message not delivered", chat_id=chat_id, error=str(exc))
-            await message.reply(
-                f"Your message could not be delivered: {html.quote(why(exc))}",
-                allow_sending_without_reply=True,
-            )
+        refused = "Your message could not be delivered"
+        if not await self._deliver(
+            message, lambda: self.api.post_chat_message(chat_id, body), "chat message", refused
+        ):
             return
         log.info("chat message delivered", chat_id=chat_id, message_id=message.message_id)
         crash_point("bot.forwarded")
@@ -239,23 +231,30 @@ class ChatInbound:
         short = html.code(short_id(task_id))
         done = answered_key(chat_id, message.message_id)
         if not await self._exists(done):
-            try:
-                await retrying(
-                    lambda: self.api.respond(task_id, answer),
-                    self.options.deliver_within_s,
-                    "task answer",
-                )
-            except ApiError as exc:
-                log.info("task answer refused", task_id=task_id, error=str(exc))
-                await message.reply(
-                    f"Your answer did not reach task {short}: {html.quote(why(exc))}",
-                    allow_sending_without_reply=True,
-                )
+            refused = f"Your answer did not reach task {short}"
+            if not await self._deliver(
+                message, lambda: self.api.respond(task_id, answer), "task answer", refused
+            ):
                 return
             with contextlib.suppress(RedisError):
                 await self.redis.set(done, task_id, ex=SENT_TTL_S)
         log.info("task answered", task_id=task_id, chat_id=chat_id)
         await message.reply(f"Sent your answer to task {short}.", allow_sending_without_reply=True)
+
+    async def _deliver(
+        self, message: Message, call: Callable[[], Awaitable[Any]], what: str, refused: str
+    ) -> bool:
+        """``call`` the API, again while it cannot be reached; a refusal is told in the chat
+        (``refused``, then why) and is False."""
+        try:
+            await retrying(call, self.options.deliver_within_s, what)
+        except ApiError as exc:
+            log.warning(f"{what} not delivered", chat_id=message.chat.id, error=str(exc))
+            await message.reply(
+                f"{refused}: {html.quote(why(exc))}", allow_sending_without_reply=True
+            )
+            return False
+        return True
 
     async def _exists(self, key: str) -> bool:
         try:

@@ -60,7 +60,8 @@ from core.contracts.chat import (
     decode_chat_entry,
     delivery_key,
 )
-from core.contracts.events import EventType, TaskEvent, TaskStatus
+from core.contracts.events import TaskEvent
+from core.enums import EventType, TaskStatus
 from core.faults import crash_point
 from core.ids import chat_stream
 from core.logging import bound_context, get_logger

@@ -1,12 +1,15 @@
 """Which queue starts which workflow: one declaration each.
 
-Workflows are started by name (workflows/io.py), so the bridges never import workflow code.
+Workflows are started by name (core/contracts/workflows.py), so the bridges never import workflow
+code.
 """
 
 from __future__ import annotations
 
 from functools import partial
+from typing import TypeVar
 
+from pydantic import BaseModel
 from redis.asyncio import Redis
 from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
@@ -32,17 +35,7 @@ from core.contracts.worker import (
     WorkerCommand,
     WorkerResponse,
 )
-from core.ids import (
-    ansible_deploy_workflow_id,
-    deploy_workflow_id,
-    engineering_workflow_id,
-    provision_workflow_id,
-    scaffold_workflow_id,
-    worker_workflow_id,
-)
-from core.settings import Settings
-from core.temporal import search_attributes
-from workflows.io import (
+from core.contracts.workflows import (
     ANSIBLE_DEPLOY_WORKFLOW,
     DEPLOY_WORKFLOW,
     ENGINEERING_WORKFLOW,
@@ -62,48 +55,70 @@ from workflows.io import (
     WorkerInput,
     WorkerMessage,
 )
+from core.ids import (
+    ansible_deploy_workflow_id,
+    deploy_workflow_id,
+    engineering_workflow_id,
+    provision_workflow_id,
+    scaffold_workflow_id,
+    worker_workflow_id,
+)
+from core.settings import Settings
+from core.temporal import search_attributes
 
-# A message delivered again after its run closed must not start a second run (ARCHITECTURE.md,
-# "Deduplication"); the consumer treats the resulting WorkflowAlreadyStartedError as success.
+# A message delivered again after its run closed must not start a second run (under the default
+# policy it would); the consumer treats the resulting WorkflowAlreadyStartedError as success.
 REUSE_POLICY = WorkflowIDReusePolicy.REJECT_DUPLICATE
+Input = TypeVar("Input", bound=BaseModel)
 
 
 async def start_engineering(
     client: Client, message: EngineeringMessage, *, task_queue: str
 ) -> None:
-    await client.start_workflow(
+    await _start_task_run(
+        client,
         ENGINEERING_WORKFLOW,
-        EngineeringInput(
-            task_id=message.task_id,
-            project_id=message.project_id,
-            user_id=message.user_id,
-            action=message.action,
-            skip_deploy=message.skip_deploy,
-            correlation_id=message.correlation_id,
-            callback_stream=message.callback_stream,
-        ),
+        input_from(EngineeringInput, message),
         id=engineering_workflow_id(message.task_id),
+        task_queue=task_queue,
+        summary=f"Engineering task {message.task_id} ({message.action}) on project "
+        f"{message.project_id}",
+    )
+
+
+async def _start_task_run(
+    client: Client,
+    workflow: str,
+    run_input: EngineeringInput | DeployInput,
+    *,
+    id: str,
+    task_queue: str,
+    summary: str,
+) -> None:
+    """The run of a task: its id from the task's, searchable by task, project and type."""
+    task_type = "deploy" if isinstance(run_input, DeployInput) else "engineering"
+    await client.start_workflow(
+        workflow,
+        run_input,
+        id=id,
         task_queue=task_queue,
         id_reuse_policy=REUSE_POLICY,
         search_attributes=search_attributes(
-            task_id=message.task_id, project_id=message.project_id, task_type="engineering"
+            task_id=run_input.task_id, project_id=run_input.project_id, task_type=task_type
         ),
-        static_summary=(
-            f"Engineering task {message.task_id} ({message.action}) on project {message.project_id}"
-        ),
+        static_summary=summary,
     )
+
+
+def input_from(model: type[Input], message: BaseModel) -> Input:
+    """A workflow's input from its queue message: each of its fields the message carries."""
+    return model.model_validate(message.model_dump(include=set(model.model_fields)))
 
 
 async def start_scaffold(client: Client, message: ScaffolderMessage, *, task_queue: str) -> None:
     await client.start_workflow(
         SCAFFOLD_WORKFLOW,
-        ScaffoldInput(
-            project_id=message.project_id,
-            repo_full_name=message.repo_full_name,
-            project_name=message.project_name,
-            modules=message.modules,
-            correlation_id=message.correlation_id,
-        ),
+        input_from(ScaffoldInput, message),
         id=scaffold_workflow_id(message.project_id),
         task_queue=task_queue,
         id_reuse_policy=REUSE_POLICY,
@@ -115,13 +130,7 @@ async def start_scaffold(client: Client, message: ScaffolderMessage, *, task_que
 async def start_provision(client: Client, message: ProvisionerMessage, *, task_queue: str) -> None:
     await client.start_workflow(
         PROVISION_WORKFLOW,
-        ProvisionInput(
-            server_handle=message.server_handle,
-            request_id=message.request_id,
-            correlation_id=message.correlation_id,
-            force_reinstall=message.force_reinstall,
-            is_recovery=message.is_recovery,
-        ),
+        input_from(ProvisionInput, message),
         id=provision_workflow_id(message.server_handle),
         task_queue=task_queue,
         # Unlike REUSE_POLICY: one id serves every provisioning of a server (added, then again
@@ -138,24 +147,13 @@ async def start_provision(client: Client, message: ProvisionerMessage, *, task_q
 
 
 async def start_deploy(client: Client, message: DeployMessage, *, task_queue: str) -> None:
-    await client.start_workflow(
+    await _start_task_run(
+        client,
         DEPLOY_WORKFLOW,
-        DeployInput(
-            task_id=message.task_id,
-            project_id=message.project_id,
-            user_id=message.user_id,
-            action=message.action,
-            correlation_id=message.correlation_id,
-            callback_stream=message.callback_stream,
-        ),
+        input_from(DeployInput, message),
         id=deploy_workflow_id(message.task_id),
         task_queue=task_queue,
-        id_reuse_policy=REUSE_POLICY,
-        search_attributes=search_attributes(
-            task_id=message.task_id, project_id=message.project_id, task_type="deploy"
-        ),
-        static_summary=f"Deploy task {message.task_id} ({message.action}) on project "
-        f"{message.project_id}",
+        summary=f"Deploy task {message.task_id} ({message.action}) on project {message.project_id}",
     )
 
 

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import typer
-from rich.table import Table
 
 from cli.output import JsonOption, Output, command
-from core.contracts import json_schemas
 
 app = typer.Typer(help="The queue contracts.", no_args_is_help=True)
 
@@ -14,10 +12,14 @@ app = typer.Typer(help="The queue contracts.", no_args_is_help=True)
 @command(app, "schema")
 def schema(json_output: JsonOption = False) -> None:
     """JSON Schema of every queue's message and of every result."""
+    from core.contracts import json_schemas
+
     out = Output(json_output)
     schemas = json_schemas()
 
     def render() -> None:
+        from rich.table import Table
+
         out.console.print(f"contract version {schemas['version']}: {schemas['wire_format']}")
         table = Table("queue", "message", "fields")
         for queue, model in schemas["queues"].items():

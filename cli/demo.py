@@ -11,28 +11,27 @@ deterministic ``scripted`` agent playing cli/demo_script.py. The stack is left r
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.markup import escape
 
-from cli.client import ApiClient, WaitTimeout
 from cli.demo_script import DEMO_SPEC, demo_script
 from cli.deploy import start_deploy
 from cli.engineering import start_task
 from cli.images import builder
-from cli.output import JsonOption, Output, cli_name
+from cli.output import JsonOption, Output, cli_name, escape
 from cli.pr import test_summary
 from cli.server import ensure_local_server
 from cli.stack import ensure_up, print_summary, summary
 from cli.task import exit_code_of, follow_with_progress, styled, timed_out
-from core.contracts.deploy import DeployAction
-from core.contracts.engineering import EngineeringAction
+from core.enums import DeployAction, EngineeringAction
 from core.ids import scaffold_workflow_id
-from core.settings import Settings
+
+if TYPE_CHECKING:
+    from cli.client import ApiClient
+    from core.settings import Settings
 
 # The model gateway reads either name (gateway/settings.py).
 ANTHROPIC_KEYS = ("ANTHROPIC_API_KEY", "ORCHESTRATOR_ANTHROPIC_API_KEY")
@@ -132,6 +131,11 @@ def demo(
 ) -> None:
     """Run the main job: stack up, a project, an engineering task followed to its pull request,
     then a deploy of that branch to a target on this machine, answering at its URL."""
+    import secrets
+
+    from cli.client import ApiClient, WaitTimeout
+    from core.settings import Settings
+
     out = Output(json_output)
     settings = Settings()
     agent = choose_agent(os.environ)
@@ -184,6 +188,8 @@ def deploy_branch(
     client: ApiClient, out: Output, project: dict[str, Any], branch: str | None, timeout: float
 ) -> dict[str, Any]:
     """Deploy ``branch`` to the local target, follow it, and ask the app at its URL."""
+    from cli.client import WaitTimeout
+
     out.say("\n[bold]Deploy[/bold]: the pull request's branch, to a target on this machine")
     ensure_local_server(client, out, client.settings)
     run = start_deploy(client, project["id"], DeployAction.create, ref=branch)

@@ -7,18 +7,20 @@ One deploy of a project runs at a time; the others wait their turn.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.markup import escape
-from rich.table import Table
 
-from cli.client import ApiClient, WaitTimeout
 from cli.engineering import status as task_status
 from cli.engineering import wait as task_wait
-from cli.output import JsonOption, Output, cli_name, command
+from cli.output import JsonOption, Output, cli_name, command, escape
 from cli.task import exit_code_of, follow_with_progress, styled, timed_out
-from core.contracts.deploy import DeployAction
+
+# The contract's own choices (core/enums.py: pydantic-free, so the CLI starts without pydantic).
+from core.enums import DeployAction
+
+if TYPE_CHECKING:
+    from cli.client import ApiClient
 
 app = typer.Typer(
     help="Deploys: start, rollback, stop, undeploy, status, wait, list.", no_args_is_help=True
@@ -60,6 +62,8 @@ def _run(
     timeout: float | None,
     json_output: bool,
 ) -> None:
+    from cli.client import ApiClient, WaitTimeout
+
     out = Output(json_output)
     with ApiClient() as client:
         started = start_deploy(client, project, action, ref)
@@ -151,6 +155,8 @@ def list_deployments(
     json_output: JsonOption = False,
 ) -> None:
     """Releases, newest first: where each runs and which one serves."""
+    from cli.client import ApiClient
+
     out = Output(json_output)
     params: dict[str, Any] = {"limit": limit}
     if project:
@@ -159,6 +165,8 @@ def list_deployments(
         found = client.get("/deployments", **params)
 
     def render() -> None:
+        from rich.table import Table
+
         # Nothing is cut at any width (people copy URLs and IDs): long values wrap instead.
         table = Table()
         table.add_column("release", overflow="fold")

@@ -4,29 +4,21 @@ from __future__ import annotations
 
 import json
 import sys
-from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, get_args
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from cli.client import ApiClient, WaitTimeout
 from cli.output import USAGE, CliError, JsonOption, Output, cli_name, command
 from cli.task import exit_code_of, render_task, styled, timed_out, with_url
-from core.contracts.engineering import AgentName, EngineeringAction
+
+# The contract's own choices (core/enums.py: pydantic-free, so the CLI starts without pydantic).
+from core.enums import AgentName, EngineeringAction
+
+if TYPE_CHECKING:
+    from cli.client import ApiClient
 
 app = typer.Typer(help="Engineering tasks: start, status, wait.", no_args_is_help=True)
-
-
-class Agent(StrEnum):
-    claude = "claude"
-    codex = "codex"
-    droid = "droid"
-    scripted = "scripted"
-
-
-# The contract is the source of truth: the choices here must not drift from it.
-assert {a.value for a in Agent} == set(get_args(AgentName))
 
 
 def start_task(
@@ -64,16 +56,18 @@ def read_script(path: Path) -> dict[str, Any]:
     return script
 
 
-def engineering_options(agent: Agent | None, script: Path | None, **given: Any) -> dict[str, Any]:
+def engineering_options(
+    agent: AgentName | None, script: Path | None, **given: Any
+) -> dict[str, Any]:
     """TaskCreate.engineering from the options given; the API fills in the rest."""
     options = {key: value for key, value in given.items() if value is not None}
     if script is not None:
-        if agent not in (None, Agent.scripted):
+        if agent not in (None, "scripted"):
             raise CliError(USAGE, f"--script is for the scripted agent, not {agent}")
-        agent = Agent.scripted
+        agent = "scripted"
         options["script"] = read_script(script)
     if agent is not None:
-        options["agent"] = agent.value
+        options["agent"] = agent
     return options
 
 
@@ -85,7 +79,7 @@ def start(
         EngineeringAction.feature
     ),
     agent: Annotated[
-        Agent | None, typer.Option(help="The coding agent; default: the stack's choice.")
+        AgentName | None, typer.Option(help="The coding agent; default: the stack's choice.")
     ] = None,
     model: Annotated[str | None, typer.Option(help="The agent's model.")] = None,
     script: Annotated[
@@ -106,6 +100,8 @@ def start(
     json_output: JsonOption = False,
 ) -> None:
     """Start an engineering task; prints its task ID and workflow ID at once."""
+    from cli.client import ApiClient
+
     out = Output(json_output)
     options = engineering_options(
         agent,
@@ -136,6 +132,8 @@ def status(
     json_output: JsonOption = False,
 ) -> None:
     """The task's state and result."""
+    from cli.client import ApiClient
+
     out = Output(json_output)
     with ApiClient() as client:
         task = with_url(client, client.task(task_id))
@@ -151,6 +149,8 @@ def wait(
     json_output: JsonOption = False,
 ) -> None:
     """Block until the task ends: exit 0 if it COMPLETED, 1 if it FAILED or was CANCELLED."""
+    from cli.client import ApiClient, WaitTimeout
+
     out = Output(json_output)
     with ApiClient() as client:
         task = client.task(task_id)

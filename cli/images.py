@@ -12,14 +12,16 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
 
 from cli.output import FAILED, UNREACHABLE, CliError, JsonOption, Output, command
-from core.settings import Settings
 
 if TYPE_CHECKING:
-    # Imported where used: the CLI imports with its client dependencies only.
-    from activities.images import ImageBuilder, ImageInfo
+    # Imported where used: the CLI imports with its client dependencies only, and builds its
+    # command tree without even those.
+    from rich.table import Table
+
+    from core.settings import Settings
+    from infra.images import ImageBuilder, ImageInfo
 
 app = typer.Typer(help="Worker images (built locally, never pulled).", no_args_is_help=True)
 
@@ -39,7 +41,7 @@ def builder(settings: Settings) -> Iterator[ImageBuilder]:
     import docker
     import docker.errors
 
-    from activities.images import ImageBuilder
+    from infra.images import ImageBuilder
 
     url = docker_host(settings)
     try:
@@ -59,7 +61,9 @@ def builder(settings: Settings) -> Iterator[ImageBuilder]:
 
 
 def _table(images: list[ImageInfo], timing: bool) -> Table:
-    from activities.images import REPOSITORY_PREFIX
+    from rich.table import Table
+
+    from infra.images import REPOSITORY_PREFIX
 
     columns = ["image", "tag", "id", "size"] + (["result", "seconds"] if timing else ["created"])
     table = Table(*columns, caption=f"repository: {REPOSITORY_PREFIX}<image>")
@@ -89,7 +93,8 @@ def build(
 
     Default: base, scripted, claude, codex. droid needs ORCHESTRATOR_DROID_BINARY.
     """
-    from activities.images import DEFAULT_IMAGES, ImageError
+    from core.settings import Settings
+    from infra.images import DEFAULT_IMAGES, ImageError
 
     out = Output(json_output)
     names = list(dict.fromkeys(images or DEFAULT_IMAGES))
@@ -115,6 +120,8 @@ def build(
 @command(app, "list")
 def list_images(json_output: JsonOption = False) -> None:
     """The Worker images this machine holds."""
+    from core.settings import Settings
+
     out = Output(json_output)
     with builder(Settings()) as images_builder:
         found = images_builder.list_images()

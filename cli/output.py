@@ -16,7 +16,6 @@ from collections.abc import Callable
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
-from rich.console import Console
 
 OK = 0
 FAILED = 1  # a failed task, or something not allowed
@@ -59,6 +58,9 @@ class CliError(Exception):
 
 class Output:
     def __init__(self, json_mode: bool) -> None:
+        # Here, not at the top: the CLI builds its command tree without importing rich.
+        from rich.console import Console
+
         self.json = json_mode
         # soft_wrap: long lines (URLs, IDs) stay whole, to be copied, whatever the width.
         self.console = Console(highlight=False, soft_wrap=True)
@@ -92,9 +94,9 @@ class Output:
             sys.stdout.write(json.dumps(error.to_json(), default=str) + "\n")
             sys.stdout.flush()
         else:
-            self.errors.print(f"[bold red]error:[/bold red] {_escape(error.message)}")
+            self.errors.print(f"[bold red]error:[/bold red] {escape(error.message)}")
             if error.detail:
-                self.errors.print(_escape(error.detail))
+                self.errors.print(escape(error.detail))
         raise typer.Exit(error.exit_code)
 
 
@@ -109,10 +111,11 @@ def cli_name() -> str:
     return os.path.abspath(invoked) if relative.startswith("..") else relative
 
 
-def _escape(text: str) -> str:
-    from rich.markup import escape
+def escape(text: str) -> str:
+    """Rich markup's ``escape``, imported when something is printed rather than at start."""
+    from rich.markup import escape as escape_markup
 
-    return escape(text)
+    return escape_markup(text)
 
 
 def command(app: typer.Typer, name: str | None = None, **options: Any) -> Callable[[F], F]:

@@ -34,10 +34,9 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 import typer
-from rich.markup import escape
 from typer.core import TyperGroup
 
-from cli.output import FAILED, USAGE, CliError, JsonOption, Output
+from cli.output import FAILED, USAGE, CliError, JsonOption, Output, escape
 
 # The prefixed name wins, as for every other setting (core/settings.py's aliases).
 VARIABLES = ("ORCHESTRATOR_ALLOWED_COMMANDS", "ALLOWED_COMMANDS")

@@ -6,11 +6,8 @@ from typing import Annotated, Any
 from urllib.parse import quote
 
 import typer
-from rich.markup import escape
-from rich.table import Table
 
-from cli.client import ApiClient, task_id_of
-from cli.output import JsonOption, Output, command
+from cli.output import JsonOption, Output, command, escape
 
 app = typer.Typer(help="Pull requests: list, show.", no_args_is_help=True)
 
@@ -32,6 +29,8 @@ def test_summary(outcome: dict[str, Any] | None) -> str:
 
 
 def render_pull_request(out: Output, pr: dict[str, Any]) -> None:
+    from rich.table import Table
+
     table = Table.grid(padding=(0, 2))
     table.add_column(style="bold")
     table.add_column()
@@ -83,6 +82,8 @@ def list_pull_requests(
     json_output: JsonOption = False,
 ) -> None:
     """Pull requests, newest first."""
+    from cli.client import ApiClient, task_id_of
+
     out = Output(json_output)
     with ApiClient() as client:
         project_id = client.project(project)["id"] if project else None
@@ -90,6 +91,8 @@ def list_pull_requests(
         found = client.get("/pull-requests", project_id=project_id, task_id=task_id)
 
     def render() -> None:
+        from rich.table import Table
+
         if not found:
             out.console.print("No pull requests yet: engineering tasks open them when done.")
             return
@@ -122,6 +125,8 @@ def show(
     json_output: JsonOption = False,
 ) -> None:
     """One pull request: branch, diff stat, test outcome and where to get it."""
+    from cli.client import ApiClient
+
     out = Output(json_output)
     with ApiClient() as client:
         found = client.get(f"/pull-requests/{quote(pull_request.strip(), safe='')}")

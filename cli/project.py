@@ -5,11 +5,8 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
-from rich.table import Table
 
-from cli.client import ApiClient
-from cli.output import JsonOption, Output, command
+from cli.output import JsonOption, Output, command, escape
 
 app = typer.Typer(help="Projects: create, list, show.", no_args_is_help=True)
 
@@ -21,6 +18,8 @@ def parse_modules(value: str | None) -> list[str] | None:
 
 
 def render_project(out: Output, project: dict[str, Any]) -> None:
+    from rich.table import Table
+
     table = Table.grid(padding=(0, 2))
     table.add_column(style="bold")
     table.add_column()
@@ -51,6 +50,8 @@ def create(
     json_output: JsonOption = False,
 ) -> None:
     """Create a project."""
+    from cli.client import ApiClient
+
     out = Output(json_output)
     body: dict[str, Any] = {"name": name, "description": description}
     if (parsed := parse_modules(modules)) is not None:
@@ -68,11 +69,15 @@ def create(
 @command(app, "list")
 def list_projects(json_output: JsonOption = False) -> None:
     """All projects."""
+    from cli.client import ApiClient
+
     out = Output(json_output)
     with ApiClient() as client:
         projects = client.get("/projects")
 
     def render() -> None:
+        from rich.table import Table
+
         if not projects:
             out.console.print("No projects yet: `orchestrator project create --name NAME`.")
             return
@@ -102,6 +107,8 @@ def show(
     json_output: JsonOption = False,
 ) -> None:
     """One project."""
+    from cli.client import ApiClient
+
     out = Output(json_output)
     with ApiClient() as client:
         found = client.project(project)

@@ -9,17 +9,15 @@ session take a retried request with the same id once.
 from __future__ import annotations
 
 import os
-import socket
 import uuid
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from pydantic import ValidationError
-from rich.markup import escape
 
-from cli.client import ApiClient
-from cli.output import USAGE, CliError, JsonOption, Output
-from core.contracts.chat import ChatResponseIn
+from cli.output import USAGE, CliError, JsonOption, Output, escape
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 CHAT_VARIABLE = "ORCHESTRATOR_CHAT_ID"
 SOURCE_VARIABLE = "ORCHESTRATOR_WORKER_ID"
@@ -41,6 +39,8 @@ def chat_of(option: str | None) -> int:
 
 
 def source() -> str:
+    import socket
+
     return os.environ.get(SOURCE_VARIABLE) or socket.gethostname()
 
 
@@ -55,6 +55,11 @@ def respond(
     json_output: JsonOption = False,
 ) -> None:
     """Send a message to the chat's Product Owner session, which passes it on to the chat."""
+    from pydantic import ValidationError
+
+    from cli.client import ApiClient
+    from core.contracts.chat import ChatResponseIn
+
     out = Output(json_output)
     chat_id = chat_of(chat)
     if not message.strip():

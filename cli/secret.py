@@ -9,15 +9,12 @@ from typing import Annotated, Any
 from urllib.parse import quote
 
 import typer
-from rich.markup import escape
-from rich.table import Table
 
-from cli.client import ApiClient
-from cli.output import USAGE, CliError, JsonOption, Output, command
+from cli.output import USAGE, CliError, JsonOption, Output, command, escape
 
 app = typer.Typer(help="A project's secrets: set, list (names only), remove.", no_args_is_help=True)
 
-# The API's rule (api/services/secrets.py), checked here too so a bad name fails before the prompt.
+# The API's rule (db/secrets.py), checked here too so a bad name fails before the prompt.
 _NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 
 ProjectOption = Annotated[str, typer.Option("--project", "-p", help="Project ID or name.")]
@@ -62,6 +59,8 @@ def set_secret(
     json_output: JsonOption = False,
 ) -> None:
     """Set a secret (from stdin when piped, else a hidden prompt); replaces an existing one."""
+    from cli.client import ApiClient
+
     out = Output(json_output)
     check_name(key)
     with ApiClient() as client:
@@ -86,11 +85,15 @@ def set_secret(
 @command(app, "list")
 def list_secrets(project: ProjectOption, json_output: JsonOption = False) -> None:
     """The project's secrets: names only."""
+    from cli.client import ApiClient
+
     out = Output(json_output)
     with ApiClient() as client:
         secrets = client.get(secrets_path(project))
 
     def render() -> None:
+        from rich.table import Table
+
         if not secrets:
             out.console.print(
                 f"No secrets yet: `orchestrator secret set --project {escape(project)} NAME`."
@@ -109,6 +112,8 @@ def list_secrets(project: ProjectOption, json_output: JsonOption = False) -> Non
 @command(app, "remove")
 def remove(key: KeyArgument, project: ProjectOption, json_output: JsonOption = False) -> None:
     """Remove a secret."""
+    from cli.client import ApiClient
+
     out = Output(json_output)
     with ApiClient() as client:
         found = client.project(project)

@@ -5,16 +5,16 @@ from __future__ import annotations
 import subprocess
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import quote
 
 import typer
-from rich.markup import escape
-from rich.table import Table
 
-from cli.client import ApiClient
-from cli.output import FAILED, NOT_FOUND, OK, USAGE, CliError, JsonOption, Output, command
-from core.settings import Settings
+from cli.output import FAILED, NOT_FOUND, OK, USAGE, CliError, JsonOption, Output, command, escape
+
+if TYPE_CHECKING:
+    from cli.client import ApiClient
+    from core.settings import Settings
 
 app = typer.Typer(
     help="Servers deploys go to: add, list, show, provision, remove.", no_args_is_help=True
@@ -62,6 +62,8 @@ def capacity_text(capacity: dict[str, Any] | None) -> str:
 
 
 def render_server(out: Output, server: dict[str, Any]) -> None:
+    from rich.table import Table
+
     table = Table.grid(padding=(0, 2))
     table.add_column(style="bold")
     table.add_column()
@@ -152,6 +154,8 @@ def add(
     json_output: JsonOption = False,
 ) -> None:
     """Add a server (admins) and have it provisioned."""
+    from cli.client import ApiClient
+
     out = Output(json_output)
     body = {
         "handle": handle,
@@ -187,6 +191,8 @@ def provision(
     json_output: JsonOption = False,
 ) -> None:
     """Provision a server again (admins): it checks what deploys need and measures capacity."""
+    from cli.client import ApiClient
+
     out = Output(json_output)
     with ApiClient() as client:
         requested = client.post(
@@ -247,6 +253,8 @@ def local(
 ) -> None:
     """Make this machine a deploy target: an sshd of the stack's own on loopback (stopped by
     `down`), registered as the server `local` and provisioned; apps live under the home."""
+    from cli.client import ApiClient
+
     out = Output(json_output)
     with ApiClient() as client:
         server = ensure_local_server(client, out, client.settings, timeout)
@@ -256,11 +264,15 @@ def local(
 @command(app, "list")
 def list_servers(json_output: JsonOption = False) -> None:
     """All servers."""
+    from cli.client import ApiClient
+
     out = Output(json_output)
     with ApiClient() as client:
         servers = client.get("/servers")
 
     def render() -> None:
+        from rich.table import Table
+
         if not servers:
             out.console.print(
                 "No servers yet: `orchestrator server add --handle H --host HOST --user U "
@@ -294,6 +306,8 @@ def show(
     json_output: JsonOption = False,
 ) -> None:
     """One server."""
+    from cli.client import ApiClient
+
     out = Output(json_output)
     with ApiClient() as client:
         found = client.get(server_path(server))
@@ -306,6 +320,8 @@ def remove(
     json_output: JsonOption = False,
 ) -> None:
     """Remove a server and its stored key (admins); refused while it hosts deployments."""
+    from cli.client import ApiClient
+
     out = Output(json_output)
     with ApiClient() as client:
         found = client.get(server_path(server))

@@ -6,13 +6,14 @@ CLI itself must import with its client dependencies only (a Worker runs it from 
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.table import Table
 
 from cli.output import FAILED, CliError, JsonOption, Output, cli_name
-from core.settings import Settings
+
+if TYPE_CHECKING:
+    from core.settings import Settings
 
 STATE_STYLE = {
     "running": "green",
@@ -63,6 +64,7 @@ def up(
     json_output: JsonOption = False,
 ) -> None:
     """Start the embedded stack: Temporal, Redis, the API, the Temporal worker, the bridges."""
+    from core.settings import Settings
     from stack import state
 
     out = Output(json_output)
@@ -113,6 +115,7 @@ def down(
     json_output: JsonOption = False,
 ) -> None:
     """Stop the stack and every process it started."""
+    from core.settings import Settings
     from stack.supervisor import stop
 
     out = Output(json_output)
@@ -133,12 +136,15 @@ def down(
 
 def show_status(json_output: JsonOption = False) -> None:
     """Each service of the stack: running, unhealthy or stopped; its address and PID."""
+    from core.settings import Settings
     from stack.supervisor import status
 
     out = Output(json_output)
     info = status(Settings())
 
     def render() -> None:
+        from rich.table import Table
+
         headline = "[green]up[/green]" if info["running"] else "[red]down[/red]"
         out.console.print(f"Stack {headline} ({info['phase']}), home {info['home']}")
         if info.get("error"):

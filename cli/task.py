@@ -3,22 +3,14 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    Progress,
-    SpinnerColumn,
-    TaskProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-)
-from rich.table import Table
 
-from cli.client import ApiClient, WaitTimeout, task_id_of
-from cli.output import FAILED, OK, USAGE, CliError, JsonOption, Output, cli_name, command
+from cli.output import FAILED, OK, USAGE, CliError, JsonOption, Output, cli_name, command, escape
+
+if TYPE_CHECKING:
+    from cli.client import ApiClient
 
 app = typer.Typer(help="Tasks: list, show, cancel, retry, respond, watch.", no_args_is_help=True)
 
@@ -54,6 +46,8 @@ def with_url(client: ApiClient, task: dict[str, Any]) -> dict[str, Any]:
 
 
 def render_task(out: Output, task: dict[str, Any]) -> None:
+    from rich.table import Table
+
     table = Table.grid(padding=(0, 2))
     table.add_column(style="bold")
     table.add_column()
@@ -132,6 +126,15 @@ def follow_with_progress(
     if out.json:
         events.extend(client.follow(task_id, timeout))
         return events
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        SpinnerColumn,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
     with Progress(
         SpinnerColumn(),
         TextColumn("{task.description}"),
@@ -163,6 +166,8 @@ def list_tasks(
     json_output: JsonOption = False,
 ) -> None:
     """Tasks, newest first."""
+    from cli.client import ApiClient
+
     out = Output(json_output)
     with ApiClient() as client:
         project_id = client.project(project)["id"] if project else None
@@ -171,6 +176,8 @@ def list_tasks(
         )
 
     def render() -> None:
+        from rich.table import Table
+
         if not tasks:
             out.console.print("No tasks.")
             return
@@ -208,6 +215,8 @@ def show(
     json_output: JsonOption = False,
 ) -> None:
     """A task, its result and its events."""
+    from cli.client import ApiClient
+
     out = Output(json_output)
     with ApiClient() as client:
         task = with_url(client, client.task(task_id))
@@ -230,6 +239,8 @@ def cancel(
     json_output: JsonOption = False,
 ) -> None:
     """Cancel a task: its workflow is cancelled, or the task is marked CANCELLED if not started."""
+    from cli.client import ApiClient, task_id_of
+
     out = Output(json_output)
     with ApiClient() as client:
         task = with_url(client, client.post(f"/tasks/{task_id_of(task_id)}/cancel"))
@@ -245,6 +256,8 @@ def retry(
     json_output: JsonOption = False,
 ) -> None:
     """Run a failed or cancelled task again, as a new task with the same spec."""
+    from cli.client import ApiClient, task_id_of
+
     out = Output(json_output)
     with ApiClient() as client:
         task = with_url(client, client.post(f"/tasks/{task_id_of(task_id)}/retry"))
@@ -264,6 +277,8 @@ def respond(
     json_output: JsonOption = False,
 ) -> None:
     """Answer the question of a task waiting for a person (exit 1 if it is not waiting)."""
+    from cli.client import ApiClient, task_id_of
+
     out = Output(json_output)
     text = sys.stdin.read() if answer == "-" else answer
     if not text.strip():
@@ -283,6 +298,8 @@ def watch(
     json_output: JsonOption = False,
 ) -> None:
     """Follow a task live until it ends; the exit code is 0 only if it COMPLETED."""
+    from cli.client import ApiClient, WaitTimeout
+
     out = Output(json_output)
     with ApiClient() as client:
         task = client.task(task_id)

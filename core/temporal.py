@@ -12,10 +12,10 @@ from temporalio.api.operatorservice.v1 import (
     AddSearchAttributesRequest,
     ListSearchAttributesRequest,
 )
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.service import TLSConfig
+from temporalio.service import RPCError, RPCStatusCode, TLSConfig
 from temporalio.worker import ActivityInboundInterceptor, ExecuteActivityInput, Interceptor
 
 from core.settings import Settings
@@ -132,3 +132,24 @@ async def connect_when_up(
         except TimeoutError:
             delay = min(delay * 2, max_delay)
     return None
+
+
+async def workflow_status(client: Client, workflow_id: str) -> WorkflowExecutionStatus | None:
+    """The status of the workflow's latest run; None when there is no such workflow."""
+    try:
+        description = await client.get_workflow_handle(workflow_id).describe()
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            return None
+        raise
+    return description.status
+
+
+async def is_running(client: Client, workflow_id: str) -> bool:
+    return await workflow_status(client, workflow_id) == WorkflowExecutionStatus.RUNNING
+
+
+def failure_reason(error: WorkflowFailureError) -> str:
+    """Why a run failed, in its own words (its application error's message)."""
+    cause = error.cause
+    return getattr(cause, "message", None) or str(cause or error)

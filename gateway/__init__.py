@@ -3,19 +3,15 @@
 See ``gateway.server`` for the lifecycle and ``gateway.app`` for what a call goes through.
 """
 
-from gateway.ledger import Budget, TaskUsage, load_usage
 from gateway.prices import PriceTable
 from gateway.server import SOCKET_NAME, Gateway, socket_path_for
 from gateway.settings import GatewaySettings, ModelPrice
 
 __all__ = [
     "SOCKET_NAME",
-    "Budget",
     "Gateway",
     "GatewaySettings",
     "ModelPrice",
     "PriceTable",
-    "TaskUsage",
-    "load_usage",
     "socket_path_for",
 ]

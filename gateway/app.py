@@ -24,8 +24,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.models import ModelUsage
 from core.logging import get_logger
+from db.tables import ModelUsage
 from gateway.prices import PriceTable
 from gateway.settings import GatewaySettings
 from gateway.usage import Provider, Usage, UsageReader

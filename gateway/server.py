@@ -31,11 +31,12 @@ from types import TracebackType
 import httpx
 import uvicorn
 
-from api.db import Database
-from api.models import ModelUsage
+from core.contracts.agents import Budget, TaskUsage
 from core.logging import get_logger
+from db.engine import Database
+from db.tables import ModelUsage
+from db.usage import load_usage, save_call
 from gateway.app import ForTask, Proxy, build_app
-from gateway.ledger import Budget, TaskUsage, load_usage, save_call
 from gateway.prices import PriceTable
 from gateway.settings import GatewaySettings
 

@@ -16,11 +16,11 @@ from collections.abc import Awaitable
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from api.bootstrap import ensure_admin_key
-from api.db import Database
-from api.migrate import upgrade
 from core.crypto import Vault
 from core.settings import Settings
+from db.engine import Database
+from db.migrate import upgrade
+from db.users import ensure_admin_key
 
 if TYPE_CHECKING:
     from temporalio.client import Client, Schedule, ScheduleDescription, ScheduleUpdateInput

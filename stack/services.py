@@ -26,7 +26,7 @@ from stack import podman
 TEMPORAL = "temporal"
 REDIS = "redis"
 API = "api"
-WORKER = "worker"
+TEMPORAL_WORKER = "temporal-worker"
 BRIDGES = "bridges"
 BOT = "bot"
 DATABASE = "database"
@@ -258,12 +258,12 @@ def infrastructure(settings: Settings) -> list[Service]:
 def applications(settings: Settings) -> list[Service]:
     """Our own processes, started once the database is migrated and Temporal is prepared."""
     api = settings.effective_api_url
-    # The worker polls a task queue of Temporal; the bridges read Redis: that is where they are.
+    # The Temporal worker polls a task queue; the bridges read Redis: that is where they are.
     queue = f"{settings.temporal_task_queue}@{settings.effective_temporal_address}"
     redis_address = _redact(settings.effective_redis_url)
     found = [
         python_service(settings, API, "api", api, Probe("http", f"{api}/health")),
-        python_service(settings, WORKER, "stack.worker", queue),
+        python_service(settings, TEMPORAL_WORKER, "stack.temporal_worker", queue),
         python_service(settings, BRIDGES, "bridges", redis_address),
     ]
     if settings.telegram_token is not None:

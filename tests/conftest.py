@@ -18,11 +18,11 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from api.db import Database
-from api.migrate import upgrade_async
 from core.temporal import SEARCH_ATTRIBUTES
-from tests import servers
-from tests.ssh_host import SshHost, ssh_host
+from db.engine import Database
+from db.migrate import upgrade_async
+from testing import servers
+from testing.ssh_host import SshHost, ssh_host
 
 # The suite never calls a real model API (it would cost money and fail offline): the stand-ins'
 # tests set their own keys. Without these, tasks choose their agent only from their options.
@@ -170,7 +170,7 @@ def docker_client(docker_host: str) -> Iterator[docker.DockerClient]:
 def scripted_image(docker_client: docker.DockerClient) -> str:
     """The scripted agent's Worker image, built once per content hash (a worker's own builder
     then finds it by the same hash)."""
-    from tests.images.conftest import image_builder
+    from testing.images import image_builder
 
     return image_builder(docker_client).ensure("scripted").reference
 

@@ -11,20 +11,24 @@ from __future__ import annotations
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, is_cancelled_exception
 
-from workflows.scaffold import describe_failure
+from workflows.policies import (
+    PLAYBOOK_HEARTBEAT,
+    PUBLISH_RETRY,
+    QUICK,
+    RELEASE_MARGIN,
+    RELEASE_RETRY,
+)
+from workflows.toolkit import describe_failure
 
 with workflow.unsafe.imports_passed_through():
     from activities.releases import PLAYBOOK_TIMEOUT_S, ReleaseActivities
-    from workflows.io import ANSIBLE_DEPLOY_WORKFLOW, AnsibleDeployInput, AnsibleDeployOutput
-
-RUN_RETRY = RetryPolicy(
-    maximum_interval=timedelta(seconds=10),
-    maximum_attempts=5,
-    non_retryable_error_types=["ReleaseFailed", "ServerNotFound", "VaultError"],
-)
+    from core.contracts.workflows import (
+        ANSIBLE_DEPLOY_WORKFLOW,
+        AnsibleDeployInput,
+        AnsibleDeployOutput,
+    )
 
 
 @workflow.defn(name=ANSIBLE_DEPLOY_WORKFLOW)
@@ -35,9 +39,9 @@ class AnsibleDeployWorkflow:
             result = await workflow.execute_activity_method(
                 ReleaseActivities.deploy_release,
                 message,
-                start_to_close_timeout=timedelta(seconds=PLAYBOOK_TIMEOUT_S + 300),
-                heartbeat_timeout=timedelta(seconds=10),
-                retry_policy=RUN_RETRY,
+                start_to_close_timeout=timedelta(seconds=PLAYBOOK_TIMEOUT_S) + RELEASE_MARGIN,
+                heartbeat_timeout=PLAYBOOK_HEARTBEAT,
+                retry_policy=RELEASE_RETRY,
                 summary=f"deploy.yml: release {message.release} to {message.server_ip}"
                 f":{message.port}",
             )
@@ -55,8 +59,8 @@ class AnsibleDeployWorkflow:
         await workflow.execute_activity_method(
             ReleaseActivities.publish_deploy_result,
             result,
-            start_to_close_timeout=timedelta(seconds=30),
-            retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=10)),
+            start_to_close_timeout=QUICK,
+            retry_policy=PUBLISH_RETRY,
             summary="Publish deploy:result",
         )
         return result

@@ -14,16 +14,22 @@ A release that fails leaves the serving one serving; the task says why.
 
 from __future__ import annotations
 
-import asyncio
-from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
-from temporalio.exceptions import ApplicationError, FailureError, is_cancelled_exception
+from temporalio.exceptions import ApplicationError, FailureError
 
-from workflows import task_steps
-from workflows.scaffold import DB_RETRY, describe_failure
+from workflows.policies import (
+    DB_RETRY,
+    DEPLOY_LOCK_HEARTBEAT,
+    DEPLOY_LOCK_TIMEOUT,
+    PLAYBOOK_HEARTBEAT,
+    QUICK,
+    QUICK_RETRY,
+    STOP_RETRY,
+    STOP_TIMEOUT,
+)
+from workflows.toolkit import TaskRun, WaitsForPerson, describe_failure
 
 with workflow.unsafe.imports_passed_through():
     from langgraph.checkpoint.memory import InMemorySaver
@@ -31,32 +37,24 @@ with workflow.unsafe.imports_passed_through():
     from temporalio.langgraph import graph as langgraph_graph
 
     from activities.deploy import (
-        SECRETS,
         DeployActivities,
         DeployPlan,
-        DevOpsState,
         FailureInput,
         LockInput,
         StoppedInput,
     )
+    from activities.devops import SECRETS, DevOpsState
     from activities.releases import ReleaseActivities, StopAppInput
-    from activities.tasks import (
-        QuestionInput,
-        StartTaskResult,
-        TaskActivities,
-    )
-    from core.contracts.deploy import DEPLOY_SECRETS_CHANGED, DeployAction, DeployResult
-    from core.contracts.engineering import ENGINEERING_QUESTION, ENGINEERING_RESPOND, HumanAnswer
-    from core.contracts.events import EventType, TaskStatus
+    from core.contracts.deploy import DEPLOY_SECRETS_CHANGED, DeployResult
+    from core.contracts.events import HumanAnswer
+    from core.contracts.workflows import DEPLOY_WORKFLOW, DeployInput, DeployOutput
+    from core.enums import DeployAction, EventType, TaskStatus
     from workflows.devops import DEVOPS_GRAPH
-    from workflows.io import DEPLOY_WORKFLOW, DeployInput, DeployOutput
 
-QUICK = timedelta(seconds=30)
-QUICK_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=10), maximum_attempts=10)
-# Waiting for the project's other deploy may take as long as that deploy waits for secrets.
-LOCK_TIMEOUT = timedelta(days=30)
-STOP_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=30), maximum_attempts=5)
 STOP_STAGE = "stop"
+# Runs from before it waited for a person even when the project's secrets changed while the
+# graph looked at them (a signal that came before the question was lost).
+LOOK_AGAIN_PATCH = "deploy-looks-again-after-a-secrets-change"
 
 
 class DeployFailed(ApplicationError):
@@ -65,53 +63,49 @@ class DeployFailed(ApplicationError):
 
 
 @workflow.defn(name=DEPLOY_WORKFLOW)
-class DeployWorkflow:
+class DeployWorkflow(WaitsForPerson):
     def __init__(self) -> None:
         self._task_id = ""
-        self._question: str | None = None
-        self._nudged = False
+        self._task = TaskRun("", noun="deploy", failure_type="DeployFailed")
+        self._lock: LockInput | None = None
+        # How often the project's secrets changed (``secrets_changed``), waiting or not.
+        self._secrets_changes = 0
 
     @workflow.run
     async def run(self, request: DeployInput) -> DeployOutput:
         self._task_id = request.task_id
-        lock: LockInput | None = None
-        try:
-            started = await self._start()
-            if not started.should_run:
-                return DeployOutput(task_id=request.task_id, status=started.status)
-            lock = LockInput(
-                project_id=request.project_id,
-                task_id=request.task_id,
-                workflow_id=workflow.info().workflow_id,
-            )
-            await self._take_lock(lock)
-            # Planned once the lock is ours: a rollback reads what serves after the deploy before.
-            plan = await workflow.execute_activity_method(
-                DeployActivities.plan_deploy,
-                request.task_id,
-                start_to_close_timeout=QUICK,
-                retry_policy=DB_RETRY,
-                summary="Read what the deploy does",
-            )
-            if plan.action in (DeployAction.stop, DeployAction.undeploy):
-                result, message = await self._stop(plan)
-            else:
-                result = await self._deploy(plan, request)
-                message = _done_message(plan, result)
-            await self._finish(TaskStatus.completed, message, result=result.model_dump(mode="json"))
-        except (asyncio.CancelledError, FailureError) as error:
-            if is_cancelled_exception(error):
-                await self._record_failure("the deploy was cancelled")
-                await self._finish(TaskStatus.cancelled, "The deploy was cancelled")
-                raise
-            reason = describe_failure(error)
-            await self._record_failure(reason)
-            await self._finish(TaskStatus.failed, f"The deploy failed: {reason}", error=reason)
-            raise ApplicationError(reason, type="DeployFailed", non_retryable=True) from error
-        finally:
-            if lock is not None:
-                await self._release_lock(lock)
+        self._task = TaskRun(request.task_id, noun="deploy", failure_type="DeployFailed")
+        result = await self._task.run(
+            lambda: self._work(request),
+            on_failure=self._record_failure,
+            finally_=self._release_lock,
+        )
+        if result is None:
+            return DeployOutput(task_id=request.task_id, status=self._task.status)
         return DeployOutput(task_id=request.task_id, status=TaskStatus.completed, result=result)
+
+    async def _work(self, request: DeployInput) -> tuple[DeployResult, str, dict[str, Any]]:
+        lock = LockInput(
+            project_id=request.project_id,
+            task_id=request.task_id,
+            workflow_id=workflow.info().workflow_id,
+        )
+        self._lock = lock
+        await self._take_lock(lock)
+        # Planned once the lock is ours: a rollback reads what serves after the deploy before.
+        plan = await workflow.execute_activity_method(
+            DeployActivities.plan_deploy,
+            request.task_id,
+            start_to_close_timeout=QUICK,
+            retry_policy=DB_RETRY,
+            summary="Read what the deploy does",
+        )
+        if plan.action in (DeployAction.stop, DeployAction.undeploy):
+            result, message = await self._stop(plan)
+        else:
+            result = await self._deploy(plan, request)
+            message = _done_message(plan, result)
+        return result, message, result.model_dump(mode="json")
 
     # --- create / redeploy / rollback: the DevOps graph ---------------------------------------
 
@@ -154,64 +148,43 @@ class DeployWorkflow:
         )
 
     async def _run_graph(self, state: DevOpsState) -> dict[str, Any]:
-        """Run the graph; each interrupt names the secrets the task waits for."""
+        """Run the graph; each interrupt names the secrets the task waits for.
+
+        A secret set while the graph looked may be missing from what it saw, and its signal
+        came while nothing was asked: then it looks again at once instead of waiting.
+        """
         app = langgraph_graph(DEVOPS_GRAPH).compile(checkpointer=InMemorySaver())
         config: Any = {"configurable": {"thread_id": self._task_id}, "recursion_limit": 200}
+        seen = self._secrets_changes
         result: dict[str, Any] = await app.ainvoke(state, config)
         while result.get("__interrupt__"):
             missing = list(result["__interrupt__"][0].value["missing"])
-            await self._wait_for_secrets(state["project_name"], missing)
+            changed = self._secrets_changes != seen and workflow.patched(LOOK_AGAIN_PATCH)
+            if not changed:
+                await self._wait_for_secrets(state["project_name"], missing)
+            seen = self._secrets_changes
             result = await app.ainvoke(Command(resume={"looked_again": True}), config)
         return result
 
     async def _wait_for_secrets(self, project: str, missing: list[str]) -> None:
+        """Any answer, or a change of the project's secrets, means "look again"; days are fine:
+        nothing is held while the run waits."""
         names = ", ".join(missing)
         question = (
             f"The app needs secrets {project} does not have: {names}. Set each with "
             f"`orchestrator secret set --project {project} NAME`; the deploy goes on by itself "
             "once they are all there."
         )
-        change = QuestionInput(task_id=self._task_id, question=question, stage=SECRETS)
-        self._question, self._nudged = question, False
-        await workflow.execute_activity_method(
-            TaskActivities.wait_for_human,
-            change,
-            start_to_close_timeout=QUICK,
-            retry_policy=DB_RETRY,
-            summary=f"Mark the task WAITING_HUMAN for {names}",
-        )
-        # Days are fine: nothing is held while the run waits.
-        await workflow.wait_condition(lambda: self._nudged)
-        self._question = None
-        await workflow.execute_activity_method(
-            TaskActivities.answered,
-            change,
-            start_to_close_timeout=QUICK,
-            retry_policy=DB_RETRY,
-            summary="Mark the task RUNNING again",
+        await self.wait_for_person(
+            question, stage=SECRETS, summary=f"Mark the task WAITING_HUMAN for {names}"
         )
 
     @workflow.signal(name=DEPLOY_SECRETS_CHANGED)
     def secrets_changed(self) -> None:
-        """The project's secrets changed: if the run waits for some, it looks again."""
-        if self._question is not None:
-            self._nudged = True
-
-    @workflow.update(name=ENGINEERING_RESPOND)
-    async def respond(self, answer: HumanAnswer) -> str:
-        """A person's answer to the waiting task: look at the secrets again."""
-        question = self._question or ""
-        self._nudged = True
-        return question
-
-    @respond.validator
-    def _validate_respond(self, answer: HumanAnswer) -> None:
-        if self._question is None or self._nudged:
-            raise ValueError(f"task {self._task_id} is not waiting for an answer")
-
-    @workflow.query(name=ENGINEERING_QUESTION)
-    def question(self) -> str | None:
-        return self._question
+        """The project's secrets changed: if the run waits for some, it looks again (if it is
+        looking, it looks once more)."""
+        self._secrets_changes += 1
+        self.nudge(HumanAnswer(answer="the project's secrets changed"))
 
     # --- stop / undeploy ------------------------------------------------------------------------
 
@@ -234,8 +207,8 @@ class DeployWorkflow:
                 StopAppInput(
                     server_handle=app.server_handle, app_name=app.app_name, remove=undeploy
                 ),
-                start_to_close_timeout=timedelta(minutes=15),
-                heartbeat_timeout=timedelta(seconds=10),
+                start_to_close_timeout=STOP_TIMEOUT,
+                heartbeat_timeout=PLAYBOOK_HEARTBEAT,
                 retry_policy=STOP_RETRY,
                 summary=f"{verb} on {app.server_handle}",
             )
@@ -255,23 +228,25 @@ class DeployWorkflow:
             message = f"{plan.project_name} is stopped on {where} ({stopped} release(s))"
         return DeployResult(action=plan.action, server=where or None), message
 
-    # --- the task and the lock --------------------------------------------------------------------
+    # --- the lock and the release record ---------------------------------------------------------
 
     async def _take_lock(self, lock: LockInput) -> None:
         await workflow.execute_activity_method(
             DeployActivities.acquire_deploy_lock,
             lock,
-            start_to_close_timeout=LOCK_TIMEOUT,
-            heartbeat_timeout=timedelta(seconds=30),
+            start_to_close_timeout=DEPLOY_LOCK_TIMEOUT,
+            heartbeat_timeout=DEPLOY_LOCK_HEARTBEAT,
             retry_policy=QUICK_RETRY,
             summary="Wait for the project's other deploys",
         )
 
-    async def _release_lock(self, lock: LockInput) -> None:
+    async def _release_lock(self) -> None:
+        if self._lock is None:
+            return
         try:
             await workflow.execute_activity_method(
                 DeployActivities.release_deploy_lock,
-                lock,
+                self._lock,
                 start_to_close_timeout=QUICK,
                 retry_policy=QUICK_RETRY,
                 summary="Let the project's next deploy go",
@@ -291,21 +266,8 @@ class DeployWorkflow:
         except FailureError as failure:
             workflow.logger.warning("release not marked failed: %s", describe_failure(failure))
 
-    async def _start(self) -> StartTaskResult:
-        return await task_steps.start_task(self._task_id)
-
     async def _event(self, type: EventType, message: str, stage: str | None = None) -> None:
-        await task_steps.record_event(self._task_id, type, message, stage=stage)
-
-    async def _finish(
-        self,
-        status: TaskStatus,
-        message: str,
-        *,
-        result: dict[str, Any] | None = None,
-        error: str | None = None,
-    ) -> None:
-        await task_steps.finish_task(self._task_id, status, message, result=result, error=error)
+        await self._task.event(type, message, stage=stage)
 
 
 def _done_message(plan: DeployPlan, result: DeployResult) -> str:

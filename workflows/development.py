@@ -23,7 +23,6 @@ from typing import Any
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import interrupt
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 
 from activities.development import (
     TEST_TIMEOUT_S,
@@ -31,18 +30,20 @@ from activities.development import (
     DevelopmentNodes,
     DevelopmentState,
 )
-from activities.workers import uses_model
-from gateway.activities import GatewayActivities
-from gateway.ledger import Budget
+from activities.gateway import GatewayActivities
+from core.contracts.agents import Budget, uses_model
+from workflows.policies import (
+    GIT_TIMEOUT,
+    IN_WORKFLOW,
+    NODE_MARGIN,
+    QUICK,
+    QUICK_RETRY,
+    TURN_HEARTBEAT,
+    TURN_RETRY,
+    in_activity,
+)
 
 DEVELOPMENT_GRAPH = "engineering-development"
-# A turn or a test run plays again after a worker crash (its heartbeat stops), not forever; input
-# no retry can fix fails at once.
-RUN_RETRY = RetryPolicy(
-    maximum_attempts=3,
-    non_retryable_error_types=["BadWorkerInput", "WorkerNotFound", "BadSpec", "TaskNotFound"],
-)
-QUICK_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=10), maximum_attempts=10)
 
 
 async def budget(state: DevelopmentState) -> dict[str, Any]:
@@ -61,7 +62,7 @@ async def budget(state: DevelopmentState) -> dict[str, Any]:
         usage = await workflow.execute_activity_method(
             GatewayActivities.gateway_usage,
             state["task_id"],
-            start_to_close_timeout=timedelta(seconds=30),
+            start_to_close_timeout=QUICK,
             retry_policy=QUICK_RETRY,
             summary="Model usage so far",
         )
@@ -103,39 +104,32 @@ def build_development_graph(nodes: DevelopmentNodes) -> StateGraph[Any, Any, Any
     """The graph for ``LangGraphPlugin(graphs={DEVELOPMENT_GRAPH: ...})``: made once per worker
     (the plugin turns its activity nodes into that worker's activities)."""
     graph: StateGraph[Any, Any, Any, Any] = StateGraph(DevelopmentState)
-    graph.add_node("budget", budget, metadata={"execute_in": "workflow"})
+    graph.add_node("budget", budget, metadata=IN_WORKFLOW)
     graph.add_node(
         "developer",
         nodes.developer,
-        metadata={
-            "execute_in": "activity",
-            "start_to_close_timeout": timedelta(seconds=TURN_TIMEOUT_S + 120),
-            "heartbeat_timeout": timedelta(seconds=10),
-            "retry_policy": RUN_RETRY,
-            "summary": "Developer: an agent turn",
-        },
+        metadata=in_activity(
+            "Developer: an agent turn",
+            timedelta(seconds=TURN_TIMEOUT_S) + NODE_MARGIN,
+            retry=TURN_RETRY,
+            heartbeat=TURN_HEARTBEAT,
+        ),
     )
-    graph.add_node("ask_human", ask_human, metadata={"execute_in": "workflow"})
+    graph.add_node("ask_human", ask_human, metadata=IN_WORKFLOW)
     graph.add_node(
         "tester",
         nodes.tester,
-        metadata={
-            "execute_in": "activity",
-            "start_to_close_timeout": timedelta(seconds=TEST_TIMEOUT_S + 120),
-            "heartbeat_timeout": timedelta(seconds=10),
-            "retry_policy": RUN_RETRY,
-            "summary": "Tester: make test",
-        },
+        metadata=in_activity(
+            "Tester: make test",
+            timedelta(seconds=TEST_TIMEOUT_S) + NODE_MARGIN,
+            retry=TURN_RETRY,
+            heartbeat=TURN_HEARTBEAT,
+        ),
     )
     graph.add_node(
         "propose",
         nodes.propose,
-        metadata={
-            "execute_in": "activity",
-            "start_to_close_timeout": timedelta(minutes=5),
-            "retry_policy": QUICK_RETRY,
-            "summary": "Commit, push, pull request",
-        },
+        metadata=in_activity("Commit, push, pull request", GIT_TIMEOUT),
     )
     graph.add_edge(START, "budget")
     graph.add_conditional_edges("budget", after_budget, ["developer", END])

@@ -15,24 +15,29 @@ release, if any, serves on.
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import interrupt
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 
-from activities.deploy import DeployActivities, DevOpsState, SecretsInput
+from activities.deploy import DeployActivities, SecretsInput
+from activities.devops import DevOpsNodes, DevOpsState
+from workflows.policies import (
+    ANALYZE_TIMEOUT,
+    DEPLOY_RELEASE_TIMEOUT,
+    DEVOPS_RETRY,
+    HEALTH_TIMEOUT,
+    IN_WORKFLOW,
+    NODE_HEARTBEAT,
+    PLACE_TIMEOUT,
+    PLAYBOOK_HEARTBEAT,
+    QUICK,
+    QUICK_RETRY,
+    in_activity,
+)
 
 DEVOPS_GRAPH = "devops"
-QUICK_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=10), maximum_attempts=10)
-# The playbook of a killed worker is played again (its heartbeat stops), not forever.
-RUN_RETRY = RetryPolicy(
-    maximum_interval=timedelta(seconds=10),
-    maximum_attempts=5,
-    non_retryable_error_types=["DeployFailed", "TaskNotFound", "ProjectNotFound"],
-)
 
 
 async def resolve_secrets(state: DevOpsState) -> dict[str, Any]:
@@ -42,7 +47,7 @@ async def resolve_secrets(state: DevOpsState) -> dict[str, Any]:
     missing = await workflow.execute_activity_method(
         DeployActivities.missing_secrets,
         SecretsInput(project_id=state["project_id"], names=spec.get("required_env") or []),
-        start_to_close_timeout=timedelta(seconds=30),
+        start_to_close_timeout=QUICK,
         retry_policy=QUICK_RETRY,
         summary="Which secrets are missing",
     )
@@ -75,55 +80,45 @@ async def after_health(state: DevOpsState) -> str:
     return END if state.get("failure") else "record"
 
 
-def _activity(summary: str, timeout: timedelta, **more: Any) -> dict[str, Any]:
-    return {
-        "execute_in": "activity",
-        "start_to_close_timeout": timeout,
-        "retry_policy": more.pop("retry_policy", QUICK_RETRY),
-        "summary": summary,
-        **more,
-    }
-
-
-def build_devops_graph(nodes: DeployActivities) -> StateGraph[Any, Any, Any, Any]:
+def build_devops_graph(nodes: DevOpsNodes) -> StateGraph[Any, Any, Any, Any]:
     """The graph for ``LangGraphPlugin(graphs={DEVOPS_GRAPH: ...})``, made once per worker."""
     graph: StateGraph[Any, Any, Any, Any] = StateGraph(DevOpsState)
     graph.add_node(
         "analyze",
         nodes.analyze,
-        metadata=_activity(
+        metadata=in_activity(
             "EnvAnalyzer: how the app runs",
-            timedelta(minutes=5),
-            heartbeat_timeout=timedelta(seconds=30),
+            ANALYZE_TIMEOUT,
+            heartbeat=NODE_HEARTBEAT,
         ),
     )
-    graph.add_node("secrets", resolve_secrets, metadata={"execute_in": "workflow"})
+    graph.add_node("secrets", resolve_secrets, metadata=IN_WORKFLOW)
     graph.add_node(
         "deployer",
         nodes.place,
-        metadata=_activity("Deployer: a server and a port", timedelta(seconds=60)),
+        metadata=in_activity("Deployer: a server and a port", PLACE_TIMEOUT),
     )
     graph.add_node(
         "ansible",
         nodes.release,
-        metadata=_activity(
+        metadata=in_activity(
             "Ansible: deploy the release",
-            timedelta(minutes=30),
-            heartbeat_timeout=timedelta(seconds=10),
-            retry_policy=RUN_RETRY,
+            DEPLOY_RELEASE_TIMEOUT,
+            heartbeat=PLAYBOOK_HEARTBEAT,
+            retry=DEVOPS_RETRY,
         ),
     )
     graph.add_node(
         "health",
         nodes.health,
-        metadata=_activity(
+        metadata=in_activity(
             "Health check from the orchestrator",
-            timedelta(minutes=5),
-            heartbeat_timeout=timedelta(seconds=30),
+            HEALTH_TIMEOUT,
+            heartbeat=NODE_HEARTBEAT,
         ),
     )
     graph.add_node(
-        "record", nodes.record, metadata=_activity("Record the release", timedelta(seconds=60))
+        "record", nodes.record, metadata=in_activity("Record the release", PLACE_TIMEOUT)
     )
     graph.add_edge(START, "analyze")
     graph.add_conditional_edges("analyze", after_analyze, ["secrets", END])

@@ -7,80 +7,63 @@ one Worker container of the task: the agent works on ``task/{task_id}`` in a che
 within the task's limits, then commit, push and pull request. A blocked agent's question moves
 the task to WAITING_HUMAN until the ``respond`` update brings a person's answer. With no agent
 available the task fails after the scaffold stage, saying how to configure one.
-
-Histories from before the development graph (no ``engineering-development-graph`` marker) replay
-their old ending: the scaffold stage, then an event saying the later stages were not installed.
 """
 
 from __future__ import annotations
 
-import asyncio
 from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, WorkflowIDReusePolicy
-from temporalio.exceptions import (
-    ApplicationError,
-    FailureError,
-    WorkflowAlreadyStartedError,
-    is_cancelled_exception,
-)
+from temporalio.common import WorkflowIDReusePolicy
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 
-from workflows import task_steps
-from workflows.scaffold import DB_RETRY, ScaffoldWorkflow, describe_failure
-from workflows.worker import create_cancellation, stop_if_cancelled
+from workflows.policies import (
+    DB_RETRY,
+    GIT_TIMEOUT,
+    QUICK,
+    QUICK_RETRY,
+    WAIT_FOR_RUN_HEARTBEAT,
+    WAIT_FOR_RUN_RETRY,
+    WAIT_FOR_RUN_TIMEOUT,
+)
+from workflows.scaffold import ScaffoldWorkflow
+from workflows.toolkit import TaskRun, WaitsForPerson, close_gateway, create_worker, remove_worker
 
 with workflow.unsafe.imports_passed_through():
     from langgraph.checkpoint.memory import InMemorySaver
     from langgraph.types import Command
     from temporalio.langgraph import graph as langgraph_graph
 
-    from activities.development import (
-        DEVELOPER,
-        PULL_REQUEST,
-        TESTER,
-        DevelopmentState,
-    )
+    from activities.development import DEVELOPER, PULL_REQUEST, TESTER, DevelopmentState
     from activities.engineering import EngineeringActivities, TaskPlan, WorkspaceInput
-    from activities.tasks import (
-        ProjectInfo,
-        QuestionInput,
-        StartTaskResult,
-        TaskActivities,
-    )
+    from activities.gateway import GatewayActivities
+    from activities.tasks import ProjectInfo, TaskActivities
     from activities.temporal import TemporalActivities
-    from activities.workers import CreateContainerInput, WorkerActivities, uses_model
-    from core.contracts.engineering import EngineeringResult, HumanAnswer
-    from core.contracts.events import EventType, TaskStatus
+    from activities.workers import CreateContainerInput
+    from core.contracts.agents import TaskUsage, uses_model
+    from core.contracts.engineering import EngineeringResult
     from core.contracts.scaffolder import ScaffoldResult
-    from core.ids import scaffold_workflow_id
-    from core.temporal import search_attributes
-    from gateway.activities import GatewayActivities
-    from gateway.ledger import TaskUsage
-    from workflows.development import DEVELOPMENT_GRAPH, RUN_RETRY
-    from workflows.io import (
-        ENGINEERING_QUESTION,
-        ENGINEERING_RESPOND,
+    from core.contracts.workflows import (
         ENGINEERING_WORKFLOW,
         EngineeringInput,
         EngineeringOutput,
         ScaffoldInput,
     )
+    from core.enums import EventType, TaskStatus
+    from core.ids import scaffold_workflow_id
+    from core.temporal import search_attributes
+    from workflows.development import DEVELOPMENT_GRAPH
 
 SCAFFOLD = "scaffold"
-NOT_INSTALLED = (
-    "The developer, tester and pull-request stages are not installed yet: "
-    "no code was written, tested or proposed for this task."
+# Runs from before these changes took their old branches; no run needs them any more. New runs
+# record them as deprecated markers, which runs with the old markers still replay against; once
+# no run from before this code is open, the calls can go.
+RETIRED_PATCHES = (
+    "engineering-development-graph",
+    "engineering-close-gateway",
+    "engineering-free-worker-while-waiting",
 )
-DEVELOPMENT_PATCH = "engineering-development-graph"
-CLOSE_GATEWAY_PATCH = "engineering-close-gateway"
-FREE_WORKER_PATCH = "engineering-free-worker-while-waiting"
-QUICK = timedelta(seconds=30)
-QUICK_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=10), maximum_attempts=10)
-# Making the container may build its image first (minutes on a fresh machine).
-# Making the container may wait for a Worker slot (max_workers) as long as other tasks run.
-CREATE_TIMEOUT = timedelta(hours=24)
 
 
 class StageFailed(ApplicationError):
@@ -89,57 +72,42 @@ class StageFailed(ApplicationError):
 
 
 @workflow.defn(name=ENGINEERING_WORKFLOW)
-class EngineeringWorkflow:
+class EngineeringWorkflow(WaitsForPerson):
     def __init__(self) -> None:
         self._task_id = ""
         self._stages: list[str] = []
-        self._developed = False
-        self._question: str | None = None
-        self._answer: HumanAnswer | None = None
+        self._task = TaskRun("", failure_type="EngineeringFailed")
 
     @workflow.run
     async def run(self, request: EngineeringInput) -> EngineeringOutput:
         self._task_id = request.task_id
-        try:
-            started = await self._start()
-            if not started.should_run:
-                workflow.logger.info(
-                    "task %s is %s; nothing to do", request.task_id, started.status
-                )
-                return EngineeringOutput(task_id=request.task_id, status=started.status)
-            result = await self._pipeline(request)
-            ran = ", ".join(self._stages) or "none"
-            if self._developed:
-                spent = ""
-                if result.tokens_in or result.tokens_out:
-                    spent = (
-                        f"; {result.tokens_in + result.tokens_out} model tokens, "
-                        f"${result.cost_usd:.4f}"
-                    )
-                message = (
-                    f"Pull request {result.pr_url} opened after {result.rounds} round(s) by "
-                    f"the {result.agent} agent (ran: {ran}{spent})"
-                )
-            else:  # a run from before the development graph, replaying its old ending
-                message = f"Finished the stages that exist (ran: {ran}). {NOT_INSTALLED}"
-            await self._finish(TaskStatus.completed, message, result=result.model_dump(mode="json"))
-        except (asyncio.CancelledError, FailureError) as error:
-            if is_cancelled_exception(error):
-                await self._finish(TaskStatus.cancelled, "The task was cancelled")
-                raise  # the run shows Cancelled
-            reason = describe_failure(error)
-            await self._finish(TaskStatus.failed, f"The task failed: {reason}", error=reason)
-            # Non-retryable: the run shows Failed with the reason instead of starting over.
-            raise ApplicationError(reason, type="EngineeringFailed", non_retryable=True) from error
+        self._task = TaskRun(request.task_id, failure_type="EngineeringFailed")
+        result = await self._task.run(lambda: self._work(request))
+        if result is None:
+            return EngineeringOutput(task_id=request.task_id, status=self._task.status)
         return EngineeringOutput(
             task_id=request.task_id, status=TaskStatus.completed, result=result
         )
+
+    async def _work(
+        self, request: EngineeringInput
+    ) -> tuple[EngineeringResult, str, dict[str, Any]]:
+        result = await self._pipeline(request)
+        ran = ", ".join(self._stages) or "none"
+        spent = ""
+        if result.tokens_in or result.tokens_out:
+            spent = f"; {result.tokens_in + result.tokens_out} model tokens, ${result.cost_usd:.4f}"
+        message = (
+            f"Pull request {result.pr_url} opened after {result.rounds} round(s) by "
+            f"the {result.agent} agent (ran: {ran}{spent})"
+        )
+        return result, message, result.model_dump(mode="json")
 
     async def _pipeline(self, request: EngineeringInput) -> EngineeringResult:
         project = await workflow.execute_activity_method(
             TaskActivities.get_project,
             request.project_id,
-            start_to_close_timeout=timedelta(seconds=30),
+            start_to_close_timeout=QUICK,
             retry_policy=DB_RETRY,
             summary=f"Load project {request.project_id}",
         )
@@ -171,9 +139,7 @@ class EngineeringWorkflow:
                 progress=0.3,
                 data=scaffold.model_dump(mode="json"),
             )
-        if not workflow.patched(DEVELOPMENT_PATCH):
-            await self._event(EventType.progress, NOT_INSTALLED, progress=0.3)
-            return EngineeringResult(repository=repository, stages=list(self._stages))
+        workflow.deprecate_patch(RETIRED_PATCHES[0])
         plan = await workflow.execute_activity_method(
             EngineeringActivities.plan_task,
             request.task_id,
@@ -185,7 +151,6 @@ class EngineeringWorkflow:
             raise StageFailed(plan.no_agent or "no coding agent is configured")
         if not (repository and full_name):
             raise StageFailed(f"project {project.name} has no repository to work in")
-        self._developed = True
         return await self._develop(request, plan, repository, full_name)
 
     # --- developer -> tester -> pull request: the development graph ----------------------------
@@ -197,7 +162,7 @@ class EngineeringWorkflow:
         workspace = await workflow.execute_activity_method(
             EngineeringActivities.prepare_workspace,
             WorkspaceInput(task_id=request.task_id, repository=repository, branch=branch),
-            start_to_close_timeout=timedelta(minutes=5),
+            start_to_close_timeout=GIT_TIMEOUT,
             retry_policy=QUICK_RETRY,
             summary=f"Check out {branch}",
         )
@@ -236,15 +201,9 @@ class EngineeringWorkflow:
         finally:
             # Also after a cancellation: the container must not outlive the task's work.
             await self._remove_worker(worker_id)
-            if uses_model(str(plan.agent)) and workflow.patched(CLOSE_GATEWAY_PATCH):
-                # The task's gateway socket serves no one any more (its totals stay recorded).
-                await workflow.execute_activity_method(
-                    GatewayActivities.close_gateway,
-                    request.task_id,
-                    start_to_close_timeout=QUICK,
-                    retry_policy=QUICK_RETRY,
-                    summary="Close the task's model gateway",
-                )
+            if uses_model(str(plan.agent)):
+                workflow.deprecate_patch(RETIRED_PATCHES[1])
+                await close_gateway(request.task_id, "Close the task's model gateway")
         for stage in (DEVELOPER, TESTER, PULL_REQUEST):
             if _ran(stage, final):
                 self._stages.append(stage)
@@ -267,25 +226,10 @@ class EngineeringWorkflow:
         )
 
     async def _create_worker(self, worker: CreateContainerInput) -> None:
-        await workflow.execute_activity_method(
-            WorkerActivities.create_container,
-            worker,
-            start_to_close_timeout=CREATE_TIMEOUT,
-            heartbeat_timeout=timedelta(minutes=2),
-            cancellation_type=create_cancellation(),
-            retry_policy=RUN_RETRY,
-            summary=f"Create the {worker.agent} Worker {worker.worker_id}",
-        )
-        stop_if_cancelled()
+        await create_worker(worker, f"Create the {worker.agent} Worker {worker.worker_id}")
 
     async def _remove_worker(self, worker_id: str) -> None:
-        await workflow.execute_activity_method(
-            WorkerActivities.remove_container,
-            worker_id,
-            start_to_close_timeout=QUICK,
-            retry_policy=QUICK_RETRY,
-            summary=f"Remove the Worker {worker_id}",
-        )
+        await remove_worker(worker_id, f"Remove the Worker {worker_id}")
 
     async def _run_graph(
         self, state: DevelopmentState, worker: CreateContainerInput
@@ -301,57 +245,15 @@ class EngineeringWorkflow:
         while result.get("__interrupt__"):
             question = str(result["__interrupt__"][0].value["question"])
             asked = workflow.now()
-            free_worker = workflow.patched(FREE_WORKER_PATCH)
-            if free_worker:
-                await self._remove_worker(worker.worker_id)
-            answer = await self._wait_for_answer(question)
-            if free_worker:
-                await self._create_worker(worker)
+            workflow.deprecate_patch(RETIRED_PATCHES[2])
+            await self._remove_worker(worker.worker_id)
+            answer = await self.wait_for_person(question, stage=DEVELOPER)
+            await self._create_worker(worker)
             waited = (workflow.now() - asked).total_seconds()
             result = await app.ainvoke(
                 Command(resume={"answer": answer.answer, "waited_s": waited}), config
             )
         return result
-
-    async def _wait_for_answer(self, question: str) -> HumanAnswer:
-        change = QuestionInput(task_id=self._task_id, question=question, stage=DEVELOPER)
-        self._question = question
-        await workflow.execute_activity_method(
-            TaskActivities.wait_for_human,
-            change,
-            start_to_close_timeout=QUICK,
-            retry_policy=DB_RETRY,
-            summary="Mark the task WAITING_HUMAN",
-        )
-        # As long as it takes: days are fine, the run holds no container while it waits.
-        await workflow.wait_condition(lambda: self._answer is not None)
-        answer = self._answer
-        assert answer is not None
-        self._answer, self._question = None, None
-        await workflow.execute_activity_method(
-            TaskActivities.answered,
-            change,
-            start_to_close_timeout=QUICK,
-            retry_policy=DB_RETRY,
-            summary="Mark the task RUNNING again",
-        )
-        return answer
-
-    @workflow.update(name=ENGINEERING_RESPOND)
-    async def respond(self, answer: HumanAnswer) -> str:
-        """A person's answer to the pending question; returns the question it answered."""
-        question = self._question or ""
-        self._answer = answer
-        return question
-
-    @respond.validator
-    def _validate_respond(self, answer: HumanAnswer) -> None:
-        if self._question is None or self._answer is not None:
-            raise ValueError(f"task {self._task_id} is not waiting for an answer")
-
-    @workflow.query(name=ENGINEERING_QUESTION)
-    def question(self) -> str | None:
-        return self._question
 
     async def _usage(self, plan: TaskPlan) -> TaskUsage:
         if plan.agent is None or not uses_model(plan.agent):
@@ -392,14 +294,11 @@ class EngineeringWorkflow:
             return await workflow.execute_activity_method(
                 TemporalActivities.wait_for_scaffold,
                 child_id,
-                start_to_close_timeout=timedelta(hours=1),
-                heartbeat_timeout=timedelta(seconds=10),
-                retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=10)),
+                start_to_close_timeout=WAIT_FOR_RUN_TIMEOUT,
+                heartbeat_timeout=WAIT_FOR_RUN_HEARTBEAT,
+                retry_policy=WAIT_FOR_RUN_RETRY,
                 summary=f"Wait for {child_id}",
             )
-
-    async def _start(self) -> StartTaskResult:
-        return await task_steps.start_task(self._task_id)
 
     async def _event(
         self,
@@ -410,19 +309,7 @@ class EngineeringWorkflow:
         progress: float | None = None,
         data: dict[str, Any] | None = None,
     ) -> None:
-        await task_steps.record_event(
-            self._task_id, type, message, stage=stage, progress=progress, data=data
-        )
-
-    async def _finish(
-        self,
-        status: TaskStatus,
-        message: str,
-        *,
-        result: dict[str, Any] | None = None,
-        error: str | None = None,
-    ) -> None:
-        await task_steps.finish_task(self._task_id, status, message, result=result, error=error)
+        await self._task.event(type, message, stage=stage, progress=progress, data=data)
 
 
 def _ran(stage: str, final: dict[str, Any]) -> bool:

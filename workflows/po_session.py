@@ -39,34 +39,28 @@ import asyncio
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import FailureError, is_cancelled_exception
 
-from workflows.scaffold import describe_failure
-from workflows.worker import create_cancellation, stop_if_cancelled
+from workflows.policies import (
+    PREPARE_SESSION_RETRY,
+    PUBLISH_RETRY,
+    PUBLISH_TIMEOUT,
+    QUICK,
+    TURN_HEARTBEAT,
+    TURN_MARGIN,
+    TURN_RETRY,
+)
+from workflows.toolkit import close_gateway, create_worker, describe_failure, remove_worker
 
 with workflow.unsafe.imports_passed_through():
     from temporalio.client import Client, WithStartWorkflowOperation
     from temporalio.common import WorkflowIDConflictPolicy
 
-    from activities.agents import AgentResult
-    from activities.po import (
-        POActivities,
-        PrepareSessionInput,
-        PublishToChatInput,
-        SessionPlan,
-    )
-    from activities.workers import (
-        AgentTurnInput,
-        ApiAccess,
-        CreateContainerInput,
-        WorkerActivities,
-        uses_model,
-    )
+    from activities.po import POActivities, PrepareSessionInput, PublishToChatInput, SessionPlan
+    from activities.workers import AgentTurnInput, ApiAccess, CreateContainerInput, WorkerActivities
+    from core.contracts.agents import AgentResult, uses_model
     from core.contracts.chat import ChatNote, ChatReply
-    from core.ids import po_session_workflow_id
-    from gateway.activities import GatewayActivities
-    from workflows.io import (
+    from core.contracts.workflows import (
         PO_RESPOND,
         PO_SEND,
         PO_SESSION_WORKFLOW,
@@ -78,26 +72,14 @@ with workflow.unsafe.imports_passed_through():
         POSessionOutput,
         POSessionStatus,
     )
+    from core.ids import po_session_workflow_id
 
-QUICK = timedelta(seconds=30)
-QUICK_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=10), maximum_attempts=10)
-# Making the container may build its image or wait for a Worker slot (max_workers).
-CREATE_TIMEOUT = timedelta(hours=24)
-CREATE_HEARTBEAT = timedelta(minutes=2)
 KEPT_REPLIES = 200
 # Exchanges quoted in full in a prompt; older ones live in the summary.
 RECENT_EXCHANGES = 10
 SUMMARY_CHARS = 6000
 # One side of an exchange in the summary.
 SUMMARY_SIDE_CHARS = 400
-TURN_HEARTBEAT = timedelta(seconds=10)
-# Publishing to the chat waits out a Redis restart rather than dropping the reply.
-PUBLISH_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=10))
-PUBLISH_TIMEOUT = timedelta(hours=1)
-# A turn runs again after a worker crash (the heartbeat stops), not forever.
-TURN_RETRY = RetryPolicy(
-    maximum_attempts=3, non_retryable_error_types=["BadWorkerInput", "WorkerNotFound"]
-)
 
 
 def worker_id_for(chat_id: int) -> str:
@@ -279,8 +261,7 @@ class POSessionWorkflow:
                     model=request.model or plan.model,
                     timeout_s=request.turn_timeout_s,
                 ),
-                # The command's own timeout ends it inside the Worker; this is the backstop.
-                start_to_close_timeout=timedelta(seconds=request.turn_timeout_s + 60),
+                start_to_close_timeout=timedelta(seconds=request.turn_timeout_s) + TURN_MARGIN,
                 heartbeat_timeout=TURN_HEARTBEAT,
                 retry_policy=TURN_RETRY,
                 summary=f"PO turn {self._turns + 1} of chat {request.chat_id}",
@@ -300,11 +281,7 @@ class POSessionWorkflow:
                 POActivities.prepare_session,
                 PrepareSessionInput(chat_id=self._input.chat_id, agent=self._input.agent),
                 start_to_close_timeout=QUICK,
-                retry_policy=RetryPolicy(
-                    maximum_interval=timedelta(seconds=10),
-                    maximum_attempts=10,
-                    non_retryable_error_types=["BadSettings"],
-                ),
+                retry_policy=PREPARE_SESSION_RETRY,
                 summary="Prepare the PO's workspace and agent",
             )
         return self._plan
@@ -320,8 +297,7 @@ class POSessionWorkflow:
                 chat_id=request.chat_id,
                 allowed_commands=request.allowed_commands,
             )
-        await workflow.execute_activity_method(
-            WorkerActivities.create_container,
+        await create_worker(
             CreateContainerInput(
                 worker_id=self._worker_id,
                 task_id=workflow.info().workflow_id,
@@ -331,35 +307,16 @@ class POSessionWorkflow:
                 workspace=request.workspace or plan.workspace,
                 api=api,
             ),
-            start_to_close_timeout=CREATE_TIMEOUT,
-            heartbeat_timeout=CREATE_HEARTBEAT,
-            cancellation_type=create_cancellation(),
-            retry_policy=RetryPolicy(
-                maximum_attempts=3, non_retryable_error_types=["BadWorkerInput", "NoGateway"]
-            ),
-            summary=f"Create the PO Worker {self._worker_id}",
+            f"Create the PO Worker {self._worker_id}",
         )
-        stop_if_cancelled()
         self._container = True
 
     async def _remove(self) -> None:
         """Remove the container (whether or not this run made it) and the session's gateway."""
-        await workflow.execute_activity_method(
-            WorkerActivities.remove_container,
-            self._worker_id,
-            start_to_close_timeout=QUICK,
-            retry_policy=QUICK_RETRY,
-            summary=f"Remove the PO Worker {self._worker_id}",
-        )
+        await remove_worker(self._worker_id, f"Remove the PO Worker {self._worker_id}")
         self._container = False
         if self._plan is not None and uses_model(self._plan.agent):
-            await workflow.execute_activity_method(
-                GatewayActivities.close_gateway,
-                workflow.info().workflow_id,
-                start_to_close_timeout=QUICK,
-                retry_policy=QUICK_RETRY,
-                summary="Close the PO session's model gateway",
-            )
+            await close_gateway(workflow.info().workflow_id, "Close the PO session's model gateway")
 
     def _prompt(self, message: POMessage) -> str:
         parts = [f"You are the Product Owner in Telegram chat {self._input.chat_id}."]

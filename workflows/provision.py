@@ -11,13 +11,18 @@ The same message delivered again finds that result and returns it: nothing runs 
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError, FailureError, is_cancelled_exception
 
-from workflows.scaffold import DB_RETRY, describe_failure
+from workflows.policies import (
+    DB_RETRY,
+    FEW_RETRIES,
+    PLAYBOOK_HEARTBEAT,
+    PROVISION_TIMEOUT,
+    QUICK,
+)
+from workflows.toolkit import describe_failure
 
 with workflow.unsafe.imports_passed_through():
     from activities.servers import (
@@ -26,20 +31,9 @@ with workflow.unsafe.imports_passed_through():
         ProvisionRequest,
         ServerActivities,
     )
-    from api.models import ServerStatus
     from core.contracts.provisioner import ProvisionerResult
-    from workflows.io import PROVISION_WORKFLOW, ProvisionInput, ProvisionOutput
-
-QUICK = timedelta(seconds=30)
-# The playbook may install packages; its heartbeats tell a dead worker from a slow apt-get.
-PLAYBOOK_TIMEOUT = timedelta(minutes=15)
-PLAYBOOK_HEARTBEAT = timedelta(seconds=10)
-# Only crashes and lost workers reach retries: a failed playbook is a report, not an error.
-PLAYBOOK_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=2),
-    maximum_interval=timedelta(seconds=30),
-    maximum_attempts=3,
-)
+    from core.contracts.workflows import PROVISION_WORKFLOW, ProvisionInput, ProvisionOutput
+    from core.enums import ServerStatus
 
 
 def is_server_missing(error: BaseException) -> bool:
@@ -102,9 +96,9 @@ class ProvisionWorkflow:
         report = await workflow.execute_activity_method(
             ServerActivities.provision_server,
             ProvisionRequest(server_handle=handle, force_reinstall=request.force_reinstall),
-            start_to_close_timeout=PLAYBOOK_TIMEOUT,
+            start_to_close_timeout=PROVISION_TIMEOUT,
             heartbeat_timeout=PLAYBOOK_HEARTBEAT,
-            retry_policy=PLAYBOOK_RETRY,
+            retry_policy=FEW_RETRIES,
             summary=f"Run provision.yml on {handle}"
             + (" (installing missing packages)" if request.force_reinstall else ""),
         )

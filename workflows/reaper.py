@@ -16,12 +16,11 @@ the Schedule's recent actions show it.
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from pydantic import BaseModel, Field
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
+
+from workflows.policies import CLEAN_HEARTBEAT, CLEAN_TIMEOUT, FEW_RETRIES, REAP_WORKERS_TIMEOUT
 
 with workflow.unsafe.imports_passed_through():
     from activities.engineering import (
@@ -33,17 +32,6 @@ with workflow.unsafe.imports_passed_through():
 
 REAPER_WORKFLOW = "ReaperWorkflow"
 REAPER_SCHEDULE = "orchestrator-reaper"
-# A run that fails is tried again by the next scheduled one: few attempts, soon given up.
-REAP_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=2),
-    maximum_interval=timedelta(seconds=30),
-    maximum_attempts=3,
-)
-# One describe per container: minutes only with very many of them.
-REAP_WORKERS_TIMEOUT = timedelta(minutes=5)
-# Removing big checkouts (node_modules) takes a while; the activity heartbeats meanwhile.
-CLEAN_TIMEOUT = timedelta(minutes=30)
-CLEAN_HEARTBEAT = timedelta(minutes=1)
 
 
 class ReaperInput(BaseModel):
@@ -69,7 +57,7 @@ class ReaperWorkflow:
             output.workers_removed = await workflow.execute_activity_method(
                 WorkerActivities.reap_workers,
                 start_to_close_timeout=REAP_WORKERS_TIMEOUT,
-                retry_policy=REAP_RETRY,
+                retry_policy=FEW_RETRIES,
                 summary="Remove the containers of closed workflows",
             )
         except ActivityError as error:
@@ -80,7 +68,7 @@ class ReaperWorkflow:
                 CleanWorkspacesInput(retention_hours=request.workspace_retention_hours),
                 start_to_close_timeout=CLEAN_TIMEOUT,
                 heartbeat_timeout=CLEAN_HEARTBEAT,
-                retry_policy=REAP_RETRY,
+                retry_policy=FEW_RETRIES,
                 summary="Remove the workspaces of finished tasks",
             )
         except ActivityError as error:

@@ -7,50 +7,30 @@ Started as ``scaffold-{project_id}``, by the engineering workflow (as its child)
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import (
     ActivityError,
     ApplicationError,
-    ChildWorkflowError,
     FailureError,
     is_cancelled_exception,
 )
 
+from workflows.policies import (
+    DB_RETRY,
+    FIND_REPOSITORY_RETRY,
+    QUICK,
+    SCAFFOLD_HEARTBEAT,
+    SCAFFOLD_RETRY,
+    SCAFFOLD_TIMEOUT,
+)
+from workflows.toolkit import describe_failure
+
 with workflow.unsafe.imports_passed_through():
     from activities.forge import FindRepositoryInput, ForgeActivities, ScaffoldRequest
     from activities.tasks import ProjectInfo, ProjectStatusInput, TaskActivities
-    from api.models import ProjectStatus
-    from workflows.io import SCAFFOLD_WORKFLOW, ScaffoldInput, ScaffoldOutput
-
-# Database activities: a database that is away for minutes is waited for, not failed on.
-DB_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(seconds=30),
-    maximum_attempts=20,
-)
-
-
-def describe_failure(error: BaseException) -> str:
-    """One readable sentence for a failure: the first application error's message, else the
-    innermost cause (a timeout, a termination), naming the activity or child it came from."""
-    where: list[str] = []
-    innermost = str(error)
-    current: BaseException | None = error
-    while current is not None:
-        if isinstance(current, ApplicationError):
-            return current.message
-        if isinstance(current, ActivityError):
-            where.append(f"activity {current.activity_type}")
-        elif isinstance(current, ChildWorkflowError):
-            where.append(f"workflow {current.workflow_id}")
-        elif isinstance(current, FailureError) and current.message:
-            innermost = current.message
-        current = current.cause if isinstance(current, FailureError) else None
-    return f"{innermost} ({', '.join(where)})" if where else innermost
+    from core.contracts.workflows import SCAFFOLD_WORKFLOW, ScaffoldInput, ScaffoldOutput
+    from core.enums import ProjectStatus
 
 
 @workflow.defn(name=SCAFFOLD_WORKFLOW)
@@ -72,20 +52,15 @@ class ScaffoldWorkflow:
                     description=project.description,
                     modules=request.modules or project.modules,
                 ),
-                start_to_close_timeout=timedelta(minutes=5),
-                # Short, so a killed worker's scaffold is retried elsewhere within seconds.
-                heartbeat_timeout=timedelta(seconds=10),
-                retry_policy=RetryPolicy(
-                    initial_interval=timedelta(seconds=1),
-                    maximum_interval=timedelta(seconds=10),
-                    maximum_attempts=5,
-                ),
+                start_to_close_timeout=SCAFFOLD_TIMEOUT,
+                heartbeat_timeout=SCAFFOLD_HEARTBEAT,
+                retry_policy=SCAFFOLD_RETRY,
                 summary=f"Render the service template into a new repository for {project.name}",
             )
             await workflow.execute_activity_method(
                 TaskActivities.record_repository,
                 result,
-                start_to_close_timeout=timedelta(seconds=30),
+                start_to_close_timeout=QUICK,
                 retry_policy=DB_RETRY,
                 summary=f"Record {result.repo_full_name} on the project",
             )
@@ -110,7 +85,7 @@ class ScaffoldWorkflow:
             return await workflow.execute_activity_method(
                 TaskActivities.get_project,
                 project_id,
-                start_to_close_timeout=timedelta(seconds=30),
+                start_to_close_timeout=QUICK,
                 retry_policy=DB_RETRY,
                 summary=f"Load project {project_id}",
             )
@@ -128,8 +103,8 @@ class ScaffoldWorkflow:
             found = await workflow.execute_activity_method(
                 ForgeActivities.find_repository,
                 FindRepositoryInput(project_id=project.id, repo_full_name=full_name),
-                start_to_close_timeout=timedelta(seconds=30),
-                retry_policy=RetryPolicy(maximum_attempts=5),
+                start_to_close_timeout=QUICK,
+                retry_policy=FIND_REPOSITORY_RETRY,
                 summary=f"Look up {full_name} on the forge",
             )
         if found is None:
@@ -145,7 +120,7 @@ class ScaffoldWorkflow:
         await workflow.execute_activity_method(
             TaskActivities.set_project_status,
             ProjectStatusInput(project_id=project_id, status=status),
-            start_to_close_timeout=timedelta(seconds=30),
+            start_to_close_timeout=QUICK,
             retry_policy=DB_RETRY,
             summary=f"Project status {status.value}",
         )

@@ -22,24 +22,22 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError, FailureError, is_cancelled_exception
-from temporalio.workflow import ActivityCancellationType
+
+from workflows.policies import QUICK, QUICK_RETRY, TURN_HEARTBEAT, TURN_MARGIN, TURN_RETRY
+from workflows.toolkit import close_gateway, create_worker, remove_worker
 
 with workflow.unsafe.imports_passed_through():
-    from activities.agents import ADAPTERS, AgentResult
     from activities.workers import (
         AgentTurnInput,
         CreateContainerInput,
         PublishInput,
         WorkerActivities,
         WriteFileInput,
-        uses_model,
     )
+    from core.contracts.agents import AgentResult, Budget, uses_model
     from core.contracts.worker import WorkerResponse
-    from gateway.activities import GatewayActivities
-    from gateway.ledger import Budget
-    from workflows.io import (
+    from core.contracts.workflows import (
         WORKER_DELETE,
         WORKER_QUEUE_FILE,
         WORKER_QUEUE_MESSAGE,
@@ -54,36 +52,9 @@ with workflow.unsafe.imports_passed_through():
         WorkerMessage,
         WorkerOutput,
     )
+    from core.enums import AGENTS
 
-QUICK = timedelta(seconds=30)
-QUICK_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=10), maximum_attempts=10)
-# A turn runs again after a worker crash (the heartbeat stops), not forever.
-TURN_RETRY = RetryPolicy(maximum_attempts=3, non_retryable_error_types=["BadWorkerInput"])
-TURN_HEARTBEAT = timedelta(seconds=30)
-# Making the container may build its image first (minutes on a fresh machine).
-# Making the container may wait for a Worker slot (max_workers) as long as other tasks run.
-CREATE_TIMEOUT = timedelta(hours=24)
-CREATE_HEARTBEAT = timedelta(minutes=2)
 SEEN_REQUESTS = 1000
-CREATE_WAITS_PATCH = "create-container-waits-for-its-cancellation"
-
-
-def create_cancellation() -> ActivityCancellationType:
-    """How a cancel treats a ``create_container`` under way: the run waits for it to end, so the
-    cleanup that follows removes the container it made instead of running before it exists.
-    Runs from before this change keep not waiting (their histories say so). Call
-    ``stop_if_cancelled`` after the activity: one that finished anyway hands back its result."""
-    if workflow.patched(CREATE_WAITS_PATCH):
-        return ActivityCancellationType.WAIT_CANCELLATION_COMPLETED
-    return ActivityCancellationType.TRY_CANCEL
-
-
-def stop_if_cancelled() -> None:
-    """The run was cancelled while it waited for an activity that finished all the same: stop
-    here, as the cancel would have stopped it (the cleanup it leads to then sees what that
-    activity made)."""
-    if workflow.cancellation_reason() is not None:
-        raise asyncio.CancelledError()
 
 
 class WorkerDeleted(ApplicationError):
@@ -143,9 +114,9 @@ class WorkerWorkflow:
         return WorkerOutput(worker_id=self._worker_id, reason=reason, turns=self._turns)
 
     def _check(self, request: WorkerInput) -> None:
-        if request.agent not in ADAPTERS:
+        if request.agent not in AGENTS:
             raise ApplicationError(
-                f"unknown agent {request.agent!r}; known: {', '.join(sorted(ADAPTERS))}",
+                f"unknown agent {request.agent!r}; known: {', '.join(sorted(AGENTS))}",
                 type="BadWorkerInput",
                 non_retryable=True,
             )
@@ -158,8 +129,7 @@ class WorkerWorkflow:
             )
 
     async def _create(self, request: WorkerInput) -> None:
-        await workflow.execute_activity_method(
-            WorkerActivities.create_container,
+        await create_worker(
             CreateContainerInput(
                 worker_id=request.worker_id,
                 task_id=request.effective_task_id,
@@ -169,15 +139,8 @@ class WorkerWorkflow:
                 workspace=request.workspace,
                 budget=self._budget(),
             ),
-            start_to_close_timeout=CREATE_TIMEOUT,
-            heartbeat_timeout=CREATE_HEARTBEAT,
-            cancellation_type=create_cancellation(),
-            retry_policy=RetryPolicy(
-                maximum_attempts=3, non_retryable_error_types=["BadWorkerInput", "NoGateway"]
-            ),
-            summary=f"Create the {request.agent} Worker {request.worker_id}",
+            f"Create the {request.agent} Worker {request.worker_id}",
         )
-        stop_if_cancelled()
 
     async def _serve(self, idle_timeout_s: float) -> Any:
         """Wait for delete or idleness; a running request holds the idle clock."""
@@ -201,22 +164,10 @@ class WorkerWorkflow:
         """Stop a running turn and remove the container (and the Worker's own gateway)."""
         if self._turn is not None:
             self._turn.cancel()
-        await workflow.execute_activity_method(
-            WorkerActivities.remove_container,
-            self._worker_id,
-            start_to_close_timeout=QUICK,
-            retry_policy=QUICK_RETRY,
-            summary=f"Remove the Worker {self._worker_id}",
-        )
+        await remove_worker(self._worker_id, f"Remove the Worker {self._worker_id}")
         # A task's gateway outlives its Workers; a Worker that is its own task closes its own.
         if uses_model(self._input.agent) and self._input.task_id is None:
-            await workflow.execute_activity_method(
-                GatewayActivities.close_gateway,
-                self._input.effective_task_id,
-                start_to_close_timeout=QUICK,
-                retry_policy=QUICK_RETRY,
-                summary="Close the Worker's model gateway",
-            )
+            await close_gateway(self._input.effective_task_id, "Close the Worker's model gateway")
 
     # --- requests -------------------------------------------------------------------------------
 
@@ -321,7 +272,7 @@ class WorkerWorkflow:
                 budget=self._budget(),
             ),
             # The command's own timeout ends it inside the Worker; this is the backstop.
-            start_to_close_timeout=timedelta(seconds=message.timeout_s + 60),
+            start_to_close_timeout=timedelta(seconds=message.timeout_s) + TURN_MARGIN,
             heartbeat_timeout=TURN_HEARTBEAT,
             retry_policy=TURN_RETRY,
             summary=f"Agent turn {self._turns + 1} of {request.worker_id}",
@@ -347,9 +298,7 @@ class WorkerWorkflow:
                     worker_id=self._worker_id, path=file.path, content=file.content, mode=file.mode
                 ),
                 start_to_close_timeout=QUICK,
-                retry_policy=RetryPolicy(
-                    maximum_attempts=3, non_retryable_error_types=["BadWorkerInput"]
-                ),
+                retry_policy=TURN_RETRY,
                 summary=f"Write {file.path}",
             )
         except FailureError as error:

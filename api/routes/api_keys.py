@@ -5,9 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Response, status
 
 from api.deps import CurrentUser, DbSession, full_key
-from api.models import ApiKeyCreate, ApiKeyCreated, ApiKeyRead, User
 from api.problems import Forbidden, problem_responses
-from api.services import users
+from api.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyRead
+from db import users
+from db.tables import User
 
 # A PO session's key cannot make keys: what it may do ends with its session.
 router = APIRouter(
@@ -35,7 +36,8 @@ def _target_user(caller: User, user_id: str | None) -> str:
 )
 async def create_key(data: ApiKeyCreate, caller: CurrentUser, session: DbSession) -> ApiKeyCreated:
     owner = _target_user(caller, data.user_id)
-    return await users.create_key(session, user_id=owner, name=data.name)
+    key, plaintext = await users.create_key(session, user_id=owner, name=data.name)
+    return ApiKeyCreated.model_validate({**key.model_dump(), "key": plaintext})
 
 
 @router.get("", summary="Keys of the caller (or of user_id, for an admin)")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from fastapi import APIRouter, Depends, status
 
 from api.deps import AppRuntime, CurrentUser, DbSession, KeyChat, TemporalClient, full_key
@@ -12,6 +14,7 @@ from core.contracts.chat import (
     ChatMessageIn,
     ChatResponseAccepted,
     ChatResponseIn,
+    TelegramId,
 )
 
 router = APIRouter(prefix="/chats", tags=["chats"], responses=problem_responses(403, 503))
@@ -24,7 +27,7 @@ router = APIRouter(prefix="/chats", tags=["chats"], responses=problem_responses(
     dependencies=[Depends(full_key)],
 )
 async def post_message(
-    chat_id: int,
+    chat_id: TelegramId,
     message: ChatMessageIn,
     caller: CurrentUser,
     session: DbSession,
@@ -37,6 +40,19 @@ async def post_message(
     )
 
 
+async def responding_chat(chat_id: TelegramId, caller: CurrentUser, key_chat: KeyChat) -> int:
+    """The chat a Worker's response goes to, when the caller may respond there: with the key of
+    that chat's PO session, or as an admin."""
+    if key_chat is not None and key_chat != chat_id:
+        raise Forbidden(f"this key belongs to chat {key_chat}'s session, not chat {chat_id}'s")
+    if key_chat is None and not caller.is_admin:
+        raise Forbidden("only a PO session's key or an admin may respond to a chat")
+    return chat_id
+
+
+RespondingChat = Annotated[int, Depends(responding_chat)]
+
+
 @router.post(
     "/{chat_id}/responses",
     status_code=status.HTTP_202_ACCEPTED,
@@ -44,14 +60,6 @@ async def post_message(
     responses=problem_responses(409),
 )
 async def post_response(
-    chat_id: int,
-    body: ChatResponseIn,
-    caller: CurrentUser,
-    key_chat: KeyChat,
-    client: TemporalClient,
+    chat_id: RespondingChat, body: ChatResponseIn, client: TemporalClient
 ) -> ChatResponseAccepted:
-    if key_chat is not None and key_chat != chat_id:
-        raise Forbidden(f"this key belongs to chat {key_chat}'s session, not chat {chat_id}'s")
-    if key_chat is None and not caller.is_admin:
-        raise Forbidden("only a PO session's key or an admin may respond to a chat")
     return await chats.deliver_response(client, chat_id, body)

@@ -8,14 +8,18 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from api.deps import DbSession
-from api.models import DeploymentRead
 from api.problems import problem_responses
-from api.services import deployments, projects
+from api.schemas import DeploymentRead
+from db import deployments, projects
 
 router = APIRouter(prefix="/deployments", tags=["deployments"])
 
 
-@router.get("", summary="Releases, newest first")
+@router.get(
+    "",
+    summary="Releases, newest first",
+    responses=problem_responses(404),  # the project filter names no project
+)
 async def list_deployments(
     session: DbSession,
     project: Annotated[str | None, Query(max_length=100, description="Project id or name")] = None,

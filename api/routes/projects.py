@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, status
 
 from api.deps import CurrentUser, DbSession
-from api.models import ProjectCreate, ProjectRead
 from api.problems import problem_responses
-from api.services import projects
+from api.schemas import ProjectCreate, ProjectRead
+from db import projects
 
 router = APIRouter(prefix="/projects", tags=["projects"])
 
@@ -19,7 +19,13 @@ router = APIRouter(prefix="/projects", tags=["projects"])
     responses=problem_responses(409),
 )
 async def create_project(data: ProjectCreate, user: CurrentUser, session: DbSession) -> ProjectRead:
-    project = await projects.create_project(session, data, owner_id=user.id)
+    project = await projects.create_project(
+        session,
+        name=data.name,
+        description=data.description,
+        modules=data.modules,
+        owner_id=user.id,
+    )
     return ProjectRead.model_validate(project)
 
 

@@ -7,9 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from api.deps import DbSession
-from api.models import PullRequestRead
 from api.problems import problem_responses
-from api.services import pull_requests
+from core.contracts.engineering import PullRequestRead
+from db import pull_requests
 
 router = APIRouter(prefix="/pull-requests", tags=["pull-requests"])
 

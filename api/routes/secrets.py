@@ -2,19 +2,34 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response, status
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Response, status
 from temporalio.service import RPCError
 
 from api.deps import AppRuntime, DbSession, VaultDep
-from api.models import SecretRead, SecretWrite
 from api.problems import ServiceUnavailable, problem_responses
-from api.services import deployments, projects, secrets
+from api.schemas import SecretRead, SecretWrite
 from core.contracts.deploy import DEPLOY_SECRETS_CHANGED
 from core.logging import get_logger
+from db import deployments, projects, secrets
 
 log = get_logger(__name__)
 
 router = APIRouter(prefix="/projects/{project_id_or_name}/secrets", tags=["secrets"])
+
+# The rule secrets.check_name enforces, so the schema says which names are taken; check_name
+# refuses the others with a 422 that says the rule in words.
+SecretName = Annotated[
+    str,
+    Path(
+        description="An environment variable's name, e.g. DATABASE_URL",
+        json_schema_extra={
+            "pattern": secrets.ENV_NAME.pattern,
+            "maxLength": secrets.NAME_MAX_LENGTH,
+        },
+    ),
+]
 
 
 @router.put(
@@ -26,7 +41,7 @@ router = APIRouter(prefix="/projects/{project_id_or_name}/secrets", tags=["secre
 )
 async def set_secret(
     project_id_or_name: str,
-    name: str,
+    name: SecretName,
     data: SecretWrite,
     session: DbSession,
     vault: VaultDep,
@@ -43,7 +58,11 @@ async def set_secret(
     return SecretRead.model_validate(secret)
 
 
-@router.get("", summary="The project's secrets: names and times, never values")
+@router.get(
+    "",
+    summary="The project's secrets: names and times, never values",
+    responses=problem_responses(404),
+)
 async def list_secrets(project_id_or_name: str, session: DbSession) -> list[SecretRead]:
     project = await projects.get_project(session, project_id_or_name)
     return [SecretRead.model_validate(s) for s in await secrets.list_secrets(session, project.id)]

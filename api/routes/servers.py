@@ -6,21 +6,22 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, status
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from api.deps import AdminUser, AppRuntime, DbSession, Runtime, VaultDep
-from api.models import Server, ServerCreate, ServerCreated, ServerRead, ServerStatus
 from api.problems import problem_responses
-from api.services import outbox, servers
+from api.schemas import RequestBody, ServerCreate, ServerCreated, ServerRead
+from core.enums import ServerStatus
 from core.logging import get_logger
+from db import outbox, servers
+from db.tables import Server
 
 log = get_logger(__name__)
 
 router = APIRouter(prefix="/servers", tags=["servers"])
 
 
-class ProvisionOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ProvisionOptions(RequestBody):
     force_reinstall: bool = Field(
         default=False,
         description="Install what deploys need and the server lacks (python3, GNU tar, gzip) "
@@ -49,7 +50,16 @@ async def queued_answer(
 async def add_server(
     data: ServerCreate, _: AdminUser, session: DbSession, runtime: AppRuntime, vault: VaultDep
 ) -> ServerCreated:
-    server, message, queued = await servers.create_server(session, vault, data)
+    server, message, queued = await servers.create_server(
+        session,
+        vault,
+        handle=data.handle,
+        host=data.host,
+        port=data.port,
+        ssh_user=data.ssh_user,
+        private_key=data.private_key.get_secret_value(),
+        apps_root=data.apps_root,
+    )
     return await queued_answer(runtime, server, message.request_id, queued)
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, status
 
 from api.deps import AdminUser, CurrentUser, DbSession, full_key
-from api.models import UserCreate, UserRead
 from api.problems import Forbidden, problem_responses
-from api.services import users
+from api.schemas import UserCreate, UserRead
+from core.contracts.chat import TelegramId
+from db import users
 
 router = APIRouter(prefix="/users", tags=["users"], responses=problem_responses(403))
 
@@ -19,7 +20,7 @@ async def me(user: CurrentUser) -> UserRead:
 
 @router.get("", summary="All users, or the one with a Telegram ID (admin)")
 async def list_users(
-    _: AdminUser, session: DbSession, telegram_id: int | None = None
+    _: AdminUser, session: DbSession, telegram_id: TelegramId | None = None
 ) -> list[UserRead]:
     # A list even when filtered: "no such user" is an empty answer, not an error (the bot asks
     # this for every stranger who writes to it).
@@ -35,10 +36,17 @@ async def list_users(
     responses=problem_responses(409),
 )
 async def create_user(data: UserCreate, _: AdminUser, session: DbSession) -> UserRead:
-    return UserRead.model_validate(await users.create_user(session, data))
+    user = await users.create_user(
+        session, name=data.name, telegram_id=data.telegram_id, is_admin=data.is_admin
+    )
+    return UserRead.model_validate(user)
 
 
-@router.get("/{user_id}", summary="One user (the caller, or any for an admin)")
+@router.get(
+    "/{user_id}",
+    summary="One user (the caller, or any for an admin)",
+    responses=problem_responses(404),
+)
 async def get_user(user_id: str, caller: CurrentUser, session: DbSession) -> UserRead:
     if user_id != caller.id and not caller.is_admin:
         raise Forbidden("only an admin may read other users")

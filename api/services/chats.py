@@ -14,16 +14,10 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlmodel.ext.asyncio.session import AsyncSession
-from temporalio.client import (
-    Client,
-    WithStartWorkflowOperation,
-    WorkflowUpdateStage,
-)
+from temporalio.client import Client, WithStartWorkflowOperation, WorkflowUpdateStage
 from temporalio.common import WorkflowIDConflictPolicy
 
-from api.models import User, UserCreate
-from api.problems import Conflict, Forbidden, ServiceUnavailable
-from api.services import users
+from api.problems import Forbidden, ServiceUnavailable
 from api.services.temporal_calls import delivering
 from core.contracts.chat import (
     CHATS_KEY,
@@ -32,10 +26,7 @@ from core.contracts.chat import (
     ChatResponseAccepted,
     ChatResponseIn,
 )
-from core.ids import new_id, po_session_workflow_id
-from core.logging import get_logger
-from core.settings import Settings
-from workflows.io import (
+from core.contracts.workflows import (
     PO_RESPOND,
     PO_SEND,
     PO_SESSION_WORKFLOW,
@@ -44,6 +35,11 @@ from workflows.io import (
     POSessionInput,
     POSessionOutput,
 )
+from core.ids import new_id, po_session_workflow_id
+from core.logging import get_logger
+from core.settings import Settings
+from db import errors, users
+from db.tables import User
 
 log = get_logger(__name__)
 
@@ -72,13 +68,11 @@ async def chat_user(
     try:
         return await users.create_user(
             session,
-            UserCreate(
-                name=f"Telegram admin {telegram_user_id}",
-                telegram_id=telegram_user_id,
-                is_admin=True,
-            ),
+            name=f"Telegram admin {telegram_user_id}",
+            telegram_id=telegram_user_id,
+            is_admin=True,
         )
-    except Conflict:  # made by a concurrent request a moment ago
+    except errors.Conflict:  # made by a concurrent request a moment ago
         found = await users.user_by_telegram_id(session, telegram_user_id)
         assert found is not None
         return found

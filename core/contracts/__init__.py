@@ -9,12 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, TypeAdapter
 
-from core.contracts.base import (
-    CONTRACT_VERSION,
-    DATA_FIELD,
-    ContractError,
-    Envelope,
-)
+from core.contracts.base import CONTRACT_VERSION, DATA_FIELD, ContractError, Envelope
 from core.contracts.deploy import (
     ANSIBLE_DEPLOY_QUEUE,
     DEPLOY_QUEUE,

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from functools import cache
 from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from core.ids import new_id
 
@@ -29,8 +29,59 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# PostgreSQL cannot store NUL in text (nor look it up), so the API takes it nowhere.
+NUL = "\x00"
+NO_NUL = "text may not contain NUL (U+0000)"
+
+
+def has_nul(value: Any) -> bool:
+    """Whether a JSON value holds NUL in a string, at any depth."""
+    if isinstance(value, str):
+        return NUL in value
+    if isinstance(value, dict):
+        return any(has_nul(key) or has_nul(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(has_nul(item) for item in value)
+    return False
+
+
+class JsonInput(BaseModel):
+    """What a client sends as JSON, read as its JSON Schema reads it: a value of another JSON
+    type is refused (no 0 for false, no "22" for 22, which lax validation would convert), and a
+    number without a fraction is an integer (3.0 for 3), as in JSON Schema. Text with NUL is
+    refused too (``NO_NUL``).
+
+    Enum fields say ``strict=False``: their values arrive as strings, and strict validation of
+    Python data wants the enum's members."""
+
+    model_config = ConfigDict(strict=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _as_json_schema_reads_it(cls, value: Any) -> Any:
+        if has_nul(value):
+            raise ValueError(NO_NUL)
+        return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def as_utc(value: datetime) -> datetime:
+    # SQLite hands timestamps back without their zone; they were written in UTC.
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+class ReadModel(BaseModel):
+    """A record read from a database row (``from_attributes``), its timestamps in UTC."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _utc(cls, value: Any) -> Any:
+        return as_utc(value) if isinstance(value, datetime) else value
 
 
 class Envelope(Strict):

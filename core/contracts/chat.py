@@ -19,7 +19,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, TypeAdapter
 
-from core.contracts.base import DATA_FIELD, ContractError, Strict
+from core.contracts.base import DATA_FIELD, ContractError, JsonInput, Strict
 from core.contracts.events import TaskEvent
 
 # The chats whose streams the bot reads: a Redis set of chat ids, added to by the API when it
@@ -27,6 +27,11 @@ from core.contracts.events import TaskEvent
 CHATS_KEY = "telegram:chats"
 # Telegram's limit for one message's text.
 TELEGRAM_TEXT_LIMIT = 4096
+
+# A Telegram chat or user id: at most 52 significant bits (Telegram's promise), so within what
+# every client's JSON carries exactly (I-JSON, RFC 7493) and what the 64-bit columns that keep
+# it hold. A larger number is refused as invalid input instead of failing in the database.
+TelegramId = Annotated[int, Field(ge=-(2**53 - 1), le=2**53 - 1)]
 
 
 class ChatReply(Strict):
@@ -84,12 +89,12 @@ def decode_chat_entry(fields: dict[bytes | str, bytes | str]) -> ChatEntry:
         raise ContractError(f"not a chat entry: {exc}") from None
 
 
-class ChatMessageIn(BaseModel):
+class ChatMessageIn(JsonInput):
     """``POST /chats/{chat_id}/messages``: one user message, as the bot received it."""
 
     message_id: int = Field(description="Telegram's message id (per chat): deduplicates")
     text: str = Field(min_length=1, max_length=20_000)
-    telegram_user_id: int = Field(description="Who wrote it")
+    telegram_user_id: TelegramId = Field(description="Who wrote it")
 
 
 class ChatMessageAccepted(BaseModel):
@@ -99,7 +104,7 @@ class ChatMessageAccepted(BaseModel):
     workflow_url: str | None = None
 
 
-class ChatResponseIn(BaseModel):
+class ChatResponseIn(JsonInput):
     """``POST /chats/{chat_id}/responses``: ``orchestrator respond`` from a Worker's agent."""
 
     text: str = Field(min_length=1, max_length=20_000)

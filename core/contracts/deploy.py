@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from enum import StrEnum
+from pydantic import ConfigDict, Field
 
-from pydantic import Field
-
-from core.contracts.base import Envelope, Strict
+from core.contracts.base import Envelope, JsonInput, Strict
+from core.enums import DeployAction  # pydantic-free there: the CLI imports it cheaply
 
 DEPLOY_QUEUE = "deploy:queue"
 ANSIBLE_DEPLOY_QUEUE = "ansible:deploy:queue"
@@ -17,19 +16,14 @@ DEPLOY_SECRETS_CHANGED = "secrets_changed"
 PROJECT_SECRETS_PREFIX = "project-secrets:"
 
 
-class DeployAction(StrEnum):
-    create = "create"  # the first release of a project
-    redeploy = "redeploy"  # a new release (the same port, the same URL)
-    rollback = "rollback"  # the release before the serving one serves again
-    stop = "stop"  # stop serving; the port and the releases stay
-    undeploy = "undeploy"  # stop, remove the releases from the server, free the port
-
-
-class DeployOptions(Strict):
+class DeployOptions(JsonInput):
     """What one deploy task does. Stored on the task (``Task.details["deploy"]``); the workflow
     reads it in an activity."""
 
-    action: DeployAction = DeployAction.create
+    # Part of a request body (POST /tasks); unknown fields are refused, as by Strict.
+    model_config = ConfigDict(extra="forbid")
+
+    action: DeployAction = Field(default=DeployAction.create, strict=False)
     ref: str | None = Field(
         default=None,
         max_length=250,
@@ -49,7 +43,7 @@ class DeployResult(Strict):
     deployed_url: str | None = None
     server_ip: str | None = None
     port: int | None = None
-    # Beyond ARCHITECTURE.md's three: what a person wants to know about the release.
+    # Beyond the original contract's three: what a person wants to know about the release.
     action: DeployAction = DeployAction.create
     server: str | None = Field(default=None, description="The server's handle")
     release: str | None = None
@@ -78,7 +72,7 @@ class AnsibleDeployMessage(Envelope):
         description="project-secrets:<project_id>: the project's stored secrets become the "
         "release's environment (decrypted only by the activity that writes them)",
     )
-    # Optional fields beyond ARCHITECTURE.md's list (older producers still validate):
+    # Optional fields beyond the original contract's (older producers still validate):
     server_handle: str | None = Field(default=None, description="Which server; else by IP")
     repository: str | None = Field(default=None, description="Clone URL; else the forge's")
     commit_sha: str | None = Field(default=None, description="What to deploy; else main's head")
@@ -94,7 +88,7 @@ class AnsibleDeployResult(Strict):
     success: bool
     deployed_url: str | None = None
     error: str | None = None
-    # Beyond ARCHITECTURE.md's fields:
+    # Beyond the original contract's fields:
     release: str | None = None
     previous_release: str | None = None
     server_ip: str | None = None

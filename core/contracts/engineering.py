@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-from enum import StrEnum
-from typing import Any, Literal
+from datetime import datetime
+from typing import Any
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from core.contracts.base import Envelope, Strict
+from core.contracts.base import Envelope, JsonInput, ReadModel, Strict
+from core.enums import AgentName, EngineeringAction, PullRequestState  # pydantic-free there
 
 ENGINEERING_QUEUE = "engineering:queue"
-# Update of the engineering workflow: a person's answer (HumanAnswer) to the task's question;
-# rejected when the task is not waiting for one. Returns the question it answered.
-ENGINEERING_RESPOND = "respond"
-# Query of the engineering workflow: the pending question, or None.
-ENGINEERING_QUESTION = "question"
-
-
-class EngineeringAction(StrEnum):
-    create = "create"
-    feature = "feature"
-    fix = "fix"
 
 
 class EngineeringMessage(Envelope):
@@ -31,15 +21,15 @@ class EngineeringMessage(Envelope):
     skip_deploy: bool = True
 
 
-AgentName = Literal["claude", "codex", "droid", "scripted"]
-
-
-class EngineeringOptions(Strict):
+class EngineeringOptions(JsonInput):
     """How one engineering task runs: its agent and its limits. None takes the settings' default.
 
     Stored on the task (``Task.details["engineering"]``), never in a queue message or a workflow
     input: the workflow reads it in an activity.
     """
+
+    # Part of a request body (POST /tasks); unknown fields are refused, as by Strict.
+    model_config = ConfigDict(extra="forbid")
 
     agent: AgentName | None = Field(
         default=None,
@@ -61,13 +51,6 @@ class EngineeringOptions(Strict):
     max_cost_usd: float | None = Field(default=None, gt=0, description="Model cost in USD")
 
 
-class HumanAnswer(Strict):
-    """A person's answer to the question of a task waiting in WAITING_HUMAN."""
-
-    answer: str = Field(min_length=1, max_length=20_000)
-    user_id: str | None = Field(default=None, description="Who answered")
-
-
 class EngineeringResult(Strict):
     files_changed: list[str] = Field(default_factory=list)
     commit_sha: str | None = None
@@ -80,3 +63,40 @@ class EngineeringResult(Strict):
     tokens_in: int = Field(default=0, description="Model tokens in, as the gateway counted them")
     tokens_out: int = 0
     cost_usd: float = Field(default=0.0, description="Model cost, as the gateway priced it")
+
+
+class PullRequestCreate(BaseModel):
+    """What an activity records once the forge has opened the pull request."""
+
+    model_config = ConfigDict(extra="forbid")
+    project_id: str = Field(min_length=1, max_length=32)
+    task_id: str | None = Field(default=None, max_length=32)
+    repo_full_name: str = Field(min_length=3, max_length=200)
+    number: int = Field(ge=1)
+    branch: str = Field(min_length=1, max_length=250)
+    base: str = Field(min_length=1, max_length=250)
+    title: str = Field(min_length=1, max_length=500)
+    body: str = ""
+    url: str = Field(min_length=1, max_length=1000)
+    head_sha: str | None = Field(default=None, max_length=64)
+    diff_stat: dict[str, Any] = Field(default_factory=dict)
+    test_outcome: dict[str, Any] | None = None
+    state: PullRequestState = PullRequestState.open
+
+
+class PullRequestRead(ReadModel):
+    id: str
+    project_id: str
+    task_id: str | None
+    repo_full_name: str
+    number: int
+    branch: str
+    base: str
+    title: str
+    body: str
+    url: str
+    head_sha: str | None
+    diff_stat: dict[str, Any]
+    test_outcome: dict[str, Any] | None
+    state: PullRequestState
+    created_at: datetime

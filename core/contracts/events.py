@@ -3,41 +3,19 @@
 from __future__ import annotations
 
 from datetime import datetime
-from enum import StrEnum
 from typing import Any
 
 from pydantic import Field
 
 from core.contracts.base import Strict, utcnow
+from core.enums import TERMINAL_EVENTS, EventType, TaskStatus
 
-
-class TaskStatus(StrEnum):
-    queued = "QUEUED"
-    running = "RUNNING"
-    waiting_human = "WAITING_HUMAN"
-    completed = "COMPLETED"
-    failed = "FAILED"
-    cancelled = "CANCELLED"
-
-    @property
-    def is_terminal(self) -> bool:
-        return self in TERMINAL_STATUSES
-
-
-TERMINAL_STATUSES = frozenset({TaskStatus.completed, TaskStatus.failed, TaskStatus.cancelled})
-
-
-class EventType(StrEnum):
-    started = "started"
-    progress = "progress"
-    stage_started = "stage_started"
-    stage_completed = "stage_completed"
-    completed = "completed"
-    failed = "failed"
-    cancelled = "cancelled"
-
-
-TERMINAL_EVENTS = frozenset({EventType.completed, EventType.failed, EventType.cancelled})
+# Update of every task workflow that may wait for a person (engineering, deploy): a person's
+# answer (HumanAnswer) to the task's question; rejected when the task is not waiting for one.
+# Returns the question it answered.
+TASK_RESPOND = "respond"
+# Query of the same workflows: the pending question, or None.
+TASK_QUESTION = "question"
 
 
 class TaskEvent(Strict):
@@ -57,3 +35,10 @@ class TaskEvent(Strict):
     @property
     def is_terminal(self) -> bool:
         return self.type in TERMINAL_EVENTS
+
+
+class HumanAnswer(Strict):
+    """A person's answer to the question of a task waiting in WAITING_HUMAN."""
+
+    answer: str = Field(min_length=1, max_length=20_000)
+    user_id: str | None = Field(default=None, description="Who answered")

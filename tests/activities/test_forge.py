@@ -9,15 +9,11 @@ import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.forge import (
-    FindRepositoryInput,
-    ForgeActivities,
-    LocalForge,
-    ScaffoldRequest,
-    slugify,
-)
-from stack.worker import SERVICE_TEMPLATE_DIR
-from tests.workflows.helpers import bare_repositories, commit_count, git_out
+from activities.forge import FindRepositoryInput, ForgeActivities, ScaffoldRequest
+from core.paths import SERVICE_TEMPLATE_DIR
+from infra.forges.base import slugify
+from infra.forges.local import LocalForge
+from testing.workflows import bare_repositories, commit_count, git_out
 
 
 def request(**overrides: object) -> ScaffoldRequest:
@@ -27,7 +23,7 @@ def request(**overrides: object) -> ScaffoldRequest:
 
 async def test_scaffold_creates_one_repository_and_is_idempotent(tmp_path: Path) -> None:
     forge_dir = tmp_path / "forge"
-    activities = ForgeActivities(forge_dir, SERVICE_TEMPLATE_DIR)
+    activities = ForgeActivities(SERVICE_TEMPLATE_DIR, LocalForge(forge_dir))
     env = ActivityEnvironment()
     beats: list[tuple[object, ...]] = []
     env.on_heartbeat = lambda *details: beats.append(details)
@@ -53,7 +49,7 @@ async def test_scaffold_creates_one_repository_and_is_idempotent(tmp_path: Path)
 
 async def test_concurrent_scaffolds_make_one_commit(tmp_path: Path) -> None:
     forge_dir = tmp_path / "forge"
-    activities = ForgeActivities(forge_dir, SERVICE_TEMPLATE_DIR)
+    activities = ForgeActivities(SERVICE_TEMPLATE_DIR, LocalForge(forge_dir))
     results = await asyncio.gather(
         *(ActivityEnvironment().run(activities.scaffold_repository, request()) for _ in range(4))
     )
@@ -64,7 +60,7 @@ async def test_concurrent_scaffolds_make_one_commit(tmp_path: Path) -> None:
 
 
 async def test_find_repository(tmp_path: Path) -> None:
-    activities = ForgeActivities(tmp_path, SERVICE_TEMPLATE_DIR)
+    activities = ForgeActivities(SERVICE_TEMPLATE_DIR, LocalForge(tmp_path))
     env = ActivityEnvironment()
     lookup = FindRepositoryInput(project_id="p1", repo_full_name="local/my-app")
     assert await env.run(activities.find_repository, lookup) is None
@@ -85,7 +81,7 @@ async def test_find_repository(tmp_path: Path) -> None:
 async def test_requests_no_retry_can_fix_fail_for_good(
     tmp_path: Path, overrides: dict[str, object], error_type: str, words: str
 ) -> None:
-    activities = ForgeActivities(tmp_path / "forge", SERVICE_TEMPLATE_DIR)
+    activities = ForgeActivities(SERVICE_TEMPLATE_DIR, LocalForge(tmp_path / "forge"))
     with pytest.raises(ApplicationError) as failed:
         await ActivityEnvironment().run(activities.scaffold_repository, request(**overrides))
     assert failed.value.non_retryable and failed.value.type == error_type
@@ -93,7 +89,7 @@ async def test_requests_no_retry_can_fix_fail_for_good(
 
 
 async def test_missing_template_fails_for_good(tmp_path: Path) -> None:
-    activities = ForgeActivities(tmp_path / "forge", tmp_path / "nowhere")
+    activities = ForgeActivities(tmp_path / "nowhere", LocalForge(tmp_path / "forge"))
     with pytest.raises(ApplicationError) as failed:
         await ActivityEnvironment().run(activities.scaffold_repository, request())
     assert failed.value.non_retryable and failed.value.type == "TemplateMissing"

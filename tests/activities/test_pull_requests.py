@@ -11,16 +11,14 @@ from sqlmodel import select
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.forge import (
-    LocalForge,
-    OpenPullRequestInput,
-    PullRequestActivities,
-    TestOutcome,
-    parse_numstat,
-)
-from api.db import Database
-from api.models import PullRequest, PullRequestState
-from tests.workflows.helpers import make_project
+from activities import infra_failures
+from activities.forge import OpenPullRequestInput, PullRequestActivities, TestOutcome
+from core.enums import PullRequestState
+from db.engine import Database
+from db.tables import PullRequest
+from infra.forges.base import parse_numstat
+from infra.forges.local import LocalForge
+from testing.workflows import make_project
 
 REPO = "local/shop"
 
@@ -131,7 +129,7 @@ def test_open_fails_for_good_on_what_is_missing(
 ) -> None:
     forge, work = seeded_forge(tmp_path)
     forge.push_branch(REPO, work, "task/t1")
-    with pytest.raises(ApplicationError) as failed:
+    with pytest.raises(ApplicationError) as failed, infra_failures():
         forge.open_pull_request(full_name, branch, title="X")
     assert failed.value.type == kind
     assert failed.value.non_retryable

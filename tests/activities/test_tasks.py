@@ -9,19 +9,13 @@ from redis.asyncio import Redis
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.tasks import (
-    FinishTaskInput,
-    ProjectStatusInput,
-    TaskActivities,
-    TaskEventInput,
-)
-from api.db import Database
-from api.models import ProjectStatus
-from api.services.tasks import TaskService
-from core.contracts.events import EventType, TaskStatus
+from activities.tasks import FinishTaskInput, ProjectStatusInput, TaskActivities, TaskEventInput
 from core.contracts.scaffolder import ScaffoldResult
+from core.enums import EventType, ProjectStatus, TaskStatus
 from core.ids import task_progress_stream
-from tests.workflows.helpers import events, get_project, get_task, make_project, make_task
+from db.engine import Database
+from db.tasks import TaskService
+from testing.workflows import events, get_project, get_task, make_project, make_task
 
 
 def attempt(number: int) -> ActivityEnvironment:

@@ -17,9 +17,10 @@ import yaml
 from temporalio.testing import ActivityEnvironment
 
 from activities.forge import ForgeActivities, ScaffoldRequest
-from stack.worker import SERVICE_TEMPLATE_DIR
-from tests.servers import free_port
-from tests.workflows.helpers import git_out
+from core.paths import SERVICE_TEMPLATE_DIR
+from infra.forges.local import LocalForge
+from testing.servers import free_port
+from testing.workflows import git_out
 
 # python3 on PATH is this interpreter, as python3 is in a Worker image.
 ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
@@ -27,7 +28,7 @@ ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.envi
 
 async def render(tmp_path: Path, modules: list[str]) -> Path:
     """Scaffold through the activity, then clone: exactly what a Developer stage will check out."""
-    activities = ForgeActivities(tmp_path / "forge", SERVICE_TEMPLATE_DIR)
+    activities = ForgeActivities(SERVICE_TEMPLATE_DIR, LocalForge(tmp_path / "forge"))
     result = await ActivityEnvironment().run(
         activities.scaffold_repository,
         ScaffoldRequest(project_id="p", project_name="demo", modules=modules),

@@ -20,11 +20,11 @@ from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from api.__main__ import bind_unix
 from api.app import create_app
-from api.bootstrap import ensure_admin_key
-from api.db import Database
 from api.deps import Runtime
 from core.settings import Settings
-from tests.servers import free_port
+from db.engine import Database
+from db.users import ensure_admin_key
+from testing.servers import free_port
 
 MakeClient = Callable[..., Awaitable[httpx.AsyncClient]]
 

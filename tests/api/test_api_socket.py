@@ -15,11 +15,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from core.paths import REPO_ROOT
 from core.readiness import is_ready
 from core.settings import Settings
-from tests.servers import free_port
+from testing.servers import free_port
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = REPO_ROOT
 
 
 @pytest.fixture

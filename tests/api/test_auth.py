@@ -10,9 +10,9 @@ import httpx
 from fastapi import FastAPI, routing
 from sqlmodel import select
 
-from api.db import Database
-from api.models import ApiKey, utcnow
-from api.services.keys import generate_key
+from db.engine import Database
+from db.tables import ApiKey, utcnow
+from db.users import generate_key
 from tests.api.conftest import MakeClient, auth
 
 # Routes that answer without a key: liveness and the documentation.

@@ -2,7 +2,7 @@
 
 A small probe workflow registered under the PO session's name plays the session: it takes the
 same ``send_message`` and ``respond`` updates and keeps what it got, so these tests see exactly
-what the API delivered. The real session, end to end, is tests/chat.
+what the API delivered. The real session, end to end, is tests/e2e/chat.
 """
 
 from __future__ import annotations
@@ -20,14 +20,8 @@ from temporalio.client import Client
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from api.app import create_app
-from api.db import Database
-from api.services.users import issue_session_key
 from core.contracts.chat import CHATS_KEY
-from core.ids import chat_stream, po_session_workflow_id
-from core.settings import Settings
-from tests.api.conftest import auth
-from tests.api.test_tasks import create_task
-from workflows.io import (
+from core.contracts.workflows import (
     PO_RESPOND,
     PO_SEND,
     PO_SESSION_WORKFLOW,
@@ -35,6 +29,12 @@ from workflows.io import (
     POResponse,
     POSessionInput,
 )
+from core.ids import chat_stream, po_session_workflow_id
+from core.settings import Settings
+from db.engine import Database
+from db.users import issue_session_key
+from tests.api.conftest import auth
+from tests.api.test_tasks import create_task
 
 ADMIN_TELEGRAM_ID = 4242
 

@@ -23,17 +23,17 @@ from temporalio.api.enums.v1 import EventType as HistoryEventType
 from temporalio.client import Client, WorkflowHandle
 
 from api.app import create_app
-from api.bootstrap import ensure_admin_key
-from api.db import Database
-from api.models import Deployment, DeploymentStatus
 from core.contracts.deploy import DEPLOY_QUEUE, DEPLOY_SECRETS_CHANGED, DeployMessage
 from core.contracts.engineering import ENGINEERING_QUEUE
-from core.contracts.events import TaskStatus
+from core.enums import DeploymentStatus, TaskStatus
 from core.settings import Settings
+from db.engine import Database
+from db.tables import Deployment
+from db.users import ensure_admin_key
+from testing.servers import free_port
+from testing.waiting import eventually
 from tests.api.conftest import MakeClient, auth, probe_worker, runtime_of
 from tests.api.test_auth import assert_unauthorized, protected_requests
-from tests.servers import free_port
-from tests.waiting import eventually
 
 PROBE = "SecretsProbe"
 

@@ -12,8 +12,9 @@ from typing import Any
 import httpx
 from fastapi import FastAPI
 
-from api.models import TaskEventRead, TaskEventRow
-from core.contracts.events import EventType, TaskStatus
+from api.schemas import TaskEventRead
+from core.enums import EventType, TaskStatus
+from db.tables import TaskEventRow
 from tests.api.conftest import auth, live_server, runtime_of
 from tests.api.test_tasks import create_task
 

@@ -22,19 +22,20 @@ from redis.asyncio import Redis
 from sqlmodel import select
 from temporalio.client import Client
 
-from api.bootstrap import ensure_admin_key
-from api.db import Database
-from api.models import OutboxMessage, Project, Task, User
 from bridges.consumer import Bridge
 from bridges.routes import routes
 from core.contracts.engineering import ENGINEERING_QUEUE, EngineeringMessage
 from core.faults import CRASH_AT_ENV
+from core.paths import REPO_ROOT
 from core.readiness import is_ready, ready_file
 from core.settings import Settings
+from db.engine import Database
+from db.tables import OutboxMessage, Project, Task, User
+from db.users import ensure_admin_key
+from testing.servers import free_port
 from tests.api.conftest import auth
-from tests.servers import free_port
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = REPO_ROOT
 
 
 @pytest.fixture

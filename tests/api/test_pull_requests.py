@@ -15,8 +15,9 @@ import httpx
 from fastapi import FastAPI
 from temporalio.testing import ActivityEnvironment
 
-from activities.forge import LocalForge, OpenPullRequestInput, PullRequestActivities, TestOutcome
-from api.db import Database
+from activities.forge import OpenPullRequestInput, PullRequestActivities, TestOutcome
+from db.engine import Database
+from infra.forges.local import LocalForge
 from tests.api.conftest import MakeClient, live_server
 
 REPO = "local/shop"

@@ -16,10 +16,9 @@ from fastapi import FastAPI
 from temporalio import workflow
 from temporalio.client import Client, WorkflowHandle
 
-from core.contracts.engineering import HumanAnswer
+from core.contracts.events import TASK_RESPOND, HumanAnswer
 from tests.api.conftest import probe_worker, runtime_of
 from tests.api.test_tasks import create_task
-from workflows.io import ENGINEERING_RESPOND
 
 PROBE = "RespondProbe"
 
@@ -37,7 +36,7 @@ class RespondProbe:
         self.question = question
         await workflow.wait_condition(lambda: False)
 
-    @workflow.update(name=ENGINEERING_RESPOND)
+    @workflow.update(name=TASK_RESPOND)
     async def respond(self, answer: HumanAnswer) -> str:
         asked, self.question = self.question or "", None
         self.answers.append(answer)

@@ -12,11 +12,11 @@ import pytest
 from redis.asyncio import Redis
 from sqlmodel import select
 
-from api.db import Database
-from api.models import Secret
-from api.services import secrets
 from core.crypto import Vault
 from core.settings import Settings
+from db import secrets
+from db.engine import Database
+from db.tables import Secret
 from tests.api.conftest import MakeClient
 from tests.api.test_servers import everything_in
 

@@ -18,12 +18,13 @@ from redis.asyncio import Redis
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
-from api.db import Database
-from api.models import OutboxMessage, PortAllocation, Project, Secret, Server, ServerStatus
-from api.services import secrets, servers
 from core.contracts.provisioner import PROVISIONER_QUEUE, ProvisionerMessage
 from core.crypto import Vault
+from core.enums import ServerStatus
 from core.settings import Settings
+from db import secrets, servers
+from db.engine import Database
+from db.tables import OutboxMessage, PortAllocation, Project, Secret, Server
 from tests.api.conftest import MakeClient
 
 

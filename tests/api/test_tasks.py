@@ -14,14 +14,14 @@ from temporalio.api.enums.v1 import EventType as HistoryEventType
 from temporalio.client import Client
 
 from api.app import create_app
-from api.bootstrap import ensure_admin_key
-from api.db import Database
 from core.contracts.engineering import ENGINEERING_QUEUE, EngineeringMessage
-from core.contracts.events import EventType, TaskStatus
+from core.contracts.workflows import ENGINEERING_WORKFLOW, EngineeringInput
+from core.enums import EventType, TaskStatus
 from core.settings import Settings
+from db.engine import Database
+from db.users import ensure_admin_key
+from testing.servers import free_port
 from tests.api.conftest import auth, runtime_of
-from tests.servers import free_port
-from workflows.io import ENGINEERING_WORKFLOW, EngineeringInput
 
 
 async def create_task(

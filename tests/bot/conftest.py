@@ -20,17 +20,17 @@ from fastapi import FastAPI
 from redis.asyncio import Redis
 
 from api.app import create_app
-from api.bootstrap import ensure_admin_key
-from api.db import Database
 from bot.api import OrchestratorApi
 from bot.chat import ChatOptions
 from bot.service import serve
 from core.readiness import ready_file
 from core.settings import Settings
+from db.engine import Database
+from db.users import ensure_admin_key
+from testing.standins.server import serve as serve_standin
+from testing.standins.telegram_api import TelegramStandIn, person
+from testing.waiting import eventually
 from tests.api.conftest import auth, live_server
-from tests.standins.server import serve as serve_standin
-from tests.standins.telegram_api import TelegramStandIn, person
-from tests.waiting import eventually
 
 TOKEN = "123456:stand-in-token"
 ADMIN = person(1001, "Admin")

@@ -9,11 +9,11 @@ from fastapi import FastAPI
 
 from bot.access import refusal
 from bot.app import BACK_TO_PROJECTS, ProjectButton, TaskButton
-from core.contracts.events import TaskStatus
+from core.enums import TaskStatus
+from testing.standins.telegram_api import Call, TelegramStandIn, person
+from testing.waiting import eventually
 from tests.api.conftest import runtime_of
 from tests.bot.conftest import ADMIN, RunningBot
-from tests.standins.telegram_api import Call, TelegramStandIn, person
-from tests.waiting import eventually
 
 
 async def reply(telegram: TelegramStandIn, method: str, chat_id: int, seen: int = 0) -> Call:

@@ -21,20 +21,20 @@ from temporalio.service import RPCError
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from api.app import create_app
-from api.db import Database
 from bot.app import make_bot
 from bot.chat import ChatOptions, Typing, sent_key
 from core.contracts.chat import CHATS_KEY, ChatReply, encode_chat_entry
-from core.contracts.engineering import ENGINEERING_RESPOND, HumanAnswer
+from core.contracts.events import TASK_RESPOND, HumanAnswer
+from core.contracts.workflows import ENGINEERING_WORKFLOW
 from core.ids import chat_stream, po_session_workflow_id
 from core.settings import Settings
+from db.engine import Database
+from testing.standins.telegram_api import Call, TelegramStandIn, person
+from testing.waiting import eventually
 from tests.api.conftest import auth, live_server, runtime_of
 from tests.api.test_chats import SessionProbe
 from tests.bot.conftest import ADMIN, RunningBot, bot_running
 from tests.bot.test_bot import create_project, reply
-from tests.standins.telegram_api import Call, TelegramStandIn, person
-from tests.waiting import eventually
-from workflows.io import ENGINEERING_WORKFLOW
 
 
 @workflow.defn(name=ENGINEERING_WORKFLOW)
@@ -48,7 +48,7 @@ class TaskProbe:
     async def run(self) -> None:
         await workflow.wait_condition(lambda: False)
 
-    @workflow.update(name=ENGINEERING_RESPOND)
+    @workflow.update(name=TASK_RESPOND)
     async def respond(self, answer: HumanAnswer) -> str:
         self.answers.append(answer.answer)
         return "taken"

@@ -13,13 +13,13 @@ from bot.chat import questions_key, sent_key
 from bot.delivery import DEAD_LETTER_STREAM, GROUP
 from bot.render import split_message
 from core.contracts.chat import CHATS_KEY, ChatNote, ChatReply, encode_chat_entry
-from core.contracts.events import EventType, TaskStatus
+from core.enums import EventType, TaskStatus
 from core.ids import chat_stream
+from testing.standins.telegram_api import Call, TelegramStandIn, parse_html
+from testing.waiting import eventually
 from tests.api.conftest import runtime_of
 from tests.bot.conftest import RunningBot
 from tests.bot.test_bot import create_project
-from tests.standins.telegram_api import Call, TelegramStandIn, parse_html
-from tests.waiting import eventually
 
 CHAT = 5001
 OTHER = 5002

@@ -19,10 +19,10 @@ from core.faults import CRASH_AT_ENV
 from core.ids import chat_stream
 from core.readiness import ready_file
 from core.settings import Settings
+from testing.servers import free_port
+from testing.standins.telegram_api import TelegramStandIn, person
+from testing.waiting import eventually
 from tests.bot.conftest import ADMIN, TOKEN
-from tests.servers import free_port
-from tests.standins.telegram_api import TelegramStandIn, person
-from tests.waiting import eventually
 
 NO_TOKEN = "ORCHESTRATOR_TELEGRAM_TOKEN"
 

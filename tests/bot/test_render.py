@@ -8,7 +8,7 @@ import pytest
 
 from bot.render import plain, render, split_message, tg_len
 from core.contracts.chat import TELEGRAM_TEXT_LIMIT
-from tests.standins.telegram_api import parse_html
+from testing.standins.telegram_api import parse_html
 
 
 @pytest.mark.parametrize(

@@ -6,9 +6,10 @@ import json
 import re
 import subprocess
 import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from core.paths import REPO_ROOT
+
+REPO = REPO_ROOT
 
 
 def test_bridge_benchmark_quick_prints_ratio_and_latency() -> None:

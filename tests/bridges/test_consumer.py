@@ -14,10 +14,15 @@ from bridges.consumer import Bridge, Route, dead_letter_stream
 from bridges.routes import start_engineering
 from core.contracts.engineering import ENGINEERING_QUEUE, EngineeringMessage
 from core.contracts.scaffolder import SCAFFOLDER_QUEUE
+from core.contracts.workflows import (
+    ENGINEERING_WORKFLOW,
+    SCAFFOLD_WORKFLOW,
+    EngineeringInput,
+    ScaffoldInput,
+)
 from core.ids import engineering_workflow_id, scaffold_workflow_id
 from core.temporal import PROJECT_ID, TASK_ID, TASK_TYPE
-from tests.bridges.conftest import StartBridge
-from tests.bridges.helpers import (
+from testing.bridges import (
     acked,
     engineering_message,
     pending_count,
@@ -26,8 +31,8 @@ from tests.bridges.helpers import (
     scaffolder_message,
     workflow_exists,
 )
-from tests.waiting import eventually
-from workflows.io import ENGINEERING_WORKFLOW, SCAFFOLD_WORKFLOW, EngineeringInput, ScaffoldInput
+from testing.waiting import eventually
+from tests.bridges.conftest import StartBridge
 
 DLQ = dead_letter_stream(ENGINEERING_QUEUE)
 

@@ -15,7 +15,8 @@ from temporalio.client import Client
 
 from core.contracts.engineering import ENGINEERING_QUEUE
 from core.ids import engineering_workflow_id
-from tests.bridges.helpers import (
+from core.paths import REPO_ROOT
+from testing.bridges import (
     acked,
     engineering_message,
     pending_count,
@@ -23,9 +24,9 @@ from tests.bridges.helpers import (
     runs_of,
     workflow_exists,
 )
-from tests.waiting import eventually
+from testing.waiting import eventually
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = REPO_ROOT
 
 
 def spawn_bridge(env: dict[str, str], crash_at: str | None = None) -> subprocess.Popen[bytes]:

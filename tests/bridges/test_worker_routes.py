@@ -10,9 +10,6 @@ import docker
 from redis.asyncio import Redis
 from temporalio.client import Client
 
-from activities.containers import ContainerRuntime
-from activities.workers import SCRIPTED_SCRIPT
-from api.db import Database
 from bridges.routes import routes
 from core.contracts.base import decode_fields
 from core.contracts.worker import (
@@ -26,11 +23,14 @@ from core.contracts.worker import (
     WorkerResponse,
 )
 from core.settings import Settings
+from db.engine import Database
+from infra.containers import ContainerRuntime
+from infra.workers import SCRIPTED_SCRIPT
+from testing.bridges import publish
+from testing.images import image_builder
+from testing.waiting import eventually
+from testing.workflows import running_worker
 from tests.bridges.conftest import StartBridge
-from tests.bridges.helpers import publish
-from tests.images.conftest import image_builder
-from tests.waiting import eventually
-from tests.workflows.helpers import running_worker
 
 SCRIPT = {"rounds": [{"write": {"path": "a.txt", "content": "A\n"}, "summary": "Wrote a.txt."}]}
 

@@ -24,8 +24,8 @@ from typer.testing import CliRunner, Result
 from cli.main import app
 from core.readiness import is_ready
 from core.settings import Settings
-from tests.servers import free_port
-from tests.workflows.worker_process import REPO_ROOT, stop
+from testing.servers import free_port
+from testing.worker_process import REPO_ROOT, stop
 
 # Variables that would point the CLI (or the API) somewhere else than the servers of the test.
 FOREIGN = [
@@ -133,7 +133,7 @@ def cli(api: Api) -> Cli:
     return Cli(api.env)
 
 
-SERVICES = {"worker": "stack.worker", "bridges": "bridges"}
+SERVICES = {"temporal-worker": "stack.temporal_worker", "bridges": "bridges"}
 
 
 def wait_ready(api: Api, name: str, proc: subprocess.Popen[bytes], log: Path) -> None:

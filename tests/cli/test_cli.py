@@ -12,12 +12,12 @@ import uuid
 
 from redis.asyncio import Redis
 
-from api.db import Database
-from api.services.tasks import TaskService
 from cli.client import parse_sse, task_id_of
-from core.contracts.events import EventType, TaskStatus
+from core.enums import EventType, TaskStatus
+from db.engine import Database
+from db.tasks import TaskService
+from testing.servers import free_port
 from tests.cli.conftest import Api, Cli
-from tests.servers import free_port
 
 ALL_QUEUES = {
     "engineering:queue",

@@ -1,5 +1,5 @@
 """The CLI imports with its client dependencies only, and runs from its bundle
-(activities/cli_bundle.py) on a bare system python3, as a PO Worker runs it."""
+(infra/cli_bundle.py) on a bare system python3, as a PO Worker runs it."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from activities.cli_bundle import (
+from infra.cli_bundle import (
     REPO_ROOT,
     bundle_hash,
     client_distributions,
@@ -103,7 +103,7 @@ def test_two_builders_at_once_make_one_bundle() -> None:
     code = (
         "import json, sys\n"
         "from pathlib import Path\n"
-        "from activities.cli_bundle import ensure_bundle\n"
+        "from infra.cli_bundle import ensure_bundle\n"
         "b = ensure_bundle(Path(sys.argv[1]))\n"
         "print(json.dumps([str(b.path), b.built]))\n"
     )

@@ -13,11 +13,11 @@ from typing import Any
 import copier
 import pytest
 
-from activities.agents.scripted import RUNNER_SOURCE
 from cli.demo import ANTHROPIC_KEYS, OPENAI_KEYS, choose_agent
 from cli.demo_script import DEMO_FILES, demo_script
 from cli.main import app
-from stack.worker import TEMPLATES_DIR
+from core.paths import TEMPLATES_DIR
+from infra.agents.scripted import RUNNER_SOURCE
 from tests.cli.conftest import FOREIGN, Api, Cli
 
 MODEL_KEYS = (*ANTHROPIC_KEYS, *OPENAI_KEYS, "ORCHESTRATOR_DEFAULT_AGENT")

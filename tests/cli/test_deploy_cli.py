@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 import redis
 
-from api.db import Database
-from api.models import Deployment, DeploymentStatus
 from core.contracts.deploy import DEPLOY_QUEUE, DeployMessage
+from core.enums import DeploymentStatus
+from db.engine import Database
+from db.tables import Deployment
 from tests.api.test_servers import private_key
 from tests.cli.conftest import Api, Cli
 from tests.cli.test_server_cli import add, unique

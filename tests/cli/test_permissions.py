@@ -17,8 +17,8 @@ from typer.testing import CliRunner, Result
 import cli.permissions as permissions
 from cli.main import app
 from cli.permissions import PROFILES, InvalidEntry, Policy, command_names, expand
+from testing.servers import free_port
 from tests.cli.conftest import FOREIGN, Cli
-from tests.servers import free_port
 
 KNOWN = command_names(typer.main.get_group(app))
 DEVELOPER_REFUSAL = "`engineering start` is not allowed here (ALLOWED_COMMANDS=DEVELOPER)"

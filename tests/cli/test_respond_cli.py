@@ -18,10 +18,10 @@ from redis.asyncio import Redis
 from temporalio.client import Client
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
-from api.db import Database
-from api.services.tasks import TaskService
 from cli.main import app
-from core.contracts.engineering import HumanAnswer
+from core.contracts.events import HumanAnswer
+from db.engine import Database
+from db.tasks import TaskService
 from tests.api.test_respond import PROBE, RespondProbe
 from tests.cli.conftest import FOREIGN, Api, Cli
 

@@ -13,10 +13,10 @@ from temporalio import workflow
 from temporalio.client import Client, WorkflowHandle
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
+from core.contracts.workflows import PO_RESPOND, POResponse
 from core.ids import po_session_workflow_id
 from tests.cli.conftest import Api, Cli
 from tests.cli.test_respond_cli import run_cli
-from workflows.io import PO_RESPOND, POResponse
 
 PROBE = "POSessionRespondProbe"
 

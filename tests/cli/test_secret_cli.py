@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 from typer.testing import Result
 
-from api.db import Database
-from api.services import secrets
 from cli.main import app
 from core.crypto import Vault
+from db import secrets
+from db.engine import Database
 from tests.cli.conftest import FOREIGN, Api, Cli
 
 VALUE = "s3cret-Välue with spaces"
@@ -58,7 +58,7 @@ def stored(api: Api, project: str, name: str) -> str:
         db = Database(api.database_url)
         try:
             async with db.session() as session:
-                from api.services.projects import get_project
+                from db.projects import get_project
 
                 found = await get_project(session, project)
                 refs = await secrets.project_secret_refs(session, found.id)

@@ -1,6 +1,7 @@
-"""``orchestrator server local`` on the stack's own processes (the API, ``python -m stack.worker``
-and ``python -m bridges`` on real Temporal, Redis and SQLite): this machine becomes the deploy
-target ``local``, an sshd of the stack's own that the worker provisions over real SSH."""
+"""``orchestrator server local`` on the stack's own processes (the API, the Temporal worker
+``python -m stack.temporal_worker`` and ``python -m bridges`` on real Temporal, Redis and SQLite):
+this machine becomes the deploy target ``local``, an sshd of the stack's own that the worker
+provisions over real SSH."""
 
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ import pytest
 
 from core.settings import Settings
 from stack import local_target
-from tests import servers
+from testing import servers
+from testing.servers import free_port
 from tests.cli.conftest import Api, Cli
-from tests.servers import free_port
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """``orchestrator server add/provision --wait`` on the stack's own processes: the API, ``python
--m stack.worker`` and ``python -m bridges`` (real Temporal, Redis, SQLite), provisioning this very
-machine through a real sshd on loopback."""
+-m stack.temporal_worker`` and ``python -m bridges`` (real Temporal, Redis, SQLite), provisioning
+this very machine through a real sshd on loopback."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from tests import servers
+from testing import servers
+from testing.servers import free_port
+from testing.ssh_host import SshHost
 from tests.cli.conftest import Cli
-from tests.servers import free_port
-from tests.ssh_host import SshHost
 
 
 @pytest.fixture(scope="module")

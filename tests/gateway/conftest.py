@@ -14,12 +14,13 @@ import pytest
 import pytest_asyncio
 import uvicorn
 
-from api.db import Database
+from core.paths import DEPLOY_DIR
+from db.engine import Database
 from gateway import Gateway, GatewaySettings, ModelPrice, PriceTable
-from tests.gateway.upstream import ANTHROPIC_MODEL, OPENAI_MODEL, Upstream
-from tests.servers import free_port, stop_process, wait_for_port
+from testing.servers import free_port, stop_process, wait_for_port
+from testing.standins.model_upstream import ANTHROPIC_MODEL, OPENAI_MODEL, Upstream
 
-FORWARDER = Path(__file__).resolve().parents[2] / "deploy" / "images" / "base" / "files"
+FORWARDER = DEPLOY_DIR / "images" / "base" / "files"
 FORWARDER = FORWARDER / "forwarder.py"
 ANTHROPIC_KEY = "sk-ant-gateway-secret"
 OPENAI_KEY = "sk-openai-gateway-secret"

@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from api.db import Database
-from gateway import Budget
+from core.contracts.agents import Budget
+from db.engine import Database
 from tests.gateway.conftest import make_gateway
 
 

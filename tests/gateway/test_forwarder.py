@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from testing.servers import free_port, stop_process, wait_for_port
 from tests.gateway.conftest import FORWARDER
-from tests.servers import free_port, stop_process, wait_for_port
 
 
 class _Named(socketserver.StreamRequestHandler):

@@ -15,18 +15,14 @@ import httpx
 import pytest
 from sqlmodel import col, select
 
-from api.db import Database
-from api.models import ModelUsage
+from core.contracts.agents import Budget
 from core.ids import new_id
-from gateway import Budget, Gateway, load_usage, socket_path_for
-from tests.gateway.conftest import (
-    ANTHROPIC_KEY,
-    OPENAI_KEY,
-    Forwarders,
-    make_gateway,
-    uds_client,
-)
-from tests.gateway.upstream import (
+from core.paths import REPO_ROOT
+from db.engine import Database
+from db.tables import ModelUsage
+from db.usage import load_usage
+from gateway import Gateway, socket_path_for
+from testing.standins.model_upstream import (
     A_CACHE_READ,
     A_CACHE_WRITE,
     A_IN,
@@ -38,8 +34,9 @@ from tests.gateway.upstream import (
     OPENAI_MODEL,
     Upstream,
 )
+from tests.gateway.conftest import ANTHROPIC_KEY, OPENAI_KEY, Forwarders, make_gateway, uds_client
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = REPO_ROOT
 CLIENT_SECRET = "client-side-credential-must-not-travel"
 A_TOKENS_IN = A_IN + A_CACHE_WRITE + A_CACHE_READ
 # The stand-in's prices (conftest.PRICES), USD per million tokens.

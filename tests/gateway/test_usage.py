@@ -6,10 +6,11 @@ import json
 
 import pytest
 
-from api.models import ModelUsage
-from gateway import GatewaySettings, ModelPrice, PriceTable, TaskUsage
+from core.contracts.agents import TaskUsage
+from db.tables import ModelUsage
+from gateway import GatewaySettings, ModelPrice, PriceTable
 from gateway.usage import Provider, UsageReader
-from tests.gateway.upstream import (
+from testing.standins.model_upstream import (
     A_CACHE_READ,
     A_CACHE_WRITE,
     A_IN,
@@ -104,9 +105,9 @@ def test_settings_come_from_the_environment_and_keep_keys_secret(monkeypatch):
 async def test_the_activities_open_report_and_close(gateway, socket_dir):
     from temporalio.testing import ActivityEnvironment
 
-    from gateway.activities import GatewayActivities, OpenGatewayInput
+    from activities.gateway import GatewayActivities, OpenGatewayInput
+    from testing.standins.model_upstream import OPENAI_MODEL
     from tests.gateway.conftest import uds_client
-    from tests.gateway.upstream import OPENAI_MODEL
 
     activities = GatewayActivities(gateway)
     env = ActivityEnvironment()

@@ -102,7 +102,11 @@ def test_given_servers_are_not_started(tmp_path: Path) -> None:
     assert externals["containers"] == "tcp://docker.example:2375"
     assert services.child_env(settings)["DOCKER_HOST"] == "tcp://docker.example:2375"
     assert "secret" not in externals["redis"]
-    assert [s.name for s in services.applications(settings)] == ["api", "worker", "bridges"]
+    assert [s.name for s in services.applications(settings)] == [
+        "api",
+        "temporal-worker",
+        "bridges",
+    ]
 
 
 def test_the_bot_runs_only_with_a_token(tmp_path: Path) -> None:

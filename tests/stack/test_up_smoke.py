@@ -7,7 +7,7 @@ either, so a task without an agent ends after scaffolding and says how to config
 The demo (`make run`) runs the scripted agent in a Worker container. Its image lives in the
 container service's storage: a stack's own podman (under its fresh home) would build it anew,
 minutes each run, so that test gives the stack the session's container service (DOCKER_HOST),
-whose storage keeps the image between runs (tests/servers.py test_images_root).
+whose storage keeps the image between runs (testing/servers.py test_images_root).
 """
 
 from __future__ import annotations
@@ -36,15 +36,15 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
 
-from activities.containers import TASK_ID, ContainerRuntime, WorkerSpec
-from activities.forge import LocalForge
 from cli.demo import ANTHROPIC_KEYS, OPENAI_KEYS
 from cli.demo_script import DEMO_FILES
 from core.settings import Settings
-from tests.ansible.helpers import end_apps
+from infra.containers import TASK_ID, ContainerRuntime, WorkerSpec
+from infra.forges.local import LocalForge
+from testing.apps import end_apps
+from testing.images import tiny_image
+from testing.servers import free_port
 from tests.conftest import fresh_postgres_database
-from tests.containers.images import tiny_image
-from tests.servers import free_port
 
 FOREIGN = [
     f"{prefix}{name}"
@@ -72,7 +72,7 @@ PING_SCRIPT = {
         }
     ]
 }
-SERVICES = {"temporal", "redis", "containers", "api", "worker", "bridges"}
+SERVICES = {"temporal", "redis", "containers", "api", "temporal-worker", "bridges"}
 ORCHESTRATOR = Path(sys.executable).parent / "orchestrator"
 
 
@@ -315,15 +315,15 @@ def service(stack: Stack, name: str) -> dict[str, Any]:
 
 async def test_a_crashed_child_restarts_and_all_die_with_the_supervisor(stack: Stack) -> None:
     await asyncio.to_thread(stack.json, "up", "--detach")
-    crashed = service(stack, "worker")["pid"]
+    crashed = service(stack, "temporal-worker")["pid"]
     os.kill(crashed, signal.SIGKILL)
 
     def restarted() -> bool:
-        worker = service(stack, "worker")
+        worker = service(stack, "temporal-worker")
         return worker["pid"] not in (None, crashed) and worker["healthy"]
 
     await asyncio.to_thread(wait_until, restarted, 60, "the worker restarted and healthy")
-    assert service(stack, "worker")["restarts"] == 1
+    assert service(stack, "temporal-worker")["restarts"] == 1
     states = {s["name"]: s["state"] for s in stack.json("status")["services"]}
     assert states == dict.fromkeys(SERVICES, "running")
 
@@ -370,7 +370,7 @@ async def test_up_uses_servers_it_is_given(
         "database": "external",
         "containers": "external",
         "api": "running",
-        "worker": "running",
+        "temporal-worker": "running",
         "bridges": "running",
     }
 

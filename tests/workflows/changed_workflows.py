@@ -8,8 +8,8 @@ from workflows.engineering import EngineeringWorkflow
 
 with workflow.unsafe.imports_passed_through():
     from core.contracts.engineering import EngineeringResult
-    from core.contracts.events import EventType
-    from workflows.io import ENGINEERING_WORKFLOW, EngineeringInput, EngineeringOutput
+    from core.contracts.workflows import ENGINEERING_WORKFLOW, EngineeringInput, EngineeringOutput
+    from core.enums import EventType
 
 
 @workflow.defn(name=ENGINEERING_WORKFLOW)

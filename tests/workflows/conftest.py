@@ -9,9 +9,11 @@ import docker
 import pytest_asyncio
 from redis.asyncio import Redis
 from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
 
-from api.db import Database
-from tests.workflows.helpers import running_worker, small_runtime
+from db.engine import Database
+from testing.workflows import running_worker, small_runtime
+from tests.workflows.mocks import Fakes
 
 
 @pytest_asyncio.fixture
@@ -31,3 +33,11 @@ async def worker_queue(
         runtime=small_runtime(docker_client),
     ) as queue:
         yield queue
+
+
+@pytest_asyncio.fixture
+async def fakes(time_skipping_env: WorkflowEnvironment) -> AsyncIterator[Fakes]:
+    """The real task workflows on the time-skipping test server, over stand-in activities and
+    graph nodes the test sets up (tests/workflows/mocks.py)."""
+    async with Fakes(time_skipping_env).running() as made:
+        yield made

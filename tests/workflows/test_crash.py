@@ -12,13 +12,15 @@ import pytest
 from redis.asyncio import Redis
 from temporalio.client import Client, WorkflowFailureError
 
-from api.db import Database
-from core.contracts.events import TaskStatus
+from core.contracts.workflows import ScaffoldOutput
+from core.enums import TaskStatus
 from core.faults import CRASH_AT_ENV
 from core.ids import scaffold_workflow_id
 from core.settings import Settings
-from tests.waiting import eventually
-from tests.workflows.helpers import (
+from db.engine import Database
+from testing.waiting import eventually
+from testing.worker_process import spawn_worker, stop, wait_ready, worker_env
+from testing.workflows import (
     bare_repositories,
     commit_count,
     get_task,
@@ -27,8 +29,6 @@ from tests.workflows.helpers import (
     make_task,
     start_engineering,
 )
-from tests.workflows.worker_process import spawn_worker, stop, wait_ready, worker_env
-from workflows.io import ScaffoldOutput
 
 
 async def test_kill_9_during_scaffold_then_a_new_worker_finishes_once(
@@ -97,10 +97,13 @@ async def test_kill_9_during_scaffold_then_a_new_worker_finishes_once(
     assert result.created is False
     assert result.commit_sha == git_out(repos[0], "rev-parse", "main")
     # Both workers logged JSON lines to the service's log file; the survivor stopped cleanly.
-    lines = [json.loads(line) for line in (home / "logs" / "worker.log").read_text().splitlines()]
+    lines = [
+        json.loads(line)
+        for line in (home / "logs" / "temporal-worker.log").read_text().splitlines()
+    ]
     said = [(line["service"], line["event"]) for line in lines]
-    assert said.count(("worker", "worker polling")) == 2
-    assert ("worker", "worker stopped") in said
+    assert said.count(("temporal-worker", "temporal worker polling")) == 2
+    assert ("temporal-worker", "temporal worker stopped") in said
     # Activity log lines name their workflow and task.
     finished = [line for line in lines if line["event"] == "task finished"]
     assert [(f["task_id"], f["workflow_id"], f["status"]) for f in finished] == [

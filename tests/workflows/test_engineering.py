@@ -12,14 +12,15 @@ from temporalio.api.enums.v1 import PendingActivityState
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError
 
-from api.db import Database
-from api.models import ProjectStatus
-from api.services.tasks import TaskService
-from core.contracts.events import EventType, TaskEvent, TaskStatus
+from core.contracts.events import TaskEvent
+from core.contracts.workflows import ScaffoldInput
+from core.enums import EventType, ProjectStatus, TaskStatus
 from core.ids import scaffold_workflow_id, task_progress_stream
 from core.temporal import search_attributes
-from tests.waiting import eventually
-from tests.workflows.helpers import (
+from db.engine import Database
+from db.tasks import TaskService
+from testing.waiting import eventually
+from testing.workflows import (
     bare_repositories,
     commit_count,
     events,
@@ -31,7 +32,6 @@ from tests.workflows.helpers import (
     running_worker,
     start_engineering,
 )
-from workflows.io import ScaffoldInput
 from workflows.scaffold import ScaffoldWorkflow
 
 TEMPLATE_FILES = {

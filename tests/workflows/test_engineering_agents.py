@@ -36,27 +36,29 @@ from temporalio import workflow as temporal_workflow
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.testing import WorkflowEnvironment
 
-from activities.agents import KEY_PLACEHOLDER
-from activities.containers import TASK_ID, ContainerRuntime, ExecResult
-from activities.forge import LocalForge
-from api.db import Database
-from api.migrate import upgrade_async
-from api.models import Task, TaskCreate, TaskEventRow
-from api.services.outbox import publish
-from api.services.tasks import TaskService
-from core.contracts.engineering import AgentName, EngineeringOptions
-from core.contracts.events import EventType, TaskStatus
+from api.schemas import TaskCreate
+from core.contracts.agents import TaskUsage
+from core.contracts.engineering import EngineeringOptions
+from core.contracts.workflows import EngineeringOutput
+from core.enums import AgentName, EventType, TaskStatus
 from core.ids import scaffold_workflow_id
 from core.logging import configure_logging
 from core.settings import Settings
+from db.engine import Database
+from db.migrate import upgrade_async
+from db.outbox import publish
+from db.tables import Task, TaskEventRow
+from db.tasks import TaskService
 from gateway import Gateway, GatewaySettings
-from gateway.ledger import TaskUsage
-from tests.images.conftest import image_builder
-from tests.standins.anthropic_api import AnthropicStandIn
-from tests.standins.openai_api import OpenAIStandIn
-from tests.standins.recording import FileWrite, ModelScript, RecordedRequest
-from tests.standins.server import serve
-from tests.workflows.helpers import (
+from infra.agents import KEY_PLACEHOLDER
+from infra.containers import TASK_ID, ContainerRuntime, ExecResult
+from infra.forges.local import LocalForge
+from testing.images import image_builder
+from testing.standins.anthropic_api import AnthropicStandIn
+from testing.standins.openai_api import OpenAIStandIn
+from testing.standins.recording import FileWrite, ModelScript, RecordedRequest
+from testing.standins.server import serve
+from testing.workflows import (
     events,
     get_task,
     git_out,
@@ -64,7 +66,6 @@ from tests.workflows.helpers import (
     running_worker,
     start_engineering,
 )
-from workflows.io import EngineeringOutput
 
 # The gateway's keys: fake, but shaped like real ones, and unique enough to search for.
 ANTHROPIC_SECRET = "sk-ant-test-SECRET-4f1c9e27b8d3a6052e7f"
@@ -163,11 +164,11 @@ def worker_logs_to(log_dir: Path) -> Iterator[Path]:
         temporal_workflow.logger.workflow_info_on_message,
         temporal_activity.logger.activity_info_on_message,
     )
-    configure_logging("worker", "DEBUG", log_dir)
+    configure_logging("temporal-worker", "DEBUG", log_dir)
     # No cached loggers: after the run, every logger goes back to the test session's set-up.
     structlog.configure(cache_logger_on_first_use=False)
     try:
-        yield log_dir / "worker.log"
+        yield log_dir / "temporal-worker.log"
     finally:
         for handler in root.handlers:
             handler.close()
@@ -210,9 +211,9 @@ async def run_agent_task(
     """One engineering task from a fresh project to its end, with the worker's logs in a file."""
     project = await make_project(db, name=f"greeter-{agent}")
     task = await TaskService(db, redis).create(
-        TaskCreate(project_id=project.id, spec=SPEC, engineering=options),
-        user_id=project.owner_id,
-        project=project,
+        TaskCreate(project_id=project.id, spec=SPEC, engineering=options).new_task(
+            project_name=project.name, user_id=project.owner_id
+        )
     )
     await publish(db, redis)  # the engineering:queue message, as the API's relay sends it
     runtime = RecordingRuntime(docker_client, Settings(home=home))

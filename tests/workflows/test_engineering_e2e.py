@@ -17,13 +17,14 @@ from redis.asyncio import Redis
 from sqlmodel import select
 from temporalio.client import Client, WorkflowFailureError
 
-from activities.containers import TASK_ID
-from activities.forge import LocalForge
-from api.db import Database
-from api.models import PullRequest, TaskCreate
-from api.services.tasks import TaskService
-from core.contracts.events import EventType, TaskStatus
-from tests.workflows.helpers import (
+from api.schemas import TaskCreate
+from core.enums import EventType, TaskStatus
+from db.engine import Database
+from db.tables import PullRequest
+from db.tasks import TaskService
+from infra.containers import TASK_ID
+from infra.forges.local import LocalForge
+from testing.workflows import (
     events,
     get_task,
     git_out,
@@ -78,9 +79,9 @@ async def test_a_failing_first_round_is_fixed_and_proposed(
     home = tmp_path / "home"
     project = await make_project(sqlite_database, name="greeter")
     task = await TaskService(sqlite_database, redis).create(
-        TaskCreate(project_id=project.id, spec=json.dumps({"script": SCRIPT})),
-        user_id=project.owner_id,
-        project=project,
+        TaskCreate(project_id=project.id, spec=json.dumps({"script": SCRIPT})).new_task(
+            project_name=project.name, user_id=project.owner_id
+        )
     )
     runtime = small_runtime(docker_client)
     async with running_worker(

@@ -19,17 +19,18 @@ from redis.asyncio import Redis
 from sqlmodel import select
 from temporalio.client import Client
 
-from activities.containers import TASK_ID
-from api.db import Database
-from api.models import PullRequest, TaskCreate
-from api.services.tasks import TaskService
+from api.schemas import TaskCreate
 from core.contracts.engineering import EngineeringOptions
-from core.contracts.events import TaskStatus
+from core.enums import TaskStatus
 from core.settings import Settings
-from tests.github.standin import TOKEN, github_standin
-from tests.images.conftest import image_builder
-from tests.standins.github_api import GitHubStandIn
-from tests.workflows.helpers import (
+from db.engine import Database
+from db.tables import PullRequest
+from db.tasks import TaskService
+from infra.containers import TASK_ID
+from testing.images import image_builder
+from testing.standins.github import TOKEN, github_standin
+from testing.standins.github_api import GitHubStandIn
+from testing.workflows import (
     events,
     get_project,
     get_task,
@@ -78,9 +79,9 @@ async def test_a_task_opens_its_pull_request_on_github(
     project = await make_project(sqlite_database, name="hub-greeter")
     options = EngineeringOptions(agent="scripted", script=SCRIPT)
     task = await TaskService(sqlite_database, redis).create(
-        TaskCreate(project_id=project.id, spec="Add greet()", engineering=options),
-        user_id=project.owner_id,
-        project=project,
+        TaskCreate(project_id=project.id, spec="Add greet()", engineering=options).new_task(
+            project_name=project.name, user_id=project.owner_id
+        )
     )
     runtime = small_runtime(docker_client)
     async with running_worker(

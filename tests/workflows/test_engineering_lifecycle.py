@@ -29,16 +29,17 @@ from sqlmodel import select
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.service import RPCError
 
-from activities.containers import TASK_ID
-from activities.forge import LocalForge
 from api.app import create_app
-from api.bootstrap import ensure_admin_key
-from api.db import Database
-from api.models import PullRequest, Task
-from core.contracts.events import EventType, TaskStatus
+from core.enums import EventType, TaskStatus
 from core.settings import Settings
-from tests.waiting import eventually
-from tests.workflows.helpers import (
+from db.engine import Database
+from db.tables import PullRequest, Task
+from db.users import ensure_admin_key
+from infra.containers import TASK_ID
+from infra.forges.local import LocalForge
+from testing.waiting import eventually
+from testing.worker_process import spawn_worker, stop, wait_ready, worker_env
+from testing.workflows import (
     events,
     get_task,
     git_out,
@@ -48,7 +49,6 @@ from tests.workflows.helpers import (
     small_runtime,
     start_engineering,
 )
-from tests.workflows.worker_process import spawn_worker, stop, wait_ready, worker_env
 
 FEATURE = {"path": "app/greeting.py", "content": 'def greet(name):\n    return f"Hello, {name}!"\n'}
 FEATURE_TEST = {

@@ -27,12 +27,7 @@ from temporalio.client import (
 from temporalio.exceptions import CancelledError
 from temporalio.service import RPCError
 
-from activities.containers import ContainerRuntime
-from core.ids import po_session_workflow_id
-from stack.worker import replayer as make_replayer
-from tests.waiting import eventually
-from tests.workflows.helpers import container
-from workflows.io import (
+from core.contracts.workflows import (
     PO_SEND,
     PO_STATUS,
     POMessage,
@@ -40,6 +35,11 @@ from workflows.io import (
     POSessionOutput,
     POSessionStatus,
 )
+from core.ids import po_session_workflow_id
+from infra.containers import ContainerRuntime
+from stack.temporal_worker import replayer as make_replayer
+from testing.waiting import eventually
+from testing.workflows import container
 from workflows.po_session import POSessionWorkflow, send_po_message, worker_id_for
 
 

@@ -20,9 +20,6 @@ from redis.asyncio import Redis
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
 
-from api.db import Database
-from api.models import Server, ServerCreate, ServerStatus
-from api.services import outbox, servers
 from core.contracts.provisioner import (
     PROVISIONER_QUEUE,
     PROVISIONER_RESULT_TTL_SECONDS,
@@ -30,17 +27,21 @@ from core.contracts.provisioner import (
     ProvisionerResult,
     provisioner_result_key,
 )
+from core.contracts.workflows import ProvisionOutput
 from core.crypto import Vault
+from core.enums import ServerStatus
 from core.ids import provision_workflow_id
 from core.settings import Settings
+from db import outbox, servers
+from db.engine import Database
+from db.tables import Server
+from testing.bridges import acked, publish, runs_of
+from testing.servers import free_port
+from testing.ssh_host import SshHost
+from testing.waiting import eventually
+from testing.workflows import running_bridge, running_worker
 from tests.api.test_servers import everything_in
-from tests.bridges.helpers import acked, publish, runs_of
-from tests.servers import free_port
-from tests.ssh_host import SshHost
-from tests.waiting import eventually
-from tests.workflows.helpers import running_bridge, running_worker
 from tests.workflows.test_engineering_agents import worker_logs_to
-from workflows.io import ProvisionOutput
 
 # A playbook run over SSH to this machine takes seconds; the first on a cold machine, longer.
 WITHIN = 120
@@ -59,15 +60,17 @@ class Provisioner:
     async def add(self, sshd: SshHost, *, port: int | None = None) -> ProvisionerMessage:
         """Add a server as ``POST /servers`` does: the row, its key, the message in the outbox.
         The message stays in the outbox: callers send it (``send``) or deliver it themselves."""
-        data = ServerCreate(
-            handle=f"web-{uuid.uuid4().hex[:8]}",
-            host=sshd.host,
-            port=port or sshd.port,
-            ssh_user=sshd.user,
-            private_key=sshd.private_key,  # type: ignore[arg-type]
-        )
         async with self.db.session() as session:
-            _, message, _ = await servers.create_server(session, self.vault, data)
+            _, message, _ = await servers.create_server(
+                session,
+                self.vault,
+                handle=f"web-{uuid.uuid4().hex[:8]}",
+                host=sshd.host,
+                port=port or sshd.port,
+                ssh_user=sshd.user,
+                private_key=sshd.private_key,
+                apps_root=None,
+            )
         return message
 
     async def send(self) -> None:

@@ -26,18 +26,18 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError
 
-from activities.containers import ContainerRuntime, WorkerSpec, container_name
-from activities.slots import WorkerSlots
-from api.db import Database
-from api.models import Task
-from core.contracts.events import TaskStatus
+from core.enums import TaskStatus
 from core.settings import Settings
+from db.engine import Database
+from db.tables import Task
+from infra.containers import ContainerRuntime, WorkerSpec, container_name
+from infra.slots import WorkerSlots
 from stack import podman
 from stack.prepare import ensure_reaper_schedule
-from tests import servers
-from tests.containers.images import tiny_image
-from tests.waiting import eventually
-from tests.workflows.helpers import make_project, make_task, running_worker
+from testing import servers
+from testing.images import tiny_image
+from testing.waiting import eventually
+from testing.workflows import make_project, make_task, running_worker
 from workflows.reaper import (
     REAPER_SCHEDULE,
     REAPER_WORKFLOW,

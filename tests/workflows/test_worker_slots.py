@@ -9,20 +9,14 @@ import docker
 from redis.asyncio import Redis
 from temporalio.client import Client
 
-from activities.containers import TASK_ID, ContainerRuntime
-from activities.slots import SLOTS_KEY, WorkerSlots
-from api.db import Database
-from core.contracts.events import TaskStatus
+from core.enums import TaskStatus
 from core.settings import Settings
-from tests.waiting import eventually
-from tests.workflows.helpers import (
-    events,
-    get_task,
-    make_project,
-    make_scripted_task,
-    running_worker,
-)
-from tests.workflows.helpers import start_engineering as start
+from db.engine import Database
+from infra.containers import TASK_ID, ContainerRuntime
+from infra.slots import SLOTS_KEY, WorkerSlots
+from testing.waiting import eventually
+from testing.workflows import events, get_task, make_project, make_scripted_task, running_worker
+from testing.workflows import start_engineering as start
 from tests.workflows.test_engineering_e2e import TEST_FILE
 
 # One round that takes a few seconds (so the second task must wait), then a passing feature.

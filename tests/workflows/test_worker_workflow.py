@@ -13,11 +13,7 @@ import pytest
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import CancelledError
 
-from activities.containers import ContainerRuntime
-from core.ids import worker_workflow_id
-from tests.waiting import eventually
-from tests.workflows.helpers import container
-from workflows.io import (
+from core.contracts.workflows import (
     WORKER_DELETE,
     WORKER_SEND_FILE,
     WORKER_SEND_MESSAGE,
@@ -28,6 +24,10 @@ from workflows.io import (
     WorkerMessage,
     WorkerOutput,
 )
+from core.ids import worker_workflow_id
+from infra.containers import ContainerRuntime
+from testing.waiting import eventually
+from testing.workflows import container
 from workflows.worker import WorkerWorkflow
 
 HELLO = {

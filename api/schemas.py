@@ -1,0 +1,316 @@
+"""What the API reads and writes: request bodies (``...Create``, ``...Write``) and responses
+(``...Read``), apart from the tables they are stored in (db/tables.py)."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Any
+
+from pydantic import ConfigDict, SecretStr, field_validator, model_validator
+from pydantic import Field as PydanticField
+
+from core.contracts.base import JsonInput, ReadModel
+from core.contracts.chat import TelegramId
+from core.contracts.deploy import DeployOptions
+from core.contracts.engineering import EngineeringOptions, PullRequestCreate, PullRequestRead
+from core.enums import (
+    DeploymentStatus,
+    EngineeringAction,
+    EventType,
+    ProjectStatus,
+    ServerStatus,
+    TaskStatus,
+    TaskType,
+)
+from db.tables import SecretKind
+from db.tasks import NewTask
+
+__all__ = ["PullRequestCreate", "PullRequestRead"]  # records that activities write, shown here
+
+
+class RequestBody(JsonInput):
+    """A JSON body a route takes, read as its schema says (``JsonInput``); unknown fields are
+    refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class UserCreate(RequestBody):
+    name: str = PydanticField(min_length=1, max_length=200)
+    telegram_id: TelegramId | None = None
+    is_admin: bool = False
+
+
+class UserRead(ReadModel):
+    id: str
+    name: str
+    telegram_id: int | None
+    is_admin: bool
+    created_at: datetime
+
+
+class ApiKeyCreate(RequestBody):
+    name: str = PydanticField(min_length=1, max_length=200)
+    user_id: str | None = PydanticField(
+        default=None, description="Admins may create keys for others"
+    )
+
+
+class ApiKeyRead(ReadModel):
+    id: str
+    user_id: str
+    name: str
+    prefix: str
+    chat_id: int | None = None
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+class ApiKeyCreated(ApiKeyRead):
+    key: str = PydanticField(description="The key itself; shown once, stored only as a hash")
+
+
+class ProjectCreate(RequestBody):
+    name: str = PydanticField(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    description: str = PydanticField(default="", max_length=10_000)
+    modules: list[str] = PydanticField(default_factory=lambda: ["backend"])
+
+
+class ProjectRead(ReadModel):
+    id: str
+    name: str
+    description: str
+    modules: list[str]
+    status: ProjectStatus
+    repo_full_name: str | None
+    repository: str | None
+    owner_id: str
+    created_at: datetime
+    updated_at: datetime
+
+
+# What TaskCreate's validators require of each type of task, in the schema's words: a deploy
+# task takes no ``action`` (its own is ``deploy.action``) and no engineering options; an
+# engineering task (the default) needs a spec that is not blank and takes no deploy options.
+_FITS_ITS_TYPE: dict[str, Any] = {
+    "anyOf": [
+        {
+            "required": ["type"],
+            "properties": {
+                "type": {"const": TaskType.deploy.value},
+                "engineering": {"type": "null"},
+            },
+            "not": {"required": ["action"]},
+        },
+        {
+            "required": ["spec"],
+            "properties": {
+                "type": {"const": TaskType.engineering.value},
+                "spec": {"pattern": r"\S"},
+                "deploy": {"type": "null"},
+            },
+        },
+    ]
+}
+
+
+class TaskCreate(RequestBody):
+    model_config = ConfigDict(json_schema_extra=_FITS_ITS_TYPE)
+    type: TaskType = PydanticField(default=TaskType.engineering, strict=False)
+    project_id: str = PydanticField(min_length=1, max_length=32)
+    spec: str = PydanticField(
+        default="",
+        max_length=100_000,
+        description="What to build: required, not blank, for engineering tasks",
+    )
+    action: EngineeringAction = PydanticField(default=EngineeringAction.feature, strict=False)
+    callback_stream: str | None = PydanticField(default=None, max_length=200)
+    engineering: EngineeringOptions | None = PydanticField(
+        default=None, description="The agent and the limits of an engineering task"
+    )
+    deploy: DeployOptions | None = PydanticField(
+        default=None, description="A deploy task's action and ref (default: create from main)"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _deploy_action_in_its_place(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("type") == "deploy" and "action" in data:
+            raise ValueError(
+                "a deploy task's action goes in deploy.action (create, redeploy, rollback, stop, "
+                "undeploy), not in action"
+            )
+        return data
+
+    @model_validator(mode="after")
+    def _fits_its_type(self) -> TaskCreate:
+        if self.type is TaskType.engineering:
+            if not self.spec.strip():
+                raise ValueError("an engineering task needs a spec: what to build")
+            if self.deploy is not None:
+                raise ValueError("deploy options are for deploy tasks (type: deploy)")
+        elif self.engineering is not None:
+            raise ValueError("engineering options are for engineering tasks")
+        return self
+
+    def new_task(
+        self, *, project_name: str, user_id: str, correlation_id: str | None = None
+    ) -> NewTask:
+        """The task this request asks for: a deploy's action and options, or an engineering
+        task's, in the task's ``details`` (the workflow's plan activity reads them there)."""
+        details: dict[str, Any] = {}
+        if self.type is TaskType.deploy:
+            options = self.deploy or DeployOptions()
+            details["deploy"] = options.model_dump(mode="json", exclude_none=True)
+            action = options.action.value
+            ref = f" ({options.ref})" if options.ref else ""
+            spec = self.spec or f"{action.capitalize()} {project_name}{ref}"
+        else:
+            if self.engineering is not None:
+                details["engineering"] = self.engineering.model_dump(mode="json", exclude_none=True)
+            action, spec = self.action.value, self.spec
+        return NewTask(
+            type=self.type,
+            project_id=self.project_id,
+            user_id=user_id,
+            spec=spec,
+            action=action,
+            details=details,
+            callback_stream=self.callback_stream,
+            correlation_id=correlation_id,
+        )
+
+
+class TaskRead(ReadModel):
+    id: str
+    type: TaskType
+    project_id: str
+    user_id: str
+    status: TaskStatus
+    action: str
+    spec: str
+    details: dict[str, Any]
+    result: dict[str, Any] | None
+    error: str | None
+    workflow_id: str
+    correlation_id: str
+    callback_stream: str | None
+    retry_of: str | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+
+
+class TaskEventRead(ReadModel):
+    task_id: str
+    seq: int
+    type: EventType
+    status: TaskStatus
+    stage: str | None
+    message: str
+    progress: float | None
+    data: dict[str, Any]
+    created_at: datetime
+
+
+# Handles name servers in commands and workflow ids (provision-<handle>).
+SERVER_HANDLE_PATTERN = r"^[a-z0-9][a-z0-9-]*$"
+APPS_ROOT_PATTERN = r"^(/|~/)[A-Za-z0-9._/-]*$"
+
+
+class ServerCreate(RequestBody):
+    handle: str = PydanticField(min_length=1, max_length=63, pattern=SERVER_HANDLE_PATTERN)
+    host: str = PydanticField(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9.:_-]+$")
+    port: int = PydanticField(default=22, ge=1, le=65535)
+    ssh_user: str = PydanticField(
+        min_length=1, max_length=64, pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*$"
+    )
+    private_key: SecretStr = PydanticField(
+        min_length=1,
+        max_length=64_000,
+        description="The SSH private key's text (OpenSSH or PEM, without a passphrase); stored "
+        "encrypted and never shown again",
+    )
+    apps_root: str | None = PydanticField(
+        default=None,
+        max_length=500,
+        description="Where apps live on the server (absolute or ~/...); default "
+        "~/orchestrator-apps",
+        # Checked by the validator below, which says what is wrong in words.
+        json_schema_extra={"pattern": APPS_ROOT_PATTERN},
+    )
+
+    @field_validator("apps_root")
+    @classmethod
+    def _apps_root_is_a_path(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(APPS_ROOT_PATTERN, value):
+            raise ValueError(
+                "apps_root must be an absolute path or one under ~/ (letters, digits, '.', '_', "
+                "'-' and '/'), e.g. /srv/apps or ~/apps"
+            )
+        return value
+
+
+class ServerRead(ReadModel):
+    id: str
+    handle: str
+    host: str
+    port: int
+    ssh_user: str
+    key_ref: str
+    status: ServerStatus
+    capacity: dict[str, Any] | None
+    apps_root: str | None = None
+    last_error: str | None
+    created_at: datetime
+    updated_at: datetime
+    last_checked_at: datetime | None
+
+
+class ServerCreated(ServerRead):
+    request_id: str = PydanticField(
+        description="request_id of the provisioner:queue message; its result lands on "
+        "provisioner:result:<request_id>"
+    )
+
+
+class SecretWrite(RequestBody):
+    value: SecretStr = PydanticField(min_length=1, max_length=64_000)
+
+
+class SecretRead(ReadModel):
+    """A secret's name and times: never its value, encrypted or not."""
+
+    id: str
+    project_id: str | None
+    name: str
+    kind: SecretKind
+    created_at: datetime
+    updated_at: datetime
+
+
+class DeploymentRead(ReadModel):
+    id: str
+    project_id: str
+    task_id: str | None
+    server_id: str | None
+    port: int
+    release: str
+    commit_sha: str | None = None
+    status: DeploymentStatus
+    url: str | None
+    error: str | None
+    details: dict[str, Any] | None = None
+    created_at: datetime
+    updated_at: datetime
+
+
+class PortAllocationRead(ReadModel):
+    server_id: str
+    port: int
+    project_id: str
+    deployment_id: str | None
+    created_at: datetime

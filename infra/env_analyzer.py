@@ -1,0 +1,291 @@
+"""EnvAnalyzer: what a repository needs to run, read from the repository itself.
+
+The sources, in order of trust:
+
+1. ``.orchestrator.yml``: our template's own manifest (command, port variable, default port,
+   health path, required and optional environment).
+2. ``Procfile``: its ``web`` process (else the first one); the port comes in ``$PORT``, as on the
+   platforms that made Procfiles common.
+3. A compose file (``compose.yaml``, ``docker-compose.yml`` and their spellings): the first service
+   publishing a port; its ``environment`` without a default is required.
+4. ``Dockerfile``: ``EXPOSE``, ``CMD``/``ENTRYPOINT`` and ``ENV``.
+
+A repository none of these describe cannot be deployed, and :class:`AnalysisError` says what was
+looked for. Pure functions of the files: no I/O beyond reading them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field
+
+from infra.git import git, resolve_commit
+
+MANIFEST = ".orchestrator.yml"
+PROCFILE = "Procfile"
+COMPOSE_FILES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
+DOCKERFILE = "Dockerfile"
+# ${VAR}, ${VAR:-default}, ${VAR-default}, $VAR
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:?[-?+][^}]*)?\}|\$([A-Za-z_][A-Za-z0-9_]*)")
+
+
+class AnalysisError(Exception):
+    """The repository does not say how to run it; the message says what was looked for."""
+
+
+class AppSpec(BaseModel):
+    """How to run one app of a repository."""
+
+    source: Literal["manifest", "procfile", "compose", "dockerfile"]
+    runtime: Literal["process", "container"] = Field(
+        description="process: a command on the server; container: an image built from the repo"
+    )
+    service: str = Field(description="The service's name in its source")
+    command: str | None = Field(default=None, description="What starts it")
+    port: int | None = Field(default=None, description="The port it listens on by default")
+    port_env: str | None = Field(default=None, description="The variable that sets its port")
+    health_path: str = "/"
+    required_env: list[str] = Field(default_factory=list)
+    optional_env: list[str] = Field(default_factory=list)
+
+
+def analyze(repository: Path) -> AppSpec:
+    for reader in (_from_manifest, _from_procfile, _from_compose, _from_dockerfile):
+        spec = reader(repository)
+        if spec is not None:
+            return spec
+    looked_for = ", ".join([MANIFEST, PROCFILE, *COMPOSE_FILES, DOCKERFILE])
+    raise AnalysisError(f"cannot tell how to run this repository: none of {looked_for} is there")
+
+
+# --- the manifest ------------------------------------------------------------------------------
+
+
+def analyze_ref(repository: str, ref: str) -> tuple[str, AppSpec]:
+    """The commit ``ref`` names in ``repository`` (a clone URL) and how the app runs there, read
+    from a throwaway checkout of that commit. ValueError for a ref the repository lacks."""
+    checkout = Path(tempfile.mkdtemp(prefix="analyze-"))
+    try:
+        git("clone", "--quiet", "--no-checkout", repository, str(checkout))
+        commit = resolve_commit(checkout, ref)
+        git("checkout", "--quiet", "--detach", commit, cwd=checkout)
+        return commit, analyze(checkout)
+    finally:
+        shutil.rmtree(checkout, ignore_errors=True)
+
+
+def _from_manifest(repository: Path) -> AppSpec | None:
+    data = _yaml(repository / MANIFEST)
+    if data is None:
+        return None
+    services = data.get("services") or []
+    if not isinstance(services, list) or not services:
+        raise AnalysisError(f"{MANIFEST} lists no services")
+    # The one that serves HTTP is what gets a URL; a project of only a bot runs without one.
+    chosen = next((s for s in services if s.get("port_env") or s.get("default_port")), services[0])
+    if not chosen.get("command"):
+        raise AnalysisError(f"{MANIFEST}: service {chosen.get('name')!r} has no command")
+    env = chosen.get("env") or {}
+    return AppSpec(
+        source="manifest",
+        runtime="process",
+        service=str(chosen.get("name") or "app"),
+        command=str(chosen["command"]),
+        port=_int(chosen.get("default_port")),
+        port_env=chosen.get("port_env"),
+        health_path=str(chosen.get("health_path") or "/"),
+        required_env=[str(v) for v in env.get("required") or []],
+        optional_env=[str(v) for v in env.get("optional") or []],
+    )
+
+
+# --- Procfile ----------------------------------------------------------------------------------
+
+
+def _from_procfile(repository: Path) -> AppSpec | None:
+    path = repository / PROCFILE
+    if not path.is_file():
+        return None
+    processes: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        name, sep, command = line.partition(":")
+        if sep and name.strip() and not name.lstrip().startswith("#") and command.strip():
+            processes[name.strip()] = command.strip()
+    if not processes:
+        raise AnalysisError(f"{PROCFILE} names no process")
+    name = "web" if "web" in processes else next(iter(processes))
+    command = processes[name]
+    needed = [v for v in _variables(command) if v != "PORT"]
+    return AppSpec(
+        source="procfile",
+        runtime="process",
+        service=name,
+        command=command,
+        port_env="PORT" if name == "web" else None,
+        required_env=needed,
+    )
+
+
+# --- compose -----------------------------------------------------------------------------------
+
+
+def _from_compose(repository: Path) -> AppSpec | None:
+    for name in COMPOSE_FILES:
+        data = _yaml(repository / name)
+        if data is None:
+            continue
+        services = data.get("services") or {}
+        if not isinstance(services, dict) or not services:
+            raise AnalysisError(f"{name} has no services")
+        chosen = next((n for n, s in services.items() if (s or {}).get("ports")), None)
+        if chosen is None:
+            raise AnalysisError(f"{name}: no service publishes a port")
+        service = services[chosen] or {}
+        required, optional = _compose_env(service.get("environment"))
+        command = service.get("command")
+        if isinstance(command, list):
+            command = shlex.join(str(part) for part in command)
+        return AppSpec(
+            source="compose",
+            runtime="container",
+            service=str(chosen),
+            command=command,
+            port=_container_port(service["ports"][0]),
+            required_env=required,
+            optional_env=optional,
+        )
+    return None
+
+
+def _compose_env(environment: Any) -> tuple[list[str], list[str]]:
+    """Variables a compose service takes: those it must be given (no value, or ``${X}`` with no
+    default) and those it may be given."""
+    required: list[str] = []
+    optional: list[str] = []
+    items: list[tuple[str, Any]] = []
+    if isinstance(environment, dict):
+        items = list(environment.items())
+    elif isinstance(environment, list):
+        for entry in environment:
+            key, sep, value = str(entry).partition("=")
+            items.append((key, value if sep else None))
+    for key, value in items:
+        if value is None or value == "":
+            required.append(key)
+            continue
+        text = str(value)
+        for match in _VARIABLE.finditer(text):
+            name = match.group(1) or match.group(3)
+            has_default = bool(match.group(2)) and not match.group(2).lstrip(":").startswith("?")
+            (optional if has_default else required).append(name)
+        if not _VARIABLE.search(text):
+            optional.append(key)
+    return _unique(required), [v for v in _unique(optional) if v not in required]
+
+
+def _container_port(entry: Any) -> int | None:
+    """``"8080:8000"``, ``"127.0.0.1:8080:8000/tcp"``, ``8000`` or the long form: the
+    container's side."""
+    if isinstance(entry, dict):
+        return _int(entry.get("target"))
+    text = str(entry).split("/")[0]
+    return _int(text.rsplit(":", 1)[-1])
+
+
+# --- Dockerfile --------------------------------------------------------------------------------
+
+
+def _from_dockerfile(repository: Path) -> AppSpec | None:
+    path = repository / DOCKERFILE
+    if not path.is_file():
+        return None
+    port: int | None = None
+    command: str | None = None
+    entrypoint: str | None = None
+    optional: list[str] = []
+    for instruction, argument in _instructions(path.read_text()):
+        if instruction == "EXPOSE" and port is None:
+            port = _int(argument.split()[0].split("/")[0]) if argument.split() else None
+        elif instruction == "CMD":
+            command = _exec_form(argument)
+        elif instruction == "ENTRYPOINT":
+            entrypoint = _exec_form(argument)
+        elif instruction == "ENV":
+            optional += _env_names(argument)
+    if port is None:
+        raise AnalysisError(f"{DOCKERFILE} exposes no port (add EXPOSE <port>)")
+    start = " ".join(part for part in (entrypoint, command) if part) or None
+    return AppSpec(
+        source="dockerfile",
+        runtime="container",
+        service="app",
+        command=start,
+        port=port,
+        optional_env=_unique(optional),
+    )
+
+
+def _instructions(text: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, argument) pairs, with continued lines joined and comments dropped."""
+    joined = re.sub(r"\\\n", " ", text)
+    found = []
+    for line in joined.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        instruction, _, argument = line.partition(" ")
+        found.append((instruction.upper(), argument.strip()))
+    return found
+
+
+def _exec_form(argument: str) -> str:
+    if argument.startswith("["):
+        try:
+            return shlex.join(str(part) for part in json.loads(argument))
+        except (ValueError, TypeError):
+            pass
+    return argument
+
+
+def _env_names(argument: str) -> list[str]:
+    if "=" not in argument.split()[0]:  # legacy "ENV KEY value"
+        return [argument.split()[0]]
+    return [pair.split("=", 1)[0] for pair in shlex.split(argument) if "=" in pair]
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def _yaml(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise AnalysisError(f"{path.name} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise AnalysisError(f"{path.name} is not a mapping")
+    return data
+
+
+def _variables(text: str) -> list[str]:
+    return _unique(m.group(1) or m.group(3) for m in _VARIABLE.finditer(text))
+
+
+def _unique(values: Any) -> list[str]:
+    return list(dict.fromkeys(values))
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None

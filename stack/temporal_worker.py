@@ -1,0 +1,298 @@
+"""The Temporal worker process: every department's workflows and activities on one task queue.
+
+``python -m stack.temporal_worker`` reads Settings(), connects to Temporal, the database and
+Redis, polls until SIGTERM or SIGINT, then shuts down gracefully (running activities get a grace
+period). Its service name, log and ready file are ``temporal-worker``. (A *Worker*, capitalised,
+is the container an agent runs in: activities/workers.py.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from langgraph.graph import StateGraph
+from redis.asyncio import Redis
+from sqlmodel import select
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.langgraph import LangGraphPlugin
+from temporalio.worker import Replayer, Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
+
+from activities.deploy import DeployActivities
+from activities.development import DevelopmentNodes
+from activities.devops import DevOpsNodes
+from activities.engineering import EngineeringActivities
+from activities.forge import ForgeActivities, PullRequestActivities
+from activities.gateway import GatewayActivities
+from activities.po import POActivities
+from activities.releases import ReleaseActivities
+from activities.servers import ServerActivities
+from activities.tasks import TaskActivities
+from activities.temporal import TemporalActivities
+from activities.workers import WorkerActivities
+from core.crypto import Vault
+from core.logging import get_logger
+from core.paths import SERVICE_TEMPLATE_DIR
+from core.readiness import clear_ready, mark_ready
+from core.service import run_service
+from core.settings import Settings
+from core.temporal import LogContextInterceptor, connect_when_up, ensure_search_attributes
+from db.engine import Database
+from db.tasks import TaskService
+from gateway.server import Gateway
+from infra.ansible import AnsibleRunner
+from infra.containers import ContainerRuntime
+from infra.forges import make_forge
+from workflows.ansible_deploy import AnsibleDeployWorkflow
+from workflows.deploy import DeployWorkflow
+from workflows.development import DEVELOPMENT_GRAPH, build_development_graph
+from workflows.devops import DEVOPS_GRAPH, build_devops_graph
+from workflows.engineering import EngineeringWorkflow
+from workflows.po_session import POSessionWorkflow
+from workflows.provision import ProvisionWorkflow
+from workflows.reaper import ReaperWorkflow
+from workflows.scaffold import ScaffoldWorkflow
+from workflows.worker import WorkerWorkflow
+
+log = get_logger(__name__)
+
+SERVICE = "temporal-worker"
+WORKFLOWS: list[type] = [
+    EngineeringWorkflow,
+    ScaffoldWorkflow,
+    WorkerWorkflow,
+    ReaperWorkflow,
+    POSessionWorkflow,
+    ProvisionWorkflow,
+    DeployWorkflow,
+    AnsibleDeployWorkflow,
+]
+
+
+def workflow_runner() -> SandboxedWorkflowRunner:
+    """The sandbox workflows run in (the Replayer uses the same one).
+
+    redis is passed through: workflow code never uses it, but a redis connection collected by the
+    garbage collector while a workflow activation runs imports modules from its ``__del__``,
+    which the sandbox would otherwise re-import and warn about.
+    """
+    restrictions = SandboxRestrictions.default.with_passthrough_modules("redis")
+    return SandboxedWorkflowRunner(restrictions=restrictions)
+
+
+@dataclass
+class Department:
+    """What one part of the orchestrator runs on this worker: its workflows, its activities and
+    the LangGraph graphs whose nodes are activities."""
+
+    name: str
+    workflows: list[type] = field(default_factory=list)
+    activities: list[Callable[..., Any]] = field(default_factory=list)
+    graphs: dict[str, StateGraph[Any, Any, Any, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class Parts:
+    """The clients every department's activities are made of, made once per worker."""
+
+    settings: Settings
+    client: Client
+    db: Database
+    redis: Redis
+    gateway: Gateway
+    tasks: TaskService
+    workers: WorkerActivities
+    template_dir: Path
+
+
+def activities_of(*instances: object) -> list[Callable[..., Any]]:
+    """Every ``@activity.defn`` method of the given activity classes' instances."""
+    return [
+        method
+        for instance in instances
+        for _, method in inspect.getmembers(instance, inspect.ismethod)
+        if hasattr(method, "__temporal_activity_definition")
+    ]
+
+
+def departments(parts: Parts) -> list[Department]:
+    """Every department's workflows and activities, each activity in exactly one."""
+    settings, db, redis, client = parts.settings, parts.db, parts.redis, parts.client
+    # One forge (local or GitHub, as the settings say) for repositories and pull requests alike.
+    forge = make_forge(settings)
+    pulls = PullRequestActivities(db, forge)
+    engineering = EngineeringActivities(settings, parts.tasks, parts.workers)
+    vault = Vault.from_settings(settings)
+    runner = AnsibleRunner.from_settings(settings)
+    return [
+        # The task rows every task workflow moves, and the projects they work on.
+        Department("tasks", activities=activities_of(TaskActivities(db, redis))),
+        # Worker containers, the agent turns in them, and the model gateway they reach; the
+        # reaper removes what closed runs left behind.
+        Department(
+            "workers",
+            workflows=[WorkerWorkflow, ReaperWorkflow],
+            activities=activities_of(parts.workers, GatewayActivities(parts.gateway)),
+        ),
+        # Scaffold, develop, test, propose.
+        Department(
+            "engineering",
+            workflows=[EngineeringWorkflow, ScaffoldWorkflow],
+            activities=activities_of(
+                ForgeActivities(parts.template_dir, forge),
+                TemporalActivities(client),
+                engineering,
+                pulls,
+            ),
+            graphs={
+                DEVELOPMENT_GRAPH: build_development_graph(
+                    DevelopmentNodes(parts.tasks, parts.workers, engineering, pulls)
+                )
+            },
+        ),
+        # Each chat's Product Owner session.
+        Department(
+            "product-owner",
+            workflows=[POSessionWorkflow],
+            activities=activities_of(POActivities(settings, redis)),
+        ),
+        # Servers, deploys and releases over Ansible.
+        Department(
+            "devops",
+            workflows=[ProvisionWorkflow, DeployWorkflow, AnsibleDeployWorkflow],
+            activities=activities_of(
+                ServerActivities(db, redis, vault, runner),
+                DeployActivities(settings, db, redis, client, parts.tasks),
+                ReleaseActivities(settings, db, redis, vault, runner),
+            ),
+            graphs={
+                DEVOPS_GRAPH: build_devops_graph(
+                    DevOpsNodes(settings, db, redis, client, parts.tasks)
+                )
+            },
+        ),
+    ]
+
+
+def build_worker(
+    client: Client,
+    settings: Settings,
+    db: Database,
+    redis: Redis,
+    *,
+    task_queue: str | None = None,
+    template_dir: Path | None = None,
+    gateway: Gateway | None = None,
+    runtime: ContainerRuntime | None = None,
+    **options: Any,
+) -> Worker:
+    """A Temporal worker with every department; ``options`` go to ``Worker`` as they are.
+
+    ``gateway``: the model gateway this process serves (``serve`` makes one and closes it; by
+    default one that is never closed, for tests). ``runtime``: the container service;
+    by default the settings' one, connected on first use.
+    """
+    tasks = TaskService(db, redis)
+    # Not closed here: whoever passes the gateway owns it (``serve`` closes its own).
+    gateway = gateway or Gateway(db)
+    workers = WorkerActivities(
+        settings, redis=redis, client=client, gateway=gateway, runtime=runtime, tasks=tasks
+    )
+    parts = Parts(
+        settings=settings,
+        client=client,
+        db=db,
+        redis=redis,
+        gateway=gateway,
+        tasks=tasks,
+        workers=workers,
+        template_dir=template_dir or settings.template_dir or SERVICE_TEMPLATE_DIR,
+    )
+    made = departments(parts)
+    options.setdefault("graceful_shutdown_timeout", timedelta(seconds=10))
+    options.setdefault("workflow_runner", workflow_runner())
+    options.setdefault("interceptors", [LogContextInterceptor()])
+    # Heartbeats carry cancellations to activities; by default they are held back up to 80% of
+    # the heartbeat timeout, so a cancelled wait would linger ~8 s.
+    options.setdefault("max_heartbeat_throttle_interval", timedelta(seconds=2))
+    options.setdefault("default_heartbeat_throttle_interval", timedelta(seconds=2))
+    return Worker(
+        client,
+        task_queue=task_queue or settings.temporal_task_queue,
+        workflows=[workflow for department in made for workflow in department.workflows],
+        activities=[activity for department in made for activity in department.activities],
+        plugins=[LangGraphPlugin(graphs=_graphs(made))],
+        **options,
+    )
+
+
+def _graphs(made: list[Department]) -> dict[str, StateGraph[Any, Any, Any, Any]]:
+    return {name: graph for department in made for name, graph in department.graphs.items()}
+
+
+def replayer(workflows: list[type] | None = None) -> Replayer:
+    """A Replayer for recorded histories with this worker's workflows, sandbox and plugin.
+
+    Replaying runs no activity: the development graph's nodes need no real dependencies.
+    """
+    nodes = DevelopmentNodes(None, None, None, None)  # type: ignore[arg-type]
+    devops = DevOpsNodes(None, None, None, None, None)  # type: ignore[arg-type]
+    graphs = {
+        DEVELOPMENT_GRAPH: build_development_graph(nodes),
+        DEVOPS_GRAPH: build_devops_graph(devops),
+    }
+    return Replayer(
+        workflows=workflows or WORKFLOWS,
+        data_converter=pydantic_data_converter,
+        workflow_runner=workflow_runner(),
+        plugins=[LangGraphPlugin(graphs=graphs)],
+    )
+
+
+async def serve(settings: Settings, stop: asyncio.Event) -> None:
+    client = await connect_when_up(settings, stop)
+    if client is None:
+        return
+    try:
+        await ensure_search_attributes(client, settings.temporal_namespace)
+    except Exception as exc:  # Temporal Cloud does not let workers register them; `up` does
+        log.warning("search attributes not registered", error=str(exc))
+    db = Database(settings.effective_database_url)
+    redis = Redis.from_url(settings.effective_redis_url)
+    gateway = Gateway(db)
+    worker = build_worker(client, settings, db, redis, gateway=gateway)
+    try:
+        await _check(db, redis)
+        async with worker:
+            mark_ready(settings, SERVICE)
+            log.info("temporal worker polling", task_queue=worker.task_queue)
+            await stop.wait()
+            log.info("temporal worker stopping")
+            clear_ready(settings, SERVICE)
+    finally:
+        await gateway.aclose()
+        await redis.aclose()
+        await db.dispose()
+    log.info("temporal worker stopped")
+
+
+async def _check(db: Database, redis: Redis) -> None:
+    """Reach the database and Redis before polling: a worker that cannot is not ready."""
+    async with db.session() as session:
+        await session.exec(select(1))
+    await redis.ping()
+
+
+def main() -> None:
+    run_service(SERVICE, serve)
+
+
+if __name__ == "__main__":
+    main()

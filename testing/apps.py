@@ -1,0 +1,118 @@
+"""Helpers for the Ansible tests: deploy, stop and undeploy the test app, probe it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import tempfile
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from infra.ansible import AnsibleRunner, OnEvent, PlaybookRun, SshTarget
+
+APP = "hello"
+
+
+def release_archive(repo: Path, ref: str, directory: Path) -> Path:
+    """What the deploy pipeline ships: `git archive` of `ref`, a .tar.gz on the controller."""
+    archive = directory / f"{ref.replace('/', '-')}.tar.gz"
+    subprocess.run(
+        ["git", "archive", "--format=tar.gz", "-o", str(archive), ref],
+        cwd=repo,
+        check=True,
+        capture_output=True,
+    )
+    return archive
+
+
+def deploy(
+    runner: AnsibleRunner,
+    target: SshTarget,
+    repo: Path,
+    apps_root: Path,
+    release: str,
+    port: int,
+    ref: str = "main",
+    secret_env: dict[str, str] | None = None,
+    on_event: OnEvent | None = None,
+    extravars: Mapping[str, Any] | None = None,
+    cancel: threading.Event | None = None,
+) -> PlaybookRun:
+    """Deploy `ref` of `repo` as `release` on `port`; `extravars` override the defaults."""
+    with tempfile.TemporaryDirectory(prefix="o-archive-") as directory:
+        archive = release_archive(repo, ref, Path(directory))
+        variables = {
+            "app_name": APP,
+            "release": release,
+            "archive": str(archive),
+            "app_port": port,
+            "start_command": "python3 -m app",
+            "env": {"HOST": "127.0.0.1", "LOG_LEVEL": "INFO"},
+            "apps_root": str(apps_root),
+            # A broken release should fail in a few seconds, not thirty.
+            "health_retries": 3,
+            "health_delay": 0.3,
+            **(extravars or {}),
+        }
+        secrets = {"secret_env": secret_env} if secret_env else None
+        return runner.run(
+            "deploy.yml", target, variables, secrets, on_event, timeout_s=120, cancel=cancel
+        )
+
+
+def stop(runner: AnsibleRunner, target: SshTarget, apps_root: Path) -> PlaybookRun:
+    return runner.run("stop.yml", target, {"app_name": APP, "apps_root": str(apps_root)})
+
+
+def undeploy(
+    runner: AnsibleRunner, target: SshTarget, apps_root: Path, app_name: str = APP
+) -> PlaybookRun:
+    return runner.run("undeploy.yml", target, {"app_name": app_name, "apps_root": str(apps_root)})
+
+
+def answers(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
+
+
+def processes_in(directory: Path) -> set[int]:
+    """Live processes whose working directory is in `directory` (a deleted one still counts)."""
+    prefix = str(directory) + os.sep
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cwd = os.readlink(entry / "cwd")
+        except OSError:  # gone, or another user's
+            continue
+        if cwd.startswith(prefix) and pid_alive(int(entry.name)):
+            found.add(int(entry.name))
+    return found
+
+
+def end_apps(root: Path) -> None:
+    """SIGKILL every app started under the apps root ``root``: what the pid files name, and a
+    release whose pid file is gone (a test that failed halfway through a crash)."""
+    for pid_file in root.glob("*/run/*.pid"):
+        with contextlib.suppress(ValueError, ProcessLookupError, PermissionError):
+            os.killpg(int(pid_file.read_text()), signal.SIGKILL)
+    for pid in processes_in(root):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)

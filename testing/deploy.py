@@ -1,0 +1,220 @@
+"""The DevOps department on real parts, for tests: the API in this process, a real Temporal
+worker (or one the test runs itself), a real bridge for deploy:queue and ansible:deploy:queue,
+ansible-runner over SSH to a real sshd on loopback (this very machine is the server), and
+projects scaffolded into the local forge."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import shutil
+import tempfile
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from fastapi import FastAPI
+from redis.asyncio import Redis
+from sqlmodel import col, select
+from temporalio.client import Client
+from temporalio.testing import ActivityEnvironment
+
+from activities.forge import ForgeActivities, ScaffoldRequest
+from api.app import create_app
+from core.contracts.deploy import ANSIBLE_DEPLOY_QUEUE, DEPLOY_QUEUE
+from core.enums import ServerStatus
+from core.paths import SERVICE_TEMPLATE_DIR
+from core.settings import Settings
+from db.engine import Database
+from db.tables import Project, Server
+from db.users import ensure_admin_key
+from infra.forges.local import LocalForge
+from infra.git import git
+from testing.apps import end_apps
+from testing.ssh_host import SshHost
+from testing.waiting import eventually
+from testing.workflows import running_bridge, running_worker
+
+SERVER = "local"
+
+
+async def served(url: str) -> Any:
+    """The JSON the app answers at ``url``; None when nothing answers there."""
+    try:
+        async with httpx.AsyncClient(timeout=5) as client:
+            response = await client.get(url)
+    except httpx.HTTPError:
+        return None
+    return response.json() if response.is_success else None
+
+
+@dataclass
+class DeployStack:
+    settings: Settings
+    db: Database
+    redis: Redis
+    client: Client
+    api: httpx.AsyncClient
+    app: FastAPI
+    queue: str
+    sshd: SshHost
+    apps_root: Path
+    home: Path
+
+    async def project(self, name: str | None = None, **files: str) -> dict[str, Any]:
+        """A project whose repository the service template made; ``files`` are committed on top
+        (path -> content), as an engineering task would have."""
+        name = name or f"app-{random.randrange(16**6):06x}"
+        created = await self.api.post("/projects", json={"name": name})
+        assert created.status_code == 201, created.text
+        project = created.json()
+        forge = ForgeActivities(SERVICE_TEMPLATE_DIR, LocalForge(self.settings.forge_dir))
+        made = await ActivityEnvironment().run(
+            forge.scaffold_repository,
+            ScaffoldRequest(project_id=project["id"], project_name=name, modules=["backend"]),
+        )
+        if files:
+            commit_files(Path(made.repository.removeprefix("file://")), files, "Change the app")
+        async with self.db.session() as session:
+            row = await session.get(Project, project["id"])
+            assert row is not None
+            row.repository = made.repository
+            row.repo_full_name = made.repo_full_name
+            session.add(row)
+            await session.commit()
+        return dict(project)
+
+    async def deploy(self, project: str, action: str = "create", **options: Any) -> dict[str, Any]:
+        body = {"type": "deploy", "project_id": project, "deploy": {"action": action, **options}}
+        created = await self.api.post("/tasks", json=body)
+        assert created.status_code == 201, created.text
+        return dict(created.json())
+
+    async def task(self, task_id: str) -> dict[str, Any]:
+        got = await self.api.get(f"/tasks/{task_id}")
+        assert got.status_code == 200, got.text
+        return dict(got.json())
+
+    async def finished(self, task_id: str, within: float = 120.0) -> dict[str, Any]:
+        """The task once it ended (COMPLETED, FAILED or CANCELLED)."""
+
+        async def ended() -> dict[str, Any] | None:
+            task = await self.task(task_id)
+            return task if task["status"] in ("COMPLETED", "FAILED", "CANCELLED") else None
+
+        return await eventually(ended, f"task {task_id} to end", within=within, interval=0.1)
+
+    async def events(self, task_id: str) -> list[dict[str, Any]]:
+        got = await self.api.get(f"/tasks/{task_id}/events")
+        return list(got.json())
+
+
+def commit_files(bare: Path, files: dict[str, str], message: str, branch: str = "main") -> str:
+    """Commit ``files`` onto ``branch`` of the bare repository; returns the new commit."""
+    work = Path(tempfile.mkdtemp(prefix="commit-"))
+    try:
+        git("clone", "--quiet", "--branch", "main", str(bare), str(work))
+        if branch != "main":
+            git("checkout", "--quiet", "-B", branch, cwd=work)
+        for path, content in files.items():
+            (work / path).parent.mkdir(parents=True, exist_ok=True)
+            (work / path).write_text(content)
+        git("add", "--all", cwd=work)
+        git("commit", "--quiet", "-m", message, cwd=work)
+        git("push", "--quiet", "origin", f"HEAD:refs/heads/{branch}", cwd=work)
+        return git("rev-parse", "HEAD", cwd=work).stdout.strip()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@contextlib.asynccontextmanager
+async def deploy_stack_on(
+    db: Database,
+    redis: Redis,
+    client: Client,
+    sshd: SshHost,
+    home: Path,
+    *,
+    in_process_worker: bool = True,
+) -> AsyncIterator[DeployStack]:
+    """The API, a bridge, a READY server and (unless the test runs its own) a worker."""
+    # Ports of their own: apps of another test (or a crashed run) must not answer for ours.
+    first = random.randrange(20000, 29000, 50)
+    settings = Settings(
+        home=home,
+        deploy_ports=f"{first}-{first + 49}",
+        deploy_health_timeout_s=15,
+        temporal_task_queue=f"deploy-{uuid.uuid4().hex[:12]}",
+    )
+    apps_root = Path(tempfile.mkdtemp(prefix="o-apps-"))
+    application = create_app(settings, database=db, redis=redis, temporal=client)
+    key = await ensure_admin_key(db, home / "api_key")
+    try:
+        async with (
+            application.router.lifespan_context(application),
+            httpx.AsyncClient(
+                transport=httpx.ASGITransport(application),
+                base_url="http://api",
+                headers={"Authorization": f"Bearer {key}"},
+            ) as api,
+            _worker(client, db, redis, settings, in_process_worker),
+            running_bridge(
+                redis, client, settings.temporal_task_queue, (DEPLOY_QUEUE, ANSIBLE_DEPLOY_QUEUE)
+            ),
+        ):
+            stack = DeployStack(
+                settings=settings,
+                db=db,
+                redis=redis,
+                client=client,
+                api=api,
+                app=application,
+                queue=settings.temporal_task_queue,
+                sshd=sshd,
+                apps_root=apps_root,
+                home=home,
+            )
+            await add_ready_server(stack)
+            yield stack
+    finally:
+        end_apps(apps_root)
+        shutil.rmtree(apps_root, ignore_errors=True)
+
+
+@contextlib.asynccontextmanager
+async def _worker(
+    client: Client, db: Database, redis: Redis, settings: Settings, wanted: bool
+) -> AsyncIterator[None]:
+    if not wanted:
+        yield
+        return
+    async with running_worker(
+        client, db, redis, settings.home, settings=settings, task_queue=settings.temporal_task_queue
+    ):
+        yield
+
+
+async def add_ready_server(stack: DeployStack, handle: str = SERVER) -> dict[str, Any]:
+    """This machine's sshd as a READY server, as provisioning leaves it (provisioning has tests
+    of its own)."""
+    body = {
+        "handle": handle,
+        "host": stack.sshd.host,
+        "port": stack.sshd.port,
+        "ssh_user": stack.sshd.user,
+        "private_key": stack.sshd.private_key,
+        "apps_root": str(stack.apps_root),
+    }
+    added = await stack.api.post("/servers", json=body)
+    assert added.status_code == 201, added.text
+    async with stack.db.session() as session:
+        server = (await session.exec(select(Server).where(col(Server.handle) == handle))).one()
+        server.status = ServerStatus.ready
+        server.capacity = {"memory_mb": 4096, "cpus": 2, "disk_free_gb": 10}
+        server.known_hosts = stack.sshd.known_hosts
+        session.add(server)
+        await session.commit()
+    return dict(added.json())

@@ -1,0 +1,104 @@
+"""A real SSH target on loopback: an sshd of its own on 127.0.0.1, a throwaway key pair.
+
+`ssh_host()` starts `sshd -D -e -f <config>` with its own host key, pid file and authorized keys in
+a short temporary directory, lets the current user log in with a fresh ed25519 key, and yields an
+:class:`SshHost`. Tests of any package can use it (tests/infra/ansible/conftest.py wraps it in
+fixtures).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from stack.local_target import CLIENT_KEY, HOST_KEY, find_sshd, keygen, sshd_config
+from testing.servers import free_port, stop_process, wait_for_port
+
+
+@dataclass(frozen=True)
+class SshHost:
+    host: str
+    port: int
+    user: str
+    private_key: str  # the client key's text (OpenSSH format)
+    known_hosts: str  # one known_hosts line for [host]:port
+    key_file: Path  # the same private key on disk (0600), for ssh/scp from tests
+    dir: Path
+    log_file: Path
+
+    def ssh_command(self, *command: str) -> list[str]:
+        """An `ssh` argv that runs `command` on the target, host key checked."""
+        known = self.dir / "client_known_hosts"
+        if not known.exists():
+            known.write_text(self.known_hosts + "\n")
+        return [
+            "ssh", "-F", "/dev/null", "-p", str(self.port), "-i", str(self.key_file),
+            "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+            "-o", f"UserKnownHostsFile={known}", "-o", "StrictHostKeyChecking=yes",
+            f"{self.user}@{self.host}", "--", *command,
+        ]  # fmt: skip
+
+    def run(self, *command: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            self.ssh_command(*command), capture_output=True, text=True, timeout=timeout
+        )
+
+    def log(self) -> str:
+        return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
+
+
+@contextlib.contextmanager
+def ssh_host() -> Iterator[SshHost]:
+    """Start an sshd on 127.0.0.1:<free port>; stop it and remove its directory afterwards."""
+    sshd = find_sshd()
+    if sshd is None:
+        raise RuntimeError("sshd is not installed (scripts/install.sh installs openssh-server)")
+    # sshd needs its privilege separation directory even when it runs as one user.
+    with contextlib.suppress(PermissionError):  # only root needs (and can create) it
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+    # Short: the client's ControlPath sockets may live under such directories too.
+    directory = Path(tempfile.mkdtemp(prefix="o-"))
+    user = getpass.getuser()
+    port = free_port()
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        keygen(directory / HOST_KEY, "test-host")
+        keygen(directory / CLIENT_KEY, "test-client")
+        (directory / "authorized_keys").write_text((directory / "client_ed25519.pub").read_text())
+        config = directory / "sshd_config"
+        config.write_text(sshd_config(host="127.0.0.1", port=port, directory=directory, user=user))
+        log_file = directory / "sshd.log"
+        with log_file.open("ab") as log:
+            # sshd re-executes itself, so its path must be absolute.
+            proc = subprocess.Popen(
+                [sshd, "-D", "-e", "-f", str(config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        try:
+            wait_for_port(port, timeout=15, proc=proc)
+        except (RuntimeError, TimeoutError) as exc:
+            raise RuntimeError(f"{exc}; sshd log:\n{log_file.read_text(errors='replace')}") from exc
+        host_key = (directory / "host_ed25519.pub").read_text().split()
+        yield SshHost(
+            host="127.0.0.1",
+            port=port,
+            user=user,
+            private_key=(directory / "client_ed25519").read_text(),
+            known_hosts=f"[127.0.0.1]:{port} {host_key[0]} {host_key[1]}",
+            key_file=directory / "client_ed25519",
+            dir=directory,
+            log_file=log_file,
+        )
+    finally:
+        if proc is not None:
+            # SIGTERM ends the listener; sessions still open end with their connections.
+            stop_process(proc)
+        shutil.rmtree(directory, ignore_errors=True)

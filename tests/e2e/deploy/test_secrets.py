@@ -1,0 +1,105 @@
+"""A deploy that lacks a secret waits for it, by name, and goes on once it is set; the value
+reaches the app's environment on the server and nothing else."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from pathlib import Path
+
+from redis.asyncio import Redis
+
+from testing.deploy import DeployStack, served
+from testing.waiting import eventually
+from tests.workflows.test_engineering_agents import worker_logs_to
+
+SECRET_VALUE = "s3cr3t-Value-that-must-not-leak-7f1c"
+
+
+def manifest(name: str, required: list[str]) -> str:
+    """The template's manifest, asking for ``required`` secrets."""
+    return f"""version: 1
+name: {name}
+runtime: python3
+test: make test
+services:
+  - name: backend
+    command: python3 -m app
+    port_env: PORT
+    default_port: 8000
+    health_path: /health
+    env:
+      required: [{", ".join(required)}]
+      optional: [HOST, LOG_LEVEL]
+"""
+
+
+def app_environment(apps_root: Path, project: str, release: str) -> dict[str, str]:
+    """The environment of the release's running process, read from /proc."""
+    pid = int((apps_root / project / "run" / f"{release}.pid").read_text())
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
+
+
+async def test_a_missing_secret_waits_then_the_deploy_finishes_without_leaking_it(
+    deploy_stack: DeployStack, redis: Redis, tmp_path: Path
+) -> None:
+    stack = deploy_stack
+    name = "secretive"
+    project = await stack.project(name, **{".orchestrator.yml": manifest(name, ["API_TOKEN"])})
+    with worker_logs_to(tmp_path / "logs") as log_file:
+        task = await stack.deploy(project["id"])
+
+        waiting = await eventually(
+            lambda: _waiting(stack, task["id"]), "the deploy waiting for its secret", within=60
+        )
+        question = waiting["events"][-1]["data"]["question"]
+        assert "API_TOKEN" in question and f"secret set --project {name}" in question
+        assert (await stack.api.get("/deployments", params={"project": name})).json() == []
+
+        put = await stack.api.put(
+            f"/projects/{name}/secrets/API_TOKEN", json={"value": SECRET_VALUE}
+        )
+        assert put.status_code == 201, put.text
+        done = await stack.finished(task["id"])
+
+    assert done["status"] == "COMPLETED", done["error"]
+    url = done["result"]["deployed_url"]
+    assert await served(url + "health") == {"status": "ok"}
+    env = app_environment(stack.apps_root, name, done["result"]["release"])
+    assert env["API_TOKEN"] == SECRET_VALUE
+    assert env["PORT"] == str(done["result"]["port"])
+
+    # Nowhere else: the runs' histories, the database, Redis, the worker's log, the home.
+    places: dict[str, str] = {}
+    for workflow in (
+        task["workflow_id"],
+        f"ansible-deploy-{task['id']}-{done['result']['release']}",
+    ):
+        history = await stack.client.get_workflow_handle(workflow).fetch_history()
+        places[f"history {workflow}"] = history.to_json()
+        assert "ACTIVITY_TASK_COMPLETED" in places[f"history {workflow}"]
+    await stack.db.dispose()
+    database = Path(str(stack.db.url).removeprefix("sqlite+aiosqlite:///"))
+    with contextlib.closing(sqlite3.connect(database)) as conn:
+        places["database"] = "\n".join(conn.iterdump())
+    assert "API_TOKEN" in places["database"]  # the name is there, the value is not
+    async for key in redis.scan_iter():
+        kind = (await redis.type(key)).decode()
+        if kind == "stream":
+            places[f"stream {key!r}"] = repr(await redis.xrange(key))
+        elif kind == "string":
+            places[f"key {key!r}"] = repr(await redis.get(key))
+    places["worker log"] = log_file.read_text()
+    assert "playbook finished" in places["worker log"]
+    for path in (p for p in stack.home.rglob("*") if p.is_file() and not p.is_symlink()):
+        places[f"file {path}"] = path.read_bytes().decode(errors="replace")
+    leaks = [place for place, text in places.items() if SECRET_VALUE in text]
+    assert leaks == []
+
+
+async def _waiting(stack: DeployStack, task_id: str) -> dict[str, object] | None:
+    task = await stack.task(task_id)
+    if task["status"] != "WAITING_HUMAN":
+        return None
+    return {**task, "events": await stack.events(task_id)}

@@ -1,0 +1,79 @@
+"""Fixtures for Ansible tests: a real sshd on loopback, the runner, a deployable app repository."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import copier
+import pytest
+
+from core.paths import TEMPLATES_DIR
+from infra.ansible import AnsibleRunner, SshTarget
+from testing.apps import end_apps
+from testing.ssh_host import SshHost
+
+# The `broken` branch starts, logs why it cannot serve, and exits: its health check must fail.
+BROKEN_MAIN = """import sys
+print("boom: the broken release cannot start", file=sys.stderr, flush=True)
+sys.exit(3)
+"""
+
+
+def git(repo: Path, *args: str) -> str:
+    done = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True)
+    return done.stdout.strip()
+
+
+@pytest.fixture
+def target(sshd: SshHost) -> SshTarget:
+    return SshTarget(
+        host=sshd.host,
+        port=sshd.port,
+        user=sshd.user,
+        private_key=sshd.private_key,
+        known_hosts=sshd.known_hosts,
+    )
+
+
+@pytest.fixture
+def runner(tmp_path: Path) -> AnsibleRunner:
+    return AnsibleRunner(work_root=tmp_path / "ansible")
+
+
+@pytest.fixture
+def apps_root() -> Iterator[Path]:
+    """The target's apps root (the target is this machine); every app started there is stopped."""
+    root = Path(tempfile.mkdtemp(prefix="o-apps-"))
+    try:
+        yield root
+    finally:
+        end_apps(root)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def app_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The service template rendered and committed on `main`, plus two branches: `broken` (fails
+    its health check) and `v2` (serves, and says so on `/`, so a test sees which version serves)."""
+    repo = tmp_path_factory.mktemp("app") / "repo"
+    data = {"project_name": "hello", "description": "A deploy test.", "modules": ["backend"]}
+    copier.run_copy(str(TEMPLATES_DIR / "service"), str(repo), data=data, defaults=True, quiet=True)
+    commit = ("-c", "user.name=t", "-c", "user.email=t@localhost", "commit", "-qm")
+    git(repo, "init", "--quiet", "--initial-branch=main")
+    git(repo, "add", "--all")
+    git(repo, *commit, "Scaffold")
+    git(repo, "checkout", "-q", "-b", "broken")
+    (repo / "app" / "__main__.py").write_text(BROKEN_MAIN)
+    git(repo, *commit, "Break the start", "--all")
+    git(repo, "checkout", "-q", "-b", "v2", "main")
+    server = repo / "app" / "server.py"
+    hello = '"message": "hello"'
+    assert hello in server.read_text()
+    server.write_text(server.read_text().replace(hello, '"message": "hello from v2"'))
+    git(repo, *commit, "Say which version serves", "--all")
+    git(repo, "checkout", "-q", "main")
+    return repo

@@ -1,0 +1,254 @@
+"""The playbooks of deploy/ansible against a real sshd on loopback, run by the real runner."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import uuid
+from pathlib import Path
+
+import httpx
+
+from infra.ansible import MASK, AnsibleRunner, RunnerEvent, SshTarget
+from testing.apps import answers, deploy, pid_alive, processes_in, stop, undeploy
+from testing.servers import free_port
+from testing.waiting import eventually
+
+
+def message(port: int) -> str:
+    """What the app says on `/`: `hello` on main, `hello from v2` on the v2 branch."""
+    return httpx.get(f"http://127.0.0.1:{port}/", timeout=5).json()["message"]
+
+
+def pid_of(app_dir: Path, release: str) -> int:
+    return int((app_dir / "run" / f"{release}.pid").read_text())
+
+
+def test_provision_reports_this_machines_capacity(
+    runner: AnsibleRunner, target: SshTarget, apps_root: Path
+) -> None:
+    events: list[RunnerEvent] = []
+    root = apps_root / "nested" / "apps"
+    run = runner.run("provision.yml", target, {"apps_root": str(root)}, on_event=events.append)
+
+    assert run.ok, run.stdout_tail
+    capacity = run.data["capacity"]
+    assert capacity["cpus"] == os.cpu_count()
+    total_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+    assert abs(capacity["memory_mb"] - total_mb) <= max(64, total_mb // 50)
+    stat = os.statvfs(root)
+    assert abs(capacity["disk_free_gb"] - stat.f_bavail * stat.f_frsize / 2**30) < 1
+    assert run.data["apps_root"] == str(root) and root.is_dir()
+    assert "Gather facts" in {event.task for event in events}
+    # The run's private directory (key, inventory) is gone.
+    assert list((runner.work_root / "runs").iterdir()) == []
+
+
+def test_deploy_serves_and_a_failed_release_leaves_the_previous_serving(
+    runner: AnsibleRunner, target: SshTarget, app_repo: Path, apps_root: Path
+) -> None:
+    port = free_port()
+    first = deploy(runner, target, app_repo, apps_root, "r1", port)
+    assert first.ok, first.stdout_tail
+    assert first.data["release"] == "r1" and first.data["port"] == port
+    assert first.data["previous_release"] is None
+    assert httpx.get(f"http://127.0.0.1:{port}/").json()["service"] == "hello"
+    app_dir = apps_root / "hello"
+    assert (app_dir / "current").resolve() == app_dir / "releases" / "r1"
+
+    # A broken release on a port of its own: r1 serves throughout.
+    second = deploy(runner, target, app_repo, apps_root, "r2", free_port(), ref="broken")
+    assert not second.ok
+    assert second.failed_task == "Fail with the app's log"
+    assert "boom: the broken release cannot start" in (second.failed_msg or "")
+    assert answers(port)
+    assert (app_dir / "current").resolve() == app_dir / "releases" / "r1"
+
+    # A broken release on the same port takes it over, fails, and r1 is started again.
+    third = deploy(runner, target, app_repo, apps_root, "r3", port, ref="broken")
+    assert not third.ok and "boom" in (third.failed_msg or "")
+    assert answers(port)
+    assert (app_dir / "current").resolve() == app_dir / "releases" / "r1"
+
+    # A good release on the same port replaces r1.
+    fourth = deploy(runner, target, app_repo, apps_root, "r4", port)
+    assert fourth.ok, fourth.stdout_tail
+    assert fourth.data["previous_release"] == "r1"
+    assert answers(port)
+    assert (app_dir / "current").resolve() == app_dir / "releases" / "r4"
+    assert not (app_dir / "run" / "r1.pid").exists()
+
+    pid = int((app_dir / "run" / "r4.pid").read_text())
+    stopped = stop(runner, target, apps_root)
+    assert stopped.ok, stopped.stdout_tail
+    assert not answers(port)
+    assert not pid_alive(pid)
+    assert list(app_dir.glob("run/*.pid")) == []
+
+
+def test_stop_of_an_unknown_app_succeeds(
+    runner: AnsibleRunner, target: SshTarget, apps_root: Path
+) -> None:
+    run = stop(runner, target, apps_root)
+    assert run.ok and run.data == {"app_found": False}
+
+
+def test_deploy_without_its_variables_fails_at_the_check(
+    runner: AnsibleRunner, target: SshTarget, app_repo: Path, apps_root: Path
+) -> None:
+    run = runner.run("deploy.yml", target, {"apps_root": str(apps_root), "release": "r1"})
+    assert not run.ok
+    assert run.failed_task == "Check the variables"
+    assert "app_name" in (run.failed_msg or "")
+    assert list(apps_root.iterdir()) == []
+
+    # An archive that is not on the controller is named before anything touches the target.
+    missing = "/nonexistent/release.tar.gz"
+    run = deploy(
+        runner, target, app_repo, apps_root, "r1", free_port(), extravars={"archive": missing}
+    )
+    assert not run.ok
+    assert run.failed_task == "Check the variables"
+    assert missing in (run.failed_msg or "")
+    assert list(apps_root.iterdir()) == []
+
+
+def test_deploying_an_old_release_again_rolls_back_to_it(
+    runner: AnsibleRunner, target: SshTarget, app_repo: Path, apps_root: Path
+) -> None:
+    port = free_port()
+    app_dir = apps_root / "hello"
+    assert deploy(runner, target, app_repo, apps_root, "r1", port).ok
+    newer = deploy(runner, target, app_repo, apps_root, "r2", port, ref="v2")
+    assert newer.ok, newer.stdout_tail
+    assert message(port) == "hello from v2"
+    newer_pid = pid_of(app_dir, "r2")
+    # A file the archive does not hold (say, from an unpack a crash cut short) must not survive.
+    stray = app_dir / "releases" / "r1" / "stray.txt"
+    stray.write_text("left over")
+
+    back = deploy(runner, target, app_repo, apps_root, "r1", port)
+    assert back.ok, back.stdout_tail
+    assert back.data["release"] == "r1" and back.data["previous_release"] == "r2"
+    assert message(port) == "hello"
+    assert (app_dir / "current").resolve() == app_dir / "releases" / "r1"
+    assert not pid_alive(newer_pid) and not (app_dir / "run" / "r2.pid").exists()
+    assert processes_in(app_dir) == {pid_of(app_dir, "r1")}
+    assert not stray.exists()
+    assert sorted(path.name for path in (app_dir / "releases").iterdir()) == ["r1", "r2"]
+
+
+def test_a_port_another_process_holds_is_named_and_nothing_starts(
+    runner: AnsibleRunner, target: SshTarget, app_repo: Path, apps_root: Path
+) -> None:
+    port = free_port()
+    app_dir = apps_root / "hello"
+    assert deploy(runner, target, app_repo, apps_root, "r1", port).ok
+    serving = pid_of(app_dir, "r1")
+
+    with socket.socket() as foreign:
+        foreign.bind(("127.0.0.1", 0))
+        foreign.listen()
+        busy = foreign.getsockname()[1]
+        run = deploy(runner, target, app_repo, apps_root, "r2", busy)
+
+        assert not run.ok
+        assert (run.failed_msg or "").startswith(
+            f"port {busy} is in use on the server by another process"
+        ), run.failed_msg
+
+    assert answers(port) and pid_alive(serving)
+    assert (app_dir / "current").resolve() == app_dir / "releases" / "r1"
+    # r2 never ran: no process, no pid file, not a line of log.
+    assert processes_in(app_dir) == {serving}
+    assert not (app_dir / "run" / "r2.pid").exists()
+    assert not (app_dir / "logs" / "r2.log").exists()
+
+
+async def test_a_deploy_retried_after_a_crash_replaces_its_own_leftover(
+    runner: AnsibleRunner, target: SshTarget, app_repo: Path, apps_root: Path
+) -> None:
+    port = free_port()
+    app_dir = apps_root / "hello"
+    killed = threading.Event()
+
+    def kill_at_the_health_check(event: RunnerEvent) -> None:
+        if event.event == "runner_on_start" and event.task == "Wait for the health check":
+            killed.set()
+
+    # The first attempt dies after starting the release, before its switch (its health path
+    # never answers, so nothing but the kill ends it): r1 runs, holds the port, and is not current.
+    first = deploy(
+        runner, target, app_repo, apps_root, "r1", port, on_event=kill_at_the_health_check,
+        extravars={"health_path": "/never", "health_retries": 100}, cancel=killed,
+    )  # fmt: skip
+    assert not first.ok and first.failed_msg == "the playbook was cancelled"
+    leftover = pid_of(app_dir, "r1")
+    await eventually(lambda: answers(port), "the leftover of r1 to answer on its port")
+    assert not (app_dir / "current.json").exists()
+
+    again = deploy(runner, target, app_repo, apps_root, "r1", port)
+    assert again.ok, again.failed_msg
+    assert answers(port)
+    assert (app_dir / "current").resolve() == app_dir / "releases" / "r1"
+    serving = pid_of(app_dir, "r1")
+    assert serving != leftover and not pid_alive(leftover)
+    assert processes_in(app_dir) == {serving}
+
+
+def test_undeploy_stops_the_app_and_removes_its_directory(
+    runner: AnsibleRunner, target: SshTarget, app_repo: Path, apps_root: Path
+) -> None:
+    port = free_port()
+    app_dir = apps_root / "hello"
+    assert deploy(runner, target, app_repo, apps_root, "r1", port).ok
+    pid = pid_of(app_dir, "r1")
+    other_app = apps_root / "other"
+    other_app.mkdir()
+
+    run = undeploy(runner, target, apps_root)
+
+    assert run.ok, run.stdout_tail
+    assert run.data == {"app_found": True}
+    assert not answers(port) and not pid_alive(pid)
+    assert not app_dir.exists()
+    assert other_app.is_dir()
+
+
+def test_undeploy_of_an_unknown_app_succeeds(
+    runner: AnsibleRunner, target: SshTarget, apps_root: Path
+) -> None:
+    run = undeploy(runner, target, apps_root)
+    assert run.ok and run.data == {"app_found": False}
+
+
+def test_secrets_reach_the_release_env_and_never_the_output(
+    runner: AnsibleRunner, target: SshTarget, app_repo: Path, apps_root: Path
+) -> None:
+    secret = f"s3cret-{uuid.uuid4().hex}"
+    secrets = {"API_TOKEN": secret}
+    events: list[RunnerEvent] = []
+    good = deploy(
+        runner, target, app_repo, apps_root, "r1", free_port(), secret_env=secrets,
+        on_event=events.append,
+    )  # fmt: skip
+    bad = deploy(
+        runner, target, app_repo, apps_root, "r2", free_port(), ref="broken", secret_env=secrets,
+        on_event=events.append,
+    )  # fmt: skip
+    assert good.ok, good.stdout_tail
+    assert not bad.ok and "boom" in (bad.failed_msg or "")
+
+    for release in ("r1", "r2"):
+        env_file = apps_root / "hello" / "releases" / release / ".env"
+        assert f"API_TOKEN={secret}" in env_file.read_text().splitlines()
+        assert env_file.stat().st_mode & 0o777 == 0o600
+    for run in (good, bad):
+        assert secret not in run.stdout_tail
+        # Not even masked: the playbook never printed the value for the runner to mask (the
+        # stdout's banners are made of asterisks, so the mask is looked for elsewhere only).
+        for text in (run.failed_msg or "", json.dumps(run.data)):
+            assert secret not in text and MASK not in text
+    assert events and all(secret not in event.model_dump_json() for event in events)

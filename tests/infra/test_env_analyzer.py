@@ -1,0 +1,113 @@
+"""EnvAnalyzer: how a repository runs, from its manifest, Procfile, compose file or Dockerfile."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from infra.env_analyzer import AnalysisError, AppSpec, analyze
+from tests.activities.test_template import render
+
+
+def repo(tmp_path: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    return tmp_path
+
+
+async def test_a_scaffolded_backend_runs_as_its_manifest_says(tmp_path: Path) -> None:
+    spec = analyze(await render(tmp_path, ["backend"]))
+    assert spec.source == "manifest" and spec.runtime == "process"
+    assert spec.command == "python3 -m app"
+    assert spec.port_env == "PORT" and spec.port is not None
+    assert spec.health_path == "/health"
+    assert spec.required_env == [] and "LOG_LEVEL" in spec.optional_env
+
+
+async def test_a_scaffolded_bot_needs_its_token_and_has_no_port(tmp_path: Path) -> None:
+    spec = analyze(await render(tmp_path, ["tg_bot"]))
+    assert spec.command == "python3 -m app.bot"
+    assert spec.port is None and spec.port_env is None
+    assert spec.required_env == ["TELEGRAM_BOT_TOKEN"]
+
+
+def test_a_procfile_web_process_takes_its_port_from_port(tmp_path: Path) -> None:
+    procfile = (
+        "# the app\nworker: python worker.py\n"
+        "web: gunicorn app:wsgi --bind 0.0.0.0:$PORT --key ${SIGNING_KEY}\n"
+    )
+    spec = analyze(repo(tmp_path, {"Procfile": procfile}))
+    assert spec == AppSpec(
+        source="procfile",
+        runtime="process",
+        service="web",
+        command="gunicorn app:wsgi --bind 0.0.0.0:$PORT --key ${SIGNING_KEY}",
+        port_env="PORT",
+        required_env=["SIGNING_KEY"],
+    )
+
+
+def test_a_compose_service_with_a_port_and_its_environment(tmp_path: Path) -> None:
+    compose = """
+services:
+  db:
+    image: postgres:16
+  api:
+    build: .
+    command: ["uvicorn", "app:api", "--port", "8000"]
+    ports: ["127.0.0.1:8080:8000/tcp"]
+    environment:
+      DATABASE_URL: ${DATABASE_URL}
+      LOG_LEVEL: ${LOG_LEVEL:-info}
+      STRIPE_KEY:
+      MODE: production
+"""
+    spec = analyze(repo(tmp_path, {"docker-compose.yml": compose}))
+    assert spec.source == "compose" and spec.runtime == "container"
+    assert spec.service == "api" and spec.port == 8000
+    assert spec.command == "uvicorn app:api --port 8000"
+    assert spec.required_env == ["DATABASE_URL", "STRIPE_KEY"]
+    assert spec.optional_env == ["LOG_LEVEL", "MODE"]
+
+
+def test_a_compose_list_environment(tmp_path: Path) -> None:
+    compose = "services:\n  web:\n    ports: [3000]\n    environment: [TOKEN, 'MODE=prod']\n"
+    spec = analyze(repo(tmp_path, {"compose.yaml": compose}))
+    assert (spec.port, spec.required_env, spec.optional_env) == (3000, ["TOKEN"], ["MODE"])
+
+
+def test_a_dockerfile_exposes_its_port_and_command(tmp_path: Path) -> None:
+    dockerfile = (
+        "FROM python:3.12-slim\n"
+        "ENV APP_HOME=/app \\\n    WORKERS=2\n"
+        "EXPOSE 5000/tcp\n"
+        'ENTRYPOINT ["python", "-m"]\n'
+        'CMD ["flask", "run"]\n'
+    )
+    spec = analyze(repo(tmp_path, {"Dockerfile": dockerfile}))
+    assert spec.source == "dockerfile" and spec.runtime == "container"
+    assert spec.port == 5000
+    assert spec.command == "python -m flask run"
+    assert spec.optional_env == ["APP_HOME", "WORKERS"]
+
+
+def test_the_manifest_wins_over_the_others(tmp_path: Path) -> None:
+    manifest = "services:\n  - name: api\n    command: ./serve\n    port_env: PORT\n"
+    spec = analyze(repo(tmp_path, {".orchestrator.yml": manifest, "Procfile": "web: x"}))
+    assert (spec.source, spec.command) == ("manifest", "./serve")
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        ({}, "none of .orchestrator.yml, Procfile"),
+        ({"compose.yaml": "services:\n  db:\n    image: x\n"}, "no service publishes a port"),
+        ({"Dockerfile": "FROM x\nCMD run\n"}, "exposes no port"),
+        ({".orchestrator.yml": "services: [\n"}, "not valid YAML"),
+        ({"Procfile": "# nothing\n"}, "names no process"),
+    ],
+)
+def test_what_cannot_be_told_is_said(tmp_path: Path, files: dict[str, str], message: str) -> None:
+    with pytest.raises(AnalysisError, match=message):
+        analyze(repo(tmp_path, files))

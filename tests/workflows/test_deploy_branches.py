@@ -1,0 +1,311 @@
+"""DeployWorkflow's branches in seconds: the real workflow and DevOps graph on the time-skipping
+test server, over stand-in activities and nodes (tests/workflows/mocks.py). What a deploy looks
+like to its user: the task's status and events, the result or the failure, the release recorded
+FAILED when it failed, and the project's deploy lock let go once the task is finished."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from temporalio.client import WorkflowHandle
+from temporalio.exceptions import ApplicationError, CancelledError
+
+from activities.deploy import AppOnServer, StoppedInput
+from activities.releases import StopAppInput
+from core.contracts.deploy import DeployResult
+from core.contracts.events import HumanAnswer
+from core.enums import DeployAction, TaskStatus
+from testing.waiting import eventually
+from tests.workflows.mocks import SERVER_IP, WITHIN_S, Fakes, failure_of, history
+from workflows.deploy import DeployWorkflow
+
+URL = f"http://{SERVER_IP}:8001"
+WHERE = "web-1, port 8001"
+BEFORE_GRAPH = ["start_task", "acquire_deploy_lock", "plan_deploy"]
+GRAPH = ["analyze", "missing_secrets", "deployer", "ansible", "health", "record"]
+# How every deploy that took the lock ends: its task's terminal status, then the lock.
+FINISH = ["finish_task", "release_deploy_lock"]
+
+
+def plan(fakes: Fakes, **changes: Any) -> None:
+    fakes.deploys.plan = fakes.deploys.plan.model_copy(update=changes)
+
+
+def assert_lock_let_go(fakes: Fakes) -> None:
+    assert fakes.deploys.lock is None
+    assert fakes.log.names()[-2:] == FINISH
+
+
+# --- to a live URL ------------------------------------------------------------------------------
+
+
+async def test_a_deploy_goes_from_its_repository_to_a_live_url(fakes: Fakes) -> None:
+    fakes.deploys.secrets = {"DATABASE_URL"}
+
+    output = await (await fakes.start_deploy()).result()
+
+    release = fakes.deploys.plan.release
+    assert output.status is TaskStatus.completed
+    assert output.result == DeployResult(
+        deployed_url=URL,
+        server_ip=SERVER_IP,
+        port=8001,
+        action=DeployAction.create,
+        server="web-1",
+        release=release,
+        previous_release="20251231120000-r1",
+        commit_sha="a11ce",
+        deployment_id="d1",
+        playbook_s=12.5,
+    )
+    assert fakes.log.names() == [*BEFORE_GRAPH, *GRAPH, *FINISH]
+    assert fakes.rows.status is TaskStatus.completed
+    assert fakes.rows.finished is not None
+    assert fakes.rows.finished.message == f"shop release {release} is live at {URL} ({WHERE})"
+    assert fakes.rows.finished.result == output.result.model_dump(mode="json")
+    assert fakes.deploys.failures == []
+    assert_lock_let_go(fakes)
+
+
+async def test_a_port_taken_on_the_server_sends_the_deployer_to_another(fakes: Fakes) -> None:
+    fakes.deploys.secrets = {"DATABASE_URL"}
+    fakes.devops.busy_ports = {8001}
+
+    output = await (await fakes.start_deploy()).result()
+
+    assert output.result is not None
+    assert (output.result.port, output.result.deployed_url) == (8002, f"http://{SERVER_IP}:8002")
+    assert fakes.log.names("deployer", "ansible", "health", "record") == [
+        *["deployer", "ansible"] * 2,
+        "health",
+        "record",
+    ]
+    assert fakes.log.args("deployer")[1]["avoid_ports"] == [8001]
+    assert "Port 8001 is taken" in fakes.rows.messages("ansible")
+    assert_lock_let_go(fakes)
+
+
+async def test_a_rollback_serves_the_earlier_release_again(fakes: Fakes) -> None:
+    fakes.deploys.secrets = {"DATABASE_URL"}
+    plan(
+        fakes,
+        action=DeployAction.rollback,
+        release="20251231120000-r1",
+        commit_sha="01dc0de",
+        ref="01dc0de",
+        replaces="20260101120000-r2",
+    )
+
+    output = await (await fakes.start_deploy()).result()
+
+    assert output.result is not None
+    assert (output.result.action, output.result.release) == (
+        DeployAction.rollback,
+        "20251231120000-r1",
+    )
+    assert output.result.commit_sha == "01dc0de"
+    assert fakes.log.args("analyze")[0]["commit_sha"] == "01dc0de"
+    assert fakes.rows.messages()[0] == (
+        "Rolling back from release 20260101120000-r2 to release 20251231120000-r1"
+    )
+    assert fakes.rows.finished is not None
+    assert fakes.rows.finished.message == (
+        f"Rolled back to release 20251231120000-r1: {URL} ({WHERE})"
+    )
+    assert_lock_let_go(fakes)
+
+
+# --- missing secrets: a person sets them --------------------------------------------------------
+
+
+async def by_signal(handle: WorkflowHandle[Any, Any]) -> None:
+    """What the API does when a secret is set (`orchestrator secret set`)."""
+    await handle.signal(DeployWorkflow.secrets_changed)
+
+
+async def by_answer(handle: WorkflowHandle[Any, Any]) -> None:
+    """`orchestrator task respond ID ok`."""
+    await handle.execute_update(DeployWorkflow.respond, HumanAnswer(answer="ok"))
+
+
+def secrets_question(names: str) -> str:
+    return (
+        f"The app needs secrets shop does not have: {names}. Set each with `orchestrator secret "
+        "set --project shop NAME`; the deploy goes on by itself once they are all there."
+    )
+
+
+@pytest.mark.parametrize("wake", [by_signal, by_answer], ids=["secrets-changed", "respond"])
+async def test_missing_secrets_wait_for_a_person_and_the_deploy_looks_again(
+    fakes: Fakes, wake: Callable[[WorkflowHandle[Any, Any]], Awaitable[None]]
+) -> None:
+    fakes.devops.required_env = ["DATABASE_URL", "API_KEY"]
+    handle = await fakes.start_deploy()
+
+    await fakes.waits_for_a_person(handle)
+    assert await handle.query(DeployWorkflow.question) == secrets_question("DATABASE_URL, API_KEY")
+    fakes.deploys.secrets.add("DATABASE_URL")
+    await wake(handle)
+
+    await fakes.log.reached("wait_for_human", 2)
+    fakes.deploys.secrets.add("API_KEY")
+    await wake(handle)
+    output = await handle.result()
+
+    assert output.status is TaskStatus.completed
+    assert fakes.rows.questions == [
+        secrets_question("DATABASE_URL, API_KEY"),
+        secrets_question("API_KEY"),
+    ]
+    assert fakes.log.count("answered") == 2
+    # Nothing was deployed until a look found every secret there.
+    looks = fakes.log.names("missing_secrets", "deployer")
+    assert looks[-2:] == ["missing_secrets", "deployer"] and looks.count("deployer") == 1
+    assert_lock_let_go(fakes)
+
+
+async def test_a_secret_set_while_the_deploy_looks_is_not_missed(fakes: Fakes) -> None:
+    fakes.devops.required_env = ["API_KEY"]
+    looking = fakes.log.hold("missing_secrets")
+    handle = await fakes.start_deploy()
+    await fakes.log.reached("missing_secrets")  # it found API_KEY missing...
+
+    fakes.deploys.secrets.add("API_KEY")  # ...and then the person set it
+    await by_signal(handle)
+    await eventually(lambda: signal_handled(handle), "the signal handled", within=WITHIN_S)
+    looking.set()
+    output = await handle.result()
+
+    assert output.status is TaskStatus.completed
+    assert fakes.log.count("wait_for_human") == 0
+    assert fakes.log.count("missing_secrets") == 2  # it looked again at once
+    assert_lock_let_go(fakes)
+
+
+async def signal_handled(handle: WorkflowHandle[Any, Any]) -> bool:
+    """A workflow task has completed since the run's last signal."""
+    kinds = [event.WhichOneof("attributes") for event in await history(handle)]
+    signals = [at for at, kind in enumerate(kinds) if kind.endswith("_signaled_event_attributes")]
+    return bool(signals) and "workflow_task_completed_event_attributes" in kinds[signals[-1] :]
+
+
+async def test_a_cancel_while_waiting_for_secrets_fails_the_release_and_lets_the_lock_go(
+    fakes: Fakes,
+) -> None:
+    fakes.devops.required_env = ["API_KEY"]
+    handle = await fakes.start_deploy()
+    await fakes.waits_for_a_person(handle)
+
+    await handle.cancel()
+
+    assert isinstance(await failure_of(handle), CancelledError)
+    assert fakes.rows.status is TaskStatus.cancelled
+    assert fakes.rows.finished is not None
+    assert fakes.rows.finished.message == "The deploy was cancelled"
+    assert fakes.deploys.failures == ["the deploy was cancelled"]
+    # The release is marked failed, then the task ends, and only then may the next deploy go.
+    assert fakes.log.names()[-3:] == ["record_deploy_failure", *FINISH]
+    assert_lock_let_go(fakes)
+
+
+# --- failures -----------------------------------------------------------------------------------
+
+
+async def assert_deploy_failed(fakes: Fakes, reason: str) -> None:
+    failure = await failure_of(await fakes.start_deploy())
+    assert isinstance(failure, ApplicationError)
+    assert (failure.type, failure.message) == ("DeployFailed", reason)
+    assert fakes.rows.status is TaskStatus.failed
+    assert fakes.rows.finished is not None
+    assert (fakes.rows.finished.error, fakes.rows.finished.message) == (
+        reason,
+        f"The deploy failed: {reason}",
+    )
+    assert fakes.deploys.failures == [reason]
+    assert fakes.log.names()[-3:] == ["record_deploy_failure", *FINISH]
+    assert_lock_let_go(fakes)
+
+
+@pytest.mark.parametrize(
+    ("node", "reason"),
+    [
+        ("analyze", "cannot deploy shop: its Procfile names no command to start it"),
+        ("deployer", "no READY server has room for another app"),
+        ("ansible", "the playbook failed: the release did not pass its health check"),
+        ("health", "release 20260101120000-r2 serves on its server but does not answer"),
+    ],
+    ids=["analyze", "deployer", "ansible", "health"],
+)
+async def test_a_failed_step_fails_the_deploy_and_stops_the_graph(
+    fakes: Fakes, node: str, reason: str
+) -> None:
+    fakes.deploys.secrets = {"DATABASE_URL"}
+    fakes.devops.failing = {node: reason}
+
+    await assert_deploy_failed(fakes, reason)
+
+    steps = [name for name in GRAPH if name != "missing_secrets"]
+    assert fakes.log.names(*steps) == steps[: steps.index(node) + 1]
+
+
+async def test_a_deploy_that_cannot_be_planned_fails_and_lets_the_lock_go(fakes: Fakes) -> None:
+    reason = "project shop has no repository yet: an engineering task makes it"
+    fakes.log.fail("plan_deploy", ApplicationError(reason, type="DeployFailed", non_retryable=True))
+
+    await assert_deploy_failed(fakes, reason)
+
+    assert "analyze" not in fakes.log.names()
+
+
+async def test_a_deploy_cancelled_before_it_started_takes_no_lock(fakes: Fakes) -> None:
+    fakes.rows.status = TaskStatus.cancelled
+
+    output = await (await fakes.start_deploy()).result()
+
+    assert (output.status, output.result) == (TaskStatus.cancelled, None)
+    assert fakes.log.names() == ["start_task"]
+
+
+# --- stop and undeploy --------------------------------------------------------------------------
+
+UNDEPLOYED = "shop is undeployed from web-1, web-2; its port is free"
+TWO_SERVERS = [
+    AppOnServer(server_handle="web-1", app_name="shop"),
+    AppOnServer(server_handle="web-2", app_name="shop"),
+]
+
+
+@pytest.mark.parametrize(
+    ("action", "apps", "message"),
+    [
+        (DeployAction.stop, TWO_SERVERS, "shop is stopped on web-1, web-2 (4 release(s))"),
+        (DeployAction.undeploy, TWO_SERVERS, UNDEPLOYED),
+        (DeployAction.stop, [], "shop is deployed nowhere: nothing to stop"),
+    ],
+    ids=["stop", "undeploy", "deployed-nowhere"],
+)
+async def test_stop_and_undeploy_go_to_every_server_of_the_project(
+    fakes: Fakes, action: DeployAction, apps: list[AppOnServer], message: str
+) -> None:
+    plan(fakes, action=action)
+    fakes.deploys.apps = apps
+
+    output = await (await fakes.start_deploy()).result()
+
+    undeploy = action is DeployAction.undeploy
+    servers = [app.server_handle for app in apps]
+    assert output.result == DeployResult(action=action, server=", ".join(servers) or None)
+    assert fakes.log.args("stop_app") == [
+        StopAppInput(server_handle=server, app_name="shop", remove=undeploy) for server in servers
+    ]
+    assert fakes.log.args("record_stopped") == [
+        StoppedInput(project_id=fakes.project_id, undeploy=undeploy)
+    ]
+    verb = "Undeploying" if undeploy else "Stopping"
+    assert fakes.rows.messages("stop") == [f"{verb} shop on {server}" for server in servers]
+    assert fakes.rows.finished is not None
+    assert fakes.rows.finished.message == message
+    assert "analyze" not in fakes.log.names()
+    assert_lock_let_go(fakes)

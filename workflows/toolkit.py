@@ -1,0 +1,300 @@
+"""What several workflows do the same way: describe a failure, run a task from QUEUED to its end,
+wait for a person, and make and remove a Worker container.
+
+Deterministic workflow code (activity calls, conditions, timers) only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from temporalio import workflow
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    ChildWorkflowError,
+    FailureError,
+    is_cancelled_exception,
+)
+from temporalio.workflow import ActivityCancellationType
+
+from workflows.policies import (
+    CREATE_WORKER_HEARTBEAT,
+    CREATE_WORKER_RETRY,
+    CREATE_WORKER_TIMEOUT,
+    DB_RETRY,
+    QUICK,
+    QUICK_RETRY,
+)
+
+with workflow.unsafe.imports_passed_through():
+    from activities.gateway import GatewayActivities
+    from activities.tasks import (
+        FinishTaskInput,
+        QuestionInput,
+        StartTaskResult,
+        TaskActivities,
+        TaskEventInput,
+    )
+    from activities.workers import CreateContainerInput, WorkerActivities
+    from core.contracts.events import TASK_QUESTION, TASK_RESPOND, HumanAnswer
+    from core.enums import EventType, TaskStatus
+
+R = TypeVar("R")
+
+# Runs from before it replay an older cancellation of ``create_container``; no run needs that any
+# more: new runs record it as a deprecated marker (see ``create_worker``).
+CREATE_WAITS_PATCH = "create-container-waits-for-its-cancellation"
+
+
+def describe_failure(error: BaseException) -> str:
+    """One readable sentence for a failure: the first application error's message, else the
+    innermost cause (a timeout, a termination), naming the activity or child it came from."""
+    where: list[str] = []
+    innermost = str(error)
+    current: BaseException | None = error
+    while current is not None:
+        if isinstance(current, ApplicationError):
+            return current.message
+        if isinstance(current, ActivityError):
+            where.append(f"activity {current.activity_type}")
+        elif isinstance(current, ChildWorkflowError):
+            where.append(f"workflow {current.workflow_id}")
+        elif isinstance(current, FailureError) and current.message:
+            innermost = current.message
+        current = current.cause if isinstance(current, FailureError) else None
+    return f"{innermost} ({', '.join(where)})" if where else innermost
+
+
+def stop_if_cancelled() -> None:
+    """The run was cancelled while it waited for an activity that finished all the same: stop
+    here, as the cancel would have stopped it (the cleanup it leads to then sees what that
+    activity made)."""
+    if workflow.cancellation_reason() is not None:
+        raise asyncio.CancelledError()
+
+
+# --- the task row: start, events, finish ---------------------------------------------------------
+
+
+class TaskRun:
+    """One task's row, as the workflow running it moves it: QUEUED -> RUNNING, its events, and its
+    terminal status once. ``noun`` names the task in its messages ("task", "deploy")."""
+
+    def __init__(self, task_id: str, *, noun: str = "task", failure_type: str) -> None:
+        self.task_id = task_id
+        self.noun = noun
+        self.failure_type = failure_type
+        self.status = TaskStatus.queued
+
+    async def run(
+        self,
+        work: Callable[[], Awaitable[tuple[R, str, dict[str, Any] | None]]],
+        *,
+        on_failure: Callable[[str], Awaitable[None]] | None = None,
+        finally_: Callable[[], Awaitable[None]] | None = None,
+    ) -> R | None:
+        """Start the task, do ``work`` and finish the task with what it returns (its value, the
+        closing message and the task's result), or FAILED / CANCELLED with why. None when the
+        task was cancelled (or finished) before it started; ``status`` says which.
+
+        ``on_failure(reason)`` runs before a failure or a cancel is recorded; ``finally_`` after
+        the task's end is, whatever it was. A failure ends the run Failed (no retry of the whole
+        run), a cancel ends it Cancelled.
+        """
+        try:
+            started = await self.start()
+            self.status = started.status
+            if not started.should_run:
+                workflow.logger.info("task %s is %s; nothing to do", self.task_id, started.status)
+                return None
+            value, message, result = await work()
+            await self.finish(TaskStatus.completed, message, result=result)
+            return value
+        except (asyncio.CancelledError, FailureError) as error:
+            if is_cancelled_exception(error):
+                if on_failure is not None:
+                    await on_failure(f"the {self.noun} was cancelled")
+                await self.finish(TaskStatus.cancelled, f"The {self.noun} was cancelled")
+                raise  # the run shows Cancelled
+            reason = describe_failure(error)
+            if on_failure is not None:
+                await on_failure(reason)
+            await self.finish(TaskStatus.failed, f"The {self.noun} failed: {reason}", error=reason)
+            # Non-retryable: the run shows Failed with the reason instead of starting over.
+            raise ApplicationError(reason, type=self.failure_type, non_retryable=True) from error
+        finally:
+            if finally_ is not None:
+                await finally_()
+
+    async def start(self) -> StartTaskResult:
+        """QUEUED -> RUNNING; ``should_run`` is False when the task was cancelled before."""
+        return await workflow.execute_activity_method(
+            TaskActivities.start_task,
+            self.task_id,
+            start_to_close_timeout=QUICK,
+            retry_policy=DB_RETRY,
+            summary="Mark the task RUNNING",
+        )
+
+    async def event(
+        self,
+        type: EventType,
+        message: str,
+        *,
+        stage: str | None = None,
+        progress: float | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        await workflow.execute_activity_method(
+            TaskActivities.record_event,
+            TaskEventInput(
+                task_id=self.task_id,
+                type=type,
+                message=message,
+                stage=stage,
+                progress=progress,
+                data=data or {},
+            ),
+            start_to_close_timeout=QUICK,
+            retry_policy=DB_RETRY,
+            summary=f"Event {type.value}" + (f" ({stage})" if stage else ""),
+        )
+
+    async def finish(
+        self,
+        status: TaskStatus,
+        message: str,
+        *,
+        result: dict[str, Any] | None = None,
+        error: str | None = None,
+    ) -> None:
+        """The terminal status, once. A run already failing or cancelled reports that first
+        problem, not a second one met while recording it."""
+        self.status = status
+        try:
+            await workflow.execute_activity_method(
+                TaskActivities.finish_task,
+                FinishTaskInput(
+                    task_id=self.task_id, status=status, message=message, result=result, error=error
+                ),
+                start_to_close_timeout=QUICK,
+                retry_policy=DB_RETRY,
+                summary=f"Mark the task {status.value}",
+            )
+        except FailureError as failure:
+            if status is TaskStatus.completed:
+                raise
+            workflow.logger.warning("could not record %s: %s", status, describe_failure(failure))
+
+
+# --- waiting for a person ------------------------------------------------------------------------
+
+
+class WaitsForPerson:
+    """A task workflow that may wait for a person: the ``respond`` update (a person's answer,
+    refused while nothing is asked) and the ``question`` query. The wait holds nothing: no
+    activity, no container, no slot; it lasts as long as it takes.
+
+    ``_task_id`` names the task in refusals; the subclass sets it when its run starts.
+    """
+
+    _task_id: str = ""
+    _question: str | None = None
+    _answer: HumanAnswer | None = None
+
+    async def wait_for_person(
+        self, question: str, *, stage: str, summary: str = "Mark the task WAITING_HUMAN"
+    ) -> HumanAnswer:
+        """WAITING_HUMAN with ``question`` until an answer comes (``respond``, or ``nudge``),
+        then RUNNING again; returns the answer."""
+        change = QuestionInput(task_id=self._task_id, question=question, stage=stage)
+        self._question, self._answer = question, None
+        await workflow.execute_activity_method(
+            TaskActivities.wait_for_human,
+            change,
+            start_to_close_timeout=QUICK,
+            retry_policy=DB_RETRY,
+            summary=summary,
+        )
+        await workflow.wait_condition(lambda: self._answer is not None)
+        answer = self._answer
+        assert answer is not None
+        self._question, self._answer = None, None
+        await workflow.execute_activity_method(
+            TaskActivities.answered,
+            change,
+            start_to_close_timeout=QUICK,
+            retry_policy=DB_RETRY,
+            summary="Mark the task RUNNING again",
+        )
+        return answer
+
+    def nudge(self, answer: HumanAnswer) -> None:
+        """Answer the pending question from inside the workflow (e.g. a signal that what it
+        waits for changed); nothing when nothing is asked."""
+        if self._question is not None and self._answer is None:
+            self._answer = answer
+
+    @workflow.update(name=TASK_RESPOND)
+    async def respond(self, answer: HumanAnswer) -> str:
+        """A person's answer to the pending question; returns the question it answered."""
+        question = self._question or ""
+        self._answer = answer
+        return question
+
+    @respond.validator
+    def _validate_respond(self, answer: HumanAnswer) -> None:
+        if self._question is None or self._answer is not None:
+            raise ValueError(f"task {self._task_id} is not waiting for an answer")
+
+    @workflow.query(name=TASK_QUESTION)
+    def question(self) -> str | None:
+        return self._question
+
+
+# --- Worker containers ---------------------------------------------------------------------------
+
+
+async def create_worker(request: CreateContainerInput, summary: str) -> None:
+    """Make (or find) the Worker's container.
+
+    A cancel that comes while the container is being made waits for it, then stops the run:
+    the cleanup that follows removes the container instead of running before it exists. (The
+    SDK hands back the result of an activity that finished anyway, hence the check after it.)
+    """
+    workflow.deprecate_patch(CREATE_WAITS_PATCH)
+    await workflow.execute_activity_method(
+        WorkerActivities.create_container,
+        request,
+        start_to_close_timeout=CREATE_WORKER_TIMEOUT,
+        heartbeat_timeout=CREATE_WORKER_HEARTBEAT,
+        cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+        retry_policy=CREATE_WORKER_RETRY,
+        summary=summary,
+    )
+    stop_if_cancelled()
+
+
+async def remove_worker(worker_id: str, summary: str) -> None:
+    """Remove the Worker's container (made or not) and free its slot."""
+    await workflow.execute_activity_method(
+        WorkerActivities.remove_container,
+        worker_id,
+        start_to_close_timeout=QUICK,
+        retry_policy=QUICK_RETRY,
+        summary=summary,
+    )
+
+
+async def close_gateway(task_id: str, summary: str) -> None:
+    """The task's model gateway socket serves no one any more (its totals stay recorded)."""
+    await workflow.execute_activity_method(
+        GatewayActivities.close_gateway,
+        task_id,
+        start_to_close_timeout=QUICK,
+        retry_policy=QUICK_RETRY,
+        summary=summary,
+    )
