@@ -41,7 +41,6 @@ sys.path.insert(0, str(REPO))  # run as a script: make the project (and tests.se
 import httpx  # noqa: E402
 from redis.asyncio import Redis  # noqa: E402
 from temporalio.client import Client, WorkflowExecutionStatus  # noqa: E402
-from temporalio.contrib.pydantic import pydantic_data_converter  # noqa: E402
 from temporalio.service import RPCError  # noqa: E402
 
 from bench.common import exit_now  # noqa: E402
@@ -50,7 +49,7 @@ from bridges.routes import routes, start_engineering  # noqa: E402
 from core.contracts.engineering import ENGINEERING_QUEUE, EngineeringMessage  # noqa: E402
 from core.logging import configure_logging  # noqa: E402
 from core.settings import Settings  # noqa: E402
-from core.temporal import ensure_search_attributes  # noqa: E402
+from core.temporal import connect_when_up, ensure_search_attributes  # noqa: E402
 from testing.servers import (  # noqa: E402
     TEMPORAL_BIN,
     TEMPORAL_SQLITE_PRAGMAS,
@@ -356,7 +355,10 @@ async def run(n: int, m: int, rounds: int) -> tuple[dict[str, Any], int]:
         workdir = Path(tmp)
         # The in-process bridge logs like the real one, to a file.
         configure_logging("bench", "INFO", workdir / "logs")
-        client = await Client.connect(address, data_converter=pydantic_data_converter)
+        # The port opens before the frontend is healthy: connect as the worker does, retrying.
+        settings = Settings(temporal_address=address)
+        client = await asyncio.wait_for(connect_when_up(settings, asyncio.Event()), 60)
+        assert client is not None
         await ensure_search_attributes(client, "default")
         task_queue = f"bench-{uuid.uuid4().hex[:6]}"
         await search_attributes_usable(client, task_queue)
