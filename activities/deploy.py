@@ -1,6 +1,6 @@
-"""The deploy workflow's own activities: plan a deploy task, hold the project's deploy lock, the
-secrets it lacks, and what stop, undeploy and a failure record. The DevOps graph's nodes are in
-activities/devops.py."""
+"""The deploy workflow's own activities: plan a deploy task, the secrets it lacks, and what stop,
+undeploy and a failure record. The project's one deploy at a time is a turn (activities/turns.py);
+the DevOps graph's nodes are in activities/devops.py."""
 
 from __future__ import annotations
 
@@ -15,22 +15,19 @@ from temporalio.exceptions import ApplicationError
 
 from core.contracts.base import as_utc
 from core.contracts.deploy import DeployOptions
-from core.enums import DeployAction, DeploymentStatus, EventType
+from core.enums import DeployAction, DeploymentStatus
 from core.logging import get_logger
 from core.settings import Settings
-from core.temporal import is_running
 from db import deployments, projects, secrets
 from db import tasks as tasks_db
 from db.engine import Database
 from db.errors import NotFound
 from db.tables import Task
 from db.tasks import TaskService
-from infra.slots import WorkerSlots
 
 log = get_logger("activities.deploy")
 
 DEFAULT_REF = "main"
-LOCK_KEY = "orchestrator:deploy-lock:{project_id}"
 
 
 class DeployPlan(BaseModel):
@@ -164,42 +161,17 @@ class DeployActivities:
             }
         )
 
+    # Runs from before workflows/toolkit.py TURNS_PATCH waited for the project's lock in these
+    # activities, polling Redis. New runs wait for their turn in workflow code; an old run still
+    # in flight goes on at once.
     @activity.defn
     async def acquire_deploy_lock(self, request: LockInput) -> float:
-        """Wait until no other deploy of the project runs; returns the seconds waited.
-
-        A lock whose workflow closed without freeing it (its worker was killed) is taken back.
-        """
-        lock = self._lock(request.project_id)
-
-        async def on_wait(_: int) -> None:
-            holders = [member.split(" ", 1)[-1] for member in await lock.holders()]
-            running = f" (task {holders[0]})" if holders else ""
-            await self.tasks.add_event(
-                request.task_id,
-                EventType.progress,
-                f"Waiting for the project's other deploy to finish{running}: one deploy at a "
-                "time per project",
-                data={"waiting_for": holders},
-            )
-
-        return await lock.take(
-            request.workflow_id,
-            request.task_id,
-            self._is_open,
-            on_wait,
-            lambda: activity.heartbeat("waiting for the project's deploy lock"),
-        )
+        log.info("old deploy run let through", task_id=request.task_id)
+        return 0.0
 
     @activity.defn
     async def release_deploy_lock(self, request: LockInput) -> None:
-        await self._lock(request.project_id).release(request.workflow_id, request.task_id)
-
-    def _lock(self, project_id: str) -> WorkerSlots:
-        return WorkerSlots(self.redis, 1, key=LOCK_KEY.format(project_id=project_id))
-
-    async def _is_open(self, workflow_id: str) -> bool:
-        return await is_running(self.client, workflow_id)
+        return None
 
     @activity.defn
     async def missing_secrets(self, request: SecretsInput) -> list[str]:

@@ -34,12 +34,11 @@ from temporalio.exceptions import ApplicationError
 from activities import heartbeating, infra_failures
 from core.contracts.agents import AgentEvent, AgentResult, Budget, uses_model
 from core.contracts.worker import WorkerResponse
-from core.enums import EventType
 from core.logging import get_logger
 from core.settings import Settings
 from core.temporal import is_running
 from db.errors import NotFound
-from db.tasks import TaskNotFound, TaskService
+from db.tasks import TaskService
 from db.users import issue_session_key
 from gateway.server import Gateway, socket_path_for
 from infra.agents import ADAPTERS, get_adapter
@@ -47,7 +46,6 @@ from infra.agents.base import AgentRequest
 from infra.cli_bundle import default_root, ensure_bundle_async
 from infra.containers import ContainerRuntime, Mount, WorkerNotFound, WorkerSpec
 from infra.images import PATH, ImageBuilder, ensure_async
-from infra.slots import WorkerSlots
 from infra.workers import (
     API_MOUNT,
     API_PORT,
@@ -140,8 +138,7 @@ class WorkerActivities:
         self.redis = redis
         self.client = client
         self.gateway = gateway
-        self.slots = WorkerSlots(redis, settings.max_workers)
-        self.tasks = tasks  # to tell a task that its Worker waits for a slot
+        self.tasks = tasks  # to issue a PO Worker's API key
         self._runtime = runtime
         self._images = images
         self._builder: ImageBuilder | None = None
@@ -185,7 +182,6 @@ class WorkerActivities:
         workspace = Path(request.workspace) if request.workspace else None
         if workspace is not None and not workspace.is_dir():
             raise _bad_input(f"the workspace {workspace} is not a directory")
-        await self._take_slot(request)
         image = request.image or await self._image(request.agent)
         mounts: list[Mount] = []
         env: dict[str, str] = {}
@@ -257,41 +253,11 @@ class WorkerActivities:
             await give_cli_key(runtime, worker_id, key)
         log.info("worker api key written", worker_id=worker_id, chat_id=api.chat_id)
 
-    async def _take_slot(self, request: CreateContainerInput) -> None:
-        """Wait until fewer than ``max_workers`` Workers exist (each process counts the same)."""
-
-        async def on_wait(in_use: int) -> None:
-            message = (
-                f"Waiting for a Worker slot: {in_use} of {self.settings.max_workers} in use "
-                "(ORCHESTRATOR_MAX_WORKERS)"
-            )
-            log.info("waiting for a worker slot", worker_id=request.worker_id, in_use=in_use)
-            if self.tasks is None:
-                return
-            try:
-                await self.tasks.add_event(
-                    request.task_id, EventType.progress, message, data={"in_use": in_use}
-                )
-            except TaskNotFound:  # a Worker of no task (worker:commands): the log says it
-                pass
-
-        waited = await self.slots.take(
-            request.workflow_id,
-            request.worker_id,
-            self._is_open,
-            on_wait,
-            lambda: activity.heartbeat("waiting for a worker slot"),
-        )
-        if waited:
-            log.info("worker slot taken", worker_id=request.worker_id, waited_s=round(waited, 1))
-
     @activity.defn
     async def remove_container(self, worker_id: str) -> bool:
-        """Remove the Worker's container (running or not) and free its slot; False when there
-        was no container."""
-        removed = await (await self.runtime()).remove(worker_id)
-        await self.slots.release_worker(worker_id)
-        return removed
+        """Remove the Worker's container (running or not); False when there was none. (Its
+        workflow gives its turn back: workflows/toolkit.py.)"""
+        return await (await self.runtime()).remove(worker_id)
 
     # --- work inside it -------------------------------------------------------------------------
 
@@ -361,9 +327,7 @@ class WorkerActivities:
     async def reap_workers(self) -> list[str]:
         """Remove the containers whose workflow is closed (or unknown); returns their ids."""
         runtime = await self.runtime()
-        removed = await runtime.reap(self._is_open)
-        await self.slots.free_closed(self._is_open)
-        return removed
+        return await runtime.reap(self._is_open)
 
     async def _is_open(self, workflow_id: str) -> bool:
         return bool(workflow_id) and await is_running(self.client, workflow_id)

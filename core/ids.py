@@ -29,6 +29,12 @@ def ansible_deploy_workflow_id(request_id: str) -> str:
     return f"ansible-deploy-{request_id}"
 
 
+def turns_workflow_id(task_queue: str, pool: str) -> str:
+    """A pool's run, on the task queue of the workers that share it (several orchestrators in
+    one namespace keep their pools apart)."""
+    return f"turns-{task_queue}-{pool}"
+
+
 def worker_workflow_id(worker_id: str) -> str:
     return f"worker-{worker_id}"
 

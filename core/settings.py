@@ -98,7 +98,16 @@ class Settings(BaseSettings):
     worker_cpus: float = Field(default=1.0, gt=0)
     worker_pids: int = Field(default=512, gt=0, description="Most processes in one Worker")
     worker_user: str = Field(default="1000:1000", description="uid:gid Workers run as")
-    max_workers: int = Field(default=4, gt=0, description="Most Workers at a time")
+    max_workers: int = Field(default=4, gt=0, description="Most task Workers at a time")
+    max_po_workers: int = Field(
+        default=4, gt=0, description="Most PO session Workers at a time, apart from task Workers"
+    )
+
+    # The Temporal worker process: how much it runs at once. Waiting tasks hold neither.
+    max_concurrent_activities: int = Field(default=16, gt=0, description="Activities at once")
+    max_concurrent_workflow_tasks: int = Field(
+        default=8, gt=0, description="Workflow tasks (a workflow's step of code) at once"
+    )
 
     # The reaper (workflows/reaper.py), run by the Temporal Schedule `up` creates.
     reaper_interval_minutes: float = Field(default=5.0, gt=0, description="How often it runs")

@@ -36,6 +36,7 @@ from activities.releases import ReleaseActivities
 from activities.servers import ServerActivities
 from activities.tasks import TaskActivities
 from activities.temporal import TemporalActivities
+from activities.turns import TurnActivities
 from activities.workers import WorkerActivities
 from core.crypto import Vault
 from core.logging import get_logger
@@ -59,6 +60,7 @@ from workflows.po_session import POSessionWorkflow
 from workflows.provision import ProvisionWorkflow
 from workflows.reaper import ReaperWorkflow
 from workflows.scaffold import ScaffoldWorkflow
+from workflows.turns import TurnsWorkflow
 from workflows.worker import WorkerWorkflow
 
 log = get_logger(__name__)
@@ -73,6 +75,7 @@ WORKFLOWS: list[type] = [
     ProvisionWorkflow,
     DeployWorkflow,
     AnsibleDeployWorkflow,
+    TurnsWorkflow,
 ]
 
 
@@ -134,6 +137,13 @@ def departments(parts: Parts) -> list[Department]:
     return [
         # The task rows every task workflow moves, and the projects they work on.
         Department("tasks", activities=activities_of(TaskActivities(db, redis))),
+        # Limited pools (Worker slots, a project's one deploy at a time), waited on in workflow
+        # code.
+        Department(
+            "turns",
+            workflows=[TurnsWorkflow],
+            activities=activities_of(TurnActivities(settings, client, parts.tasks)),
+        ),
         # Worker containers, the agent turns in them, and the model gateway they reach; the
         # reaper removes what closed runs left behind.
         Department(
@@ -217,6 +227,10 @@ def build_worker(
     )
     made = departments(parts)
     options.setdefault("graceful_shutdown_timeout", timedelta(seconds=10))
+    # Bounded on purpose: nothing waits in an activity (waits are in workflow code), so these
+    # limit work, never progress.
+    options.setdefault("max_concurrent_activities", settings.max_concurrent_activities)
+    options.setdefault("max_concurrent_workflow_tasks", settings.max_concurrent_workflow_tasks)
     options.setdefault("workflow_runner", workflow_runner())
     options.setdefault("interceptors", [LogContextInterceptor()])
     # Heartbeats carry cancellations to activities; by default they are held back up to 80% of

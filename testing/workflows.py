@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Collection
@@ -15,12 +16,20 @@ import docker.errors
 from redis.asyncio import Redis
 from sqlmodel import col, select
 from temporalio.client import Client, WorkflowHandle
+from temporalio.service import RPCError
 
 from api.schemas import TaskCreate
 from bridges.consumer import Bridge
 from bridges.routes import routes
 from core.contracts.engineering import EngineeringOptions
-from core.contracts.workflows import EngineeringInput, EngineeringOutput
+from core.contracts.workflows import (
+    PO_WORKERS_POOL,
+    TURNS_WORKFLOW,
+    WORKERS_POOL,
+    EngineeringInput,
+    EngineeringOutput,
+)
+from core.ids import turns_workflow_id
 from core.settings import Settings
 from core.temporal import search_attributes
 from db.engine import Database
@@ -125,7 +134,32 @@ async def running_worker(
     settings = settings or Settings(home=home)
     worker = build_worker(client, settings, db, redis, task_queue=queue, **options)
     async with worker:
-        yield queue
+        try:
+            yield queue
+        finally:
+            await end_pools(client, await pools_of(client, queue))
+
+
+async def pools_of(client: Client, task_queue: str) -> list[str]:
+    """The running pool workflows (workflows/turns.py) of a task queue."""
+    known = [turns_workflow_id(task_queue, pool) for pool in (WORKERS_POOL, PO_WORKERS_POOL)]
+    query = (
+        f"WorkflowType = '{TURNS_WORKFLOW}' AND TaskQueue = '{task_queue}' "
+        "AND ExecutionStatus = 'Running'"
+    )
+    listed = [execution.id async for execution in client.list_workflows(query)]
+    return list(dict.fromkeys([*known, *listed]))
+
+
+async def end_pools(client: Client, workflow_ids: Collection[str]) -> None:
+    """Cancel pools (they run until then) and let them end while their worker still runs: a
+    run the worker drops mid-await leaves a coroutine that fails when it is collected."""
+    for workflow_id in workflow_ids:
+        handle = client.get_workflow_handle(workflow_id)
+        with contextlib.suppress(RPCError):
+            await handle.cancel()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(handle.result(), 10)
 
 
 @asynccontextmanager

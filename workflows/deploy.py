@@ -1,7 +1,8 @@
 """DeployWorkflow: one deploy task (``deploy-{task_id}``), from QUEUED to a terminal status.
 
-One deploy at a time per project: the run first takes the project's deploy lock (others wait,
-and their events say so). Then, by the task's action:
+One deploy at a time per project: the run first takes the project's turn to deploy (others wait
+in order, in workflow code, and their events say so: workflows/turns.py). Then, by the task's
+action:
 
 - create / redeploy / rollback: the DevOps graph (workflows/devops.py). Missing secrets move the
   task to WAITING_HUMAN naming them, for as long as it takes; setting one (the API signals
@@ -29,7 +30,7 @@ from workflows.policies import (
     STOP_RETRY,
     STOP_TIMEOUT,
 )
-from workflows.toolkit import TaskRun, WaitsForPerson, describe_failure
+from workflows.toolkit import TURNS_PATCH, TakesTurns, TaskRun, WaitsForPerson, describe_failure
 
 with workflow.unsafe.imports_passed_through():
     from langgraph.checkpoint.memory import InMemorySaver
@@ -47,7 +48,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.releases import ReleaseActivities, StopAppInput
     from core.contracts.deploy import DEPLOY_SECRETS_CHANGED, DeployResult
     from core.contracts.events import HumanAnswer
-    from core.contracts.workflows import DEPLOY_WORKFLOW, DeployInput, DeployOutput
+    from core.contracts.workflows import DEPLOY_WORKFLOW, DeployInput, DeployOutput, deploy_pool
     from core.enums import DeployAction, EventType, TaskStatus
     from workflows.devops import DEVOPS_GRAPH
 
@@ -63,7 +64,7 @@ class DeployFailed(ApplicationError):
 
 
 @workflow.defn(name=DEPLOY_WORKFLOW)
-class DeployWorkflow(WaitsForPerson):
+class DeployWorkflow(WaitsForPerson, TakesTurns):
     def __init__(self) -> None:
         self._task_id = ""
         self._task = TaskRun("", noun="deploy", failure_type="DeployFailed")
@@ -231,6 +232,11 @@ class DeployWorkflow(WaitsForPerson):
     # --- the lock and the release record ---------------------------------------------------------
 
     async def _take_lock(self, lock: LockInput) -> None:
+        """The project's one turn to deploy, waited for in workflow code; runs from before
+        ``TURNS_PATCH`` waited in an activity (which now lets them go at once)."""
+        if workflow.patched(TURNS_PATCH):
+            await self.take_turn(deploy_pool(lock.project_id), lock.task_id, task_id=lock.task_id)
+            return
         await workflow.execute_activity_method(
             DeployActivities.acquire_deploy_lock,
             lock,
@@ -242,6 +248,9 @@ class DeployWorkflow(WaitsForPerson):
 
     async def _release_lock(self) -> None:
         if self._lock is None:
+            return
+        if workflow.patched(TURNS_PATCH):
+            await self.give_back_turn(deploy_pool(self._lock.project_id), self._lock.task_id)
             return
         try:
             await workflow.execute_activity_method(

@@ -28,7 +28,7 @@ from workflows.policies import (
     WAIT_FOR_RUN_TIMEOUT,
 )
 from workflows.scaffold import ScaffoldWorkflow
-from workflows.toolkit import TaskRun, WaitsForPerson, close_gateway, create_worker, remove_worker
+from workflows.toolkit import TakesTurns, TaskRun, WaitsForPerson, close_gateway
 
 with workflow.unsafe.imports_passed_through():
     from langgraph.checkpoint.memory import InMemorySaver
@@ -46,6 +46,7 @@ with workflow.unsafe.imports_passed_through():
     from core.contracts.scaffolder import ScaffoldResult
     from core.contracts.workflows import (
         ENGINEERING_WORKFLOW,
+        WORKERS_POOL,
         EngineeringInput,
         EngineeringOutput,
         ScaffoldInput,
@@ -72,7 +73,7 @@ class StageFailed(ApplicationError):
 
 
 @workflow.defn(name=ENGINEERING_WORKFLOW)
-class EngineeringWorkflow(WaitsForPerson):
+class EngineeringWorkflow(WaitsForPerson, TakesTurns):
     def __init__(self) -> None:
         self._task_id = ""
         self._stages: list[str] = []
@@ -226,10 +227,11 @@ class EngineeringWorkflow(WaitsForPerson):
         )
 
     async def _create_worker(self, worker: CreateContainerInput) -> None:
-        await create_worker(worker, f"Create the {worker.agent} Worker {worker.worker_id}")
+        summary = f"Create the {worker.agent} Worker {worker.worker_id}"
+        await self.create_worker_in_turn(WORKERS_POOL, worker, summary)
 
     async def _remove_worker(self, worker_id: str) -> None:
-        await remove_worker(worker_id, f"Remove the Worker {worker_id}")
+        await self.remove_worker_and_turn(WORKERS_POOL, worker_id, f"Remove the Worker {worker_id}")
 
     async def _run_graph(
         self, state: DevelopmentState, worker: CreateContainerInput

@@ -50,7 +50,7 @@ from workflows.policies import (
     TURN_MARGIN,
     TURN_RETRY,
 )
-from workflows.toolkit import close_gateway, create_worker, describe_failure, remove_worker
+from workflows.toolkit import TakesTurns, close_gateway, describe_failure
 
 with workflow.unsafe.imports_passed_through():
     from temporalio.client import Client, WithStartWorkflowOperation
@@ -65,6 +65,7 @@ with workflow.unsafe.imports_passed_through():
         PO_SEND,
         PO_SESSION_WORKFLOW,
         PO_STATUS,
+        PO_WORKERS_POOL,
         POExchange,
         POMessage,
         POResponse,
@@ -87,7 +88,7 @@ def worker_id_for(chat_id: int) -> str:
 
 
 @workflow.defn(name=PO_SESSION_WORKFLOW)
-class POSessionWorkflow:
+class POSessionWorkflow(TakesTurns):
     @workflow.init
     def __init__(self, request: POSessionInput) -> None:
         self._input = request
@@ -297,7 +298,8 @@ class POSessionWorkflow:
                 chat_id=request.chat_id,
                 allowed_commands=request.allowed_commands,
             )
-        await create_worker(
+        await self.create_worker_in_turn(
+            PO_WORKERS_POOL,
             CreateContainerInput(
                 worker_id=self._worker_id,
                 task_id=workflow.info().workflow_id,
@@ -313,7 +315,9 @@ class POSessionWorkflow:
 
     async def _remove(self) -> None:
         """Remove the container (whether or not this run made it) and the session's gateway."""
-        await remove_worker(self._worker_id, f"Remove the PO Worker {self._worker_id}")
+        await self.remove_worker_and_turn(
+            PO_WORKERS_POOL, self._worker_id, f"Remove the PO Worker {self._worker_id}"
+        )
         self._container = False
         if self._plan is not None and uses_model(self._plan.agent):
             await close_gateway(workflow.info().workflow_id, "Close the PO session's model gateway")

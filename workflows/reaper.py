@@ -5,12 +5,13 @@ worker process was killed, it was terminated) leaves the container behind. So do
 workspace. The Schedule ``orchestrator-reaper`` (made by ``orchestrator up``, see
 stack/prepare.py) starts this workflow every ``reaper_interval_minutes``; each run:
 
-- removes the containers whose workflow is closed or unknown, and frees the Worker slots such
-  workflows still hold (``WorkerActivities.reap_workers``);
+- removes the containers whose workflow is closed or unknown (``WorkerActivities.reap_workers``);
+- gives back the turns (Worker slots, deploy turns: workflows/turns.py) that closed runs still
+  hold or wait for (``TurnActivities.reap_turns``);
 - removes the workspaces of tasks finished longer than ``workspace_retention_hours`` ago
   (``EngineeringActivities.clean_workspaces``).
 
-Both parts run even when the other fails; a run with a failed part fails (after both ran), so
+Every part runs even when another fails; a run with a failed part fails (after both ran), so
 the Schedule's recent actions show it.
 """
 
@@ -28,10 +29,13 @@ with workflow.unsafe.imports_passed_through():
         CleanWorkspacesResult,
         EngineeringActivities,
     )
+    from activities.turns import GivenBack, TurnActivities
     from activities.workers import WorkerActivities
 
 REAPER_WORKFLOW = "ReaperWorkflow"
 REAPER_SCHEDULE = "orchestrator-reaper"
+# Runs from before it had no turns to give back.
+REAP_TURNS_PATCH = "reaper-gives-back-turns"
 
 
 class ReaperInput(BaseModel):
@@ -43,6 +47,9 @@ class ReaperInput(BaseModel):
 class ReaperOutput(BaseModel):
     workers_removed: list[str] = Field(
         default_factory=list, description="Worker ids whose containers were removed"
+    )
+    turns_given_back: list[GivenBack] = Field(
+        default_factory=list, description="Turns of closed runs given back"
     )
     workspaces: CleanWorkspacesResult = Field(default_factory=CleanWorkspacesResult)
     errors: list[str] = Field(default_factory=list)
@@ -62,6 +69,16 @@ class ReaperWorkflow:
             )
         except ActivityError as error:
             output.errors.append(f"removing containers: {_cause(error)}")
+        if workflow.patched(REAP_TURNS_PATCH):
+            try:
+                output.turns_given_back = await workflow.execute_activity_method(
+                    TurnActivities.reap_turns,
+                    start_to_close_timeout=REAP_WORKERS_TIMEOUT,
+                    retry_policy=FEW_RETRIES,
+                    summary="Give back the turns of closed workflows",
+                )
+            except ActivityError as error:
+                output.errors.append(f"giving back turns: {_cause(error)}")
         try:
             output.workspaces = await workflow.execute_activity_method(
                 EngineeringActivities.clean_workspaces,
@@ -74,8 +91,9 @@ class ReaperWorkflow:
         except ActivityError as error:
             output.errors.append(f"removing workspaces: {_cause(error)}")
         workflow.logger.info(
-            "reaped %d containers, %d workspaces",
+            "reaped %d containers, %d turns, %d workspaces",
             len(output.workers_removed),
+            len(output.turns_given_back),
             len(output.workspaces.removed),
         )
         if output.errors:

@@ -1,5 +1,5 @@
 """What several workflows do the same way: describe a failure, run a task from QUEUED to its end,
-wait for a person, and make and remove a Worker container.
+wait for a person, wait for a turn of a limited pool, and make and remove a Worker container.
 
 Deterministic workflow code (activity calls, conditions, timers) only.
 """
@@ -38,15 +38,21 @@ with workflow.unsafe.imports_passed_through():
         TaskActivities,
         TaskEventInput,
     )
+    from activities.turns import AskForTurnInput, TurnActivities
     from activities.workers import CreateContainerInput, WorkerActivities
     from core.contracts.events import TASK_QUESTION, TASK_RESPOND, HumanAnswer
+    from core.contracts.workflows import TURN_GRANTED, TURNS_GIVE_BACK, TurnGiveBack
     from core.enums import EventType, TaskStatus
+    from core.ids import turns_workflow_id
 
 R = TypeVar("R")
 
 # Runs from before it replay an older cancellation of ``create_container``; no run needs that any
 # more: new runs record it as a deprecated marker (see ``create_worker``).
 CREATE_WAITS_PATCH = "create-container-waits-for-its-cancellation"
+# Runs from before it waited for a Worker slot or a deploy lock inside an activity, polling; new
+# runs wait for a turn in workflow code (``TakesTurns``).
+TURNS_PATCH = "turns-wait-in-workflow-code"
 
 
 def describe_failure(error: BaseException) -> str:
@@ -255,6 +261,80 @@ class WaitsForPerson:
         return self._question
 
 
+# --- turns of a limited pool ----------------------------------------------------------------------
+
+
+class TakesTurns:
+    """A workflow that takes turns of limited pools (workflows/turns.py): Worker slots, a
+    project's one deploy at a time.
+
+    Asking is a short activity answered at once; a queued ask then waits here, in workflow code,
+    for the pool's ``turn_granted`` signal: no activity slot, no poll, no history while it waits.
+    Giving back is a signal, sent however the run ends (a cancel while queued leaves the queue);
+    a run that closes without it (terminated) is given back by the reaper.
+    """
+
+    _turns_granted: frozenset[str] = frozenset()
+    # The pool workflow each turn (by key) was asked of: where it is given back.
+    _turn_pools: tuple[tuple[str, str], ...] = ()
+
+    @workflow.signal(name=TURN_GRANTED)
+    def turn_granted(self, key: str) -> None:
+        self._turns_granted = self._turns_granted | {key}
+
+    async def take_turn(self, pool: str, key: str, *, task_id: str | None = None) -> None:
+        """Return once this run holds a turn of ``pool`` for ``key`` (at once if it already
+        does). Runs from before ``TURNS_PATCH`` take none: their activity waited."""
+        if not workflow.patched(TURNS_PATCH):
+            return
+        self._turns_granted = self._turns_granted - {key}
+        answer = await workflow.execute_activity_method(
+            TurnActivities.ask_for_turn,
+            AskForTurnInput(
+                pool=pool, holder=workflow.info().workflow_id, key=key, task_id=task_id
+            ),
+            start_to_close_timeout=QUICK,
+            retry_policy=QUICK_RETRY,
+            # A cancel lets the ask finish: the give-back that follows then finds it queued.
+            cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+            summary=f"Ask for a turn of {pool}",
+        )
+        self._turn_pools = (*self._turn_pools, (key, answer.pool_workflow_id))
+        stop_if_cancelled()
+        if not answer.granted:
+            await workflow.wait_condition(lambda: key in self._turns_granted)
+        self._turns_granted = self._turns_granted - {key}
+
+    async def give_back_turn(self, pool: str, key: str) -> None:
+        """Give the turn back, or leave the queue; nothing when this run holds neither."""
+        if not workflow.patched(TURNS_PATCH):
+            return
+        give_back = TurnGiveBack(holder=workflow.info().workflow_id, key=key)
+        # Asked in this run, the pool said where it is; else (asked before a continue-as-new)
+        # it is the pool of this run's queue.
+        asked = dict(self._turn_pools)
+        pool_workflow_id = asked.get(key) or turns_workflow_id(workflow.info().task_queue, pool)
+        self._turn_pools = tuple((k, p) for k, p in self._turn_pools if k != key)
+        try:
+            await workflow.get_external_workflow_handle(pool_workflow_id).signal(
+                TURNS_GIVE_BACK, give_back
+            )
+        except FailureError as failure:  # no such pool: nothing to give back
+            workflow.logger.warning("turn of %s not given back: %s", pool, failure)
+
+    async def create_worker_in_turn(
+        self, pool: str, request: CreateContainerInput, summary: str
+    ) -> None:
+        """Wait for a turn of ``pool``, then make (or find) the Worker's container."""
+        await self.take_turn(pool, request.worker_id, task_id=request.task_id)
+        await create_worker(request, summary)
+
+    async def remove_worker_and_turn(self, pool: str, worker_id: str, summary: str) -> None:
+        """Remove the Worker's container (made or not), then give its turn back."""
+        await remove_worker(worker_id, summary)
+        await self.give_back_turn(pool, worker_id)
+
+
 # --- Worker containers ---------------------------------------------------------------------------
 
 
@@ -279,7 +359,7 @@ async def create_worker(request: CreateContainerInput, summary: str) -> None:
 
 
 async def remove_worker(worker_id: str, summary: str) -> None:
-    """Remove the Worker's container (made or not) and free its slot."""
+    """Remove the Worker's container (made or not)."""
     await workflow.execute_activity_method(
         WorkerActivities.remove_container,
         worker_id,

@@ -25,7 +25,7 @@ from temporalio import workflow
 from temporalio.exceptions import ApplicationError, FailureError, is_cancelled_exception
 
 from workflows.policies import QUICK, QUICK_RETRY, TURN_HEARTBEAT, TURN_MARGIN, TURN_RETRY
-from workflows.toolkit import close_gateway, create_worker, remove_worker
+from workflows.toolkit import TakesTurns, close_gateway
 
 with workflow.unsafe.imports_passed_through():
     from activities.workers import (
@@ -44,6 +44,7 @@ with workflow.unsafe.imports_passed_through():
         WORKER_SEND_FILE,
         WORKER_SEND_MESSAGE,
         WORKER_WORKFLOW,
+        WORKERS_POOL,
         ReplyTo,
         WorkerAnswer,
         WorkerDelete,
@@ -63,7 +64,7 @@ class WorkerDeleted(ApplicationError):
 
 
 @workflow.defn(name=WORKER_WORKFLOW)
-class WorkerWorkflow:
+class WorkerWorkflow(TakesTurns):
     @workflow.init
     def __init__(self, request: WorkerInput) -> None:
         self._input = request
@@ -129,7 +130,8 @@ class WorkerWorkflow:
             )
 
     async def _create(self, request: WorkerInput) -> None:
-        await create_worker(
+        await self.create_worker_in_turn(
+            WORKERS_POOL,
             CreateContainerInput(
                 worker_id=request.worker_id,
                 task_id=request.effective_task_id,
@@ -164,7 +166,9 @@ class WorkerWorkflow:
         """Stop a running turn and remove the container (and the Worker's own gateway)."""
         if self._turn is not None:
             self._turn.cancel()
-        await remove_worker(self._worker_id, f"Remove the Worker {self._worker_id}")
+        await self.remove_worker_and_turn(
+            WORKERS_POOL, self._worker_id, f"Remove the Worker {self._worker_id}"
+        )
         # A task's gateway outlives its Workers; a Worker that is its own task closes its own.
         if uses_model(self._input.agent) and self._input.task_id is None:
             await close_gateway(self._input.effective_task_id, "Close the Worker's model gateway")

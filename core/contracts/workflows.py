@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -262,3 +263,71 @@ class DeployOutput(BaseModel):
 # result it also publishes on ``deploy:result:{request_id}``.
 AnsibleDeployInput = AnsibleDeployMessage
 AnsibleDeployOutput = AnsibleDeployResult
+
+
+# --- Turns: limited pools waited on in workflow code (workflows/turns.py) -------------------------
+
+TURNS_WORKFLOW = "TurnsWorkflow"
+# An update: a holder asks for a turn; answered at once, granted or queued.
+TURNS_ASK = "ask"
+# A signal: a holder gives its turn back, or leaves the queue.
+TURNS_GIVE_BACK = "give_back"
+TURNS_STATE = "state"
+# The signal a TurnsWorkflow sends a queued holder's workflow when its turn comes.
+TURN_GRANTED = "turn_granted"
+
+# The pools: task Workers (ORCHESTRATOR_MAX_WORKERS), PO session Workers
+# (ORCHESTRATOR_MAX_PO_WORKERS), and one deploy at a time per project.
+WORKERS_POOL = "workers"
+PO_WORKERS_POOL = "po-workers"
+DEPLOY_POOL_PREFIX = "deploy-"
+
+
+def deploy_pool(project_id: str) -> str:
+    return f"{DEPLOY_POOL_PREFIX}{project_id}"
+
+
+class Turn(BaseModel):
+    holder: str = Field(description="The workflow id that holds (or waits for) the turn")
+    key: str = Field(description="What the holder takes the turn for: a Worker id, a task id")
+    task_id: str | None = Field(default=None, description="The task whose events tell the wait")
+    asked_at: datetime
+    granted_at: datetime | None = None
+
+
+class TurnAsk(BaseModel):
+    pool: str
+    limit: int = Field(gt=0, description="The pool's size now (the latest ask sets it)")
+    holder: str
+    key: str
+    task_id: str | None = None
+
+
+class TurnAnswer(BaseModel):
+    granted: bool
+    in_use: int = Field(description="Turns held, this one included when granted")
+    limit: int
+    ahead: int = Field(default=0, description="Holders queued before this one")
+    pool_workflow_id: str = Field(default="", description="Where to give the turn back")
+
+
+class TurnGiveBack(BaseModel):
+    holder: str
+    key: str
+
+
+class TurnsInput(BaseModel):
+    """A pool's state: empty for a new pool, carried over when the workflow continues as new."""
+
+    pool: str
+    limit: int = Field(gt=0)
+    holding: list[Turn] = Field(default_factory=list)
+    waiting: list[Turn] = Field(default_factory=list)
+    to_notify: list[Turn] = Field(
+        default_factory=list, description="Granted turns whose holders are not told yet"
+    )
+    granted_total: int = 0
+
+
+class TurnsState(TurnsInput):
+    """What the ``state`` query answers: holders, the queue in order, turns granted so far."""

@@ -25,6 +25,7 @@ from temporalio import activity
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
 from temporalio.langgraph import LangGraphPlugin
+from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import (
     Interceptor,
@@ -39,7 +40,6 @@ from activities.deploy import (
     AppOnServer,
     DeployPlan,
     FailureInput,
-    LockInput,
     SecretsInput,
     StoppedInput,
 )
@@ -57,11 +57,15 @@ from activities.tasks import (
     StartTaskResult,
     TaskEventInput,
 )
+from activities.turns import TurnActivities
 from activities.workers import AgentTurnInput, CreateContainerInput
 from core.contracts.agents import AgentResult, TaskUsage
 from core.contracts.chat import ChatNote, ChatReply
 from core.contracts.scaffolder import ScaffoldResult
 from core.contracts.workflows import (
+    PO_WORKERS_POOL,
+    TURNS_STATE,
+    WORKERS_POOL,
     DeployInput,
     DeployOutput,
     EngineeringInput,
@@ -70,6 +74,8 @@ from core.contracts.workflows import (
     POSessionInput,
     POSessionOutput,
     ScaffoldInput,
+    TurnsState,
+    deploy_pool,
 )
 from core.enums import (
     TERMINAL_STATUSES,
@@ -83,17 +89,27 @@ from core.ids import (
     engineering_workflow_id,
     po_session_workflow_id,
     scaffold_workflow_id,
+    turns_workflow_id,
 )
+from core.settings import Settings
 from stack.temporal_worker import workflow_runner
 from testing.waiting import eventually
+from testing.workflows import end_pools
 from workflows.deploy import DeployWorkflow
 from workflows.development import DEVELOPMENT_GRAPH, build_development_graph
 from workflows.devops import DEVOPS_GRAPH, build_devops_graph
 from workflows.engineering import EngineeringWorkflow
 from workflows.po_session import POSessionWorkflow, send_po_message
 from workflows.scaffold import ScaffoldWorkflow
+from workflows.turns import TurnsWorkflow
 
-WORKFLOWS: list[type] = [EngineeringWorkflow, ScaffoldWorkflow, DeployWorkflow, POSessionWorkflow]
+WORKFLOWS: list[type] = [
+    EngineeringWorkflow,
+    ScaffoldWorkflow,
+    DeployWorkflow,
+    POSessionWorkflow,
+    TurnsWorkflow,
+]
 # How long a test waits for a workflow to get somewhere: a run takes milliseconds here.
 WITHIN_S = 10.0
 
@@ -417,26 +433,12 @@ class Deploys:
         )
         self.secrets: set[str] = set()
         self.apps: list[AppOnServer] = []
-        # The workflow id holding the project's deploy lock, if any.
-        self.lock: str | None = None
         self.failures: list[str] = []
 
     @activity.defn(name="plan_deploy")
     async def plan_deploy(self, task_id: str) -> DeployPlan:
         await self.log.enter("plan_deploy", task_id)
         return self.plan
-
-    @activity.defn(name="acquire_deploy_lock")
-    async def acquire_deploy_lock(self, request: LockInput) -> float:
-        await self.log.enter("acquire_deploy_lock", request)
-        self.lock = request.workflow_id
-        return 0.0
-
-    @activity.defn(name="release_deploy_lock")
-    async def release_deploy_lock(self, request: LockInput) -> None:
-        await self.log.enter("release_deploy_lock", request)
-        if self.lock == request.workflow_id:
-            self.lock = None
 
     @activity.defn(name="missing_secrets")
     async def missing_secrets(self, request: SecretsInput) -> list[str]:
@@ -664,11 +666,17 @@ class Fakes:
             DEVOPS_GRAPH: build_devops_graph(self.devops),
         }
         parts = (self.rows, self.workers, self.engineering, self.deploys, self.chats)
+        # The real pools (each test's own: they run on its queue).
+        turns = TurnActivities(Settings(), self.client, None)
         worker = Worker(
             self.client,
             task_queue=self.queue,
             workflows=WORKFLOWS,
-            activities=[stand_in for part in parts for stand_in in activities_of(part)],
+            activities=[
+                *(stand_in for part in parts for stand_in in activities_of(part)),
+                turns.ask_for_turn,
+                turns.reap_turns,
+            ],
             workflow_runner=workflow_runner(),
             plugins=[LangGraphPlugin(graphs=graphs)],
             interceptors=[NoChildSearchAttributes()],
@@ -688,6 +696,8 @@ class Fakes:
                 if (await handle.describe()).status == WorkflowExecutionStatus.RUNNING:
                     await handle.cancel()
                     await asyncio.wait_for(handle.result(), WITHIN_S)
+        pools = (WORKERS_POOL, PO_WORKERS_POOL, deploy_pool(self.project_id))
+        await end_pools(self.client, [turns_workflow_id(self.queue, pool) for pool in pools])
 
     # --- starting runs ---------------------------------------------------------------------
 
@@ -737,6 +747,23 @@ class Fakes:
             POMessage(message_id=message_id, text=text, user_id="user-1"),
             task_queue=self.queue,
         )
+
+    async def turns(self, pool: str) -> TurnsState:
+        """The state of this test's pool ``pool`` (an empty one before anyone asked)."""
+        handle = self.client.get_workflow_handle(turns_workflow_id(self.queue, pool))
+        try:
+            return await handle.query(TURNS_STATE, result_type=TurnsState)
+        except RPCError:
+            return TurnsState(pool=pool, limit=1)
+
+    async def turn_given_back(self, pool: str) -> None:
+        """Until nobody holds or waits for a turn of ``pool``."""
+
+        async def empty() -> bool:
+            state = await self.turns(pool)
+            return not (state.holding or state.waiting)
+
+        await eventually(empty, f"every turn of {pool} given back", within=WITHIN_S)
 
     def po_session(self) -> WorkflowHandle[Any, POSessionOutput]:
         return self.client.get_workflow_handle(

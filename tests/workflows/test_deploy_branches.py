@@ -1,7 +1,7 @@
 """DeployWorkflow's branches in seconds: the real workflow and DevOps graph on the time-skipping
 test server, over stand-in activities and nodes (tests/workflows/mocks.py). What a deploy looks
 like to its user: the task's status and events, the result or the failure, the release recorded
-FAILED when it failed, and the project's deploy lock let go once the task is finished."""
+FAILED when it failed, and the project's turn to deploy given back once the task is finished."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from activities.deploy import AppOnServer, StoppedInput
 from activities.releases import StopAppInput
 from core.contracts.deploy import DeployResult
 from core.contracts.events import HumanAnswer
+from core.contracts.workflows import deploy_pool
 from core.enums import DeployAction, TaskStatus
 from testing.waiting import eventually
 from tests.workflows.mocks import SERVER_IP, WITHIN_S, Fakes, failure_of, history
@@ -23,19 +24,20 @@ from workflows.deploy import DeployWorkflow
 
 URL = f"http://{SERVER_IP}:8001"
 WHERE = "web-1, port 8001"
-BEFORE_GRAPH = ["start_task", "acquire_deploy_lock", "plan_deploy"]
+BEFORE_GRAPH = ["start_task", "plan_deploy"]
 GRAPH = ["analyze", "missing_secrets", "deployer", "ansible", "health", "record"]
-# How every deploy that took the lock ends: its task's terminal status, then the lock.
-FINISH = ["finish_task", "release_deploy_lock"]
+# How every deploy ends: its task's terminal status (then its turn is given back).
+FINISH = ["finish_task"]
 
 
 def plan(fakes: Fakes, **changes: Any) -> None:
     fakes.deploys.plan = fakes.deploys.plan.model_copy(update=changes)
 
 
-def assert_lock_let_go(fakes: Fakes) -> None:
-    assert fakes.deploys.lock is None
-    assert fakes.log.names()[-2:] == FINISH
+async def assert_turn_given_back(fakes: Fakes) -> None:
+    """The project's next deploy may go: nobody holds its turn any more."""
+    assert fakes.log.names()[-1:] == FINISH
+    await fakes.turn_given_back(deploy_pool(fakes.project_id))
 
 
 # --- to a live URL ------------------------------------------------------------------------------
@@ -66,7 +68,7 @@ async def test_a_deploy_goes_from_its_repository_to_a_live_url(fakes: Fakes) -> 
     assert fakes.rows.finished.message == f"shop release {release} is live at {URL} ({WHERE})"
     assert fakes.rows.finished.result == output.result.model_dump(mode="json")
     assert fakes.deploys.failures == []
-    assert_lock_let_go(fakes)
+    await assert_turn_given_back(fakes)
 
 
 async def test_a_port_taken_on_the_server_sends_the_deployer_to_another(fakes: Fakes) -> None:
@@ -84,7 +86,7 @@ async def test_a_port_taken_on_the_server_sends_the_deployer_to_another(fakes: F
     ]
     assert fakes.log.args("deployer")[1]["avoid_ports"] == [8001]
     assert "Port 8001 is taken" in fakes.rows.messages("ansible")
-    assert_lock_let_go(fakes)
+    await assert_turn_given_back(fakes)
 
 
 async def test_a_rollback_serves_the_earlier_release_again(fakes: Fakes) -> None:
@@ -114,7 +116,7 @@ async def test_a_rollback_serves_the_earlier_release_again(fakes: Fakes) -> None
     assert fakes.rows.finished.message == (
         f"Rolled back to release 20251231120000-r1: {URL} ({WHERE})"
     )
-    assert_lock_let_go(fakes)
+    await assert_turn_given_back(fakes)
 
 
 # --- missing secrets: a person sets them --------------------------------------------------------
@@ -163,7 +165,7 @@ async def test_missing_secrets_wait_for_a_person_and_the_deploy_looks_again(
     # Nothing was deployed until a look found every secret there.
     looks = fakes.log.names("missing_secrets", "deployer")
     assert looks[-2:] == ["missing_secrets", "deployer"] and looks.count("deployer") == 1
-    assert_lock_let_go(fakes)
+    await assert_turn_given_back(fakes)
 
 
 async def test_a_secret_set_while_the_deploy_looks_is_not_missed(fakes: Fakes) -> None:
@@ -181,7 +183,7 @@ async def test_a_secret_set_while_the_deploy_looks_is_not_missed(fakes: Fakes) -
     assert output.status is TaskStatus.completed
     assert fakes.log.count("wait_for_human") == 0
     assert fakes.log.count("missing_secrets") == 2  # it looked again at once
-    assert_lock_let_go(fakes)
+    await assert_turn_given_back(fakes)
 
 
 async def signal_handled(handle: WorkflowHandle[Any, Any]) -> bool:
@@ -206,8 +208,8 @@ async def test_a_cancel_while_waiting_for_secrets_fails_the_release_and_lets_the
     assert fakes.rows.finished.message == "The deploy was cancelled"
     assert fakes.deploys.failures == ["the deploy was cancelled"]
     # The release is marked failed, then the task ends, and only then may the next deploy go.
-    assert fakes.log.names()[-3:] == ["record_deploy_failure", *FINISH]
-    assert_lock_let_go(fakes)
+    assert fakes.log.names()[-2:] == ["record_deploy_failure", *FINISH]
+    await assert_turn_given_back(fakes)
 
 
 # --- failures -----------------------------------------------------------------------------------
@@ -224,8 +226,8 @@ async def assert_deploy_failed(fakes: Fakes, reason: str) -> None:
         f"The deploy failed: {reason}",
     )
     assert fakes.deploys.failures == [reason]
-    assert fakes.log.names()[-3:] == ["record_deploy_failure", *FINISH]
-    assert_lock_let_go(fakes)
+    assert fakes.log.names()[-2:] == ["record_deploy_failure", *FINISH]
+    await assert_turn_given_back(fakes)
 
 
 @pytest.mark.parametrize(
@@ -308,4 +310,4 @@ async def test_stop_and_undeploy_go_to_every_server_of_the_project(
     assert fakes.rows.finished is not None
     assert fakes.rows.finished.message == message
     assert "analyze" not in fakes.log.names()
-    assert_lock_let_go(fakes)
+    await assert_turn_given_back(fakes)

@@ -16,6 +16,7 @@ import docker
 import docker.errors
 import pytest
 import pytest_asyncio
+from infra.slots import WorkerSlots
 from redis.asyncio import Redis
 from temporalio.client import (
     Client,
@@ -31,7 +32,6 @@ from core.settings import Settings
 from db.engine import Database
 from db.tables import Task
 from infra.containers import ContainerRuntime, WorkerSpec, container_name
-from infra.slots import WorkerSlots
 from stack import podman
 from stack.prepare import ensure_reaper_schedule
 from testing import servers

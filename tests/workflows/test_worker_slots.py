@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 
 import docker
+from infra.slots import SLOTS_KEY, WorkerSlots
 from redis.asyncio import Redis
 from temporalio.client import Client
 
@@ -13,7 +14,6 @@ from core.enums import TaskStatus
 from core.settings import Settings
 from db.engine import Database
 from infra.containers import TASK_ID, ContainerRuntime
-from infra.slots import SLOTS_KEY, WorkerSlots
 from testing.waiting import eventually
 from testing.workflows import events, get_task, make_project, make_scripted_task, running_worker
 from testing.workflows import start_engineering as start

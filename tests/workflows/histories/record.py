@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import docker
+from infra.slots import WorkerSlots
 from redis.asyncio import Redis
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -60,7 +61,6 @@ from db.engine import Database
 from db.migrate import upgrade_async
 from db.tables import Project
 from infra.containers import ContainerRuntime
-from infra.slots import WorkerSlots
 from testing import servers
 from testing.deploy import DeployStack, deploy_stack_on
 from testing.images import image_builder
