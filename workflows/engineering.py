@@ -16,13 +16,14 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import WorkflowIDReusePolicy
-from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
+from temporalio.exceptions import ApplicationError, FailureError, WorkflowAlreadyStartedError
 
 from workflows.policies import (
     DB_RETRY,
     GIT_TIMEOUT,
     QUICK,
     QUICK_RETRY,
+    SCAFFOLD_SIGNAL_WAIT,
     WAIT_FOR_RUN_HEARTBEAT,
     WAIT_FOR_RUN_RETRY,
     WAIT_FOR_RUN_TIMEOUT,
@@ -46,9 +47,12 @@ with workflow.unsafe.imports_passed_through():
     from core.contracts.scaffolder import ScaffoldResult
     from core.contracts.workflows import (
         ENGINEERING_WORKFLOW,
+        SCAFFOLD_ENDED,
+        SCAFFOLD_NOTIFY,
         WORKERS_POOL,
         EngineeringInput,
         EngineeringOutput,
+        ScaffoldEnded,
         ScaffoldInput,
     )
     from core.enums import EventType, TaskStatus
@@ -65,6 +69,9 @@ RETIRED_PATCHES = (
     "engineering-close-gateway",
     "engineering-free-worker-while-waiting",
 )
+# Runs from before it waited for a scaffold under way in an activity; new runs ask the scaffold
+# run to signal its end and wait in workflow code.
+SCAFFOLD_WAIT_PATCH = "engineering-waits-for-scaffold-signal"
 
 
 class StageFailed(ApplicationError):
@@ -78,6 +85,7 @@ class EngineeringWorkflow(WaitsForPerson, TakesTurns):
         self._task_id = ""
         self._stages: list[str] = []
         self._task = TaskRun("", failure_type="EngineeringFailed")
+        self._scaffold_ended: ScaffoldEnded | None = None
 
     @workflow.run
     async def run(self, request: EngineeringInput) -> EngineeringOutput:
@@ -293,14 +301,49 @@ class EngineeringWorkflow(WaitsForPerson, TakesTurns):
                 stage=SCAFFOLD,
                 progress=0.1,
             )
-            return await workflow.execute_activity_method(
-                TemporalActivities.wait_for_scaffold,
-                child_id,
-                start_to_close_timeout=WAIT_FOR_RUN_TIMEOUT,
-                heartbeat_timeout=WAIT_FOR_RUN_HEARTBEAT,
-                retry_policy=WAIT_FOR_RUN_RETRY,
-                summary=f"Wait for {child_id}",
+            if workflow.patched(SCAFFOLD_WAIT_PATCH) and await self._ask_scaffold_to_tell(child_id):
+                return await self._scaffold_told(child_id)
+            return await self._scaffold_result(child_id)
+
+    async def _ask_scaffold_to_tell(self, child_id: str) -> bool:
+        """Ask the scaffold run to signal its end; False when it closed already."""
+        try:
+            await workflow.get_external_workflow_handle(child_id).signal(
+                SCAFFOLD_NOTIFY, workflow.info().workflow_id
             )
+        except FailureError:
+            return False
+        return True
+
+    async def _scaffold_told(self, child_id: str) -> ScaffoldResult:
+        """Wait in workflow code (no activity) for the run to signal its end."""
+        try:
+            await workflow.wait_condition(
+                lambda: self._scaffold_ended is not None, timeout=SCAFFOLD_SIGNAL_WAIT
+            )
+        except TimeoutError:  # the run closed as it was asked: its result is there to read
+            return await self._scaffold_result(child_id)
+        ended = self._scaffold_ended
+        assert ended is not None
+        if ended.result is None:
+            raise StageFailed(f"the scaffold run {child_id} did not succeed: {ended.error}")
+        return ended.result
+
+    @workflow.signal(name=SCAFFOLD_ENDED)
+    def scaffold_ended(self, ended: ScaffoldEnded) -> None:
+        self._scaffold_ended = ended
+
+    async def _scaffold_result(self, child_id: str) -> ScaffoldResult:
+        """The run's result, read by an activity that waits for it (runs from before
+        ``SCAFFOLD_WAIT_PATCH`` waited so all along)."""
+        return await workflow.execute_activity_method(
+            TemporalActivities.wait_for_scaffold,
+            child_id,
+            start_to_close_timeout=WAIT_FOR_RUN_TIMEOUT,
+            heartbeat_timeout=WAIT_FOR_RUN_HEARTBEAT,
+            retry_policy=WAIT_FOR_RUN_RETRY,
+            summary=f"Wait for {child_id}",
+        )
 
     async def _event(
         self,

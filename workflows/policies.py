@@ -73,6 +73,9 @@ SCAFFOLD_RETRY = RetryPolicy(
 FIND_REPOSITORY_RETRY = RetryPolicy(maximum_attempts=5)
 # Waiting for a run another task or the scaffolder queue started.
 WAIT_FOR_RUN_TIMEOUT = timedelta(hours=1)
+# A task waiting for the project's scaffold hears its end by signal; should that signal be lost
+# (it asked in the very moment the run closed), it reads the run's result after this long.
+SCAFFOLD_SIGNAL_WAIT = timedelta(minutes=15)
 WAIT_FOR_RUN_HEARTBEAT = timedelta(seconds=10)
 WAIT_FOR_RUN_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=10))
 

@@ -1,7 +1,9 @@
 """ScaffoldWorkflow: a project's repository, made once from the project template.
 
 Started as ``scaffold-{project_id}``, by the engineering workflow (as its child) or from
-``scaffolder:queue``. The workflow code only decides; the activities do the I/O.
+``scaffolder:queue``. The workflow code only decides; the activities do the I/O. Tasks that
+found it under way ask to be told its end (``notify_when_ended``) and wait in their own workflow
+code; each gets ``scaffold_ended`` with the result or why it failed.
 """
 
 from __future__ import annotations
@@ -29,14 +31,58 @@ from workflows.toolkit import describe_failure
 with workflow.unsafe.imports_passed_through():
     from activities.forge import FindRepositoryInput, ForgeActivities, ScaffoldRequest
     from activities.tasks import ProjectInfo, ProjectStatusInput, TaskActivities
-    from core.contracts.workflows import SCAFFOLD_WORKFLOW, ScaffoldInput, ScaffoldOutput
+    from core.contracts.workflows import (
+        SCAFFOLD_ENDED,
+        SCAFFOLD_NOTIFY,
+        SCAFFOLD_WORKFLOW,
+        ScaffoldEnded,
+        ScaffoldInput,
+        ScaffoldOutput,
+    )
     from core.enums import ProjectStatus
 
 
 @workflow.defn(name=SCAFFOLD_WORKFLOW)
 class ScaffoldWorkflow:
+    def __init__(self) -> None:
+        self._waiters: list[str] = []
+        self._ended: ScaffoldEnded | None = None
+
     @workflow.run
     async def run(self, request: ScaffoldInput) -> ScaffoldOutput:
+        try:
+            result = await self._run(request)
+        except (asyncio.CancelledError, FailureError) as error:
+            reason = "it was cancelled" if is_cancelled_exception(error) else None
+            self._ended = ScaffoldEnded(error=reason or describe_failure(error))
+            raise
+        else:
+            self._ended = ScaffoldEnded(result=result)
+            return result
+        finally:
+            await self._tell_waiters()
+
+    @workflow.signal(name=SCAFFOLD_NOTIFY)
+    def notify_when_ended(self, workflow_id: str) -> None:
+        if workflow_id not in self._waiters:
+            self._waiters.append(workflow_id)
+
+    async def _tell_waiters(self) -> None:
+        """Signal every waiter the end, also those that ask while it is being told."""
+        told: set[str] = set()
+        while self._ended is not None and (todo := [w for w in self._waiters if w not in told]):
+            told.update(todo)
+            await asyncio.gather(
+                *(
+                    workflow.get_external_workflow_handle(waiter).signal(
+                        SCAFFOLD_ENDED, self._ended
+                    )
+                    for waiter in todo
+                ),
+                return_exceptions=True,  # a waiter that closed meanwhile needs no answer
+            )
+
+    async def _run(self, request: ScaffoldInput) -> ScaffoldOutput:
         project = await self._get_project(request.project_id)
         full_name = request.repo_full_name or project.repo_full_name
         if project.repository:

@@ -48,6 +48,17 @@ class ScaffoldInput(BaseModel):
 
 ScaffoldOutput = ScaffoldResult
 
+# A signal to a scaffold run: "tell this workflow id when you end" (a task that found the
+# project's scaffold under way waits for it in workflow code); the run answers each with the
+# signal SCAFFOLD_ENDED.
+SCAFFOLD_NOTIFY = "notify_when_ended"
+SCAFFOLD_ENDED = "scaffold_ended"
+
+
+class ScaffoldEnded(BaseModel):
+    result: ScaffoldResult | None = None
+    error: str | None = Field(default=None, description="Why it did not succeed")
+
 
 # --- Provisioning (workflows/provision.py) ------------------------------------------------------
 

@@ -18,7 +18,8 @@ from core.contracts.agents import Budget, TaskUsage
 from core.contracts.events import HumanAnswer
 from core.enums import EventType, ProjectStatus, TaskStatus
 from core.ids import scaffold_workflow_id
-from tests.workflows.mocks import PULL_REQUEST_URL, Fakes, Turn, failure_of
+from testing.waiting import eventually
+from tests.workflows.mocks import PULL_REQUEST_URL, WITHIN_S, Fakes, Turn, failure_of, history
 from workflows.engineering import EngineeringWorkflow
 
 QUESTION = "Should /time answer in UTC or in local time?"
@@ -124,18 +125,51 @@ async def test_a_scaffold_already_under_way_is_waited_for(fakes: Fakes) -> None:
     await fakes.log.reached("scaffold_repository")
 
     handle = await fakes.start_engineering()
-    await fakes.log.reached("wait_for_scaffold")
+    await waits_for_the_scaffold(handle)
     scaffolding.set()
     output = await handle.result()
 
     assert output.result is not None
     assert output.result.repository == fakes.engineering.scaffold.repository
     assert fakes.log.count("scaffold_repository") == 1
-    assert fakes.log.args("wait_for_scaffold") == [scaffold_workflow_id(fakes.project_id)]
+    # It waited in workflow code, told by the scaffold run's signal: no activity waited.
+    assert fakes.log.count("wait_for_scaffold") == 0
     assert (
         f"Scaffolding is already under way in {scaffold_workflow_id(fakes.project_id)}; "
         "waiting for it"
     ) in fakes.rows.messages("scaffold")
+
+
+async def test_a_scaffold_under_way_that_fails_fails_the_waiting_task(fakes: Fakes) -> None:
+    fakes.new_project()
+    scaffolding = fakes.log.hold("scaffold_repository")
+    fakes.log.fail(
+        "record_repository",
+        ApplicationError("the database refused", type="Refused", non_retryable=True),
+    )
+    await fakes.start_scaffold()
+    await fakes.log.reached("scaffold_repository")
+    handle = await fakes.start_engineering()
+    await waits_for_the_scaffold(handle)
+
+    scaffolding.set()
+    failure = await failure_of(handle)
+
+    assert "did not succeed: scaffolding project shop failed: the database refused" in str(failure)
+    assert fakes.log.count("wait_for_scaffold") == 0
+
+
+async def waits_for_the_scaffold(handle: WorkflowHandle[Any, Any]) -> None:
+    """Until the task asked the scaffold run to tell it its end and holds no activity."""
+
+    async def waiting() -> bool:
+        asked = any(
+            e.HasField("external_workflow_execution_signaled_event_attributes")
+            for e in await history(handle)
+        )
+        return asked and not (await handle.describe()).raw_description.pending_activities
+
+    await eventually(waiting, "the task waiting for the scaffold run", within=WITHIN_S)
 
 
 # --- a person's answer --------------------------------------------------------------------------
