@@ -213,9 +213,8 @@ def write_redis_config(settings: Settings) -> Path:
     """The embedded Redis's configuration (0600), written before each start.
 
     Its ACL shuts the default user out and lets in only ours, with the password of
-    ``<home>/redis_password``: no other process of this machine (an app deployed to ``server
-    local`` included) reads or writes a queue. The file holds the password's SHA-256, not the
-    password.
+    ``<home>/redis_password``: a process without it (another user's: the home is 0700) reads or
+    writes no queue. The file holds the password's SHA-256, not the password.
     """
     password = ensure_secret_file(settings.redis_password_file, new_password)
     digest = hashlib.sha256(password.encode()).hexdigest()

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from core.secret_files import new_password
+from core.settings import REDIS_USER
 from stack import podman
 
 VENV_BIN = Path(sys.executable).parent
@@ -63,12 +64,10 @@ def stop_process(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-REDIS_USER = "orchestrator"
-
-
 @contextlib.contextmanager
 def redis_server() -> Iterator[str]:
-    """A throwaway redis-server whose only user is an ACL user with a password; yields its URL."""
+    """A throwaway redis-server whose only user is the stack's ACL user, with a password; yields
+    its URL."""
     port = free_port()
     password = new_password()
     root = Path(tempfile.mkdtemp(prefix="orch-redis-"))
