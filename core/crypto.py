@@ -7,13 +7,11 @@ so two processes starting together end up with the same key, never with two.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken
 
+from core.secret_files import ensure_secret_file
 from core.settings import Settings
 
 
@@ -71,29 +69,7 @@ class Vault:
 
 def ensure_key_file(path: Path) -> str:
     """The key in ``path``; a new one written there (0600) first if there is none."""
-    try:
-        return _read_key(path)
-    except FileNotFoundError:
-        pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Write a complete file under a temporary name, then link it to ``path``: a link never
-    # replaces an existing file, so of two racing processes one wins and both read its key.
-    fd, temporary = tempfile.mkstemp(prefix=".secret-key-", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(Vault.generate_key() + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        with contextlib.suppress(FileExistsError):
-            os.link(temporary, path)
-    finally:
-        os.unlink(temporary)
-    return _read_key(path)
-
-
-def _read_key(path: Path) -> str:
-    key = path.read_text().strip()
+    key = ensure_secret_file(path, Vault.generate_key)
     if not key:
         raise VaultError(f"{path} is empty; remove it to make a new key (stored secrets are lost)")
     return key

@@ -14,6 +14,11 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from core.secret_files import ensure_secret_file, new_password
+
+# The ACL user of the embedded Redis (its default user is disabled: see stack/services.py).
+REDIS_USER = "orchestrator"
+
 
 def _env(name: str) -> AliasChoices:
     """Accept both ``ORCHESTRATOR_NAME`` and the bare, conventional ``NAME``."""
@@ -275,8 +280,16 @@ class Settings(BaseSettings):
         return self.database_url or f"sqlite+aiosqlite:///{self.home_dir / 'orchestrator.db'}"
 
     @property
+    def redis_password_file(self) -> Path:
+        """The embedded Redis's password (made on first use, 0600); only its URL carries it."""
+        return self.home_dir / "redis_password"
+
+    @property
     def effective_redis_url(self) -> str:
-        return self.redis_url or f"redis://{self.host}:{self.redis_port}/0"
+        if self.redis_url:
+            return self.redis_url
+        password = ensure_secret_file(self.redis_password_file, new_password)
+        return f"redis://{REDIS_USER}:{password}@{self.host}:{self.redis_port}/0"
 
     @property
     def effective_temporal_address(self) -> str:

@@ -7,6 +7,8 @@ file, so a probe is plain data (:class:`Probe`) that either side can run.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import shutil
 import socket
@@ -14,13 +16,15 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import docker
 import httpx
 import redis
 
 from core.readiness import ready_file
-from core.settings import Settings
+from core.secret_files import ensure_secret_file, new_password, private_dir
+from core.settings import REDIS_USER, Settings
 from stack import podman
 
 TEMPORAL = "temporal"
@@ -39,16 +43,20 @@ PROBE_TIMEOUT = 1.0
 class Probe:
     """How to tell a service is healthy.
 
-    kind ``tcp``: ``target`` is host:port; ``redis``: a Redis URL answering PING; ``http``: a URL
-    answering 200; ``ready``: the ready file ``target`` holds the service's PID; ``docker``: a
-    Docker API URL answering ``GET /_ping``; ``none``: no check.
+    kind ``tcp``: ``target`` is host:port; ``redis``: a Redis URL answering PING, with the
+    password in the file ``password_file`` (the probe is written to the state file: no password in
+    it); ``http``: a URL answering 200; ``ready``: the ready file ``target`` holds the service's
+    PID; ``docker``: a Docker API URL answering ``GET /_ping``; ``none``: no check.
     """
 
     kind: str
     target: str = ""
+    password_file: str = ""
 
     def check(self, pid: int | None = None) -> bool:
         try:
+            if self.kind == "redis":
+                return _redis(self.target, self.password_file)
             return _CHECKS[self.kind](self.target, pid)
         except Exception:
             return False
@@ -60,9 +68,13 @@ def _tcp(target: str, _pid: int | None) -> bool:
         return True
 
 
-def _redis(target: str, _: int | None) -> bool:
+def _redis(target: str, password_file: str) -> bool:
+    password = Path(password_file).read_text().strip() if password_file else None
     client = redis.Redis.from_url(
-        target, socket_timeout=PROBE_TIMEOUT, socket_connect_timeout=PROBE_TIMEOUT
+        target,
+        password=password,
+        socket_timeout=PROBE_TIMEOUT,
+        socket_connect_timeout=PROBE_TIMEOUT,
     )
     try:
         return bool(client.ping())
@@ -89,7 +101,6 @@ def _ready(target: str, pid: int | None) -> bool:
 
 _CHECKS = {
     "tcp": _tcp,
-    "redis": _redis,
     "http": _http,
     "ready": _ready,
     "docker": _docker,
@@ -115,6 +126,8 @@ class Service:
     env: dict[str, str] = field(default_factory=dict)
     # Its working directory; None: the supervisor's.
     cwd: Path | None = None
+    # Its file mode creation mask (0o077: what it writes only its owner reads); None: inherited.
+    umask: int | None = None
 
     def out_file(self, settings: Settings) -> Path:
         return settings.logs_dir / f"{self.name}.out"
@@ -171,30 +184,64 @@ def temporal(settings: Settings) -> Service:
         probe=Probe("tcp", address),
         start_timeout=60,
         ports=(settings.temporal_port, settings.temporal_ui_port),
+        umask=0o077,  # its database holds every workflow's inputs and results
     )
 
 
+def redis_config(settings: Settings) -> Path:
+    return settings.redis_dir / "redis.conf"
+
+
 def redis_server(settings: Settings) -> Service:
-    argv = [
-        shutil.which("redis-server") or "redis-server",
-        *("--port", str(settings.redis_port)),
-        *("--bind", settings.host),
-        *("--dir", str(settings.redis_dir)),
-        # The append-only file keeps queued messages across a restart.
-        *("--appendonly", "yes"),
-        *("--save", ""),
-        *("--daemonize", "no"),
-        *("--logfile", _log(settings, REDIS)),
-    ]
+    # Everything is in the configuration file (write_redis_config), none of it on the command
+    # line: every user of the machine can read command lines (ps).
+    argv = [shutil.which("redis-server") or "redis-server", str(redis_config(settings))]
+    url = f"redis://{REDIS_USER}@{settings.host}:{settings.redis_port}/0"
     return Service(
         name=REDIS,
         argv=argv,
         address=f"{settings.host}:{settings.redis_port}",
-        probe=Probe("redis", settings.effective_redis_url),
+        probe=Probe("redis", url, password_file=str(settings.redis_password_file)),
         start_timeout=30,
         ports=(settings.redis_port,),
         logs=(_log(settings, REDIS),),
+        umask=0o077,  # its append-only file holds every queued message
     )
+
+
+def write_redis_config(settings: Settings) -> Path:
+    """The embedded Redis's configuration (0600), written before each start.
+
+    Its ACL shuts the default user out and lets in only ours, with the password of
+    ``<home>/redis_password``: a process without it (another user's: the home is 0700) reads or
+    writes no queue. The file holds the password's SHA-256, not the password.
+    """
+    password = ensure_secret_file(settings.redis_password_file, new_password)
+    digest = hashlib.sha256(password.encode()).hexdigest()
+    lines = [
+        f"port {settings.redis_port}",
+        f"bind {settings.host}",
+        f"dir {_quoted(private_dir(settings.redis_dir))}",
+        # The append-only file keeps queued messages across a restart.
+        "appendonly yes",
+        'save ""',
+        "daemonize no",
+        f"logfile {_quoted(_log(settings, REDIS))}",
+        "user default off resetpass resetkeys resetchannels -@all",
+        f"user {REDIS_USER} on #{digest} ~* &* +@all",
+    ]
+    path = redis_config(settings)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write("\n".join(lines) + "\n")
+    temporary.replace(path)
+    return path
+
+
+def _quoted(value: str | Path) -> str:
+    # Redis reads a double-quoted argument with C escapes, which JSON's are (left as UTF-8).
+    return json.dumps(str(value), ensure_ascii=False)
 
 
 def podman_root(settings: Settings) -> Path:
@@ -280,9 +327,7 @@ def externals(settings: Settings) -> list[External]:
             External(TEMPORAL, settings.temporal_address, Probe("tcp", settings.temporal_address))
         )
     if settings.redis_url:
-        found.append(
-            External(REDIS, _redact(settings.redis_url), Probe("redis", settings.redis_url))
-        )
+        found.append(External(REDIS, _redact(settings.redis_url), _tcp_probe(settings.redis_url)))
     if settings.database_url:
         found.append(External(DATABASE, _redact(settings.database_url)))
     if settings.docker_host:
@@ -291,12 +336,23 @@ def externals(settings: Settings) -> list[External]:
     return found
 
 
+def _tcp_probe(url: str) -> Probe:
+    """Whether a given server's port answers: its URL may hold a password, which a probe (written
+    to the state file) must not."""
+    parsed = urlsplit(url)
+    if not parsed.hostname:
+        return Probe("none")
+    host = f"[{parsed.hostname}]" if ":" in parsed.hostname else parsed.hostname
+    return Probe("tcp", f"{host}:{parsed.port or 6379}")
+
+
 def _redact(url: str) -> str:
     """Hide a password in a URL shown to people or written to the state file."""
     with contextlib.suppress(Exception):
         parsed = httpx.URL(url)
         if parsed.password:
-            return str(parsed.copy_with(password="***"))
+            # The user stays: which ACL user a service is matters when reading `status`.
+            return str(parsed.copy_with(username=parsed.username, password="***"))
     return url
 
 

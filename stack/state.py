@@ -39,11 +39,14 @@ def read_state(settings: Settings) -> dict[str, Any] | None:
 
 
 def write_state(settings: Settings, state: dict[str, Any]) -> None:
-    """Replace the file in one rename, so a reader never sees half of it."""
+    """Replace the file (0600) in one rename, so a reader never sees half of it."""
     path = settings.state_file
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(state, indent=2) + "\n")
+    # Its owner's only, like the rest of the home (it names every log and the API key's file).
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(json.dumps(state, indent=2) + "\n")
     tmp.replace(path)
 
 

@@ -29,6 +29,7 @@ from types import FrameType
 from typing import IO, Any
 
 from core.logging import configure_logging, get_logger
+from core.secret_files import private_dir
 from core.settings import Settings
 from stack import local_target, podman, services, state
 from stack.services import External, Service
@@ -125,7 +126,7 @@ class Supervisor:
     def run(self, on_ready: Callable[[Supervisor], None] | None = None) -> int:
         """Start, supervise until told to stop, stop. Returns the exit status."""
         settings = self.settings
-        settings.logs_dir.mkdir(parents=True, exist_ok=True)
+        make_private_home(settings)
         configure_logging("supervisor", settings.log_level, settings.logs_dir)
         if not self._acquire_lock():
             self.echo(f"The stack in {settings.home_dir} is already managed by another supervisor.")
@@ -226,7 +227,7 @@ class Supervisor:
         if service.ready_file:
             Path(service.ready_file).unlink(missing_ok=True)
         if service.name == services.REDIS:
-            self.settings.redis_dir.mkdir(parents=True, exist_ok=True)
+            services.write_redis_config(self.settings)
         if service.name == services.CONTAINERS:
             podman.write_config(services.podman_root(self.settings))
             # A socket file left by a killed service would make the new one fail to bind.
@@ -240,6 +241,7 @@ class Supervisor:
                 stderr=subprocess.STDOUT,
                 env={**self._env, **service.env},
                 cwd=service.cwd,
+                umask=-1 if service.umask is None else service.umask,
                 process_group=0,
                 preexec_fn=_die_with(os.getpid()),
             )
@@ -301,6 +303,7 @@ class Supervisor:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=self._env,
+                umask=0o077,  # it makes the database
                 process_group=0,
                 preexec_fn=_die_with(os.getpid()),
             )
@@ -433,6 +436,13 @@ class Supervisor:
         state.write_state(self.settings, self.state())
 
 
+def make_private_home(settings: Settings) -> None:
+    """The home and its logs readable by their owner only: the databases, the keys, the queues'
+    file and what the services log are in there."""
+    private_dir(settings.home_dir)
+    private_dir(settings.logs_dir)
+
+
 def _port_free(host: str, port: int) -> bool:
     with socket.socket() as sock:
         # As the servers themselves bind: a port in TIME_WAIT is free to them.
@@ -463,7 +473,7 @@ def start_detached(settings: Settings, timeout: float = 300.0) -> tuple[dict[str
     if state.is_up(current):
         assert current is not None
         return wait_ready(settings, current["supervisor_pid"], None, timeout), False
-    settings.logs_dir.mkdir(parents=True, exist_ok=True)
+    make_private_home(settings)
     out_path = settings.logs_dir / "supervisor.out"
     with open(out_path, "ab") as out:
         proc = subprocess.Popen(

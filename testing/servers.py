@@ -1,11 +1,14 @@
 """Real servers for tests: Redis and PostgreSQL on loopback, on ports of their own.
 
-The same helpers start them for the test session and for the benchmarks.
+The same helpers start them for the test session and for the benchmarks. Both want a password,
+as the stack's do: the URL they yield carries it, so the whole suite runs authenticated. The
+passwords are in no command line (ps) and no log.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import socket
@@ -16,6 +19,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from core.secret_files import new_password
+from core.settings import REDIS_USER
 from stack import podman
 
 VENV_BIN = Path(sys.executable).parent
@@ -61,29 +66,25 @@ def stop_process(proc: subprocess.Popen) -> None:
 
 @contextlib.contextmanager
 def redis_server() -> Iterator[str]:
-    """A throwaway redis-server; yields its URL."""
+    """A throwaway redis-server whose only user is the stack's ACL user, with a password; yields
+    its URL."""
     port = free_port()
-    proc = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--daemonize",
-            "no",
-        ],
-        stdout=subprocess.DEVNULL,
+    password = new_password()
+    root = Path(tempfile.mkdtemp(prefix="orch-redis-"))
+    config = root / "redis.conf"
+    config.write_text(
+        f'port {port}\nbind 127.0.0.1\nsave ""\nappendonly no\ndaemonize no\n'
+        "user default off resetpass resetkeys resetchannels -@all\n"
+        f"user {REDIS_USER} on #{hashlib.sha256(password.encode()).hexdigest()} ~* &* +@all\n"
     )
+    config.chmod(0o600)
+    proc = subprocess.Popen(["redis-server", str(config)], stdout=subprocess.DEVNULL)
     try:
         wait_for_port(port, proc=proc)
-        yield f"redis://127.0.0.1:{port}/0"
+        yield f"redis://{REDIS_USER}:{password}@127.0.0.1:{port}/0"
     finally:
         stop_process(proc)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _postgres_bin() -> Path:
@@ -95,16 +96,23 @@ def _postgres_bin() -> Path:
 
 @contextlib.contextmanager
 def postgres_server() -> Iterator[str]:
-    """A throwaway PostgreSQL cluster with trust auth; yields an asyncpg URL to its server."""
+    """A throwaway PostgreSQL cluster with password auth (scram-sha-256); yields an asyncpg URL
+    to its server."""
     bin_dir = _postgres_bin()
     root = Path(tempfile.mkdtemp(prefix="orch-pg-"))
     data, sockets = root / "data", root / "sock"
-    sockets.mkdir()
+    sockets.mkdir(mode=0o700)
+    password = new_password()
+    # initdb reads the superuser's password from a file, which goes once the cluster is made.
+    password_file = root / "password"
+    password_file.write_text(password + "\n")
+    password_file.chmod(0o600)
     as_postgres: list[str] = []
     if os.geteuid() == 0:  # initdb refuses to run as root
-        shutil.chown(root, "postgres")
-        shutil.chown(sockets, "postgres")
+        for path in (root, sockets, password_file):
+            shutil.chown(path, "postgres")
         as_postgres = ["runuser", "-u", "postgres", "--"]
+    root.chmod(0o700)
     port = free_port()
     subprocess.run(
         [
@@ -114,7 +122,8 @@ def postgres_server() -> Iterator[str]:
             str(data),
             "-U",
             "postgres",
-            "--auth=trust",
+            "--auth=scram-sha-256",
+            f"--pwfile={password_file}",
             "-E",
             "UTF8",
             "--no-sync",
@@ -122,6 +131,7 @@ def postgres_server() -> Iterator[str]:
         check=True,
         stdout=subprocess.DEVNULL,
     )
+    password_file.unlink()
     proc = subprocess.Popen(
         [
             *as_postgres,
@@ -156,7 +166,7 @@ def postgres_server() -> Iterator[str]:
             if ok.returncode == 0:
                 break
             time.sleep(0.1)
-        yield f"postgresql+asyncpg://postgres@127.0.0.1:{port}"
+        yield f"postgresql+asyncpg://postgres:{password}@127.0.0.1:{port}"
     finally:
         stop_process(proc)
         shutil.rmtree(root, ignore_errors=True)

@@ -12,7 +12,9 @@ def test_defaults_describe_the_embedded_stack(monkeypatch, tmp_path):
     settings = Settings()
     assert settings.home_dir == tmp_path
     assert settings.effective_database_url == f"sqlite+aiosqlite:///{tmp_path / 'orchestrator.db'}"
-    assert settings.effective_redis_url.startswith("redis://127.0.0.1:")
+    # The embedded Redis wants its ACL user's password (tests/core/test_secret_files.py).
+    assert settings.effective_redis_url.startswith("redis://orchestrator:")
+    assert settings.effective_redis_url.endswith(f"@127.0.0.1:{settings.redis_port}/0")
     assert settings.effective_temporal_address == f"127.0.0.1:{settings.temporal_port}"
     assert settings.workflow_url("engineering-x").endswith(
         "/namespaces/default/workflows/engineering-x"

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+from redis import AuthenticationError, Redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from core.settings import Settings
 from stack import services, state
+from stack.supervisor import Child, service_states
+from testing.servers import free_port
 
 
 def sleeper(*, group: bool = False) -> subprocess.Popen[bytes]:
@@ -66,7 +76,9 @@ def test_child_env_makes_every_service_agree(
     settings = Settings(home=tmp_path, api_port=1234, redis_port=4321, temporal_port=5555)
     env = services.child_env(settings)
     assert env["ORCHESTRATOR_HOME"] == str(tmp_path.resolve())
-    assert env["ORCHESTRATOR_REDIS_URL"] == env["REDIS_URL"] == "redis://127.0.0.1:4321/0"
+    password = settings.redis_password_file.read_text().strip()
+    redis_url = f"redis://orchestrator:{password}@127.0.0.1:4321/0"
+    assert env["ORCHESTRATOR_REDIS_URL"] == env["REDIS_URL"] == redis_url
     assert env["ORCHESTRATOR_TEMPORAL_ADDRESS"] == env["TEMPORAL_ADDRESS"] == "127.0.0.1:5555"
     assert env["DATABASE_URL"].endswith(str(tmp_path.resolve() / "orchestrator.db"))
     assert env["ORCHESTRATOR_API_URL"] == "http://127.0.0.1:1234"
@@ -102,6 +114,10 @@ def test_given_servers_are_not_started(tmp_path: Path) -> None:
     assert externals["containers"] == "tcp://docker.example:2375"
     assert services.child_env(settings)["DOCKER_HOST"] == "tcp://docker.example:2375"
     assert "secret" not in externals["redis"]
+    # Nor in its probe, which the state file keeps: the port is probed, not the password.
+    [redis] = [e for e in services.externals(settings) if e.name == "redis"]
+    assert redis.probe == services.Probe("tcp", "redis.example:6379")
+    assert "secret" not in json.dumps(redis.to_dict())
     assert [s.name for s in services.applications(settings)] == [
         "api",
         "temporal-worker",
@@ -131,3 +147,81 @@ def test_probes(tmp_path: Path) -> None:
 
 def test_the_docker_probe_pings_a_docker_api(docker_host: str) -> None:
     assert services.Probe("docker", docker_host).check()
+
+
+def embedded_settings(home: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    for name in ("REDIS_URL", "ORCHESTRATOR_REDIS_URL"):
+        monkeypatch.delenv(name, raising=False)
+    return Settings(home=home, redis_port=free_port())
+
+
+def test_the_redis_password_is_in_no_command_line_address_probe_or_state(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = embedded_settings(tmp_path / "home", monkeypatch)
+    password = settings.effective_redis_url.split(":")[2].split("@")[0]
+    redis = services.redis_server(settings)
+    config = services.write_redis_config(settings)
+    assert redis.argv[1:] == [str(config)]  # everything else is in the file, out of ps
+    assert stat.S_IMODE(config.stat().st_mode) == 0o600
+    assert stat.S_IMODE(settings.redis_dir.stat().st_mode) == 0o700
+    written = config.read_text()
+    assert "user default off" in written
+    assert hashlib.sha256(password.encode()).hexdigest() in written  # the hash, not the password
+    # What `status` shows and the state file keeps: the probe names the password's file.
+    bridges = next(s for s in services.applications(settings) if s.name == services.BRIDGES)
+    assert bridges.address == f"redis://orchestrator:***@127.0.0.1:{settings.redis_port}/0"
+    shown = json.dumps(
+        [
+            Child(redis).to_dict(settings),
+            Child(bridges).to_dict(settings),
+            service_states(None, settings),
+        ]
+    )
+    assert password not in written + shown + " ".join(redis.argv)
+    state.write_state(settings, {"services": [Child(redis).to_dict(settings)]})
+    assert stat.S_IMODE(settings.state_file.stat().st_mode) == 0o600
+
+
+def assert_strangers_refused(port: int) -> None:
+    """A client without the ACL user's password gets nothing: no command, not even PING."""
+
+    def stranger(**credentials: Any) -> Redis:
+        # No retries: redis-py retries a refused login (a ConnectionError) with a backoff.
+        return Redis(port=port, retry=Retry(NoBackoff(), 0), **credentials)
+
+    with pytest.raises(AuthenticationError):  # redis-py's HELLO is refused
+        stranger().ping()
+    with pytest.raises(AuthenticationError, match="Authentication required"):  # NOAUTH
+        stranger(protocol=2).xadd("engineering:queue", {"data": "{}"})
+    # WRONGPASS: our user with a guess, and the default user, which is off.
+    for credentials in ({"username": "orchestrator", "password": "guess"}, {"password": "x"}):
+        with pytest.raises(AuthenticationError, match="invalid username-password pair"):
+            stranger(**credentials).ping()
+
+
+def test_the_embedded_redis_lets_in_only_its_acl_user(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = embedded_settings(tmp_path / "home", monkeypatch)
+    redis = services.redis_server(settings)
+    services.write_redis_config(settings)
+    settings.logs_dir.mkdir(parents=True)
+    proc = subprocess.Popen(redis.argv, umask=redis.umask or -1)
+    try:
+        deadline = time.monotonic() + 30
+        while not redis.probe.check():  # the probe authenticates with the password's file
+            assert proc.poll() is None and time.monotonic() < deadline, "redis did not start"
+            time.sleep(0.05)
+        client = Redis.from_url(settings.effective_redis_url)
+        assert client.xadd("engineering:queue", {"data": "{}"})
+        assert_strangers_refused(settings.redis_port)
+        assert client.xlen("engineering:queue") == 1
+        # The append-only file and its folder are its owner's only (the umask 0o077).
+        written = [p for p in settings.redis_dir.rglob("*") if p.name != "redis.conf"]
+        assert written
+        assert {stat.S_IMODE(p.stat().st_mode) for p in written} <= {0o600, 0o700}
+        client.close()
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -18,6 +18,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -26,12 +27,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import docker
 import httpx
 import psutil
 import pytest
+import redis
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
@@ -45,6 +48,7 @@ from testing.apps import end_apps
 from testing.images import tiny_image
 from testing.servers import free_port
 from tests.conftest import fresh_postgres_database
+from tests.stack.test_state import assert_strangers_refused
 
 FOREIGN = [
     f"{prefix}{name}"
@@ -197,6 +201,57 @@ async def wait_for_workflow(stack: Stack, workflow_id: str) -> WorkflowExecution
         await asyncio.sleep(0.05)
 
 
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def assert_private(home: Path) -> None:
+    """The home, its databases, keys, queues' file and logs: readable by their owner only."""
+    assert mode(home) == 0o700
+    for folder in ("logs", "redis"):
+        assert mode(home / folder) == 0o700, folder
+    for name in (
+        "stack.json",
+        "redis_password",
+        "redis/redis.conf",
+        "api_key",
+        "secret.key",
+        "orchestrator.db",
+        "temporal.sqlite",
+    ):
+        assert mode(home / name) == 0o600, name
+    # The append-only files Redis made, and whatever the databases keep beside them (-wal, -shm).
+    written = [*(home / "redis").rglob("*"), *home.glob("*.db-*"), *home.glob("*.sqlite-*")]
+    assert any(p.name.endswith(".aof") for p in written)
+    assert {p.name: mode(p) & 0o077 for p in written} == {p.name: 0 for p in written}
+
+
+def leaks(stack: Stack, secrets: list[str], *shown: str) -> list[str]:
+    """Where any of ``secrets`` is written: the state file, the logs, what the CLI showed, the
+    command line of any process of this machine (ps shows every user's)."""
+    places = {"shown": "\n".join(shown), "stack.json": (stack.home / "stack.json").read_text()}
+    places.update({str(p): p.read_text(errors="replace") for p in (stack.home / "logs").iterdir()})
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            places[f"cmdline of {proc.info['pid']}"] = " ".join(proc.info["cmdline"] or [])
+    return [place for place, text in places.items() if any(s in text for s in secrets)]
+
+
+def assert_only_the_stack_gets_in(stack: Stack, *shown: str) -> None:
+    """The embedded Redis refuses a client without the stack's password (every service of the
+    stack has it, and worked); the password is in no log, state or command line."""
+    port = stack.ports["REDIS_PORT"]
+    assert_strangers_refused(port)
+    password = (stack.home / "redis_password").read_text().strip()
+    # The services have it in their environment (their owner's to read, as /proc/PID/environ is).
+    bridges = psutil.Process(service(stack, "bridges")["pid"])
+    assert f"orchestrator:{password}@" in bridges.environ()["REDIS_URL"]
+    with redis.Redis(port=port, username="orchestrator", password=password) as client:
+        # The bridges made their consumer group: they are in.
+        assert client.xinfo_groups("engineering:queue")
+    assert leaks(stack, [password], *shown) == []
+
+
 def git_out(repo: Path, *args: str) -> str:
     done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
@@ -232,6 +287,9 @@ async def test_up_run_a_task_down(stack: Stack) -> None:
     status = stack.json("status")
     assert status["running"] is True
     assert {s["name"]: s["state"] for s in status["services"]} == dict.fromkeys(SERVICES, "running")
+    # Nobody else on the wire: the task above went through Redis with the stack's password only.
+    assert_only_the_stack_gets_in(stack, json.dumps(up), json.dumps(status), watched.stdout)
+    assert_private(stack.home)
     async with httpx.AsyncClient(timeout=10) as http:
         assert (await http.get(status["temporal_ui_url"])).status_code == 200
     containers = next(s for s in status["services"] if s["name"] == "containers")
@@ -361,8 +419,12 @@ async def test_up_uses_servers_it_is_given(
         # The test Temporal server is shared: keep this stack's runs on a queue of its own.
         ORCHESTRATOR_TEMPORAL_TASK_QUEUE=f"smoke-{uuid.uuid4().hex[:8]}",
     )
-    await asyncio.to_thread(stack.json, "up", "--detach")
+    up = await asyncio.to_thread(stack.json, "up", "--detach")
     status = stack.json("status")
+    # The servers given want passwords (testing/servers.py): the stack shows neither.
+    passwords = [urlsplit(url).password or "" for url in (redis_url, database_url)]
+    assert all(passwords)
+    assert leaks(stack, passwords, json.dumps(up), json.dumps(status)) == []
     states = {s["name"]: s["state"] for s in status["services"]}
     assert states == {
         "temporal": "external",
