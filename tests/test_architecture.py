@@ -34,7 +34,7 @@ PACKAGES = [
     "stack",
 ]
 # Top-level folders that are no Python package of the product but belong to the tree.
-OTHER_FOLDERS = ["deploy", "testing", "tests", "bench", "scripts"]
+OTHER_FOLDERS = ["deploy", "testing", "tests", "bench", "scripts", "docs"]
 LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
 
 
@@ -186,6 +186,7 @@ def texts_of(path: Path) -> list[str]:
 
 def our_files() -> list[Path]:
     files = [REPO_ROOT / "README.md", REPO_ROOT / "ARCHITECTURE.md"]
+    files += sorted((REPO_ROOT / "docs").rglob("*.md"))
     for folder in [*PACKAGES, "testing", "tests", "bench"]:
         files += sorted((REPO_ROOT / folder).rglob("*.py"))
     return [path for path in files if "migrations" not in path.parts]
