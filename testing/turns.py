@@ -4,6 +4,7 @@ keeps it until told, and asks made in the name of any workflow id."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any
 
 from temporalio import workflow
@@ -13,7 +14,7 @@ with workflow.unsafe.imports_passed_through():
     from temporalio.testing import ActivityEnvironment
 
     from activities.turns import AskForTurnInput, TurnActivities
-    from core.contracts.workflows import TURNS_STATE, TurnAnswer, TurnsState
+    from core.contracts.workflows import TURN_GRANTED, TURNS_STATE, TurnAnswer, TurnsState
     from core.ids import turns_workflow_id
     from core.settings import Settings
     from workflows.toolkit import TakesTurns
@@ -69,3 +70,29 @@ async def ask_turn(
 async def pool_state(client: Client, task_queue: str, pool: str) -> TurnsState:
     handle = client.get_workflow_handle(turns_workflow_id(task_queue, pool))
     return await handle.query(TURNS_STATE, result_type=TurnsState)
+
+
+async def grants_in_order(
+    client: Client, task_queue: str, pool: str
+) -> tuple[list[str], list[str]]:
+    """From the pool's own history: the holders whose asks were queued, in the order asked, and
+    the holders told their turn came, in the order told."""
+    handle = client.get_workflow_handle(turns_workflow_id(task_queue, pool))
+    asked: dict[str, str] = {}  # update id -> holder, in the order accepted
+    queued: set[str] = set()
+    told: list[str] = []
+    async for event in handle.fetch_history_events():
+        if event.HasField("workflow_execution_update_accepted_event_attributes"):
+            accepted = event.workflow_execution_update_accepted_event_attributes.accepted_request
+            ask = json.loads(accepted.input.args.payloads[0].data)
+            asked[accepted.meta.update_id] = ask["holder"]
+        elif event.HasField("workflow_execution_update_completed_event_attributes"):
+            completed = event.workflow_execution_update_completed_event_attributes
+            answer = json.loads(completed.outcome.success.payloads[0].data)
+            if not answer["granted"]:
+                queued.add(completed.meta.update_id)
+        elif event.HasField("signal_external_workflow_execution_initiated_event_attributes"):
+            signal = event.signal_external_workflow_execution_initiated_event_attributes
+            if signal.signal_name == TURN_GRANTED:
+                told.append(signal.workflow_execution.workflow_id)
+    return [holder for update_id, holder in asked.items() if update_id in queued], told

@@ -722,16 +722,18 @@ class Fakes:
         self._handles.append(handle)
         return handle
 
-    async def start_deploy(self) -> WorkflowHandle[Any, DeployOutput]:
+    async def start_deploy(self, task_id: str | None = None) -> WorkflowHandle[Any, DeployOutput]:
+        """The deploy task (another of the same project with ``task_id``)."""
+        task_id = task_id or self.task_id
         handle = await self.client.start_workflow(
             DeployWorkflow.run,
             DeployInput(
-                task_id=self.task_id,
+                task_id=task_id,
                 project_id=self.project_id,
                 user_id="user-1",
                 action=self.deploys.plan.action,
             ),
-            id=deploy_workflow_id(self.task_id),
+            id=deploy_workflow_id(task_id),
             task_queue=self.queue,
         )
         self._handles.append(handle)

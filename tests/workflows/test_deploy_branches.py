@@ -311,3 +311,39 @@ async def test_stop_and_undeploy_go_to_every_server_of_the_project(
     assert fakes.rows.finished.message == message
     assert "analyze" not in fakes.log.names()
     await assert_turn_given_back(fakes)
+
+
+# --- one deploy at a time per project -------------------------------------------------------------
+
+
+async def test_deploys_queued_five_deep_run_one_at_a_time_in_order(fakes: Fakes) -> None:
+    fakes.deploys.secrets = {"DATABASE_URL"}
+    pool = deploy_pool(fakes.project_id)
+    planning = fakes.log.hold("plan_deploy")
+    handles = []
+    for n in range(5):
+        handles.append(await fakes.start_deploy(task_id=f"{fakes.task_id}-{n}"))
+        await eventually(lambda: _in_pool(fakes, pool, handles[-1].id), within=WITHIN_S)
+    await fakes.log.reached("plan_deploy")
+
+    state = await fakes.turns(pool)
+    assert [t.holder for t in state.holding] == [handles[0].id]
+    assert [t.holder for t in state.waiting] == [h.id for h in handles[1:]]
+    # The four behind wait in workflow code: no activity runs or retries for them.
+    for waiting in handles[1:]:
+        assert not (await waiting.describe()).raw_description.pending_activities
+    assert fakes.log.count("plan_deploy") == 1
+    planning.set()
+    outputs = [await handle.result() for handle in handles]
+
+    assert [o.status for o in outputs] == [TaskStatus.completed] * 5
+    planned = fakes.log.args("plan_deploy")
+    assert planned == [f"{fakes.task_id}-{n}" for n in range(5)]
+    # Each deploy ended before the next one planned.
+    assert fakes.log.names("plan_deploy", "finish_task") == ["plan_deploy", "finish_task"] * 5
+    await fakes.turn_given_back(pool)
+
+
+async def _in_pool(fakes: Fakes, pool: str, holder: str) -> bool:
+    state = await fakes.turns(pool)
+    return holder in [t.holder for t in [*state.holding, *state.waiting]]

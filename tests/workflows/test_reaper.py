@@ -16,7 +16,6 @@ import docker
 import docker.errors
 import pytest
 import pytest_asyncio
-from infra.slots import WorkerSlots
 from redis.asyncio import Redis
 from temporalio.client import (
     Client,
@@ -27,6 +26,7 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError
 
+from core.contracts.workflows import WORKERS_POOL
 from core.enums import TaskStatus
 from core.settings import Settings
 from db.engine import Database
@@ -36,6 +36,7 @@ from stack import podman
 from stack.prepare import ensure_reaper_schedule
 from testing import servers
 from testing.images import tiny_image
+from testing.turns import ask_turn, pool_state
 from testing.waiting import eventually
 from testing.workflows import make_project, make_task, running_worker
 from workflows.reaper import (
@@ -124,7 +125,7 @@ def exists(client: docker.DockerClient, worker_id: str) -> bool:
     return True
 
 
-async def test_the_reaper_removes_containers_and_slots_of_closed_workflows_only(
+async def test_the_reaper_removes_containers_and_turns_of_closed_workflows_only(
     temporal_client: Client,
     queue: str,
     runtime: ContainerRuntime,
@@ -147,9 +148,9 @@ async def test_the_reaper_removes_containers_and_slots_of_closed_workflows_only(
             await runtime.create_worker(
                 WorkerSpec(image=tiny, worker_id=worker_id, task_id="t", workflow_id=workflow_id)
             )
-        slots = WorkerSlots(redis, limit=4)
-        assert await slots.try_take(ended.id, made["terminated"])
-        assert await slots.try_take(running.id, made["running"])
+        for holder, worker_id in ((ended, made["terminated"]), (running, made["running"])):
+            taken = await ask_turn(temporal_client, queue, WORKERS_POOL, holder.id, worker_id)
+            assert taken.granted
 
         output = await reap(temporal_client, queue)
 
@@ -157,7 +158,11 @@ async def test_the_reaper_removes_containers_and_slots_of_closed_workflows_only(
         assert not exists(own_docker, made["terminated"])
         assert not exists(own_docker, made["unknown"])
         assert exists(own_docker, made["running"])
-        assert await slots.holders() == [f"{running.id} {made['running']}"]
+        mine = {ended.id, running.id}
+        given_back = [t.holder for t in output.turns_given_back if t.holder in mine]
+        assert given_back == [ended.id]
+        holding = (await pool_state(temporal_client, queue, WORKERS_POOL)).holding
+        assert [t.holder for t in holding] == [running.id]
         assert output.errors == []
         # Nothing left to reap: a second run removes nothing.
         assert (await reap(temporal_client, queue)).workers_removed == []

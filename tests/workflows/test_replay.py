@@ -17,12 +17,14 @@ from temporalio.client import WorkflowHistory
 from temporalio.workflow import NondeterminismError
 
 from core.contracts.deploy import DEPLOY_SECRETS_CHANGED
+from core.contracts.workflows import TURNS_GIVE_BACK
 from stack.temporal_worker import replayer as make_replayer
 from tests.workflows.changed_workflows import (
     EngineeringWithAnExtraEvent,
     EngineeringWithAPatchedEvent,
 )
 from workflows.scaffold import ScaffoldWorkflow
+from workflows.toolkit import TURNS_PATCH
 
 HISTORIES = Path(__file__).resolve().parent / "histories"
 RECORDED = [
@@ -36,6 +38,7 @@ RECORDED = [
     "engineering_answered_frees_worker",
     "engineering_cancelled",
     "engineering_cancelled_creating_worker",
+    "engineering_cancelled_waiting_for_a_slot",
     "engineering_developed",
     "engineering_existing_repository",
     "engineering_failed",
@@ -90,16 +93,15 @@ def test_the_secret_wait_is_in_its_recording() -> None:
     ]
 
 
-def test_the_cancel_while_creating_a_worker_is_in_its_recording() -> None:
-    """So its replay runs the path of a cancel that comes while ``create_container`` runs: the
-    run waited for that activity's cancellation before it removed the Worker, then ended.
-    (Code that did not wait replays this history too: the replay matches commands to events in
-    order, not to the workflow task that sent them. It is runs recorded by such code that the
-    waiting code cannot replay.)"""
+def cancel_steps(name: str) -> list[str]:
+    """A recording's activities, signals sent and cancel events, in order."""
     steps = []
-    for event in history("engineering_cancelled_creating_worker").events:
+    for event in history(name).events:
         if event.HasField("activity_task_scheduled_event_attributes"):
             steps.append(event.activity_task_scheduled_event_attributes.activity_type.name)
+        elif event.HasField("signal_external_workflow_execution_initiated_event_attributes"):
+            signal = event.signal_external_workflow_execution_initiated_event_attributes
+            steps.append(f"signal {signal.signal_name}")
         elif event.HasField("workflow_execution_cancel_requested_event_attributes"):
             steps.append("cancel requested")
         elif event.HasField("activity_task_cancel_requested_event_attributes"):
@@ -108,6 +110,32 @@ def test_the_cancel_while_creating_a_worker_is_in_its_recording() -> None:
             steps.append("activity canceled")
         elif event.HasField("workflow_execution_canceled_event_attributes"):
             steps.append("canceled")
+    return steps
+
+
+def test_the_cancel_while_waiting_for_a_slot_is_in_its_recording() -> None:
+    """So its replay runs a task that asked for a Worker slot, waited for it in workflow code (no
+    activity between the ask and the cancel), then left the queue and ended."""
+    steps = cancel_steps("engineering_cancelled_waiting_for_a_slot")
+    asked = steps.index("ask_for_turn")
+    assert steps[asked:] == [
+        "ask_for_turn",
+        "cancel requested",
+        "remove_container",
+        f"signal {TURNS_GIVE_BACK}",
+        "finish_task",
+        "canceled",
+    ]
+    assert (TURNS_PATCH, False) in patch_markers("engineering_cancelled_waiting_for_a_slot")
+
+
+def test_the_cancel_while_creating_a_worker_is_in_its_recording() -> None:
+    """So its replay runs the path of a cancel that comes while ``create_container`` runs: the
+    run waited for that activity's cancellation before it removed the Worker, then ended.
+    (Code that did not wait replays this history too: the replay matches commands to events in
+    order, not to the workflow task that sent them. It is runs recorded by such code that the
+    waiting code cannot replay.)"""
+    steps = cancel_steps("engineering_cancelled_creating_worker")
     created = steps.index("create_container")
     assert steps[created:] == [
         "create_container",

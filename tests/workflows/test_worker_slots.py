@@ -1,29 +1,35 @@
-"""The limit on concurrent Workers: extra tasks wait for a slot, and say so, then run."""
+"""More tasks than Worker slots and than the worker's activity slots: the waiting tasks wait in
+workflow code, holding no activity, get their turns in the order they asked, say that they wait,
+and all complete (the real worker, podman and the scripted agent)."""
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import docker
-from infra.slots import SLOTS_KEY, WorkerSlots
+import pytest
 from redis.asyncio import Redis
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowHandle
 
+from core.contracts.workflows import WORKERS_POOL
 from core.enums import TaskStatus
 from core.settings import Settings
 from db.engine import Database
 from infra.containers import TASK_ID, ContainerRuntime
+from testing.turns import grants_in_order, pool_state
 from testing.waiting import eventually
-from testing.workflows import events, get_task, make_project, make_scripted_task, running_worker
+from testing.workflows import events, make_project, make_scripted_task, running_worker
 from testing.workflows import start_engineering as start
 from tests.workflows.test_engineering_e2e import TEST_FILE
 
-# One round that takes a few seconds (so the second task must wait), then a passing feature.
-SLOW_FEATURE = {
+TASKS = 30
+SLOTS = 4
+ACTIVITY_SLOTS = 8
+FEATURE = {
     "rounds": [
         {
-            "run": ["sleep", "3"],
             "write": [
                 {
                     "path": "app/greeting.py",
@@ -38,29 +44,8 @@ SLOW_FEATURE = {
 }
 
 
-async def test_slots_are_taken_atomically_and_given_back(redis: Redis) -> None:
-    slots = WorkerSlots(redis, limit=3)
-    taken = await asyncio.gather(*(slots.try_take(f"wf-{i}", f"w-{i}") for i in range(20)))
-    assert sum(taken) == 3 and await slots.in_use() == 3
-    holders = [i for i, ok in enumerate(taken) if ok]
-    # Holding one already counts as having it: a retried create does not wait for itself.
-    assert await slots.try_take(f"wf-{holders[0]}", f"w-{holders[0]}")
-    assert not await slots.try_take("wf-late", "w-late")
-    await slots.release_worker(f"w-{holders[0]}")
-    assert await slots.in_use() == 2
-    assert await slots.try_take("wf-late", "w-late")
-
-    # Slots of workflows no longer running go back to the pool (a killed process left them).
-    async def only_late_is_open(workflow_id: str) -> bool:
-        return workflow_id == "wf-late"
-
-    freed = await slots.free_closed(only_late_is_open)
-    assert sorted(freed) == sorted(f"w-{i}" for i in holders[1:])
-    assert await slots.holders() == ["wf-late w-late"]
-    await redis.delete(SLOTS_KEY)
-
-
-async def test_with_one_slot_the_second_task_waits_visibly_then_runs(
+@pytest.mark.timeout(900)
+async def test_thirty_tasks_wait_for_four_slots_holding_none_of_eight_activity_slots(
     temporal_client: Client,
     docker_client: docker.DockerClient,
     scripted_image: str,
@@ -68,46 +53,75 @@ async def test_with_one_slot_the_second_task_waits_visibly_then_runs(
     redis: Redis,
     tmp_path: Path,
 ) -> None:
-    db = sqlite_database
-    project = await make_project(db, name="one-at-a-time")
-    first = await make_scripted_task(db, redis, project, SLOW_FEATURE)
-    second = await make_scripted_task(db, redis, project, SLOW_FEATURE)
+    db, client = sqlite_database, temporal_client
+    # A new project: the first task scaffolds it while the others wait for that too.
+    project = await make_project(db, name="busy")
+    tasks = [await make_scripted_task(db, redis, project, FEATURE) for _ in range(TASKS)]
     home = tmp_path / "home"
-    settings = Settings(home=home, max_workers=1, worker_memory="256m", worker_pids=128)
+    settings = Settings(
+        home=home,
+        max_workers=SLOTS,
+        max_concurrent_activities=ACTIVITY_SLOTS,
+        worker_memory="256m",
+        worker_pids=128,
+    )
     runtime = ContainerRuntime(docker_client, settings)
-    seen: set[int] = set()
+    labels = [f"{TASK_ID}={task.id}" for task in tasks]
 
-    def count_workers() -> int:
-        label = [f"{TASK_ID}={task.id}" for task in (first, second)]
+    def workers_now() -> int:
         found = {
             c.id
-            for value in label
-            for c in docker_client.containers.list(all=True, filters={"label": value})
+            for label in labels
+            for c in docker_client.containers.list(all=True, filters={"label": label})
         }
         return len(found)
 
-    async with running_worker(
-        temporal_client, db, redis, home, settings=settings, runtime=runtime
-    ) as queue:
-        handles = [await start(temporal_client, first, queue)]
-        await eventually(lambda: _has_event(db, first.id, "the scripted agent works"), within=60)
-        handles.append(await start(temporal_client, second, queue))
-        await eventually(lambda: _has_event(db, second.id, "Waiting for a Worker slot"), within=30)
-        while not all([await _done(db, t.id) for t in (first, second)]):
-            seen.add(await asyncio.to_thread(count_workers))
-            await asyncio.sleep(0.2)
-        outputs = [await h.result() for h in handles]
+    async with running_worker(client, db, redis, home, settings=settings, runtime=runtime) as queue:
+        handles = [await start(client, task, queue) for task in tasks]
 
-    assert [o.status for o in outputs] == [TaskStatus.completed] * 2
-    assert max(seen) <= 1, f"more Workers than slots at once: {seen}"
-    waiting = [e for e in await events(db, second.id) if "Worker slot" in e.message]
-    assert waiting[0].message.startswith("Waiting for a Worker slot: 1 of 1 in use")
-    assert await WorkerSlots(redis, 1).in_use() == 0  # every slot given back
+        async def queue_longer_than_activity_slots() -> bool:
+            try:
+                state = await pool_state(client, queue, WORKERS_POOL)
+            except Exception:  # no task asked yet
+                return False
+            return len(state.waiting) > ACTIVITY_SLOTS
+
+        await eventually(queue_longer_than_activity_slots, "a long queue", within=300)
+        before = await pool_state(client, queue, WORKERS_POOL)
+        pending = {
+            turn.holder: len(
+                (
+                    await client.get_workflow_handle(turn.holder).describe()
+                ).raw_description.pending_activities
+            )
+            for turn in before.waiting
+        }
+        after = await pool_state(client, queue, WORKERS_POOL)
+        # Those still queued after the look were queued during it (a turn, once granted, stays).
+        still_waiting = {turn.holder for turn in after.waiting} & set(pending)
+        assert len(still_waiting) > ACTIVITY_SLOTS
+        assert {holder: pending[holder] for holder in still_waiting} == dict.fromkeys(
+            still_waiting, 0
+        ), "a waiting task holds an activity"
+
+        peak = 0
+        while not all(await asyncio.gather(*(_closed(h) for h in handles))):
+            peak = max(peak, await asyncio.to_thread(workers_now))
+            await asyncio.sleep(0.25)
+        outputs = [await handle.result() for handle in handles]
+        queued, told = await grants_in_order(client, queue, WORKERS_POOL)
+        final = await pool_state(client, queue, WORKERS_POOL)
+
+    assert [o.status for o in outputs] == [TaskStatus.completed] * TASKS
+    assert peak <= SLOTS, f"{peak} Workers at once with {SLOTS} slots"
+    assert len(queued) >= TASKS - SLOTS - 1 and told == queued, "turns not given in order asked"
+    assert (final.holding, final.waiting, final.granted_total) == ([], [], TASKS)
+    waited = set(queued)
+    for task in tasks:
+        said = [e.message for e in await events(db, task.id) if "Worker slot" in e.message]
+        if task.workflow_id in waited:
+            assert said and said[0].startswith(f"Waiting for a Worker slot: {SLOTS} of {SLOTS}")
 
 
-async def _has_event(db: Database, task_id: str, text: str) -> bool:
-    return any(text in e.message for e in await events(db, task_id))
-
-
-async def _done(db: Database, task_id: str) -> bool:
-    return TaskStatus((await get_task(db, task_id)).status).is_terminal
+async def _closed(handle: WorkflowHandle[Any, Any]) -> bool:
+    return (await handle.describe()).close_time is not None

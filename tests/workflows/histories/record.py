@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import docker
-from infra.slots import WorkerSlots
 from redis.asyncio import Redis
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -42,6 +41,7 @@ from bridges.routes import start_provision
 from core.contracts.events import TASK_QUESTION, TASK_RESPOND, HumanAnswer
 from core.contracts.workflows import (
     PO_RESPOND,
+    WORKERS_POOL,
     POMessage,
     POResponse,
     POSessionInput,
@@ -65,6 +65,7 @@ from testing import servers
 from testing.deploy import DeployStack, deploy_stack_on
 from testing.images import image_builder
 from testing.ssh_host import ssh_host
+from testing.turns import ask_turn, pool_state
 from testing.waiting import eventually
 from testing.workflows import (
     make_project,
@@ -305,6 +306,7 @@ DEVELOPMENT_PATHS = {
     "engineering_developed",
     "engineering_answered",
     "engineering_cancelled_creating_worker",
+    "engineering_cancelled_waiting_for_a_slot",
     "po_session",
 }
 # Recorded by older code, kept so that the replay test goes on proving that runs from before a
@@ -312,8 +314,14 @@ DEVELOPMENT_PATHS = {
 # side of the retired patches ``engineering-development-graph`` (both) and
 # ``engineering-free-worker-while-waiting`` (engineering_answered_frees_worker). The recorder
 # writes engineering_developed only when named, and engineering_answered_frees_worker no more:
-# engineering_answered records its path.
-KEPT = {"engineering_developed", "engineering_answered_frees_worker"}
+# engineering_answered records its path. engineering_cancelled_creating_worker was recorded while
+# create_container waited for a Worker slot, which no activity does any more: it stays, as the
+# proof that such runs replay.
+KEPT = {
+    "engineering_developed",
+    "engineering_answered_frees_worker",
+    "engineering_cancelled_creating_worker",
+}
 PO_CHAT = 424242
 BLOCKED_THEN_DONE = {
     "rounds": [
@@ -331,7 +339,7 @@ async def _run_development_paths(
     client: Client, db: Database, redis: Redis, home: Path, docker_host: str
 ) -> dict[str, WorkflowHandle[Any, Any]]:
     """The development graph: a failing round fixed in the next; a question answered (the
-    Worker given back while the task waits); a task cancelled while its Worker is being made.
+    Worker given back while the task waits); a task cancelled while it waits for a Worker slot.
     Then a PO session."""
     runs: dict[str, WorkflowHandle[Any, Any]] = {}
     docker_client = docker.DockerClient(base_url=docker_host, timeout=120)
@@ -351,14 +359,14 @@ async def _run_development_paths(
         await handle.result()
         runs["engineering_answered"] = handle
         runs["po_session"] = await _po_session(client, queue)
-    runs["engineering_cancelled_creating_worker"] = await _cancelled_creating_worker(
+    runs["engineering_cancelled_waiting_for_a_slot"] = await _cancelled_waiting_for_a_slot(
         client, db, redis, home, runtime, project
     )
     docker_client.close()
     return runs
 
 
-async def _cancelled_creating_worker(
+async def _cancelled_waiting_for_a_slot(
     client: Client,
     db: Database,
     redis: Redis,
@@ -366,26 +374,27 @@ async def _cancelled_creating_worker(
     runtime: ContainerRuntime,
     project: Project,
 ) -> WorkflowHandle[Any, Any]:
-    """A task cancelled while its Worker's container is being made: ``create_container`` waits
-    for a Worker slot (the only one is held in the name of a run no worker takes up), the cancel
-    comes, the run waits for that activity's cancellation, then removes the Worker and ends
-    CANCELLED."""
+    """A task cancelled while it waits for a Worker slot: the only one is held in the name of a
+    run no worker takes up, the task asks and waits in workflow code, the cancel comes, it leaves
+    the queue (its give-back), removes its Worker (none was made) and ends CANCELLED."""
     holder = await client.start_workflow(
         "HoldsAWorkerSlot",
         id=f"slot-holder-{uuid.uuid4().hex}",
         task_queue=f"nobody-{uuid.uuid4().hex}",
     )
-    slots = WorkerSlots(redis, 1)
-    assert await slots.try_take(holder.id, "holder"), await slots.holders()
     settings = Settings(home=home, max_workers=1)
     try:
         async with running_worker(
             client, db, redis, home, settings=settings, runtime=runtime, identity=IDENTITY
         ) as queue:
+            taken = await ask_turn(client, queue, WORKERS_POOL, holder.id, "holder", max_workers=1)
+            assert taken.granted, taken
             task = await make_scripted_task(db, redis, project, SCRIPT)
             handle = await start_engineering(client, task, queue)
             await eventually(
-                lambda: _waits_for_a_slot(handle), "create_container waiting for a slot", within=60
+                lambda: _waits_for_a_slot(client, queue, handle),
+                "the task waiting for a slot",
+                within=60,
             )
             await handle.cancel()
             try:
@@ -395,18 +404,15 @@ async def _cancelled_creating_worker(
             else:
                 raise AssertionError(f"{handle.id} was not cancelled")
     finally:
-        await slots.release(holder.id, "holder")
         await holder.terminate("recorded")
     return handle
 
 
-async def _waits_for_a_slot(handle: WorkflowHandle[Any, Any]) -> bool:
-    """``create_container`` runs and has heartbeat: it waits for a Worker slot."""
+async def _waits_for_a_slot(client: Client, queue: str, handle: WorkflowHandle[Any, Any]) -> bool:
+    """The task is queued for a Worker slot and holds no activity."""
+    waiting = [t.holder for t in (await pool_state(client, queue, WORKERS_POOL)).waiting]
     described = await handle.describe()
-    return any(
-        a.activity_type.name == "create_container" and a.HasField("heartbeat_details")
-        for a in described.raw_description.pending_activities
-    )
+    return handle.id in waiting and not described.raw_description.pending_activities
 
 
 async def _po_session(client: Client, queue: str) -> WorkflowHandle[Any, Any]:
