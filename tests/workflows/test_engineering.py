@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis
-from temporalio.api.enums.v1 import PendingActivityState
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError
 
@@ -136,7 +135,7 @@ async def test_waits_for_a_scaffold_already_under_way(
     )
     async with running_worker(temporal_client, db, redis, tmp_path) as queue:
         handle = await start_engineering(temporal_client, task, queue)
-        await eventually(lambda: _pending_activity(handle, "wait_for_scaffold"))
+        await eventually(lambda: _waits_for_scaffold(handle))
         # Only now does a worker serve the queue the other run was started on.
         async with running_worker(temporal_client, db, redis, tmp_path, task_queue=other_queue):
             await ends_for_want_of_an_agent(handle)
@@ -162,7 +161,7 @@ async def test_cancel_while_waiting(
     try:
         async with running_worker(temporal_client, db, redis, tmp_path) as queue:
             handle = await start_engineering(temporal_client, task, queue)
-            await eventually(lambda: _pending_activity(handle, "wait_for_scaffold"))
+            await eventually(lambda: _waits_for_scaffold(handle))
             await handle.cancel()
             with pytest.raises(WorkflowFailureError):
                 await handle.result()
@@ -265,10 +264,9 @@ async def ends_for_want_of_an_agent(handle: WorkflowHandle[Any, Any]) -> None:
     assert failed.value.cause.message.startswith("No coding agent is configured")
 
 
-async def _pending_activity(handle, activity_type: str) -> bool:
+async def _waits_for_scaffold(handle: WorkflowHandle[Any, Any]) -> bool:
+    """The task asked the scaffold run to tell it its end and waits, holding no activity."""
+    events = [event async for event in handle.fetch_history_events()]
+    asked = any(e.HasField("external_workflow_execution_signaled_event_attributes") for e in events)
     described = await handle.describe()
-    return any(
-        a.activity_type.name == activity_type
-        and a.state == PendingActivityState.PENDING_ACTIVITY_STATE_STARTED
-        for a in described.raw_description.pending_activities
-    )
+    return asked and not described.raw_description.pending_activities
