@@ -1,43 +1,34 @@
-"""kill -9 of the Temporal worker in the middle of scaffolding loses nothing and doubles nothing;
-in the middle of a task holding the only Worker slot, it loses no slot."""
+"""kill -9 of the Temporal worker in the middle of scaffolding loses nothing and doubles nothing."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import signal
 import subprocess
 import uuid
 from pathlib import Path
 
-import docker
 import pytest
 from redis.asyncio import Redis
 from temporalio.client import Client, WorkflowFailureError
-from temporalio.service import RPCError
 
-from core.contracts.workflows import WORKERS_POOL, ScaffoldOutput
+from core.contracts.workflows import ScaffoldOutput
 from core.enums import TaskStatus
 from core.faults import CRASH_AT_ENV
 from core.ids import scaffold_workflow_id
 from core.settings import Settings
 from db.engine import Database
-from infra.containers import TASK_ID
-from testing.turns import grants_in_order, pool_state
 from testing.waiting import eventually
 from testing.worker_process import spawn_worker, stop, wait_ready, worker_env
 from testing.workflows import (
     bare_repositories,
     commit_count,
-    events,
     get_task,
     git_out,
     make_project,
-    make_scripted_task,
     make_task,
     start_engineering,
 )
-from tests.workflows.test_engineering_e2e import TEST_FILE
 
 
 async def test_kill_9_during_scaffold_then_a_new_worker_finishes_once(
@@ -120,105 +111,3 @@ async def test_kill_9_during_scaffold_then_a_new_worker_finishes_once(
     ]
     scaffolded = [line for line in lines if line["event"] == "repository already scaffolded"]
     assert scaffolded and scaffolded[0]["workflow_id"] == scaffold_workflow_id(project.id)
-
-
-# One round that takes a few seconds, so the worker can be killed while its task holds the slot.
-SLOW_FEATURE = {
-    "rounds": [
-        {
-            "run": ["sleep", "3"],
-            "write": [
-                {
-                    "path": "app/greeting.py",
-                    "content": 'def greet(name):\n    return f"Hello, {name}!"\n',
-                },
-                {"path": "tests/test_greeting.py", "content": TEST_FILE},
-            ],
-            "commit": "Add greet()",
-            "report": "completed",
-        }
-    ]
-}
-
-
-async def test_kill_9_of_the_worker_of_a_slot_holder_loses_no_slot(
-    temporal_client: Client,
-    temporal_address: str,
-    sqlite_database_url: str,
-    sqlite_database: Database,
-    redis_url: str,
-    redis: Redis,
-    docker_host: str,
-    docker_client: docker.DockerClient,
-    scripted_image: str,
-    tmp_path: Path,
-) -> None:
-    """One Worker slot, two tasks: the worker process is killed while the first holds the slot
-    and the second waits for it; a new worker finishes both, one after the other."""
-    home = tmp_path / "home"
-    settings = Settings(home=home)
-    queue = f"crash-{uuid.uuid4().hex}"
-    env = worker_env(
-        home,
-        database_url=sqlite_database_url,
-        redis_url=redis_url,
-        temporal_address=temporal_address,
-        task_queue=queue,
-        DOCKER_HOST=docker_host,
-        ORCHESTRATOR_MAX_WORKERS="1",
-        ORCHESTRATOR_WORKER_MEMORY="256m",
-        ORCHESTRATOR_WORKER_PIDS="128",
-    )
-    log = tmp_path / "workers.log"
-    project = await make_project(sqlite_database, name="one-slot")
-    first, second = [
-        await make_scripted_task(sqlite_database, redis, project, SLOW_FEATURE) for _ in range(2)
-    ]
-    doomed = spawn_worker(env, log)
-    survivor: subprocess.Popen[bytes] | None = None
-    try:
-        await wait_ready(settings, doomed)
-        handles = [await start_engineering(temporal_client, first, queue)]
-        await eventually(lambda: _holds(temporal_client, queue, first.workflow_id), within=120)
-        handles.append(await start_engineering(temporal_client, second, queue))
-        await eventually(lambda: _waits(temporal_client, queue, second.workflow_id), within=60)
-        await eventually(
-            lambda: _has_worker(docker_client, first.id), "the first task's Worker", within=60
-        )
-        doomed.kill()
-        doomed.wait()
-
-        survivor = spawn_worker(env, log)
-        await wait_ready(settings, survivor)
-        outputs = [await handle.result() for handle in handles]
-        state = await pool_state(temporal_client, queue, WORKERS_POOL)
-    finally:
-        stop(doomed)
-        if survivor is not None:
-            stop(survivor)
-
-    assert [o.status for o in outputs] == [TaskStatus.completed] * 2
-    assert (state.holding, state.waiting, state.granted_total) == ([], [], 2)
-    queued, told = await grants_in_order(temporal_client, queue, WORKERS_POOL)
-    assert queued == told == [second.workflow_id]
-    waited = [e.message for e in await events(sqlite_database, second.id) if "slot" in e.message]
-    assert waited and waited[0].startswith("Waiting for a Worker slot: 1 of 1 in use")
-
-
-async def _holds(client: Client, queue: str, holder: str) -> bool:
-    try:
-        state = await pool_state(client, queue, WORKERS_POOL)
-    except RPCError:  # no pool yet
-        return False
-    return holder in [t.holder for t in state.holding]
-
-
-async def _waits(client: Client, queue: str, holder: str) -> bool:
-    return holder in [t.holder for t in (await pool_state(client, queue, WORKERS_POOL)).waiting]
-
-
-async def _has_worker(client: docker.DockerClient, task_id: str) -> bool:
-    found = await asyncio.to_thread(
-        client.containers.list, all=True, filters={"label": f"{TASK_ID}={task_id}"}
-    )
-    return bool(found)

@@ -30,6 +30,7 @@ from temporalio.client import Client, WorkflowFailureError
 from temporalio.service import RPCError
 
 from api.app import create_app
+from core.contracts.workflows import WORKERS_POOL
 from core.enums import EventType, TaskStatus
 from core.settings import Settings
 from db.engine import Database
@@ -37,6 +38,7 @@ from db.tables import PullRequest, Task
 from db.users import ensure_admin_key
 from infra.containers import TASK_ID
 from infra.forges.local import LocalForge
+from testing.turns import grants_in_order, pool_state
 from testing.waiting import eventually
 from testing.worker_process import spawn_worker, stop, wait_ready, worker_env
 from testing.workflows import (
@@ -191,6 +193,8 @@ async def test_kill_9_of_the_worker_while_the_agent_runs(
         temporal_address=temporal_address,
         task_queue=queue,
         DOCKER_HOST=docker_host,
+        # One slot: the task the worker dies under holds it, a second task waits for it.
+        ORCHESTRATOR_MAX_WORKERS="1",
         ORCHESTRATOR_WORKER_MEMORY="256m",
         ORCHESTRATOR_WORKER_PIDS="128",
     )
@@ -207,14 +211,24 @@ async def test_kill_9_of_the_worker_while_the_agent_runs(
         ]
     }
     task = await create_task(sqlite_database, redis, "survivor", script)
+    waiter = await create_task(sqlite_database, redis, "waiter", {"rounds": script["rounds"]})
 
     doomed = spawn_worker(env, log)
     survivor: subprocess.Popen[bytes] | None = None
-    async with cleaned_up(temporal_client, docker_client, task):
+    async with (
+        cleaned_up(temporal_client, docker_client, task),
+        cleaned_up(temporal_client, docker_client, waiter),
+    ):
         try:
             await wait_ready(settings, doomed)
             handle = await start_engineering(temporal_client, task, queue)
             await agent_running(sqlite_database, docker_client, task.id, "sleep 10")
+            waiting = await start_engineering(temporal_client, waiter, queue)
+            await eventually(
+                lambda: _waits_for_a_slot(temporal_client, queue, waiter.workflow_id),
+                "the second task waiting for the slot",
+                within=60,
+            )
             doomed.send_signal(signal.SIGKILL)
             assert doomed.wait(10) == -signal.SIGKILL
 
@@ -223,6 +237,9 @@ async def test_kill_9_of_the_worker_while_the_agent_runs(
             # The developer turn plays again once its heartbeat times out (30 s).
             await status_is(sqlite_database, task.id, TaskStatus.completed, within=120)
             output = await handle.result()
+            # The slot came back: the waiting task had it next and finished too.
+            assert (await waiting.result()).status == TaskStatus.completed
+            pool = await pool_state(temporal_client, queue, WORKERS_POOL)
         finally:
             stop(doomed)
             if survivor is not None:
@@ -252,6 +269,17 @@ async def test_kill_9_of_the_worker_while_the_agent_runs(
     assert [e.data["passed"] for e in tester] == [True]
     assert containers_of(docker_client, task.id) == []
     assert survivor is not None and survivor.returncode == 0, log.read_text()[-3000:]
+    assert (pool.holding, pool.waiting, pool.granted_total) == ([], [], 2)
+    assert await grants_in_order(temporal_client, queue, WORKERS_POOL) == (
+        [waiter.workflow_id],
+        [waiter.workflow_id],
+    )
+    said = [e.message for e in await events(sqlite_database, waiter.id) if "slot" in e.message]
+    assert said and said[0].startswith("Waiting for a Worker slot: 1 of 1 in use")
+
+
+async def _waits_for_a_slot(client: Client, queue: str, holder: str) -> bool:
+    return holder in [t.holder for t in (await pool_state(client, queue, WORKERS_POOL)).waiting]
 
 
 async def test_cancel_while_the_agent_runs_removes_its_worker_at_once(
