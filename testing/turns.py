@@ -72,6 +72,18 @@ async def pool_state(client: Client, task_queue: str, pool: str) -> TurnsState:
     return await handle.query(TURNS_STATE, result_type=TurnsState)
 
 
+async def holders_asked(client: Client, task_queue: str, pool: str) -> list[str]:
+    """From the pool's own history: every holder that ever asked it for a turn, in the order
+    asked (granted at once or queued)."""
+    handle = client.get_workflow_handle(turns_workflow_id(task_queue, pool))
+    holders: list[str] = []
+    async for event in handle.fetch_history_events():
+        if event.HasField("workflow_execution_update_accepted_event_attributes"):
+            accepted = event.workflow_execution_update_accepted_event_attributes.accepted_request
+            holders.append(json.loads(accepted.input.args.payloads[0].data)["holder"])
+    return holders
+
+
 async def grants_in_order(
     client: Client, task_queue: str, pool: str
 ) -> tuple[list[str], list[str]]:

@@ -22,6 +22,7 @@ import pytest
 import pytest_asyncio
 from pydantic import SecretStr
 from redis.asyncio import Redis
+from sqlmodel import select
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError
 
@@ -29,11 +30,13 @@ from api.app import create_app
 from bot.service import serve as serve_bot
 from bridges.consumer import Bridge
 from bridges.routes import routes
+from core.enums import TaskStatus
 from core.ids import po_session_workflow_id
 from core.readiness import ready_file
 from core.settings import Settings
 from db.engine import Database
 from db.migrate import upgrade_async
+from db.tables import Task
 from db.users import ensure_admin_key
 from infra.containers import ContainerRuntime
 from testing.standins.server import serve as serve_standin
@@ -242,13 +245,21 @@ async def chat_stack(
 
 
 async def _end_sessions(chat: ChatStack, runtime: ContainerRuntime) -> None:
-    """Cancel the PO sessions this stack started and wait for them: their Workers go too."""
+    """Cancel the tasks this stack left unfinished (a failed test), then the PO sessions it
+    started, and wait for them: their Workers go too."""
+    async with chat.db.session() as session:
+        tasks = (await session.exec(select(Task))).all()
+    for task in tasks:
+        if not TaskStatus(task.status).is_terminal:
+            await _end_run(chat, task.workflow_id)
+            await runtime.remove(f"{task.id}-developer")  # workflows/engineering.py
     for chat_id in {c.chat_id() for c in chat.telegram.calls_of("sendMessage")}:
-        await _end_session(chat, runtime, chat_id)
+        await _end_run(chat, po_session_workflow_id(chat_id))
+        await runtime.remove(worker_id_for(chat_id))  # gone already, unless it was terminated
 
 
-async def _end_session(chat: ChatStack, runtime: ContainerRuntime, chat_id: int) -> None:
-    handle = chat.client.get_workflow_handle(po_session_workflow_id(chat_id))
+async def _end_run(chat: ChatStack, workflow_id: str) -> None:
+    handle = chat.client.get_workflow_handle(workflow_id)
     with contextlib.suppress(RPCError):
         if (await handle.describe()).status == WorkflowExecutionStatus.RUNNING:
             await handle.cancel()
@@ -258,4 +269,3 @@ async def _end_session(chat: ChatStack, runtime: ContainerRuntime, chat_id: int)
                 await handle.terminate("the test is over")
             except Exception:  # it ends cancelled: that is the point
                 pass
-    await runtime.remove(worker_id_for(chat_id))  # gone already, unless it was terminated
