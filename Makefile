@@ -1,7 +1,7 @@
 # install: system packages, .venv and the project (idempotent, quiet when nothing changed)
 # run:     the main job: a demo engineering task on the embedded stack
-# test:    the whole test suite, quick bridge throughput, engineering and deploy overhead and CLI
-#          start-up checks, then lint and type checks
+# test:    the whole test suite, quick bridge throughput, engineering and deploy overhead, CLI
+#          start-up and task burst checks, then lint and type checks
 # lint:    ruff, mypy and the import contracts of ARCHITECTURE.md (import-linter)
 .PHONY: install run test lint
 
@@ -20,6 +20,7 @@ test: install
 	$(BIN)/python bench/engineering_overhead.py --quick
 	$(BIN)/python bench/deploy_overhead.py --quick
 	$(BIN)/python bench/cli_startup.py --quick
+	$(BIN)/python bench/task_burst.py --quick
 	$(MAKE) --no-print-directory lint
 
 lint: install
