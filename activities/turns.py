@@ -9,12 +9,14 @@ workflow code.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from pydantic import BaseModel, Field
 from temporalio import activity
-from temporalio.client import Client, WithStartWorkflowOperation
+from temporalio.client import Client, WithStartWorkflowOperation, WorkflowQueryFailedError
 from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.service import RPCError
 
 from core.contracts.workflows import (
     DEPLOY_POOL_PREFIX,
@@ -38,6 +40,8 @@ from core.temporal import is_running
 from db.tasks import TaskNotFound, TaskService
 
 log = get_logger("activities.turns")
+
+QUERY_TIMEOUT = timedelta(seconds=10)
 
 
 class AskForTurnInput(BaseModel):
@@ -132,12 +136,25 @@ class TurnActivities:
     @activity.defn
     async def reap_turns(self) -> list[GivenBack]:
         """Give back the turns (held or queued) of runs that closed without doing so: terminated,
-        timed out, or gone with a deleted namespace's history."""
+        timed out, or gone with a deleted namespace's history. Only the pools of this worker's
+        task queue: another queue's pools are another deployment's (or nobody's) to reap."""
         given: list[GivenBack] = []
-        query = f"WorkflowType = '{TURNS_WORKFLOW}' AND ExecutionStatus = 'Running'"
+        query = (
+            f"WorkflowType = '{TURNS_WORKFLOW}' AND ExecutionStatus = 'Running' "
+            f"AND TaskQueue = '{activity.info().task_queue}'"
+        )
         async for pool in self.client.list_workflows(query):
             handle = self.client.get_workflow_handle(pool.id)
-            state = await handle.query(TURNS_STATE, result_type=TurnsState)
+            try:
+                state = await handle.query(
+                    TURNS_STATE, result_type=TurnsState, rpc_timeout=QUERY_TIMEOUT
+                )
+            except (
+                RPCError,
+                WorkflowQueryFailedError,
+            ) as error:  # not answering now: the next reaper run looks again
+                log.warning("pool not queried", pool=pool.id, error=str(error))
+                continue
             for turn in [*state.holding, *state.waiting]:
                 activity.heartbeat(pool.id)
                 if await is_running(self.client, turn.holder):

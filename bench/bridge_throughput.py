@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import contextlib
 import importlib.util
-import json
 import math
 import os
 import statistics
@@ -29,7 +28,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -43,7 +41,7 @@ from redis.asyncio import Redis  # noqa: E402
 from temporalio.client import Client, WorkflowExecutionStatus  # noqa: E402
 from temporalio.service import RPCError  # noqa: E402
 
-from bench.common import exit_now  # noqa: E402
+from bench.common import report_and_exit  # noqa: E402
 from bridges.consumer import Bridge  # noqa: E402
 from bridges.routes import routes, start_engineering  # noqa: E402
 from core.contracts.engineering import ENGINEERING_QUEUE, EngineeringMessage  # noqa: E402
@@ -402,13 +400,7 @@ def main() -> None:
     n = args.n or (100 if args.quick else 500)
     m = args.m or (15 if args.quick else 50)
     rounds = args.rounds or (1 if args.quick else 3)
-    try:
-        figures, status = asyncio.run(run(n, m, rounds))
-        print(json.dumps(figures), flush=True)
-    except BaseException:
-        traceback.print_exc()
-        status = 1
-    exit_now(status)
+    report_and_exit(run(n, m, rounds))
 
 
 if __name__ == "__main__":

@@ -1,11 +1,16 @@
-"""What the benchmarks share: a Temporal dev server on a SQLite file, and how a run exits."""
+"""What the benchmarks share: a Temporal dev server on a SQLite file, the scripted agent's
+feature, and how a run reports and exits."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import sys
+import traceback
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
@@ -31,3 +36,46 @@ def exit_now(status: int) -> NoReturn:
     sys.stderr.flush()
     # The Temporal core runtime can abort at interpreter exit (sdk-python #300).
     os._exit(status)
+
+
+FEATURE_TEST_FILE = """import unittest
+
+from app.feature_{i} import value
+
+
+class Feature{i}Test(unittest.TestCase):
+    def test_value(self):
+        self.assertEqual(value(), {i})
+"""
+
+
+def feature_script(i: int) -> dict[str, Any]:
+    """The scripted agent's one round: feature ``i`` and its passing test, committed."""
+    return {
+        "rounds": [
+            {
+                "write": [
+                    {"path": f"app/feature_{i}.py", "content": f"def value():\n    return {i}\n"},
+                    {
+                        "path": f"tests/test_feature_{i}.py",
+                        "content": FEATURE_TEST_FILE.format(i=i),
+                    },
+                ],
+                "commit": f"Add feature {i}",
+                "report": "completed",
+                "summary": f"Added feature {i} and its test.",
+            }
+        ]
+    }
+
+
+def report_and_exit(run: Coroutine[Any, Any, tuple[dict[str, Any], int]]) -> NoReturn:
+    """Run the benchmark, print its figures as one JSON line, exit with its status (1 when it
+    raised, with the traceback)."""
+    try:
+        figures, status = asyncio.run(run)
+        print(json.dumps(figures), flush=True)
+    except BaseException:
+        traceback.print_exc()
+        status = 1
+    exit_now(status)

@@ -33,14 +33,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import math
 import os
 import statistics
 import sys
 import tempfile
 import time
-import traceback
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator
@@ -59,7 +57,7 @@ from temporalio.client import Client, WorkflowFailureError, WorkflowHandle  # no
 
 from activities.engineering import TEST_COMMAND  # noqa: E402
 from api.schemas import TaskCreate  # noqa: E402
-from bench.common import exit_now, temporal_on_file  # noqa: E402
+from bench.common import feature_script, report_and_exit, temporal_on_file  # noqa: E402
 from core.contracts.engineering import EngineeringOptions  # noqa: E402
 from core.enums import TaskStatus  # noqa: E402
 from core.logging import configure_logging  # noqa: E402
@@ -80,15 +78,6 @@ READY_TIMEOUT_S = 60.0
 # The graph's activity nodes (temporalio-langgraph names them "<graph>.<node>").
 DEVELOPER_NODE = "developer"
 TESTER_NODE = "tester"
-TEST_FILE = """import unittest
-
-from app.feature_{i} import value
-
-
-class Feature{i}Test(unittest.TestCase):
-    def test_value(self):
-        self.assertEqual(value(), {i})
-"""
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -193,23 +182,6 @@ class TaskNotCompleted(Exception):
     pass
 
 
-def script(i: int) -> dict[str, Any]:
-    """One round: a feature and its passing test, committed."""
-    return {
-        "rounds": [
-            {
-                "write": [
-                    {"path": f"app/feature_{i}.py", "content": f"def value():\n    return {i}\n"},
-                    {"path": f"tests/test_feature_{i}.py", "content": TEST_FILE.format(i=i)},
-                ],
-                "commit": f"Add feature {i}",
-                "report": "completed",
-                "summary": f"Added feature {i} and its test.",
-            }
-        ]
-    }
-
-
 async def one_run(
     client: Client,
     db: Database,
@@ -219,7 +191,7 @@ async def one_run(
     queue: str,
     i: int,
 ) -> Run:
-    options = EngineeringOptions(agent="scripted", script=script(i), max_rounds=2)
+    options = EngineeringOptions(agent="scripted", script=feature_script(i), max_rounds=2)
     task = await TaskService(db, redis).create(
         TaskCreate(project_id=project.id, spec=f"Add feature {i}", engineering=options).new_task(
             project_name=project.name, user_id=project.owner_id
@@ -435,13 +407,7 @@ def main() -> None:
     args = parser.parse_args()
     n = args.n or (3 if args.quick else 10)
     m = args.m or 5
-    try:
-        figures, status = asyncio.run(run(n, m))
-        print(json.dumps(figures), flush=True)
-    except BaseException:
-        traceback.print_exc()
-        status = 1
-    exit_now(status)
+    report_and_exit(run(n, m))
 
 
 if __name__ == "__main__":

@@ -53,7 +53,6 @@ import statistics
 import sys
 import tempfile
 import time
-import traceback
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -71,7 +70,7 @@ from temporalio.client import Client, WorkflowHandle  # noqa: E402
 
 from api.schemas import TaskCreate  # noqa: E402
 from api.services.task_control import cancel  # noqa: E402
-from bench.common import exit_now, temporal_on_file  # noqa: E402
+from bench.common import feature_script, report_and_exit, temporal_on_file  # noqa: E402
 from core.contracts.engineering import ENGINEERING_QUEUE, EngineeringOptions  # noqa: E402
 from core.contracts.workflows import (  # noqa: E402
     TURN_GRANTED,
@@ -97,32 +96,6 @@ SLOTS = 4
 RATIO_FLOOR = 0.5
 PHASE_TIMEOUT_S = 1800.0
 POLL_S = 0.25
-TEST_FILE = """import unittest
-
-from app.feature_{i} import value
-
-
-class Feature{i}Test(unittest.TestCase):
-    def test_value(self):
-        self.assertEqual(value(), {i})
-"""
-
-
-def script(i: int) -> dict[str, Any]:
-    """One round: a feature and its passing test, committed."""
-    return {
-        "rounds": [
-            {
-                "write": [
-                    {"path": f"app/feature_{i}.py", "content": f"def value():\n    return {i}\n"},
-                    {"path": f"tests/test_feature_{i}.py", "content": TEST_FILE.format(i=i)},
-                ],
-                "commit": f"Add feature {i}",
-                "report": "completed",
-                "summary": f"Added feature {i} and its test.",
-            }
-        ]
-    }
 
 
 class BenchFailed(Exception):
@@ -258,7 +231,7 @@ async def post(parts: Parts, k: int, first: int) -> list[Task]:
     service = TaskService(parts.db, parts.redis)
     tasks = []
     for i in range(first, first + k):
-        options = EngineeringOptions(agent="scripted", script=script(i), max_rounds=2)
+        options = EngineeringOptions(agent="scripted", script=feature_script(i), max_rounds=2)
         tasks.append(
             await service.create(
                 TaskCreate(
@@ -621,13 +594,7 @@ def main() -> None:
     n = args.n or (24 if args.quick else 200)
     rounds = args.rounds or 3
     window_s = args.window or (5.0 if args.quick else 15.0)
-    try:
-        figures, status = asyncio.run(run(n, rounds, window_s))
-        print(json.dumps(figures), flush=True)
-    except BaseException:
-        traceback.print_exc()
-        status = 1
-    exit_now(status)
+    report_and_exit(run(n, rounds, window_s))
 
 
 if __name__ == "__main__":

@@ -42,11 +42,13 @@ from testing.turns import grants_in_order, pool_state
 from testing.waiting import eventually
 from testing.worker_process import spawn_worker, stop, wait_ready, worker_env
 from testing.workflows import (
+    end_pools,
     events,
     get_task,
     git_out,
     make_project,
     make_scripted_task,
+    pools_of,
     running_worker,
     small_runtime,
     start_engineering,
@@ -240,6 +242,7 @@ async def test_kill_9_of_the_worker_while_the_agent_runs(
             # The slot came back: the waiting task had it next and finished too.
             assert (await waiting.result()).status == TaskStatus.completed
             pool = await pool_state(temporal_client, queue, WORKERS_POOL)
+            await end_pools(temporal_client, await pools_of(temporal_client, queue))
         finally:
             stop(doomed)
             if survivor is not None:

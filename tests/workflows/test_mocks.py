@@ -21,6 +21,7 @@ from activities.po import POActivities
 from activities.releases import ReleaseActivities
 from activities.tasks import TaskActivities
 from activities.temporal import TemporalActivities
+from activities.turns import TurnActivities
 from activities.workers import WorkerActivities
 from tests.workflows.mocks import Chats, Deploys, Engineering, TaskRows, Workers, activities_of
 from workflows import deploy, development, devops, engineering, po_session, scaffold, toolkit
@@ -35,8 +36,10 @@ REAL = [
     DeployActivities,
     ReleaseActivities,
     POActivities,
+    TurnActivities,
 ]
-STAND_INS = [TaskRows, Workers, Engineering, Deploys, Chats]
+# The pools' activities are the real ones in the fast tests too (they only talk to Temporal).
+STAND_INS = [TaskRows, Workers, Engineering, Deploys, Chats, TurnActivities]
 # ``TaskActivities.start_task`` in a workflow's source: an activity it calls.
 CALLED = re.compile(r"\b\w+Activities\.(\w+)\b")
 

@@ -4,6 +4,7 @@ closed runs come back."""
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -67,6 +68,7 @@ class Pool:
 
     async def reap(self) -> list[str]:
         env = ActivityEnvironment(client=self.client)
+        env.info = dataclasses.replace(env.info, task_queue=self.queue)  # it reaps its queue's
         given = await env.run(TurnActivities(Settings(), self.client, None).reap_turns)
         mine = {h.id for h in self.holders}
         return [g.holder for g in given if g.holder in mine]
