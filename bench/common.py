@@ -4,11 +4,12 @@ feature, and how a run reports and exits."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sys
 import traceback
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -17,6 +18,17 @@ from temporalio.testing import WorkflowEnvironment
 
 from core.temporal import SEARCH_ATTRIBUTES
 from testing import servers
+
+
+@contextlib.contextmanager
+def docker_host() -> Iterator[str]:
+    """DOCKER_HOST if set, else podman on the tests' storage (where their images are cached)."""
+    configured = os.environ.get("DOCKER_HOST")
+    if configured:
+        yield configured
+        return
+    with servers.podman_service(servers.test_images_root() / "podman") as url:
+        yield url
 
 
 async def temporal_on_file(database: Path) -> WorkflowEnvironment:

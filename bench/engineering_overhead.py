@@ -32,16 +32,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import math
-import os
 import statistics
 import sys
 import tempfile
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -57,7 +54,12 @@ from temporalio.client import Client, WorkflowFailureError, WorkflowHandle  # no
 
 from activities.engineering import TEST_COMMAND  # noqa: E402
 from api.schemas import TaskCreate  # noqa: E402
-from bench.common import feature_script, report_and_exit, temporal_on_file  # noqa: E402
+from bench.common import (  # noqa: E402
+    docker_host,
+    feature_script,
+    report_and_exit,
+    temporal_on_file,
+)
 from core.contracts.engineering import EngineeringOptions  # noqa: E402
 from core.enums import TaskStatus  # noqa: E402
 from core.logging import configure_logging  # noqa: E402
@@ -329,17 +331,6 @@ async def bench_ready(
 
 
 # -- main ------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def docker_host() -> Iterator[str]:
-    """DOCKER_HOST if set, else podman on the tests' storage (where their images are cached)."""
-    configured = os.environ.get("DOCKER_HOST")
-    if configured:
-        yield configured
-        return
-    with servers.podman_service(servers.test_images_root() / "podman") as url:
-        yield url
 
 
 async def run(n: int, m: int) -> tuple[dict[str, Any], int]:

@@ -46,17 +46,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
-import os
 import shutil
 import statistics
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -70,10 +67,14 @@ from temporalio.client import Client, WorkflowHandle  # noqa: E402
 
 from api.schemas import TaskCreate  # noqa: E402
 from api.services.task_control import cancel  # noqa: E402
-from bench.common import feature_script, report_and_exit, temporal_on_file  # noqa: E402
+from bench.common import (  # noqa: E402
+    docker_host,
+    feature_script,
+    report_and_exit,
+    temporal_on_file,
+)
 from core.contracts.engineering import ENGINEERING_QUEUE, EngineeringOptions  # noqa: E402
 from core.contracts.workflows import (  # noqa: E402
-    TURN_GRANTED,
     TURNS_GIVE_BACK,
     WORKERS_POOL,
     TurnGiveBack,
@@ -88,7 +89,7 @@ from db.tables import Project, Task  # noqa: E402
 from db.tasks import TaskService  # noqa: E402
 from infra.images import ImageBuilder  # noqa: E402
 from testing import servers  # noqa: E402
-from testing.turns import ask_turn, grants_in_order, pool_state  # noqa: E402
+from testing.turns import PoolHistory, ask_turn, pool_history, pool_state  # noqa: E402
 from testing.worker_process import spawn_worker, stop, wait_ready, worker_env  # noqa: E402
 from testing.workflows import end_pools, make_project, running_bridge  # noqa: E402
 
@@ -116,58 +117,6 @@ def peak_rss_mb(pid: int) -> float:
 
 
 # -- the pool's history, every run of it ----------------------------------------------------------
-
-
-@dataclass
-class PoolHistory:
-    queued: list[str]  # holders whose asks were queued, in the order asked
-    told: list[str]  # holders told their turn came, in the order told
-    waited_s: dict[str, float]  # queued holder -> ask accepted -> grant signalled
-    runs: int
-
-
-async def pool_history(client: Client, task_queue: str, pool: str) -> PoolHistory:
-    """What ``testing.turns.grants_in_order`` reads, over every run of the pool (a long burst
-    can make it continue as new), with the times of each ask and grant."""
-    workflow_id = turns_workflow_id(task_queue, pool)
-    run_id = (await client.get_workflow_handle(workflow_id).describe()).run_id
-    runs: list[list[Any]] = []
-    while run_id:
-        handle = client.get_workflow_handle(workflow_id, run_id=run_id)
-        events = [event async for event in handle.fetch_history_events()]
-        runs.insert(0, events)
-        started = events[0].workflow_execution_started_event_attributes
-        run_id = started.continued_execution_run_id
-    asked: dict[str, tuple[str, datetime]] = {}  # update id -> (holder, when accepted)
-    queued: list[str] = []
-    told: list[str] = []
-    told_at: dict[str, datetime] = {}
-    for event in (event for events in runs for event in events):
-        at = event.event_time.ToDatetime()
-        if event.HasField("workflow_execution_update_accepted_event_attributes"):
-            accepted = event.workflow_execution_update_accepted_event_attributes.accepted_request
-            ask = json.loads(accepted.input.args.payloads[0].data)
-            asked[accepted.meta.update_id] = (ask["holder"], at)
-        elif event.HasField("workflow_execution_update_completed_event_attributes"):
-            completed = event.workflow_execution_update_completed_event_attributes
-            answer = json.loads(completed.outcome.success.payloads[0].data)
-            if not answer["granted"]:
-                queued.append(completed.meta.update_id)
-        elif event.HasField("signal_external_workflow_execution_initiated_event_attributes"):
-            signal = event.signal_external_workflow_execution_initiated_event_attributes
-            if signal.signal_name == TURN_GRANTED:
-                told.append(signal.workflow_execution.workflow_id)
-                told_at.setdefault(signal.workflow_execution.workflow_id, at)
-    # In the order asked (updates are answered at once, so completed follows accepted in turn).
-    order = list(asked)
-    queued.sort(key=order.index)
-    holders = [asked[update_id][0] for update_id in queued]
-    waited = {
-        asked[u][0]: (told_at[asked[u][0]] - asked[u][1]).total_seconds()
-        for u in queued
-        if asked[u][0] in told_at
-    }
-    return PoolHistory(queued=holders, told=told, waited_s=waited, runs=len(runs))
 
 
 # -- a phase: one worker process, its own task queue ----------------------------------------------
@@ -314,10 +263,6 @@ async def phase(parts: Parts, name: str, sizes: list[int], first: int) -> Phase:
             )
         history = await pool_history(parts.client, queue, WORKERS_POOL)
         final = await pool_state(parts.client, queue, WORKERS_POOL)
-        if history.runs == 1:  # the tests' reader sees a pool that did not continue as new
-            queued, told = await grants_in_order(parts.client, queue, WORKERS_POOL)
-            if (queued, told) != (history.queued, history.told):
-                raise BenchFailed("this benchmark's reading of the pool's history differs")
         peak = peak_rss_mb(worker.pid)
         await end_pools(parts.client, [turns_workflow_id(queue, WORKERS_POOL)])
     total = 1 + sum(sizes)
@@ -416,17 +361,6 @@ def client_pool(client: Client, task_queue: str) -> WorkflowHandle[Any, Any]:
 
 
 # -- main ------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def docker_host() -> Iterator[str]:
-    """DOCKER_HOST if set, else podman on the tests' storage (where their images are cached)."""
-    configured = os.environ.get("DOCKER_HOST")
-    if configured:
-        yield configured
-        return
-    with servers.podman_service(servers.test_images_root() / "podman") as url:
-        yield url
 
 
 def keep_logs(workdir: Path) -> Path:

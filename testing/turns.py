@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from datetime import datetime
 from typing import Any
 
 from temporalio import workflow
@@ -72,39 +73,72 @@ async def pool_state(client: Client, task_queue: str, pool: str) -> TurnsState:
     return await handle.query(TURNS_STATE, result_type=TurnsState)
 
 
-async def holders_asked(client: Client, task_queue: str, pool: str) -> list[str]:
-    """From the pool's own history: every holder that ever asked it for a turn, in the order
-    asked (granted at once or queued)."""
-    handle = client.get_workflow_handle(turns_workflow_id(task_queue, pool))
-    holders: list[str] = []
-    async for event in handle.fetch_history_events():
+@dataclasses.dataclass
+class PoolHistory:
+    """What a pool's own history says, over every run of it (it may continue as new)."""
+
+    asked: list[str]  # every holder that asked, in the order asked (granted at once or queued)
+    queued: list[str]  # the holders whose asks were queued, in the order asked
+    told: list[str]  # the holders told their turn came, in the order told
+    waited_s: dict[str, float]  # queued holder -> seconds from its ask to its grant
+    runs: int
+
+
+async def pool_history(client: Client, task_queue: str, pool: str) -> PoolHistory:
+    workflow_id = turns_workflow_id(task_queue, pool)
+    run_id = (await client.get_workflow_handle(workflow_id).describe()).run_id
+    runs: list[list[Any]] = []
+    while run_id:
+        handle = client.get_workflow_handle(workflow_id, run_id=run_id)
+        events = [event async for event in handle.fetch_history_events()]
+        runs.insert(0, events)
+        run_id = events[0].workflow_execution_started_event_attributes.continued_execution_run_id
+    asked: dict[str, tuple[str, datetime]] = {}  # update id -> (holder, when accepted)
+    queued: list[str] = []
+    told: list[str] = []
+    told_at: dict[str, datetime] = {}
+    for event in (event for events in runs for event in events):
+        at = event.event_time.ToDatetime()
         if event.HasField("workflow_execution_update_accepted_event_attributes"):
             accepted = event.workflow_execution_update_accepted_event_attributes.accepted_request
-            holders.append(json.loads(accepted.input.args.payloads[0].data)["holder"])
-    return holders
+            ask = json.loads(accepted.input.args.payloads[0].data)
+            asked[accepted.meta.update_id] = (ask["holder"], at)
+        elif event.HasField("workflow_execution_update_completed_event_attributes"):
+            completed = event.workflow_execution_update_completed_event_attributes
+            answer = json.loads(completed.outcome.success.payloads[0].data)
+            if not answer["granted"]:
+                queued.append(completed.meta.update_id)
+        elif event.HasField("signal_external_workflow_execution_initiated_event_attributes"):
+            signal = event.signal_external_workflow_execution_initiated_event_attributes
+            if signal.signal_name == TURN_GRANTED:
+                told.append(signal.workflow_execution.workflow_id)
+                told_at.setdefault(signal.workflow_execution.workflow_id, at)
+    # In the order asked (asks are answered at once: each completes right after it is accepted).
+    order = list(asked)
+    queued.sort(key=order.index)
+    waited = {
+        asked[u][0]: (told_at[asked[u][0]] - asked[u][1]).total_seconds()
+        for u in queued
+        if asked[u][0] in told_at
+    }
+    return PoolHistory(
+        asked=[holder for holder, _ in asked.values()],
+        queued=[asked[u][0] for u in queued],
+        told=told,
+        waited_s=waited,
+        runs=len(runs),
+    )
+
+
+async def holders_asked(client: Client, task_queue: str, pool: str) -> list[str]:
+    """Every holder that ever asked the pool for a turn, in the order asked."""
+    return (await pool_history(client, task_queue, pool)).asked
 
 
 async def grants_in_order(
     client: Client, task_queue: str, pool: str
 ) -> tuple[list[str], list[str]]:
-    """From the pool's own history: the holders whose asks were queued, in the order asked, and
-    the holders told their turn came, in the order told."""
-    handle = client.get_workflow_handle(turns_workflow_id(task_queue, pool))
-    asked: dict[str, str] = {}  # update id -> holder, in the order accepted
-    queued: set[str] = set()
-    told: list[str] = []
-    async for event in handle.fetch_history_events():
-        if event.HasField("workflow_execution_update_accepted_event_attributes"):
-            accepted = event.workflow_execution_update_accepted_event_attributes.accepted_request
-            ask = json.loads(accepted.input.args.payloads[0].data)
-            asked[accepted.meta.update_id] = ask["holder"]
-        elif event.HasField("workflow_execution_update_completed_event_attributes"):
-            completed = event.workflow_execution_update_completed_event_attributes
-            answer = json.loads(completed.outcome.success.payloads[0].data)
-            if not answer["granted"]:
-                queued.add(completed.meta.update_id)
-        elif event.HasField("signal_external_workflow_execution_initiated_event_attributes"):
-            signal = event.signal_external_workflow_execution_initiated_event_attributes
-            if signal.signal_name == TURN_GRANTED:
-                told.append(signal.workflow_execution.workflow_id)
-    return [holder for update_id, holder in asked.items() if update_id in queued], told
+    """The holders whose asks were queued, in the order asked, and the holders told their turn
+    came, in the order told."""
+    history = await pool_history(client, task_queue, pool)
+    return history.queued, history.told
