@@ -19,8 +19,12 @@ beside it as ratios to ``bare``. One unmeasured run of each comes first: it writ
 every later run reads, as an installed CLI has it (into a temporary PYTHONPYCACHEPREFIX, whatever
 PYTHONDONTWRITEBYTECODE says, so that the checkout stays as it is).
 
+The target is 250 ms of own time on a machine where ``python -c pass`` takes 20 ms. These machines
+are shared and their speed varies by more than two times from one hour to the next, so the gate is
+the ratio the target stands for: own time at most 12.5 times ``bare``, both measured in this run.
+
 Prints one line per figure, then one JSON line with all of them. Exits 1 when ``help`` or
-``start`` takes more than 250 ms of own time (it says which), or when a command fails.
+``start`` takes more own time than that (it says which), or when a command fails.
 """
 
 from __future__ import annotations
@@ -42,7 +46,9 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-LIMIT_MS = 250.0
+# 250 ms of own start-up where bare Python starts in 20 ms: in units of this run's bare start.
+TARGET_MS, REFERENCE_BARE_MS = 250.0, 20.0
+LIMIT_RATIO = TARGET_MS / REFERENCE_BARE_MS
 PROJECT, SPEC = "P", "S"
 # Variables that would send the CLI elsewhere, or refuse the command before it runs.
 FOREIGN = [
@@ -181,8 +187,17 @@ def main() -> None:
         print(f"FAILED: {exc}", file=sys.stderr)
         sys.exit(1)
     bare = medians["bare"]
-    figures: dict[str, Any] = {"n": n, "limit_ms": LIMIT_MS, "bare_ms": round(bare, 1)}
-    print(f"python -c pass: {bare:.1f} ms (median of {n})")
+    limit_ms = LIMIT_RATIO * bare
+    figures: dict[str, Any] = {
+        "n": n,
+        "bare_ms": round(bare, 1),
+        "limit_own_ratio": LIMIT_RATIO,
+        "limit_ms": round(limit_ms, 1),
+    }
+    print(
+        f"python -c pass: {bare:.1f} ms (median of {n}); limit of own time {LIMIT_RATIO:g}x that, "
+        f"{limit_ms:.0f} ms ({TARGET_MS:g} ms where it takes {REFERENCE_BARE_MS:g} ms)"
+    )
     over = []
     labels = {
         "help": "orchestrator --help",
@@ -191,17 +206,23 @@ def main() -> None:
     for name, label in labels.items():
         wall = medians[name]
         own = wall - bare
-        verdict = "ok" if own <= LIMIT_MS else "OVER"
+        verdict = "ok" if own <= limit_ms else "OVER"
         print(
-            f"{label}: {wall:.1f} ms, {wall / bare:.1f}x python -c pass; "
-            f"own time {own:.1f} ms (limit {LIMIT_MS:g} ms: {verdict})"
+            f"{label}: {wall:.1f} ms; own time {own:.1f} ms, {own / bare:.1f}x python -c pass "
+            f"(limit {LIMIT_RATIO:g}x: {verdict})"
         )
-        figures.update({f"{name}_ms": round(wall, 1), f"{name}_own_ms": round(own, 1)})
-        if own > LIMIT_MS:
+        figures.update(
+            {
+                f"{name}_ms": round(wall, 1),
+                f"{name}_own_ms": round(own, 1),
+                f"{name}_own_ratio": round(own / bare, 2),
+            }
+        )
+        if own > limit_ms:
             over.append(label)
     print(json.dumps(figures), flush=True)
     if over:
-        print(f"FAILED: more than {LIMIT_MS:g} ms of own start-up: {'; '.join(over)}")
+        print(f"FAILED: own start-up over {LIMIT_RATIO:g}x bare Python: {'; '.join(over)}")
         sys.exit(1)
 
 

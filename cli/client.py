@@ -1,20 +1,25 @@
 """A thin client of the API: requests, the SSE event stream, and errors as exit codes.
 
-Commands import it in their body, when they call the API: httpx and the settings are the bulk of
-the CLI's start-up, which ``--help`` and argument errors do not pay.
+Commands import it in their body, when they call the API: the settings are the bulk of the CLI's
+start-up, which ``--help`` and argument errors do not pay. Requests go through the standard
+library's ``urllib`` (proxies from the environment, TLS checked against the usual CA bundle): a
+command makes one to three of them, and an HTTP library would cost more to import (httpx, with the
+command line tool it loads, ~100 ms on a slow machine) than those requests take.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import re
 import ssl
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
-
-import httpx
+from urllib.error import HTTPError, URLError
+from urllib.parse import quote, urlencode
+from urllib.request import HTTPSHandler, OpenerDirector, Request, build_opener
 
 from cli.output import FAILED, NOT_FOUND, UNREACHABLE, USAGE, CliError
 from core.enums import TERMINAL_EVENTS, TERMINAL_STATUSES
@@ -24,6 +29,9 @@ _EXIT_BY_STATUS = {400: USAGE, 401: FAILED, 403: FAILED, 404: NOT_FOUND, 409: FA
 _WORKFLOW_ID = re.compile(r"^(?:engineering|deploy)-([0-9a-f]{32})$")
 # Reconnects of an event stream in a row before the API counts as gone.
 STREAM_RETRIES = 20
+# What a request that never got an answer raises: no connection, a reset, a timeout, a reply that
+# is not HTTP. (HTTPError, an answer with an error status, is a URLError too: it is caught first.)
+TRANSPORT_ERRORS = (URLError, OSError, http.client.HTTPException)
 
 
 def task_id_of(value: str) -> str:
@@ -36,63 +44,114 @@ class WaitTimeout(Exception):
     pass
 
 
-def tls(base_url: str) -> ssl.SSLContext | bool:
+@dataclass(frozen=True)
+class Answer:
+    """An HTTP response, read whole."""
+
+    status: int
+    reason: str
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def tls(base_url: str) -> ssl.SSLContext | None:
     """How the client checks the API's certificate: against the usual CA bundle. An http:// API
-    (the embedded stack's) never asks for TLS, so its client gets a context that still verifies
-    but trusts no CA, rather than loading the bundle at each start (~20 ms of a command's time).
+    (the embedded stack's) needs no TLS, and loading the bundle (~20 ms) is left to https.
     """
-    if base_url.lower().startswith("http://"):
-        return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    return True
+    if base_url.lower().startswith("https://"):
+        return ssl.create_default_context()
+    return None
+
+
+def opener(base_url: str) -> OpenerDirector:
+    """urllib's opener (proxies from the environment, redirects) with the API's TLS checks."""
+    context = tls(base_url)
+    return build_opener(HTTPSHandler(context=context)) if context else build_opener()
+
+
+def describe(exc: BaseException) -> str:
+    """What went wrong on the wire, without urllib's wrapping."""
+    reason = exc.reason if isinstance(exc, URLError) else exc
+    if isinstance(reason, BaseException):
+        return f"{type(reason).__name__}: {reason}"
+    return f"{type(exc).__name__}: {reason}"
 
 
 class ApiClient:
     def __init__(self, settings: Settings | None = None, timeout: float = 30.0) -> None:
         self.settings = settings or Settings()
         self.base_url = self.settings.effective_api_url
+        self.timeout = timeout
         key = self.settings.read_api_key()
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self.http = httpx.Client(
-            base_url=self.base_url, headers=headers, timeout=timeout, verify=tls(self.base_url)
-        )
+        self.headers = {"Accept": "application/json", "User-Agent": "orchestrator-cli"}
+        if key:
+            self.headers["Authorization"] = f"Bearer {key}"
+        self.opener = opener(self.base_url)
 
     def __enter__(self) -> ApiClient:
         return self
 
     def __exit__(self, *_: object) -> None:
-        self.http.close()
+        pass  # every request closes its connection
 
     # --- plain requests -------------------------------------------------------------------------
 
-    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+    def open(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        params: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> http.client.HTTPResponse:
+        """The response to one request, its body unread; an error status raises CliError."""
+        url = f"{self.base_url}{path}"
+        if params:
+            url = f"{url}?{urlencode(params)}"
+        all_headers = {**self.headers, **(headers or {})}
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            all_headers["Content-Type"] = "application/json"
+        request = Request(url, data=data, headers=all_headers, method=method)
         try:
-            response = self.http.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
+            response: http.client.HTTPResponse = self.opener.open(
+                request, timeout=timeout or self.timeout
+            )
+        except HTTPError as error:
+            with error:
+                raise api_error(Answer(error.code, error.reason, error.read())) from None
+        return response
+
+    def request(self, method: str, path: str, json: Any = None, **params: Any) -> Any:
+        try:
+            with self.open(method, path, body=json, params=params) as response:
+                body = response.read()
+        except TRANSPORT_ERRORS as exc:
             raise self.unreachable(exc) from None
-        if response.is_error:
-            raise api_error(response)
-        if not response.content:
-            return None
-        return response.json()
+        return _json(body) if body else None
 
     def get(self, path: str, **params: Any) -> Any:
-        clean = {k: v for k, v in params.items() if v is not None}
-        return self.request("GET", path, params=clean)
+        return self.request("GET", path, **{k: v for k, v in params.items() if v is not None})
 
     def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
         return self.request("POST", path, json=body)
 
     def health(self) -> bool:
         try:
-            return self.http.get("/health", timeout=2.0).status_code == 200
-        except httpx.TransportError:
+            with self.open("GET", "/health", timeout=2.0) as response:
+                return response.status == 200
+        except (CliError, *TRANSPORT_ERRORS):
             return False
 
-    def unreachable(self, exc: Exception) -> CliError:
+    def unreachable(self, exc: BaseException) -> CliError:
         return CliError(
             UNREACHABLE,
             f"cannot reach the API at {self.base_url}",
-            f"{type(exc).__name__}: {exc}. Is the stack up? Start it with `orchestrator up`, "
+            f"{describe(exc)}. Is the stack up? Start it with `orchestrator up`, "
             "or point ORCHESTRATOR_API_URL at a running API.",
         )
 
@@ -112,16 +171,14 @@ class ApiClient:
         self, task_id: str, after: int, read_timeout: float
     ) -> Iterator[dict[str, Any]]:
         """One connection to ``GET /tasks/{id}/events`` as Server-Sent Events."""
-        timeout = httpx.Timeout(10.0, read=read_timeout)
-        headers = {"Accept": "text/event-stream"}
-        params = {"after": after}
-        with self.http.stream(
-            "GET", f"/tasks/{task_id}/events", params=params, headers=headers, timeout=timeout
+        with self.open(
+            "GET",
+            f"/tasks/{task_id}/events",
+            params={"after": after},
+            headers={"Accept": "text/event-stream"},
+            timeout=read_timeout,
         ) as response:
-            if response.is_error:
-                response.read()
-                raise api_error(response)
-            yield from parse_sse(response.iter_lines())
+            yield from parse_sse(line.decode().rstrip("\r\n") for line in response)
 
     def follow(self, task_id: str, timeout: float | None = None) -> Iterator[dict[str, Any]]:
         """Every event of the task, from the first, until it ends; reconnects after drops.
@@ -141,9 +198,9 @@ class ApiClient:
                     yield event
                     if event.get("type") in TERMINAL_EVENTS:
                         return
-            except httpx.ReadTimeout:
+            except TimeoutError:
                 pass  # quiet for a while: check the task and the deadline, then listen again
-            except httpx.TransportError as exc:
+            except TRANSPORT_ERRORS as exc:
                 failures += 1
                 if failures > STREAM_RETRIES:
                     raise self.unreachable(exc) from None
@@ -188,16 +245,27 @@ def _field(issue: dict[str, Any]) -> str:
     return str(issue.get("field") or ".".join(map(str, issue.get("loc", []))))
 
 
-def api_error(response: httpx.Response) -> CliError:
-    """The API's problem detail (RFC 9457) as a message and an exit code."""
-    status = response.status_code
+def _json(body: bytes) -> Any:
     try:
-        problem = response.json()
+        return json.loads(body)
+    except ValueError:
+        raise CliError(
+            FAILED,
+            "the API answered with something that is not JSON",
+            body[:200].decode(errors="replace"),
+        ) from None
+
+
+def api_error(answer: Answer) -> CliError:
+    """The API's problem detail (RFC 9457) as a message and an exit code."""
+    status = answer.status
+    try:
+        problem = answer.json()
     except ValueError:
         problem = {}
     if not isinstance(problem, dict):
         problem = {"detail": str(problem)}
-    title = problem.get("title") or response.reason_phrase or "error"
+    title = problem.get("title") or answer.reason or "error"
     detail = problem.get("detail")
     if not isinstance(detail, str):
         detail = json.dumps(detail) if detail else None

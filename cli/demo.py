@@ -216,13 +216,19 @@ def deploy_branch(
 
 def answer_at(url: str) -> dict[str, Any]:
     """What the deployed app answers at ``url`` (status and body), as a person would see it."""
-    import httpx  # here: the CLI's import time stays short
+    from urllib.error import HTTPError
+
+    from cli.client import TRANSPORT_ERRORS, describe, opener
 
     try:
-        response = httpx.get(url, timeout=10)
-    except httpx.HTTPError as exc:
-        return {"url": url, "error": str(exc) or type(exc).__name__}
-    return {"url": url, "status": response.status_code, "body": response.text[:500]}
+        with opener(url).open(url, timeout=10) as response:
+            status, body = response.status, response.read()
+    except HTTPError as error:
+        with error:
+            status, body = error.code, error.read()
+    except TRANSPORT_ERRORS as exc:
+        return {"url": url, "error": describe(exc)}
+    return {"url": url, "status": status, "body": body.decode(errors="replace")[:500]}
 
 
 def demo_report(

@@ -74,7 +74,7 @@ def main() -> None:
         app()
     finally:
         # Exiting, the interpreter's cycle collector walks every object the command's imports
-        # made (pydantic's schemas, httpx, rich, ...) several times: tens of ms of a short
+        # made (pydantic's schemas, rich, ...) several times: tens of ms of a short
         # command. Frozen, they are left out of those walks; the memory goes back to the system
         # with the process anyway.
         gc.freeze()

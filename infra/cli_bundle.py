@@ -43,7 +43,7 @@ from core.paths import REPO_ROOT
 from core.settings import Settings
 
 # What the CLI imports beyond the standard library and our own packages (cli/*, core/*).
-CLIENT_REQUIREMENTS = ("typer", "rich", "httpx", "pydantic", "pydantic-settings")
+CLIENT_REQUIREMENTS = ("typer", "rich", "pydantic", "pydantic-settings")
 # The packages of this repository the CLI is made of: all of ``cli``, and of ``core`` what it
 # imports (found by reading the imports).
 ENTRY_PACKAGE = "cli"
