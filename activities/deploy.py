@@ -1,6 +1,6 @@
-"""The deploy workflow's own activities: plan a deploy task, the secrets it lacks, and what stop,
-undeploy and a failure record. The project's one deploy at a time is a turn (activities/turns.py);
-the DevOps graph's nodes are in activities/devops.py."""
+"""The deploy workflow's own activities: plan a deploy task, the secrets it lacks, how its Ansible
+run is, and what stop, undeploy and a failure record. The project's one deploy at a time is a turn
+(activities/turns.py); the DevOps graph's nodes are in activities/devops.py."""
 
 from __future__ import annotations
 
@@ -10,14 +10,16 @@ from typing import Any
 from pydantic import BaseModel, Field
 from redis.asyncio import Redis
 from temporalio import activity
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 
 from core.contracts.base import as_utc
-from core.contracts.deploy import DeployOptions
+from core.contracts.deploy import AnsibleDeployResult, DeployOptions
 from core.enums import DeployAction, DeploymentStatus
+from core.ids import ansible_deploy_workflow_id
 from core.logging import get_logger
 from core.settings import Settings
+from core.temporal import failure_reason, workflow_status
 from db import deployments, projects, secrets
 from db import tasks as tasks_db
 from db.engine import Database
@@ -67,6 +69,13 @@ class StoppedInput(BaseModel):
     undeploy: bool
 
 
+class AnsibleOutcome(BaseModel):
+    """How a deploy's Ansible run is, asked of Temporal when its signal is long in coming."""
+
+    started: bool = Field(description="A bridge started the run")
+    result: AnsibleDeployResult | None = Field(default=None, description="Once it ended")
+
+
 class AppOnServer(BaseModel):
     """Where a project's app runs: what stop and undeploy go to."""
 
@@ -78,6 +87,25 @@ def release_id(task: Task) -> str:
     """A sortable release id, the same for every attempt of the task: its creation time, then
     the task's id."""
     return f"{as_utc(task.created_at).astimezone(UTC):%Y%m%d%H%M%S}-{task.id[:8]}"
+
+
+async def ansible_outcome_of(client: Client, request_id: str) -> AnsibleOutcome:
+    """How the Ansible run of ``request_id`` is: not started, running, or ended with its result,
+    also when it ended without a word (terminated, timed out), which failed."""
+    workflow_id = ansible_deploy_workflow_id(request_id)
+    status = await workflow_status(client, workflow_id)
+    if status is None:
+        return AnsibleOutcome(started=False)
+    if status == WorkflowExecutionStatus.RUNNING:
+        return AnsibleOutcome(started=True)
+    handle = client.get_workflow_handle(workflow_id, result_type=AnsibleDeployResult)
+    try:
+        return AnsibleOutcome(started=True, result=await handle.result())
+    except WorkflowFailureError as exc:
+        failed = AnsibleDeployResult(
+            request_id=request_id, success=False, error=failure_reason(exc)
+        )
+        return AnsibleOutcome(started=True, result=failed)
 
 
 def app_name(project_name: str) -> str:
@@ -172,6 +200,10 @@ class DeployActivities:
     @activity.defn
     async def release_deploy_lock(self, request: LockInput) -> None:
         return None
+
+    @activity.defn
+    async def ansible_outcome(self, request_id: str) -> AnsibleOutcome:
+        return await ansible_outcome_of(self.client, request_id)
 
     @activity.defn
     async def missing_secrets(self, request: SecretsInput) -> list[str]:

@@ -2,8 +2,9 @@
 
 EnvAnalyzer (how the repository runs) -> SecretResolver (which secrets it lacks; the graph waits
 in the workflow) -> Deployer (a READY server with room, a port of its own) -> Ansible (a message
-on ``ansible:deploy:queue``; ``AnsibleDeployWorkflow`` runs the playbook) -> health check (HTTP,
-from here, at the URL a person will use) -> the deployment record.
+on ``ansible:deploy:queue``; ``AnsibleDeployWorkflow`` runs the playbook and signals its result
+to the deploy, which waits for it in workflow code; then ``released`` says how it went) ->
+health check (HTTP, from here, at the URL a person will use) -> the deployment record.
 
 Every node records the task events of its stage itself and is safe to play again: the release
 row is one per task, the port one per project and server, the Ansible run one per request id.
@@ -11,14 +12,13 @@ row is one per task, the port one per project and server, the Ansible run one pe
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any, NotRequired, TypedDict
 
 from redis.asyncio import Redis
 from temporalio import activity
-from temporalio.client import Client, WorkflowFailureError
+from temporalio.client import Client
 
-from activities import heartbeating, run_blocking
+from activities import run_blocking
 from core.contracts.deploy import (
     ANSIBLE_DEPLOY_QUEUE,
     AnsibleDeployMessage,
@@ -28,7 +28,7 @@ from core.contracts.deploy import (
 from core.enums import DeploymentStatus, EventType
 from core.ids import ansible_deploy_workflow_id
 from core.settings import Settings
-from core.temporal import failure_reason, workflow_status
+from core.temporal import workflow_status
 from db import deployments, outbox
 from db.engine import Database
 from db.tasks import TaskService
@@ -67,6 +67,7 @@ class DevOpsState(TypedDict):
     placement: NotRequired[dict[str, Any] | None]  # server, port, deployment id
     avoid_ports: NotRequired[list[int]]  # ports found taken by other processes
     attempts: NotRequired[int]  # Ansible runs so far
+    ansible_request: NotRequired[str | None]  # the Ansible run the graph waits for
     deployed: NotRequired[dict[str, Any] | None]  # the AnsibleDeployResult
     url: NotRequired[str | None]
     failure: NotRequired[str | None]
@@ -156,7 +157,8 @@ class DevOpsNodes:
         return {"placement": placement}
 
     async def release(self, state: DevOpsState) -> dict[str, Any]:
-        """Ansible: put the release on ``ansible:deploy:queue`` and wait for its run's result."""
+        """Ansible: put the release on ``ansible:deploy:queue`` (once), asking its run to signal
+        the result to this deploy, which waits for it in workflow code: no activity waits."""
         placement = state.get("placement") or {}
         spec = AppSpec.model_validate(state.get("spec") or {})
         attempt = (state.get("attempts") or 0) + 1
@@ -179,20 +181,33 @@ class DevOpsNodes:
             start_command=spec.command,
             port_env=spec.port_env,
             health_path=spec.health_path,
+            notify_workflow_id=activity.info().workflow_id,
         )
         async with self.db.session() as session:
             await deployments.set_status(
                 session, placement["deployment_id"], DeploymentStatus.deploying
             )
+        workflow_id = ansible_deploy_workflow_id(request_id)
         await self._event(
             state,
             EventType.stage_started,
             f"Ansible deploys release {state['release']} to {placement['server']}",
             ANSIBLE,
-            data={"request_id": request_id, "workflow_id": ansible_deploy_workflow_id(request_id)},
+            data={"request_id": request_id, "workflow_id": workflow_id},
         )
-        result = await self._run_ansible(message)
-        update: dict[str, Any] = {"attempts": attempt, "deployed": result.model_dump(mode="json")}
+        if not await self._exists(workflow_id):
+            # Through the outbox: the message is durable once committed, sent once.
+            async with self.db.session() as session:
+                queued = outbox.enqueue(session, ANSIBLE_DEPLOY_QUEUE, message.to_fields())
+                await session.commit()
+            await outbox.publish(self.db, self.redis, [queued.id] if queued.id else None)
+        return {"attempts": attempt, "ansible_request": request_id, "deployed": None}
+
+    async def released(self, state: DevOpsState) -> dict[str, Any]:
+        """How the Ansible run went (its result is in ``deployed``): serving, a port taken by
+        another process (the Deployer picks another), or a failure."""
+        placement = state.get("placement") or {}
+        result = AnsibleDeployResult.model_validate(state.get("deployed") or {})
         if result.success:
             await self._event(
                 state,
@@ -202,8 +217,8 @@ class DevOpsNodes:
                 ANSIBLE,
                 data={"previous_release": result.previous_release},
             )
-            return update
-        if result.port_busy and attempt < MAX_PORT_ATTEMPTS:
+            return {}
+        if result.port_busy and (state.get("attempts") or 0) < MAX_PORT_ATTEMPTS:
             await self._event(
                 state,
                 EventType.progress,
@@ -211,32 +226,11 @@ class DevOpsNodes:
                 "process; trying another port",
                 ANSIBLE,
             )
-            avoid = [*(state.get("avoid_ports") or []), placement["port"]]
-            return {**update, "avoid_ports": avoid, "placement": None}
-        return {**update, "failure": f"the playbook failed: {result.error}"}
-
-    async def _run_ansible(self, message: AnsibleDeployMessage) -> AnsibleDeployResult:
-        workflow_id = ansible_deploy_workflow_id(message.request_id)
-        handle = self.client.get_workflow_handle(workflow_id, result_type=AnsibleDeployResult)
-        async with heartbeating(workflow_id):
-            if not await self._exists(workflow_id):
-                # Through the outbox: the message is durable once committed, sent once.
-                async with self.db.session() as session:
-                    queued = outbox.enqueue(session, ANSIBLE_DEPLOY_QUEUE, message.to_fields())
-                    await session.commit()
-                await outbox.publish(self.db, self.redis, [queued.id] if queued.id else None)
-            await self._started(workflow_id)
-            try:
-                return await handle.result()
-            except WorkflowFailureError as exc:
-                return AnsibleDeployResult(
-                    request_id=message.request_id, success=False, error=failure_reason(exc)
-                )
-
-    async def _started(self, workflow_id: str) -> None:
-        """Until a bridge has started the run (it may be down for a while: we heartbeat)."""
-        while not await self._exists(workflow_id):  # noqa: ASYNC110 (another process starts it)
-            await asyncio.sleep(0.2)
+            return {
+                "avoid_ports": [*(state.get("avoid_ports") or []), placement["port"]],
+                "placement": None,
+            }
+        return {"failure": f"the playbook failed: {result.error}"}
 
     async def _exists(self, workflow_id: str) -> bool:
         return await workflow_status(self.client, workflow_id) is not None

@@ -15,6 +15,7 @@ from temporalio.api.operatorservice.v1 import (
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.exceptions import ApplicationError, FailureError
 from temporalio.service import RPCError, RPCStatusCode, TLSConfig
 from temporalio.worker import ActivityInboundInterceptor, ExecuteActivityInput, Interceptor
 
@@ -150,6 +151,13 @@ async def is_running(client: Client, workflow_id: str) -> bool:
 
 
 def failure_reason(error: WorkflowFailureError) -> str:
-    """Why a run failed, in its own words (its application error's message)."""
-    cause = error.cause
-    return getattr(cause, "message", None) or str(cause or error)
+    """Why a run failed, in its own words: the first application error's message down its
+    causes (an activity's, under "Activity task failed"), else the innermost cause's."""
+    current: BaseException | None = error.cause
+    innermost: BaseException = error
+    while current is not None:
+        if isinstance(current, ApplicationError):
+            return current.message
+        innermost = current
+        current = current.cause if isinstance(current, FailureError) else None
+    return getattr(innermost, "message", None) or str(innermost)

@@ -3,7 +3,8 @@
 Started by the bridge with the id ``ansible-deploy-{request_id}``. Runs deploy.yml through
 ansible-runner in one heartbeating activity (a killed worker's run is played again elsewhere,
 ending the orphaned playbook first), then publishes the result on ``deploy:result:{request_id}``
-for an hour, whatever the outcome, and returns it.
+for an hour, whatever the outcome, signals it to the workflow the message names
+(``notify_workflow_id``: the deploy waiting for it in workflow code), and returns it.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError, is_cancelled_exception
+from temporalio.exceptions import ActivityError, FailureError, is_cancelled_exception
 
 from workflows.policies import (
     PLAYBOOK_HEARTBEAT,
@@ -24,6 +25,7 @@ from workflows.toolkit import describe_failure
 
 with workflow.unsafe.imports_passed_through():
     from activities.releases import PLAYBOOK_TIMEOUT_S, ReleaseActivities
+    from core.contracts.deploy import ANSIBLE_DEPLOY_ENDED
     from core.contracts.workflows import (
         ANSIBLE_DEPLOY_WORKFLOW,
         AnsibleDeployInput,
@@ -63,4 +65,17 @@ class AnsibleDeployWorkflow:
             retry_policy=PUBLISH_RETRY,
             summary="Publish deploy:result",
         )
+        await _notify(message.notify_workflow_id, result)
         return result
+
+
+async def _notify(workflow_id: str | None, result: AnsibleDeployOutput) -> None:
+    """Tell the waiting deploy; one that is gone (cancelled meanwhile) needs no word."""
+    if not workflow_id:
+        return
+    try:
+        await workflow.get_external_workflow_handle(workflow_id).signal(
+            ANSIBLE_DEPLOY_ENDED, result
+        )
+    except FailureError as failure:
+        workflow.logger.info("%s not told: %s", workflow_id, describe_failure(failure))

@@ -6,8 +6,9 @@ action:
 
 - create / redeploy / rollback: the DevOps graph (workflows/devops.py). Missing secrets move the
   task to WAITING_HUMAN naming them, for as long as it takes; setting one (the API signals
-  ``secrets_changed``) or answering the task (``respond``) makes it look again. A rollback runs
-  the same graph with the earlier release's id and commit.
+  ``secrets_changed``) or answering the task (``respond``) makes it look again. The release's
+  Ansible run signals its result (``ansible_deploy_ended``), waited for here, in workflow code.
+  A rollback runs the same graph with the earlier release's id and commit.
 - stop / undeploy: the stop (or undeploy) playbook on every server the project holds a port on.
 
 A release that fails leaves the serving one serving; the task says why.
@@ -15,12 +16,15 @@ A release that fails leaves the serving one serving; the task says why.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
 from temporalio.exceptions import ApplicationError, FailureError
 
 from workflows.policies import (
+    ANSIBLE_CHECK_INTERVAL,
+    ANSIBLE_START_DEADLINE,
     DB_RETRY,
     DEPLOY_LOCK_HEARTBEAT,
     DEPLOY_LOCK_TIMEOUT,
@@ -38,6 +42,7 @@ with workflow.unsafe.imports_passed_through():
     from temporalio.langgraph import graph as langgraph_graph
 
     from activities.deploy import (
+        AnsibleOutcome,
         DeployActivities,
         DeployPlan,
         FailureInput,
@@ -46,7 +51,12 @@ with workflow.unsafe.imports_passed_through():
     )
     from activities.devops import SECRETS, DevOpsState
     from activities.releases import ReleaseActivities, StopAppInput
-    from core.contracts.deploy import DEPLOY_SECRETS_CHANGED, DeployResult
+    from core.contracts.deploy import (
+        ANSIBLE_DEPLOY_ENDED,
+        DEPLOY_SECRETS_CHANGED,
+        AnsibleDeployResult,
+        DeployResult,
+    )
     from core.contracts.events import HumanAnswer
     from core.contracts.workflows import DEPLOY_WORKFLOW, DeployInput, DeployOutput, deploy_pool
     from core.enums import DeployAction, EventType, TaskStatus
@@ -71,6 +81,8 @@ class DeployWorkflow(WaitsForPerson, TakesTurns):
         self._lock: LockInput | None = None
         # How often the project's secrets changed (``secrets_changed``), waiting or not.
         self._secrets_changes = 0
+        # The Ansible runs that ended, by request id (``ansible_deploy_ended``).
+        self._ansible_results: dict[str, AnsibleDeployResult] = {}
 
     @workflow.run
     async def run(self, request: DeployInput) -> DeployOutput:
@@ -149,7 +161,8 @@ class DeployWorkflow(WaitsForPerson, TakesTurns):
         )
 
     async def _run_graph(self, state: DevOpsState) -> dict[str, Any]:
-        """Run the graph; each interrupt names the secrets the task waits for.
+        """Run the graph; each interrupt names what it waits for: the secrets the task lacks, or
+        its Ansible run's result.
 
         A secret set while the graph looked may be missing from what it saw, and its signal
         came while nothing was asked: then it looks again at once instead of waiting.
@@ -159,13 +172,62 @@ class DeployWorkflow(WaitsForPerson, TakesTurns):
         seen = self._secrets_changes
         result: dict[str, Any] = await app.ainvoke(state, config)
         while result.get("__interrupt__"):
-            missing = list(result["__interrupt__"][0].value["missing"])
+            asked = result["__interrupt__"][0].value
+            if "ansible" in asked:
+                ended = await self._ansible_result(asked["ansible"])
+                result = await app.ainvoke(Command(resume=ended.model_dump(mode="json")), config)
+                continue
+            missing = list(asked["missing"])
             changed = self._secrets_changes != seen and workflow.patched(LOOK_AGAIN_PATCH)
             if not changed:
                 await self._wait_for_secrets(state["project_name"], missing)
             seen = self._secrets_changes
             result = await app.ainvoke(Command(resume={"looked_again": True}), config)
         return result
+
+    async def _ansible_result(self, request_id: str) -> AnsibleDeployResult:
+        """The result the Ansible run signals when it ends, waited for with nothing held.
+
+        Every ANSIBLE_CHECK_INTERVAL without it, one activity asks Temporal how the run is: a
+        run that ended without a word (terminated) gives its failure, and one that no bridge
+        started within ANSIBLE_START_DEADLINE fails the deploy.
+        """
+        not_started_for = timedelta(0)
+        while True:
+            try:
+                await workflow.wait_condition(
+                    lambda: request_id in self._ansible_results,
+                    timeout=ANSIBLE_CHECK_INTERVAL,
+                    timeout_summary="Check on the Ansible run",
+                )
+                return self._ansible_results[request_id]
+            except TimeoutError:
+                pass
+            outcome: AnsibleOutcome = await workflow.execute_activity_method(
+                DeployActivities.ansible_outcome,
+                request_id,
+                start_to_close_timeout=QUICK,
+                retry_policy=QUICK_RETRY,
+                summary="How is the Ansible run?",
+            )
+            if outcome.result is not None:
+                return outcome.result
+            if outcome.started:
+                not_started_for = timedelta(0)
+            else:
+                not_started_for += ANSIBLE_CHECK_INTERVAL
+            if not_started_for >= ANSIBLE_START_DEADLINE:
+                return AnsibleDeployResult(
+                    request_id=request_id,
+                    success=False,
+                    error=f"no bridge started the Ansible run in {ANSIBLE_START_DEADLINE}: is "
+                    "the ansible bridge up? (its message waits on ansible:deploy:queue)",
+                )
+
+    @workflow.signal(name=ANSIBLE_DEPLOY_ENDED)
+    def ansible_deploy_ended(self, result: AnsibleDeployResult) -> None:
+        """The release's Ansible run ended (it may come before the graph asks for it)."""
+        self._ansible_results[result.request_id] = result
 
     async def _wait_for_secrets(self, project: str, missing: list[str]) -> None:
         """Any answer, or a change of the project's secrets, means "look again"; days are fine:

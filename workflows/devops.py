@@ -1,13 +1,18 @@
 """The DevOps graph: EnvAnalyzer -> SecretResolver -> Deployer -> Ansible -> health -> record.
 
 A LangGraph ``StateGraph`` run by ``DeployWorkflow`` through temporalio-langgraph. The analyze,
-deployer, ansible, health and record nodes are activities (activities/deploy.py); ``secrets``
-runs in the workflow, so its wait stays deterministic:
+deployer, ansible, released, health and record nodes are activities (activities/devops.py);
+``secrets`` and ``ansible_wait`` run in the workflow, so their waits cost nothing:
 
-    START -> analyze -> secrets -> deployer -> ansible -> health -> record -> END
-                         ^  |          ^          |
-                         +--+          +----------+  (the port was taken: another port)
+    START -> analyze -> secrets -> deployer -> ansible -> ansible_wait -> released -> health
+                         ^  |          ^                                     |          |
+                         +--+          +-------------------------------------+       record -> END
             (missing secrets: interrupt; the task waits for them, then looks again)
+            (ansible_wait: interrupt; the workflow waits for the Ansible run's signal)
+            (released -> deployer: the port was taken on the server, another port)
+
+Runs from before ``ansible_wait`` waited for the run inside the ``ansible`` activity: their node
+returns the result itself and goes on from there as ``released`` would.
 
 A node that sets ``failure`` ends the graph; the workflow turns it into FAILED and the serving
 release, if any, serves on.
@@ -25,13 +30,11 @@ from activities.deploy import DeployActivities, SecretsInput
 from activities.devops import DevOpsNodes, DevOpsState
 from workflows.policies import (
     ANALYZE_TIMEOUT,
-    DEPLOY_RELEASE_TIMEOUT,
     DEVOPS_RETRY,
     HEALTH_TIMEOUT,
     IN_WORKFLOW,
     NODE_HEARTBEAT,
     PLACE_TIMEOUT,
-    PLAYBOOK_HEARTBEAT,
     QUICK,
     QUICK_RETRY,
     in_activity,
@@ -57,6 +60,13 @@ async def resolve_secrets(state: DevOpsState) -> dict[str, Any]:
     return {"missing": missing}
 
 
+async def wait_for_ansible(state: DevOpsState) -> dict[str, Any]:
+    """The Ansible run's result: the graph stops (an interrupt) and the workflow resumes it with
+    the result its run signals (in workflow code: the playbook may take many minutes)."""
+    result = interrupt({"ansible": state.get("ansible_request")})
+    return {"deployed": result}
+
+
 # Routers are coroutines: LangGraph runs a plain function in a thread pool, which a workflow lacks.
 async def after_analyze(state: DevOpsState) -> str:
     return END if state.get("failure") else "secrets"
@@ -71,6 +81,14 @@ async def after_place(state: DevOpsState) -> str:
 
 
 async def after_ansible(state: DevOpsState) -> str:
+    if state.get("failure"):
+        return END
+    if state.get("deployed") is None:
+        return "ansible_wait"
+    return await after_released(state)  # a run from before: its node waited and said how it went
+
+
+async def after_released(state: DevOpsState) -> str:
     if state.get("failure"):
         return END
     return "deployer" if state.get("placement") is None else "health"
@@ -101,12 +119,13 @@ def build_devops_graph(nodes: DevOpsNodes) -> StateGraph[Any, Any, Any, Any]:
     graph.add_node(
         "ansible",
         nodes.release,
-        metadata=in_activity(
-            "Ansible: deploy the release",
-            DEPLOY_RELEASE_TIMEOUT,
-            heartbeat=PLAYBOOK_HEARTBEAT,
-            retry=DEVOPS_RETRY,
-        ),
+        metadata=in_activity("Ansible: hand the release over", PLACE_TIMEOUT, retry=DEVOPS_RETRY),
+    )
+    graph.add_node("ansible_wait", wait_for_ansible, metadata=IN_WORKFLOW)
+    graph.add_node(
+        "released",
+        nodes.released,
+        metadata=in_activity("Ansible: how the release went", PLACE_TIMEOUT),
     )
     graph.add_node(
         "health",
@@ -124,7 +143,11 @@ def build_devops_graph(nodes: DevOpsNodes) -> StateGraph[Any, Any, Any, Any]:
     graph.add_conditional_edges("analyze", after_analyze, ["secrets", END])
     graph.add_conditional_edges("secrets", after_secrets, ["secrets", "deployer"])
     graph.add_conditional_edges("deployer", after_place, ["ansible", END])
-    graph.add_conditional_edges("ansible", after_ansible, ["deployer", "health", END])
+    graph.add_conditional_edges(
+        "ansible", after_ansible, ["ansible_wait", "deployer", "health", END]
+    )
+    graph.add_edge("ansible_wait", "released")
+    graph.add_conditional_edges("released", after_released, ["deployer", "health", END])
     graph.add_conditional_edges("health", after_health, ["record", END])
     graph.add_edge("record", END)
     return graph

@@ -111,7 +111,12 @@ DEVOPS_RETRY = RetryPolicy(
 )
 ANALYZE_TIMEOUT = timedelta(minutes=5)
 PLACE_TIMEOUT = timedelta(seconds=60)
-DEPLOY_RELEASE_TIMEOUT = timedelta(minutes=30)
+# The deploy waits for its Ansible run's signal in workflow code. Now and then it asks Temporal how
+# the run is, for one that ended without a word (terminated) or that no bridge started (down):
+# a timer and one quick activity every few minutes, whatever the playbook's length.
+ANSIBLE_CHECK_INTERVAL = timedelta(minutes=5)
+# A run no bridge started within this fails the deploy: the message waits on ansible:deploy:queue.
+ANSIBLE_START_DEADLINE = timedelta(minutes=30)
 HEALTH_TIMEOUT = timedelta(minutes=5)
 NODE_HEARTBEAT = timedelta(seconds=30)
 

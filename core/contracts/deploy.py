@@ -12,6 +12,9 @@ ANSIBLE_DEPLOY_QUEUE = "ansible:deploy:queue"
 DEPLOY_RESULT_TTL_SECONDS = 3600
 # Signal to a deploy workflow waiting for secrets: the project's secrets changed, look again.
 DEPLOY_SECRETS_CHANGED = "secrets_changed"
+# Signal from an Ansible run to the workflow its message names (``notify_workflow_id``): the run
+# ended, with this AnsibleDeployResult. The deploy waits for it in workflow code.
+ANSIBLE_DEPLOY_ENDED = "ansible_deploy_ended"
 # What ``secrets_ref`` holds for "the project's stored secrets, as its environment".
 PROJECT_SECRETS_PREFIX = "project-secrets:"
 
@@ -81,6 +84,12 @@ class AnsibleDeployMessage(Envelope):
     port_env: str | None = None
     health_path: str | None = None
     env: dict[str, str] = Field(default_factory=dict, description="Non-secret variables")
+    notify_workflow_id: str | None = Field(
+        default=None,
+        description=f"A workflow to signal {ANSIBLE_DEPLOY_ENDED!r} with the result when the "
+        "run ends (the deploy that asked for it); the result is on deploy:result:{request_id} "
+        "either way",
+    )
 
 
 class AnsibleDeployResult(Strict):

@@ -23,7 +23,12 @@ from typing import Any
 import pytest
 from temporalio import activity
 from temporalio.api.history.v1 import HistoryEvent
-from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+    WorkflowHandle,
+)
 from temporalio.langgraph import LangGraphPlugin
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
@@ -37,12 +42,14 @@ from temporalio.worker import (
 )
 
 from activities.deploy import (
+    AnsibleOutcome,
     AppOnServer,
     DeployPlan,
     FailureInput,
     LockInput,
     SecretsInput,
     StoppedInput,
+    ansible_outcome_of,
 )
 from activities.development import DevelopmentNodes, DevelopmentState
 from activities.devops import DevOpsNodes, DevOpsState
@@ -62,6 +69,7 @@ from activities.turns import TurnActivities
 from activities.workers import AgentTurnInput, CreateContainerInput
 from core.contracts.agents import AgentResult, TaskUsage
 from core.contracts.chat import ChatNote, ChatReply
+from core.contracts.deploy import AnsibleDeployMessage, AnsibleDeployResult
 from core.contracts.scaffolder import ScaffoldResult
 from core.contracts.workflows import (
     PO_WORKERS_POOL,
@@ -86,6 +94,7 @@ from core.enums import (
     TaskStatus,
 )
 from core.ids import (
+    ansible_deploy_workflow_id,
     deploy_workflow_id,
     engineering_workflow_id,
     po_session_workflow_id,
@@ -96,6 +105,7 @@ from core.settings import Settings
 from stack.temporal_worker import workflow_runner
 from testing.waiting import eventually
 from testing.workflows import end_pools
+from workflows.ansible_deploy import AnsibleDeployWorkflow
 from workflows.deploy import DeployWorkflow
 from workflows.development import DEVELOPMENT_GRAPH, build_development_graph
 from workflows.devops import DEVOPS_GRAPH, build_devops_graph
@@ -108,6 +118,7 @@ WORKFLOWS: list[type] = [
     EngineeringWorkflow,
     ScaffoldWorkflow,
     DeployWorkflow,
+    AnsibleDeployWorkflow,
     POSessionWorkflow,
     TurnsWorkflow,
 ]
@@ -421,8 +432,14 @@ class DevelopmentScript(DevelopmentNodes):
 
 
 class Deploys:
-    def __init__(self, log: Log, task_id: str, project_id: str) -> None:
+    """DeployWorkflow's activities and AnsibleDeployWorkflow's: the ports in ``busy_ports`` are
+    taken on the server by another process."""
+
+    def __init__(self, log: Log, client: Client, task_id: str, project_id: str) -> None:
         self.log = log
+        self.client = client
+        self.busy_ports: set[int] = set()
+        self.playbook_error: str | None = None  # deploy.yml fails with it
         self.plan = DeployPlan(
             task_id=task_id,
             project_id=project_id,
@@ -478,6 +495,36 @@ class Deploys:
         await self.log.enter("stop_app", request)
         return StopAppResult(server_handle=request.server_handle, app_found=True)
 
+    @activity.defn(name="ansible_outcome")
+    async def ansible_outcome(self, request_id: str) -> AnsibleOutcome:
+        """The real question to Temporal about the test's Ansible run."""
+        await self.log.enter("ansible_outcome", request_id)
+        return await ansible_outcome_of(self.client, request_id)
+
+    # --- AnsibleDeployWorkflow's playbook (activities/releases.py) ---
+
+    @activity.defn(name="deploy_release")
+    async def deploy_release(self, message: AnsibleDeployMessage) -> AnsibleDeployResult:
+        """deploy.yml: the release serves, unless its port is in ``busy_ports``."""
+        await self.log.enter("deploy_release", message)
+        common = {"request_id": message.request_id, "release": message.release}
+        if message.port in self.busy_ports:
+            error = f"port {message.port} is in use on the server by another process"
+            return AnsibleDeployResult(**common, success=False, error=error, port_busy=True)
+        if self.playbook_error:
+            return AnsibleDeployResult(**common, success=False, error=self.playbook_error)
+        return AnsibleDeployResult(
+            **common,
+            success=True,
+            deployed_url=f"http://{message.server_ip}:{message.port}",
+            previous_release="20251231120000-r1",
+            playbook_s=12.5,
+        )
+
+    @activity.defn(name="publish_deploy_result")
+    async def publish_deploy_result(self, result: AnsibleDeployResult) -> None:
+        await self.log.enter("publish_deploy_result", result)
+
 
 # --- the DevOps graph's nodes (activities/devops.py) --------------------------------------------
 
@@ -486,16 +533,19 @@ SERVER_IP = "10.0.0.5"
 
 
 class DevOpsScript(DevOpsNodes):
-    """The DevOps graph's activity nodes: the app needs ``required_env``; ports in
-    ``busy_ports`` are taken on the server by another process; a node named in ``failing``
-    sets that failure."""
+    """The DevOps graph's activity nodes: the app needs ``required_env``; a node named in
+    ``failing`` sets that failure. ``ansible`` starts the real AnsibleDeployWorkflow, as the
+    bridge does with its message, over the stand-in playbook of :class:`Deploys`; ``released``
+    is the real node, its events in the task's rows."""
 
-    def __init__(self, log: Log, rows: TaskRows) -> None:
+    def __init__(self, log: Log, rows: TaskRows, client: Client, queue: str) -> None:
         self.log = log
         self.rows = rows
+        self.client = client
+        self.queue = queue
         self.required_env = ["DATABASE_URL"]
-        self.busy_ports: set[int] = set()
         self.failing: dict[str, str] = {}
+        self.bridge_down = False  # nobody starts the Ansible run of the node's message
 
     async def analyze(self, state: DevOpsState) -> dict[str, Any]:
         return await self._node("analyze", state) or {
@@ -521,23 +571,42 @@ class DevOpsScript(DevOpsNodes):
         failed = await self._node("ansible", state)
         if failed:
             return failed
-        port = (state.get("placement") or {})["port"]
+        placement = state.get("placement") or {}
         attempt = (state.get("attempts") or 0) + 1
-        if port in self.busy_ports:
-            self.rows.note(state["task_id"], EventType.progress, f"Port {port} is taken", "ansible")
-            return {
-                "attempts": attempt,
-                "deployed": {"success": False, "port_busy": True},
-                "avoid_ports": [*(state.get("avoid_ports") or []), port],
-                "placement": None,
-            }
-        deployed = {
-            "success": True,
-            "deployed_url": f"http://{SERVER_IP}:{port}",
-            "previous_release": "20251231120000-r1",
-            "playbook_s": 12.5,
-        }
-        return {"attempts": attempt, "deployed": deployed}
+        request_id = state["request_id"] + (f"-{attempt}" if attempt > 1 else "")
+        message = AnsibleDeployMessage(
+            request_id=request_id,
+            project_id=state["project_id"],
+            project_name=state["project_name"],
+            repo_full_name=state["repo_full_name"],
+            server_ip=placement["server_ip"],
+            server_handle=placement["server"],
+            port=placement["port"],
+            release=state["release"],
+            notify_workflow_id=activity.info().workflow_id,
+        )
+        if not self.bridge_down:
+            await self.client.start_workflow(
+                AnsibleDeployWorkflow.run,
+                message,
+                id=ansible_deploy_workflow_id(request_id),
+                task_queue=self.queue,
+            )
+        return {"attempts": attempt, "ansible_request": request_id, "deployed": None}
+
+    async def released(self, state: DevOpsState) -> dict[str, Any]:
+        await self.log.enter("released", state)
+        return await super().released(state)
+
+    async def _event(
+        self,
+        state: DevOpsState,
+        type: EventType,
+        message: str,
+        stage: str,
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        self.rows.note(state["task_id"], type, message, stage)
 
     async def health(self, state: DevOpsState) -> dict[str, Any]:
         url = (state.get("deployed") or {}).get("deployed_url")
@@ -628,8 +697,8 @@ class Fakes:
         self.workers = Workers(self.log)
         self.engineering = Engineering(self.log, env, self.project_id)
         self.development = DevelopmentScript(self.log, self.rows)
-        self.deploys = Deploys(self.log, self.task_id, self.project_id)
-        self.devops = DevOpsScript(self.log, self.rows)
+        self.deploys = Deploys(self.log, self.client, self.task_id, self.project_id)
+        self.devops = DevOpsScript(self.log, self.rows, self.client, self.queue)
         self.chats = Chats(self.log)
         self.session = POSessionInput(chat_id=self.chat_id, user_id="user-1")
         self._handles: list[WorkflowHandle[Any, Any]] = []

@@ -18,14 +18,26 @@ from core.contracts.deploy import DeployResult
 from core.contracts.events import HumanAnswer
 from core.contracts.workflows import deploy_pool
 from core.enums import DeployAction, TaskStatus
+from core.ids import ansible_deploy_workflow_id
 from testing.waiting import eventually
 from tests.workflows.mocks import SERVER_IP, WITHIN_S, Fakes, failure_of, history
 from workflows.deploy import DeployWorkflow
+from workflows.policies import ANSIBLE_CHECK_INTERVAL, ANSIBLE_START_DEADLINE
 
 URL = f"http://{SERVER_IP}:8001"
 WHERE = "web-1, port 8001"
 BEFORE_GRAPH = ["start_task", "plan_deploy"]
-GRAPH = ["analyze", "missing_secrets", "deployer", "ansible", "health", "record"]
+GRAPH = [
+    "analyze",
+    "missing_secrets",
+    "deployer",
+    "ansible",
+    "deploy_release",
+    "publish_deploy_result",
+    "released",
+    "health",
+    "record",
+]
 # How every deploy ends: its task's terminal status (then its turn is given back).
 FINISH = ["finish_task"]
 
@@ -73,7 +85,7 @@ async def test_a_deploy_goes_from_its_repository_to_a_live_url(fakes: Fakes) -> 
 
 async def test_a_port_taken_on_the_server_sends_the_deployer_to_another(fakes: Fakes) -> None:
     fakes.deploys.secrets = {"DATABASE_URL"}
-    fakes.devops.busy_ports = {8001}
+    fakes.deploys.busy_ports = {8001}
 
     output = await (await fakes.start_deploy()).result()
 
@@ -85,7 +97,8 @@ async def test_a_port_taken_on_the_server_sends_the_deployer_to_another(fakes: F
         "record",
     ]
     assert fakes.log.args("deployer")[1]["avoid_ports"] == [8001]
-    assert "Port 8001 is taken" in fakes.rows.messages("ansible")
+    taken = "Port 8001 is taken on web-1 by another process; trying another port"
+    assert taken in fakes.rows.messages("ansible")
     await assert_turn_given_back(fakes)
 
 
@@ -250,6 +263,72 @@ async def test_a_failed_step_fails_the_deploy_and_stops_the_graph(
 
     steps = [name for name in GRAPH if name != "missing_secrets"]
     assert fakes.log.names(*steps) == steps[: steps.index(node) + 1]
+
+
+# --- the Ansible run, waited for in workflow code -----------------------------------------------
+
+
+def ansible_run(fakes: Fakes) -> WorkflowHandle[Any, Any]:
+    request_id = f"{fakes.task_id}-{fakes.deploys.plan.release}"
+    return fakes.client.get_workflow_handle(ansible_deploy_workflow_id(request_id))
+
+
+async def holds_no_activity(handle: WorkflowHandle[Any, Any]) -> bool:
+    return not (await handle.describe()).raw_description.pending_activities
+
+
+async def test_while_the_playbook_runs_the_deploy_holds_no_activity(fakes: Fakes) -> None:
+    fakes.deploys.secrets = {"DATABASE_URL"}
+    playing = fakes.log.hold("deploy_release")
+    handle = await fakes.start_deploy()
+
+    await fakes.log.reached("deploy_release")
+    # The Ansible run holds its playbook's activity; the deploy waits for its word in workflow
+    # code, holding none (it used to hold one for the whole playbook).
+    await eventually(
+        lambda: holds_no_activity(handle), "the deploy holding no activity", within=WITHIN_S
+    )
+    assert not await holds_no_activity(ansible_run(fakes))
+    playing.set()
+
+    output = await handle.result()
+    assert output.status is TaskStatus.completed
+    assert output.result is not None and output.result.playbook_s == 12.5
+    assert "ansible_outcome" not in fakes.log.names()  # the run's signal, no question asked
+
+
+async def test_a_failed_playbook_fails_the_deploy_with_its_reason(fakes: Fakes) -> None:
+    fakes.deploys.secrets = {"DATABASE_URL"}
+    fakes.deploys.playbook_error = "the release did not pass its health check"
+
+    await assert_deploy_failed(
+        fakes, "the playbook failed: the release did not pass its health check"
+    )
+    assert "health" not in fakes.log.names()
+
+
+async def test_an_ansible_run_ended_without_a_word_fails_the_deploy(fakes: Fakes) -> None:
+    fakes.deploys.secrets = {"DATABASE_URL"}
+    # The run fails before it can tell the deploy (as a terminated one would).
+    lost = ApplicationError("Redis is gone", type="PublishFailed", non_retryable=True)
+    fakes.log.fail("publish_deploy_result", lost)
+
+    await assert_deploy_failed(fakes, "the playbook failed: Redis is gone")
+
+    assert fakes.log.count("ansible_outcome") == 1  # asked once, after ANSIBLE_CHECK_INTERVAL
+    assert "health" not in fakes.log.names()
+
+
+async def test_an_ansible_run_no_bridge_starts_fails_the_deploy_in_time(fakes: Fakes) -> None:
+    fakes.deploys.secrets = {"DATABASE_URL"}
+    fakes.devops.bridge_down = True
+
+    failure = await failure_of(await fakes.start_deploy())
+
+    assert "no bridge started the Ansible run in 0:30:00: is the ansible bridge up?" in str(failure)
+    checks = ANSIBLE_START_DEADLINE // ANSIBLE_CHECK_INTERVAL
+    assert fakes.log.count("ansible_outcome") == checks
+    assert fakes.deploys.failures  # the release is recorded FAILED
 
 
 async def test_a_deploy_that_cannot_be_planned_fails_and_lets_the_lock_go(fakes: Fakes) -> None:
