@@ -330,21 +330,23 @@ def build_worker(
     # Worker by the plugin, and by us on the queue each node is routed to.
     plugin = LangGraphPlugin(graphs=graphs)
     on_queue: dict[str, list[Callable[..., Any]]] = {}
+    needing: list[Callable[..., Any]] = []
     for capability in dict.fromkeys(capabilities):
         queue = capability_queue(base, capability)
-        needing = [a for department in made for a in department.needs.get(capability, [])]
+        needs = [a for department in made for a in department.needs.get(capability, [])]
         nodes = [a for a in plugin.activities if nodes_on.get(_name(a)) == queue]
-        on_queue[queue] = [*needing, *nodes]
+        on_queue[queue] = [*needs, *nodes]
+        needing += needs
     base_worker = Worker(
         client,
         task_queue=base,
         workflows=[workflow for department in made for workflow in department.workflows],
         # Also a capability's activities on a host that has it: an activity scheduled on the
         # base queue before capability queues existed (a run in flight across the upgrade)
-        # still finds a host that can run it.
+        # still finds a host that can run it. (The plugin registers every node here.)
         activities=[
             *(activity for department in made for activity in department.activities),
-            *(activity for queue in on_queue.values() for activity in queue),
+            *needing,
         ],
         plugins=[plugin],
         **options,
