@@ -108,8 +108,9 @@ class Hosts:
         self.log = tmp_path / "workers.log"
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    async def join(self, capabilities: str | None) -> subprocess.Popen[bytes]:
-        proc = spawn_joining_worker(self.env, self.log, capabilities)
+    async def join(self, capabilities: str | None, **env: str) -> subprocess.Popen[bytes]:
+        """A host with ``capabilities`` (None: the default) and ``env`` of its own."""
+        proc = spawn_joining_worker({**self.env, **env}, self.log, capabilities)
         self.procs.append(proc)
         await wait_ready(self.settings, proc)
         return proc
@@ -184,9 +185,9 @@ async def test_engineering_runs_only_on_the_host_with_a_container_engine(
     )
     tasks = await make_tasks(sqlite_database, redis, 3)
     with hosts(tmp_path, env) as running:
-        # The host without a container engine joins first: it polls the base queue alone for a
-        # moment, and the tasks start while both poll it.
-        plain = await running.join("ansible")
+        # The host without a container engine (none answers where it would look) joins first:
+        # it polls the base queue alone for a moment, and the tasks start while both poll it.
+        plain = await running.join("ansible", DOCKER_HOST="unix:///nonexistent/docker.sock")
         engine = await running.join("containers")
         handles = [await start(temporal_client, task, queue) for task in tasks]
         outputs = [await handle.result() for handle in handles]
@@ -197,8 +198,10 @@ async def test_engineering_runs_only_on_the_host_with_a_container_engine(
     for task in tasks:
         ran = await activities_ran(temporal_client, task.workflow_id)
         on_worker_host = [r for r in ran if r.type in ON_THE_WORKER_HOST]
-        # Every Worker activity went to the containers queue and ran on the host with an engine.
+        # Every Worker activity went to the containers queue and ran on the host with an engine,
+        # the first time (a history names the process of an activity's last attempt only).
         assert {r.type for r in on_worker_host} == ON_THE_WORKER_HOST
+        assert {r.attempt for r in on_worker_host} == {1}
         assert {(r.task_queue, r.pid) for r in on_worker_host} == {
             (containers_queue(queue), engine.pid)
         }
