@@ -25,6 +25,7 @@ from cli import (
     server,
     stack,
     task,
+    worker,
 )
 from cli.demo import demo
 from cli.output import command
@@ -64,6 +65,7 @@ app.add_typer(images.app, name="images")
 app.add_typer(pr.app, name="pr")
 app.add_typer(server.app, name="server")
 app.add_typer(secret.app, name="secret")
+app.add_typer(worker.app, name="worker")
 command(app, "demo")(demo)
 command(app, "respond")(respond.respond)
 command(app, "permissions")(permissions.permissions)

@@ -15,6 +15,7 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator, model_vali
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from core.secret_files import ensure_secret_file, new_password
+from core.task_queues import CAPABILITIES, Capability
 
 # The ACL user of the embedded Redis (its default user is disabled: see stack/services.py).
 REDIS_USER = "orchestrator"
@@ -108,8 +109,15 @@ class Settings(BaseSettings):
         default=4, gt=0, description="Most PO session Workers at a time, apart from task Workers"
     )
 
-    # The Temporal worker process: how much it runs at once. Waiting tasks hold neither.
-    max_concurrent_activities: int = Field(default=16, gt=0, description="Activities at once")
+    # The Temporal worker process: what its host can do (core/task_queues.py) and how much it
+    # runs at once. Waiting tasks hold neither.
+    worker_capabilities: Annotated[list[Capability], NoDecode] = Field(
+        default_factory=lambda: list(CAPABILITIES),
+        description="What this host's Temporal worker takes besides the rest: containers, ansible",
+    )
+    max_concurrent_activities: int = Field(
+        default=16, gt=0, description="Activities at once, per task queue the process polls"
+    )
     max_concurrent_workflow_tasks: int = Field(
         default=8, gt=0, description="Workflow tasks (a workflow's step of code) at once"
     )
@@ -190,6 +198,14 @@ class Settings(BaseSettings):
     )
 
     log_level: str = "INFO"
+
+    @field_validator("worker_capabilities", mode="before")
+    @classmethod
+    def _split_capabilities(cls, value: Any) -> Any:
+        # "containers,ansible" in an environment variable; "" for a host that takes the rest only.
+        if isinstance(value, str):
+            return list(dict.fromkeys(part.strip() for part in value.split(",") if part.strip()))
+        return value
 
     @field_validator("telegram_admins", mode="before")
     @classmethod

@@ -1,16 +1,24 @@
-"""The Temporal worker process: every department's workflows and activities on one task queue.
+"""The Temporal worker process: every department's workflows and activities, on the task queues
+its host's capabilities allow.
 
-``python -m stack.temporal_worker`` reads Settings(), connects to Temporal, the database and
-Redis, polls until SIGTERM or SIGINT, then shuts down gracefully (running activities get a grace
-period). Its service name, log and ready file are ``temporal-worker``. (A *Worker*, capitalised,
-is the container an agent runs in: activities/workers.py.)
+``python -m stack.temporal_worker`` (or ``orchestrator worker run``) reads Settings(), connects
+to Temporal, the database and Redis, polls until SIGTERM or SIGINT, then shuts down gracefully
+(running activities get a grace period). Its service name, log and ready file are
+``temporal-worker``. (A *Worker*, capitalised, is the container an agent runs in:
+activities/workers.py.)
+
+Every process polls the base queue (``ORCHESTRATOR_TEMPORAL_TASK_QUEUE``): all workflows and the
+activities any host can run. A host with a capability (``ORCHESTRATOR_WORKER_CAPABILITIES``:
+``containers``, ``ansible``) also polls that capability's queue (core/task_queues.py), where the
+workflows send the activities that need it. One Temporal ``Worker`` per queue, in one process.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -44,6 +52,7 @@ from core.paths import SERVICE_TEMPLATE_DIR
 from core.readiness import clear_ready, mark_ready
 from core.service import run_service
 from core.settings import Settings
+from core.task_queues import ANSIBLE, CONTAINERS, Capability, capability_queue
 from core.temporal import LogContextInterceptor, connect_when_up, ensure_search_attributes
 from db.engine import Database
 from db.tasks import TaskService
@@ -92,12 +101,15 @@ def workflow_runner() -> SandboxedWorkflowRunner:
 
 @dataclass
 class Department:
-    """What one part of the orchestrator runs on this worker: its workflows, its activities and
-    the LangGraph graphs whose nodes are activities."""
+    """What one part of the orchestrator runs on this worker: its workflows, its activities (any
+    host's, on the base queue), the activities only a host with a capability runs (on that
+    capability's queue, where the workflows send them) and the LangGraph graphs whose nodes are
+    activities (each node on the queue its metadata names)."""
 
     name: str
     workflows: list[type] = field(default_factory=list)
     activities: list[Callable[..., Any]] = field(default_factory=list)
+    needs: dict[Capability, list[Callable[..., Any]]] = field(default_factory=dict)
     graphs: dict[str, StateGraph[Any, Any, Any, Any]] = field(default_factory=dict)
 
 
@@ -106,6 +118,8 @@ class Parts:
     """The clients every department's activities are made of, made once per worker."""
 
     settings: Settings
+    # The base task queue: the graphs send their nodes to its capability queues.
+    task_queue: str
     client: Client
     db: Database
     redis: Redis
@@ -115,13 +129,16 @@ class Parts:
     template_dir: Path
 
 
-def activities_of(*instances: object) -> list[Callable[..., Any]]:
-    """Every ``@activity.defn`` method of the given activity classes' instances."""
+def activities_of(
+    *instances: object, leaving_out: Collection[Callable[..., Any]] = ()
+) -> list[Callable[..., Any]]:
+    """Every ``@activity.defn`` method of the given activity classes' instances but those
+    ``leaving_out`` names (a capability's, registered apart)."""
     return [
         method
         for instance in instances
         for _, method in inspect.getmembers(instance, inspect.ismethod)
-        if hasattr(method, "__temporal_activity_definition")
+        if hasattr(method, "__temporal_activity_definition") and method not in leaving_out
     ]
 
 
@@ -134,6 +151,33 @@ def departments(parts: Parts) -> list[Department]:
     engineering = EngineeringActivities(settings, parts.tasks, parts.workers)
     vault = Vault.from_settings(settings)
     runner = AnsibleRunner.from_settings(settings)
+    workers, gateway = parts.workers, GatewayActivities(parts.gateway)
+    po = POActivities(settings, redis)
+    servers = ServerActivities(db, redis, vault, runner)
+    releases = ReleaseActivities(settings, db, redis, vault, runner)
+    # What needs the host of the Workers: their container engine, the workspaces it mounts and
+    # the gateway sockets it mounts (served by the process that opened them).
+    worker_host: list[Callable[..., Any]] = [
+        workers.create_container,
+        workers.remove_container,
+        workers.run_agent_turn,
+        workers.write_file,
+        workers.reap_workers,
+        gateway.open_gateway,
+        gateway.close_gateway,
+    ]
+    workspace_host: list[Callable[..., Any]] = [
+        engineering.prepare_workspace,
+        engineering.clean_workspaces,
+        engineering.run_tests,
+        engineering.commit_workspace,
+    ]
+    # Playbooks over SSH to the servers.
+    playbooks: list[Callable[..., Any]] = [
+        servers.provision_server,
+        releases.deploy_release,
+        releases.stop_app,
+    ]
     return [
         # The task rows every task workflow moves, and the projects they work on.
         Department("tasks", activities=activities_of(TaskActivities(db, redis))),
@@ -149,7 +193,8 @@ def departments(parts: Parts) -> list[Department]:
         Department(
             "workers",
             workflows=[WorkerWorkflow, ReaperWorkflow],
-            activities=activities_of(parts.workers, GatewayActivities(parts.gateway)),
+            activities=activities_of(workers, gateway, leaving_out=worker_host),
+            needs={CONTAINERS: worker_host},
         ),
         # Scaffold, develop, test, propose.
         Department(
@@ -160,10 +205,13 @@ def departments(parts: Parts) -> list[Department]:
                 TemporalActivities(client),
                 engineering,
                 pulls,
+                leaving_out=workspace_host,
             ),
+            needs={CONTAINERS: workspace_host},
             graphs={
                 DEVELOPMENT_GRAPH: build_development_graph(
-                    DevelopmentNodes(parts.tasks, parts.workers, engineering, pulls)
+                    DevelopmentNodes(parts.tasks, parts.workers, engineering, pulls),
+                    parts.task_queue,
                 )
             },
         ),
@@ -171,17 +219,21 @@ def departments(parts: Parts) -> list[Department]:
         Department(
             "product-owner",
             workflows=[POSessionWorkflow],
-            activities=activities_of(POActivities(settings, redis)),
+            activities=activities_of(po, leaving_out=[po.prepare_session]),
+            # The session's workspace is on the host of its Worker.
+            needs={CONTAINERS: [po.prepare_session]},
         ),
         # Servers, deploys and releases over Ansible.
         Department(
             "devops",
             workflows=[ProvisionWorkflow, DeployWorkflow, AnsibleDeployWorkflow],
             activities=activities_of(
-                ServerActivities(db, redis, vault, runner),
+                servers,
                 DeployActivities(settings, db, redis, client, parts.tasks),
-                ReleaseActivities(settings, db, redis, vault, runner),
+                releases,
+                leaving_out=playbooks,
             ),
+            needs={ANSIBLE: playbooks},
             graphs={
                 DEVOPS_GRAPH: build_devops_graph(
                     DevOpsNodes(settings, db, redis, client, parts.tasks)
@@ -191,6 +243,33 @@ def departments(parts: Parts) -> list[Department]:
     ]
 
 
+class TemporalWorkers:
+    """The Temporal ``Worker`` of each task queue one process polls, run and stopped together
+    (``async with``): the base queue's first."""
+
+    def __init__(self, workers: list[Worker]) -> None:
+        self.workers = workers
+
+    @property
+    def task_queue(self) -> str:
+        """The base queue: where the workflows run."""
+        return self.workers[0].task_queue
+
+    @property
+    def task_queues(self) -> list[str]:
+        return [worker.task_queue for worker in self.workers]
+
+    async def __aenter__(self) -> TemporalWorkers:
+        async with AsyncExitStack() as stack:
+            for worker in self.workers:
+                await stack.enter_async_context(worker)
+            self._running = stack.pop_all()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._running.aclose()
+
+
 def build_worker(
     client: Client,
     settings: Settings,
@@ -198,17 +277,23 @@ def build_worker(
     redis: Redis,
     *,
     task_queue: str | None = None,
+    capabilities: Collection[Capability] | None = None,
     template_dir: Path | None = None,
     gateway: Gateway | None = None,
     runtime: ContainerRuntime | None = None,
     **options: Any,
-) -> Worker:
-    """A Temporal worker with every department; ``options`` go to ``Worker`` as they are.
+) -> TemporalWorkers:
+    """The Temporal workers of one process, each department in them; ``options`` go to each
+    ``Worker`` as they are.
 
-    ``gateway``: the model gateway this process serves (``serve`` makes one and closes it; by
-    default one that is never closed, for tests). ``runtime``: the container service;
-    by default the settings' one, connected on first use.
+    ``task_queue``: the base queue (the settings' by default). ``capabilities``: what this host
+    can do (the settings' by default): a ``Worker`` polls each one's queue besides the base
+    queue. ``gateway``: the model gateway this process serves (``serve`` makes one and closes
+    it; by default one that is never closed, for tests). ``runtime``: the container service; by
+    default the settings' one, connected on first use.
     """
+    base = task_queue or settings.temporal_task_queue
+    capabilities = settings.worker_capabilities if capabilities is None else capabilities
     tasks = TaskService(db, redis)
     # Not closed here: whoever passes the gateway owns it (``serve`` closes its own).
     gateway = gateway or Gateway(db)
@@ -217,6 +302,7 @@ def build_worker(
     )
     parts = Parts(
         settings=settings,
+        task_queue=base,
         client=client,
         db=db,
         redis=redis,
@@ -228,7 +314,8 @@ def build_worker(
     made = departments(parts)
     options.setdefault("graceful_shutdown_timeout", timedelta(seconds=10))
     # Bounded on purpose: nothing waits in an activity (waits are in workflow code), so these
-    # limit work, never progress.
+    # limit work, never progress. Each queue's Worker has its own slots: a flood of quick
+    # database activities does not hold back an agent turn, nor one playbook the rest.
     options.setdefault("max_concurrent_activities", settings.max_concurrent_activities)
     options.setdefault("max_concurrent_workflow_tasks", settings.max_concurrent_workflow_tasks)
     options.setdefault("workflow_runner", workflow_runner())
@@ -237,18 +324,57 @@ def build_worker(
     # the heartbeat timeout, so a cancelled wait would linger ~8 s.
     options.setdefault("max_heartbeat_throttle_interval", timedelta(seconds=2))
     options.setdefault("default_heartbeat_throttle_interval", timedelta(seconds=2))
-    return Worker(
+    graphs = _graphs(made)
+    nodes_on = _node_queues(graphs)
+    # The plugin turns the graphs' activity nodes into activities: registered on the base
+    # Worker by the plugin, and by us on the queue each node is routed to.
+    plugin = LangGraphPlugin(graphs=graphs)
+    on_queue: dict[str, list[Callable[..., Any]]] = {}
+    needing: list[Callable[..., Any]] = []
+    for capability in dict.fromkeys(capabilities):
+        queue = capability_queue(base, capability)
+        needs = [a for department in made for a in department.needs.get(capability, [])]
+        nodes = [a for a in plugin.activities if nodes_on.get(_name(a)) == queue]
+        on_queue[queue] = [*needs, *nodes]
+        needing += needs
+    base_worker = Worker(
         client,
-        task_queue=task_queue or settings.temporal_task_queue,
+        task_queue=base,
         workflows=[workflow for department in made for workflow in department.workflows],
-        activities=[activity for department in made for activity in department.activities],
-        plugins=[LangGraphPlugin(graphs=_graphs(made))],
+        # Also a capability's activities on a host that has it: an activity scheduled on the
+        # base queue before capability queues existed (a run in flight across the upgrade)
+        # still finds a host that can run it. (The plugin registers every node here.)
+        activities=[
+            *(activity for department in made for activity in department.activities),
+            *needing,
+        ],
+        plugins=[plugin],
         **options,
     )
+    others = [
+        Worker(client, task_queue=queue, activities=activities, **options)
+        for queue, activities in on_queue.items()
+    ]
+    return TemporalWorkers([base_worker, *others])
 
 
 def _graphs(made: list[Department]) -> dict[str, StateGraph[Any, Any, Any, Any]]:
     return {name: graph for department in made for name, graph in department.graphs.items()}
+
+
+def _node_queues(graphs: dict[str, StateGraph[Any, Any, Any, Any]]) -> dict[str, str]:
+    """The queue each activity node (by the plugin's name for it) is routed to, if any. Read
+    before the plugin takes the activity options out of the nodes' metadata."""
+    return {
+        f"{graph_name}.{node_name}": node.metadata["task_queue"]
+        for graph_name, graph in graphs.items()
+        for node_name, node in graph.nodes.items()
+        if node.metadata and "task_queue" in node.metadata
+    }
+
+
+def _name(activity: Callable[..., Any]) -> str:
+    return getattr(activity, "__temporal_activity_definition").name
 
 
 def replayer(workflows: list[type] | None = None) -> Replayer:
@@ -259,7 +385,8 @@ def replayer(workflows: list[type] | None = None) -> Replayer:
     nodes = DevelopmentNodes(None, None, None, None)  # type: ignore[arg-type]
     devops = DevOpsNodes(None, None, None, None, None)  # type: ignore[arg-type]
     graphs = {
-        DEVELOPMENT_GRAPH: build_development_graph(nodes),
+        # Replaying compares activity types and order, not the queue they were sent to.
+        DEVELOPMENT_GRAPH: build_development_graph(nodes, "replay"),
         DEVOPS_GRAPH: build_devops_graph(devops),
     }
     return Replayer(
@@ -286,7 +413,12 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         await _check(db, redis)
         async with worker:
             mark_ready(settings, SERVICE)
-            log.info("temporal worker polling", task_queue=worker.task_queue)
+            log.info(
+                "temporal worker polling",
+                task_queue=worker.task_queue,
+                task_queues=worker.task_queues,
+                capabilities=settings.worker_capabilities,
+            )
             await stop.wait()
             log.info("temporal worker stopping")
             clear_ready(settings, SERVICE)

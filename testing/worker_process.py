@@ -1,5 +1,5 @@
-"""The Temporal worker as ``python -m stack.temporal_worker`` in a process of its own, for the
-kill -9 tests."""
+"""The Temporal worker as ``python -m stack.temporal_worker`` (or ``orchestrator worker run``) in a
+process of its own, for the kill -9 and several-hosts tests."""
 
 from __future__ import annotations
 
@@ -49,6 +49,18 @@ def spawn_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
             stdout=out,
             stderr=subprocess.STDOUT,
         )
+
+
+def spawn_joining_worker(
+    env: dict[str, str], log: Path, capabilities: str | None = None
+) -> subprocess.Popen[bytes]:
+    """``orchestrator worker run`` (with ``--capabilities`` when given): a worker joining the
+    servers ``env`` names, as on another host. It execs the worker: its PID is the worker's."""
+    argv = [sys.executable, "-m", "cli.main", "worker", "run", "--json"]
+    if capabilities is not None:
+        argv += ["--capabilities", capabilities]
+    with log.open("ab") as out:
+        return subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
 async def wait_ready(settings: Settings, proc: subprocess.Popen[bytes]) -> None:

@@ -21,7 +21,7 @@ from workflows.policies import (
     RELEASE_MARGIN,
     RELEASE_RETRY,
 )
-from workflows.toolkit import describe_failure
+from workflows.toolkit import describe_failure, host_with
 
 with workflow.unsafe.imports_passed_through():
     from activities.releases import PLAYBOOK_TIMEOUT_S, ReleaseActivities
@@ -31,6 +31,7 @@ with workflow.unsafe.imports_passed_through():
         AnsibleDeployInput,
         AnsibleDeployOutput,
     )
+    from core.task_queues import ANSIBLE
 
 
 @workflow.defn(name=ANSIBLE_DEPLOY_WORKFLOW)
@@ -41,6 +42,7 @@ class AnsibleDeployWorkflow:
             result = await workflow.execute_activity_method(
                 ReleaseActivities.deploy_release,
                 message,
+                task_queue=host_with(ANSIBLE),
                 start_to_close_timeout=timedelta(seconds=PLAYBOOK_TIMEOUT_S) + RELEASE_MARGIN,
                 heartbeat_timeout=PLAYBOOK_HEARTBEAT,
                 retry_policy=RELEASE_RETRY,

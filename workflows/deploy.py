@@ -34,7 +34,14 @@ from workflows.policies import (
     STOP_RETRY,
     STOP_TIMEOUT,
 )
-from workflows.toolkit import TURNS_PATCH, TakesTurns, TaskRun, WaitsForPerson, describe_failure
+from workflows.toolkit import (
+    TURNS_PATCH,
+    TakesTurns,
+    TaskRun,
+    WaitsForPerson,
+    describe_failure,
+    host_with,
+)
 
 with workflow.unsafe.imports_passed_through():
     from langgraph.checkpoint.memory import InMemorySaver
@@ -60,6 +67,7 @@ with workflow.unsafe.imports_passed_through():
     from core.contracts.events import HumanAnswer
     from core.contracts.workflows import DEPLOY_WORKFLOW, DeployInput, DeployOutput, deploy_pool
     from core.enums import DeployAction, EventType, TaskStatus
+    from core.task_queues import ANSIBLE
     from workflows.devops import DEVOPS_GRAPH
 
 STOP_STAGE = "stop"
@@ -270,6 +278,7 @@ class DeployWorkflow(WaitsForPerson, TakesTurns):
                 StopAppInput(
                     server_handle=app.server_handle, app_name=app.app_name, remove=undeploy
                 ),
+                task_queue=host_with(ANSIBLE),
                 start_to_close_timeout=STOP_TIMEOUT,
                 heartbeat_timeout=PLAYBOOK_HEARTBEAT,
                 retry_policy=STOP_RETRY,

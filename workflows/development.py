@@ -32,6 +32,7 @@ from activities.development import (
 )
 from activities.gateway import GatewayActivities
 from core.contracts.agents import Budget, uses_model
+from core.task_queues import containers_queue
 from workflows.policies import (
     GIT_TIMEOUT,
     IN_WORKFLOW,
@@ -100,36 +101,36 @@ async def after_tester(state: DevelopmentState) -> str:
     return "propose" if report.get("passed") else "budget"
 
 
-def build_development_graph(nodes: DevelopmentNodes) -> StateGraph[Any, Any, Any, Any]:
+def build_development_graph(
+    nodes: DevelopmentNodes, task_queue: str
+) -> StateGraph[Any, Any, Any, Any]:
     """The graph for ``LangGraphPlugin(graphs={DEVELOPMENT_GRAPH: ...})``: made once per worker
-    (the plugin turns its activity nodes into that worker's activities)."""
+    (the plugin turns its activity nodes into that worker's activities) for the workflows of
+    ``task_queue``. Its activity nodes work in the task's Worker or its workspace: they run on
+    the containers queue beside it (a node's options are fixed when the graph is made)."""
+    on_containers = containers_queue(task_queue)
+
+    def in_worker(summary: str, timeout_s: float) -> dict[str, Any]:
+        """A command in the task's Worker: played again after a crash, heartbeating."""
+        return in_activity(
+            summary,
+            timedelta(seconds=timeout_s) + NODE_MARGIN,
+            retry=TURN_RETRY,
+            heartbeat=TURN_HEARTBEAT,
+            task_queue=on_containers,
+        )
+
     graph: StateGraph[Any, Any, Any, Any] = StateGraph(DevelopmentState)
     graph.add_node("budget", budget, metadata=IN_WORKFLOW)
     graph.add_node(
-        "developer",
-        nodes.developer,
-        metadata=in_activity(
-            "Developer: an agent turn",
-            timedelta(seconds=TURN_TIMEOUT_S) + NODE_MARGIN,
-            retry=TURN_RETRY,
-            heartbeat=TURN_HEARTBEAT,
-        ),
+        "developer", nodes.developer, metadata=in_worker("Developer: an agent turn", TURN_TIMEOUT_S)
     )
     graph.add_node("ask_human", ask_human, metadata=IN_WORKFLOW)
-    graph.add_node(
-        "tester",
-        nodes.tester,
-        metadata=in_activity(
-            "Tester: make test",
-            timedelta(seconds=TEST_TIMEOUT_S) + NODE_MARGIN,
-            retry=TURN_RETRY,
-            heartbeat=TURN_HEARTBEAT,
-        ),
-    )
+    graph.add_node("tester", nodes.tester, metadata=in_worker("Tester: make test", TEST_TIMEOUT_S))
     graph.add_node(
         "propose",
         nodes.propose,
-        metadata=in_activity("Commit, push, pull request", GIT_TIMEOUT),
+        metadata=in_activity("Commit, push, pull request", GIT_TIMEOUT, task_queue=on_containers),
     )
     graph.add_edge(START, "budget")
     graph.add_conditional_edges("budget", after_budget, ["developer", END])

@@ -29,7 +29,7 @@ from workflows.policies import (
     WAIT_FOR_RUN_TIMEOUT,
 )
 from workflows.scaffold import ScaffoldWorkflow
-from workflows.toolkit import TakesTurns, TaskRun, WaitsForPerson, close_gateway
+from workflows.toolkit import TakesTurns, TaskRun, WaitsForPerson, close_gateway, host_with
 
 with workflow.unsafe.imports_passed_through():
     from langgraph.checkpoint.memory import InMemorySaver
@@ -57,6 +57,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from core.enums import EventType, TaskStatus
     from core.ids import scaffold_workflow_id
+    from core.task_queues import CONTAINERS
     from core.temporal import search_attributes
     from workflows.development import DEVELOPMENT_GRAPH
 
@@ -171,6 +172,8 @@ class EngineeringWorkflow(WaitsForPerson, TakesTurns):
         workspace = await workflow.execute_activity_method(
             EngineeringActivities.prepare_workspace,
             WorkspaceInput(task_id=request.task_id, repository=repository, branch=branch),
+            # The Worker mounts the checkout from its host's disk.
+            task_queue=host_with(CONTAINERS),
             start_to_close_timeout=GIT_TIMEOUT,
             retry_policy=QUICK_RETRY,
             summary=f"Check out {branch}",

@@ -50,7 +50,7 @@ from workflows.policies import (
     TURN_MARGIN,
     TURN_RETRY,
 )
-from workflows.toolkit import TakesTurns, close_gateway, describe_failure
+from workflows.toolkit import TakesTurns, close_gateway, describe_failure, host_with
 
 with workflow.unsafe.imports_passed_through():
     from temporalio.client import Client, WithStartWorkflowOperation
@@ -74,6 +74,7 @@ with workflow.unsafe.imports_passed_through():
         POSessionStatus,
     )
     from core.ids import po_session_workflow_id
+    from core.task_queues import CONTAINERS
 
 KEPT_REPLIES = 200
 # Exchanges quoted in full in a prompt; older ones live in the summary.
@@ -262,6 +263,7 @@ class POSessionWorkflow(TakesTurns):
                     model=request.model or plan.model,
                     timeout_s=request.turn_timeout_s,
                 ),
+                task_queue=host_with(CONTAINERS),
                 start_to_close_timeout=timedelta(seconds=request.turn_timeout_s) + TURN_MARGIN,
                 heartbeat_timeout=TURN_HEARTBEAT,
                 retry_policy=TURN_RETRY,
@@ -281,6 +283,8 @@ class POSessionWorkflow(TakesTurns):
             self._plan = await workflow.execute_activity_method(
                 POActivities.prepare_session,
                 PrepareSessionInput(chat_id=self._input.chat_id, agent=self._input.agent),
+                # The session's workspace is on the host of its Worker, which mounts it.
+                task_queue=host_with(CONTAINERS),
                 start_to_close_timeout=QUICK,
                 retry_policy=PREPARE_SESSION_RETRY,
                 summary="Prepare the PO's workspace and agent",

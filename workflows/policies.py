@@ -140,8 +140,10 @@ def in_activity(
     *,
     retry: RetryPolicy = QUICK_RETRY,
     heartbeat: timedelta | None = None,
+    task_queue: str | None = None,
 ) -> dict[str, Any]:
-    """A node the plugin runs as an activity, with its timeout, retries and heartbeat."""
+    """A node the plugin runs as an activity, with its timeout, retries and heartbeat, on
+    ``task_queue`` (a capability's queue: core/task_queues.py) or else the workflow's own."""
     metadata: dict[str, Any] = {
         "execute_in": "activity",
         "start_to_close_timeout": timeout,
@@ -150,4 +152,6 @@ def in_activity(
     }
     if heartbeat is not None:
         metadata["heartbeat_timeout"] = heartbeat
+    if task_queue is not None:
+        metadata["task_queue"] = task_queue
     return metadata

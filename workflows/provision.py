@@ -22,7 +22,7 @@ from workflows.policies import (
     PROVISION_TIMEOUT,
     QUICK,
 )
-from workflows.toolkit import describe_failure
+from workflows.toolkit import describe_failure, host_with
 
 with workflow.unsafe.imports_passed_through():
     from activities.servers import (
@@ -34,6 +34,7 @@ with workflow.unsafe.imports_passed_through():
     from core.contracts.provisioner import ProvisionerResult
     from core.contracts.workflows import PROVISION_WORKFLOW, ProvisionInput, ProvisionOutput
     from core.enums import ServerStatus
+    from core.task_queues import ANSIBLE
 
 
 def is_server_missing(error: BaseException) -> bool:
@@ -96,6 +97,7 @@ class ProvisionWorkflow:
         report = await workflow.execute_activity_method(
             ServerActivities.provision_server,
             ProvisionRequest(server_handle=handle, force_reinstall=request.force_reinstall),
+            task_queue=host_with(ANSIBLE),
             start_to_close_timeout=PROVISION_TIMEOUT,
             heartbeat_timeout=PLAYBOOK_HEARTBEAT,
             retry_policy=FEW_RETRIES,

@@ -22,6 +22,7 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
 from workflows.policies import CLEAN_HEARTBEAT, CLEAN_TIMEOUT, FEW_RETRIES, REAP_WORKERS_TIMEOUT
+from workflows.toolkit import host_with
 
 with workflow.unsafe.imports_passed_through():
     from activities.engineering import (
@@ -31,6 +32,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from activities.turns import GivenBack, TurnActivities
     from activities.workers import WorkerActivities
+    from core.task_queues import CONTAINERS
 
 REAPER_WORKFLOW = "ReaperWorkflow"
 REAPER_SCHEDULE = "orchestrator-reaper"
@@ -63,6 +65,7 @@ class ReaperWorkflow:
         try:
             output.workers_removed = await workflow.execute_activity_method(
                 WorkerActivities.reap_workers,
+                task_queue=host_with(CONTAINERS),
                 start_to_close_timeout=REAP_WORKERS_TIMEOUT,
                 retry_policy=FEW_RETRIES,
                 summary="Remove the containers of closed workflows",
@@ -83,6 +86,7 @@ class ReaperWorkflow:
             output.workspaces = await workflow.execute_activity_method(
                 EngineeringActivities.clean_workspaces,
                 CleanWorkspacesInput(retention_hours=request.workspace_retention_hours),
+                task_queue=host_with(CONTAINERS),
                 start_to_close_timeout=CLEAN_TIMEOUT,
                 heartbeat_timeout=CLEAN_HEARTBEAT,
                 retry_policy=FEW_RETRIES,

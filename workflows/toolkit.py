@@ -44,6 +44,7 @@ with workflow.unsafe.imports_passed_through():
     from core.contracts.workflows import TURN_GRANTED, TURNS_GIVE_BACK, TurnGiveBack
     from core.enums import EventType, TaskStatus
     from core.ids import turns_workflow_id
+    from core.task_queues import CONTAINERS, Capability, capability_queue
 
 R = TypeVar("R")
 
@@ -53,6 +54,12 @@ CREATE_WAITS_PATCH = "create-container-waits-for-its-cancellation"
 # Runs from before it waited for a Worker slot or a deploy lock inside an activity, polling; new
 # runs wait for a turn in workflow code (``TakesTurns``).
 TURNS_PATCH = "turns-wait-in-workflow-code"
+
+
+def host_with(capability: Capability) -> str:
+    """The task queue of the activities only a host with ``capability`` runs (a container
+    engine, Ansible), beside the queue this run is on: core/task_queues.py."""
+    return capability_queue(workflow.info().task_queue, capability)
 
 
 def describe_failure(error: BaseException) -> str:
@@ -349,6 +356,7 @@ async def create_worker(request: CreateContainerInput, summary: str) -> None:
     await workflow.execute_activity_method(
         WorkerActivities.create_container,
         request,
+        task_queue=host_with(CONTAINERS),
         start_to_close_timeout=CREATE_WORKER_TIMEOUT,
         heartbeat_timeout=CREATE_WORKER_HEARTBEAT,
         cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
@@ -363,6 +371,7 @@ async def remove_worker(worker_id: str, summary: str) -> None:
     await workflow.execute_activity_method(
         WorkerActivities.remove_container,
         worker_id,
+        task_queue=host_with(CONTAINERS),
         start_to_close_timeout=QUICK,
         retry_policy=QUICK_RETRY,
         summary=summary,
@@ -374,6 +383,8 @@ async def close_gateway(task_id: str, summary: str) -> None:
     await workflow.execute_activity_method(
         GatewayActivities.close_gateway,
         task_id,
+        # The socket is served on the host of the task's Worker.
+        task_queue=host_with(CONTAINERS),
         start_to_close_timeout=QUICK,
         retry_policy=QUICK_RETRY,
         summary=summary,

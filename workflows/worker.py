@@ -25,7 +25,7 @@ from temporalio import workflow
 from temporalio.exceptions import ApplicationError, FailureError, is_cancelled_exception
 
 from workflows.policies import QUICK, QUICK_RETRY, TURN_HEARTBEAT, TURN_MARGIN, TURN_RETRY
-from workflows.toolkit import TakesTurns, close_gateway
+from workflows.toolkit import TakesTurns, close_gateway, host_with
 
 with workflow.unsafe.imports_passed_through():
     from activities.workers import (
@@ -54,6 +54,7 @@ with workflow.unsafe.imports_passed_through():
         WorkerOutput,
     )
     from core.enums import AGENTS
+    from core.task_queues import CONTAINERS
 
 SEEN_REQUESTS = 1000
 
@@ -275,6 +276,7 @@ class WorkerWorkflow(TakesTurns):
                 timeout_s=message.timeout_s,
                 budget=self._budget(),
             ),
+            task_queue=host_with(CONTAINERS),
             # The command's own timeout ends it inside the Worker; this is the backstop.
             start_to_close_timeout=timedelta(seconds=message.timeout_s) + TURN_MARGIN,
             heartbeat_timeout=TURN_HEARTBEAT,
@@ -301,6 +303,7 @@ class WorkerWorkflow(TakesTurns):
                 WriteFileInput(
                     worker_id=self._worker_id, path=file.path, content=file.content, mode=file.mode
                 ),
+                task_queue=host_with(CONTAINERS),
                 start_to_close_timeout=QUICK,
                 retry_policy=TURN_RETRY,
                 summary=f"Write {file.path}",

@@ -2,6 +2,9 @@
 
 from pathlib import Path
 
+import pytest
+from pydantic import ValidationError
+
 from core.settings import Settings
 
 
@@ -67,3 +70,18 @@ def test_telegram_settings_come_from_the_environment(monkeypatch):
     assert settings.telegram_webhook_url is None
     monkeypatch.setenv("ORCHESTRATOR_TELEGRAM_ADMINS", "")
     assert Settings().telegram_admins == []
+
+
+def test_worker_capabilities_are_a_comma_separated_list_of_known_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The stack's one worker does everything unless told otherwise.
+    monkeypatch.delenv("ORCHESTRATOR_WORKER_CAPABILITIES", raising=False)
+    assert Settings().worker_capabilities == ["containers", "ansible"]
+    monkeypatch.setenv("ORCHESTRATOR_WORKER_CAPABILITIES", " containers , containers")
+    assert Settings().worker_capabilities == ["containers"]
+    monkeypatch.setenv("ORCHESTRATOR_WORKER_CAPABILITIES", "")
+    assert Settings().worker_capabilities == []
+    monkeypatch.setenv("ORCHESTRATOR_WORKER_CAPABILITIES", "ansible,gpu")
+    with pytest.raises(ValidationError, match="worker_capabilities"):
+        Settings()

@@ -102,6 +102,7 @@ from core.ids import (
     turns_workflow_id,
 )
 from core.settings import Settings
+from core.task_queues import ANSIBLE, CONTAINERS, capability_queue
 from stack.temporal_worker import workflow_runner
 from testing.waiting import eventually
 from testing.workflows import end_pools
@@ -742,26 +743,33 @@ class Fakes:
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Fakes]:
         graphs = {
-            DEVELOPMENT_GRAPH: build_development_graph(self.development),
+            DEVELOPMENT_GRAPH: build_development_graph(self.development, self.queue),
             DEVOPS_GRAPH: build_devops_graph(self.devops),
         }
         parts = (self.rows, self.workers, self.engineering, self.deploys, self.chats)
         # The real pools (each test's own: they run on its queue).
         turns = TurnActivities(Settings(), self.client, None)
+        plugin = LangGraphPlugin(graphs=graphs)
+        stand_ins = [stand_in for part in parts for stand_in in activities_of(part)]
         worker = Worker(
             self.client,
             task_queue=self.queue,
             workflows=WORKFLOWS,
-            activities=[
-                *(stand_in for part in parts for stand_in in activities_of(part)),
-                turns.ask_for_turn,
-                turns.reap_turns,
-            ],
+            activities=[*stand_ins, turns.ask_for_turn, turns.reap_turns],
             workflow_runner=workflow_runner(),
-            plugins=[LangGraphPlugin(graphs=graphs)],
+            plugins=[plugin],
             interceptors=[NoChildSearchAttributes()],
         )
-        async with worker:
+        # One host with every capability: every stand-in and node on each capability's queue.
+        on_containers, on_ansible = (
+            Worker(
+                self.client,
+                task_queue=capability_queue(self.queue, capability),
+                activities=[*stand_ins, *plugin.activities],
+            )
+            for capability in (CONTAINERS, ANSIBLE)
+        )
+        async with worker, on_containers, on_ansible:
             try:
                 yield self
             finally:

@@ -66,16 +66,14 @@ async def test_thirty_tasks_wait_for_four_slots_holding_none_of_eight_activity_s
         worker_pids=128,
     )
     runtime = ContainerRuntime(docker_client, settings)
-    labels = [f"{TASK_ID}={task.id}" for task in tasks]
+    ours = {task.id for task in tasks}
 
     def workers_now() -> int:
-        found = {
-            c.id
-            for label in labels
-            # sparse: no inspect of each one, which fails for a container removed meanwhile
-            for c in docker_client.containers.list(all=True, sparse=True, filters={"label": label})
-        }
-        return len(found)
+        # One listing, so one moment: a listing per task would count a Worker removed early in
+        # the round and its successor made late in it as two at once. Plain dicts, no inspect
+        # of each one (which fails for a container removed meanwhile).
+        listed = docker_client.api.containers(all=True, filters={"label": TASK_ID})
+        return sum(1 for c in listed if (c.get("Labels") or {}).get(TASK_ID) in ours)
 
     async with running_worker(client, db, redis, home, settings=settings, runtime=runtime) as queue:
         handles = [await start(client, task, queue) for task in tasks]
