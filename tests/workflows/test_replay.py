@@ -16,7 +16,7 @@ import pytest
 from temporalio.client import WorkflowHistory
 from temporalio.workflow import NondeterminismError
 
-from core.contracts.deploy import DEPLOY_SECRETS_CHANGED
+from core.contracts.deploy import ANSIBLE_DEPLOY_ENDED, DEPLOY_SECRETS_CHANGED
 from core.contracts.workflows import TURNS_GIVE_BACK
 from stack.temporal_worker import replayer as make_replayer
 from tests.workflows.changed_workflows import (
@@ -32,6 +32,7 @@ RECORDED = [
     "deploy",
     "deploy_failed",
     "deploy_stopped",
+    "deploy_waited_for_ansible_in_an_activity",
     "deploy_waited_for_secret",
     "engineering",
     "engineering_answered",
@@ -91,6 +92,34 @@ def test_the_secret_wait_is_in_its_recording() -> None:
         "missing_secrets",
         "devops.deployer",
     ]
+
+
+def deploy_steps(name: str) -> list[str]:
+    """A deploy recording's activities and the signals it received, in order."""
+    steps = []
+    for event in history(name).events:
+        if event.HasField("activity_task_scheduled_event_attributes"):
+            steps.append(event.activity_task_scheduled_event_attributes.activity_type.name)
+        elif event.HasField("workflow_execution_signaled_event_attributes"):
+            steps.append(event.workflow_execution_signaled_event_attributes.signal_name)
+    return steps
+
+
+def test_the_ansible_wait_is_in_the_recordings_old_and_new() -> None:
+    """A deploy of today hands the release over and waits for its run's signal in workflow code;
+    one recorded by older code waited inside the ansible node's activity, and still replays."""
+    steps = deploy_steps("deploy")
+    handed = steps.index("devops.ansible")
+    assert steps[handed : handed + 4] == [
+        "devops.ansible",
+        ANSIBLE_DEPLOY_ENDED,
+        "devops.released",
+        "devops.health",
+    ]
+    old = deploy_steps("deploy_waited_for_ansible_in_an_activity")
+    assert ANSIBLE_DEPLOY_ENDED not in old and "devops.released" not in old
+    handed = old.index("devops.ansible")
+    assert old[handed : handed + 2] == ["devops.ansible", "devops.health"]
 
 
 def cancel_steps(name: str) -> list[str]:

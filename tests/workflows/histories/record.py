@@ -316,11 +316,13 @@ DEVELOPMENT_PATHS = {
 # writes engineering_developed only when named, and engineering_answered_frees_worker no more:
 # engineering_answered records its path. engineering_cancelled_creating_worker was recorded while
 # create_container waited for a Worker slot, which no activity does any more: it stays, as the
-# proof that such runs replay.
+# proof that such runs replay. deploy_waited_for_ansible_in_an_activity is the deploy recorded
+# while the ansible node's activity waited for the playbook (now the workflow waits for a signal).
 KEPT = {
     "engineering_developed",
     "engineering_answered_frees_worker",
     "engineering_cancelled_creating_worker",
+    "deploy_waited_for_ansible_in_an_activity",
 }
 PO_CHAT = 424242
 BLOCKED_THEN_DONE = {
