@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import docker
+import pytest
 from redis.asyncio import Redis
 from temporalio.api.enums.v1 import EventType as HistoryEventType
 from temporalio.api.enums.v1 import PendingActivityState
@@ -132,18 +133,27 @@ def hosts(tmp_path: Path, env: dict[str, str]) -> Iterator[Hosts]:
         made.stop_all()
 
 
-def env_of(
+@dataclass
+class Deployment:
+    """The base task queue and the environment every host of the test's deployment shares."""
+
+    queue: str
+    env: dict[str, str]
+
+
+@pytest.fixture
+def deployment(
     tmp_path: Path,
-    queue: str,
-    *,
     temporal_address: str,
-    database_url: str,
+    sqlite_database_url: str,
     redis_url: str,
     docker_host: str,
-) -> dict[str, str]:
-    return worker_env(
+    scripted_image: str,
+) -> Deployment:
+    queue = f"hosts-{uuid.uuid4().hex}"
+    env = worker_env(
         tmp_path / "home",
-        database_url=database_url,
+        database_url=sqlite_database_url,
         redis_url=redis_url,
         temporal_address=temporal_address,
         task_queue=queue,
@@ -151,6 +161,7 @@ def env_of(
         ORCHESTRATOR_WORKER_MEMORY="256m",
         ORCHESTRATOR_WORKER_PIDS="128",
     )
+    return Deployment(queue, env)
 
 
 async def make_tasks(db: Database, redis: Redis, n: int, run: str = "true") -> list[Task]:
@@ -164,27 +175,15 @@ async def make_tasks(db: Database, redis: Redis, n: int, run: str = "true") -> l
 
 async def test_engineering_runs_only_on_the_host_with_a_container_engine(
     temporal_client: Client,
-    temporal_address: str,
     docker_client: docker.DockerClient,
-    docker_host: str,
-    scripted_image: str,
-    sqlite_database_url: str,
     sqlite_database: Database,
-    redis_url: str,
     redis: Redis,
+    deployment: Deployment,
     tmp_path: Path,
 ) -> None:
-    queue = f"hosts-{uuid.uuid4().hex}"
-    env = env_of(
-        tmp_path,
-        queue,
-        temporal_address=temporal_address,
-        database_url=sqlite_database_url,
-        redis_url=redis_url,
-        docker_host=docker_host,
-    )
+    queue = deployment.queue
     tasks = await make_tasks(sqlite_database, redis, 3)
-    with hosts(tmp_path, env) as running:
+    with hosts(tmp_path, deployment.env) as running:
         # The host without a container engine (none answers where it would look) joins first:
         # it polls the base queue alone for a moment, and the tasks start while both poll it.
         plain = await running.join("ansible", DOCKER_HOST="unix:///nonexistent/docker.sock")
@@ -231,28 +230,16 @@ async def _developer_started(client: Client, workflow_id: str) -> str | None:
 
 async def test_killing_a_host_mid_task_moves_its_work_to_the_other(
     temporal_client: Client,
-    temporal_address: str,
     docker_client: docker.DockerClient,
-    docker_host: str,
-    scripted_image: str,
-    sqlite_database_url: str,
     sqlite_database: Database,
-    redis_url: str,
     redis: Redis,
+    deployment: Deployment,
     tmp_path: Path,
 ) -> None:
-    queue = f"hosts-{uuid.uuid4().hex}"
-    env = env_of(
-        tmp_path,
-        queue,
-        temporal_address=temporal_address,
-        database_url=sqlite_database_url,
-        redis_url=redis_url,
-        docker_host=docker_host,
-    )
+    queue = deployment.queue
     # The developer's first play of each task sleeps: long enough to kill its host under it.
     tasks = await make_tasks(sqlite_database, redis, 2, run=SLEEP_ONCE)
-    with hosts(tmp_path, env) as running:
+    with hosts(tmp_path, deployment.env) as running:
         # Two hosts with a container engine: one says so, the other has the default (both).
         first = await running.join("containers")
         second = await running.join(None)
