@@ -85,16 +85,18 @@ def run(capabilities: CapabilitiesOption = None, json_output: JsonOption = False
     <home>/logs/temporal-worker.log and marks <home>/run/temporal-worker.ready once polling.
     """
     out = Output(json_output)
+    # The worker reads its settings from the environment, as every service does: it gets this
+    # one's, with the capabilities asked for (this process's own stays as it was).
+    environment = dict(os.environ)
     if capabilities is not None:
-        # The worker reads its settings from the environment, as every service does.
-        os.environ[VARIABLE] = ",".join(parse_capabilities(capabilities))
+        environment[VARIABLE] = ",".join(parse_capabilities(capabilities))
     from pydantic import ValidationError
 
     from core.settings import Settings
     from core.task_queues import capability_queue
 
     try:
-        settings = Settings()
+        settings = Settings(worker_capabilities=environment.get(VARIABLE, ",".join(KNOWN)))
     except ValidationError as exc:
         raise CliError(USAGE, "invalid settings", str(exc)) from None
     base = settings.temporal_task_queue
@@ -122,4 +124,4 @@ def run(capabilities: CapabilitiesOption = None, json_output: JsonOption = False
     sys.stderr.flush()
     # Exec rather than import: the CLI stays a client (no workflow code in its imports), and
     # the worker is the very service the stack runs, with this environment.
-    os.execv(sys.executable, [sys.executable, "-m", "stack.temporal_worker"])
+    os.execve(sys.executable, [sys.executable, "-m", "stack.temporal_worker"], environment)

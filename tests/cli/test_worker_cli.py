@@ -4,6 +4,7 @@ connects to anything. (Running it for real: tests/workflows/test_worker_hosts.py
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from typer.testing import CliRunner
@@ -13,8 +14,7 @@ from cli.worker import VARIABLE
 
 
 @pytest.fixture(autouse=True)
-def _restore_capabilities(monkeypatch: pytest.MonkeyPatch) -> None:
-    # `run` sets the variable for the worker it execs: give it back after each test.
+def _no_capabilities_given(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(VARIABLE, raising=False)
 
 
@@ -38,3 +38,6 @@ def test_a_containers_host_without_a_container_engine_does_not_start() -> None:
     error = json.loads(result.stdout)["error"]
     assert error["message"].startswith("no Docker API answers at unix:///nonexistent/docker.sock")
     assert "leave out the containers capability" in error["detail"]
+    # What it was asked for was the worker's, not this process's: the next command's settings
+    # (in a test session, every later test's) still have both capabilities.
+    assert VARIABLE not in os.environ
