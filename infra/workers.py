@@ -207,15 +207,15 @@ async def run_tests(
     except AnalysisError as exc:
         return TestReport(passed=False, exit_code=-1, command="", summary=f"no tests ran: {exc}")
     if spec.junit is not None:
-        # A report left by an earlier run must never pass for this one's.
-        removed = await runtime.exec(worker_id, ["rm", "-f", "--", spec.junit], timeout=60)
-        if removed.exit_code != 0:
+        # A report left by an earlier run (a crash between the run and its removal below) must
+        # never pass for this one's.
+        cannot = await _remove_file(runtime, worker_id, spec.junit)
+        if cannot:
             return TestReport(
                 passed=False,
                 exit_code=-1,
                 command=spec.command,
-                summary=f"no tests ran: the old {spec.junit} cannot be removed: "
-                f"{removed.stderr.strip()[-300:]}",
+                summary=f"no tests ran: the old {spec.junit} cannot be removed: {cannot}",
             )
     done = await runtime.exec(
         worker_id,
@@ -238,6 +238,9 @@ async def run_tests(
         report.command = spec.command
         return report
     xml = await read_worker_file(runtime, worker_id, spec.junit, MAX_JUNIT_BYTES)
+    # Read, it goes: the pull request commits what the workspace holds, and the report is none
+    # of the agent's work.
+    await _remove_file(runtime, worker_id, spec.junit)
     if xml is None or len(xml.encode()) >= MAX_JUNIT_BYTES:
         why = (
             f"the test command wrote no JUnit XML at {spec.junit}"
@@ -246,3 +249,9 @@ async def run_tests(
         )
         return judged_without_junit(output, done.exit_code, why, command=spec.command)
     return parse_junit(xml, done.exit_code, output, command=spec.command)
+
+
+async def _remove_file(runtime: ContainerRuntime, worker_id: str, path: str) -> str | None:
+    """Remove a file of the Worker's workspace if it is there; why it cannot be, else None."""
+    removed = await runtime.exec(worker_id, ["rm", "-f", "--", path], timeout=60)
+    return None if removed.exit_code == 0 else removed.stderr.strip()[-300:] or "rm failed"

@@ -68,6 +68,8 @@ async def test_the_failing_test_is_named_from_the_junit_report(tmp_path: Path) -
     assert not report.passed and report.command == "sh write_report.sh"
     assert report.failing_tests == ["tests.test_greeting.test_greets"]
     assert report.failure_messages == {"tests.test_greeting.test_greets": "'Hi' != 'Hello'"}
+    # Read, the report is gone: the pull request commits what the workspace holds.
+    assert not (tmp_path / "reports/junit.xml").exists()
 
 
 async def test_a_stale_report_is_never_read(tmp_path: Path) -> None:
