@@ -63,7 +63,7 @@ MAX_MANIFEST_BYTES = 256 * 1024
 MAX_JUNIT_BYTES = 8 * 1024 * 1024
 _MISSING = 3  # the exit code of _READ_FILE for a path that is no regular file
 # Run in the Worker: print at most $2 bytes of the regular file $1 (a FIFO would block a read).
-_READ_FILE = f'[ -f "$1" ] || exit {_MISSING}; head -c "$2" "$1"'
+_READ_FILE = f'[ -f "$1" ] || exit {_MISSING}; head -c "$2" -- "$1"'
 
 
 def forwarder_command(routes: list[tuple[int, str]], multi: bool) -> list[str]:
