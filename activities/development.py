@@ -142,12 +142,7 @@ class DevelopmentNodes:
             stage=TESTER,
             data={"round": round_, **report.model_dump(exclude={"output"})},
         )
-        feedback = None
-        if not report.passed:
-            feedback = (
-                f"The project's tests fail ({report.summary}): {failing or 'see the output'}.\n"
-                f"{report.output}"
-            )
+        feedback = None if report.passed else failure_feedback(report)
         return {"rounds": round_, "report": report.model_dump(), "feedback": feedback}
 
     async def propose(self, state: DevelopmentState) -> dict[str, Any]:
@@ -262,6 +257,21 @@ class DevelopmentNodes:
         )
 
 
+def failure_feedback(report: TestReport) -> str:
+    """What the agent is told of failing tests for its next turn: the command, each failing test
+    by name with its message (when the report has one), then the output's tail."""
+    failing = ", ".join(report.failing_tests)
+    lines = [
+        f"The project's tests fail ({report.summary}): {failing or 'see the output'}.",
+        f"The test command: {report.command}" if report.command else "",
+    ]
+    for name, message in report.failure_messages.items():
+        lines.append(f"- {name}: " + message.replace("\n", "\n    "))
+    if report.output:
+        lines += ["Its output ends with:", report.output]
+    return "\n".join(line for line in lines if line)
+
+
 def _prompt(state: DevelopmentState) -> str:
     feedback = state.get("feedback")
     if not feedback:
@@ -283,6 +293,6 @@ def _body(state: DevelopmentState, report: TestReport, files: list[str]) -> str:
         f"## Task\n\n{state['prompt'].strip()}\n\n"
         f"## What was done\n\nWritten by the `{state['agent']}` agent in {state['rounds']} "
         f"round(s) on `{state['branch']}`.\n\n{listed}{more}\n\n"
-        f"## Tests\n\n`make test`: {report.summary or 'not run'}.\n\n"
+        f"## Tests\n\n`{report.command}`: {report.summary or 'not run'}.\n\n"
         f"Task `{state['task_id']}`."
     )

@@ -6,7 +6,8 @@
 - ``prepare_workspace``: a checkout of the project's repository per task, at
   ``<home>/workspaces/<task_id>``, on the branch ``task/<task_id>`` (mounted at /workspace in the
   task's Worker).
-- ``run_tests``: the project's ``make test`` inside the Worker, parsed into a ``TestReport``.
+- ``run_tests``: the project's tests inside the Worker (its manifest's test command, ``make test``
+  by default), their outcome as a ``TestReport`` (``infra.workers.run_tests``).
 - ``commit_workspace``: commits what the agent left uncommitted and gives the checkout back to
   this process's user (the Worker's uid owned it), so the host can push it.
 - ``clean_workspaces`` (the reaper's): removes the workspaces of tasks finished longer than the
@@ -27,7 +28,7 @@ from pydantic import BaseModel, Field, ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities import heartbeating, run_blocking
+from activities import heartbeating, infra_failures, run_blocking
 from activities.workers import WorkerActivities
 from core.contracts.agents import Budget
 from core.contracts.engineering import EngineeringOptions
@@ -36,13 +37,13 @@ from core.settings import Settings
 from db.tasks import TaskNotFound, TaskService
 from gateway.settings import GatewaySettings
 from infra.containers import WorkerNotFound
-from infra.test_reports import OUTPUT_TAIL, TestReport, parse_unittest
+from infra.test_reports import TestReport
+from infra.workers import run_tests
 from infra.workspaces import Workspaces
 
 log = get_logger("activities.engineering")
 
 DEFAULT_MAX_ROUNDS = 3
-TEST_COMMAND = ["make", "test"]
 
 
 class TaskPlan(BaseModel):
@@ -260,24 +261,10 @@ class EngineeringActivities:
         runtime = await self.workers.runtime()
         try:
             async with heartbeating("tests"):
-                done = await runtime.exec(
-                    request.worker_id,
-                    TEST_COMMAND,
-                    # A round rewrites files within the same second: no stale .pyc may shadow them.
-                    env={"PYTHONDONTWRITEBYTECODE": "1"},
-                    timeout=request.timeout_s,
-                )
+                with infra_failures():
+                    return await run_tests(runtime, request.worker_id, timeout_s=request.timeout_s)
         except WorkerNotFound as exc:
             raise ApplicationError(str(exc), type="WorkerNotFound", non_retryable=True) from None
-        output = done.stdout + done.stderr
-        if done.timed_out:
-            return TestReport(
-                passed=False,
-                exit_code=done.exit_code,
-                summary=f"the tests ran past their {request.timeout_s:g} s limit",
-                output=output[-OUTPUT_TAIL:],
-            )
-        return parse_unittest(output, done.exit_code)
 
     @activity.defn
     async def commit_workspace(self, request: CommitInput) -> CommitResult:

@@ -52,7 +52,6 @@ from redis.asyncio import Redis  # noqa: E402
 from temporalio.api.enums.v1 import EventType as HistoryEventType  # noqa: E402
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle  # noqa: E402
 
-from activities.engineering import TEST_COMMAND  # noqa: E402
 from api.schemas import TaskCreate  # noqa: E402
 from bench.common import (  # noqa: E402
     docker_host,
@@ -70,6 +69,7 @@ from db.tables import Project  # noqa: E402
 from db.tasks import TaskService  # noqa: E402
 from infra.agents.scripted import RUNNER_PATH  # noqa: E402
 from infra.containers import ContainerRuntime, ExecResult, WorkerSpec  # noqa: E402
+from infra.env_analyzer import DEFAULT_TEST_COMMAND  # noqa: E402
 from infra.images import ImageBuilder  # noqa: E402
 from stack.temporal_worker import build_worker  # noqa: E402
 from testing import servers  # noqa: E402
@@ -116,7 +116,7 @@ class TimedRuntime(ContainerRuntime):
         """(agent, tests): seconds inside the agent's CLI and inside ``make test``."""
         mine = [e for e in self.execs if e.worker_id == worker_id]
         agent = sum(e.seconds for e in mine if RUNNER_PATH in e.argv)
-        tests = sum(e.seconds for e in mine if list(e.argv) == TEST_COMMAND)
+        tests = sum(e.seconds for e in mine if list(e.argv) == ["sh", "-c", DEFAULT_TEST_COMMAND])
         return agent, tests
 
 

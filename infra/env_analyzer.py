@@ -3,7 +3,8 @@
 The sources, in order of trust:
 
 1. ``.orchestrator.yml``: our template's own manifest (command, port variable, default port,
-   health path, required and optional environment).
+   health path, required and optional environment). Its ``test`` section says how the Tester
+   tests the project (:class:`TestSpec`, read by :func:`read_test_spec`).
 2. ``Procfile``: its ``web`` process (else the first one); the port comes in ``$PORT``, as on the
    platforms that made Procfiles common.
 3. A compose file (``compose.yaml``, ``docker-compose.yml`` and their spellings): the first service
@@ -17,6 +18,7 @@ looked for. Pure functions of the files: no I/O beyond reading them.
 from __future__ import annotations
 
 import json
+import posixpath
 import re
 import shlex
 import shutil
@@ -25,7 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from infra.git import git, resolve_commit
 
@@ -67,6 +69,76 @@ def analyze(repository: Path) -> AppSpec:
 
 
 # --- the manifest ------------------------------------------------------------------------------
+
+DEFAULT_TEST_COMMAND = "make test"
+
+
+class TestSpec(BaseModel):
+    """How the Tester tests a project: the manifest's ``test`` section.
+
+    ``test: make test`` (a command alone, as the template writes it) or
+    ``test: {command: ..., junit: reports/junit.xml}``."""
+
+    __test__ = False  # not a pytest class
+    model_config = ConfigDict(extra="forbid")
+
+    command: str = Field(
+        default=DEFAULT_TEST_COMMAND, description="A shell command, run at the repository's root"
+    )
+    junit: str | None = Field(
+        default=None,
+        description="Where the command writes JUnit XML, relative to the repository; "
+        "without it the outcome is read from the command's output and exit code",
+    )
+
+    @field_validator("command")
+    @classmethod
+    def _some_command(cls, command: str) -> str:
+        if not command.strip():
+            raise ValueError("the test command is empty")
+        return command.strip()
+
+    @field_validator("junit")
+    @classmethod
+    def _inside_the_repository(cls, junit: str | None) -> str | None:
+        if junit is None:
+            return None
+        path = posixpath.normpath(junit.strip())
+        if not junit.strip() or path.startswith("/") or path == "." or path.split("/")[0] == "..":
+            raise ValueError(f"{junit!r} is not a file path inside the repository")
+        return path
+
+
+class Manifest(BaseModel):
+    """The parts of ``.orchestrator.yml`` read through a model (the services are read by
+    :func:`_from_manifest`); unknown keys are the template's own (``version``, ``name``...)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    test: TestSpec = Field(default_factory=TestSpec)
+
+    @field_validator("test", mode="before")
+    @classmethod
+    def _command_alone(cls, value: Any) -> Any:
+        if value is None:
+            return {}
+        return {"command": value} if isinstance(value, str) else value
+
+
+def read_test_spec(manifest: str | None) -> TestSpec:
+    """The test section of a manifest's text (None: the repository has no manifest: the
+    default). AnalysisError saying what is wrong for a manifest that is present but invalid."""
+    if manifest is None:
+        return TestSpec()
+    data = _yaml_text(manifest, MANIFEST)
+    try:
+        return Manifest.model_validate(data).test
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
+            for error in exc.errors()
+        )
+        raise AnalysisError(f"{MANIFEST} is invalid: {problems}") from None
 
 
 def analyze_ref(repository: str, ref: str) -> tuple[str, AppSpec]:
@@ -267,12 +339,16 @@ def _env_names(argument: str) -> list[str]:
 def _yaml(path: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
+    return _yaml_text(path.read_text(), path.name)
+
+
+def _yaml_text(text: str, name: str) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise AnalysisError(f"{path.name} is not valid YAML: {exc}") from None
+        raise AnalysisError(f"{name} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
-        raise AnalysisError(f"{path.name} is not a mapping")
+        raise AnalysisError(f"{name} is not a mapping")
     return data
 
 

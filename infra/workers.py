@@ -1,5 +1,5 @@
 """What runs inside a Worker container: its main process, files written into it, the key of a
-PO Worker's CLI, and one turn of an agent's CLI.
+PO Worker's CLI, one turn of an agent's CLI, and the project's tests.
 
 A Worker has no network. Its main process is the forwarder (deploy/images/base/files): it
 exposes the host sockets mounted into the container (the task's model gateway; for a PO Worker,
@@ -15,8 +15,16 @@ from collections.abc import Callable
 from core.contracts.agents import AgentEvent, AgentResult
 from infra.agents.base import DEFAULT_HOME, AgentAdapter, AgentRequest
 from infra.containers import ContainerRuntime
+from infra.env_analyzer import MANIFEST, AnalysisError, read_test_spec
 from infra.errors import InfraError, refused
 from infra.images import TOOLS_DIR, WORKER_HOME
+from infra.test_reports import (
+    OUTPUT_TAIL,
+    TestReport,
+    judged_without_junit,
+    parse_junit,
+    parse_unittest,
+)
 
 # Inside the Worker: the gateway socket's directory, and the forwarder's loopback port.
 GATEWAY_MOUNT = "/run/orchestrator"
@@ -49,6 +57,13 @@ for port in map(int, sys.argv[1:]):
 SCRIPTED_SCRIPT = posixpath.join(DEFAULT_HOME, "scripted-agent", "script.json")
 # An agent turn's output kept for the result: the tail is what the parsers need.
 MAX_LINES = 20_000
+# The most of a manifest and of a JUnit report read from a Worker: a bigger one is cut there
+# (a cut report is not valid XML, and the outcome falls back to the exit code).
+MAX_MANIFEST_BYTES = 256 * 1024
+MAX_JUNIT_BYTES = 8 * 1024 * 1024
+_MISSING = 3  # the exit code of _READ_FILE for a path that is no regular file
+# Run in the Worker: print at most $2 bytes of the regular file $1 (a FIFO would block a read).
+_READ_FILE = f'[ -f "$1" ] || exit {_MISSING}; head -c "$2" -- "$1"'
 
 
 def forwarder_command(routes: list[tuple[int, str]], multi: bool) -> list[str]:
@@ -154,3 +169,89 @@ async def run_agent_turn(
             status="failed", raw_error=f"the agent ran past its {timeout_s:g} s limit"
         )
     return adapter.result(lines, result.exit_code, workdir=command.cwd)
+
+
+async def read_worker_file(
+    runtime: ContainerRuntime, worker_id: str, path: str, limit: int
+) -> str | None:
+    """At most ``limit`` bytes of a file of the Worker (relative paths under /workspace), as
+    text; None when there is no such regular file.
+
+    Read inside the Worker, not from the mounted workspace on the host: a path the agent made a
+    symbolic link can only ever reach what the Worker itself can read."""
+    done = await runtime.exec(
+        worker_id, ["sh", "-c", _READ_FILE, "sh", path, str(limit)], timeout=60
+    )
+    if done.exit_code == _MISSING:
+        return None
+    if done.exit_code != 0 or done.timed_out:
+        raise InfraError(f"cannot read {path} in the Worker: {done.stderr.strip()[-500:]}")
+    return done.stdout
+
+
+async def run_tests(
+    runtime: ContainerRuntime,
+    worker_id: str,
+    *,
+    timeout_s: float,
+) -> TestReport:
+    """The project's tests in its Worker, as its manifest's ``test`` section says (``make test``
+    without one), and their outcome: from the JUnit XML the command writes when the manifest
+    names it, else from the command's output and exit code.
+
+    A manifest the section of which is invalid is reported as a failed run saying why: the agent
+    that wrote it can mend it."""
+    manifest = await read_worker_file(runtime, worker_id, MANIFEST, MAX_MANIFEST_BYTES)
+    try:
+        spec = read_test_spec(manifest)
+    except AnalysisError as exc:
+        return TestReport(passed=False, exit_code=-1, command="", summary=f"no tests ran: {exc}")
+    if spec.junit is not None:
+        # A report left by an earlier run (a crash between the run and its removal below) must
+        # never pass for this one's.
+        cannot = await _remove_file(runtime, worker_id, spec.junit)
+        if cannot:
+            return TestReport(
+                passed=False,
+                exit_code=-1,
+                command=spec.command,
+                summary=f"no tests ran: the old {spec.junit} cannot be removed: {cannot}",
+            )
+    done = await runtime.exec(
+        worker_id,
+        ["sh", "-c", spec.command],
+        # A round rewrites files within the same second: no stale .pyc may shadow them.
+        env={"PYTHONDONTWRITEBYTECODE": "1"},
+        timeout=timeout_s,
+    )
+    output = done.stdout + done.stderr
+    if done.timed_out:
+        return TestReport(
+            passed=False,
+            exit_code=done.exit_code,
+            command=spec.command,
+            summary=f"the tests ran past their {timeout_s:g} s limit",
+            output=output[-OUTPUT_TAIL:],
+        )
+    if spec.junit is None:
+        report = parse_unittest(output, done.exit_code)
+        report.command = spec.command
+        return report
+    xml = await read_worker_file(runtime, worker_id, spec.junit, MAX_JUNIT_BYTES)
+    # Read, it goes: the pull request commits what the workspace holds, and the report is none
+    # of the agent's work.
+    await _remove_file(runtime, worker_id, spec.junit)
+    if xml is None or len(xml.encode()) >= MAX_JUNIT_BYTES:
+        why = (
+            f"the test command wrote no JUnit XML at {spec.junit}"
+            if xml is None
+            else f"the JUnit XML at {spec.junit} is larger than {MAX_JUNIT_BYTES >> 20} MB"
+        )
+        return judged_without_junit(output, done.exit_code, why, command=spec.command)
+    return parse_junit(xml, done.exit_code, output, command=spec.command)
+
+
+async def _remove_file(runtime: ContainerRuntime, worker_id: str, path: str) -> str | None:
+    """Remove a file of the Worker's workspace if it is there; why it cannot be, else None."""
+    removed = await runtime.exec(worker_id, ["rm", "-f", "--", path], timeout=60)
+    return None if removed.exit_code == 0 else removed.stderr.strip()[-300:] or "rm failed"

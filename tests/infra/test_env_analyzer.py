@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.env_analyzer import AnalysisError, AppSpec, analyze
+from infra.env_analyzer import AnalysisError, AppSpec, TestSpec, analyze, read_test_spec
 from tests.activities.test_template import render
 
 
@@ -111,3 +111,49 @@ def test_the_manifest_wins_over_the_others(tmp_path: Path) -> None:
 def test_what_cannot_be_told_is_said(tmp_path: Path, files: dict[str, str], message: str) -> None:
     with pytest.raises(AnalysisError, match=message):
         analyze(repo(tmp_path, files))
+
+
+# --- the manifest's test section -----------------------------------------------------------------
+
+
+async def test_the_scaffolded_manifest_tests_with_make_test(tmp_path: Path) -> None:
+    manifest = (await render(tmp_path, ["backend"])) / ".orchestrator.yml"
+    assert read_test_spec(manifest.read_text()) == TestSpec(command="make test", junit=None)
+
+
+@pytest.mark.parametrize(
+    ("manifest", "command", "junit"),
+    [
+        (None, "make test", None),  # no manifest at all
+        ("name: x\nservices: []\n", "make test", None),  # no test section
+        ("test:\n", "make test", None),
+        ("test: ./run-tests\n", "./run-tests", None),
+        (
+            "test:\n  command: pytest --junitxml=reports/junit.xml\n  junit: reports/junit.xml\n",
+            "pytest --junitxml=reports/junit.xml",
+            "reports/junit.xml",
+        ),
+        ("test:\n  junit: ./out//junit.xml\n", "make test", "out/junit.xml"),
+    ],
+)
+def test_the_test_section_says_the_command_and_the_junit_report(
+    manifest: str | None, command: str, junit: str | None
+) -> None:
+    assert read_test_spec(manifest) == TestSpec(command=command, junit=junit)
+
+
+@pytest.mark.parametrize(
+    ("manifest", "message"),
+    [
+        ("test: [\n", "not valid YAML"),
+        ("- a list\n", "not a mapping"),
+        ("test:\n  command: '  '\n", "test.command: .*the test command is empty"),
+        ("test:\n  junit: /tmp/junit.xml\n", "test.junit: .*not a file path inside the repository"),
+        ("test:\n  junit: ../junit.xml\n", "test.junit: .*not a file path inside the repository"),
+        ("test:\n  comand: make check\n", "test.comand: Extra inputs are not permitted"),
+        ("test: 3\n", "test: "),
+    ],
+)
+def test_an_invalid_test_section_says_what_is_wrong(manifest: str, message: str) -> None:
+    with pytest.raises(AnalysisError, match=f"^.orchestrator.yml .*{message}"):
+        read_test_spec(manifest)

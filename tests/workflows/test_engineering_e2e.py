@@ -3,6 +3,8 @@
 Real Temporal dev server, real container service (podman or DOCKER_HOST), the real scripted
 Worker image, real SQLite and Redis. The scripted agent's first round writes a feature and a test
 that fails; the Tester says so; the second round fixes it and commits; the pull request follows.
+Another task's manifest names a test command writing JUnit XML: the Tester names its failing test
+to the agent, and says when the command wrote no report.
 """
 
 from __future__ import annotations
@@ -165,3 +167,97 @@ async def test_the_round_limit_ends_the_task_failed(
     assert LocalForge(home / "forge").pull_requests("local/limited") == []
     left = docker_client.containers.list(all=True, filters={"label": f"{TASK_ID}={task.id}"})
     assert left == []
+
+
+# Writes reports/junit.xml as a test runner would, with one test of greet(); the Worker image has
+# no pytest, and the Tester reads any runner's JUnit XML alike.
+JUNIT_WRITER = """import os
+import sys
+from xml.sax.saxutils import quoteattr
+
+from app.greeting import greet
+
+got = greet("Ada")
+failure = ""
+if got != "Hello, Ada!":
+    failure = "<failure message=%s/>" % quoteattr("greet('Ada') returned %r" % got)
+os.makedirs("reports", exist_ok=True)
+with open("reports/junit.xml", "w") as report:
+    report.write(
+        '<testsuites><testsuite name="greeting">'
+        '<testcase classname="tests.greeting" name="test_greets_by_name">%s</testcase>'
+        "</testsuite></testsuites>" % failure
+    )
+sys.exit(1 if failure else 0)
+"""
+JUNIT_MANIFEST = "test:\n  command: python3 check.py\n  junit: reports/junit.xml\n"
+JUNIT_SCRIPT = {
+    "rounds": [
+        {  # the test command fails before it writes its report: app.greeting is not there yet
+            "write": [
+                {"path": ".orchestrator.yml", "content": JUNIT_MANIFEST},
+                {"path": "check.py", "content": JUNIT_WRITER},
+            ],
+            "report": "completed",
+        },
+        {
+            "write": {"path": "app/greeting.py", "content": 'def greet(name):\n    return "Hi"\n'},
+            "report": "completed",
+        },
+        {  # the prompt this round got, as its summary
+            "write": {
+                "path": "app/greeting.py",
+                "content": 'def greet(name):\n    return f"Hello, {name}!"\n',
+            },
+            "run": 'printf "%s" "$SCRIPTED_AGENT_PROMPT"',
+            "commit": "Add greet()",
+            "report": "completed",
+            "summary": "{output}",
+        },
+    ]
+}
+
+
+async def test_the_tester_names_the_failing_test_from_the_manifests_junit_report(
+    temporal_client: Client,
+    docker_client: docker.DockerClient,
+    scripted_image: str,
+    sqlite_database: Database,
+    redis: Redis,
+    tmp_path: Path,
+) -> None:
+    home = tmp_path / "home"
+    project = await make_project(sqlite_database, name="junit")
+    task = await make_scripted_task(sqlite_database, redis, project, JUNIT_SCRIPT, max_rounds=3)
+    runtime = small_runtime(docker_client)
+    async with running_worker(
+        temporal_client, sqlite_database, redis, home, runtime=runtime
+    ) as queue:
+        output = await (await start_engineering(temporal_client, task, queue)).result()
+
+    assert output.status == TaskStatus.completed, output
+    assert output.result is not None and output.result.rounds == 3
+    # The report the command wrote is none of the agent's work: it is not proposed.
+    assert sorted(output.result.files_changed) == [
+        ".orchestrator.yml",
+        "app/greeting.py",
+        "check.py",
+    ]
+    rows = await events(sqlite_database, task.id)
+    tester = [e for e in rows if e.stage == "tester" and e.type == EventType.stage_completed]
+    assert [e.data["passed"] for e in tester] == [False, False, True]
+    # Round 1: no report written, so the exit code judged, and the task's events say so.
+    assert tester[0].data["summary"] == (
+        "the test command wrote no JUnit XML at reports/junit.xml; judged by its exit code 1"
+    )
+    assert tester[0].data["command"] == "python3 check.py"
+    # Round 2: the failing test named from the report, with its message...
+    failing = "tests.greeting.test_greets_by_name"
+    assert tester[1].data["failing_tests"] == [failing]
+    assert tester[1].data["failure_messages"] == {failing: "greet('Ada') returned 'Hi'"}
+    assert failing in tester[1].message
+    assert tester[2].data["summary"] == "1 tests passed"
+    # ...and so in the agent's next prompt.
+    done = [e for e in rows if e.stage == "developer" and e.type == EventType.stage_completed]
+    assert f"- {failing}: greet('Ada') returned 'Hi'" in done[2].message
+    assert "The test command: python3 check.py" in done[2].message
