@@ -4,12 +4,11 @@ feature, and how a run reports and exits."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import sys
 import traceback
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -18,17 +17,6 @@ from temporalio.testing import WorkflowEnvironment
 
 from core.temporal import SEARCH_ATTRIBUTES
 from testing import servers
-
-
-@contextlib.contextmanager
-def docker_host() -> Iterator[str]:
-    """DOCKER_HOST if set, else podman on the tests' storage (where their images are cached)."""
-    configured = os.environ.get("DOCKER_HOST")
-    if configured:
-        yield configured
-        return
-    with servers.podman_service(servers.test_images_root() / "podman") as url:
-        yield url
 
 
 async def temporal_on_file(database: Path) -> WorkflowEnvironment:

@@ -54,7 +54,6 @@ from temporalio.client import Client, WorkflowFailureError, WorkflowHandle  # no
 
 from api.schemas import TaskCreate  # noqa: E402
 from bench.common import (  # noqa: E402
-    docker_host,
     feature_script,
     report_and_exit,
     temporal_on_file,
@@ -338,7 +337,7 @@ async def run(n: int, m: int) -> tuple[dict[str, Any], int]:
     with (
         tempfile.TemporaryDirectory(prefix="bench-engineering-") as tmp,
         servers.redis_server() as redis_url,
-        docker_host() as host,
+        servers.docker_host() as host,
     ):
         workdir = Path(tmp)
         # The in-process worker logs like the real one, to a file.

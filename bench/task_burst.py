@@ -68,7 +68,6 @@ from temporalio.client import Client, WorkflowHandle  # noqa: E402
 from api.schemas import TaskCreate  # noqa: E402
 from api.services.task_control import cancel  # noqa: E402
 from bench.common import (  # noqa: E402
-    docker_host,
     feature_script,
     report_and_exit,
     temporal_on_file,
@@ -451,7 +450,7 @@ async def run(n: int, rounds: int, window_s: float) -> tuple[dict[str, Any], int
     with (
         tempfile.TemporaryDirectory(prefix="bench-burst-") as tmp,
         servers.redis_server() as redis_url,
-        docker_host() as host,
+        servers.docker_host() as host,
     ):
         workdir = Path(tmp)
         configure_logging("bench", "INFO", workdir / "logs")

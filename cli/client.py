@@ -29,9 +29,10 @@ _EXIT_BY_STATUS = {400: USAGE, 401: FAILED, 403: FAILED, 404: NOT_FOUND, 409: FA
 _WORKFLOW_ID = re.compile(r"^(?:engineering|deploy)-([0-9a-f]{32})$")
 # Reconnects of an event stream in a row before the API counts as gone.
 STREAM_RETRIES = 20
-# What a request that never got an answer raises: no connection, a reset, a timeout, a reply that
-# is not HTTP. (HTTPError, an answer with an error status, is a URLError too: it is caught first.)
-TRANSPORT_ERRORS = (URLError, OSError, http.client.HTTPException)
+# What a request that never got an answer raises: no connection, a reset, a timeout (all OSErrors,
+# urllib's URLError among them), a reply that is not HTTP. (HTTPError, an answer with an error
+# status, is a URLError too: it is caught first.)
+TRANSPORT_ERRORS = (OSError, http.client.HTTPException)
 
 
 def task_id_of(value: str) -> str:

@@ -214,3 +214,15 @@ def podman_service(root: Path) -> Iterator[str]:
     finally:
         stop_process(proc)
         shutil.rmtree(sock_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def docker_host() -> Iterator[str]:
+    """A Docker API: DOCKER_HOST if set (a real Docker engine works the same), else podman on the
+    tests' storage, kept between runs (images are cached by content hash)."""
+    configured = os.environ.get("DOCKER_HOST")
+    if configured:
+        yield configured
+        return
+    with podman_service(test_images_root() / "podman") as url:
+        yield url

@@ -147,13 +147,8 @@ async def sqlite_database(sqlite_database_url: str) -> AsyncIterator[Database]:
 
 @pytest.fixture(scope="session")
 def docker_host() -> Iterator[str]:
-    """A Docker API for the session: DOCKER_HOST if set (a real Docker engine works the same),
-    else podman with its storage kept between runs (images are cached by content hash)."""
-    configured = os.environ.get("DOCKER_HOST")
-    if configured:
-        yield configured
-        return
-    with servers.podman_service(servers.test_images_root() / "podman") as url:
+    """A Docker API for the session (testing/servers.py)."""
+    with servers.docker_host() as url:
         yield url
 
 
