@@ -3,9 +3,10 @@
 Protocol as the real ``claude`` CLI uses it (tried here): ``HEAD /`` first, then
 one ``POST /v1/messages?beta=true`` per turn with ``stream: true`` (server-sent events
 message_start / content_block_start / content_block_delta / content_block_stop / message_delta /
-message_stop). Turn k (k = tool results seen so far) answers with a ``tool_use`` of the Write tool
-for the script's k-th file (absolute path under the working directory named in the system prompt);
-once every write has its tool result, the reply is the script's final text. Requests without tools
+message_stop). Turn k (k = tool results seen so far) answers with a ``tool_use`` of the Bash tool
+for the script's k-th command, then of the Write tool for each of its files (absolute path under
+the working directory named in the system prompt); once every call has its tool result, the reply
+is the script's final text. Requests without tools
 (side calls such as titles) get a short text answer.
 """
 
@@ -95,18 +96,23 @@ class AnthropicStandIn:
             for block in message["content"]
             if isinstance(block, dict) and block.get("type") == "tool_result"
         )
-        if done >= len(self.script.writes):
+        commands = self.script.commands
+        if done >= len(commands) + len(self.script.writes):
             return [{"type": "text", "text": self.script.final_text}]
+        if done < len(commands):
+            return [self._tool_use("Bash", {"command": commands[done]})]
         cwd = _working_directory(body)
-        write = self.script.writes[done]
-        return [
-            {
-                "type": "tool_use",
-                "id": f"toolu_standin_{next(self._ids)}",
-                "name": "Write",
-                "input": {"file_path": f"{cwd.rstrip('/')}/{write.path}", "content": write.content},
-            }
-        ]
+        write = self.script.writes[done - len(commands)]
+        path = f"{cwd.rstrip('/')}/{write.path}"
+        return [self._tool_use("Write", {"file_path": path, "content": write.content})]
+
+    def _tool_use(self, name: str, tool_input: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "type": "tool_use",
+            "id": f"toolu_standin_{next(self._ids)}",
+            "name": name,
+            "input": tool_input,
+        }
 
     def _usage(self, output_tokens: int) -> dict[str, int]:
         return {

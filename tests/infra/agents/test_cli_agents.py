@@ -67,6 +67,27 @@ def test_claude_writes_files_and_reports_tokens_and_cost(
     assert "Project rule: keep functions small." in str(calls[0].body)
 
 
+def test_claude_runs_a_shell_command_before_its_writes(
+    agent_clis: dict[str, Path],
+    anthropic_api: tuple[AnthropicStandIn, str],
+    workspace: Path,
+    tmp_path: Path,
+) -> None:
+    standin, url = anthropic_api
+    standin.script = ModelScript(
+        commands=["printf 'from the shell\\n' > ran.txt"],
+        writes=[FileWrite("notes.txt", "written after it\n")],
+        final_text="Ran it.",
+    )
+    run = run_agent(ClaudeAdapter(str(agent_clis["claude"])), _request(url, workspace, tmp_path))
+
+    assert run.exit_code == 0, run.stderr
+    assert (workspace / "ran.txt").read_text() == "from the shell\n"
+    assert (workspace / "notes.txt").read_text() == "written after it\n"
+    assert run.result.status == "completed" and run.result.summary == "Ran it."
+    assert [e.kind for e in run.events].count("command") == 1
+
+
 def test_claude_blocked_and_failed(
     agent_clis: dict[str, Path],
     anthropic_api: tuple[AnthropicStandIn, str],
