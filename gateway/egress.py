@@ -204,7 +204,7 @@ def refusal(target: Target) -> bytes:
         f"orchestrator; an operator may add it to {SETTING}"
     )
     # The reason phrase says it too: some clients show only the status line of a refused
-    # CONNECT (pip: "Tunnel connection failed: 403 ...", git only "CONNECT tunnel failed, response 403").
+    # CONNECT (pip: "Tunnel connection failed: 403 <reason>"; git not even the reason).
     return answer(403, message, f"{target.host} is not in the egress allowlist ({SETTING})")
 
 
