@@ -244,6 +244,10 @@ class EgressProxy:
             await self._serve(reader, writer)
         except (ConnectionError, h11.ProtocolError):
             pass  # the client went away or broke HTTP mid-way: nothing left to tell it
+        except asyncio.CancelledError:
+            # stop(): the connection ends here. Not re-raised: asyncio's streams (3.11) report a
+            # handler that ends cancelled as an error in a callback.
+            pass
         except Exception:
             log.exception("egress proxy failed", task_id=self.task_id)
         finally:

@@ -304,14 +304,14 @@ def test_a_bad_allowlist_entry_is_named(monkeypatch: pytest.MonkeyPatch, entry: 
 
 
 async def test_the_gateway_serves_the_proxy_beside_its_socket(
-    sqlite_database: Database, socket_dir: Path
+    sqlite_database: Database, socket_dir: Path, echo_port: int
 ) -> None:
-    settings = GatewaySettings(egress_allowlist=["pypi.org"])
+    settings = GatewaySettings(egress_allowlist=["127.0.0.1"])
     async with Gateway(sqlite_database, settings) as gateway:
         socket = socket_path_for(socket_dir, TASK)
         egress = socket.with_name(EGRESS_SOCKET_NAME)
         await gateway.open(TASK, socket)
-        status, _, _ = await ask(egress, b"CONNECT example.com:443 HTTP/1.1\r\nHost: h\r\n\r\n")
+        status, _, _ = await ask(egress, connect("example.com:443"))
         assert status == 403
         inode = egress.stat().st_ino
         await gateway.open(TASK, socket)  # idempotent: the same socket keeps serving
@@ -322,9 +322,16 @@ async def test_the_gateway_serves_the_proxy_beside_its_socket(
         assert not gateway.is_open(TASK)
         await gateway.open(TASK, socket)
         assert gateway.is_open(TASK)
-        status, _, _ = await ask(egress, b"CONNECT example.com:443 HTTP/1.1\r\nHost: h\r\n\r\n")
+        status, _, _ = await ask(egress, connect("example.com:443"))
         assert status == 403
 
-        await gateway.close(TASK)
+        # Closing the task's gateway ends its open tunnels too.
+        reader, writer = await asyncio.open_unix_connection(egress)
+        writer.write(connect(f"127.0.0.1:{echo_port}"))
+        async with asyncio.timeout(10):
+            assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200 ")
+            await gateway.close(TASK)
+            assert await reader.read() == b""
+        writer.close()
         assert not egress.exists() and not socket.exists()
         await gateway.close(TASK)  # twice is fine
