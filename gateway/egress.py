@@ -121,9 +121,6 @@ class Allowlist:
             return False
         return name in self.exact or (not _is_ip(name) and name.endswith(self.suffixes))
 
-    def __bool__(self) -> bool:
-        return bool(self.exact or self.suffixes)
-
 
 @dataclass(frozen=True)
 class Target:
