@@ -4,7 +4,8 @@ The container is made by :class:`ContainerRuntime` (locked down, labelled with t
 workflow, so the reaper can remove it once that workflow closes). An agent that needs a model
 reaches it through the task's gateway socket: its directory is mounted read-only at
 ``/run/orchestrator`` and the Worker's main process is the forwarder that exposes it on a loopback
-port, the CLI's base URL. No credential enters the container, an input or a history.
+port, the CLI's base URL; the task's egress proxy in the same directory is exposed as the
+Worker's HTTP(S) proxy. No credential enters the container, an input or a history.
 
 Everything here is idempotent: creating returns the container already made for the worker id,
 removing a missing container is fine, a retried agent turn plays the turn again (the CLIs and
@@ -40,6 +41,7 @@ from core.temporal import is_running
 from db.errors import NotFound
 from db.tasks import TaskService
 from db.users import issue_session_key
+from gateway import EGRESS_SOCKET_NAME
 from gateway.server import Gateway, socket_path_for
 from infra.agents import ADAPTERS, get_adapter
 from infra.agents.base import AgentRequest
@@ -52,6 +54,8 @@ from infra.workers import (
     API_URL,
     CLI_HOME,
     CLI_MOUNT,
+    EGRESS_ENV,
+    EGRESS_PORT,
     FORWARDER_PORT,
     GATEWAY_MOUNT,
     MODEL_BASE_URL,
@@ -192,9 +196,12 @@ class WorkerActivities:
             socket = await self._open_gateway(request.task_id, request.budget)
             mounts.append(Mount(source=socket.parent, target=GATEWAY_MOUNT, read_only=True))
             routes.append((FORWARDER_PORT, f"{GATEWAY_MOUNT}/{socket.name}"))
+            routes.append((EGRESS_PORT, f"{GATEWAY_MOUNT}/{EGRESS_SOCKET_NAME}"))
+            env |= EGRESS_ENV
         if request.api is not None:
-            api_mounts, env = await self._api_access(request.worker_id, request.api)
+            api_mounts, api_env = await self._api_access(request.worker_id, request.api)
             mounts += api_mounts
+            env |= api_env
             routes.append((API_PORT, f"{API_MOUNT}/{self.settings.api_socket.name}"))
         spec = WorkerSpec(
             image=image,

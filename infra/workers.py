@@ -2,9 +2,10 @@
 PO Worker's CLI, one turn of an agent's CLI, and the project's tests.
 
 A Worker has no network. Its main process is the forwarder (deploy/images/base/files): it
-exposes the host sockets mounted into the container (the task's model gateway; for a PO Worker,
-the API) on loopback ports, which the agent's CLI and the ``orchestrator`` CLI use as their base
-URLs. No credential enters the container's environment.
+exposes the host sockets mounted into the container (the task's model gateway and its egress
+proxy; for a PO Worker, the API) on loopback ports, which the agent's CLI and the
+``orchestrator`` CLI use as their base URLs, and every HTTP client as its proxy. No credential
+enters the container's environment.
 """
 
 from __future__ import annotations
@@ -30,6 +31,19 @@ from infra.test_reports import (
 GATEWAY_MOUNT = "/run/orchestrator"
 FORWARDER_PORT = 8788
 MODEL_BASE_URL = f"http://127.0.0.1:{FORWARDER_PORT}"
+# Inside the Worker: the egress proxy (gateway/egress.py) from the same mounted directory, and
+# the environment that sends pip, git, curl, npm... to it; loopback (the gateway, the API) is
+# reached directly.
+EGRESS_PORT = 3128
+EGRESS_URL = f"http://127.0.0.1:{EGRESS_PORT}"
+EGRESS_ENV = {
+    "HTTP_PROXY": EGRESS_URL,
+    "HTTPS_PROXY": EGRESS_URL,
+    "http_proxy": EGRESS_URL,
+    "https_proxy": EGRESS_URL,
+    "NO_PROXY": "127.0.0.1,localhost",
+    "no_proxy": "127.0.0.1,localhost",
+}
 # Inside a PO Worker: the API socket's directory, the forwarder's port for it, the CLI bundle,
 # and the CLI's home (its key file).
 API_MOUNT = "/run/orchestrator-api"
@@ -70,11 +84,11 @@ def forwarder_command(routes: list[tuple[int, str]], multi: bool) -> list[str]:
     """The Worker's main process: ``sleep`` when nothing is forwarded, else the forwarder on
     each (loopback port, socket inside the Worker) route.
 
-    A Worker without API access keeps the single-route form it always had."""
+    One route without API access keeps the single-route form it always had."""
     if not routes:
         return ["sleep", "infinity"]
     command = ["python3", f"{TOOLS_DIR}/forwarder.py"]
-    if not multi:
+    if not multi and len(routes) == 1:
         ((port, socket),) = routes
         return [*command, "--listen", f"127.0.0.1:{port}", "--socket", socket]
     for port, socket in routes:

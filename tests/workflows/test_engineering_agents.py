@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import shutil
 import sqlite3
 import tempfile
@@ -29,10 +28,7 @@ from typing import Any
 import docker
 import pytest
 import pytest_asyncio
-import structlog
 from redis.asyncio import Redis
-from temporalio import activity as temporal_activity
-from temporalio import workflow as temporal_workflow
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.testing import WorkflowEnvironment
 
@@ -42,7 +38,6 @@ from core.contracts.engineering import EngineeringOptions
 from core.contracts.workflows import EngineeringOutput
 from core.enums import AgentName, EventType, TaskStatus
 from core.ids import scaffold_workflow_id
-from core.logging import configure_logging
 from core.settings import Settings
 from db.engine import Database
 from db.migrate import upgrade_async
@@ -54,6 +49,7 @@ from infra.agents import KEY_PLACEHOLDER
 from infra.containers import TASK_ID, ContainerRuntime, ExecResult
 from infra.forges.local import LocalForge
 from testing.images import image_builder
+from testing.logs import logs_to
 from testing.standins.anthropic_api import AnthropicStandIn
 from testing.standins.openai_api import OpenAIStandIn
 from testing.standins.recording import FileWrite, ModelScript, RecordedRequest
@@ -155,30 +151,6 @@ def short_home() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-@contextlib.contextmanager
-def worker_logs_to(log_dir: Path) -> Iterator[Path]:
-    """The worker's log lines as production writes them (JSON lines in a file), for the run."""
-    root = logging.getLogger()
-    saved = (list(root.handlers), root.level, structlog.get_config())
-    saved_info = (
-        temporal_workflow.logger.workflow_info_on_message,
-        temporal_activity.logger.activity_info_on_message,
-    )
-    configure_logging("temporal-worker", "DEBUG", log_dir)
-    # No cached loggers: after the run, every logger goes back to the test session's set-up.
-    structlog.configure(cache_logger_on_first_use=False)
-    try:
-        yield log_dir / "temporal-worker.log"
-    finally:
-        for handler in root.handlers:
-            handler.close()
-        root.handlers[:], root.level = saved[0], saved[1]
-        structlog.reset_defaults()
-        structlog.configure(**saved[2])
-        temporal_workflow.logger.workflow_info_on_message = saved_info[0]
-        temporal_activity.logger.activity_info_on_message = saved_info[1]
-
-
 def gateway_for(db: Database, url: str) -> Gateway:
     settings = GatewaySettings(
         anthropic_base_url=url,
@@ -221,7 +193,7 @@ async def run_agent_task(
     failure: WorkflowFailureError | None = None
     with (
         stand_in(agent, script) as (standin, url),
-        worker_logs_to(home.parent / "logs") as log_file,
+        logs_to(home.parent / "logs") as log_file,
         pytest.MonkeyPatch.context() as env,
     ):
         for name, value in SECRET_ENV.items():
