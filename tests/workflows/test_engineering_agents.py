@@ -108,13 +108,19 @@ ANTHROPIC_AGENTS = ("claude", "droid")
 
 
 class RecordingRuntime(ContainerRuntime):
-    """The real runtime, noting what every command in a Worker was given and what its
-    container holds (its environment, command, mounts) while the Worker exists."""
+    """The real runtime, noting what every command in a Worker was given, every file written
+    into it (the CLIs' settings), and what its container holds (its environment, command,
+    mounts) while the Worker exists."""
 
     def __init__(self, client: docker.DockerClient, settings: Settings) -> None:
         super().__init__(client, settings)
         self.exec_envs: list[dict[str, str]] = []
+        self.put_files: dict[str, str] = {}
         self.containers: list[dict[str, Any]] = []
+
+    async def put_file(self, worker_id: str, path: str, content: bytes, mode: int = 0o644) -> None:
+        self.put_files[path] = content.decode(errors="replace")
+        await super().put_file(worker_id, path, content, mode)
 
     async def exec(self, worker_id: str, argv: list[str], **options: Any) -> ExecResult:
         self.exec_envs.append(dict(options.get("env") or {}))
@@ -334,8 +340,10 @@ async def test_the_agent_writes_the_feature_and_a_pull_request_follows(
         assert {c.headers.get("x-api-key") for c in calls} == {secret}
     else:
         assert {c.headers.get("authorization") for c in calls} == {f"Bearer {secret}"}
+    # claude and codex take it from their environment, droid from its custom model's settings.
     agent_envs = [env for env in run.runtime.exec_envs if KEY_PLACEHOLDER in env.values()]
-    assert agent_envs, run.runtime.exec_envs
+    agent_files = [path for path, text in run.runtime.put_files.items() if KEY_PLACEHOLDER in text]
+    assert agent_envs or agent_files, (run.runtime.exec_envs, list(run.runtime.put_files))
     left = docker_client.containers.list(all=True, filters={"label": f"{TASK_ID}={run.task.id}"})
     assert left == []
 
@@ -372,6 +380,8 @@ async def test_no_secret_in_histories_events_logs_or_queues(agent_run: AgentRun)
     assert run.runtime.containers, "no Worker container was seen"
     places["containers"] = json.dumps(run.runtime.containers, default=str)
     places["exec environments"] = json.dumps(run.runtime.exec_envs)
+    for path, text in run.runtime.put_files.items():  # the CLIs' settings and instructions
+        places[f"Worker file {path}"] = text
 
     # Every file the run left under the home: forge, workspace, gateway sockets' directories.
     for path in sorted(p for p in run.home.rglob("*") if p.is_file() and not p.is_symlink()):

@@ -191,8 +191,13 @@ def test_droid_writes_files_and_reports_tokens(
         ("file_change", str(workspace / "tests/test_greet.py")),
         ("message", result.summary),
     ]
-    # Only the stand-in was called (Airgap Mode: nothing for Factory's servers), with the
-    # placeholder key and the instructions from ~/.factory/AGENTS.md.
+    # Airgap Mode: droid's own log names no call to Factory's servers (without it, this host's
+    # failed lookups of api.factory.ai fill it: sign-in, flags, session sync, usage reports).
+    logs = list((tmp_path / "home" / ".factory" / "logs").glob("*.log"))
+    assert logs and "Airgap Mode is enabled" in "".join(p.read_text() for p in logs)
+    assert not [p for p in logs if "factory.ai" in p.read_text()]
+    # Only the stand-in was called, with the placeholder key and the instructions from
+    # ~/.factory/AGENTS.md.
     assert {c.path for c in standin.requests} == {"/v1/messages"}
     assert {c.headers.get("x-api-key") for c in calls} == {KEY_PLACEHOLDER}
     assert "Project rule: keep functions small." in str(calls[0].body)
