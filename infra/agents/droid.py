@@ -17,7 +17,8 @@ tests/infra/agents/fixtures/droid_*.jsonl):
 Model endpoint: a bring-your-own-key custom model in ``~/.factory/settings.json`` (``customModels``
 with ``provider: anthropic``, i.e. the Messages API) whose ``baseUrl`` is the Worker's forwarder and
 whose ``apiKey`` is the placeholder the gateway replaces; selected with ``-m custom:<model>``. No
-Factory account or key is needed. ``FACTORY_AIRGAP_ENABLED`` switches on droid's Airgap Mode: no
+Factory account or key is needed. droid reads ``~/.factory/AGENTS.md`` (our instructions) and the
+repository's ``AGENTS.md`` by itself. ``FACTORY_AIRGAP_ENABLED`` switches on droid's Airgap Mode: no
 sign-in, no feature-flag, settings, session-sync, usage or telemetry calls to Factory's servers
 (without it every run tries ``api.factory.ai`` some thirty times; the Worker has no network, so
 they fail, but nothing should try).

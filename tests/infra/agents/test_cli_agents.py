@@ -173,6 +173,8 @@ def test_droid_writes_files_and_reports_tokens(
 ) -> None:
     standin, url = anthropic_api
     standin.script = TWO_FILES
+    # droid reads the repository's AGENTS.md by itself (the adapters' default assumption).
+    (workspace / "AGENTS.md").write_text("Repository rule: tests live in tests/.\n")
     run = run_agent(DroidAdapter(str(agent_clis["droid"])), _request(url, workspace, tmp_path))
 
     assert run.exit_code == 0, run.stderr
@@ -201,6 +203,30 @@ def test_droid_writes_files_and_reports_tokens(
     assert {c.path for c in standin.requests} == {"/v1/messages"}
     assert {c.headers.get("x-api-key") for c in calls} == {KEY_PLACEHOLDER}
     assert "Project rule: keep functions small." in str(calls[0].body)
+    assert "Repository rule: tests live in tests/." in str(calls[0].body)
+
+
+def test_droid_runs_a_shell_command_before_its_writes(
+    agent_clis: dict[str, Path],
+    anthropic_api: tuple[AnthropicStandIn, str],
+    workspace: Path,
+    tmp_path: Path,
+) -> None:
+    standin, url = anthropic_api
+    standin.script = ModelScript(
+        commands=["printf 'from the shell\\n' > ran.txt"],
+        writes=[FileWrite("notes.txt", "written after it\n")],
+        final_text="Ran it.",
+    )
+    run = run_agent(DroidAdapter(str(agent_clis["droid"])), _request(url, workspace, tmp_path))
+
+    assert run.exit_code == 0, run.stderr
+    assert (workspace / "ran.txt").read_text() == "from the shell\n"
+    assert (workspace / "notes.txt").read_text() == "written after it\n"
+    assert run.result.status == "completed" and run.result.summary == "Ran it."
+    assert run.result.files_changed == ["notes.txt"]  # droid names what its Create wrote
+    commands = [e for e in run.events if e.kind == "command"]
+    assert [(e.text, e.data["tool"]) for e in commands] == [(standin.script.commands[0], "Execute")]
 
 
 def test_droid_blocked_and_failed(
