@@ -91,7 +91,7 @@ def build(
 ) -> None:
     """Build the Worker images whose inputs changed; the others are cache hits.
 
-    Default: base, scripted, claude, codex. droid needs ORCHESTRATOR_DROID_BINARY.
+    Default: all of them (base, scripted, claude, codex, droid).
     """
     from core.settings import Settings
     from infra.images import DEFAULT_IMAGES, ImageError

@@ -6,8 +6,9 @@ The recipes live in ``deploy/images``:
   ``/opt/orchestrator/bin``). The rootfs comes from ``debootstrap --variant=minbase`` of the suite
   and mirror the host's apt sources name, the packages are installed with apt in a chroot on the
   host, and the tree is imported through the Docker API as ``localhost/orchestrator/worker-base``.
-- ``agents/<agent>/``: ``npm-packages.txt`` (pinned npm packages, installed on the host) and any
-  other files. A container of the base image, without a network, copies them from a read-only
+- ``agents/<agent>/``: ``npm-packages.txt`` (pinned npm packages, installed on the host, with the
+  recipe's ``.npmrc`` as the install's project configuration when it has one) and any other
+  files. A container of the base image, without a network, copies them from a read-only
   bind mount into ``/opt/orchestrator/agents/<agent>``, links their commands into
   ``/usr/local/bin``, and is committed as ``localhost/orchestrator/worker-<agent>``: one layer.
 
@@ -49,7 +50,7 @@ RECIPE_VERSION = "1"
 REPOSITORY_PREFIX = "localhost/orchestrator/worker-"
 BASE = "base"
 AGENTS = ("scripted", "claude", "codex", "droid")
-DEFAULT_IMAGES = (BASE, "scripted", "claude", "codex")
+DEFAULT_IMAGES = (BASE, *AGENTS)
 
 IMAGE_LABEL = "orchestrator.image"
 INPUTS_LABEL = "orchestrator.inputs"
@@ -62,8 +63,9 @@ AGENTS_DIR = "/opt/orchestrator/agents"
 LIBRARY_DIR = "/usr/local/lib/orchestrator"
 PATH = f"/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:{TOOLS_DIR}"
 
-DROID_BINARY_ENV = "ORCHESTRATOR_DROID_BINARY"
 AGENT_BUILD_TIMEOUT = 600.0
+# A recipe's npm configuration: ``npm install --prefix <stage>`` reads it as the project's.
+NPMRC = ".npmrc"
 
 _SOURCE_LINE = re.compile(r"^deb\s+(?:\[(?P<options>[^\]]*)\]\s+)?(?P<uri>\S+)\s+(?P<suite>\S+)")
 
@@ -181,14 +183,6 @@ def _hash_tree(digest: Any, root: Path) -> None:
         digest.update(hashlib.sha256(path.read_bytes()).digest())
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def npm_package_name(spec: str) -> str:
     """``@scope/name@1.2.3`` -> ``@scope/name``; ``name@1.2.3`` -> ``name``."""
     at = spec.rfind("@")
@@ -205,15 +199,11 @@ class ImageBuilder:
         deploy_dir: Path | None = None,
         *,
         apt_source: AptSource | None = None,
-        droid_binary: Path | None = None,
     ) -> None:
         self.docker = docker_client
         self.cache_dir = cache_dir
         self.images_dir = (deploy_dir or default_deploy_dir()) / "images"
         self._apt_source = apt_source
-        if droid_binary is None and os.environ.get(DROID_BINARY_ENV):
-            droid_binary = Path(os.environ[DROID_BINARY_ENV])
-        self.droid_binary = droid_binary
 
     # --- inputs -----------------------------------------------------------------------------
 
@@ -246,8 +236,6 @@ class ImageBuilder:
         digest = hashlib.sha256()
         digest.update(f"recipe {RECIPE_VERSION}\0base {self.base_inputs()}\0".encode())
         _hash_tree(digest, self.agent_dir(agent))
-        if agent == "droid":
-            digest.update(_file_sha256(self._droid_binary()).encode())
         return digest.hexdigest()
 
     def inputs(self, name: str) -> str:
@@ -262,17 +250,6 @@ class ImageBuilder:
         if not self.agent_dir(agent).is_dir():
             raise ImageError(f"no recipe for {agent!r}: {self.agent_dir(agent)} does not exist")
 
-    def _droid_binary(self) -> Path:
-        binary = self.droid_binary
-        if binary is None:
-            raise ImageError(
-                "droid is not on a package registry: download Factory's droid binary and set "
-                f"{DROID_BINARY_ENV} to its path (see deploy/images/agents/droid/README.md)"
-            )
-        if not binary.is_file() or not os.access(binary, os.X_OK):
-            raise ImageError(f"{DROID_BINARY_ENV}={binary} is not an executable file")
-        return binary
-
     # --- the public operations --------------------------------------------------------------
 
     def ensure(self, name: str) -> ImageInfo:
@@ -283,7 +260,7 @@ class ImageBuilder:
         return self._ensure(BASE, inputs, lambda ref: self._build_base(ref, inputs))
 
     def ensure_agent(self, agent: str) -> ImageInfo:
-        inputs = self.agent_inputs(agent)  # fails early on a missing recipe or droid binary
+        inputs = self.agent_inputs(agent)  # fails early on a missing recipe
         base = self.ensure_base()
         return self._ensure(agent, inputs, lambda ref: self._build_agent(agent, ref, inputs, base))
 
@@ -515,6 +492,9 @@ class ImageBuilder:
         packages = read_list(self.agent_dir(agent) / "npm-packages.txt")
         if not packages:
             return []
+        npmrc = self.agent_dir(agent) / NPMRC
+        if npmrc.is_file():  # the recipe's npm options (for droid: no optional dependencies)
+            shutil.copyfile(npmrc, stage / NPMRC)
         npm = ["npm", "install", "--prefix", str(stage), "--no-audit", "--no-fund"]
         self._run("npm install", [*npm, "--loglevel=error", *packages], log_file)
         commands = []
@@ -530,7 +510,7 @@ class ImageBuilder:
 
     def _copy_agent_files(self, agent: str, stage: Path) -> list[tuple[str, str]]:
         """The recipe dir's files go beside the packages; its executables (at the top or in
-        ``bin/``) become commands. droid's binary comes from the operator."""
+        ``bin/``) become commands."""
         source = self.agent_dir(agent)
         shutil.copytree(source, stage, dirs_exist_ok=True, symlinks=True)
         commands = []
@@ -538,12 +518,6 @@ class ImageBuilder:
             if path.is_file() and os.access(path, os.X_OK):
                 relative = path.relative_to(source).as_posix()
                 commands.append((path.name, relative))
-        if agent == "droid":
-            binary = stage / "bin" / "droid"
-            binary.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(self._droid_binary(), binary)
-            binary.chmod(0o755)
-            commands.append(("droid", "bin/droid"))
         return commands
 
     def _commit_layer(

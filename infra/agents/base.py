@@ -93,8 +93,8 @@ class AgentAdapter(ABC):
 
 
 class JsonLinesAdapter(AgentAdapter):
-    """A CLI that prints one JSON object a line (claude, codex, the scripted agent): lines that
-    are no JSON object (a CLI's stray text) are skipped."""
+    """A CLI that prints one JSON object a line (claude, codex, droid, the scripted agent): lines
+    that are no JSON object (a CLI's stray text) are skipped."""
 
     def parse_line(self, line: str) -> list[AgentEvent]:
         obj = json_line(line)

@@ -106,7 +106,7 @@ def test_claude_and_codex_run_in_their_images(
     # Each agent image is the base plus one layer holding that agent only.
     assert "claude" not in run(docker_client, worker_images["codex"].reference, "ls /usr/local/bin")
     base_layers = docker_client.images.get(worker_images["base"].reference).attrs["RootFS"]
-    for agent in ("claude", "codex"):
+    for agent in ("claude", "codex", "droid"):
         layers = docker_client.images.get(worker_images[agent].reference).attrs["RootFS"]
         assert layers["Layers"][:-1] == base_layers["Layers"]
         assert len(layers["Layers"]) == len(base_layers["Layers"]) + 1
@@ -180,26 +180,24 @@ def test_changing_an_input_changes_the_hash(
         docker_client.images.get(copy.reference("base"))
 
 
-def test_droid_needs_the_operator_s_binary(
-    docker_client: docker.DockerClient,
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
-    worker_images: dict[str, ImageInfo],
+def test_droid_runs_in_its_image_from_npm_alone(
+    docker_client: docker.DockerClient, worker_images: dict[str, ImageInfo]
 ):
-    monkeypatch.delenv("ORCHESTRATOR_DROID_BINARY", raising=False)
-    without = ImageBuilder(docker_client, tmp_path / "cache")
-    with pytest.raises(ImageError, match="ORCHESTRATOR_DROID_BINARY"):
-        without.ensure_agent("droid")
-
-    # A stand-in binary with fixed content: built once, a cache hit on later runs.
-    binary = tmp_path / "droid"
-    binary.write_text('#!/bin/sh\necho "droid stand-in $*"\n')
-    binary.chmod(0o755)
-    builder = ImageBuilder(docker_client, tmp_path / "cache", droid_binary=binary)
-    info = builder.ensure_agent("droid")
-    output = run(docker_client, info.reference, f"droid --version; ls {AGENTS_DIR}/droid")
-    assert output.splitlines()[0] == "droid stand-in --version"
-    assert "README.md" in output
+    """droid's image holds the two pinned npm packages and no optional platform variant, and its
+    executable once (the launcher is a hard link to the platform package's binary)."""
+    pins = dict(
+        spec.rsplit("@", 1) for spec in read_list(RECIPES / "agents" / "droid" / "npm-packages.txt")
+    )
+    home = f"{AGENTS_DIR}/droid/node_modules/@factory"
+    script = (
+        f"droid --version; ls {home}; stat -L -c %h /usr/local/bin/droid;"
+        f"du -sm {AGENTS_DIR}/droid | cut -f1"
+    )
+    lines = run(docker_client, worker_images["droid"].reference, script).splitlines()
+    assert lines[0] == pins["@factory/cli-linux-x64"]
+    assert lines[1:3] == ["cli", "cli-linux-x64"]
+    assert lines[3] == "2"  # the launcher and the platform binary are one file
+    assert int(lines[4]) < 400, f"{lines[4]} MB: more than one droid binary?"
 
 
 def test_an_unknown_image_is_refused(images_builder: ImageBuilder):
