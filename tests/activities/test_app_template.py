@@ -193,6 +193,13 @@ async def test_a_backend_and_bot_project_passes_its_own_make_test(
     linted = await asyncio.to_thread(run, ["make", "lint"], project, env)
     assert linted.returncode == 0, linted.stdout + linted.stderr
 
+    # Without a database the tests that need one fail, saying what to set.
+    no_database = {k: v for k, v in env.items() if k != "TEST_DATABASE_URL"}
+    no_database["PYTEST_ARGS"] = "tests/test_items.py"
+    refused = await asyncio.to_thread(make_test, project, no_database)
+    assert not refused.passed and refused.errors == refused.tests_run == 3
+    assert all("set TEST_DATABASE_URL" in m for m in refused.failure_messages.values())
+
     # A broken change: creating an item answers 200 instead of 201.
     items = project / "app" / "routes" / "items.py"
     items.write_text(items.read_text().replace("HTTP_201_CREATED", "HTTP_200_OK"))
