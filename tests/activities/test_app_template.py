@@ -2,7 +2,7 @@
 of modules gets its files, a lockfile matching its pyproject.toml and a manifest with a typed
 environment contract; a `backend,tg_bot` project installs from its lockfile with the real uv and
 passes its own `make test` against a real PostgreSQL, and a broken change fails it with the
-failing test named in the JUnit XML."""
+failing test named in the JUnit XML; a backend runs as its manifest says."""
 
 from __future__ import annotations
 
@@ -10,12 +10,14 @@ import asyncio
 import hashlib
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
 import tomllib
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 from temporalio.testing import ActivityEnvironment
@@ -26,6 +28,7 @@ from infra.env_analyzer import Allocation, TestSpec, analyze, read_manifest, rea
 from infra.forges.local import LocalForge
 from infra.test_reports import TestReport, parse_junit
 from testing import servers
+from testing.waiting import eventually
 from testing.workflows import git_out
 from tests.conftest import fresh_postgres_database
 
@@ -236,3 +239,51 @@ def settings_defaults(project: Path, env: dict[str, str]) -> dict[str, str]:
     assert done.returncode == 0, done.stderr
     defaults: dict[str, str] = json.loads(done.stdout)
     return defaults
+
+
+async def test_the_backend_runs_as_its_manifest_says(
+    tmp_path: Path, postgres_server_url: str
+) -> None:
+    """The manifest's command, in the project's locked environment, on a fresh database: the
+    backend migrates it, answers its health path and keeps what it is given."""
+    project = await render(tmp_path, ["backend"])
+    env = uv_env(project)
+    synced = await asyncio.to_thread(run, ["uv", "sync", "--locked", "--no-dev"], project, env)
+    assert synced.returncode == 0, synced.stderr
+    spec = analyze(project)
+    assert spec.command and spec.port_env
+    port = servers.free_port()
+    database = await fresh_postgres_database(postgres_server_url)
+    venv_bin = Path(env["UV_PROJECT_ENVIRONMENT"]) / "bin"
+    env |= {
+        "PATH": f"{venv_bin}{os.pathsep}{env['PATH']}",  # as a deploy runs it: the env first
+        "DATABASE_URL": database.replace("postgresql+asyncpg://", "postgresql://"),
+        spec.port_env: str(port),
+        "HOST": "127.0.0.1",
+    }
+    log = tmp_path / "backend.log"
+    with log.open("w") as output:
+        backend = await asyncio.create_subprocess_exec(
+            *shlex.split(spec.command), cwd=project, env=env, stdout=output, stderr=output
+        )
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+
+            async def health() -> httpx.Response | None:
+                assert backend.returncode is None, f"the backend exited: {log.read_text()}"
+                try:
+                    return await client.get(spec.health_path)
+                except httpx.TransportError:
+                    return None
+
+            response = await eventually(health, "the backend's health path", within=60)
+            assert response.status_code == 200, response.text
+            assert response.json() == {"status": "ok", "database": "ok"}
+            created = await client.post("/items", json={"name": "kept"})
+            assert created.status_code == 201, created.text
+            assert (await client.get("/items")).json() == [created.json()]
+    finally:
+        backend.terminate()
+        await asyncio.wait_for(backend.wait(), 10)
+    # uvicorn stops cleanly on SIGTERM (and then exits by the signal, as it came).
+    assert "Application shutdown complete" in log.read_text()
