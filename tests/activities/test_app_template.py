@@ -66,13 +66,17 @@ BACKEND_PACKAGES = {"fastapi", "sqlalchemy", "alembic", "psycopg"}
 TG_BOT_PACKAGES = {"aiogram"}
 
 
+# A person's description, with what could break a file it lands in: quotes, markup, a long line.
+DESCRIPTION = 'Keeps "notes" & <lists> for the team\'s café, ' + "and much more besides " * 8
+
+
 async def render(tmp_path: Path, modules: list[str]) -> Path:
     """Scaffold through the activity, then clone: what a Developer stage checks out."""
     activities = ForgeActivities(APP_TEMPLATE_DIR, LocalForge(tmp_path / "forge"))
-    result = await ActivityEnvironment().run(
-        activities.scaffold_repository,
-        ScaffoldRequest(project_id="p", project_name="notes", modules=modules),
+    request = ScaffoldRequest(
+        project_id="p", project_name="notes", description=DESCRIPTION, modules=modules
     )
+    result = await ActivityEnvironment().run(activities.scaffold_repository, request)
     clone = tmp_path / "clone"
     git_out(tmp_path, "clone", "--quiet", result.repository, str(clone))
     return clone
@@ -114,6 +118,10 @@ async def test_each_combination_has_its_files_lockfile_and_contract(
     assert files >= EVERY_PROJECT
     for module, module_files in (("backend", BACKEND), ("tg_bot", TG_BOT)):
         assert module_files <= files if module in modules else not (module_files & files)
+
+    pyproject = tomllib.loads((project / "pyproject.toml").read_text())
+    assert pyproject["project"]["description"] == f"notes: {DESCRIPTION}"
+    assert DESCRIPTION in (project / "README.md").read_text()
 
     # The committed lockfile is the one of these modules, and uv agrees it matches the project.
     locked = {p["name"] for p in tomllib.loads((project / "uv.lock").read_text())["package"]}
