@@ -20,7 +20,7 @@ whose ``apiKey`` is the placeholder the gateway replaces; selected with ``-m cus
 Factory account or key is needed. droid reads ``~/.factory/AGENTS.md`` (our instructions) and the
 repository's ``AGENTS.md`` by itself. ``FACTORY_AIRGAP_ENABLED`` switches on droid's Airgap Mode: no
 sign-in, no feature-flag, settings, session-sync, usage or telemetry calls to Factory's servers
-(without it every run tries ``api.factory.ai`` some thirty times; the Worker has no network, so
+(without it every run tries Factory's API some thirty times; the Worker has no network, so
 they fail, but nothing should try).
 """
 
@@ -32,6 +32,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from core.contracts.agents import AgentEvent, AgentResult
+from infra.agents import base
 from infra.agents.base import (
     KEY_PLACEHOLDER,
     AgentCommand,
@@ -39,10 +40,6 @@ from infra.agents.base import (
     AgentRequest,
     JsonLinesAdapter,
     instructions_text,
-    relative_path,
-    settled,
-    shorten,
-    unique,
 )
 
 DEFAULT_MODEL = "claude-sonnet-4-5-20250929"
@@ -106,14 +103,14 @@ class DroidAdapter(JsonLinesAdapter):
         if kind == "tool_call":
             return [_tool_event(obj)]
         if kind == "tool_result" and obj.get("isError"):
-            text = shorten(str(obj.get("value")))
+            text = base.shorten(str(obj.get("value")))
             return [AgentEvent(kind="error", text=text, data={"tool_call_id": obj.get("id")})]
         if kind == "error":
             return [AgentEvent(kind="error", text=str(obj.get("message")))]
         return []
 
     def fold(self, objs: list[dict[str, Any]], exit_code: int, workdir: str) -> AgentResult:
-        files = [relative_path(p, workdir) for p in _changed_files(objs)]
+        files = [base.relative_path(p, workdir) for p in _changed_files(objs)]
         final = next((o for o in reversed(objs) if o.get("type") == "completion"), None)
         errors = [str(o.get("message")) for o in objs if o.get("type") == "error"]
         if final is None or exit_code != 0:
@@ -130,7 +127,7 @@ class DroidAdapter(JsonLinesAdapter):
             int(usage.get(key) or 0)
             for key in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
         )
-        return settled(
+        return base.settled(
             summary=str(final.get("finalText") or ""),
             files_changed=files,
             tokens_in=tokens_in,
@@ -160,4 +157,4 @@ def _changed_files(objs: Iterable[dict[str, Any]]) -> list[str]:
                 calls[str(obj.get("id"))] = str(path)
         elif obj.get("type") == "tool_result" and obj.get("isError"):
             failed.add(str(obj.get("id")))
-    return unique(path for call_id, path in calls.items() if call_id not in failed)
+    return base.unique(path for call_id, path in calls.items() if call_id not in failed)
