@@ -47,7 +47,7 @@ from infra.agents import ADAPTERS, get_adapter
 from infra.agents.base import AgentRequest
 from infra.cli_bundle import default_root, ensure_bundle_async
 from infra.containers import ContainerRuntime, Mount, WorkerNotFound, WorkerSpec
-from infra.images import PATH, ImageBuilder, ensure_async
+from infra.images import PATH, ImageBuilder, ensure_async, service_image
 from infra.workers import (
     API_MOUNT,
     API_PORT,
@@ -152,6 +152,10 @@ class WorkerActivities:
             # Connecting asks the service its API version: blocking.
             self._runtime = await asyncio.to_thread(ContainerRuntime.from_settings, self.settings)
         return self._runtime
+
+    async def service_image(self, service: str) -> str:
+        """The image of a backing service a project's tests use (built here on first use)."""
+        return await self._image(service_image(service))
 
     async def _image(self, agent: str) -> str:
         runtime = await self.runtime()
@@ -262,8 +266,8 @@ class WorkerActivities:
 
     @activity.defn
     async def remove_container(self, worker_id: str) -> bool:
-        """Remove the Worker's container (running or not); False when there was none. (Its
-        workflow gives its turn back: workflows/toolkit.py.)"""
+        """Remove the Worker's container and its sidecars (running or not); False when there
+        was none. (Its workflow gives its turn back: workflows/toolkit.py.)"""
         return await (await self.runtime()).remove(worker_id)
 
     # --- work inside it -------------------------------------------------------------------------

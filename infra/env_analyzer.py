@@ -5,7 +5,8 @@ The sources, in order of trust:
 1. ``.orchestrator.yml``: our templates' own manifest (command, port variable, default port,
    health path, required and optional environment). Its ``test`` section says how the Tester
    tests the project (:class:`TestSpec`, read by :func:`read_test_spec`); ``backing_services``
-   what it needs beside it (PostgreSQL); ``env`` its environment contract, each variable typed
+   what it needs beside it (PostgreSQL: the Tester starts it beside the Worker,
+   infra/backing_services.py); ``env`` its environment contract, each variable typed
    by who supplies its value (:data:`EnvVar`).
 2. ``Procfile``: its ``web`` process (else the first one); the port comes in ``$PORT``, as on the
    platforms that made Procfiles common.
@@ -26,7 +27,7 @@ import shlex
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -56,7 +57,11 @@ class AnalysisError(Exception):
 # --- the environment contract ------------------------------------------------------------------
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# What a manifest's ``backing_services`` may name: each has an image recipe in
+# deploy/images/services/<name>/ and its connection variables in infra/backing_services.py.
+# (``services`` is taken: it lists the app's own processes, which a deploy starts.)
 BackingService = Literal["postgresql"]
+BACKING_SERVICES: tuple[str, ...] = get_args(BackingService)
 
 
 class _EnvVarBase(BaseModel):
@@ -229,17 +234,36 @@ class Manifest(BaseModel):
             return {}
         return {"command": value} if isinstance(value, str) else value
 
+    @field_validator("backing_services", mode="before")
+    @classmethod
+    def _known_services(cls, value: Any) -> Any:
+        if value is None:
+            return []
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            raise ValueError(f"a list of service names ({', '.join(BACKING_SERVICES)})")
+        names = [str(name).strip().lower() for name in value]
+        unknown = [name for name in names if name not in BACKING_SERVICES]
+        if unknown:
+            raise ValueError(
+                f"unknown backing service {', '.join(map(repr, unknown))}: "
+                f"known are {', '.join(BACKING_SERVICES)}"
+            )
+        return list(dict.fromkeys(names))
+
 
 def read_test_spec(manifest: str | None) -> TestSpec:
     """The test section of a manifest's text (None: the repository has no manifest: the
     default). AnalysisError saying what is wrong for a manifest that is present but invalid."""
-    if manifest is None:
-        return TestSpec()
     return read_manifest(manifest).test
 
 
-def read_manifest(manifest: str) -> Manifest:
-    """A manifest's text, validated; AnalysisError saying what is wrong when it is invalid."""
+def read_manifest(manifest: str | None) -> Manifest:
+    """A manifest's text, validated (None: the repository has no manifest: the defaults);
+    AnalysisError saying what is wrong when it is invalid."""
+    if manifest is None:
+        return Manifest()
     return _validated(_yaml_text(manifest, MANIFEST))
 
 

@@ -11,12 +11,14 @@ enters the container's environment.
 from __future__ import annotations
 
 import posixpath
+import time
 from collections.abc import Callable
 
 from core.contracts.agents import AgentEvent, AgentResult
 from infra.agents.base import DEFAULT_HOME, AgentAdapter, AgentRequest
+from infra.backing_services import ImageFor, start_backing_services
 from infra.containers import ContainerRuntime
-from infra.env_analyzer import MANIFEST, AnalysisError, read_test_spec
+from infra.env_analyzer import MANIFEST, AnalysisError, read_manifest
 from infra.errors import InfraError, refused
 from infra.images import TOOLS_DIR, WORKER_HOME
 from infra.test_reports import (
@@ -208,18 +210,30 @@ async def run_tests(
     worker_id: str,
     *,
     timeout_s: float,
+    image_for: ImageFor | None = None,
 ) -> TestReport:
     """The project's tests in its Worker, as its manifest's ``test`` section says (``make test``
     without one), and their outcome: from the JUnit XML the command writes when the manifest
     names it, else from the command's output and exit code.
 
-    A manifest the section of which is invalid is reported as a failed run saying why: the agent
-    that wrote it can mend it."""
-    manifest = await read_worker_file(runtime, worker_id, MANIFEST, MAX_MANIFEST_BYTES)
+    The backing services the manifest names are started first (or found, from an earlier
+    round) beside the Worker, and the command gets their URLs in its environment; ``image_for``
+    gives a service's image. Their start counts in ``timeout_s``.
+
+    A manifest that is invalid is reported as a failed run saying why: the agent that wrote it
+    can mend it."""
+    started = time.monotonic()
+    text = await read_worker_file(runtime, worker_id, MANIFEST, MAX_MANIFEST_BYTES)
     try:
-        spec = read_test_spec(manifest)
+        manifest = read_manifest(text)
     except AnalysisError as exc:
         return TestReport(passed=False, exit_code=-1, command="", summary=f"no tests ran: {exc}")
+    spec = manifest.test
+    env = {}
+    if manifest.backing_services:
+        if image_for is None:
+            raise InfraError("this caller cannot start backing services", retryable=False)
+        env = await start_backing_services(runtime, worker_id, manifest.backing_services, image_for)
     if spec.junit is not None:
         # A report left by an earlier run (a crash between the run and its removal below) must
         # never pass for this one's.
@@ -235,8 +249,8 @@ async def run_tests(
         worker_id,
         ["sh", "-c", spec.command],
         # A round rewrites files within the same second: no stale .pyc may shadow them.
-        env={"PYTHONDONTWRITEBYTECODE": "1"},
-        timeout=timeout_s,
+        env={**env, "PYTHONDONTWRITEBYTECODE": "1"},
+        timeout=max(1.0, timeout_s - (time.monotonic() - started)),
     )
     output = done.stdout + done.stderr
     if done.timed_out:

@@ -229,7 +229,10 @@ def test_a_manifest_without_a_contract_reads_as_before(tmp_path: Path) -> None:
             "env:\n  1A: {kind: user_secret}\n",
             "env: Value error, not environment variable names: 1A",
         ),
-        ("backing_services: [mongodb]\n", "backing_services.0: Input should be 'postgresql'"),
+        (
+            "backing_services: [mongodb]\n",
+            "backing_services: Value error, unknown backing service 'mongodb': known are postgresql",
+        ),
         (
             "services:\n  - {name: api, command: x, env: {required: [TOKEN]}}\n"
             "env:\n  PORT: {kind: allocation, resource: port}\n",
@@ -247,3 +250,40 @@ def test_an_invalid_contract_says_what_is_wrong(
         analyze(repo(tmp_path, {".orchestrator.yml": manifest}))
     with pytest.raises(AnalysisError, match=re.escape(message)):
         read_test_spec(manifest)  # the Tester refuses it too, rather than half-reading it
+
+
+# --- the manifest's backing services -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("manifest", "services"),
+    [
+        (None, []),
+        ("test: make test\n", []),
+        ("backing_services:\n", []),
+        ("backing_services: [postgresql]\n", ["postgresql"]),
+        ("backing_services: PostgreSQL\n", ["postgresql"]),
+        ("backing_services: [postgresql, postgresql]\n", ["postgresql"]),
+    ],
+)
+def test_the_manifest_names_the_backing_services_its_tests_need(
+    manifest: str | None, services: list[str]
+) -> None:
+    assert read_manifest(manifest).backing_services == services
+
+
+@pytest.mark.parametrize(
+    ("manifest", "message"),
+    [
+        (
+            "backing_services: [postgresql, mysql]\n",
+            "backing_services: .*unknown backing service 'mysql': known are postgresql",
+        ),
+        ("backing_services: {db: postgresql}\n", "backing_services: .*a list of service names"),
+    ],
+)
+def test_an_unknown_backing_service_is_refused_naming_the_known_ones(
+    manifest: str, message: str
+) -> None:
+    with pytest.raises(AnalysisError, match=f"^.orchestrator.yml is invalid: {message}"):
+        read_manifest(manifest)

@@ -201,8 +201,34 @@ def test_droid_runs_in_its_image_from_npm_alone(
 
 
 def test_an_unknown_image_is_refused(images_builder: ImageBuilder):
-    with pytest.raises(ImageError, match="unknown image 'nope'"):
+    with pytest.raises(ImageError, match="unknown image 'nope': .*service-postgresql"):
         images_builder.ensure("nope")
+    with pytest.raises(ImageError, match="unknown backing service 'redis': known are postgresql"):
+        images_builder.ensure_service("redis")
+
+
+def test_the_postgresql_image_is_built_from_its_recipe_and_listed(
+    docker_client: docker.DockerClient,
+    images_builder: ImageBuilder,
+    postgresql_image: str,
+    tmp_path: Path,
+):
+    info = images_builder.ensure("service-postgresql")
+    assert (info.reference, info.built) == (postgresql_image, False)
+    assert info.reference == f"localhost/orchestrator/service-postgresql:{info.inputs[:12]}"
+    image = docker_client.images.get(info.reference)
+    assert image.labels[IMAGE_LABEL] == "service-postgresql"
+    assert image.attrs["Config"]["User"] == "postgres"
+    assert image.attrs["Config"]["Cmd"] == [f"{TOOLS_DIR}/start"]
+    assert info.reference in {i.reference for i in images_builder.list_images()}
+    # Its own recipe moves its hash, and only its.
+    shutil.copytree(RECIPES, tmp_path / "images")
+    copy = ImageBuilder(docker_client, tmp_path / "cache", tmp_path)
+    assert copy.inputs("service-postgresql") == info.inputs
+    start = tmp_path / "images" / "services" / "postgresql" / "files" / "start"
+    start.write_text(start.read_text() + "\n# edited\n")
+    assert copy.inputs("service-postgresql") != info.inputs
+    assert copy.inputs("base") == images_builder.inputs("base")
 
 
 def test_the_cli_builds_from_cache_and_lists(
