@@ -21,9 +21,11 @@ import asyncio
 import codecs
 import io
 import os
+import re
 import tarfile
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -322,8 +324,16 @@ class ContainerRuntime:
     def _start_sidecar(self, worker_id: str, service: str, image: str, env: dict[str, str]) -> str:
         worker = self._get(worker_id)
         self._ensure_running(worker)  # the sidecar joins its namespace: it must be up
+        worker.reload()
         name = sidecar_name(worker_id, service)
         existing = self._find_named(name)
+        if existing is not None and _started_at(existing) < _started_at(worker):
+            # The Worker started again since (stopped by `orchestrator down`, say): it has a new
+            # network namespace, and a sidecar joins one when it is created. A new sidecar (and
+            # a fresh database: a throwaway) joins the Worker's new one.
+            log.info("sidecar_renewed", worker_id=worker_id, service=service)
+            self._remove_named(name)
+            existing = None
         if existing is None:
             try:
                 existing = self.client.containers.create(
@@ -590,6 +600,20 @@ class _Lines:
 
     def text(self) -> str:
         return "".join(self.parts)
+
+
+_TIMESTAMP = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:?\d\d)?")
+
+
+def _started_at(container: Container) -> datetime:
+    """When the container last started (the runtimes give nanoseconds; Python takes micro)."""
+    raw = str((container.attrs.get("State") or {}).get("StartedAt") or "")
+    match = _TIMESTAMP.match(raw)
+    if match is None:
+        return datetime.min.replace(tzinfo=UTC)
+    seconds, fraction, zone = match.groups()
+    zone = "+00:00" if zone in (None, "Z") else zone
+    return datetime.fromisoformat(f"{seconds}.{(fraction or '0')[:6].ljust(6, '0')}{zone}")
 
 
 def _ids(user: str) -> tuple[int | None, int | None]:

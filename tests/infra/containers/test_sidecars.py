@@ -201,3 +201,22 @@ async def test_a_sidecar_that_never_gets_ready_says_why_with_its_log(
 async def test_a_sidecar_needs_its_worker(runtime: ContainerRuntime, postgresql_image: str) -> None:
     with pytest.raises(WorkerNotFound):
         await runtime.start_sidecar("no-such-worker", "postgresql", postgresql_image)
+
+
+async def test_a_worker_started_again_gets_a_sidecar_in_its_new_namespace(
+    runtime: ContainerRuntime,
+    make_worker: MakeWorker,
+    postgresql_image: str,
+    docker_client: docker.DockerClient,
+) -> None:
+    spec = await make_worker()
+    await start_backing_services(
+        runtime, spec.worker_id, ["postgresql"], image_of(postgresql_image)
+    )
+    # `orchestrator down` stops the Worker; its next use starts it with a new network namespace,
+    # which the old sidecar (still running) is not in.
+    docker_client.containers.get(container_name(spec.worker_id)).stop(timeout=1)
+    await start_backing_services(
+        runtime, spec.worker_id, ["postgresql"], image_of(postgresql_image)
+    )
+    assert await query(runtime, spec.worker_id, "SELECT 'reached'") == (0, "reached")

@@ -201,7 +201,7 @@ def test_droid_runs_in_its_image_from_npm_alone(
 
 
 def test_an_unknown_image_is_refused(images_builder: ImageBuilder):
-    with pytest.raises(ImageError, match="unknown image 'nope': .*service-postgresql"):
+    with pytest.raises(ImageError, match=r"unknown image 'nope': .*service-postgresql"):
         images_builder.ensure("nope")
     with pytest.raises(ImageError, match="unknown backing service 'redis': known are postgresql"):
         images_builder.ensure_service("redis")
