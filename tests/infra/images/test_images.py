@@ -209,12 +209,19 @@ def test_an_unknown_image_is_refused(images_builder: ImageBuilder):
 
 def test_the_postgresql_image_is_built_from_its_recipe_and_listed(
     docker_client: docker.DockerClient,
+    docker_host: str,
     images_builder: ImageBuilder,
     postgresql_image: str,
     tmp_path: Path,
 ):
     info = images_builder.ensure("service-postgresql")
     assert (info.reference, info.built) == (postgresql_image, False)
+    env = {"DOCKER_HOST": docker_host, "ORCHESTRATOR_HOME": str(tmp_path / "home")}
+    built = CliRunner().invoke(app, ["images", "build", "service-postgresql", "--json"], env=env)
+    assert built.exit_code == 0, built.output
+    assert [(i["reference"], i["built"]) for i in json.loads(built.stdout)] == [
+        (info.reference, False)
+    ]
     assert info.reference == f"localhost/orchestrator/service-postgresql:{info.inputs[:12]}"
     image = docker_client.images.get(info.reference)
     assert image.labels[IMAGE_LABEL] == "service-postgresql"
