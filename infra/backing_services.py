@@ -10,7 +10,7 @@ the reaper). Its image is built here from deploy/images/services/<name>/, never 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from infra.containers import ContainerRuntime
@@ -54,7 +54,7 @@ SERVICES = {
 
 
 async def start_backing_services(
-    runtime: ContainerRuntime, worker_id: str, services: list[str], image_for: ImageFor
+    runtime: ContainerRuntime, worker_id: str, services: Sequence[str], image_for: ImageFor
 ) -> dict[str, str]:
     """Start (or find) the Worker's sidecar of each service and wait until each is ready;
     returns the environment the test command gets. InfraError when one never becomes ready,

@@ -231,7 +231,8 @@ def test_a_manifest_without_a_contract_reads_as_before(tmp_path: Path) -> None:
         ),
         (
             "backing_services: [mongodb]\n",
-            "backing_services: Value error, unknown backing service 'mongodb': known are postgresql",
+            "backing_services: Value error, unknown backing service 'mongodb': known are "
+            "postgresql",
         ),
         (
             "services:\n  - {name: api, command: x, env: {required: [TOKEN]}}\n"
