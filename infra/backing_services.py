@@ -34,14 +34,16 @@ POSTGRES_URL = f"postgresql://{POSTGRES_USER}:{POSTGRES_PASSWORD}@127.0.0.1:5432
 
 
 @dataclass(frozen=True)
-class BackingService:
+class ServiceSettings:
+    """What a backing service's sidecar is given, and what the test command is told."""
+
     name: str
     sidecar_env: dict[str, str] = field(default_factory=dict)  # the sidecar's own settings
     test_env: dict[str, str] = field(default_factory=dict)  # what the test command is given
 
 
 SERVICES = {
-    "postgresql": BackingService(
+    "postgresql": ServiceSettings(
         name="postgresql",
         sidecar_env={
             "POSTGRES_USER": POSTGRES_USER,
