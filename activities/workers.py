@@ -1,11 +1,12 @@
 """Activities of a Worker's life (workflows/worker.py): its container, its agent turns, its files.
 
 The container is made by :class:`ContainerRuntime` (locked down, labelled with the Worker's own
-workflow, so the reaper can remove it once that workflow closes). An agent that needs a model
-reaches it through the task's gateway socket: its directory is mounted read-only at
-``/run/orchestrator`` and the Worker's main process is the forwarder that exposes it on a loopback
-port, the CLI's base URL; the task's egress proxy in the same directory is exposed as the
-Worker's HTTP(S) proxy. No credential enters the container, an input or a history.
+workflow, so the reaper can remove it once that workflow closes). Every Worker reaches the task's
+gateway socket: its directory is mounted read-only at ``/run/orchestrator`` and the Worker's main
+process is the forwarder that exposes it on a loopback port, the agent CLI's base URL and the
+package registries' (pip, uv and npm are pointed there by the Worker's environment); the task's
+egress proxy in the same directory is exposed as the Worker's HTTP(S) proxy. No credential enters
+the container, an input or a history.
 
 Everything here is idempotent: creating returns the container already made for the worker id,
 removing a missing container is fine, a retried agent turn plays the turn again (the CLIs and
@@ -33,7 +34,7 @@ from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 
 from activities import heartbeating, infra_failures
-from core.contracts.agents import AgentEvent, AgentResult, Budget, uses_model
+from core.contracts.agents import AgentEvent, AgentResult, Budget
 from core.contracts.worker import WorkerResponse
 from core.logging import get_logger
 from core.settings import Settings
@@ -59,6 +60,7 @@ from infra.workers import (
     FORWARDER_PORT,
     GATEWAY_MOUNT,
     MODEL_BASE_URL,
+    REGISTRY_ENV,
     forwarder_command,
     give_cli_key,
     run_agent_turn,
@@ -192,16 +194,16 @@ class WorkerActivities:
             raise _bad_input(f"the workspace {workspace} is not a directory")
         image = request.image or await self._image(request.agent)
         mounts: list[Mount] = []
-        env: dict[str, str] = {}
-        # The forwarder keeps the container alive and is the agent's way to its model and the
+        # The forwarder keeps the container alive and is the Worker's way to the task's gateway
+        # (the agent's model, every Worker's package registries), its egress proxy, and the
         # CLI's to the API.
-        routes: list[tuple[int, str]] = []
-        if uses_model(request.agent):
-            socket = await self._open_gateway(request.task_id, request.budget)
-            mounts.append(Mount(source=socket.parent, target=GATEWAY_MOUNT, read_only=True))
-            routes.append((FORWARDER_PORT, f"{GATEWAY_MOUNT}/{socket.name}"))
-            routes.append((EGRESS_PORT, f"{GATEWAY_MOUNT}/{EGRESS_SOCKET_NAME}"))
-            env |= EGRESS_ENV
+        socket = await self._open_gateway(request.task_id, request.budget)
+        mounts.append(Mount(source=socket.parent, target=GATEWAY_MOUNT, read_only=True))
+        routes = [
+            (FORWARDER_PORT, f"{GATEWAY_MOUNT}/{socket.name}"),
+            (EGRESS_PORT, f"{GATEWAY_MOUNT}/{EGRESS_SOCKET_NAME}"),
+        ]
+        env: dict[str, str] = REGISTRY_ENV | EGRESS_ENV
         if request.api is not None:
             api_mounts, api_env = await self._api_access(request.worker_id, request.api)
             mounts += api_mounts
@@ -286,8 +288,8 @@ class WorkerActivities:
             adapter = get_adapter(turn.agent, **turn.agent_options)
         except (ValueError, TypeError) as exc:
             raise _bad_input(str(exc)) from None
-        if uses_model(turn.agent):
-            await self._open_gateway(turn.task_id, turn.budget)
+        # Again before each turn: after a crash of the process that served it, this binds it anew.
+        await self._open_gateway(turn.task_id, turn.budget)
         request = AgentRequest(
             prompt=turn.prompt,
             model_base_url=MODEL_BASE_URL,

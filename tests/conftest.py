@@ -18,6 +18,7 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
+from core.settings import Settings
 from core.temporal import SEARCH_ATTRIBUTES
 from db.engine import Database
 from db.migrate import upgrade_async
@@ -184,6 +185,31 @@ def sshd() -> Iterator[SshHost]:
     """A real sshd on loopback (this machine as a deploy target), shared by the session."""
     with ssh_host() as host:
         yield host
+
+
+# The session's package caches run as a deployment with private upstream indexes would: with
+# tokens (the public upstreams ignore them), so the secret scans can look for them.
+PYPI_INDEX_TOKEN = "pypi-test-SECRET-7c41d09e2b6a8f35"
+NPM_REGISTRY_TOKEN = "npm_testSECRET3e8a1f6c0d94b27e"
+
+
+@pytest.fixture(scope="session")
+def package_caches() -> Iterator[servers.PackageCaches]:
+    """proxpi and verdaccio for the session, as the stack runs them (testing/servers.py), with
+    a home of their own: their logs say what they asked upstream."""
+    home = Path(tempfile.mkdtemp(prefix="orch-registries-"))
+    settings = Settings(
+        home=home,
+        pypi_cache_port=servers.free_port(),
+        npm_cache_port=servers.free_port(),
+        pypi_index_token=PYPI_INDEX_TOKEN,
+        npm_registry_token=NPM_REGISTRY_TOKEN,
+    )
+    try:
+        with servers.package_caches(settings) as caches:
+            yield caches
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture

@@ -29,7 +29,14 @@ from workflows.policies import (
     WAIT_FOR_RUN_TIMEOUT,
 )
 from workflows.scaffold import ScaffoldWorkflow
-from workflows.toolkit import TakesTurns, TaskRun, WaitsForPerson, close_gateway, host_with
+from workflows.toolkit import (
+    TakesTurns,
+    TaskRun,
+    WaitsForPerson,
+    close_gateway,
+    gateway_was_opened,
+    host_with,
+)
 
 with workflow.unsafe.imports_passed_through():
     from langgraph.checkpoint.memory import InMemorySaver
@@ -216,6 +223,8 @@ class EngineeringWorkflow(WaitsForPerson, TakesTurns):
             if uses_model(str(plan.agent)):
                 workflow.deprecate_patch(RETIRED_PATCHES[1])
                 await close_gateway(request.task_id, "Close the task's model gateway")
+            elif gateway_was_opened(str(plan.agent)):
+                await close_gateway(request.task_id, "Close the task's gateway")
         for stage in (DEVELOPER, TESTER, PULL_REQUEST):
             if _ran(stage, final):
                 self._stages.append(stage)

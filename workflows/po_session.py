@@ -50,7 +50,13 @@ from workflows.policies import (
     TURN_MARGIN,
     TURN_RETRY,
 )
-from workflows.toolkit import TakesTurns, close_gateway, describe_failure, host_with
+from workflows.toolkit import (
+    TakesTurns,
+    close_gateway,
+    describe_failure,
+    gateway_was_opened,
+    host_with,
+)
 
 with workflow.unsafe.imports_passed_through():
     from temporalio.client import Client, WithStartWorkflowOperation
@@ -58,7 +64,7 @@ with workflow.unsafe.imports_passed_through():
 
     from activities.po import POActivities, PrepareSessionInput, PublishToChatInput, SessionPlan
     from activities.workers import AgentTurnInput, ApiAccess, CreateContainerInput, WorkerActivities
-    from core.contracts.agents import AgentResult, uses_model
+    from core.contracts.agents import AgentResult
     from core.contracts.chat import ChatNote, ChatReply
     from core.contracts.workflows import (
         PO_RESPOND,
@@ -323,8 +329,8 @@ class POSessionWorkflow(TakesTurns):
             PO_WORKERS_POOL, self._worker_id, f"Remove the PO Worker {self._worker_id}"
         )
         self._container = False
-        if self._plan is not None and uses_model(self._plan.agent):
-            await close_gateway(workflow.info().workflow_id, "Close the PO session's model gateway")
+        if self._plan is not None and gateway_was_opened(self._plan.agent):
+            await close_gateway(workflow.info().workflow_id, "Close the PO session's gateway")
 
     def _prompt(self, message: POMessage) -> str:
         parts = [f"You are the Product Owner in Telegram chat {self._input.chat_id}."]

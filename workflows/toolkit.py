@@ -40,6 +40,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from activities.turns import AskForTurnInput, TurnActivities
     from activities.workers import CreateContainerInput, WorkerActivities
+    from core.contracts.agents import uses_model
     from core.contracts.events import TASK_QUESTION, TASK_RESPOND, HumanAnswer
     from core.contracts.workflows import TURN_GRANTED, TURNS_GIVE_BACK, TurnGiveBack
     from core.enums import EventType, TaskStatus
@@ -54,6 +55,9 @@ CREATE_WAITS_PATCH = "create-container-waits-for-its-cancellation"
 # Runs from before it waited for a Worker slot or a deploy lock inside an activity, polling; new
 # runs wait for a turn in workflow code (``TakesTurns``).
 TURNS_PATCH = "turns-wait-in-workflow-code"
+# Runs from before it opened a gateway socket only for Workers of agents that use a model; new
+# runs open one for every Worker (its way to the package registries) and close it after.
+GATEWAY_FOR_EVERY_WORKER_PATCH = "gateway-for-every-worker"
 
 
 def host_with(capability: Capability) -> str:
@@ -376,6 +380,12 @@ async def remove_worker(worker_id: str, summary: str) -> None:
         retry_policy=QUICK_RETRY,
         summary=summary,
     )
+
+
+def gateway_was_opened(agent: str) -> bool:
+    """Whether the Worker's run opened a gateway socket to close: a model agent's always; since
+    ``GATEWAY_FOR_EVERY_WORKER_PATCH``, every Worker's."""
+    return uses_model(agent) or workflow.patched(GATEWAY_FOR_EVERY_WORKER_PATCH)
 
 
 async def close_gateway(task_id: str, summary: str) -> None:

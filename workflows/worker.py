@@ -25,7 +25,7 @@ from temporalio import workflow
 from temporalio.exceptions import ApplicationError, FailureError, is_cancelled_exception
 
 from workflows.policies import QUICK, QUICK_RETRY, TURN_HEARTBEAT, TURN_MARGIN, TURN_RETRY
-from workflows.toolkit import TakesTurns, close_gateway, host_with
+from workflows.toolkit import TakesTurns, close_gateway, gateway_was_opened, host_with
 
 with workflow.unsafe.imports_passed_through():
     from activities.workers import (
@@ -35,7 +35,7 @@ with workflow.unsafe.imports_passed_through():
         WorkerActivities,
         WriteFileInput,
     )
-    from core.contracts.agents import AgentResult, Budget, uses_model
+    from core.contracts.agents import AgentResult, Budget
     from core.contracts.worker import WorkerResponse
     from core.contracts.workflows import (
         WORKER_DELETE,
@@ -171,8 +171,8 @@ class WorkerWorkflow(TakesTurns):
             WORKERS_POOL, self._worker_id, f"Remove the Worker {self._worker_id}"
         )
         # A task's gateway outlives its Workers; a Worker that is its own task closes its own.
-        if uses_model(self._input.agent) and self._input.task_id is None:
-            await close_gateway(self._input.effective_task_id, "Close the Worker's model gateway")
+        if self._input.task_id is None and gateway_was_opened(self._input.agent):
+            await close_gateway(self._input.effective_task_id, "Close the Worker's gateway")
 
     # --- requests -------------------------------------------------------------------------------
 

@@ -31,6 +31,7 @@ from db.engine import Database
 from db.tables import Project, Task
 from db.tasks import TaskService
 from db.users import create_user, parse_prefix
+from gateway import Gateway
 from infra.containers import ContainerRuntime, ExecResult, container_name
 from infra.workers import API_MOUNT, CLI_KEY_FILE, CLI_MOUNT
 from testing.workflows import small_runtime
@@ -89,10 +90,12 @@ async def po(
     settings = Settings(home=home, worker_memory="256m", worker_pids=128)
     app = create_app(settings, database=sqlite_database, redis=redis, temporal=temporal_client)
     runtime = small_runtime(docker_client)
+    gateway = Gateway(sqlite_database)  # every Worker's way to its package registries
     activities = WorkerActivities(
         settings,
         redis=redis,
         client=temporal_client,
+        gateway=gateway,
         runtime=runtime,
         tasks=TaskService(sqlite_database, redis),
     )
@@ -100,6 +103,7 @@ async def po(
         user = await create_user(session, name=f"po-{uuid.uuid4().hex[:6]}")
     made: list[str] = []
     async with AsyncExitStack() as stack:
+        await stack.enter_async_context(gateway)
         await stack.enter_async_context(app.router.lifespan_context(app))
         await stack.enter_async_context(live_server(app, uds=settings.api_socket))
         try:

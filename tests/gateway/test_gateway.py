@@ -459,3 +459,23 @@ async def test_the_database_ledger_on_both_databases(
         1,
     )
     assert stored.cost_usd == pytest.approx(A_COST)
+
+
+async def test_a_home_too_long_for_a_socket_address_still_serves(
+    gateway: Gateway, socket_dir: Path, forwarder: Forwarders
+) -> None:
+    """Every Worker has a gateway socket, whatever the home's path: one longer than a socket
+    address holds (108 bytes) is bound through the directory, and a Worker connects through its
+    mount of that directory (here: a short link to it), as always."""
+    task_id = new_id()
+    long_home = socket_dir / ("h" * 60) / ("o" * 40)
+    sock = socket_path_for(long_home / "run", task_id)
+    assert len(str(sock)) > 108
+    await gateway.open(task_id, sock)
+    assert sock.is_socket() and gateway.is_open(task_id)
+    mount = socket_dir / "m"
+    mount.symlink_to(sock.parent)
+    async with httpx.AsyncClient(base_url=forwarder(mount / sock.name), timeout=30) as client:
+        assert (await client.get("/")).status_code == 200
+    await gateway.close(task_id)
+    assert not sock.exists()

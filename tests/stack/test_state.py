@@ -88,7 +88,12 @@ def test_child_env_makes_every_service_agree(
         "temporal",
         "redis",
         "containers",
+        "pypi-cache",
+        "npm-cache",
     ]
+    # The gateway (in the Temporal worker) finds the package caches where the stack runs them.
+    assert env["ORCHESTRATOR_PYPI_CACHE_URL"] == f"http://127.0.0.1:{settings.pypi_cache_port}"
+    assert env["ORCHESTRATOR_NPM_CACHE_URL"] == f"http://127.0.0.1:{settings.npm_cache_port}"
 
 
 def test_docker_host_is_read_from_its_conventional_name(
@@ -108,7 +113,8 @@ def test_given_servers_are_not_started(tmp_path: Path) -> None:
         redis_url="redis://:secret@redis.example:6379/0",
         docker_host="tcp://docker.example:2375",
     )
-    assert services.infrastructure(settings) == []
+    # Only the package caches, which are always the stack's own.
+    assert [s.name for s in services.infrastructure(settings)] == ["pypi-cache", "npm-cache"]
     externals = {e.name: e.address for e in services.externals(settings)}
     assert externals["temporal"] == "temporal.example:7233"
     assert externals["containers"] == "tcp://docker.example:2375"

@@ -76,7 +76,16 @@ PING_SCRIPT = {
         }
     ]
 }
-SERVICES = {"temporal", "redis", "containers", "api", "temporal-worker", "bridges"}
+SERVICES = {
+    *("temporal", "redis", "containers", "pypi-cache", "npm-cache"),
+    *("api", "temporal-worker", "bridges"),
+}
+# Private upstream tokens, as a deployment with a private index sets them: only the caches' own
+# processes hold them (the public upstreams these runs reach ignore them).
+REGISTRY_TOKENS = {
+    "ORCHESTRATOR_PYPI_INDEX_TOKEN": "pypi-smoke-SECRET-1f9e0c7d3b",
+    "ORCHESTRATOR_NPM_REGISTRY_TOKEN": "npm_smokeSECRET8a2c4e6f0b",
+}
 ORCHESTRATOR = Path(sys.executable).parent / "orchestrator"
 
 
@@ -164,6 +173,8 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         "TEMPORAL_PORT": free_port(),
         "TEMPORAL_UI_PORT": free_port(),
         "REDIS_PORT": free_port(),
+        "PYPI_CACHE_PORT": free_port(),
+        "NPM_CACHE_PORT": free_port(),
         "LOCAL_TARGET_PORT": free_port(),
     }
     env = {k: v for k, v in os.environ.items() if k not in FOREIGN}
@@ -259,6 +270,7 @@ def git_out(repo: Path, *args: str) -> str:
 
 
 async def test_up_run_a_task_down(stack: Stack) -> None:
+    stack.env.update(REGISTRY_TOKENS)
     up = await asyncio.to_thread(stack.json, "up", "--detach")
     assert up["status"] == "started"
     assert up["api_url"] == f"http://127.0.0.1:{stack.ports['API_PORT']}"
@@ -289,6 +301,21 @@ async def test_up_run_a_task_down(stack: Stack) -> None:
     assert {s["name"]: s["state"] for s in status["services"]} == dict.fromkeys(SERVICES, "running")
     # Nobody else on the wire: the task above went through Redis with the stack's password only.
     assert_only_the_stack_gets_in(stack, json.dumps(up), json.dumps(status), watched.stdout)
+    # The private index tokens: in no log, state, command line or file of the home; the caches
+    # have them (the npm cache's configuration names only the variable that holds its token).
+    tokens = list(REGISTRY_TOKENS.values())
+    assert leaks(stack, tokens, json.dumps(up), json.dumps(status), watched.stdout) == []
+    files = [
+        path
+        for path in stack.home.rglob("*")
+        if path.is_file() and path.relative_to(stack.home).parts[0] != "podman"  # images
+    ]
+    assert [p for p in files if any(t.encode() in p.read_bytes() for t in tokens)] == []
+    environments = {
+        name: str(psutil.Process(service(stack, name)["pid"]).environ()) for name in SERVICES
+    }
+    holders = {name for name, env in environments.items() if any(t in env for t in tokens)}
+    assert holders == {"pypi-cache", "npm-cache"}
     assert_private(stack.home)
     async with httpx.AsyncClient(timeout=10) as http:
         assert (await http.get(status["temporal_ui_url"])).status_code == 200
@@ -431,6 +458,8 @@ async def test_up_uses_servers_it_is_given(
         "redis": "external",
         "database": "external",
         "containers": "external",
+        "pypi-cache": "running",
+        "npm-cache": "running",
         "api": "running",
         "temporal-worker": "running",
         "bridges": "running",

@@ -10,7 +10,8 @@ pull request lands in the local forge.
 
 One run per agent serves several tests (module-scoped): what the task reports, and a scan of
 everything the run left (Temporal histories, the database, Redis streams, the worker's log
-lines, the files under the home, the Worker's environment) for the model API key.
+lines, the files under the home, the Worker's environment) for the model API keys, a git token
+and the package registries' private tokens.
 """
 
 from __future__ import annotations
@@ -71,12 +72,19 @@ OPENAI_SECRET = "sk-proj-test-SECRET-9b2d7e61c4a8f3057d1e"
 # Nothing in these runs uses a git token (the local forge needs none): the worker's environment
 # holds one anyway, as a deployment's would, and the scan shows it goes nowhere.
 GIT_TOKEN = "ghp_testSECRET0a1b2c3d4e5f6a7b8c9d0e1f2a3b"
-SECRETS = (ANTHROPIC_SECRET, OPENAI_SECRET, GIT_TOKEN)
+# A private package index's and npm registry's tokens, as a deployment's settings hold them: the
+# Worker's installs go through the caches, which alone use them (tests/e2e/test_worker_packages.py
+# shows the caches' side); the worker process has them here and the scan shows they go nowhere.
+PYPI_INDEX_TOKEN = "pypi-agents-SECRET-2b7e91c0d4f3"
+NPM_REGISTRY_TOKEN = "npm_agentsSECRET6d0f3a9c1e58"
+SECRETS = (ANTHROPIC_SECRET, OPENAI_SECRET, GIT_TOKEN, PYPI_INDEX_TOKEN, NPM_REGISTRY_TOKEN)
 # The worker process's environment during a run, as a deployment sets it.
 SECRET_ENV = {
     "ANTHROPIC_API_KEY": ANTHROPIC_SECRET,
     "OPENAI_API_KEY": OPENAI_SECRET,
     "GITHUB_TOKEN": GIT_TOKEN,
+    "ORCHESTRATOR_PYPI_INDEX_TOKEN": PYPI_INDEX_TOKEN,
+    "ORCHESTRATOR_NPM_REGISTRY_TOKEN": NPM_REGISTRY_TOKEN,
 }
 
 FEATURE = 'def greet(name):\n    return f"Hello, {name}!"\n'

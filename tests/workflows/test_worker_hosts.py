@@ -55,6 +55,7 @@ ON_THE_WORKER_HOST = {
     f"{DEVELOPMENT_GRAPH}.tester",
     f"{DEVELOPMENT_GRAPH}.propose",
     "remove_container",
+    "close_gateway",  # every Worker's socket (its package registries) is served on its host
 }
 
 

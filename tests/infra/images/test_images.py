@@ -84,6 +84,20 @@ def test_the_base_image_has_the_tools_and_a_worker_user(
     assert lines[11:] == ["lo"]  # no network interface but loopback
 
 
+def test_the_base_image_has_what_projects_build_with(
+    docker_client: docker.DockerClient, worker_images: dict[str, ImageInfo]
+):
+    """venv and pip of the image's python3, and uv at the version wheels.txt pins."""
+    (uv,) = read_list(RECIPES / "base" / "wheels.txt")
+    script = (
+        "cd /tmp && python3 -m venv v && v/bin/python -m pip --version | cut -d' ' -f1;"
+        "python3 -m pip --version | cut -d' ' -f1; uv --version | cut -d' ' -f1,2;"
+        "uv venv --quiet u && u/bin/python -c 'import sys; print(sys.prefix)'"
+    )
+    lines = run(docker_client, worker_images["base"].reference, script).splitlines()
+    assert lines == ["pip", "pip", uv.replace("==", " "), "/tmp/u"]
+
+
 def test_the_base_image_carries_every_tool_file_executable(
     docker_client: docker.DockerClient, worker_images: dict[str, ImageInfo]
 ):
@@ -170,6 +184,12 @@ def test_changing_an_input_changes_the_hash(
     claude.write_text(claude.read_text().replace(pinned_version("claude"), "2.1.0"))
     assert copy.agent_inputs("claude") != original["claude"]
     assert copy.agent_inputs("codex") == original["codex"]
+    assert copy.base_inputs() == original["base"]
+
+    wheels = tmp_path / "images" / "base" / "wheels.txt"
+    wheels.write_text(wheels.read_text().replace("uv==", "uv==0.0.1 # was "))
+    assert copy.base_inputs() != original["base"]  # uv's pinned version is an input
+    wheels.write_text((RECIPES / "base" / "wheels.txt").read_text())
     assert copy.base_inputs() == original["base"]
 
     tool = next(p for p in (tmp_path / "images" / "base" / "files").iterdir() if p.is_file())
