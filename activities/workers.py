@@ -55,6 +55,8 @@ from infra.workers import (
     API_URL,
     CLI_HOME,
     CLI_MOUNT,
+    DEPENDENCIES_MOUNT,
+    DEPENDENCY_CACHE_ENV,
     EGRESS_ENV,
     EGRESS_PORT,
     FORWARDER_PORT,
@@ -92,6 +94,11 @@ class CreateContainerInput(BaseModel):
     workspace: str | None = None
     budget: Budget = Field(default_factory=Budget)
     api: ApiAccess | None = None
+    project_id: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$",
+        description="The project whose dependency caches the Worker shares with its other tasks",
+    )
 
 
 class AgentTurnInput(BaseModel):
@@ -209,6 +216,9 @@ class WorkerActivities:
             mounts += api_mounts
             env |= api_env
             routes.append((API_PORT, f"{API_MOUNT}/{self.settings.api_socket.name}"))
+        if request.project_id is not None:
+            mounts.append(self._dependencies(request.project_id))
+            env |= DEPENDENCY_CACHE_ENV
         spec = WorkerSpec(
             image=image,
             worker_id=request.worker_id,
@@ -225,6 +235,13 @@ class WorkerActivities:
             # After the container exists, also when it already did (a retry): a fresh key.
             await self._give_key(runtime, request.worker_id, request.api)
         return container_id
+
+    def _dependencies(self, project_id: str) -> Mount:
+        """The project's dependency directory (package caches, the Tester's environments), made
+        on first use; every task of the project mounts the same one."""
+        path = self.settings.home_dir / "dependencies" / project_id
+        path.mkdir(parents=True, exist_ok=True)
+        return Mount(source=path, target=DEPENDENCIES_MOUNT, read_only=False, worker_owns=True)
 
     async def _api_access(
         self, worker_id: str, api: ApiAccess

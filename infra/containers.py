@@ -89,6 +89,9 @@ class Mount(BaseModel):
     source: Path
     target: str
     read_only: bool = True
+    # The directory itself is given to the Worker's user (not what it holds: the Worker made
+    # that), so a writable mount of a directory the host made is the Worker's to write.
+    worker_owns: bool = False
 
 
 class WorkerSpec(BaseModel):
@@ -399,6 +402,8 @@ class ContainerRuntime:
             _grant(spec.workspace, user)
             volumes[str(spec.workspace.resolve())] = {"bind": "/workspace", "mode": "rw"}
         for mount in spec.mounts:
+            if mount.worker_owns:
+                _grant_dir(mount.source, user)
             mode = "ro" if mount.read_only else "rw"
             volumes[str(mount.source.resolve())] = {"bind": mount.target, "mode": mode}
         return {
@@ -623,6 +628,13 @@ def _ids(user: str) -> tuple[int | None, int | None]:
         int(uid) if uid.isdigit() else None,
         int(gid) if gid.isdigit() else (int(uid) if uid.isdigit() and not gid else None),
     )
+
+
+def _grant_dir(path: Path, user: str) -> None:
+    """Give the Worker's user one directory (as :func:`_grant`, not what is inside)."""
+    uid, gid = _ids(user)
+    if os.geteuid() == 0 and uid is not None:
+        os.chown(path, uid, gid if gid is not None else uid)
 
 
 def _grant(workspace: Path, user: str) -> None:

@@ -96,6 +96,23 @@ MAX_JUNIT_BYTES = 8 * 1024 * 1024
 _MISSING = 3  # the exit code of _READ_FILE for a path that is no regular file
 # Run in the Worker: print at most $2 bytes of the regular file $1 (a FIFO would block a read).
 _READ_FILE = f'[ -f "$1" ] || exit {_MISSING}; head -c "$2" -- "$1"'
+# The project's dependency caches inside the Worker: a host directory per project, shared by
+# its tasks (uv's, pip's and npm's caches, and the Tester's environments).
+DEPENDENCIES_MOUNT = "/var/cache/project-deps"
+DEPENDENCY_CACHE_ENV = {
+    "UV_CACHE_DIR": f"{DEPENDENCIES_MOUNT}/uv",
+    "PIP_CACHE_DIR": f"{DEPENDENCIES_MOUNT}/pip",
+    "npm_config_cache": f"{DEPENDENCIES_MOUNT}/npm",
+}
+# What the Tester needs before it runs anything, in one command (each exec costs ~0.1-0.2 s): the
+# hash of the lockfile when the project's dependency directory is there to keep its environment
+# (its first line; "-" else), then the manifest.
+LOCKFILE = "uv.lock"
+_READ_TEST_INPUTS = (
+    f"lock=-; [ -f {LOCKFILE} ] && [ -w {DEPENDENCIES_MOUNT} ] && "
+    f'lock=$(sha256sum < {LOCKFILE} | cut -c1-16); echo "$lock"; '
+    f'[ -f "$1" ] || exit {_MISSING}; head -c "$2" -- "$1"'
+)
 
 
 def forwarder_command(routes: list[tuple[int, str]], multi: bool) -> list[str]:
@@ -221,6 +238,31 @@ async def read_worker_file(
     return done.stdout
 
 
+def tester_environment(lock_hash: str | None) -> dict[str, str]:
+    """Where the test command's uv puts the project's dependencies: one environment per
+    lockfile hash in the project's dependency directory, so they are installed once and found
+    again by the next round and the next task of the project with the same lockfile."""
+    if lock_hash is None:
+        return {}
+    return {"UV_PROJECT_ENVIRONMENT": f"{DEPENDENCIES_MOUNT}/environments/py-{lock_hash}"}
+
+
+async def _read_test_inputs(
+    runtime: ContainerRuntime, worker_id: str
+) -> tuple[str | None, str | None]:
+    """The manifest's text (None without one) and the lockfile's hash (None without one)."""
+    done = await runtime.exec(
+        worker_id,
+        ["sh", "-c", _READ_TEST_INPUTS, "sh", MANIFEST, str(MAX_MANIFEST_BYTES)],
+        timeout=60,
+    )
+    first, _, manifest = done.stdout.partition("\n")
+    if done.timed_out or done.exit_code not in (0, _MISSING) or not first:
+        raise InfraError(f"cannot read {MANIFEST} in the Worker: {done.stderr.strip()[-500:]}")
+    lock_hash = first if first != "-" else None
+    return (manifest if done.exit_code == 0 else None), lock_hash
+
+
 async def run_tests(
     runtime: ContainerRuntime,
     worker_id: str,
@@ -239,17 +281,19 @@ async def run_tests(
     A manifest that is invalid is reported as a failed run saying why: the agent that wrote it
     can mend it."""
     started = time.monotonic()
-    text = await read_worker_file(runtime, worker_id, MANIFEST, MAX_MANIFEST_BYTES)
+    text, lock_hash = await _read_test_inputs(runtime, worker_id)
     try:
         manifest = read_manifest(text)
     except AnalysisError as exc:
         return TestReport(passed=False, exit_code=-1, command="", summary=f"no tests ran: {exc}")
     spec = manifest.test
-    env = {}
+    env = tester_environment(lock_hash)
     if manifest.backing_services:
         if image_for is None:
             raise InfraError("this caller cannot start backing services", retryable=False)
-        env = await start_backing_services(runtime, worker_id, manifest.backing_services, image_for)
+        env |= await start_backing_services(
+            runtime, worker_id, manifest.backing_services, image_for
+        )
     if spec.junit is not None:
         # A report left by an earlier run (a crash between the run and its removal below) must
         # never pass for this one's.
