@@ -69,8 +69,6 @@ timed npm npm install --silent {NPM_PACKAGE}
 node -e 'require("{NPM_MODULE}")'
 echo installed
 """
-# proxpi's lines for a request upstream: an index page refreshed, a file downloaded.
-PROXPI_UPSTREAM = re.compile(r"Refreshing '|Downloading '")
 
 
 @dataclass
@@ -103,24 +101,6 @@ class Workers:
         for what, start, end in re.findall(r"^took (\S+) (\S+) (\S+)$", done.stdout, re.M):
             took[what] = float(end) - float(start)
         return done, took
-
-
-def upstream_requests(caches: PackageCaches, pypi_from: int, npm_from: int) -> dict[str, list[str]]:
-    """The requests each cache sent upstream since the given log offsets, from its own log."""
-    pypi = [
-        line for line in caches.pypi.log()[pypi_from:].splitlines() if PROXPI_UPSTREAM.search(line)
-    ]
-    uplink = caches.settings.npm_registry_url.rstrip("/")
-    npm = []
-    for line in caches.npm.log()[npm_from:].splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        url = (entry.get("request") or {}).get("url", "")
-        if url.startswith(uplink):
-            npm.append(url)
-    return {"pypi": pypi, "npm": npm}
 
 
 @pytest_asyncio.fixture
@@ -161,17 +141,17 @@ async def test_a_second_worker_installs_the_same_packages_from_the_caches_alone(
     container = docker_client.containers.get(container_name(first))
     assert container.attrs["HostConfig"]["NetworkMode"] == "none"
 
-    pypi_at, npm_at = len(caches.pypi.log()), len(caches.npm.log())
+    since = caches.log_sizes()
     done, first_s = await workers.install(first)
     assert done.exit_code == 0 and "installed" in done.stdout, (done.stdout, done.stderr)
-    fetched = upstream_requests(caches, pypi_at, npm_at)
+    fetched = caches.upstream_requests(since)
     assert fetched["pypi"] and fetched["npm"], fetched  # a first install: from upstream
 
     second = await workers.create()
-    pypi_at, npm_at = len(caches.pypi.log()), len(caches.npm.log())
+    since = caches.log_sizes()
     done, cached_s = await workers.install(second)
     assert done.exit_code == 0 and "installed" in done.stdout, (done.stdout, done.stderr)
-    assert upstream_requests(caches, pypi_at, npm_at) == {"pypi": [], "npm": []}
+    assert caches.upstream_requests(since) == {"pypi": [], "npm": []}
 
     # The gateway logged the second Worker's requests with its task, for both registries.
     logged = capfd.readouterr()
