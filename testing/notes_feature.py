@@ -41,7 +41,7 @@ class Note(Base):
     body: Mapped[str] = mapped_column(Text, default="")
 '''
 
-NOTE_SCHEMAS = '''
+NOTE_SCHEMAS = """
 
 class NoteCreate(BaseModel):
     title: str = Field(min_length=1, max_length=200)
@@ -55,7 +55,7 @@ class NoteRead(BaseModel):
     title: str
     slug: str
     body: str
-'''
+"""
 
 MIGRATION = '''"""Create notes
 
@@ -127,7 +127,7 @@ def read_note(slug: str, session: SessionDep) -> Note:
     return note
 '''
 
-TESTS = '''from __future__ import annotations
+TESTS = """from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
@@ -144,7 +144,7 @@ def test_a_note_is_found_by_its_slug(client: TestClient) -> None:
     assert found.status_code == 200, found.text
     assert found.json() == note
     assert client.get("/notes/nothing-here").status_code == 404
-'''
+"""
 
 
 def _route(lookup: str) -> str:
@@ -152,7 +152,9 @@ def _route(lookup: str) -> str:
 
 
 def _api(project_name: str) -> str:
-    api = jinja2.Template(API.read_text(), keep_trailing_newline=True).render(project_name=project_name)
+    api = jinja2.Template(API.read_text(), keep_trailing_newline=True).render(
+        project_name=project_name
+    )
     api = api.replace("import health, items", "import health, items, notes")
     return api.replace(
         "    app.include_router(items.router)\n",
