@@ -275,7 +275,8 @@ class RegistryProxy:
         name = request.path_params["name"]
         # The raw path: a scoped npm package's %2F must reach verdaccio as the client sent it.
         raw_path = request.scope.get("raw_path") or request.url.path.encode()
-        rest = raw_path.decode("latin-1")[len(REGISTRY_PREFIX) + len(name) :] or "/"
+        _, _, rest = raw_path.decode("latin-1").removeprefix(REGISTRY_PREFIX).partition("/")
+        rest = f"/{rest}"
         where = {"task_id": task_id, "registry": name, "method": request.method, "path": rest}
         base = self.registries.get(name)
         if base is None:
@@ -292,7 +293,7 @@ class RegistryProxy:
             if key not in _DROP_REQUEST or key in ("host", "accept-encoding")
         }
         # A body only where one is sent: a streamed one would make a GET chunked.
-        body = request.stream() if request.method in ("POST", "PUT") else None
+        body = request.stream() if request.method == "POST" else None
         outgoing = self.http.build_request(request.method, url, headers=headers, content=body)
         try:
             upstream = await self.http.send(outgoing, stream=True)
@@ -342,7 +343,8 @@ def build_app(proxy: Proxy, registries: RegistryProxy | None = None) -> Starlett
         return await proxy.forward(request, _provider_of_listing(request), metered=False)
 
     registry = registries or RegistryProxy(proxy.settings, proxy.http)
-    methods = ["GET", "HEAD", "POST", "PUT", "DELETE"]
+    # Reading only (POST: npm's bulk queries): a Worker neither publishes nor clears a cache.
+    methods = ["GET", "HEAD", "POST"]
     return Starlette(
         routes=[
             Route("/registry/{name}/{path:path}", registry.forward, methods=methods),

@@ -98,6 +98,18 @@ async def test_npm_metadata_points_its_tarballs_back_through_the_path(
     assert got.status_code == 200 and got.content[:2] == b"\x1f\x8b"  # a gzip tarball
 
 
+async def test_a_worker_cannot_publish_or_clear_a_cache(
+    registry_gateway: Gateway, socket_dir: Path, package_caches: PackageCaches
+) -> None:
+    _, sock = await open_socket(registry_gateway, socket_dir)
+    transport = httpx.AsyncHTTPTransport(uds=str(sock))
+    async with httpx.AsyncClient(transport=transport, base_url="http://w", timeout=60) as client:
+        cleared = await client.delete("/registry/pypi/cache/list")  # proxpi's invalidation
+        published = await client.put("/registry/npm/is-number", json={"name": "is-number"})
+    assert (cleared.status_code, published.status_code) == (405, 405)
+    assert "Invalidating" not in package_caches.pypi.log()  # what proxpi logs when cleared
+
+
 async def test_the_workers_credentials_never_reach_a_cache(
     registry_gateway: Gateway, socket_dir: Path, package_caches: PackageCaches
 ) -> None:
