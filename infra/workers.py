@@ -108,6 +108,20 @@ DEPENDENCY_CACHE_ENV = {
 # hash of the lockfile when the project's dependency directory is there to keep its environment
 # (its first line; "-" else), then the manifest.
 LOCKFILE = "uv.lock"
+# The index a uv lockfile made against PyPI names.
+CANONICAL_PYPI_INDEX = "https://pypi.org/simple"
+# Run in the Worker: install uv.lock's packages into the environment $1 once. uv would refuse
+# the lockfile as it stands (`--locked`: it names PyPI's URLs, the Worker's index is the registry
+# path; `--frozen`: its files' URLs are PyPI's, which the Worker cannot reach), so its exact
+# versions and hashes are exported and installed through the registry path.
+_INSTALL_LOCKED = """set -e
+[ -f "$1/.installed" ] && exit 0
+requirements=$(mktemp)
+uv export --quiet --frozen --no-emit-project --all-groups --output-file "$requirements"
+[ -x "$1/bin/python" ] || uv venv --quiet "$1"
+uv pip sync --quiet --python "$1/bin/python" "$requirements"
+touch "$1/.installed"
+"""
 _READ_TEST_INPUTS = (
     f"lock=-; [ -f {LOCKFILE} ] && [ -w {DEPENDENCIES_MOUNT} ] && "
     f'lock=$(sha256sum < {LOCKFILE} | cut -c1-16); echo "$lock"; '
@@ -238,13 +252,39 @@ async def read_worker_file(
     return done.stdout
 
 
+def environment_for(lock_hash: str) -> str:
+    """The project's environment for one lockfile: installed once, found again by the next round
+    and the next task of the project with the same lockfile."""
+    return f"{DEPENDENCIES_MOUNT}/environments/py-{lock_hash}"
+
+
 def tester_environment(lock_hash: str | None) -> dict[str, str]:
-    """Where the test command's uv puts the project's dependencies: one environment per
-    lockfile hash in the project's dependency directory, so they are installed once and found
-    again by the next round and the next task of the project with the same lockfile."""
+    """What the test command's uv is given once the lockfile's packages are installed: their
+    environment, no network (nothing is left to fetch), and PyPI's own index URL, the one the
+    lockfile names (with the registry path's URL uv would call the lockfile out of date)."""
     if lock_hash is None:
         return {}
-    return {"UV_PROJECT_ENVIRONMENT": f"{DEPENDENCIES_MOUNT}/environments/py-{lock_hash}"}
+    return {
+        "UV_PROJECT_ENVIRONMENT": environment_for(lock_hash),
+        "UV_OFFLINE": "1",
+        "UV_DEFAULT_INDEX": CANONICAL_PYPI_INDEX,
+    }
+
+
+async def install_locked(
+    runtime: ContainerRuntime, worker_id: str, lock_hash: str, timeout_s: float
+) -> str | None:
+    """Install the lockfile's packages, exactly (versions and hashes), into its environment
+    through the registry path, unless an earlier run did; why it failed, else None."""
+    done = await runtime.exec(
+        worker_id,
+        ["sh", "-c", _INSTALL_LOCKED, "sh", environment_for(lock_hash)],
+        timeout=timeout_s,
+    )
+    if done.exit_code == 0 and not done.timed_out:
+        return None
+    why = f"ran past {timeout_s:g} s" if done.timed_out else f"exit {done.exit_code}"
+    return f"{why}: {(done.stdout + done.stderr).strip()[-1500:]}"
 
 
 async def _read_test_inputs(
@@ -287,6 +327,15 @@ async def run_tests(
     except AnalysisError as exc:
         return TestReport(passed=False, exit_code=-1, command="", summary=f"no tests ran: {exc}")
     spec = manifest.test
+    if lock_hash is not None:
+        failed = await install_locked(runtime, worker_id, lock_hash, timeout_s)
+        if failed is not None:
+            return TestReport(
+                passed=False,
+                exit_code=-1,
+                command=spec.command,
+                summary=f"no tests ran: the lockfile's packages could not be installed ({failed})",
+            )
     env = tester_environment(lock_hash)
     if manifest.backing_services:
         if image_for is None:

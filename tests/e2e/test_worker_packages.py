@@ -214,6 +214,25 @@ async def test_a_second_worker_installs_the_same_packages_from_the_caches_alone(
         print(f"  {what}: {first_s[what]:.2f} {cached_s[what]:.2f}")
 
 
+async def test_a_package_that_does_not_exist_is_a_clear_error_not_a_hang(
+    workers: Workers, capfd: pytest.CaptureFixture[str]
+) -> None:
+    worker_id = await workers.create()
+    missing = "orchestrator-no-such-package-7d2f"
+    tries = f"python3 -m venv /tmp/v && /tmp/v/bin/pip install {missing}; npm install {missing}"
+    started = time.monotonic()
+    done = await workers.runtime.exec(worker_id, ["sh", "-c", tries], workdir="/tmp", timeout=240)
+    # Bounded, not quick: for a name PyPI does not know, proxpi reads PyPI's whole project list
+    # once (pip's first reads time out and are retried).
+    assert not done.timed_out and time.monotonic() - started < 180
+    said = done.stdout + done.stderr
+    assert f"No matching distribution found for {missing}" in said, said
+    assert re.search(r"npm (ERR!|error) 404", said) and f"'{missing}@*' is not in" in said, said
+    logged = capfd.readouterr()
+    lines = [line for line in (logged.out + logged.err).splitlines() if "registry request" in line]
+    assert any(f"task-{worker_id}" in line and missing in line and "404" in line for line in lines)
+
+
 async def test_no_private_index_token_in_a_worker_a_log_or_a_file(
     workers: Workers,
     docker_client: docker.DockerClient,
