@@ -98,6 +98,15 @@ async def test_without_a_manifest_make_test_runs_and_its_unittest_output_is_read
     assert report.passed and report.tests_run == 4 and report.command == "make test"
 
 
+async def test_a_manifest_without_a_test_command_runs_make_test_and_says_what_it_answered(
+    tmp_path: Path,
+) -> None:
+    report = await outcome_of(worker(tmp_path, {".orchestrator.yml": "name: x\nservices: []\n"}))
+    assert not report.passed and report.command == "make test"
+    assert "No rule to make target 'test'" in report.output
+    assert report.summary == "the test command exited with 2"
+
+
 async def test_an_invalid_manifest_runs_nothing_and_says_why(tmp_path: Path) -> None:
     place = worker(tmp_path, {".orchestrator.yml": "test:\n  junit: /etc/passwd\n"})
     report = await outcome_of(place)
