@@ -105,8 +105,9 @@ DEPENDENCY_CACHE_ENV = {
     "npm_config_cache": f"{DEPENDENCIES_MOUNT}/npm",
 }
 # What the Tester needs before it runs anything, in one command (each exec costs ~0.1-0.2 s): the
-# hash of the lockfile when the project's dependency directory is there to keep its environment
-# (its first line; "-" else), then the manifest.
+# hash of the lockfile when the project's dependency directory is there to keep its environment,
+# and whether that environment is installed (its first line: "<hash>", "<hash> installed", or
+# "-"), then the manifest.
 LOCKFILE = "uv.lock"
 # The index a uv lockfile made against PyPI names.
 CANONICAL_PYPI_INDEX = "https://pypi.org/simple"
@@ -122,11 +123,15 @@ uv export --quiet --frozen --no-emit-project --all-groups --output-file "$requir
 uv pip sync --quiet --python "$1/bin/python" "$requirements"
 touch "$1/.installed"
 """
-_READ_TEST_INPUTS = (
-    f"lock=-; [ -f {LOCKFILE} ] && [ -w {DEPENDENCIES_MOUNT} ] && "
-    f'lock=$(sha256sum < {LOCKFILE} | cut -c1-16); echo "$lock"; '
-    f'[ -f "$1" ] || exit {_MISSING}; head -c "$2" -- "$1"'
-)
+_READ_TEST_INPUTS = f"""lock=-
+if [ -f {LOCKFILE} ] && [ -w {DEPENDENCIES_MOUNT} ]; then
+    lock=$(sha256sum < {LOCKFILE} | cut -c1-16)
+    [ -f "{DEPENDENCIES_MOUNT}/environments/py-$lock/.installed" ] && lock="$lock installed"
+fi
+echo "$lock"
+[ -f "$1" ] || exit {_MISSING}
+head -c "$2" -- "$1"
+"""
 
 
 def forwarder_command(routes: list[tuple[int, str]], multi: bool) -> list[str]:
@@ -289,8 +294,9 @@ async def install_locked(
 
 async def _read_test_inputs(
     runtime: ContainerRuntime, worker_id: str
-) -> tuple[str | None, str | None]:
-    """The manifest's text (None without one) and the lockfile's hash (None without one)."""
+) -> tuple[str | None, str | None, bool]:
+    """The manifest's text (None without one), the lockfile's hash (None without one) and
+    whether its environment is installed."""
     done = await runtime.exec(
         worker_id,
         ["sh", "-c", _READ_TEST_INPUTS, "sh", MANIFEST, str(MAX_MANIFEST_BYTES)],
@@ -299,8 +305,12 @@ async def _read_test_inputs(
     first, _, manifest = done.stdout.partition("\n")
     if done.timed_out or done.exit_code not in (0, _MISSING) or not first:
         raise InfraError(f"cannot read {MANIFEST} in the Worker: {done.stderr.strip()[-500:]}")
-    lock_hash = first if first != "-" else None
-    return (manifest if done.exit_code == 0 else None), lock_hash
+    lock_hash, _, installed = first.partition(" ")
+    return (
+        manifest if done.exit_code == 0 else None,
+        lock_hash if lock_hash != "-" else None,
+        installed == "installed",
+    )
 
 
 async def run_tests(
@@ -321,13 +331,13 @@ async def run_tests(
     A manifest that is invalid is reported as a failed run saying why: the agent that wrote it
     can mend it."""
     started = time.monotonic()
-    text, lock_hash = await _read_test_inputs(runtime, worker_id)
+    text, lock_hash, installed = await _read_test_inputs(runtime, worker_id)
     try:
         manifest = read_manifest(text)
     except AnalysisError as exc:
         return TestReport(passed=False, exit_code=-1, command="", summary=f"no tests ran: {exc}")
     spec = manifest.test
-    if lock_hash is not None:
+    if lock_hash is not None and not installed:
         failed = await install_locked(runtime, worker_id, lock_hash, timeout_s)
         if failed is not None:
             return TestReport(

@@ -36,12 +36,12 @@ from db import outbox, servers
 from db.engine import Database
 from db.tables import Server
 from testing.bridges import acked, publish, runs_of
+from testing.logs import logs_to
 from testing.servers import free_port
 from testing.ssh_host import SshHost
 from testing.waiting import eventually
 from testing.workflows import running_bridge, running_worker
 from tests.api.test_servers import everything_in
-from tests.workflows.test_engineering_agents import worker_logs_to
 
 # A playbook run over SSH to this machine takes seconds; the first on a cold machine, longer.
 WITHIN = 120
@@ -291,7 +291,7 @@ async def test_a_message_for_a_server_that_does_not_exist_fails_and_says_so(
 async def test_the_private_key_is_in_no_history_result_log_or_stream(
     provisioner: Provisioner, sshd: SshHost, tmp_path: Path
 ) -> None:
-    with worker_logs_to(tmp_path / "logs") as log_file:
+    with logs_to(tmp_path / "logs") as log_file:
         message = await provisioner.add(sshd)
         await provisioner.send()
         assert (await provisioner.outcome(message)).status == ServerStatus.ready

@@ -10,8 +10,8 @@ from pathlib import Path
 from redis.asyncio import Redis
 
 from testing.deploy import DeployStack, served
+from testing.logs import logs_to
 from testing.waiting import eventually
-from tests.workflows.test_engineering_agents import worker_logs_to
 
 SECRET_VALUE = "s3cr3t-Value-that-must-not-leak-7f1c"
 
@@ -47,7 +47,7 @@ async def test_a_missing_secret_waits_then_the_deploy_finishes_without_leaking_i
     stack = deploy_stack
     name = "secretive"
     project = await stack.project(name, **{".orchestrator.yml": manifest(name, ["API_TOKEN"])})
-    with worker_logs_to(tmp_path / "logs") as log_file:
+    with logs_to(tmp_path / "logs") as log_file:
         task = await stack.deploy(project["id"])
 
         waiting = await eventually(
