@@ -96,6 +96,7 @@ class Gateway:
         self.app = build_app(Proxy(self.settings, self.http, self.prices, self))
         self._served: dict[str, _Served] = {}
         self._lock = asyncio.Lock()
+        self._draining: set[asyncio.Task[None]] = set()  # closed servers ending their requests
 
     async def __aenter__(self) -> Gateway:
         return self
@@ -132,12 +133,14 @@ class Gateway:
         async with self._lock:
             served = self._served.get(task_id)
             if served is not None:
-                await self._stop(task_id, served)
+                await self._stop(task_id, served, drain=False)
                 log.info("gateway closed", task_id=task_id)
 
     async def aclose(self) -> None:
         for task_id in list(self._served):
             await self.close(task_id)
+        if self._draining:
+            await asyncio.gather(*self._draining, return_exceptions=True)
         await self.http.aclose()
 
     def is_open(self, task_id: str) -> bool:
@@ -215,9 +218,24 @@ class Gateway:
             same_file = False
         return same_file and not served.task.done()
 
-    async def _stop(self, task_id: str, served: _Served) -> None:
+    async def _stop(self, task_id: str, served: _Served, *, drain: bool = True) -> None:
+        """Stop serving: the socket file goes at once (unless someone bound that path again
+        since); the server ends after its open requests, awaited here, or with ``drain=False``
+        in the background (``aclose`` waits for those), so a close costs no server tick."""
         self._served.pop(task_id, None)
+        with contextlib.suppress(OSError):
+            if served.socket_path.stat().st_ino == served.inode:
+                served.socket_path.unlink()
         served.server.should_exit = True
+        if drain:
+            await self._drain(task_id, served)
+            return
+        draining = asyncio.create_task(self._drain(task_id, served))
+        self._draining.add(draining)
+        draining.add_done_callback(self._draining.discard)
+
+    @staticmethod
+    async def _drain(task_id: str, served: _Served) -> None:
         try:
             await asyncio.wait_for(asyncio.shield(served.task), timeout=10)
         except TimeoutError:
@@ -225,10 +243,6 @@ class Gateway:
             served.task.cancel()
         except Exception:
             log.exception("gateway server failed", task_id=task_id)
-        # Remove the socket file unless someone has bound that path again since.
-        with contextlib.suppress(OSError):
-            if served.socket_path.stat().st_ino == served.inode:
-                served.socket_path.unlink()
 
 
 def _bind_long(sock: socket.socket, path: Path) -> None:
