@@ -21,6 +21,7 @@ test: install
 	$(BIN)/python bench/deploy_overhead.py --quick
 	$(BIN)/python bench/cli_startup.py --quick
 	$(BIN)/python bench/task_burst.py --quick
+	$(BIN)/python bench/package_install.py --quick
 	$(MAKE) --no-print-directory lint
 
 lint: install

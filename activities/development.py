@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any, NotRequired, TypedDict
 
 from activities.engineering import CommitInput, EngineeringActivities, RunTestsInput, TestReport
@@ -21,7 +23,10 @@ from activities.workers import AgentTurnInput, WorkerActivities
 from core.contracts.agents import AgentEvent, Budget, uses_model
 from core.enums import EventType
 from core.logging import get_logger
+from core.paths import DEPLOY_DIR
 from db.tasks import TaskService
+from infra.agents import ADAPTERS
+from infra.agents.base import project_instructions
 
 log = get_logger("activities.development")
 
@@ -31,6 +36,9 @@ TEST_TIMEOUT_S = 600.0
 # Live agent events kept per turn: an agent that edits hundreds of files must not flood the task.
 MAX_LIVE_EVENTS = 200
 LIVE_KINDS = frozenset({"file_change", "command", "error"})
+# The engineering department's own rules for every coding agent (the branch, the tests, packages,
+# secrets, when to ask), joined with the task's and the project's.
+ENGINEERING_INSTRUCTIONS = DEPLOY_DIR / "engineering" / "AGENTS.md"
 
 
 class DevelopmentState(TypedDict):
@@ -92,7 +100,7 @@ class DevelopmentNodes:
             agent=state["agent"],
             prompt=_prompt(state),
             agent_options=state["agent_options"],
-            instructions=state.get("instructions"),
+            instructions=turn_instructions(state),
             model=state.get("model"),
             timeout_s=TURN_TIMEOUT_S,
             budget=Budget.model_validate(state["budget"]),
@@ -270,6 +278,25 @@ def failure_feedback(report: TestReport) -> str:
     if report.output:
         lines += ["Its output ends with:", report.output]
     return "\n".join(line for line in lines if line)
+
+
+@functools.cache
+def engineering_instructions() -> str:
+    return ENGINEERING_INSTRUCTIONS.read_text().strip()
+
+
+def turn_instructions(state: DevelopmentState) -> str:
+    """What the agent is told besides its prompt: engineering's rules, then the task's, then the
+    project's ``AGENTS.md`` when the agent's CLI would not read it by itself (read at each turn:
+    the agent may change it)."""
+    parts = [engineering_instructions()]
+    if state.get("instructions"):
+        parts.append(f"## This task's rules\n\n{str(state['instructions']).strip()}")
+    adapter = ADAPTERS.get(state["agent"])
+    project = project_instructions(Path(state["workspace"]), adapter) if adapter else None
+    if project:
+        parts.append(f"## This project's AGENTS.md\n\n{project}")
+    return "\n\n".join(parts)
 
 
 def _prompt(state: DevelopmentState) -> str:

@@ -7,7 +7,8 @@
   ``<home>/workspaces/<task_id>``, on the branch ``task/<task_id>`` (mounted at /workspace in the
   task's Worker).
 - ``run_tests``: the project's tests inside the Worker (its manifest's test command, ``make test``
-  by default), their outcome as a ``TestReport`` (``infra.workers.run_tests``).
+  by default), their outcome as a ``TestReport`` (``infra.workers.run_tests``); the backing
+  services its manifest names (a PostgreSQL) are started beside the Worker first, once.
 - ``commit_workspace``: commits what the agent left uncommitted and gives the checkout back to
   this process's user (the Worker's uid owned it), so the host can push it.
 - ``clean_workspaces`` (the reaper's): removes the workspaces of tasks finished longer than the
@@ -262,7 +263,12 @@ class EngineeringActivities:
         try:
             async with heartbeating("tests"):
                 with infra_failures():
-                    return await run_tests(runtime, request.worker_id, timeout_s=request.timeout_s)
+                    return await run_tests(
+                        runtime,
+                        request.worker_id,
+                        timeout_s=request.timeout_s,
+                        image_for=self.workers.service_image,
+                    )
         except WorkerNotFound as exc:
             raise ApplicationError(str(exc), type="WorkerNotFound", non_retryable=True) from None
 

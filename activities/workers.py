@@ -4,8 +4,9 @@ The container is made by :class:`ContainerRuntime` (locked down, labelled with t
 workflow, so the reaper can remove it once that workflow closes). Every Worker reaches the task's
 gateway socket: its directory is mounted read-only at ``/run/orchestrator`` and the Worker's main
 process is the forwarder that exposes it on a loopback port, the agent CLI's base URL and the
-package registries' (pip, uv and npm are pointed there by the Worker's environment). No
-credential enters the container, an input or a history.
+package registries' (pip, uv and npm are pointed there by the Worker's environment); the task's
+egress proxy in the same directory is exposed as the Worker's HTTP(S) proxy. No credential enters
+the container, an input or a history.
 
 Everything here is idempotent: creating returns the container already made for the worker id,
 removing a missing container is fine, a retried agent turn plays the turn again (the CLIs and
@@ -41,18 +42,23 @@ from core.temporal import is_running
 from db.errors import NotFound
 from db.tasks import TaskService
 from db.users import issue_session_key
+from gateway import EGRESS_SOCKET_NAME
 from gateway.server import Gateway, socket_path_for
 from infra.agents import ADAPTERS, get_adapter
 from infra.agents.base import AgentRequest
 from infra.cli_bundle import default_root, ensure_bundle_async
 from infra.containers import ContainerRuntime, Mount, WorkerNotFound, WorkerSpec
-from infra.images import PATH, ImageBuilder, ensure_async
+from infra.images import PATH, ImageBuilder, ensure_async, service_image
 from infra.workers import (
     API_MOUNT,
     API_PORT,
     API_URL,
     CLI_HOME,
     CLI_MOUNT,
+    DEPENDENCIES_MOUNT,
+    DEPENDENCY_CACHE_ENV,
+    EGRESS_ENV,
+    EGRESS_PORT,
     FORWARDER_PORT,
     GATEWAY_MOUNT,
     MODEL_BASE_URL,
@@ -88,6 +94,11 @@ class CreateContainerInput(BaseModel):
     workspace: str | None = None
     budget: Budget = Field(default_factory=Budget)
     api: ApiAccess | None = None
+    project_id: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$",
+        description="The project whose dependency caches the Worker shares with its other tasks",
+    )
 
 
 class AgentTurnInput(BaseModel):
@@ -151,6 +162,10 @@ class WorkerActivities:
             self._runtime = await asyncio.to_thread(ContainerRuntime.from_settings, self.settings)
         return self._runtime
 
+    async def service_image(self, service: str) -> str:
+        """The image of a backing service a project's tests use (built here on first use)."""
+        return await self._image(service_image(service))
+
     async def _image(self, agent: str) -> str:
         runtime = await self.runtime()
         if self._builder is None:
@@ -187,16 +202,23 @@ class WorkerActivities:
         image = request.image or await self._image(request.agent)
         mounts: list[Mount] = []
         # The forwarder keeps the container alive and is the Worker's way to the task's gateway
-        # (the agent's model, every Worker's package registries) and the CLI's to the API.
+        # (the agent's model, every Worker's package registries), its egress proxy, and the
+        # CLI's to the API.
         socket = await self._open_gateway(request.task_id, request.budget)
         mounts.append(Mount(source=socket.parent, target=GATEWAY_MOUNT, read_only=True))
-        routes = [(FORWARDER_PORT, f"{GATEWAY_MOUNT}/{socket.name}")]
-        env: dict[str, str] = dict(REGISTRY_ENV)
+        routes = [
+            (FORWARDER_PORT, f"{GATEWAY_MOUNT}/{socket.name}"),
+            (EGRESS_PORT, f"{GATEWAY_MOUNT}/{EGRESS_SOCKET_NAME}"),
+        ]
+        env: dict[str, str] = REGISTRY_ENV | EGRESS_ENV
         if request.api is not None:
             api_mounts, api_env = await self._api_access(request.worker_id, request.api)
             mounts += api_mounts
             env |= api_env
             routes.append((API_PORT, f"{API_MOUNT}/{self.settings.api_socket.name}"))
+        if request.project_id is not None:
+            mounts.append(self._dependencies(request.project_id))
+            env |= DEPENDENCY_CACHE_ENV
         spec = WorkerSpec(
             image=image,
             worker_id=request.worker_id,
@@ -213,6 +235,13 @@ class WorkerActivities:
             # After the container exists, also when it already did (a retry): a fresh key.
             await self._give_key(runtime, request.worker_id, request.api)
         return container_id
+
+    def _dependencies(self, project_id: str) -> Mount:
+        """The project's dependency directory (package caches, the Tester's environments), made
+        on first use; every task of the project mounts the same one."""
+        path = self.settings.home_dir / "dependencies" / project_id
+        path.mkdir(parents=True, exist_ok=True)
+        return Mount(source=path, target=DEPENDENCIES_MOUNT, read_only=False, worker_owns=True)
 
     async def _api_access(
         self, worker_id: str, api: ApiAccess
@@ -256,8 +285,8 @@ class WorkerActivities:
 
     @activity.defn
     async def remove_container(self, worker_id: str) -> bool:
-        """Remove the Worker's container (running or not); False when there was none. (Its
-        workflow gives its turn back: workflows/toolkit.py.)"""
+        """Remove the Worker's container and its sidecars (running or not); False when there
+        was none. (Its workflow gives its turn back: workflows/toolkit.py.)"""
         return await (await self.runtime()).remove(worker_id)
 
     # --- work inside it -------------------------------------------------------------------------

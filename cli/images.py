@@ -66,7 +66,8 @@ def _table(images: list[ImageInfo], timing: bool) -> Table:
     from infra.images import REPOSITORY_PREFIX
 
     columns = ["image", "tag", "id", "size"] + (["result", "seconds"] if timing else ["created"])
-    table = Table(*columns, caption=f"repository: {REPOSITORY_PREFIX}<image>")
+    caption = f"repository: {REPOSITORY_PREFIX}<image>, localhost/orchestrator/service-<name>"
+    table = Table(*columns, caption=caption)
     for info in images:
         size = f"{info.size / 1e6:.0f} MB" if info.size else "-"
         tag = info.reference.rsplit(":", 1)[1]
@@ -84,14 +85,16 @@ def build(
     images: Annotated[
         list[str] | None,
         typer.Argument(
-            help="base and/or agents (scripted, claude, codex, droid)", show_default=False
+            help="base, agents (scripted, claude, codex, droid) and/or test services "
+            "(service-postgresql)",
+            show_default=False,
         ),
     ] = None,
     json_output: JsonOption = False,
 ) -> None:
     """Build the Worker images whose inputs changed; the others are cache hits.
 
-    Default: base, scripted, claude, codex. droid needs ORCHESTRATOR_DROID_BINARY.
+    Default: all of them (base, scripted, claude, codex, droid).
     """
     from core.settings import Settings
     from infra.images import DEFAULT_IMAGES, ImageError
@@ -119,7 +122,7 @@ def build(
 
 @command(app, "list")
 def list_images(json_output: JsonOption = False) -> None:
-    """The Worker images this machine holds."""
+    """The Worker and test service images this machine holds."""
     from core.settings import Settings
 
     out = Output(json_output)

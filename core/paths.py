@@ -10,3 +10,6 @@ DEPLOY_DIR = REPO_ROOT / "deploy"
 TEMPLATES_DIR = DEPLOY_DIR / "templates"
 # The template new repositories start from, unless ORCHESTRATOR_TEMPLATE_DIR names another.
 SERVICE_TEMPLATE_DIR = TEMPLATES_DIR / "service"
+# The real-application template (FastAPI/PostgreSQL backend, aiogram bot, uv lockfiles), for the
+# pipeline once deploys install dependencies.
+APP_TEMPLATE_DIR = TEMPLATES_DIR / "app"

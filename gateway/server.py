@@ -8,6 +8,10 @@ each agent turn (it is idempotent and cheap when the socket is already served). 
 socket's *directory* into the Worker, not the socket file: a socket bound again after a restart
 is a new file, which a file bind mount would not follow.
 
+Beside the gateway's socket, ``open`` serves the task's egress proxy (``gateway.egress``) on
+``egress.sock`` in the same directory, with the same lifecycle: opened, checked and bound again
+with the gateway's, closed with it.
+
 When the process dies, nothing serves the socket any more: the Worker's next model call fails
 (the forwarder inside closes the connection) and the agent's CLI retries or gives up. The
 activity that Temporal retries on another (or the restarted) worker calls ``open`` again, which
@@ -36,6 +40,7 @@ from core.logging import get_logger
 from db.engine import Database
 from db.tables import ModelUsage
 from db.usage import load_usage, save_call
+from gateway import egress
 from gateway.app import ForTask, Proxy, build_app
 from gateway.prices import PriceTable
 from gateway.settings import GatewaySettings
@@ -63,6 +68,9 @@ class _Served:
     task: asyncio.Task[None]
     budget: Budget
     usage: TaskUsage
+    egress: egress.EgressProxy
+    egress_path: Path
+    egress_inode: int
     pending: set[asyncio.Task[None]] = field(default_factory=set)
 
 
@@ -94,6 +102,7 @@ class Gateway:
             trust_env=False,  # the upstream is what the settings say, not a proxy variable
         )
         self.app = build_app(Proxy(self.settings, self.http, self.prices, self))
+        self.egress_allowlist = egress.Allowlist(self.settings.egress_allowlist)
         self._served: dict[str, _Served] = {}
         self._lock = asyncio.Lock()
         self._draining: set[asyncio.Task[None]] = set()  # closed servers ending their requests
@@ -126,7 +135,13 @@ class Gateway:
                 await self._stop(task_id, served)
             usage = await load_usage(self.db, task_id)
             self._served[task_id] = await self._serve(task_id, path, budget, usage)
-        log.info("gateway open", task_id=task_id, socket=str(path), **budget.model_dump())
+        log.info(
+            "gateway open",
+            task_id=task_id,
+            socket=str(path),
+            egress_allowlist=len(self.settings.egress_allowlist),
+            **budget.model_dump(),
+        )
 
     async def close(self, task_id: str) -> None:
         """Stop serving the task; its socket file goes away. Closing twice is fine."""
@@ -208,24 +223,50 @@ class Gateway:
                 sock.close()
                 raise TimeoutError(f"the gateway for task {task_id} did not start")
             await asyncio.sleep(0.005)
-        return _Served(path, inode, server, task, budget, usage)
+        try:
+            proxy, egress_path, egress_inode = await self._serve_egress(task_id, path)
+        except BaseException:
+            server.should_exit = True
+            await asyncio.wait_for(task, timeout=10)
+            raise
+        return _Served(path, inode, server, task, budget, usage, proxy, egress_path, egress_inode)
+
+    async def _serve_egress(
+        self, task_id: str, gateway_path: Path
+    ) -> tuple[egress.EgressProxy, Path, int]:
+        path = gateway_path.with_name(egress.SOCKET_NAME)
+        sock = _bind(path)
+        proxy = egress.EgressProxy(
+            task_id, self.egress_allowlist, self.settings.gateway_connect_timeout
+        )
+        try:
+            await proxy.start(sock)
+        except BaseException:
+            sock.close()
+            raise
+        return proxy, path, path.stat().st_ino
 
     @staticmethod
     def _alive(served: _Served) -> bool:
-        try:
-            same_file = served.socket_path.stat().st_ino == served.inode
-        except OSError:
-            same_file = False
-        return same_file and not served.task.done()
+        return (
+            _same_file(served.socket_path, served.inode)
+            and not served.task.done()
+            and _same_file(served.egress_path, served.egress_inode)
+            and served.egress.serving()
+        )
 
     async def _stop(self, task_id: str, served: _Served, *, drain: bool = True) -> None:
-        """Stop serving: the socket file goes at once (unless someone bound that path again
-        since); the server ends after its open requests, awaited here, or with ``drain=False``
+        """Stop serving: the socket files go at once (unless someone bound those paths again
+        since); the servers end after their open requests, awaited here, or with ``drain=False``
         in the background (``aclose`` waits for those), so a close costs no server tick."""
         self._served.pop(task_id, None)
-        with contextlib.suppress(OSError):
-            if served.socket_path.stat().st_ino == served.inode:
-                served.socket_path.unlink()
+        for path, inode in (
+            (served.socket_path, served.inode),
+            (served.egress_path, served.egress_inode),
+        ):
+            if _same_file(path, inode):
+                with contextlib.suppress(OSError):
+                    path.unlink()
         served.server.should_exit = True
         if drain:
             await self._drain(task_id, served)
@@ -243,6 +284,14 @@ class Gateway:
             served.task.cancel()
         except Exception:
             log.exception("gateway server failed", task_id=task_id)
+        await served.egress.stop()
+
+
+def _same_file(path: Path, inode: int) -> bool:
+    try:
+        return path.stat().st_ino == inode
+    except OSError:
+        return False
 
 
 def _bind_long(sock: socket.socket, path: Path) -> None:

@@ -7,8 +7,12 @@ caches' URLs are where the gateway forwards a Worker's ``/registry/...`` request
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, BaseModel, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from typing import Annotated
+
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from gateway.egress import parse_allowlist
 
 
 class ModelPrice(BaseModel):
@@ -53,6 +57,22 @@ class GatewaySettings(BaseSettings):
     gateway_read_timeout: float = Field(
         default=600.0, gt=0, description="Longest silence in an upstream answer (long thinking)"
     )
+    egress_allowlist: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Hosts a Worker may reach through the egress proxy: comma-separated names or "
+        "addresses, *.example.com for the names under example.com; empty: none",
+    )
+
+    @field_validator("egress_allowlist", mode="before")
+    @classmethod
+    def _split_allowlist(cls, value: object) -> object:
+        # The environment gives one comma-separated string, not JSON.
+        return value.split(",") if isinstance(value, str) else value
+
+    @field_validator("egress_allowlist")
+    @classmethod
+    def _check_allowlist(cls, value: list[str]) -> list[str]:
+        return parse_allowlist(value)  # normalised; a bad entry raises, naming it
 
     @property
     def registries(self) -> dict[str, str]:

@@ -5,6 +5,13 @@ the same way (no network, no capabilities, no privilege gain, memory / CPU / pro
 non-root user) and labelled with its task and workflow, so a reaper can remove the Workers of
 closed workflows. Creating is idempotent by name: a retried activity gets the same container.
 
+A Worker may have **sidecars**: a backing service its tests use (a PostgreSQL), in a container
+that joins the Worker's network namespace (``network_mode=container:<Worker>``), so the two
+share the Worker's loopback and nothing else reaches the service. A sidecar is locked down like
+its Worker and carries the Worker's labels plus ``orchestrator.service``: removing a Worker
+removes its sidecars first, and the reaper judges a sidecar by its Worker's workflow even when
+the Worker itself is already gone.
+
 The docker SDK blocks, so each public method is async and runs it in a thread.
 """
 
@@ -14,9 +21,11 @@ import asyncio
 import codecs
 import io
 import os
+import re
 import tarfile
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -37,6 +46,13 @@ WORKFLOW_ID = "orchestrator.workflow_id"
 # The Temporal (address and namespace) whose workflows own the Worker: a reaper judges only its
 # own stack's Workers when several stacks share one container service.
 STACK = "orchestrator.stack"
+# On a Worker's sidecar: the backing service it runs (its other labels are its Worker's).
+SERVICE = "orchestrator.service"
+# A sidecar's limits: a test database of small projects. Its data lives in a tmpfs of the size
+# given here, which its memory limit also counts.
+SIDECAR_MEMORY = "768m"
+SIDECAR_TMPFS = "512m"
+SIDECAR_PIDS = 128
 
 # `timeout` (coreutils) ends a command that runs too long: the Docker API cannot kill an exec.
 TIMED_OUT_CODES = (124, 137)
@@ -73,6 +89,9 @@ class Mount(BaseModel):
     source: Path
     target: str
     read_only: bool = True
+    # The directory itself is given to the Worker's user (not what it holds: the Worker made
+    # that), so a writable mount of a directory the host made is the Worker's to write.
+    worker_owns: bool = False
 
 
 class WorkerSpec(BaseModel):
@@ -118,6 +137,15 @@ class WorkerNotFound(Exception):
 
 def container_name(worker_id: str) -> str:
     return f"worker-{worker_id}"
+
+
+def sidecar_name(worker_id: str, service: str) -> str:
+    return f"sidecar-{worker_id}-{service}"
+
+
+class SidecarNotFound(Exception):
+    def __init__(self, worker_id: str, service: str) -> None:
+        super().__init__(f"no {service} sidecar of Worker {worker_id}")
 
 
 class ContainerRuntime:
@@ -179,8 +207,63 @@ class ContainerRuntime:
         await asyncio.to_thread(self._put_file, worker_id, path, content, mode)
 
     async def remove(self, worker_id: str) -> bool:
-        """Remove the Worker, running or not; False if there was none."""
+        """Remove the Worker and its sidecars, running or not; False if there was none."""
         return await asyncio.to_thread(self._remove, worker_id)
+
+    async def start_sidecar(
+        self, worker_id: str, service: str, image: str, env: dict[str, str] | None = None
+    ) -> str:
+        """Create and start the Worker's ``service`` sidecar in its network namespace, or find
+        the one already made (a retried activity); returns its container id. The Worker must
+        exist (WorkerNotFound)."""
+        return await asyncio.to_thread(self._start_sidecar, worker_id, service, image, env or {})
+
+    async def exec_sidecar(
+        self,
+        worker_id: str,
+        service: str,
+        argv: list[str],
+        *,
+        timeout: float,  # noqa: ASYNC109 (enforced inside the sidecar, as for a Worker)
+    ) -> ExecResult:
+        """Run ``argv`` in the Worker's ``service`` sidecar (SidecarNotFound without one)."""
+
+        def ended(container: Container) -> ExecResult:
+            why = f"the {service} sidecar is {container.status}: its main process ended"
+            return ExecResult(exit_code=-1, stdout="", stderr=why)
+
+        def run() -> ExecResult:
+            container = self._get_sidecar(worker_id, service)
+            container.reload()
+            if container.status != "running":  # an exec cannot start
+                return ended(container)
+            try:
+                return self._exec_in(container, argv, None, "/", timeout)
+            except docker.errors.APIError:
+                container.reload()
+                if container.status != "running":  # it ended while the exec started
+                    return ended(container)
+                raise
+
+        return await asyncio.to_thread(run)
+
+    async def sidecar_logs(self, worker_id: str, service: str, tail: int = 40) -> str:
+        """The last ``tail`` lines the sidecar's main process wrote ("" without a sidecar)."""
+
+        def read() -> str:
+            try:
+                container = self._get_sidecar(worker_id, service)
+            except SidecarNotFound:
+                return ""
+            return bytes(container.logs(tail=tail)).decode(errors="replace")
+
+        return await asyncio.to_thread(read)
+
+    async def list_sidecars(self, worker_id: str) -> list[str]:
+        """The services whose sidecars the Worker has (running or not)."""
+        return await asyncio.to_thread(
+            lambda: sorted(service for service, _ in self._sidecars(worker_id))
+        )
 
     async def list_workers(self) -> list[WorkerInfo]:
         return await asyncio.to_thread(self._list)
@@ -190,9 +273,12 @@ class ContainerRuntime:
         return f"{self.settings.effective_temporal_address}/{self.settings.temporal_namespace}"
 
     async def reap(self, is_workflow_open: Callable[[str], Awaitable[bool]]) -> list[str]:
-        """Remove the Workers whose workflow is closed; return their worker ids."""
+        """Remove the Workers whose workflow is closed, with their sidecars (also a sidecar
+        whose Worker is already gone); return their worker ids."""
         removed = []
-        for worker in await self.list_workers():
+        for worker in await asyncio.to_thread(self._list, True):
+            if worker.worker_id in removed:
+                continue  # a Worker and its sidecars are listed each; one removal takes all
             if worker.stack is not None and worker.stack != self.stack:
                 continue  # another stack's: its own reaper knows whether its workflow runs
             if await is_workflow_open(worker.workflow_id):
@@ -222,6 +308,79 @@ class ContainerRuntime:
             raise WorkerNotFound(worker_id)
         return container
 
+    def _find_named(self, name: str) -> Container | None:
+        try:
+            return self.client.containers.get(name)
+        except docker.errors.NotFound:
+            return None
+        except docker.errors.APIError as exc:
+            if vanishing(exc):
+                return None
+            raise
+
+    def _get_sidecar(self, worker_id: str, service: str) -> Container:
+        container = self._find_named(sidecar_name(worker_id, service))
+        if container is None:
+            raise SidecarNotFound(worker_id, service)
+        return container
+
+    def _start_sidecar(self, worker_id: str, service: str, image: str, env: dict[str, str]) -> str:
+        worker = self._get(worker_id)
+        self._ensure_running(worker)  # the sidecar joins its namespace: it must be up
+        worker.reload()
+        name = sidecar_name(worker_id, service)
+        existing = self._find_named(name)
+        if existing is not None and _started_at(existing) < _started_at(worker):
+            # The Worker started again since (stopped by `orchestrator down`, say): it has a new
+            # network namespace, and a sidecar joins one when it is created. A new sidecar (and
+            # a fresh database: a throwaway) joins the Worker's new one.
+            log.info("sidecar_renewed", worker_id=worker_id, service=service)
+            self._remove_named(name)
+            existing = None
+        if existing is None:
+            try:
+                existing = self.client.containers.create(
+                    **self._sidecar_args(worker, name, service, image, env)
+                )
+                log.info("sidecar_created", worker_id=worker_id, service=service)
+            except docker.errors.APIError as exc:
+                if exc.status_code != 409:  # 409: a concurrent retry created it first
+                    raise
+                existing = self._get_sidecar(worker_id, service)
+        self._ensure_running(existing)
+        return str(existing.id)
+
+    def _sidecar_args(
+        self, worker: Container, name: str, service: str, image: str, env: dict[str, str]
+    ) -> dict[str, Any]:
+        labels = worker.labels or {}
+        host = worker.attrs.get("HostConfig") or {}
+        return {
+            "image": image,
+            "name": name,
+            # The Worker's own labels: its removal and the reaper find the sidecar by them.
+            "labels": {
+                **{
+                    key: labels[key]
+                    for key in (WORKER_ID, TASK_ID, WORKFLOW_ID, STACK)
+                    if key in labels
+                },
+                MANAGED: "true",
+                SERVICE: service,
+            },
+            "environment": env,
+            # The Worker's network namespace: loopback only, shared with that Worker alone.
+            "network_mode": f"container:{worker.id}",
+            "read_only": True,
+            "tmpfs": {"/tmp": f"rw,nosuid,nodev,size={SIDECAR_TMPFS},mode=1777"},
+            "cap_drop": ["ALL"],
+            "security_opt": ["no-new-privileges"],
+            "mem_limit": SIDECAR_MEMORY,
+            "nano_cpus": int(host.get("NanoCpus") or self.settings.worker_cpus * 1e9),
+            "pids_limit": SIDECAR_PIDS,
+            "detach": True,
+        }
+
     def _create(self, spec: WorkerSpec) -> str:
         existing = self._find(spec.worker_id)
         if existing is None:
@@ -243,6 +402,8 @@ class ContainerRuntime:
             _grant(spec.workspace, user)
             volumes[str(spec.workspace.resolve())] = {"bind": "/workspace", "mode": "rw"}
         for mount in spec.mounts:
+            if mount.worker_owns:
+                _grant_dir(mount.source, user)
             mode = "ro" if mount.read_only else "rw"
             volumes[str(mount.source.resolve())] = {"bind": mount.target, "mode": mode}
         return {
@@ -287,7 +448,18 @@ class ContainerRuntime:
         emit: Callable[[str, str], None] | None,
         exclusive: str | None = None,
     ) -> ExecResult:
-        container = self._get(worker_id)
+        return self._exec_in(self._get(worker_id), argv, env, workdir, timeout, emit, exclusive)
+
+    def _exec_in(
+        self,
+        container: Container,
+        argv: list[str],
+        env: dict[str, str] | None,
+        workdir: str,
+        timeout: float | None,
+        emit: Callable[[str, str], None] | None = None,
+        exclusive: str | None = None,
+    ) -> ExecResult:
         command = list(argv)
         if timeout is not None:
             command = ["timeout", "-k", str(KILL_AFTER), f"{timeout:g}", *command]
@@ -349,17 +521,47 @@ class ContainerRuntime:
             raise RuntimeError(f"could not write {target} in Worker {worker_id}")
 
     def _remove(self, worker_id: str) -> bool:
+        # The sidecars first: a container whose network namespace another one uses is not
+        # removed before that one is.
+        removed = False
+        for service, name in self._sidecars(worker_id):
+            if self._remove_named(name):
+                removed = True
+                log.info("sidecar_removed", worker_id=worker_id, service=service)
+        if self._remove_named(container_name(worker_id)):
+            removed = True
+            log.info("worker_removed", worker_id=worker_id)
+        return removed
+
+    def _remove_named(self, name: str) -> bool:
         # By name, with no inspect first: podman may answer an inspect with a 500 "does not
         # exist" for a container that is still there; only a real 404 means there is none.
         try:
-            self.client.api.remove_container(container_name(worker_id), force=True)
+            self.client.api.remove_container(name, force=True)
         except docker.errors.NotFound:
             return False
-        log.info("worker_removed", worker_id=worker_id)
         return True
 
-    def _list(self) -> list[WorkerInfo]:
+    def _sidecars(self, worker_id: str) -> list[tuple[str, str]]:
+        """(service, container name) of the Worker's sidecars, from the list alone (no
+        inspect: podman may answer one with a 500 for a container it is removing)."""
+        found = self.client.api.containers(
+            all=True, filters={"label": [f"{WORKER_ID}={worker_id}", f"{MANAGED}=true"]}
+        )
+        sidecars = []
+        for entry in found:
+            service = (entry.get("Labels") or {}).get(SERVICE)
+            names = [str(n).lstrip("/") for n in entry.get("Names") or []]
+            if service and names:
+                sidecars.append((service, names[0]))
+        return sidecars
+
+    def _list(self, with_sidecars: bool = False) -> list[WorkerInfo]:
+        """The managed Workers; ``with_sidecars``: their sidecars too (each by its Worker's
+        ids, the reaper's view)."""
         found = self.client.containers.list(all=True, filters={"label": f"{MANAGED}=true"})
+        if not with_sidecars:
+            found = [c for c in found if SERVICE not in (c.labels or {})]
         return [
             WorkerInfo(
                 worker_id=c.labels.get(WORKER_ID, ""),
@@ -405,6 +607,20 @@ class _Lines:
         return "".join(self.parts)
 
 
+_TIMESTAMP = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:?\d\d)?")
+
+
+def _started_at(container: Container) -> datetime:
+    """When the container last started (the runtimes give nanoseconds; Python takes micro)."""
+    raw = str((container.attrs.get("State") or {}).get("StartedAt") or "")
+    match = _TIMESTAMP.match(raw)
+    if match is None:
+        return datetime.min.replace(tzinfo=UTC)
+    seconds, fraction, zone = match.groups()
+    zone = "+00:00" if zone in (None, "Z") else zone
+    return datetime.fromisoformat(f"{seconds}.{(fraction or '0')[:6].ljust(6, '0')}{zone}")
+
+
 def _ids(user: str) -> tuple[int | None, int | None]:
     """The numeric uid and gid of a ``uid:gid`` user, None where it is a name."""
     uid, _, gid = user.partition(":")
@@ -412,6 +628,13 @@ def _ids(user: str) -> tuple[int | None, int | None]:
         int(uid) if uid.isdigit() else None,
         int(gid) if gid.isdigit() else (int(uid) if uid.isdigit() and not gid else None),
     )
+
+
+def _grant_dir(path: Path, user: str) -> None:
+    """Give the Worker's user one directory (as :func:`_grant`, not what is inside)."""
+    uid, gid = _ids(user)
+    if os.geteuid() == 0 and uid is not None:
+        os.chown(path, uid, gid if gid is not None else uid)
 
 
 def _grant(workspace: Path, user: str) -> None:

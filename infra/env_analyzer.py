@@ -2,9 +2,12 @@
 
 The sources, in order of trust:
 
-1. ``.orchestrator.yml``: our template's own manifest (command, port variable, default port,
+1. ``.orchestrator.yml``: our templates' own manifest (command, port variable, default port,
    health path, required and optional environment). Its ``test`` section says how the Tester
-   tests the project (:class:`TestSpec`, read by :func:`read_test_spec`).
+   tests the project (:class:`TestSpec`, read by :func:`read_test_spec`); ``backing_services``
+   what it needs beside it (PostgreSQL: the Tester starts it beside the Worker,
+   infra/backing_services.py); ``env`` its environment contract, each variable typed
+   by who supplies its value (:data:`EnvVar`).
 2. ``Procfile``: its ``web`` process (else the first one); the port comes in ``$PORT``, as on the
    platforms that made Procfiles common.
 3. A compose file (``compose.yaml``, ``docker-compose.yml`` and their spellings): the first service
@@ -24,10 +27,18 @@ import shlex
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from infra.git import git, resolve_commit
 
@@ -41,6 +52,62 @@ _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:?[-?+][^}]*)?\}|\$([A-Za-
 
 class AnalysisError(Exception):
     """The repository does not say how to run it; the message says what was looked for."""
+
+
+# --- the environment contract ------------------------------------------------------------------
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# What a manifest's ``backing_services`` may name: each has an image recipe in
+# deploy/images/services/<name>/ and its connection variables in infra/backing_services.py.
+# (``services`` is taken: it lists the app's own processes, which a deploy starts.)
+BackingService = Literal["postgresql"]
+BACKING_SERVICES: tuple[str, ...] = get_args(BackingService)
+
+
+class _EnvVarBase(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    description: str = ""
+
+
+class UserSecret(_EnvVarBase):
+    """A secret only a person can give (a bot token, a third party's API key)."""
+
+    kind: Literal["user_secret"] = "user_secret"
+
+
+class GeneratedSecret(_EnvVarBase):
+    """A secret the deploy makes for the project once (a signing key)."""
+
+    kind: Literal["generated_secret"] = "generated_secret"
+    length: int = Field(default=32, ge=16, le=256, description="Random characters to make")
+
+
+class Allocation(_EnvVarBase):
+    """A value the deploy allocates: a port on the server, a database of the backing service."""
+
+    kind: Literal["allocation"] = "allocation"
+    resource: Literal["port", "postgresql"]
+
+
+class LiteralValue(_EnvVarBase):
+    """A plain setting: this value unless the deploy is told another."""
+
+    kind: Literal["literal"] = "literal"
+    value: str
+
+    @field_validator("value", mode="before")
+    @classmethod
+    def _scalar_as_text(cls, value: Any) -> Any:
+        # YAML reads `8081` and `true` as a number and a boolean; the environment holds text.
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        return str(value) if isinstance(value, int | float) else value
+
+
+EnvVar = Annotated[
+    UserSecret | GeneratedSecret | Allocation | LiteralValue, Field(discriminator="kind")
+]
 
 
 class AppSpec(BaseModel):
@@ -57,6 +124,13 @@ class AppSpec(BaseModel):
     health_path: str = "/"
     required_env: list[str] = Field(default_factory=list)
     optional_env: list[str] = Field(default_factory=list)
+    backing_services: list[BackingService] = Field(
+        default_factory=list, description="What the app needs running beside it (manifest only)"
+    )
+    env_contract: dict[str, EnvVar] = Field(
+        default_factory=dict,
+        description="Every variable the app reads, by kind (manifest only; empty: not declared)",
+    )
 
 
 def analyze(repository: Path) -> AppSpec:
@@ -116,6 +190,42 @@ class Manifest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     test: TestSpec = Field(default_factory=TestSpec)
+    backing_services: list[BackingService] = Field(default_factory=list)
+    env: dict[str, EnvVar] = Field(
+        default_factory=dict, description="The environment contract: each variable by kind"
+    )
+
+    @field_validator("backing_services", "env", mode="before")
+    @classmethod
+    def _none_is_empty(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None:
+            return [] if info.field_name == "backing_services" else {}
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _variable_names(cls, env: dict[str, Any]) -> dict[str, Any]:
+        bad = [name for name in env if not _ENV_NAME.match(name)]
+        if bad:
+            raise ValueError(f"not environment variable names: {', '.join(bad)}")
+        return env
+
+    @model_validator(mode="after")
+    def _services_name_typed_variables(self) -> Manifest:
+        """With a contract, every variable a service names is typed in it."""
+        if not self.env:
+            return self
+        services = (self.model_extra or {}).get("services") or []
+        for service in services if isinstance(services, list) else []:
+            env = service.get("env") if isinstance(service, dict) else None
+            named = [*(env.get("required") or []), *(env.get("optional") or [])] if env else []
+            untyped = [str(name) for name in named if name not in self.env]
+            if untyped:
+                raise ValueError(
+                    f"service {service.get('name')!r} names {', '.join(untyped)}, "
+                    "which the env contract does not type"
+                )
+        return self
 
     @field_validator("test", mode="before")
     @classmethod
@@ -124,18 +234,45 @@ class Manifest(BaseModel):
             return {}
         return {"command": value} if isinstance(value, str) else value
 
+    @field_validator("backing_services", mode="before")
+    @classmethod
+    def _known_services(cls, value: Any) -> Any:
+        if value is None:
+            return []
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            raise ValueError(f"a list of service names ({', '.join(BACKING_SERVICES)})")
+        names = [str(name).strip().lower() for name in value]
+        unknown = [name for name in names if name not in BACKING_SERVICES]
+        if unknown:
+            raise ValueError(
+                f"unknown backing service {', '.join(map(repr, unknown))}: "
+                f"known are {', '.join(BACKING_SERVICES)}"
+            )
+        return list(dict.fromkeys(names))
+
 
 def read_test_spec(manifest: str | None) -> TestSpec:
     """The test section of a manifest's text (None: the repository has no manifest: the
     default). AnalysisError saying what is wrong for a manifest that is present but invalid."""
+    return read_manifest(manifest).test
+
+
+def read_manifest(manifest: str | None) -> Manifest:
+    """A manifest's text, validated (None: the repository has no manifest: the defaults);
+    AnalysisError saying what is wrong when it is invalid."""
     if manifest is None:
-        return TestSpec()
-    data = _yaml_text(manifest, MANIFEST)
+        return Manifest()
+    return _validated(_yaml_text(manifest, MANIFEST))
+
+
+def _validated(data: dict[str, Any]) -> Manifest:
     try:
-        return Manifest.model_validate(data).test
+        return Manifest.model_validate(data)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
+            f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}".lstrip(": ")
             for error in exc.errors()
         )
         raise AnalysisError(f"{MANIFEST} is invalid: {problems}") from None
@@ -158,6 +295,7 @@ def _from_manifest(repository: Path) -> AppSpec | None:
     data = _yaml(repository / MANIFEST)
     if data is None:
         return None
+    manifest = _validated(data)
     services = data.get("services") or []
     if not isinstance(services, list) or not services:
         raise AnalysisError(f"{MANIFEST} lists no services")
@@ -176,6 +314,8 @@ def _from_manifest(repository: Path) -> AppSpec | None:
         health_path=str(chosen.get("health_path") or "/"),
         required_env=[str(v) for v in env.get("required") or []],
         optional_env=[str(v) for v in env.get("optional") or []],
+        backing_services=manifest.backing_services,
+        env_contract=manifest.env,
     )
 
 

@@ -8,10 +8,15 @@ The recipes live in ``deploy/images``:
   rootfs comes from ``debootstrap --variant=minbase`` of the suite and mirror the host's apt
   sources name, the packages are installed with apt in a chroot on the
   host, and the tree is imported through the Docker API as ``localhost/orchestrator/worker-base``.
-- ``agents/<agent>/``: ``npm-packages.txt`` (pinned npm packages, installed on the host) and any
-  other files. A container of the base image, without a network, copies them from a read-only
+- ``agents/<agent>/``: ``npm-packages.txt`` (pinned npm packages, installed on the host, with the
+  recipe's ``.npmrc`` as the install's project configuration when it has one) and any other
+  files. A container of the base image, without a network, copies them from a read-only
   bind mount into ``/opt/orchestrator/agents/<agent>``, links their commands into
   ``/usr/local/bin``, and is committed as ``localhost/orchestrator/worker-<agent>``: one layer.
+- ``services/<service>/``: a backing service a project's tests use (``postgresql``), run beside
+  its Worker (infra/backing_services.py). Built like the base from the service's own
+  ``packages.txt`` and ``files/`` (its ``start`` and ``ready`` commands), imported as
+  ``localhost/orchestrator/service-<service>``; it runs as the service's own system user.
 
 An image's tag is the first 12 hex digits of the hash of everything it is made of, so a cache hit
 costs one image inspect and a changed input makes a new image. Every method blocks (subprocesses
@@ -44,6 +49,7 @@ import docker.errors
 
 from core.logging import get_logger
 from core.paths import DEPLOY_DIR
+from infra.env_analyzer import BACKING_SERVICES
 
 log = get_logger("infra.images")
 
@@ -53,7 +59,12 @@ RECIPE_VERSION = "1"
 REPOSITORY_PREFIX = "localhost/orchestrator/worker-"
 BASE = "base"
 AGENTS = ("scripted", "claude", "codex", "droid")
-DEFAULT_IMAGES = (BASE, "scripted", "claude", "codex")
+DEFAULT_IMAGES = (BASE, *AGENTS)
+# The backing services' images: built when a project's manifest first asks for one.
+SERVICE_PREFIX = "service-"
+SERVICE_IMAGES = tuple(f"{SERVICE_PREFIX}{service}" for service in BACKING_SERVICES)
+# A service image's user: the system user its Debian package made (postgresql: postgres).
+SERVICE_USERS = {"postgresql": "postgres"}
 
 IMAGE_LABEL = "orchestrator.image"
 INPUTS_LABEL = "orchestrator.inputs"
@@ -66,8 +77,9 @@ AGENTS_DIR = "/opt/orchestrator/agents"
 LIBRARY_DIR = "/usr/local/lib/orchestrator"
 PATH = f"/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:{TOOLS_DIR}"
 
-DROID_BINARY_ENV = "ORCHESTRATOR_DROID_BINARY"
 AGENT_BUILD_TIMEOUT = 600.0
+# A recipe's npm configuration: ``npm install --prefix <stage>`` reads it as the project's.
+NPMRC = ".npmrc"
 
 _SOURCE_LINE = re.compile(r"^deb\s+(?:\[(?P<options>[^\]]*)\]\s+)?(?P<uri>\S+)\s+(?P<suite>\S+)")
 
@@ -101,7 +113,14 @@ class AptSource:
 
 
 def repository(name: str) -> str:
+    if name in SERVICE_IMAGES:
+        return f"localhost/orchestrator/{name}"
     return f"{REPOSITORY_PREFIX}{name}"
+
+
+def service_image(service: str) -> str:
+    """The image name of a backing service (``postgresql`` -> ``service-postgresql``)."""
+    return f"{SERVICE_PREFIX}{service}"
 
 
 def default_deploy_dir() -> Path:
@@ -185,14 +204,6 @@ def _hash_tree(digest: Any, root: Path) -> None:
         digest.update(hashlib.sha256(path.read_bytes()).digest())
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def npm_package_name(spec: str) -> str:
     """``@scope/name@1.2.3`` -> ``@scope/name``; ``name@1.2.3`` -> ``name``."""
     at = spec.rfind("@")
@@ -209,15 +220,11 @@ class ImageBuilder:
         deploy_dir: Path | None = None,
         *,
         apt_source: AptSource | None = None,
-        droid_binary: Path | None = None,
     ) -> None:
         self.docker = docker_client
         self.cache_dir = cache_dir
         self.images_dir = (deploy_dir or default_deploy_dir()) / "images"
         self._apt_source = apt_source
-        if droid_binary is None and os.environ.get(DROID_BINARY_ENV):
-            droid_binary = Path(os.environ[DROID_BINARY_ENV])
-        self.droid_binary = droid_binary
 
     # --- inputs -----------------------------------------------------------------------------
 
@@ -227,6 +234,9 @@ class ImageBuilder:
 
     def agent_dir(self, agent: str) -> Path:
         return self.images_dir / "agents" / agent
+
+    def service_dir(self, service: str) -> Path:
+        return self.images_dir / "services" / service
 
     def apt_source(self) -> AptSource:
         if self._apt_source is None:
@@ -251,49 +261,68 @@ class ImageBuilder:
         digest = hashlib.sha256()
         digest.update(f"recipe {RECIPE_VERSION}\0base {self.base_inputs()}\0".encode())
         _hash_tree(digest, self.agent_dir(agent))
-        if agent == "droid":
-            digest.update(_file_sha256(self._droid_binary()).encode())
+        return digest.hexdigest()
+
+    def service_inputs(self, service: str) -> str:
+        self._check_service(service)
+        recipe = self.service_dir(service)
+        digest = hashlib.sha256()
+        digest.update(f"recipe {RECIPE_VERSION}\0suite {self.apt_source().suite}\0".encode())
+        digest.update(f"service {service}\0".encode())
+        digest.update("\n".join(read_list(recipe / "packages.txt")).encode() + b"\0")
+        _hash_tree(digest, recipe / "files")
         return digest.hexdigest()
 
     def inputs(self, name: str) -> str:
-        return self.base_inputs() if name == BASE else self.agent_inputs(name)
+        if name == BASE:
+            return self.base_inputs()
+        if name in SERVICE_IMAGES:
+            return self.service_inputs(name.removeprefix(SERVICE_PREFIX))
+        return self.agent_inputs(name)
 
     def reference(self, name: str) -> str:
         return f"{repository(name)}:{self.inputs(name)[:12]}"
 
     def _check_agent(self, agent: str) -> None:
         if agent not in AGENTS:
-            raise ImageError(f"unknown image {agent!r}: choose from {', '.join((BASE, *AGENTS))}")
+            known = ", ".join((BASE, *AGENTS, *SERVICE_IMAGES))
+            raise ImageError(f"unknown image {agent!r}: choose from {known}")
         if not self.agent_dir(agent).is_dir():
             raise ImageError(f"no recipe for {agent!r}: {self.agent_dir(agent)} does not exist")
 
-    def _droid_binary(self) -> Path:
-        binary = self.droid_binary
-        if binary is None:
-            raise ImageError(
-                "droid is not on a package registry: download Factory's droid binary and set "
-                f"{DROID_BINARY_ENV} to its path (see deploy/images/agents/droid/README.md)"
-            )
-        if not binary.is_file() or not os.access(binary, os.X_OK):
-            raise ImageError(f"{DROID_BINARY_ENV}={binary} is not an executable file")
-        return binary
+    def _check_service(self, service: str) -> None:
+        if service not in BACKING_SERVICES:
+            known = ", ".join(BACKING_SERVICES)
+            raise ImageError(f"unknown backing service {service!r}: known are {known}")
+        if not (self.service_dir(service) / "packages.txt").is_file():
+            raise ImageError(f"no recipe for {service!r}: {self.service_dir(service)}/packages.txt")
 
     # --- the public operations --------------------------------------------------------------
 
     def ensure(self, name: str) -> ImageInfo:
-        return self.ensure_base() if name == BASE else self.ensure_agent(name)
+        if name == BASE:
+            return self.ensure_base()
+        if name in SERVICE_IMAGES:
+            return self.ensure_service(name.removeprefix(SERVICE_PREFIX))
+        return self.ensure_agent(name)
 
     def ensure_base(self) -> ImageInfo:
         inputs = self.base_inputs()
         return self._ensure(BASE, inputs, lambda ref: self._build_base(ref, inputs))
 
     def ensure_agent(self, agent: str) -> ImageInfo:
-        inputs = self.agent_inputs(agent)  # fails early on a missing recipe or droid binary
+        inputs = self.agent_inputs(agent)  # fails early on a missing recipe
         base = self.ensure_base()
         return self._ensure(agent, inputs, lambda ref: self._build_agent(agent, ref, inputs, base))
 
+    def ensure_service(self, service: str) -> ImageInfo:
+        """The image of a backing service (``postgresql``), built on first use."""
+        inputs = self.service_inputs(service)
+        name = service_image(service)
+        return self._ensure(name, inputs, lambda ref: self._build_service(service, ref, inputs))
+
     def list_images(self) -> list[ImageInfo]:
-        """Every Worker image this machine holds, newest first within each name."""
+        """Every Worker and service image this machine holds, newest first within each name."""
         found = []
         for image in self.docker.images.list(filters={"label": IMAGE_LABEL}):
             labels = image.labels or {}
@@ -301,7 +330,7 @@ class ImageBuilder:
             for tag in image.tags:
                 if tag.startswith(repository(name) + ":"):
                     found.append(self._info(name, tag, image, labels.get(INPUTS_LABEL, "")))
-        order = {name: index for index, name in enumerate((BASE, *AGENTS))}
+        order = {name: index for index, name in enumerate((BASE, *AGENTS, *SERVICE_IMAGES))}
         # Newest first within a name: two stable sorts.
         found.sort(key=lambda i: i.created or "", reverse=True)
         found.sort(key=lambda i: (order.get(i.name, 99), i.name))
@@ -386,25 +415,65 @@ class ImageBuilder:
     # --- the base image ---------------------------------------------------------------------
 
     def _build_base(self, reference: str, inputs: str) -> None:
-        if os.geteuid() != 0:
-            raise ImageError("building the base image needs root (debootstrap and chroot)")
-        source = self.apt_source()
+        def finish(root: Path, log_file: Path) -> None:
+            self._add_worker_user(root)
+            self._add_tools(root, self.base_dir / "files")
+            self._add_wheel_commands(root, log_file)
+
+        changes = [*self._config_changes(BASE, inputs), 'CMD ["/bin/bash"]']
         packages = read_list(self.base_dir / "packages.txt")
-        log_file = self._log_file(BASE, inputs)
-        with self._workdir(BASE) as work:
+        self._build_rootfs(BASE, packages, finish, reference, inputs, changes)
+
+    def _build_service(self, service: str, reference: str, inputs: str) -> None:
+        """A backing service's image: the base's steps with the service's packages and its
+        ``start`` / ``ready`` commands; it runs ``start`` as the package's system user."""
+        recipe = self.service_dir(service)
+        name = service_image(service)
+
+        def finish(root: Path, _log_file: Path) -> None:
+            # The package made a cluster of its own at install: the service makes a fresh one
+            # each start, so this one would only weigh on the image.
+            for made in ("var/lib/postgresql", "etc/postgresql"):
+                for entry in (root / made).glob("*") if (root / made).is_dir() else []:
+                    _remove_tree(entry)
+            self._add_tools(root, recipe / "files")
+
+        changes = [
+            f"LABEL {IMAGE_LABEL}={name}",
+            f"LABEL {INPUTS_LABEL}={inputs}",
+            f"USER {SERVICE_USERS.get(service, 'nobody')}",
+            "WORKDIR /tmp",
+            f'CMD ["{TOOLS_DIR}/start"]',
+        ]
+        packages = read_list(recipe / "packages.txt")
+        self._build_rootfs(name, packages, finish, reference, inputs, changes)
+
+    def _build_rootfs(
+        self,
+        name: str,
+        packages: list[str],
+        finish: Callable[[Path, Path], None],
+        reference: str,
+        inputs: str,
+        changes: list[str],
+    ) -> None:
+        """debootstrap, apt-get install of ``packages``, ``finish(root, log_file)``, tar, import."""
+        if os.geteuid() != 0:
+            raise ImageError(f"building the {name} image needs root (debootstrap and chroot)")
+        source = self.apt_source()
+        log_file = self._log_file(name, inputs)
+        with self._workdir(name) as work:
             root = work / "rootfs"
             self._debootstrap(source, root, log_file)
             self._install_packages(source, root, packages, log_file)
-            self._add_worker_user(root)
-            self._add_tools(root)
-            self._add_wheel_commands(root, log_file)
+            finish(root, log_file)
             tarball = work / "rootfs.tar"
             self._run(
                 "tar", ["tar", "--numeric-owner", "-C", str(root), "-cf", str(tarball), "."],
                 log_file,
             )  # fmt: skip
             _remove_tree(root)
-            self._import(tarball, reference, inputs)
+            self._import(tarball, reference, changes)
 
     def _log_file(self, name: str, inputs: str) -> Path:
         logs = self.cache_dir / "logs"
@@ -441,6 +510,11 @@ class ImageBuilder:
             "LANG": "C.UTF-8",
         }
         apt = ["chroot", str(root), "apt-get", "-q", "-o", "APT::Sandbox::User=root"]
+        # Nothing a package installs is started in the chroot (a server's postinst would try):
+        # the standard policy-rc.d answer "not allowed", removed again after the install.
+        policy = root / "usr/sbin/policy-rc.d"
+        policy.write_text("#!/bin/sh\nexit 101\n")
+        policy.chmod(0o755)
         self._run("apt-get update", [*apt, "update"], log_file, env=env)
         # No fsync per file: a scratch tree that is tarred at the end, or thrown away.
         unsafe_io = ["-o", "Dpkg::Options::=--force-unsafe-io"]
@@ -450,6 +524,7 @@ class ImageBuilder:
             if not (cache / deb.name).exists():
                 _link_or_copy(deb, cache / deb.name)
         self._run("apt-get clean", [*apt, "clean"], log_file, env=env)
+        policy.unlink()
         lists = root / "var/lib/apt/lists"
         for entry in lists.iterdir() if lists.is_dir() else []:
             if entry.is_file():
@@ -471,10 +546,10 @@ class ImageBuilder:
             os.chown(path, uid, uid)
             path.chmod(0o755)
 
-    def _add_tools(self, root: Path) -> None:
+    @staticmethod
+    def _add_tools(root: Path, files: Path) -> None:
         tools = root / TOOLS_DIR.lstrip("/")
         tools.mkdir(parents=True, exist_ok=True)
-        files = self.base_dir / "files"
         for source in sorted(files.iterdir()) if files.is_dir() else []:
             if source.is_file():
                 target = tools / source.name
@@ -511,13 +586,8 @@ class ImageBuilder:
             if not scripts:
                 raise ImageError(f"the wheel {wheel.name} has no commands to install")
 
-    def _import(self, tarball: Path, reference: str, inputs: str) -> None:
-        changes = [
-            *self._config_changes(BASE, inputs),
-            'CMD ["/bin/bash"]',
-            f"ENV PATH={PATH}",
-            "ENV LANG=C.UTF-8",
-        ]
+    def _import(self, tarball: Path, reference: str, changes: list[str]) -> None:
+        changes = [*changes, f"ENV PATH={PATH}", "ENV LANG=C.UTF-8"]
         with tarball.open("rb") as data:
             answer = self.docker.api.import_image_from_data(data, changes=changes)
         image_id = _imported_id(answer)
@@ -551,6 +621,9 @@ class ImageBuilder:
         packages = read_list(self.agent_dir(agent) / "npm-packages.txt")
         if not packages:
             return []
+        npmrc = self.agent_dir(agent) / NPMRC
+        if npmrc.is_file():  # the recipe's npm options (for droid: no optional dependencies)
+            shutil.copyfile(npmrc, stage / NPMRC)
         npm = ["npm", "install", "--prefix", str(stage), "--no-audit", "--no-fund"]
         self._run("npm install", [*npm, "--loglevel=error", *packages], log_file)
         commands = []
@@ -566,7 +639,7 @@ class ImageBuilder:
 
     def _copy_agent_files(self, agent: str, stage: Path) -> list[tuple[str, str]]:
         """The recipe dir's files go beside the packages; its executables (at the top or in
-        ``bin/``) become commands. droid's binary comes from the operator."""
+        ``bin/``) become commands."""
         source = self.agent_dir(agent)
         shutil.copytree(source, stage, dirs_exist_ok=True, symlinks=True)
         commands = []
@@ -574,12 +647,6 @@ class ImageBuilder:
             if path.is_file() and os.access(path, os.X_OK):
                 relative = path.relative_to(source).as_posix()
                 commands.append((path.name, relative))
-        if agent == "droid":
-            binary = stage / "bin" / "droid"
-            binary.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(self._droid_binary(), binary)
-            binary.chmod(0o755)
-            commands.append(("droid", "bin/droid"))
         return commands
 
     def _commit_layer(

@@ -3,20 +3,22 @@ PO Worker's CLI, one turn of an agent's CLI, and the project's tests.
 
 A Worker has no network. Its main process is the forwarder (deploy/images/base/files): it
 exposes the host sockets mounted into the container (the task's gateway, which serves the model
-API and the package registries; for a PO Worker, the API) on loopback ports, which the agent's
-CLI, pip, uv, npm and the ``orchestrator`` CLI use as their base URLs. No credential enters the
-container's environment.
+API and the package registries, and its egress proxy; for a PO Worker, the API) on loopback
+ports, which the agent's CLI, pip, uv, npm and the ``orchestrator`` CLI use as their base URLs,
+and every HTTP client as its proxy. No credential enters the container's environment.
 """
 
 from __future__ import annotations
 
 import posixpath
+import time
 from collections.abc import Callable
 
 from core.contracts.agents import AgentEvent, AgentResult
 from infra.agents.base import DEFAULT_HOME, AgentAdapter, AgentRequest
+from infra.backing_services import ImageFor, start_backing_services
 from infra.containers import ContainerRuntime
-from infra.env_analyzer import MANIFEST, AnalysisError, read_test_spec
+from infra.env_analyzer import MANIFEST, AnalysisError, read_manifest
 from infra.errors import InfraError, refused
 from infra.images import TOOLS_DIR, WORKER_HOME
 from infra.test_reports import (
@@ -31,6 +33,19 @@ from infra.test_reports import (
 GATEWAY_MOUNT = "/run/orchestrator"
 FORWARDER_PORT = 8788
 MODEL_BASE_URL = f"http://127.0.0.1:{FORWARDER_PORT}"
+# Inside the Worker: the egress proxy (gateway/egress.py) from the same mounted directory, and
+# the environment that sends pip, git, curl, npm... to it; loopback (the gateway, the API) is
+# reached directly.
+EGRESS_PORT = 3128
+EGRESS_URL = f"http://127.0.0.1:{EGRESS_PORT}"
+EGRESS_ENV = {
+    "HTTP_PROXY": EGRESS_URL,
+    "HTTPS_PROXY": EGRESS_URL,
+    "http_proxy": EGRESS_URL,
+    "https_proxy": EGRESS_URL,
+    "NO_PROXY": "127.0.0.1,localhost",
+    "no_proxy": "127.0.0.1,localhost",
+}
 # The package caches through the same socket (gateway/app.py), and the environment that points
 # pip, uv and npm at them: the tools work unchanged. No credential: a private upstream's token
 # stays with the cache on the host.
@@ -81,17 +96,34 @@ MAX_JUNIT_BYTES = 8 * 1024 * 1024
 _MISSING = 3  # the exit code of _READ_FILE for a path that is no regular file
 # Run in the Worker: print at most $2 bytes of the regular file $1 (a FIFO would block a read).
 _READ_FILE = f'[ -f "$1" ] || exit {_MISSING}; head -c "$2" -- "$1"'
+# The project's dependency caches inside the Worker: a host directory per project, shared by
+# its tasks (uv's, pip's and npm's caches, and the Tester's environments).
+DEPENDENCIES_MOUNT = "/var/cache/project-deps"
+DEPENDENCY_CACHE_ENV = {
+    "UV_CACHE_DIR": f"{DEPENDENCIES_MOUNT}/uv",
+    "PIP_CACHE_DIR": f"{DEPENDENCIES_MOUNT}/pip",
+    "npm_config_cache": f"{DEPENDENCIES_MOUNT}/npm",
+}
+# What the Tester needs before it runs anything, in one command (each exec costs ~0.1-0.2 s): the
+# hash of the lockfile when the project's dependency directory is there to keep its environment
+# (its first line; "-" else), then the manifest.
+LOCKFILE = "uv.lock"
+_READ_TEST_INPUTS = (
+    f"lock=-; [ -f {LOCKFILE} ] && [ -w {DEPENDENCIES_MOUNT} ] && "
+    f'lock=$(sha256sum < {LOCKFILE} | cut -c1-16); echo "$lock"; '
+    f'[ -f "$1" ] || exit {_MISSING}; head -c "$2" -- "$1"'
+)
 
 
 def forwarder_command(routes: list[tuple[int, str]], multi: bool) -> list[str]:
     """The Worker's main process: ``sleep`` when nothing is forwarded, else the forwarder on
     each (loopback port, socket inside the Worker) route.
 
-    A Worker without API access keeps the single-route form it always had."""
+    One route without API access keeps the single-route form it always had."""
     if not routes:
         return ["sleep", "infinity"]
     command = ["python3", f"{TOOLS_DIR}/forwarder.py"]
-    if not multi:
+    if not multi and len(routes) == 1:
         ((port, socket),) = routes
         return [*command, "--listen", f"127.0.0.1:{port}", "--socket", socket]
     for port, socket in routes:
@@ -206,23 +238,62 @@ async def read_worker_file(
     return done.stdout
 
 
+def tester_environment(lock_hash: str | None) -> dict[str, str]:
+    """Where the test command's uv puts the project's dependencies: one environment per
+    lockfile hash in the project's dependency directory, so they are installed once and found
+    again by the next round and the next task of the project with the same lockfile."""
+    if lock_hash is None:
+        return {}
+    return {"UV_PROJECT_ENVIRONMENT": f"{DEPENDENCIES_MOUNT}/environments/py-{lock_hash}"}
+
+
+async def _read_test_inputs(
+    runtime: ContainerRuntime, worker_id: str
+) -> tuple[str | None, str | None]:
+    """The manifest's text (None without one) and the lockfile's hash (None without one)."""
+    done = await runtime.exec(
+        worker_id,
+        ["sh", "-c", _READ_TEST_INPUTS, "sh", MANIFEST, str(MAX_MANIFEST_BYTES)],
+        timeout=60,
+    )
+    first, _, manifest = done.stdout.partition("\n")
+    if done.timed_out or done.exit_code not in (0, _MISSING) or not first:
+        raise InfraError(f"cannot read {MANIFEST} in the Worker: {done.stderr.strip()[-500:]}")
+    lock_hash = first if first != "-" else None
+    return (manifest if done.exit_code == 0 else None), lock_hash
+
+
 async def run_tests(
     runtime: ContainerRuntime,
     worker_id: str,
     *,
     timeout_s: float,
+    image_for: ImageFor | None = None,
 ) -> TestReport:
     """The project's tests in its Worker, as its manifest's ``test`` section says (``make test``
     without one), and their outcome: from the JUnit XML the command writes when the manifest
     names it, else from the command's output and exit code.
 
-    A manifest the section of which is invalid is reported as a failed run saying why: the agent
-    that wrote it can mend it."""
-    manifest = await read_worker_file(runtime, worker_id, MANIFEST, MAX_MANIFEST_BYTES)
+    The backing services the manifest names are started first (or found, from an earlier
+    round) beside the Worker, and the command gets their URLs in its environment; ``image_for``
+    gives a service's image. Their start counts in ``timeout_s``.
+
+    A manifest that is invalid is reported as a failed run saying why: the agent that wrote it
+    can mend it."""
+    started = time.monotonic()
+    text, lock_hash = await _read_test_inputs(runtime, worker_id)
     try:
-        spec = read_test_spec(manifest)
+        manifest = read_manifest(text)
     except AnalysisError as exc:
         return TestReport(passed=False, exit_code=-1, command="", summary=f"no tests ran: {exc}")
+    spec = manifest.test
+    env = tester_environment(lock_hash)
+    if manifest.backing_services:
+        if image_for is None:
+            raise InfraError("this caller cannot start backing services", retryable=False)
+        env |= await start_backing_services(
+            runtime, worker_id, manifest.backing_services, image_for
+        )
     if spec.junit is not None:
         # A report left by an earlier run (a crash between the run and its removal below) must
         # never pass for this one's.
@@ -238,8 +309,8 @@ async def run_tests(
         worker_id,
         ["sh", "-c", spec.command],
         # A round rewrites files within the same second: no stale .pyc may shadow them.
-        env={"PYTHONDONTWRITEBYTECODE": "1"},
-        timeout=timeout_s,
+        env={**env, "PYTHONDONTWRITEBYTECODE": "1"},
+        timeout=max(1.0, timeout_s - (time.monotonic() - started)),
     )
     output = done.stdout + done.stderr
     if done.timed_out:

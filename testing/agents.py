@@ -1,7 +1,9 @@
 """Run the real agent CLIs (and the scripted runner) on the host, the way a Worker runs them.
 
 The CLIs install once per cache from the npm registry into ``test_images_root()/npm``, at the
-versions the Worker images pin (deploy/images/agents/<agent>/npm-packages.txt when present).
+versions the Worker images pin (every package of deploy/images/agents/<agent>/npm-packages.txt).
+A recipe with its own ``.npmrc`` (droid's) installs into a prefix of its own with that file, as
+the image builder does.
 """
 
 from __future__ import annotations
@@ -17,32 +19,22 @@ from pathlib import Path
 from core.contracts.agents import AgentEvent, AgentResult
 from core.paths import REPO_ROOT
 from infra.agents.base import AgentAdapter, AgentRequest
+from infra.images import NPMRC, npm_package_name, read_list
 from testing.servers import test_images_root
 
 REPO = REPO_ROOT
-# Used when the image builder has no pin file for the agent (yet).
-DEFAULT_PACKAGES = {
-    "claude": "@anthropic-ai/claude-code@2.1.331",
-    "codex": "@openai/codex@0.169.0",
-}
+CLI_AGENTS = ("claude", "codex", "droid")
 
 
-def pinned_package(agent: str) -> str:
-    pins = REPO / "deploy" / "images" / "agents" / agent / "npm-packages.txt"
-    if pins.exists():
-        specs = [
-            line.split("#")[0].strip()
-            for line in pins.read_text().splitlines()
-            if line.split("#")[0].strip()
-        ]
-        if specs:
-            return specs[0]
-    return DEFAULT_PACKAGES[agent]
+def recipe_dir(agent: str) -> Path:
+    return REPO / "deploy" / "images" / "agents" / agent
 
 
-def _split(spec: str) -> tuple[str, str]:
-    name, _, version = spec.rpartition("@")
-    return name, version
+def pinned_packages(agent: str) -> list[str]:
+    specs = read_list(recipe_dir(agent) / "npm-packages.txt")
+    if not specs:
+        raise RuntimeError(f"{agent} pins no npm package in {recipe_dir(agent)}")
+    return specs
 
 
 def _installed_version(prefix: Path, name: str) -> str | None:
@@ -53,24 +45,35 @@ def _installed_version(prefix: Path, name: str) -> str | None:
         return None
 
 
+def _prefix(agent: str) -> Path:
+    root = test_images_root() / "npm"
+    return root / agent if (recipe_dir(agent) / NPMRC).is_file() else root
+
+
 def install_clis() -> dict[str, Path]:
-    """``{"claude": path, "codex": path}``, installing what is missing or at another version."""
+    """``{"claude": path, "codex": path, "droid": path}``, installing what is missing or at
+    another version."""
     if shutil.which("npm") is None:
         raise RuntimeError("npm is not installed; run `make install`")
-    prefix = test_images_root() / "npm"
-    prefix.mkdir(parents=True, exist_ok=True)
-    specs = {agent: pinned_package(agent) for agent in DEFAULT_PACKAGES}
-    missing = [
-        s for s in specs.values() if _installed_version(prefix, _split(s)[0]) != _split(s)[1]
-    ]
-    if missing:
-        subprocess.run(
-            ["npm", "install", "--no-audit", "--no-fund", "--prefix", str(prefix), *missing],
-            check=True,
-            stdout=subprocess.DEVNULL,
-            timeout=600,
-        )
-    return {agent: prefix / "node_modules" / ".bin" / agent for agent in specs}
+    for agent in CLI_AGENTS:
+        prefix = _prefix(agent)
+        prefix.mkdir(parents=True, exist_ok=True)
+        npmrc = recipe_dir(agent) / NPMRC
+        if npmrc.is_file():
+            shutil.copyfile(npmrc, prefix / NPMRC)
+        missing = [
+            spec
+            for spec in pinned_packages(agent)
+            if _installed_version(prefix, npm_package_name(spec)) != spec.rpartition("@")[2]
+        ]
+        if missing:
+            subprocess.run(
+                ["npm", "install", "--no-audit", "--no-fund", "--prefix", str(prefix), *missing],
+                check=True,
+                stdout=subprocess.DEVNULL,
+                timeout=600,
+            )
+    return {agent: _prefix(agent) / "node_modules" / ".bin" / agent for agent in CLI_AGENTS}
 
 
 @dataclass

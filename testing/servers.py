@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -248,11 +250,41 @@ class PackageCache:
         return self.log_file.read_text(errors="replace")
 
 
+# proxpi's lines for a request upstream: an index page refreshed, a file downloaded.
+PROXPI_UPSTREAM = re.compile(r"Refreshing '|Downloading '")
+
+
 @dataclass(frozen=True)
 class PackageCaches:
     settings: Settings  # the home, ports, upstreams and tokens both run with
     pypi: PackageCache
     npm: PackageCache
+
+    def log_sizes(self) -> tuple[int, int]:
+        """Where each cache's log ends now: give it to ``upstream_requests`` later."""
+        return len(self.pypi.log()), len(self.npm.log())
+
+    def upstream_requests(self, since: tuple[int, int] = (0, 0)) -> dict[str, list[str]]:
+        """The requests each cache sent upstream since ``since`` (``log_sizes()``), read from
+        its own log: proxpi's lines for a refreshed index page or a downloaded file, verdaccio's
+        JSON lines whose URL is its uplink's."""
+        pypi_from, npm_from = since
+        pypi = [
+            line
+            for line in self.pypi.log()[pypi_from:].splitlines()
+            if PROXPI_UPSTREAM.search(line)
+        ]
+        uplink = self.settings.npm_registry_url.rstrip("/")
+        npm = []
+        for line in self.npm.log()[npm_from:].splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            url = (entry.get("request") or {}).get("url", "")
+            if url.startswith(uplink):
+                npm.append(url)
+        return {"pypi": pypi, "npm": npm}
 
 
 @contextlib.contextmanager

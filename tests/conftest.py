@@ -172,6 +172,15 @@ def scripted_image(docker_client: docker.DockerClient) -> str:
 
 
 @pytest.fixture(scope="session")
+def postgresql_image(docker_client: docker.DockerClient) -> str:
+    """The test PostgreSQL's sidecar image (deploy/images/services/postgresql), built once per
+    content hash like the Worker images."""
+    from testing.images import image_builder
+
+    return image_builder(docker_client).ensure("service-postgresql").reference
+
+
+@pytest.fixture(scope="session")
 def sshd() -> Iterator[SshHost]:
     """A real sshd on loopback (this machine as a deploy target), shared by the session."""
     with ssh_host() as host:

@@ -213,6 +213,7 @@ class EngineeringWorkflow(WaitsForPerson, TakesTurns):
             agent=str(plan.agent),
             workspace=workspace.path,
             budget=plan.budget,
+            project_id=request.project_id,
         )
         try:
             await self._create_worker(worker)

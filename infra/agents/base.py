@@ -16,9 +16,12 @@ message with a line ``BLOCKED: <question>`` when it cannot go on without a perso
 from __future__ import annotations
 
 import json
+import os
 import posixpath
+import stat
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -31,6 +34,10 @@ DEFAULT_HOME = "/tmp/agent-home"
 # Sent as the API key: the gateway replaces it with the real credential on the host.
 KEY_PLACEHOLDER = "orchestrator-gateway-adds-the-key"
 BLOCKED_MARKER = "BLOCKED:"
+# The repository's instructions for any coding agent (the agents.md convention).
+PROJECT_INSTRUCTIONS = "AGENTS.md"
+# More than any useful instructions file: a bigger one is cut, never read whole into a prompt.
+MAX_INSTRUCTIONS_BYTES = 64 * 1024
 
 BLOCKED_INSTRUCTIONS = (
     "You run unattended: nobody answers questions during the run. Work in the current directory. "
@@ -66,6 +73,8 @@ class AgentCommand(BaseModel):
 
 class AgentAdapter(ABC):
     name: str
+    # The repository instruction files the CLI reads by itself from its working directory.
+    project_instruction_files: tuple[str, ...] = (PROJECT_INSTRUCTIONS,)
 
     def __init__(self, executable: str | None = None) -> None:
         # The CLI's command; by default the one its package installs, named like the adapter.
@@ -84,8 +93,8 @@ class AgentAdapter(ABC):
 
 
 class JsonLinesAdapter(AgentAdapter):
-    """A CLI that prints one JSON object a line (claude, codex, the scripted agent): lines that
-    are no JSON object (a CLI's stray text) are skipped."""
+    """A CLI that prints one JSON object a line (claude, codex, droid, the scripted agent): lines
+    that are no JSON object (a CLI's stray text) are skipped."""
 
     def parse_line(self, line: str) -> list[AgentEvent]:
         obj = json_line(line)
@@ -119,6 +128,37 @@ def instructions_text(request: AgentRequest) -> str:
     if request.instructions:
         parts.append(request.instructions.strip())
     return "\n\n".join(parts) + "\n"
+
+
+def project_instructions(workspace: Path, adapter: type[AgentAdapter]) -> str | None:
+    """The project's ``AGENTS.md`` for a CLI that would not read it by itself, else None.
+
+    Claude Code reads ``CLAUDE.md`` only: a project with an ``AGENTS.md`` and no ``CLAUDE.md``
+    has it joined to the instructions the adapter writes. A CLI that finds one of its own files
+    in the repository gets nothing more (it would read the same text twice).
+    """
+    own_files = adapter.project_instruction_files
+    if any(_read_regular(workspace / name) is not None for name in own_files):
+        return None
+    text = _read_regular(workspace / PROJECT_INSTRUCTIONS)
+    if text is None or not text.strip():
+        return None
+    return text.strip()
+
+
+def _read_regular(path: Path) -> str | None:
+    """A regular file's text (at most :data:`MAX_INSTRUCTIONS_BYTES`), or None. The workspace is
+    the agent's: a symbolic link there must not make the host read a file outside it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return os.read(fd, MAX_INSTRUCTIONS_BYTES).decode("utf-8", errors="replace")
+    finally:
+        os.close(fd)
 
 
 def json_lines(lines: Iterable[str]) -> list[dict[str, Any]]:

@@ -44,6 +44,7 @@ EDIT_TOOLS = {
 
 class ClaudeAdapter(JsonLinesAdapter):
     name = "claude"
+    project_instruction_files = ("CLAUDE.md",)
 
     def command(self, request: AgentRequest) -> AgentCommand:
         config_dir = posixpath.join(request.home, ".claude")

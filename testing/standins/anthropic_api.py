@@ -3,10 +3,13 @@
 Protocol as the real ``claude`` CLI uses it (tried here): ``HEAD /`` first, then
 one ``POST /v1/messages?beta=true`` per turn with ``stream: true`` (server-sent events
 message_start / content_block_start / content_block_delta / content_block_stop / message_delta /
-message_stop). Turn k (k = tool results seen so far) answers with a ``tool_use`` of the Write tool
-for the script's k-th file (absolute path under the working directory named in the system prompt);
-once every write has its tool result, the reply is the script's final text. Requests without tools
-(side calls such as titles) get a short text answer.
+message_stop). Factory's ``droid`` with an ``anthropic`` custom model (tried here) sends the same
+``POST /v1/messages`` (no query), streamed. Turn k (k = tool results seen so far) answers with a
+``tool_use`` of the shell tool the request offers (Claude Code's ``Bash``, droid's ``Execute``)
+for the script's k-th command, then of its file-writing tool (``Write``, droid's ``Create``; both
+take ``file_path`` and ``content``) for each of its files (absolute path under the working
+directory the prompts name); once every call has its tool result, the reply is the script's final
+text. Requests without tools (side calls such as titles) get a short text answer.
 """
 
 from __future__ import annotations
@@ -24,8 +27,13 @@ from starlette.routing import Route
 
 from testing.standins.recording import ModelScript, Recorder, sse, strings
 
-# "Working directory: X" in older prompts, "Primary working directory: X" in 2.1.3xx.
-_CWD = re.compile(r"working directory: (\S+)", re.IGNORECASE)
+# "Working directory: X" in older claude prompts, "Primary working directory: X" in 2.1.3xx;
+# droid shows the output of a `pwd` it ran at start ("% pwd", then the directory on its own line).
+_CWD = re.compile(r"working directory: (\S+)|^% pwd\n(/\S*)", re.IGNORECASE | re.MULTILINE)
+# The tools that write a whole file, by CLI (claude, droid): the same input (file_path, content).
+_WRITE_TOOLS = ("Write", "Create")
+# The tools that run a shell command, by CLI (claude, droid): both take ``command``.
+_SHELL_TOOLS = ("Bash", "Execute")
 
 
 class AnthropicStandIn:
@@ -95,18 +103,27 @@ class AnthropicStandIn:
             for block in message["content"]
             if isinstance(block, dict) and block.get("type") == "tool_result"
         )
-        if done >= len(self.script.writes):
+        commands = self.script.commands
+        if done >= len(commands) + len(self.script.writes):
             return [{"type": "text", "text": self.script.final_text}]
+        if done < len(commands):
+            shell = _offered(body, _SHELL_TOOLS)
+            # droid's Execute also requires a short sentence-cased summary of the command.
+            extra = {"summary": "Run the scripted command"} if shell == "Execute" else {}
+            return [self._tool_use(shell, {"command": commands[done], **extra})]
         cwd = _working_directory(body)
-        write = self.script.writes[done]
-        return [
-            {
-                "type": "tool_use",
-                "id": f"toolu_standin_{next(self._ids)}",
-                "name": "Write",
-                "input": {"file_path": f"{cwd.rstrip('/')}/{write.path}", "content": write.content},
-            }
-        ]
+        write = self.script.writes[done - len(commands)]
+        path = f"{cwd.rstrip('/')}/{write.path}"
+        tool = _offered(body, _WRITE_TOOLS)
+        return [self._tool_use(tool, {"file_path": path, "content": write.content})]
+
+    def _tool_use(self, name: str, tool_input: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "type": "tool_use",
+            "id": f"toolu_standin_{next(self._ids)}",
+            "name": name,
+            "input": tool_input,
+        }
 
     def _usage(self, output_tokens: int) -> dict[str, int]:
         return {
@@ -150,5 +167,14 @@ def _working_directory(body: dict[str, Any]) -> str:
     for text in strings([body.get("system"), body.get("messages")]):
         found = _CWD.search(text)
         if found:
-            return found.group(1)
-    raise ValueError("no 'Working directory:' in the request's prompts")
+            return found.group(1) or found.group(2)
+    raise ValueError("no working directory ('Working directory:' or '% pwd') in the prompts")
+
+
+def _offered(body: dict[str, Any], choices: tuple[str, ...]) -> str:
+    """The first of ``choices`` among the request's tools."""
+    offered = {tool.get("name") for tool in body.get("tools", []) if isinstance(tool, dict)}
+    for name in choices:
+        if name in offered:
+            return name
+    raise ValueError(f"none of the tools {', '.join(choices)} among the request's tools")

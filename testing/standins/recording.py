@@ -21,12 +21,14 @@ class FileWrite:
 
 @dataclass
 class ModelScript:
-    """One tool round per write (in order), then a final text. Every reply reports the same usage,
-    so a test can predict the totals: ``replies * input_tokens`` and ``replies * output_tokens``."""
+    """One tool round per command (in order: a shell command the agent runs, e.g. an install),
+    then one per write, then a final text. Every reply reports the same usage, so a test can
+    predict the totals: ``replies * input_tokens`` and ``replies * output_tokens``."""
 
     writes: list[FileWrite] = field(
         default_factory=lambda: [FileWrite("hello.txt", "hello from the stand-in\n")]
     )
+    commands: list[str] = field(default_factory=list)
     final_text: str = "Created the file."
     input_tokens: int = 100
     output_tokens: int = 20

@@ -14,10 +14,10 @@ from testing.servers import free_port
 
 
 @contextlib.contextmanager
-def serve(app: Any, timeout: float = 10.0) -> Iterator[str]:
-    """Run ``app`` until the block ends; yields its base URL ``http://127.0.0.1:<port>``."""
+def serve(app: Any, timeout: float = 10.0, host: str = "127.0.0.1") -> Iterator[str]:
+    """Run ``app`` until the block ends; yields its base URL ``http://<host>:<port>``."""
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=f"standin-{port}", daemon=True)
     thread.start()
@@ -29,7 +29,7 @@ def serve(app: Any, timeout: float = 10.0) -> Iterator[str]:
             raise TimeoutError(f"the stand-in on port {port} did not start within {timeout}s")
         time.sleep(0.01)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://{host}:{port}"
     finally:
         server.should_exit = True
         thread.join(timeout)

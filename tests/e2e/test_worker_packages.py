@@ -1,5 +1,6 @@
 """Sealed Workers install packages with pip, uv and npm through the registry path, and the second
-Worker that installs the same set is served from the caches alone.
+Worker that installs the same set is served from the caches alone; the real ``claude`` CLI in
+its Worker installs a package with a Bash tool call the same way.
 
 Real parts throughout: Workers made by ``WorkerActivities.create_container`` (the scripted image,
 ``network_mode=none``), the gateway on the task's socket, the forwarder inside, proxpi and
@@ -8,12 +9,16 @@ nothing went upstream for the second Worker is read from the caches' own logs: p
 ``Refreshing '<package>'`` / ``Downloading '<url>'`` for each upstream request, verdaccio one JSON
 line per uplink request whose URL is upstream's.
 
+claude's model is the Anthropic stand-in (testing/standins), reached through the same gateway
+socket; the stand-in's script asks for the Bash tool first.
+
 The caches run with private-index tokens set, as a deployment's would; the scan at the end shows
 they appear in no Worker environment, no log and no file of either home.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import re
@@ -23,6 +28,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import docker
 import pytest
@@ -31,14 +37,18 @@ from redis.asyncio import Redis
 from temporalio.client import Client
 from temporalio.testing import ActivityEnvironment
 
-from activities.workers import CreateContainerInput, WorkerActivities
+from activities.workers import AgentTurnInput, CreateContainerInput, WorkerActivities
 from core.settings import Settings
 from db.engine import Database
 from gateway import Gateway, GatewaySettings
 from infra.containers import ContainerRuntime, ExecResult, container_name
 from infra.images import WORKER_HOME
 from infra.workers import REGISTRY_ENV
+from testing.images import image_builder
 from testing.servers import PackageCaches
+from testing.standins.anthropic_api import AnthropicStandIn
+from testing.standins.recording import ModelScript
+from testing.standins.server import serve
 from testing.workflows import small_runtime
 from tests.conftest import NPM_REGISTRY_TOKEN, PYPI_INDEX_TOKEN
 
@@ -47,6 +57,12 @@ from tests.conftest import NPM_REGISTRY_TOKEN, PYPI_INDEX_TOKEN
 PIP_PACKAGE, PIP_MODULE = "idna==3.10", "idna"
 UV_PACKAGE, UV_MODULE = "iniconfig==2.0.0", "iniconfig"
 NPM_PACKAGE, NPM_MODULE = "is-odd@3.0.1", "is-odd"
+# What the claude CLI's Bash tool call runs (the model asks for it): a package no other test
+# installs, so proxpi fetches it for this test.
+CLAUDE_PACKAGE, CLAUDE_MODULE = "toml==0.10.2", "toml"
+CLAUDE_INSTALL = f"python3 -m venv /tmp/env && /tmp/env/bin/pip install --quiet {CLAUDE_PACKAGE}"
+# The gateway's model API key: fake; the stand-in takes any.
+ANTHROPIC_KEY = "sk-ant-test-SECRET-packages-5e1d8c"
 # pip into a venv made by the image's python3; uv into one uv makes; npm into a new project. Each
 # imports what it installed, so a half-installed package fails here.
 INSTALL = f"""set -eu
@@ -69,8 +85,6 @@ timed npm npm install --silent {NPM_PACKAGE}
 node -e 'require("{NPM_MODULE}")'
 echo installed
 """
-# proxpi's lines for a request upstream: an index page refreshed, a file downloaded.
-PROXPI_UPSTREAM = re.compile(r"Refreshing '|Downloading '")
 
 
 @dataclass
@@ -80,16 +94,20 @@ class Workers:
     image: str
     caches: PackageCaches
     home: Path
+    agent: str = "scripted"  # no model: the registry path is every Worker's
     made: list[str] = field(default_factory=list)
 
     async def create(self) -> str:
         worker_id = f"pkg-{uuid.uuid4().hex[:8]}"
+        workspace = self.home / "workspaces" / worker_id  # the agent's working directory
+        workspace.mkdir(parents=True)
         request = CreateContainerInput(
             worker_id=worker_id,
             task_id=f"task-{worker_id}",
             workflow_id=f"wf-{worker_id}",
-            agent="scripted",  # no model: the registry path is every Worker's
+            agent=self.agent,
             image=self.image,
+            workspace=str(workspace),
         )
         self.made.append(worker_id)
         await ActivityEnvironment().run(self.activities.create_container, request)
@@ -105,22 +123,40 @@ class Workers:
         return done, took
 
 
-def upstream_requests(caches: PackageCaches, pypi_from: int, npm_from: int) -> dict[str, list[str]]:
-    """The requests each cache sent upstream since the given log offsets, from its own log."""
-    pypi = [
-        line for line in caches.pypi.log()[pypi_from:].splitlines() if PROXPI_UPSTREAM.search(line)
-    ]
-    uplink = caches.settings.npm_registry_url.rstrip("/")
-    npm = []
-    for line in caches.npm.log()[npm_from:].splitlines():
+@contextlib.asynccontextmanager
+async def making_workers(
+    home: Path,
+    docker_client: docker.DockerClient,
+    image: str,
+    database: Database,
+    redis: Redis,
+    temporal_client: Client,
+    caches: PackageCaches,
+    agent: str = "scripted",
+    model_api_url: str | None = None,
+) -> AsyncIterator[Workers]:
+    """Workers of ``image`` made by the Worker activities, with the gateway on the session's
+    caches (and forwarding the model API to ``model_api_url``); removed afterwards."""
+    settings = Settings(home=home, worker_memory="512m", worker_pids=256)
+    models: dict[str, Any] = {}
+    if model_api_url is not None:
+        models = {"anthropic_base_url": model_api_url, "anthropic_api_key": ANTHROPIC_KEY}
+    gateway_settings = GatewaySettings(
+        pypi_cache_url=caches.settings.pypi_cache_url,
+        npm_cache_url=caches.settings.npm_cache_url,
+        **models,
+    )
+    runtime = small_runtime(docker_client)
+    async with Gateway(database, gateway_settings) as gateway:
+        activities = WorkerActivities(
+            settings, redis=redis, client=temporal_client, gateway=gateway, runtime=runtime
+        )
+        made = Workers(activities, runtime, image, caches, home, agent)
         try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        url = (entry.get("request") or {}).get("url", "")
-        if url.startswith(uplink):
-            npm.append(url)
-    return {"pypi": pypi, "npm": npm}
+            yield made
+        finally:
+            for worker_id in made.made:
+                await runtime.remove(worker_id)
 
 
 @pytest_asyncio.fixture
@@ -133,22 +169,16 @@ async def workers(
     temporal_client: Client,
     package_caches: PackageCaches,
 ) -> AsyncIterator[Workers]:
-    settings = Settings(home=short_dir, worker_memory="512m", worker_pids=256)
-    gateway_settings = GatewaySettings(
-        pypi_cache_url=package_caches.settings.pypi_cache_url,
-        npm_cache_url=package_caches.settings.npm_cache_url,
-    )
-    runtime = small_runtime(docker_client)
-    async with Gateway(sqlite_database, gateway_settings) as gateway:
-        activities = WorkerActivities(
-            settings, redis=redis, client=temporal_client, gateway=gateway, runtime=runtime
-        )
-        made = Workers(activities, runtime, scripted_image, package_caches, short_dir)
-        try:
-            yield made
-        finally:
-            for worker_id in made.made:
-                await runtime.remove(worker_id)
+    async with making_workers(
+        short_dir,
+        docker_client,
+        scripted_image,
+        sqlite_database,
+        redis,
+        temporal_client,
+        package_caches,
+    ) as made:
+        yield made
 
 
 async def test_a_second_worker_installs_the_same_packages_from_the_caches_alone(
@@ -161,17 +191,17 @@ async def test_a_second_worker_installs_the_same_packages_from_the_caches_alone(
     container = docker_client.containers.get(container_name(first))
     assert container.attrs["HostConfig"]["NetworkMode"] == "none"
 
-    pypi_at, npm_at = len(caches.pypi.log()), len(caches.npm.log())
+    since = caches.log_sizes()
     done, first_s = await workers.install(first)
     assert done.exit_code == 0 and "installed" in done.stdout, (done.stdout, done.stderr)
-    fetched = upstream_requests(caches, pypi_at, npm_at)
+    fetched = caches.upstream_requests(since)
     assert fetched["pypi"] and fetched["npm"], fetched  # a first install: from upstream
 
     second = await workers.create()
-    pypi_at, npm_at = len(caches.pypi.log()), len(caches.npm.log())
+    since = caches.log_sizes()
     done, cached_s = await workers.install(second)
     assert done.exit_code == 0 and "installed" in done.stdout, (done.stdout, done.stderr)
-    assert upstream_requests(caches, pypi_at, npm_at) == {"pypi": [], "npm": []}
+    assert caches.upstream_requests(since) == {"pypi": [], "npm": []}
 
     # The gateway logged the second Worker's requests with its task, for both registries.
     logged = capfd.readouterr()
@@ -232,3 +262,56 @@ async def test_no_private_index_token_in_a_worker_a_log_or_a_file(
     # The scan would have found them: each cache's own process holds its token.
     for cache, token in ((caches.pypi, PYPI_INDEX_TOKEN), (caches.npm, NPM_REGISTRY_TOKEN)):
         assert token in Path(f"/proc/{cache.pid}/environ").read_bytes().decode(errors="replace")
+
+
+async def test_claude_installs_a_package_in_its_worker_with_a_bash_tool_call(
+    short_dir: Path,
+    docker_client: docker.DockerClient,
+    sqlite_database: Database,
+    redis: Redis,
+    temporal_client: Client,
+    package_caches: PackageCaches,
+) -> None:
+    """The real claude CLI in its Worker image, its model the Anthropic stand-in behind the
+    gateway, asks for a Bash tool call that installs a package: it lands, and it came through the
+    session's PyPI cache."""
+    claude_image = image_builder(docker_client).ensure("claude").reference
+    script = ModelScript(commands=[CLAUDE_INSTALL], writes=[], final_text="Installed it.")
+    standin = AnthropicStandIn(script)
+    with serve(standin.app) as url:
+        async with making_workers(
+            short_dir,
+            docker_client,
+            claude_image,
+            sqlite_database,
+            redis,
+            temporal_client,
+            package_caches,
+            agent="claude",
+            model_api_url=url,
+        ) as workers:
+            worker_id = await workers.create()
+            since = package_caches.log_sizes()
+            turn = AgentTurnInput(
+                worker_id=worker_id,
+                task_id=f"task-{worker_id}",
+                agent="claude",
+                prompt="Install toml 0.10.2 in a virtual environment at /tmp/env.",
+                timeout_s=240,
+            )
+            result = await ActivityEnvironment().run(workers.activities.run_agent_turn, turn)
+
+            assert result.status == "completed", result
+            assert result.summary == "Installed it."
+            # The model asked for the command once; the CLI ran it and sent its outcome back.
+            calls = standin.message_requests()
+            assert len(calls) == 2, calls
+            assert "tool_result" in json.dumps(calls[1].body)
+            imported = await workers.runtime.exec(
+                worker_id,
+                ["/tmp/env/bin/python", "-c", f"import {CLAUDE_MODULE} as m; print(m.__version__)"],
+            )
+            assert (imported.exit_code, imported.stdout.strip()) == (0, "0.10.2"), imported
+    # The install went through the registry path: proxpi fetched the package for it.
+    fetched = package_caches.upstream_requests(since)["pypi"]
+    assert any(CLAUDE_MODULE in line for line in fetched), fetched

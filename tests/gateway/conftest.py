@@ -118,3 +118,19 @@ def uds_client(socket_path: Path) -> httpx.AsyncClient:
     """A client straight on a task's socket (no forwarder)."""
     transport = httpx.AsyncHTTPTransport(uds=str(socket_path))
     return httpx.AsyncClient(transport=transport, base_url="http://gateway", timeout=30)
+
+
+async def ask(socket_path: Path, data: bytes) -> tuple[int, str, bytes]:
+    """Send ``data`` raw to a socket (an egress proxy's); the answer's status, reason phrase and
+    body, read until the proxy closes the connection."""
+    reader, writer = await asyncio.open_unix_connection(socket_path)
+    try:
+        writer.write(data)
+        await writer.drain()
+        async with asyncio.timeout(10):
+            answer = await reader.read()
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    _, status, reason = head.split(b"\r\n")[0].decode().split(" ", 2)
+    return int(status), reason, body

@@ -21,7 +21,7 @@ from core.paths import REPO_ROOT
 from db.engine import Database
 from db.tables import ModelUsage
 from db.usage import load_usage
-from gateway import Gateway, socket_path_for
+from gateway import EGRESS_SOCKET_NAME, Gateway, socket_path_for
 from testing.standins.model_upstream import (
     A_CACHE_READ,
     A_CACHE_WRITE,
@@ -34,10 +34,18 @@ from testing.standins.model_upstream import (
     OPENAI_MODEL,
     Upstream,
 )
-from tests.gateway.conftest import ANTHROPIC_KEY, OPENAI_KEY, Forwarders, make_gateway, uds_client
+from tests.gateway.conftest import (
+    ANTHROPIC_KEY,
+    OPENAI_KEY,
+    Forwarders,
+    ask,
+    make_gateway,
+    uds_client,
+)
 
 REPO = REPO_ROOT
 CLIENT_SECRET = "client-side-credential-must-not-travel"
+CONNECT_REFUSED = b"CONNECT pypi.org:443 HTTP/1.0\r\n\r\n"  # no allowlist: a 403
 A_TOKENS_IN = A_IN + A_CACHE_WRITE + A_CACHE_READ
 # The stand-in's prices (conftest.PRICES), USD per million tokens.
 A_COST = (A_IN * 3 + A_CACHE_WRITE * 3.75 + A_CACHE_READ * 0.3 + A_OUT * 15) / 1e6
@@ -334,6 +342,9 @@ async def test_after_the_gateway_process_is_killed_a_reopened_gateway_keeps_coun
         process.kill()
         await process.wait()
     assert sock.exists()  # as a killed process leaves it: nothing listens
+    egress = sock.with_name(EGRESS_SOCKET_NAME)  # and so is the task's egress proxy
+    with pytest.raises(ConnectionRefusedError):
+        await ask(egress, CONNECT_REFUSED)
 
     async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
         with pytest.raises(httpx.TransportError):
@@ -348,8 +359,9 @@ async def test_after_the_gateway_process_is_killed_a_reopened_gateway_keeps_coun
                 for _ in range(2)
             ]
         assert statuses == [200, 400]
+        assert (await ask(egress, CONNECT_REFUSED))[0] == 403  # served again too
         await gateway.close(task_id)
-    assert not sock.exists()
+    assert not sock.exists() and not egress.exists()
 
 
 async def test_many_concurrent_streams_through_one_forwarder(

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
-from infra.env_analyzer import AnalysisError, AppSpec, TestSpec, analyze, read_test_spec
+from infra.env_analyzer import (
+    Allocation,
+    AnalysisError,
+    AppSpec,
+    GeneratedSecret,
+    LiteralValue,
+    TestSpec,
+    UserSecret,
+    analyze,
+    read_manifest,
+    read_test_spec,
+)
 from tests.activities.test_template import render
 
 
@@ -157,3 +169,122 @@ def test_the_test_section_says_the_command_and_the_junit_report(
 def test_an_invalid_test_section_says_what_is_wrong(manifest: str, message: str) -> None:
     with pytest.raises(AnalysisError, match=f"^.orchestrator.yml .*{message}"):
         read_test_spec(manifest)
+
+
+# --- the environment contract --------------------------------------------------------------------
+
+CONTRACT_MANIFEST = """
+backing_services: [postgresql]
+services:
+  - name: api
+    command: python -m app
+    port_env: PORT
+    env: {required: [STRIPE_KEY], optional: [DATABASE_URL, SECRET_KEY, WORKERS, DEBUG]}
+env:
+  STRIPE_KEY: {kind: user_secret, description: From the Stripe dashboard}
+  SECRET_KEY: {kind: generated_secret, length: 48}
+  PORT: {kind: allocation, resource: port}
+  DATABASE_URL: {kind: allocation, resource: postgresql}
+  WORKERS: {kind: literal, value: 2}
+  DEBUG: {kind: literal, value: false}
+"""
+
+
+def test_the_env_contract_types_each_variable(tmp_path: Path) -> None:
+    spec = analyze(repo(tmp_path, {".orchestrator.yml": CONTRACT_MANIFEST}))
+    assert spec.backing_services == ["postgresql"]
+    assert spec.required_env == ["STRIPE_KEY"]
+    assert spec.env_contract == {
+        "STRIPE_KEY": UserSecret(description="From the Stripe dashboard"),
+        "SECRET_KEY": GeneratedSecret(length=48),
+        "PORT": Allocation(resource="port"),
+        "DATABASE_URL": Allocation(resource="postgresql"),
+        # The environment holds text: YAML's numbers and booleans are spelled as it would.
+        "WORKERS": LiteralValue(value="2"),
+        "DEBUG": LiteralValue(value="false"),
+    }
+    # It survives the trip through a workflow's history (JSON) unchanged.
+    assert AppSpec.model_validate_json(spec.model_dump_json()) == spec
+
+
+def test_a_manifest_without_a_contract_reads_as_before(tmp_path: Path) -> None:
+    manifest = "services:\n  - name: api\n    command: ./serve\n    env: {required: [TOKEN]}\n"
+    spec = analyze(repo(tmp_path, {".orchestrator.yml": manifest}))
+    assert spec.required_env == ["TOKEN"]
+    assert spec.env_contract == {} and spec.backing_services == []
+    assert read_manifest(manifest).env == {}
+
+
+@pytest.mark.parametrize(
+    ("contract", "message"),
+    [
+        ("env:\n  A: {kind: secret}\n", "env.A: Input tag 'secret' found using 'kind'"),
+        ("env:\n  A: {value: x}\n", "env.A: Unable to extract tag using discriminator 'kind'"),
+        ("env:\n  A: {kind: allocation}\n", "env.A.allocation.resource: Field required"),
+        ("env:\n  A: {kind: allocation, resource: mysql}\n", "env.A.allocation.resource: "),
+        ("env:\n  A: {kind: literal}\n", "env.A.literal.value: Field required"),
+        ("env:\n  A: {kind: generated_secret, length: 4}\n", "length: Input should be greater"),
+        ("env:\n  A: {kind: user_secret, secret: x}\n", "secret: Extra inputs are not permitted"),
+        (
+            "env:\n  1A: {kind: user_secret}\n",
+            "env: Value error, not environment variable names: 1A",
+        ),
+        (
+            "backing_services: [mongodb]\n",
+            "backing_services: Value error, unknown backing service 'mongodb': known are "
+            "postgresql",
+        ),
+        (
+            "services:\n  - {name: api, command: x, env: {required: [TOKEN]}}\n"
+            "env:\n  PORT: {kind: allocation, resource: port}\n",
+            "service 'api' names TOKEN, which the env contract does not type",
+        ),
+    ],
+)
+def test_an_invalid_contract_says_what_is_wrong(
+    tmp_path: Path, contract: str, message: str
+) -> None:
+    manifest = contract if "services" in contract else contract + "services: [{command: x}]\n"
+    with pytest.raises(
+        AnalysisError, match=f"^.orchestrator.yml is invalid: .*{re.escape(message)}"
+    ):
+        analyze(repo(tmp_path, {".orchestrator.yml": manifest}))
+    with pytest.raises(AnalysisError, match=re.escape(message)):
+        read_test_spec(manifest)  # the Tester refuses it too, rather than half-reading it
+
+
+# --- the manifest's backing services -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("manifest", "services"),
+    [
+        (None, []),
+        ("test: make test\n", []),
+        ("backing_services:\n", []),
+        ("backing_services: [postgresql]\n", ["postgresql"]),
+        ("backing_services: PostgreSQL\n", ["postgresql"]),
+        ("backing_services: [postgresql, postgresql]\n", ["postgresql"]),
+    ],
+)
+def test_the_manifest_names_the_backing_services_its_tests_need(
+    manifest: str | None, services: list[str]
+) -> None:
+    assert read_manifest(manifest).backing_services == services
+
+
+@pytest.mark.parametrize(
+    ("manifest", "message"),
+    [
+        (
+            "backing_services: [postgresql, mysql]\n",
+            "backing_services: .*unknown backing service 'mysql': known are postgresql",
+        ),
+        ("backing_services: {db: postgresql}\n", "backing_services: .*a list of service names"),
+    ],
+)
+def test_an_unknown_backing_service_is_refused_naming_the_known_ones(
+    manifest: str, message: str
+) -> None:
+    with pytest.raises(AnalysisError, match=f"^.orchestrator.yml is invalid: {message}"):
+        read_manifest(manifest)

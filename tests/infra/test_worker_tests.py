@@ -106,6 +106,20 @@ async def test_an_invalid_manifest_runs_nothing_and_says_why(tmp_path: Path) -> 
     assert len(place.argvs) == 1  # the manifest read, nothing run
 
 
+async def test_an_unknown_backing_service_runs_nothing_and_names_the_known_ones(
+    tmp_path: Path,
+) -> None:
+    manifest = "backing_services: [mysql]\ntest: make test\n"
+    place = worker(tmp_path, {".orchestrator.yml": manifest})
+    report = await outcome_of(place)
+    assert not report.passed
+    assert report.summary == (
+        "no tests ran: .orchestrator.yml is invalid: backing_services: Value error, unknown "
+        "backing service 'mysql': known are postgresql"
+    )
+    assert len(place.argvs) == 1  # the manifest read, nothing started, nothing run
+
+
 async def test_a_hanging_command_ends_at_its_limit(tmp_path: Path) -> None:
     place = worker(tmp_path, {".orchestrator.yml": "test: sleep 30\n"})
     report = await outcome_of(place, timeout_s=0.5)

@@ -1,10 +1,12 @@
-"""The real ``claude`` and ``codex`` CLIs run a whole engineering task, through the model gateway.
+"""The real ``claude``, ``codex`` and ``droid`` CLIs run a whole engineering task, through the
+model gateway.
 
 Each run: a scaffolded project, ``EngineeringWorkflow`` on the real worker (real Temporal dev
 server, podman, SQLite, Redis), the agent's Worker image without a network, and the gateway on
-the host forwarding to a local stand-in of the model API (Anthropic Messages, OpenAI Responses)
-that answers with scripted tool calls: write a feature and its unittest test. The Tester runs
-the project's ``make test`` in the Worker, the pull request lands in the local forge.
+the host forwarding to a local stand-in of the model API (Anthropic Messages for claude and for
+droid's custom model, OpenAI Responses for codex) that answers with scripted tool calls: write a
+feature and its unittest test. The Tester runs the project's ``make test`` in the Worker, the
+pull request lands in the local forge.
 
 One run per agent serves several tests (module-scoped): what the task reports, and a scan of
 everything the run left (Temporal histories, the database, Redis streams, the worker's log
@@ -17,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import shutil
 import sqlite3
 import tempfile
@@ -30,10 +31,7 @@ from typing import Any
 import docker
 import pytest
 import pytest_asyncio
-import structlog
 from redis.asyncio import Redis
-from temporalio import activity as temporal_activity
-from temporalio import workflow as temporal_workflow
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.testing import WorkflowEnvironment
 
@@ -43,7 +41,6 @@ from core.contracts.engineering import EngineeringOptions
 from core.contracts.workflows import EngineeringOutput
 from core.enums import AgentName, EventType, TaskStatus
 from core.ids import scaffold_workflow_id
-from core.logging import configure_logging
 from core.settings import Settings
 from db.engine import Database
 from db.migrate import upgrade_async
@@ -55,6 +52,7 @@ from infra.agents import KEY_PLACEHOLDER
 from infra.containers import TASK_ID, ContainerRuntime, ExecResult
 from infra.forges.local import LocalForge
 from testing.images import image_builder
+from testing.logs import logs_to
 from testing.standins.anthropic_api import AnthropicStandIn
 from testing.standins.openai_api import OpenAIStandIn
 from testing.standins.recording import FileWrite, ModelScript, RecordedRequest
@@ -112,16 +110,25 @@ SCRIPT = ModelScript(
 SPEC = "Add a greet(name) function in app/greeting.py with a unittest test."
 FILES = ["app/greeting.py", "tests/test_greeting.py"]
 RUN_TIMEOUT_S = 180.0
+CLI_AGENTS = ["claude", "codex", "droid"]
+# The agents whose model calls go to the Anthropic Messages API (droid through its custom model).
+ANTHROPIC_AGENTS = ("claude", "droid")
 
 
 class RecordingRuntime(ContainerRuntime):
-    """The real runtime, noting what every command in a Worker was given and what its
-    container holds (its environment, command, mounts) while the Worker exists."""
+    """The real runtime, noting what every command in a Worker was given, every file written
+    into it (the CLIs' settings), and what its container holds (its environment, command,
+    mounts) while the Worker exists."""
 
     def __init__(self, client: docker.DockerClient, settings: Settings) -> None:
         super().__init__(client, settings)
         self.exec_envs: list[dict[str, str]] = []
+        self.put_files: dict[str, str] = {}
         self.containers: list[dict[str, Any]] = []
+
+    async def put_file(self, worker_id: str, path: str, content: bytes, mode: int = 0o644) -> None:
+        self.put_files[path] = content.decode(errors="replace")
+        await super().put_file(worker_id, path, content, mode)
 
     async def exec(self, worker_id: str, argv: list[str], **options: Any) -> ExecResult:
         self.exec_envs.append(dict(options.get("env") or {}))
@@ -163,30 +170,6 @@ def short_home() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-@contextlib.contextmanager
-def worker_logs_to(log_dir: Path) -> Iterator[Path]:
-    """The worker's log lines as production writes them (JSON lines in a file), for the run."""
-    root = logging.getLogger()
-    saved = (list(root.handlers), root.level, structlog.get_config())
-    saved_info = (
-        temporal_workflow.logger.workflow_info_on_message,
-        temporal_activity.logger.activity_info_on_message,
-    )
-    configure_logging("temporal-worker", "DEBUG", log_dir)
-    # No cached loggers: after the run, every logger goes back to the test session's set-up.
-    structlog.configure(cache_logger_on_first_use=False)
-    try:
-        yield log_dir / "temporal-worker.log"
-    finally:
-        for handler in root.handlers:
-            handler.close()
-        root.handlers[:], root.level = saved[0], saved[1]
-        structlog.reset_defaults()
-        structlog.configure(**saved[2])
-        temporal_workflow.logger.workflow_info_on_message = saved_info[0]
-        temporal_activity.logger.activity_info_on_message = saved_info[1]
-
-
 def gateway_for(db: Database, url: str) -> Gateway:
     settings = GatewaySettings(
         anthropic_base_url=url,
@@ -200,7 +183,7 @@ def gateway_for(db: Database, url: str) -> Gateway:
 @contextlib.contextmanager
 def stand_in(agent: str, script: ModelScript) -> Iterator[tuple[Any, str]]:
     standin: AnthropicStandIn | OpenAIStandIn
-    standin = AnthropicStandIn(script) if agent == "claude" else OpenAIStandIn(script)
+    standin = AnthropicStandIn(script) if agent in ANTHROPIC_AGENTS else OpenAIStandIn(script)
     with serve(standin.app) as url:
         yield standin, url
 
@@ -229,7 +212,7 @@ async def run_agent_task(
     failure: WorkflowFailureError | None = None
     with (
         stand_in(agent, script) as (standin, url),
-        worker_logs_to(home.parent / "logs") as log_file,
+        logs_to(home.parent / "logs") as log_file,
         pytest.MonkeyPatch.context() as env,
     ):
         for name, value in SECRET_ENV.items():
@@ -269,13 +252,13 @@ async def run_agent_task(
 
 @pytest.fixture(scope="session")
 def agent_images(docker_client: docker.DockerClient) -> dict[str, str]:
-    """The claude and codex Worker images, built once per content hash (the worker's own builder
-    finds them by the same hash)."""
+    """The agents' Worker images, built once per content hash (the worker's own builder finds
+    them by the same hash)."""
     builder = image_builder(docker_client)
-    return {agent: builder.ensure(agent).reference for agent in ("claude", "codex")}
+    return {agent: builder.ensure(agent).reference for agent in CLI_AGENTS}
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="session", params=["claude", "codex"])
+@pytest_asyncio.fixture(scope="module", loop_scope="session", params=CLI_AGENTS)
 async def agent_run(
     request: pytest.FixtureRequest,
     temporal_env: WorkflowEnvironment,
@@ -341,7 +324,7 @@ async def test_the_agent_writes_the_feature_and_a_pull_request_follows(
     developer = [e for e in rows if e.stage == "developer"]
     done = [e for e in developer if e.type == EventType.stage_completed]
     assert [e.message for e in done] == [f"Round 1: the agent is done: {SUMMARY}"]
-    # Both CLIs name the files they edited (codex through its apply_patch tool).
+    # Every CLI names the files it edited (codex through apply_patch, droid through Create).
     assert sorted(done[0].data["files_changed"]) == FILES
     live = [e.message for e in developer if e.data.get("agent_event") == "file_change"]
     assert [name for name in FILES if any(name in m for m in live)] == FILES, live
@@ -360,13 +343,15 @@ async def test_the_agent_writes_the_feature_and_a_pull_request_follows(
     assert stored.result["tokens_in"] == result.tokens_in > 0
 
     # The stand-in got the gateway's key; the CLI in the Worker only ever had the placeholder.
-    secret = ANTHROPIC_SECRET if run.agent == "claude" else OPENAI_SECRET
-    if run.agent == "claude":
+    secret = ANTHROPIC_SECRET if run.agent in ANTHROPIC_AGENTS else OPENAI_SECRET
+    if run.agent in ANTHROPIC_AGENTS:
         assert {c.headers.get("x-api-key") for c in calls} == {secret}
     else:
         assert {c.headers.get("authorization") for c in calls} == {f"Bearer {secret}"}
+    # claude and codex take it from their environment, droid from its custom model's settings.
     agent_envs = [env for env in run.runtime.exec_envs if KEY_PLACEHOLDER in env.values()]
-    assert agent_envs, run.runtime.exec_envs
+    agent_files = [path for path, text in run.runtime.put_files.items() if KEY_PLACEHOLDER in text]
+    assert agent_envs or agent_files, (run.runtime.exec_envs, list(run.runtime.put_files))
     left = docker_client.containers.list(all=True, filters={"label": f"{TASK_ID}={run.task.id}"})
     assert left == []
 
@@ -403,6 +388,8 @@ async def test_no_secret_in_histories_events_logs_or_queues(agent_run: AgentRun)
     assert run.runtime.containers, "no Worker container was seen"
     places["containers"] = json.dumps(run.runtime.containers, default=str)
     places["exec environments"] = json.dumps(run.runtime.exec_envs)
+    for path, text in run.runtime.put_files.items():  # the CLIs' settings and instructions
+        places[f"Worker file {path}"] = text
 
     # Every file the run left under the home: forge, workspace, gateway sockets' directories.
     for path in sorted(p for p in run.home.rglob("*") if p.is_file() and not p.is_symlink()):
@@ -418,7 +405,7 @@ async def test_no_secret_in_histories_events_logs_or_queues(agent_run: AgentRun)
     )
 
 
-@pytest.mark.parametrize("agent", ["claude", "codex"])
+@pytest.mark.parametrize("agent", CLI_AGENTS)
 async def test_a_call_past_the_budget_is_refused_and_the_task_fails(
     agent: AgentName,
     temporal_client: Client,

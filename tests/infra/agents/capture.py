@@ -1,19 +1,20 @@
 """Capture the real output of the agent CLIs into tests/infra/agents/fixtures (the parser tests
 read it).
 
-    .venv/bin/python -m tests.infra.agents.capture
+    .venv/bin/python -m tests.infra.agents.capture [claude|codex|droid ...]
 
-Runs the pinned ``claude`` and ``codex`` against the stand-ins in a fixed workspace path (so the
-fixtures and their tests agree on it) and saves stdout untouched.
+Runs the pinned ``claude``, ``codex`` and ``droid`` (or those named) against the stand-ins in a
+fixed workspace path (so the fixtures and their tests agree on it) and saves stdout untouched.
 """
 
 from __future__ import annotations
 
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
-from infra.agents import ClaudeAdapter, CodexAdapter
+from infra.agents import ClaudeAdapter, CodexAdapter, DroidAdapter
 from infra.agents.base import AgentAdapter, AgentRequest
 from testing.agents import install_clis, run_agent
 from testing.standins.anthropic_api import AnthropicStandIn
@@ -49,23 +50,34 @@ def _capture(name: str, adapter: AgentAdapter, url: str) -> None:
     print(f"{name}: exit {run.exit_code}, {len(run.lines)} lines, {run.seconds:.2f}s")
 
 
-def main() -> None:
-    FIXTURES.mkdir(exist_ok=True)
-    clis = install_clis()
-    claude, codex = ClaudeAdapter(str(clis["claude"])), CodexAdapter(str(clis["codex"]))
+def _capture_anthropic(name: str, adapter: AgentAdapter) -> None:
     anthropic = AnthropicStandIn(SCRIPT)
     with serve(anthropic.app) as url:
-        _capture("claude_completed", claude, url)
+        _capture(f"{name}_completed", adapter, url)
         anthropic.script = FAILING
-        _capture("claude_api_error", claude, url)
+        _capture(f"{name}_api_error", adapter, url)
+
+
+def _capture_codex(codex: CodexAdapter) -> None:
     for edit_with in ("apply_patch", "shell"):
         openai = OpenAIStandIn(SCRIPT, edit_with=edit_with)  # type: ignore[arg-type]
         with serve(openai.app) as url:
             _capture(f"codex_{edit_with}", codex, url)
     with serve(OpenAIStandIn(FAILING).app) as url:
         _capture("codex_api_error", codex, url)
+
+
+def main(agents: list[str]) -> None:
+    FIXTURES.mkdir(exist_ok=True)
+    clis = install_clis()
+    if "claude" in agents:
+        _capture_anthropic("claude", ClaudeAdapter(str(clis["claude"])))
+    if "codex" in agents:
+        _capture_codex(CodexAdapter(str(clis["codex"])))
+    if "droid" in agents:  # droid's custom model speaks the Anthropic Messages API here
+        _capture_anthropic("droid", DroidAdapter(str(clis["droid"])))
     shutil.rmtree(ROOT, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:] or ["claude", "codex", "droid"])

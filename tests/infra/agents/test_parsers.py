@@ -1,4 +1,4 @@
-"""The adapters' parsers on real captured output (fixtures/) and on droid's documented format."""
+"""The adapters' parsers on the CLIs' real output, captured by capture.py (fixtures/)."""
 
 from __future__ import annotations
 
@@ -117,22 +117,53 @@ def test_codex_non_json_and_truncated_output_failed() -> None:
     assert "without a finished turn" in (result.raw_error or "")
 
 
-def test_droid_documented_json_output() -> None:
-    """Factory's documented `droid exec -o json` shape, pretty-printed as in their sample."""
-    adapter, text = DroidAdapter(), (FIXTURES / "droid_documented.json").read_text()
-    result = adapter.result(text.splitlines(), 0)
+def test_droid_completed_capture() -> None:
+    adapter, lines = DroidAdapter(), _lines("droid_completed.jsonl")
+    result = adapter.result(lines, 0, workdir=CAPTURE_WORKSPACE)
     assert result.status == "completed"
-    assert result.summary.startswith("Added greet()")
-    assert (result.files_changed, result.tokens_in, result.cost_usd) == ([], 0, None)
+    assert result.summary == "Added greet() and its test."
+    assert result.files_changed == FILES
+    assert (result.tokens_in, result.tokens_out, result.cost_usd) == (450, 75, None)
+    events = [e for line in lines for e in adapter.parse_line(line)]
+    assert [(e.kind, e.text) for e in events] == [
+        ("file_change", f"{CAPTURE_WORKSPACE}/app/greet.py"),
+        ("file_change", f"{CAPTURE_WORKSPACE}/tests/test_greet.py"),
+        ("message", "Added greet() and its test."),
+    ]
+    assert events[0].data["tool"] == "Create"
 
-    one_line = json.loads(text) | {"is_error": True, "result": "permission denied"}
-    failed = adapter.result([json.dumps(one_line)], 1)
-    assert failed.status == "failed" and "permission denied" in (failed.raw_error or "")
-    assert [e.kind for e in adapter.parse_line(json.dumps(one_line))] == ["error"]
 
-    blocked = json.loads(text) | {"result": "BLOCKED: Which branch?"}
-    assert adapter.result(["noise", json.dumps(blocked)], 0).question == "Which branch?"
-    assert adapter.result(["not json"], 2).status == "failed"
+def test_droid_api_error_capture() -> None:
+    adapter, lines = DroidAdapter(), _lines("droid_api_error.jsonl")
+    result = adapter.result(lines, 1, workdir=CAPTURE_WORKSPACE)
+    assert result.status == "failed"
+    assert "task budget exceeded" in (result.raw_error or "")
+    assert "(exit 1)" in (result.raw_error or "")
+    assert result.files_changed == [] and result.question is None
+    events = [e for line in lines for e in adapter.parse_line(line)]
+    assert [e.kind for e in events] == ["error", "error"]
+    assert "task budget exceeded" in events[0].text and events[1].text == "Exec failed"
+
+
+def test_droid_killed_or_failed_tool_and_blocked() -> None:
+    lines = _lines("droid_completed.jsonl")
+    killed = DroidAdapter().result(lines[:-1], -9, workdir=CAPTURE_WORKSPACE)
+    assert killed.status == "failed" and "no completion line (exit -9)" in (killed.raw_error or "")
+    assert killed.files_changed == FILES  # what it did before dying still counts
+
+    # A Create whose result is an error changed nothing.
+    second_result = json.loads(lines[5])
+    assert second_result["type"] == "tool_result"
+    second_result |= {"isError": True, "value": "EACCES: permission denied"}
+    edited = [*lines[:5], json.dumps(second_result), *lines[6:]]
+    result = DroidAdapter().result(edited, 0, workdir=CAPTURE_WORKSPACE)
+    assert result.files_changed == ["app/greet.py"]
+    assert [e.kind for e in DroidAdapter().parse_line(json.dumps(second_result))] == ["error"]
+
+    final = json.loads(lines[-1]) | {"finalText": "Half done.\nBLOCKED: Which branch?"}
+    blocked = DroidAdapter().result(["noise", *lines[:-1], json.dumps(final)], 0)
+    assert (blocked.status, blocked.question) == ("blocked", "Which branch?")
+    assert DroidAdapter().result(["not json"], 2).status == "failed"
 
 
 def test_commands_carry_no_secret_and_point_at_the_forwarder() -> None:
@@ -156,4 +187,7 @@ def test_commands_carry_no_secret_and_point_at_the_forwarder() -> None:
     assert 'wire_api = "responses"' in config
     droid = get_adapter("droid").command(request)
     settings = json.loads(next(f.content for f in droid.files if f.path.endswith("settings.json")))
-    assert settings["customModels"][0]["baseUrl"] == "http://127.0.0.1:7000"
+    model = settings["customModels"][0]
+    assert (model["baseUrl"], model["provider"]) == ("http://127.0.0.1:7000", "anthropic")
+    assert model["apiKey"] == KEY_PLACEHOLDER
+    assert droid.env["FACTORY_AIRGAP_ENABLED"] == "true"  # no call to Factory's servers

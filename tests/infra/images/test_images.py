@@ -120,7 +120,7 @@ def test_claude_and_codex_run_in_their_images(
     # Each agent image is the base plus one layer holding that agent only.
     assert "claude" not in run(docker_client, worker_images["codex"].reference, "ls /usr/local/bin")
     base_layers = docker_client.images.get(worker_images["base"].reference).attrs["RootFS"]
-    for agent in ("claude", "codex"):
+    for agent in ("claude", "codex", "droid"):
         layers = docker_client.images.get(worker_images[agent].reference).attrs["RootFS"]
         assert layers["Layers"][:-1] == base_layers["Layers"]
         assert len(layers["Layers"]) == len(base_layers["Layers"]) + 1
@@ -200,31 +200,62 @@ def test_changing_an_input_changes_the_hash(
         docker_client.images.get(copy.reference("base"))
 
 
-def test_droid_needs_the_operator_s_binary(
-    docker_client: docker.DockerClient,
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
-    worker_images: dict[str, ImageInfo],
+def test_droid_runs_in_its_image_from_npm_alone(
+    docker_client: docker.DockerClient, worker_images: dict[str, ImageInfo]
 ):
-    monkeypatch.delenv("ORCHESTRATOR_DROID_BINARY", raising=False)
-    without = ImageBuilder(docker_client, tmp_path / "cache")
-    with pytest.raises(ImageError, match="ORCHESTRATOR_DROID_BINARY"):
-        without.ensure_agent("droid")
-
-    # A stand-in binary with fixed content: built once, a cache hit on later runs.
-    binary = tmp_path / "droid"
-    binary.write_text('#!/bin/sh\necho "droid stand-in $*"\n')
-    binary.chmod(0o755)
-    builder = ImageBuilder(docker_client, tmp_path / "cache", droid_binary=binary)
-    info = builder.ensure_agent("droid")
-    output = run(docker_client, info.reference, f"droid --version; ls {AGENTS_DIR}/droid")
-    assert output.splitlines()[0] == "droid stand-in --version"
-    assert "README.md" in output
+    """droid's image holds the two pinned npm packages and no optional platform variant, and its
+    executable once (the launcher is a hard link to the platform package's binary)."""
+    pins = dict(
+        spec.rsplit("@", 1) for spec in read_list(RECIPES / "agents" / "droid" / "npm-packages.txt")
+    )
+    home = f"{AGENTS_DIR}/droid/node_modules/@factory"
+    script = (
+        f"droid --version; ls {home}; stat -L -c %h /usr/local/bin/droid;"
+        f"du -sm {AGENTS_DIR}/droid | cut -f1"
+    )
+    lines = run(docker_client, worker_images["droid"].reference, script).splitlines()
+    assert lines[0] == pins["@factory/cli-linux-x64"]
+    assert lines[1:3] == ["cli", "cli-linux-x64"]
+    assert lines[3] == "2"  # the launcher and the platform binary are one file
+    assert int(lines[4]) < 400, f"{lines[4]} MB: more than one droid binary?"
 
 
 def test_an_unknown_image_is_refused(images_builder: ImageBuilder):
-    with pytest.raises(ImageError, match="unknown image 'nope'"):
+    with pytest.raises(ImageError, match=r"unknown image 'nope': .*service-postgresql"):
         images_builder.ensure("nope")
+    with pytest.raises(ImageError, match="unknown backing service 'redis': known are postgresql"):
+        images_builder.ensure_service("redis")
+
+
+def test_the_postgresql_image_is_built_from_its_recipe_and_listed(
+    docker_client: docker.DockerClient,
+    docker_host: str,
+    images_builder: ImageBuilder,
+    postgresql_image: str,
+    tmp_path: Path,
+):
+    info = images_builder.ensure("service-postgresql")
+    assert (info.reference, info.built) == (postgresql_image, False)
+    env = {"DOCKER_HOST": docker_host, "ORCHESTRATOR_HOME": str(tmp_path / "home")}
+    built = CliRunner().invoke(app, ["images", "build", "service-postgresql", "--json"], env=env)
+    assert built.exit_code == 0, built.output
+    assert [(i["reference"], i["built"]) for i in json.loads(built.stdout)] == [
+        (info.reference, False)
+    ]
+    assert info.reference == f"localhost/orchestrator/service-postgresql:{info.inputs[:12]}"
+    image = docker_client.images.get(info.reference)
+    assert image.labels[IMAGE_LABEL] == "service-postgresql"
+    assert image.attrs["Config"]["User"] == "postgres"
+    assert image.attrs["Config"]["Cmd"] == [f"{TOOLS_DIR}/start"]
+    assert info.reference in {i.reference for i in images_builder.list_images()}
+    # Its own recipe moves its hash, and only its.
+    shutil.copytree(RECIPES, tmp_path / "images")
+    copy = ImageBuilder(docker_client, tmp_path / "cache", tmp_path)
+    assert copy.inputs("service-postgresql") == info.inputs
+    start = tmp_path / "images" / "services" / "postgresql" / "files" / "start"
+    start.write_text(start.read_text() + "\n# edited\n")
+    assert copy.inputs("service-postgresql") != info.inputs
+    assert copy.inputs("base") == images_builder.inputs("base")
 
 
 def test_the_cli_builds_from_cache_and_lists(
