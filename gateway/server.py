@@ -105,6 +105,7 @@ class Gateway:
         self.egress_allowlist = egress.Allowlist(self.settings.egress_allowlist)
         self._served: dict[str, _Served] = {}
         self._lock = asyncio.Lock()
+        self._draining: set[asyncio.Task[None]] = set()  # closed servers ending their requests
 
     async def __aenter__(self) -> Gateway:
         return self
@@ -147,12 +148,14 @@ class Gateway:
         async with self._lock:
             served = self._served.get(task_id)
             if served is not None:
-                await self._stop(task_id, served)
+                await self._stop(task_id, served, drain=False)
                 log.info("gateway closed", task_id=task_id)
 
     async def aclose(self) -> None:
         for task_id in list(self._served):
             await self.close(task_id)
+        if self._draining:
+            await asyncio.gather(*self._draining, return_exceptions=True)
         await self.http.aclose()
 
     def is_open(self, task_id: str) -> bool:
@@ -252,9 +255,28 @@ class Gateway:
             and served.egress.serving()
         )
 
-    async def _stop(self, task_id: str, served: _Served) -> None:
+    async def _stop(self, task_id: str, served: _Served, *, drain: bool = True) -> None:
+        """Stop serving: the socket files go at once (unless someone bound those paths again
+        since); the servers end after their open requests, awaited here, or with ``drain=False``
+        in the background (``aclose`` waits for those), so a close costs no server tick."""
         self._served.pop(task_id, None)
+        for path, inode in (
+            (served.socket_path, served.inode),
+            (served.egress_path, served.egress_inode),
+        ):
+            if _same_file(path, inode):
+                with contextlib.suppress(OSError):
+                    path.unlink()
         served.server.should_exit = True
+        if drain:
+            await self._drain(task_id, served)
+            return
+        draining = asyncio.create_task(self._drain(task_id, served))
+        self._draining.add(draining)
+        draining.add_done_callback(self._draining.discard)
+
+    @staticmethod
+    async def _drain(task_id: str, served: _Served) -> None:
         try:
             await asyncio.wait_for(asyncio.shield(served.task), timeout=10)
         except TimeoutError:
@@ -263,14 +285,6 @@ class Gateway:
         except Exception:
             log.exception("gateway server failed", task_id=task_id)
         await served.egress.stop()
-        # Remove the socket files unless someone has bound those paths again since.
-        for path, inode in (
-            (served.socket_path, served.inode),
-            (served.egress_path, served.egress_inode),
-        ):
-            if _same_file(path, inode):
-                with contextlib.suppress(OSError):
-                    path.unlink()
 
 
 def _same_file(path: Path, inode: int) -> bool:
