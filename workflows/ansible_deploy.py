@@ -21,7 +21,7 @@ from workflows.policies import (
     RELEASE_MARGIN,
     RELEASE_RETRY,
 )
-from workflows.toolkit import describe_failure, host_with
+from workflows.toolkit import describe_failure, host_with, signal_run
 
 with workflow.unsafe.imports_passed_through():
     from activities.releases import PLAYBOOK_TIMEOUT_S, ReleaseActivities
@@ -76,8 +76,6 @@ async def _notify(workflow_id: str | None, result: AnsibleDeployOutput) -> None:
     if not workflow_id:
         return
     try:
-        await workflow.get_external_workflow_handle(workflow_id).signal(
-            ANSIBLE_DEPLOY_ENDED, result
-        )
+        await signal_run(workflow_id, ANSIBLE_DEPLOY_ENDED, result)
     except FailureError as failure:
         workflow.logger.info("%s not told: %s", workflow_id, describe_failure(failure))

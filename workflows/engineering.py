@@ -36,6 +36,7 @@ from workflows.toolkit import (
     close_gateway,
     gateway_was_opened,
     host_with,
+    signal_run,
 )
 
 with workflow.unsafe.imports_passed_through():
@@ -321,9 +322,7 @@ class EngineeringWorkflow(WaitsForPerson, TakesTurns):
     async def _ask_scaffold_to_tell(self, child_id: str) -> bool:
         """Ask the scaffold run to signal its end; False when it closed already."""
         try:
-            await workflow.get_external_workflow_handle(child_id).signal(
-                SCAFFOLD_NOTIFY, workflow.info().workflow_id
-            )
+            await signal_run(child_id, SCAFFOLD_NOTIFY, workflow.info().workflow_id)
         except FailureError:
             return False
         return True

@@ -58,12 +58,31 @@ TURNS_PATCH = "turns-wait-in-workflow-code"
 # Runs from before it opened a gateway socket only for Workers of agents that use a model; new
 # runs open one for every Worker (its way to the package registries) and close it after.
 GATEWAY_FOR_EVERY_WORKER_PATCH = "gateway-for-every-worker"
+# Runs from before it went on after a signal to another run when their own cancel request came
+# in the same workflow task as the signal's completion (see ``signal_run``).
+SIGNAL_KEEPS_CANCEL_PATCH = "signal-keeps-a-cancel-that-came-with-it"
 
 
 def host_with(capability: Capability) -> str:
     """The task queue of the activities only a host with ``capability`` runs (a container
     engine, Ansible), beside the queue this run is on: core/task_queues.py."""
     return capability_queue(workflow.info().task_queue, capability)
+
+
+async def signal_run(workflow_id: str, signal: str, arg: Any) -> None:
+    """Signal another run, hearing this run's cancel request even when it came with the signal.
+
+    The SDK shields a signal from the caller's cancellation; when the cancel request and the
+    signal's completion arrive in one workflow task, the completed signal wins and the cancel
+    is dropped (the run then waits on, deaf to it). Raise it here instead.
+    """
+    cancelled_before = workflow.cancellation_reason() is not None
+    try:
+        await workflow.get_external_workflow_handle(workflow_id).signal(signal, arg)
+    finally:  # also when the signal failed: the caller must not take that for the whole story
+        cancelled_meanwhile = not cancelled_before and workflow.cancellation_reason() is not None
+        if cancelled_meanwhile and workflow.patched(SIGNAL_KEEPS_CANCEL_PATCH):
+            raise asyncio.CancelledError()
 
 
 def describe_failure(error: BaseException) -> str:
@@ -327,9 +346,7 @@ class TakesTurns:
         pool_workflow_id = asked.get(key) or turns_workflow_id(workflow.info().task_queue, pool)
         self._turn_pools = tuple((k, p) for k, p in self._turn_pools if k != key)
         try:
-            await workflow.get_external_workflow_handle(pool_workflow_id).signal(
-                TURNS_GIVE_BACK, give_back
-            )
+            await signal_run(pool_workflow_id, TURNS_GIVE_BACK, give_back)
         except FailureError as failure:  # no such pool: nothing to give back
             workflow.logger.warning("turn of %s not given back: %s", pool, failure)
 
