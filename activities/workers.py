@@ -53,6 +53,8 @@ from infra.workers import (
     API_MOUNT,
     API_PORT,
     API_URL,
+    CA_BUNDLE_TARGET,
+    CA_ENV,
     CLI_HOME,
     CLI_MOUNT,
     DEPENDENCIES_MOUNT,
@@ -63,10 +65,12 @@ from infra.workers import (
     GATEWAY_MOUNT,
     MODEL_BASE_URL,
     REGISTRY_ENV,
+    UV_CONFIG_TARGET,
     forwarder_command,
     give_cli_key,
     run_agent_turn,
     write_file,
+    write_uv_config,
 )
 
 log = get_logger("activities.workers")
@@ -210,7 +214,12 @@ class WorkerActivities:
             (FORWARDER_PORT, f"{GATEWAY_MOUNT}/{socket.name}"),
             (EGRESS_PORT, f"{GATEWAY_MOUNT}/{EGRESS_SOCKET_NAME}"),
         ]
-        env: dict[str, str] = REGISTRY_ENV | EGRESS_ENV
+        uv_config = write_uv_config(self.settings.home_dir / "workers")
+        mounts.append(Mount(source=uv_config, target=UV_CONFIG_TARGET, read_only=True))
+        env: dict[str, str] = REGISTRY_ENV | EGRESS_ENV | CA_ENV
+        if self.settings.worker_ca_bundle is not None:
+            bundle = self.settings.worker_ca_bundle.resolve()
+            mounts.append(Mount(source=bundle, target=CA_BUNDLE_TARGET, read_only=True))
         if request.api is not None:
             api_mounts, api_env = await self._api_access(request.worker_id, request.api)
             mounts += api_mounts

@@ -56,12 +56,11 @@ from testing import servers  # noqa: E402
 
 INSTALL_TIMEOUT_S = 900
 # In the Worker: the lockfile's packages, at its versions and hashes, into the project's .venv,
-# with the Worker's own (empty) uv cache; "took <start> <end>" around the install alone. Not
-# `uv sync --locked`: the lockfile names https://pypi.org/simple and its files' URLs, and uv
-# holds a lockfile resolved on another index out of date ("needs to be updated") and downloads
-# from those URLs (--frozen), which a sealed Worker cannot reach. `uv export --frozen` reads only
-# the lockfile; `uv pip sync` installs exactly that set through the Worker's index (the cache),
-# checking every file against the lockfile's hash.
+# with the Worker's own (empty) uv cache; "took <start> <end>" around the install alone, as the
+# Tester installs (infra/workers.py). Not `uv sync`: it downloads from the files' PyPI URLs the
+# lockfile names, past the cache. `uv export --frozen` reads only the lockfile; `uv pip sync`
+# installs exactly that set through the Worker's uv pip index (the cache), checking every file
+# against the lockfile's hash.
 SYNC = """set -eu
 uv export --quiet --frozen --no-emit-project --output-file /tmp/requirements.txt
 uv venv --quiet .venv

@@ -21,6 +21,14 @@ from core.task_queues import CAPABILITIES, Capability
 REDIS_USER = "orchestrator"
 
 
+# Where Debian-like hosts (and the Worker image) keep the certificate authorities they trust.
+SYSTEM_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+
+
+def _host_ca_bundle() -> Path | None:
+    return SYSTEM_CA_BUNDLE if SYSTEM_CA_BUNDLE.is_file() else None
+
+
 def _env(name: str) -> AliasChoices:
     """Accept both ``ORCHESTRATOR_NAME`` and the bare, conventional ``NAME``."""
     return AliasChoices(f"ORCHESTRATOR_{name}", name)
@@ -106,6 +114,12 @@ class Settings(BaseSettings):
     worker_cpus: float = Field(default=1.0, gt=0)
     worker_pids: int = Field(default=512, gt=0, description="Most processes in one Worker")
     worker_user: str = Field(default="1000:1000", description="uid:gid Workers run as")
+    worker_ca_bundle: Path | None = Field(
+        default_factory=_host_ca_bundle,
+        description="The certificate authorities a Worker trusts for HTTPS through its egress "
+        "proxy (mounted over the image's own bundle): the host's by default, so a TLS-inspecting "
+        "proxy the host trusts is trusted there too",
+    )
     max_workers: int = Field(default=4, gt=0, description="Most task Workers at a time")
     max_po_workers: int = Field(
         default=4, gt=0, description="Most PO session Workers at a time, apart from task Workers"
@@ -231,6 +245,18 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return list(dict.fromkeys(part.strip() for part in value.split(",") if part.strip()))
         return value
+
+    @field_validator("worker_ca_bundle", mode="before")
+    @classmethod
+    def _no_bundle_when_empty(cls, value: Any) -> Any:
+        return None if value == "" else value  # ORCHESTRATOR_WORKER_CA_BUNDLE= keeps the image's
+
+    @field_validator("worker_ca_bundle")
+    @classmethod
+    def _bundle_is_a_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.expanduser().is_file():
+            raise ValueError("ORCHESTRATOR_WORKER_CA_BUNDLE names no file")
+        return value.expanduser() if value is not None else None
 
     @field_validator("telegram_admins", mode="before")
     @classmethod

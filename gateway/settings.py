@@ -14,6 +14,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from gateway.egress import parse_allowlist
 
+# PyPI's index and the host of its files: the URLs a uv lockfile names.
+PYPI_HOSTS = ("pypi.org", "files.pythonhosted.org")
+
 
 class ModelPrice(BaseModel):
     """USD per million tokens. Cached input costs ``cache_read`` / ``cache_write`` when given."""
@@ -58,9 +61,10 @@ class GatewaySettings(BaseSettings):
         default=600.0, gt=0, description="Longest silence in an upstream answer (long thinking)"
     )
     egress_allowlist: Annotated[list[str], NoDecode] = Field(
-        default_factory=list,
+        default_factory=lambda: list(PYPI_HOSTS),
         description="Hosts a Worker may reach through the egress proxy: comma-separated names or "
-        "addresses, *.example.com for the names under example.com; empty: none",
+        "addresses, *.example.com for the names under example.com; empty: none. The default, "
+        "PyPI's index and files, is what uv's project commands need (see infra/workers.py)",
     )
 
     @field_validator("egress_allowlist", mode="before")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import posixpath
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from core.contracts.agents import AgentEvent, AgentResult
 from infra.agents.base import DEFAULT_HOME, AgentAdapter, AgentRequest
@@ -55,12 +56,31 @@ NPM_REGISTRY_URL = f"{REGISTRY_URL}/npm/"
 REGISTRY_ENV = {
     "PIP_INDEX_URL": PYPI_INDEX_URL,
     "PIP_DISABLE_PIP_VERSION_CHECK": "1",
-    "UV_DEFAULT_INDEX": PYPI_INDEX_URL,
     "UV_PYTHON_DOWNLOADS": "never",  # uv uses the image's python3; it cannot download one
     "npm_config_registry": NPM_REGISTRY_URL,
     "npm_config_audit": "false",
     "npm_config_fund": "false",
     "npm_config_update_notifier": "false",
+}
+# uv's system configuration in the Worker (mounted read-only): ``uv pip`` installs through the
+# registry path. uv's project commands (add, lock, sync, run) keep PyPI's own index, because a
+# lockfile records the index and file URLs it was made with: one made against the registry path
+# would name an address only a Worker has, and uv would call PyPI's lockfiles out of date. They
+# reach PyPI through the egress proxy (its default allowlist names PyPI's two hosts), and the
+# project's uv cache keeps what they fetched for its next task.
+UV_CONFIG_TARGET = "/etc/uv/uv.toml"
+UV_CONFIG = f'''# Written by the orchestrator: uv pip installs through the package cache.
+[pip]
+index-url = "{PYPI_INDEX_URL}"
+'''
+# The Worker's certificate authorities (the host's bundle, mounted over the image's when the
+# settings name one), and the environment that makes uv and node read them as Debian's OpenSSL,
+# curl and git already do.
+CA_BUNDLE_TARGET = "/etc/ssl/certs/ca-certificates.crt"
+CA_ENV = {
+    "SSL_CERT_FILE": CA_BUNDLE_TARGET,
+    "UV_SYSTEM_CERTS": "1",
+    "NODE_EXTRA_CA_CERTS": CA_BUNDLE_TARGET,
 }
 # Inside a PO Worker: the API socket's directory, the forwarder's port for it, the CLI bundle,
 # and the CLI's home (its key file).
@@ -109,12 +129,10 @@ DEPENDENCY_CACHE_ENV = {
 # and whether that environment is installed (its first line: "<hash>", "<hash> installed", or
 # "-"), then the manifest.
 LOCKFILE = "uv.lock"
-# The index a uv lockfile made against PyPI names.
-CANONICAL_PYPI_INDEX = "https://pypi.org/simple"
-# Run in the Worker: install uv.lock's packages into the environment $1 once. uv would refuse
-# the lockfile as it stands (`--locked`: it names PyPI's URLs, the Worker's index is the registry
-# path; `--frozen`: its files' URLs are PyPI's, which the Worker cannot reach), so its exact
-# versions and hashes are exported and installed through the registry path.
+# Run in the Worker: install uv.lock's packages into the environment $1 once, through the
+# registry path and its cache rather than from the files' PyPI URLs the lockfile names (which
+# `uv sync` would fetch, uncached, through the egress proxy): its exact versions and hashes are
+# exported and installed with uv pip.
 _INSTALL_LOCKED = """set -e
 [ -f "$1/.installed" ] && exit 0
 requirements=$(mktemp)
@@ -265,15 +283,21 @@ def environment_for(lock_hash: str) -> str:
 
 def tester_environment(lock_hash: str | None) -> dict[str, str]:
     """What the test command's uv is given once the lockfile's packages are installed: their
-    environment, no network (nothing is left to fetch), and PyPI's own index URL, the one the
-    lockfile names (with the registry path's URL uv would call the lockfile out of date)."""
+    environment, and no network (nothing is left to fetch)."""
     if lock_hash is None:
         return {}
-    return {
-        "UV_PROJECT_ENVIRONMENT": environment_for(lock_hash),
-        "UV_OFFLINE": "1",
-        "UV_DEFAULT_INDEX": CANONICAL_PYPI_INDEX,
-    }
+    return {"UV_PROJECT_ENVIRONMENT": environment_for(lock_hash), "UV_OFFLINE": "1"}
+
+
+def write_uv_config(directory: Path) -> Path:
+    """The file mounted at ``UV_CONFIG_TARGET`` in every Worker, (re)written when it differs."""
+    path = directory / "uv.toml"
+    if not path.is_file() or path.read_text() != UV_CONFIG:
+        directory.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial")
+        partial.write_text(UV_CONFIG)
+        partial.replace(path)
+    return path
 
 
 async def install_locked(

@@ -29,8 +29,9 @@ from activities.workers import CreateContainerInput, WorkerActivities
 from core.settings import Settings
 from db.engine import Database
 from gateway import Gateway, GatewaySettings
+from gateway.settings import PYPI_HOSTS
 from infra.containers import ContainerRuntime, ExecResult
-from infra.workers import EGRESS_PORT, EGRESS_URL
+from infra.workers import EGRESS_PORT, EGRESS_URL, UV_CONFIG, UV_CONFIG_TARGET
 from testing.logs import log_lines, logs_to
 from testing.standins.server import serve
 from testing.waiting import eventually
@@ -82,7 +83,7 @@ async def worker(
         serve(app, host=HOST_ADDRESS) as host_url,
         logs_to(tmp_path / "logs") as log_file,
     ):
-        allow = GatewaySettings(egress_allowlist=[HOST_ADDRESS])
+        allow = GatewaySettings(egress_allowlist=[HOST_ADDRESS, *PYPI_HOSTS])
         async with Gateway(sqlite_database, allow) as gateway:
             activities = WorkerActivities(
                 settings, redis=redis, client=temporal_client, gateway=gateway, runtime=runtime
@@ -113,7 +114,7 @@ async def _listens(worker: EgressWorker) -> bool:
 REFUSED = """
 import urllib.request
 try:
-    urllib.request.urlopen("https://pypi.org/simple/", timeout=30)
+    urllib.request.urlopen("https://github.com/", timeout=30)
 except OSError as exc:
     print(exc)
 """
@@ -128,7 +129,9 @@ async def test_the_internet_is_refused_and_logged_with_the_task(worker: EgressWo
     # python's urllib, as pip meets it: the proxy's refusal, not a bare connection error.
     refused = await worker.python(REFUSED)
     assert refused.exit_code == 0, refused.stderr
-    assert "Tunnel connection failed: 403 pypi.org is not in the egress allowlist" in refused.stdout
+    assert (
+        "Tunnel connection failed: 403 github.com is not in the egress allowlist" in refused.stdout
+    )
     assert "ORCHESTRATOR_EGRESS_ALLOWLIST" in refused.stdout
 
     # git (libcurl) too.
@@ -137,7 +140,7 @@ async def test_the_internet_is_refused_and_logged_with_the_task(worker: EgressWo
     assert "CONNECT tunnel failed, response 403" in cloned.stderr
 
     refusals = {(r["host"], r["port"]): r for r in worker.lines("egress refused")}
-    assert set(refusals) == {("pypi.org", 443), ("example.com", 443)}
+    assert set(refusals) == {("github.com", 443), ("example.com", 443)}
     for line in refusals.values():
         assert line["task_id"] == worker.task_id and line["outcome"] == "refused"
         assert line["level"] == "warning" and line["method"] == "CONNECT"
@@ -176,3 +179,28 @@ async def test_an_allowed_host_is_reached_through_the_proxy(worker: EgressWorker
     ]
     assert all(a["task_id"] == worker.task_id for a in allowed)
     assert worker.lines("egress refused") == []
+
+
+# A project with one dependency, locked in the Worker as a coding agent would (uv lock, uv add).
+LOCK = """set -e
+cd "$(mktemp -d)"
+printf '[project]\\nname = "x"\\nversion = "0"\\nrequires-python = ">=3.11"\\n' > pyproject.toml
+printf 'dependencies = ["six==1.17.0"]\\n' >> pyproject.toml
+uv lock --quiet
+cat uv.lock
+"""
+
+
+async def test_uv_locks_against_pypi_through_the_proxy(worker: EgressWorker) -> None:
+    """uv's project commands keep PyPI's URLs in the lockfile (portable off the Worker) and
+    reach PyPI through the egress proxy, trusting what the host trusts; uv pip keeps the
+    registry path (its system configuration)."""
+    locked = await worker.run("sh", "-c", LOCK)
+    assert locked.exit_code == 0, locked.stdout + locked.stderr
+    assert 'source = { registry = "https://pypi.org/simple" }' in locked.stdout
+    assert "https://files.pythonhosted.org/packages/" in locked.stdout
+    allowed = {(a["host"], a["port"], a["task_id"]) for a in worker.lines("egress allowed")}
+    assert ("pypi.org", 443, worker.task_id) in allowed
+
+    configured = await worker.run("cat", UV_CONFIG_TARGET)
+    assert configured.stdout == UV_CONFIG

@@ -85,3 +85,20 @@ def test_worker_capabilities_are_a_comma_separated_list_of_known_ones(
     monkeypatch.setenv("ORCHESTRATOR_WORKER_CAPABILITIES", "ansible,gpu")
     with pytest.raises(ValidationError, match="worker_capabilities"):
         Settings()
+
+
+def test_workers_trust_the_hosts_certificate_authorities_unless_told_otherwise(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("ORCHESTRATOR_WORKER_CA_BUNDLE", raising=False)
+    host_bundle = Path("/etc/ssl/certs/ca-certificates.crt")
+    assert Settings().worker_ca_bundle == (host_bundle if host_bundle.is_file() else None)
+    bundle = tmp_path / "corporate.pem"
+    bundle.write_text("-----BEGIN CERTIFICATE-----\n")
+    monkeypatch.setenv("ORCHESTRATOR_WORKER_CA_BUNDLE", str(bundle))
+    assert Settings().worker_ca_bundle == bundle
+    monkeypatch.setenv("ORCHESTRATOR_WORKER_CA_BUNDLE", "")  # the image's own bundle
+    assert Settings().worker_ca_bundle is None
+    monkeypatch.setenv("ORCHESTRATOR_WORKER_CA_BUNDLE", str(tmp_path / "missing.pem"))
+    with pytest.raises(ValidationError, match="ORCHESTRATOR_WORKER_CA_BUNDLE names no file"):
+        Settings()

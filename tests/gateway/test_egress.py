@@ -138,11 +138,15 @@ async def test_a_host_outside_the_allowlist_gets_403_and_a_log_line(
     assert lines_for(log_file, "egress allowed") == []
 
 
-async def test_nothing_is_allowed_by_default(proxies: Proxies, echo_port: int) -> None:
-    assert GatewaySettings().egress_allowlist == []
-    path = await proxies.start()  # the default: an empty allowlist
+async def test_only_pypi_is_allowed_by_default(proxies: Proxies, echo_port: int) -> None:
+    """The hosts a uv lockfile names, for uv's project commands; nothing else."""
+    default = GatewaySettings().egress_allowlist
+    assert default == ["pypi.org", "files.pythonhosted.org"]
+    path = await proxies.start(*default)
     status, _, _ = await ask(path, connect(f"127.0.0.1:{echo_port}"))
     assert status == 403
+    status, reason, _ = await ask(path, b"CONNECT github.com:443 HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert status == 403 and "github.com is not in the egress allowlist" in reason
 
 
 async def test_urllib_shows_the_refusal_through_the_forwarder(
