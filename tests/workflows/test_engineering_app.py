@@ -5,7 +5,7 @@ a feature that installs a package and writes to the database goes to a pull requ
 Real parts throughout: the real worker (Temporal dev server, podman), the scripted agent in its
 sealed Worker, ``uv add`` against PyPI through the egress proxy, the lockfile's packages installed
 through the registry path from the session's package caches, the test PostgreSQL beside the
-Worker, JUnit XML from pytest, the local forge. The scripted agent plays testing/notes_feature.py:
+Worker, JUnit XML from pytest, the local forge. The scripted agent plays cli/demo_notes.py:
 round 1 adds python-slugify and notes with one failing test, round 2 fixes it.
 """
 
@@ -19,14 +19,13 @@ from redis.asyncio import Redis
 from sqlmodel import select
 from temporalio.client import Client, WorkflowFailureError
 
-from core.enums import EventType, TaskStatus
-from core.paths import APP_TEMPLATE_DIR
+from cli.demo_notes import FAILING_TEST, PACKAGE, SPEC, notes_script
+from core.enums import EventType, ProjectTemplate, TaskStatus
 from core.settings import Settings
 from db.engine import Database
 from db.tables import Project, PullRequest
 from gateway import Gateway, GatewaySettings
 from infra.containers import TASK_ID, ContainerRuntime
-from testing.notes_feature import FAILING_TEST, PACKAGE, SPEC, notes_script
 from testing.servers import PackageCaches
 from testing.workflows import (
     bare_repositories,
@@ -65,7 +64,9 @@ async def test_a_scaffolded_backend_and_bot_passes_its_own_make_test_in_its_work
     package_caches: PackageCaches,
     short_dir: Path,
 ) -> None:
-    project = await make_project(sqlite_database, name="both", modules=["backend", "tg_bot"])
+    project = await make_project(
+        sqlite_database, name="both", modules=["backend", "tg_bot"], template=ProjectTemplate.app
+    )
     home = short_dir / "home"
     async with (
         Gateway(sqlite_database, caches_for(package_caches)) as gateway,
@@ -74,7 +75,6 @@ async def test_a_scaffolded_backend_and_bot_passes_its_own_make_test_in_its_work
             sqlite_database,
             redis,
             home,
-            template_dir=APP_TEMPLATE_DIR,
             runtime=big_runtime(docker_client),
             gateway=gateway,
         ) as queue,
@@ -122,7 +122,9 @@ async def test_a_backend_feature_with_a_package_and_the_database_goes_to_a_pull_
     short_dir: Path,
 ) -> None:
     home = short_dir / "home"
-    project = await make_project(sqlite_database, name="notes", modules=["backend"])
+    project = await make_project(
+        sqlite_database, name="notes", modules=["backend"], template=ProjectTemplate.app
+    )
     task = await make_task(
         sqlite_database,
         redis,
@@ -139,7 +141,6 @@ async def test_a_backend_feature_with_a_package_and_the_database_goes_to_a_pull_
             sqlite_database,
             redis,
             home,
-            template_dir=APP_TEMPLATE_DIR,
             runtime=big_runtime(docker_client),
             gateway=gateway,
         ) as queue,
