@@ -12,6 +12,7 @@ round 1 adds python-slugify and notes with one failing test, round 2 fixes it.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import docker
@@ -48,11 +49,28 @@ def big_runtime(docker_client: docker.DockerClient) -> ContainerRuntime:
     return ContainerRuntime(docker_client, Settings(worker_memory="1g", worker_pids=256))
 
 
-def caches_for(package_caches: PackageCaches) -> GatewaySettings:
-    return GatewaySettings(
+@contextlib.asynccontextmanager
+async def app_worker(
+    client: Client,
+    db: Database,
+    redis: Redis,
+    home: Path,
+    docker_client: docker.DockerClient,
+    package_caches: PackageCaches,
+) -> AsyncIterator[str]:
+    """The real worker for app template projects: a gateway to the session's package caches,
+    Workers with room for uv, pytest and FastAPI; yields its task queue."""
+    caches = GatewaySettings(
         pypi_cache_url=package_caches.settings.pypi_cache_url,
         npm_cache_url=package_caches.settings.npm_cache_url,
     )
+    async with (
+        Gateway(db, caches) as gateway,
+        running_worker(
+            client, db, redis, home, runtime=big_runtime(docker_client), gateway=gateway
+        ) as queue,
+    ):
+        yield queue
 
 
 async def test_a_scaffolded_backend_and_bot_passes_its_own_make_test_in_its_worker(
@@ -68,17 +86,9 @@ async def test_a_scaffolded_backend_and_bot_passes_its_own_make_test_in_its_work
         sqlite_database, name="both", modules=["backend", "tg_bot"], template=ProjectTemplate.app
     )
     home = short_dir / "home"
-    async with (
-        Gateway(sqlite_database, caches_for(package_caches)) as gateway,
-        running_worker(
-            temporal_client,
-            sqlite_database,
-            redis,
-            home,
-            runtime=big_runtime(docker_client),
-            gateway=gateway,
-        ) as queue,
-    ):
+    async with app_worker(
+        temporal_client, sqlite_database, redis, home, docker_client, package_caches
+    ) as queue:
         first = await run_task(temporal_client, sqlite_database, redis, project, queue, "one")
         environments = list((home / "dependencies" / project.id / "environments").iterdir())
         installed = (environments[0] / ".installed").stat().st_mtime_ns
@@ -134,17 +144,9 @@ async def test_a_backend_feature_with_a_package_and_the_database_goes_to_a_pull_
         script=notes_script("notes"),
         max_rounds=3,
     )
-    async with (
-        Gateway(sqlite_database, caches_for(package_caches)) as gateway,
-        running_worker(
-            temporal_client,
-            sqlite_database,
-            redis,
-            home,
-            runtime=big_runtime(docker_client),
-            gateway=gateway,
-        ) as queue,
-    ):
+    async with app_worker(
+        temporal_client, sqlite_database, redis, home, docker_client, package_caches
+    ) as queue:
         output = await (await start_engineering(temporal_client, task, queue)).result()
 
     assert output.status == TaskStatus.completed, output
