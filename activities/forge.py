@@ -12,11 +12,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from activities import infra_failures, run_blocking
 from core.contracts.engineering import PullRequestCreate, PullRequestRead
 from core.contracts.scaffolder import ScaffoldResult
+from core.enums import ProjectTemplate
 from core.logging import get_logger
+from core.paths import TEMPLATE_DIRS
 from db import pull_requests
 from db.engine import Database
 from infra.forges.base import Forge, PullRequestForge, PullRequestInfo
@@ -33,6 +36,7 @@ class ScaffoldRequest(BaseModel):
     )
     description: str = ""
     modules: list[str] = Field(default_factory=list)
+    template: str | None = Field(default=None, description="Its name; else the default template")
 
 
 class FindRepositoryInput(BaseModel):
@@ -68,7 +72,7 @@ class OpenPullRequestInput(BaseModel):
 
 class ForgeActivities:
     def __init__(self, template_dir: Path, forge: Forge) -> None:
-        self.template_dir = template_dir
+        self.template_dir = template_dir  # for projects that name no template
         self.forge = forge
 
     @activity.defn
@@ -90,12 +94,25 @@ class ForgeActivities:
     def _scaffold(self, request: ScaffoldRequest) -> Scaffolded:
         return scaffold(
             self.forge,
-            self.template_dir,
+            self._template(request.template),
             project_name=request.project_name,
             full_name=request.repo_full_name,
             description=request.description,
             modules=request.modules,
         )
+
+    def _template(self, name: str | None) -> Path:
+        if name is None:
+            return self.template_dir
+        try:
+            return TEMPLATE_DIRS[ProjectTemplate(name)]
+        except ValueError:
+            known = ", ".join(ProjectTemplate)
+            raise ApplicationError(
+                f"no project template {name!r}; known: {known}",
+                type="TemplateMissing",
+                non_retryable=True,
+            ) from None
 
     @activity.defn
     async def find_repository(self, found: FindRepositoryInput) -> ScaffoldResult | None:

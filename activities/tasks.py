@@ -56,6 +56,7 @@ class ProjectInfo(BaseModel):
     name: str
     description: str = ""
     modules: list[str] = Field(default_factory=list)
+    template: str | None = None
     status: ProjectStatus
     repository: str | None = None
     repo_full_name: str | None = None

@@ -19,6 +19,7 @@ from core.enums import (
     EngineeringAction,
     EventType,
     ProjectStatus,
+    ProjectTemplate,
     ServerStatus,
     TaskStatus,
     TaskType,
@@ -76,6 +77,13 @@ class ProjectCreate(RequestBody):
     name: str = PydanticField(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     description: str = PydanticField(default="", max_length=10_000)
     modules: list[str] = PydanticField(default_factory=lambda: ["backend"])
+    template: ProjectTemplate | None = PydanticField(
+        default=None,
+        strict=False,  # JSON gives the enum's value
+        description="What the repository is rendered from: `app` (FastAPI on PostgreSQL and/or "
+        "an aiogram bot, uv lockfile, Dockerfile and compose) or `service` (a dependency-free "
+        "HTTP service); none: the deployment's default",
+    )
 
 
 class ProjectRead(ReadModel):
@@ -83,6 +91,7 @@ class ProjectRead(ReadModel):
     name: str
     description: str
     modules: list[str]
+    template: ProjectTemplate | None
     status: ProjectStatus
     repo_full_name: str | None
     repository: str | None

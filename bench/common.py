@@ -49,17 +49,28 @@ class Feature{i}Test(unittest.TestCase):
 """
 
 
-def feature_script(i: int) -> dict[str, Any]:
-    """The scripted agent's one round: feature ``i`` and its passing test, committed."""
+# The same feature's test for pytest, as a project of the ``app`` template writes its tests.
+PYTEST_FEATURE_TEST_FILE = """from app.feature_{i} import value
+
+
+def test_value() -> None:
+    assert value() == {i}
+"""
+
+
+def feature_script(i: int, *, pytest: bool = False) -> dict[str, Any]:
+    """The scripted agent's one round: feature ``i`` and its passing test (unittest, or pytest
+    for the ``app`` template), committed."""
+    test_file = PYTEST_FEATURE_TEST_FILE if pytest else FEATURE_TEST_FILE
     return {
         "rounds": [
             {
                 "write": [
-                    {"path": f"app/feature_{i}.py", "content": f"def value():\n    return {i}\n"},
                     {
-                        "path": f"tests/test_feature_{i}.py",
-                        "content": FEATURE_TEST_FILE.format(i=i),
+                        "path": f"app/feature_{i}.py",
+                        "content": f"def value() -> int:\n    return {i}\n",
                     },
+                    {"path": f"tests/test_feature_{i}.py", "content": test_file.format(i=i)},
                 ],
                 "commit": f"Add feature {i}",
                 "report": "completed",

@@ -1,6 +1,6 @@
 """What the orchestrator adds to an engineering run, and how fast a Worker container is ready.
 
-    python bench/engineering_overhead.py [--quick]
+    python bench/engineering_overhead.py [--quick] [-n N] [-k K] [-m M]
 
 Starts its own Temporal dev server, Redis, a migrated SQLite database and the container service
 (podman serving the Docker API, or DOCKER_HOST), builds the scripted Worker image once (cached by
@@ -21,7 +21,17 @@ content hash, like the tests), runs the real worker in this process, then:
     From the workflow's history it also shows the developer and tester activities (the graph's
     nodes: ActivityTaskStarted -> ActivityTaskCompleted; they hold the commands plus their task
     events), ``wall - nodes``, and where the rest of the overhead goes by activity.
-(b) container create -> ready: ``ContainerRuntime.create_worker(spec)`` until an exec of ``true``
+(b) the same on a project of the ``app`` template (FastAPI on PostgreSQL, a uv lockfile of ~36
+    packages): each task's Worker gets the test PostgreSQL beside it, and its tests are pytest's
+    through ``make test``. The first task scaffolds and installs the lockfile's packages into the
+    project's environment through the package caches (proxpi and verdaccio, started here): it is
+    shown on its own; the K more find the environment installed (dependencies cached). Per run
+    one more column:
+
+    services  time starting the test PostgreSQL beside the Worker and waiting until it is ready
+              (``start_sidecar`` and the ``ready`` exec), the tests' own fixture; the overhead
+              is then wall - agent - tests - services.
+(c) container create -> ready: ``ContainerRuntime.create_worker(spec)`` until an exec of ``true``
     answers, M times, each removed afterwards.
 
 Prints a table and the medians, then one JSON line with the figures. Exits non-zero only when a
@@ -59,13 +69,14 @@ from bench.common import (  # noqa: E402
     temporal_on_file,
 )
 from core.contracts.engineering import EngineeringOptions  # noqa: E402
-from core.enums import TaskStatus  # noqa: E402
+from core.enums import ProjectTemplate, TaskStatus  # noqa: E402
 from core.logging import configure_logging  # noqa: E402
 from core.settings import Settings  # noqa: E402
 from db.engine import Database  # noqa: E402
 from db.migrate import upgrade_async  # noqa: E402
 from db.tables import Project  # noqa: E402
 from db.tasks import TaskService  # noqa: E402
+from gateway import Gateway, GatewaySettings  # noqa: E402
 from infra.agents.scripted import RUNNER_PATH  # noqa: E402
 from infra.containers import ContainerRuntime, ExecResult, WorkerSpec  # noqa: E402
 from infra.env_analyzer import DEFAULT_TEST_COMMAND  # noqa: E402
@@ -75,6 +86,7 @@ from testing import servers  # noqa: E402
 from testing.workflows import get_task, make_project, start_engineering  # noqa: E402
 
 RUN_TIMEOUT_S = 300.0
+SIDECAR = "(sidecar)"  # how TimedRuntime notes a test service's start and ready check
 READY_TIMEOUT_S = 60.0
 # The graph's activity nodes (temporalio-langgraph names them "<graph>.<node>").
 DEVELOPER_NODE = "developer"
@@ -111,12 +123,39 @@ class TimedRuntime(ContainerRuntime):
         finally:
             self.execs.append(Exec(worker_id, tuple(argv), time.perf_counter() - started))
 
-    def command_seconds(self, worker_id: str) -> tuple[float, float]:
-        """(agent, tests): seconds inside the agent's CLI and inside ``make test``."""
+    async def start_sidecar(
+        self, worker_id: str, service: str, image: str, env: dict[str, str] | None = None
+    ) -> str:
+        started = time.perf_counter()
+        try:
+            return await super().start_sidecar(worker_id, service, image, env)
+        finally:
+            seconds = time.perf_counter() - started
+            self.execs.append(Exec(worker_id, (SIDECAR, "start", service), seconds))
+
+    async def exec_sidecar(
+        self,
+        worker_id: str,
+        service: str,
+        argv: list[str],
+        *,
+        timeout: float,  # noqa: ASYNC109 (as the product's runtime takes it)
+    ) -> ExecResult:
+        started = time.perf_counter()
+        try:
+            return await super().exec_sidecar(worker_id, service, argv, timeout=timeout)
+        finally:
+            seconds = time.perf_counter() - started
+            self.execs.append(Exec(worker_id, (SIDECAR, *argv), seconds))
+
+    def command_seconds(self, worker_id: str) -> tuple[float, float, float]:
+        """(agent, tests, services): seconds inside the agent's CLI, inside ``make test``, and
+        starting the test services beside the Worker."""
         mine = [e for e in self.execs if e.worker_id == worker_id]
         agent = sum(e.seconds for e in mine if RUNNER_PATH in e.argv)
-        tests = sum(e.seconds for e in mine if list(e.argv) == ["sh", "-c", DEFAULT_TEST_COMMAND])
-        return agent, tests
+        tests = sum(e.seconds for e in mine if e.argv[-1] == DEFAULT_TEST_COMMAND)
+        services = sum(e.seconds for e in mine if e.argv[0] == SIDECAR)
+        return agent, tests, services
 
 
 # -- the workflow's history -----------------------------------------------------------------------
@@ -171,12 +210,13 @@ class Run:
     around: float  # start_workflow -> result, measured here
     agent: float
     tests: float
+    services: float  # the test services' start beside the Worker
     nodes: float  # developer + tester activities, from the history
     history: HistoryTimes
 
     @property
     def overhead(self) -> float:
-        return self.wall - self.agent - self.tests
+        return self.wall - self.agent - self.tests - self.services
 
 
 class TaskNotCompleted(Exception):
@@ -192,7 +232,8 @@ async def one_run(
     queue: str,
     i: int,
 ) -> Run:
-    options = EngineeringOptions(agent="scripted", script=feature_script(i), max_rounds=2)
+    script = feature_script(i, pytest=project.template == ProjectTemplate.app)
+    options = EngineeringOptions(agent="scripted", script=script, max_rounds=2)
     task = await TaskService(db, redis).create(
         TaskCreate(project_id=project.id, spec=f"Add feature {i}", engineering=options).new_task(
             project_name=project.name, user_id=project.owner_id
@@ -208,7 +249,7 @@ async def one_run(
     done = await get_task(db, task.id)
     if done.status != TaskStatus.completed or done.completed_at is None:
         raise TaskNotCompleted(f"task {task.id} ended {done.status}: {done.error}")
-    agent, tests = runtime.command_seconds(f"{task.id}-developer")
+    agent, tests, services = runtime.command_seconds(f"{task.id}-developer")
     history = await history_times(handle)
     return Run(
         task_id=task.id,
@@ -216,6 +257,7 @@ async def one_run(
         around=around,
         agent=agent,
         tests=tests,
+        services=services,
         nodes=history.node(DEVELOPER_NODE) + history.node(TESTER_NODE),
         history=history,
     )
@@ -223,10 +265,16 @@ async def one_run(
 
 def print_run(label: str, run: Run) -> None:
     print(
-        f"{label:>6} {run.wall:8.2f} {run.agent:7.2f} {run.tests:7.2f} {run.overhead:9.2f}"
-        f" {run.nodes:8.2f} {run.wall - run.nodes:10.2f}",
+        f"{label:>6} {run.wall:8.2f} {run.agent:7.2f} {run.tests:7.2f} {run.services:10.2f}"
+        f" {run.overhead:10.2f} {run.nodes:8.2f} {run.wall - run.nodes:10.2f}",
         flush=True,
     )
+
+
+HEADER = (
+    "   run   wall s  agent s  tests s  services s  overhead s  nodes s  wall-nodes  "
+    "(overhead = wall - agent - tests - services)"
+)
 
 
 def print_breakdown(runs: list[Run]) -> dict[str, float]:
@@ -245,16 +293,22 @@ def print_breakdown(runs: list[Run]) -> dict[str, float]:
 
 
 async def bench_runs(
-    client: Client, db: Database, redis: Redis, runtime: TimedRuntime, home: Path, n: int
+    client: Client,
+    db: Database,
+    redis: Redis,
+    runtime: TimedRuntime,
+    home: Path,
+    n: int,
+    *,
+    template: ProjectTemplate = ProjectTemplate.service,
+    gateway: Gateway | None = None,
 ) -> dict[str, Any]:
     queue = f"bench-{uuid.uuid4().hex[:8]}"
-    project = await make_project(db, name=f"bench-{uuid.uuid4().hex[:6]}")
-    worker = build_worker(client, Settings(home=home), db, redis, task_queue=queue, runtime=runtime)
-    print(
-        "   run   wall s  agent s  tests s  overhead s  nodes s  wall-nodes  "
-        "(overhead = wall - agent - tests)",
-        flush=True,
+    project = await make_project(db, name=f"bench-{uuid.uuid4().hex[:6]}", template=template)
+    worker = build_worker(
+        client, Settings(home=home), db, redis, task_queue=queue, runtime=runtime, gateway=gateway
     )
+    print(f"the {template} template:", HEADER, sep="\n", flush=True)
     async with worker:
         first = await one_run(client, db, redis, runtime, project, queue, 0)
         print_run("first", first)
@@ -272,6 +326,7 @@ async def bench_runs(
         "wall_s": round(med([r.wall for r in runs]), 3),
         "agent_s": round(med([r.agent for r in runs]), 3),
         "tests_s": round(med([r.tests for r in runs]), 3),
+        "services_s": round(med([r.services for r in runs]), 3),
         "overhead_s": round(med([r.overhead for r in runs]), 3),
         "overhead_max_s": round(max(r.overhead for r in runs), 3),
         "overhead_share": round(med([r.overhead / r.wall for r in runs]), 3),
@@ -281,7 +336,7 @@ async def bench_runs(
     }
     print(
         f"median {figures['wall_s']:8.2f} {figures['agent_s']:7.2f} {figures['tests_s']:7.2f}"
-        f" {figures['overhead_s']:9.2f} {figures['nodes_s']:8.2f}"
+        f" {figures['services_s']:10.2f} {figures['overhead_s']:10.2f} {figures['nodes_s']:8.2f}"
         f" {figures['wall_minus_nodes_s']:10.2f}",
         flush=True,
     )
@@ -332,8 +387,41 @@ async def bench_ready(
 # -- main ------------------------------------------------------------------------------------------
 
 
-async def run(n: int, m: int) -> tuple[dict[str, Any], int]:
-    figures: dict[str, Any] = {"n": n, "m": m}
+async def bench_app_runs(
+    client: Client,
+    db: Database,
+    redis: Redis,
+    docker_client: docker.DockerClient,
+    builder: ImageBuilder,
+    workdir: Path,
+    k: int,
+) -> dict[str, Any]:
+    """(b): the app template's runs, with the package caches and the test PostgreSQL's image."""
+    began = time.perf_counter()
+    image = (await asyncio.to_thread(builder.ensure, "service-postgresql")).reference
+    print(f"image {image} ready in {time.perf_counter() - began:.1f} s", flush=True)
+    # uv, pytest and FastAPI in one Worker: the room the app template's tests give theirs.
+    home = workdir / "app-home"
+    runtime = TimedRuntime(docker_client, Settings(home=home, worker_memory="1g", worker_pids=256))
+    caches_settings = Settings(
+        home=workdir / "caches",
+        pypi_cache_port=servers.free_port(),
+        npm_cache_port=servers.free_port(),
+    )
+    with servers.package_caches(caches_settings) as caches:
+        urls = GatewaySettings(
+            pypi_cache_url=caches.settings.pypi_cache_url,
+            npm_cache_url=caches.settings.npm_cache_url,
+        )
+        async with Gateway(db, urls) as gateway:
+            figures = await bench_runs(
+                client, db, redis, runtime, home, k, template=ProjectTemplate.app, gateway=gateway
+            )
+    return {f"app_{key}": value for key, value in figures.items()}
+
+
+async def run(n: int, m: int, k: int) -> tuple[dict[str, Any], int]:
+    figures: dict[str, Any] = {"n": n, "m": m, "k": k}
     with (
         tempfile.TemporaryDirectory(prefix="bench-engineering-") as tmp,
         servers.redis_server() as redis_url,
@@ -358,6 +446,9 @@ async def run(n: int, m: int) -> tuple[dict[str, Any], int]:
         runtime = TimedRuntime(client_docker, settings)
         try:
             figures.update(await bench_runs(env.client, db, redis, runtime, workdir / "home", n))
+            figures.update(
+                await bench_app_runs(env.client, db, redis, client_docker, builder, workdir, k)
+            )
             samples, execs = await bench_ready(runtime, image, workdir, m)
         except TaskNotCompleted as failed:
             print(f"FAILED: {failed}", flush=True)
@@ -381,6 +472,14 @@ async def run(n: int, m: int) -> tuple[dict[str, Any], int]:
         f"({figures['overhead_share']:.0%} of the wall time)",
         flush=True,
     )
+    print(
+        f"app template run, dependencies cached (median of K={k}, first run with scaffolding "
+        f"and the install excluded): wall {figures['app_wall_s']:.2f} s = agent "
+        f"{figures['app_agent_s']:.2f} s + tests {figures['app_tests_s']:.2f} s + test "
+        f"PostgreSQL {figures['app_services_s']:.2f} s + overhead "
+        f"{figures['app_overhead_s']:.2f} s; the first run {figures['app_first_wall_s']:.2f} s",
+        flush=True,
+    )
     figures.update(
         ready_p50_ms=round(p50 * 1000, 1),
         ready_max_ms=round(worst * 1000, 1),
@@ -391,13 +490,15 @@ async def run(n: int, m: int) -> tuple[dict[str, Any], int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="N=3, M=5")
+    parser.add_argument("--quick", action="store_true", help="N=3, K=2, M=5")
     parser.add_argument("-n", type=int, help="engineering runs after the first (10)")
     parser.add_argument("-m", type=int, help="containers for create -> ready (5)")
+    parser.add_argument("-k", type=int, help="app template runs after the first (5)")
     args = parser.parse_args()
     n = args.n or (3 if args.quick else 10)
     m = args.m or 5
-    report_and_exit(run(n, m))
+    k = args.k or (2 if args.quick else 5)
+    report_and_exit(run(n, m, k))
 
 
 if __name__ == "__main__":

@@ -1,11 +1,18 @@
 """``orchestrator demo``: the main job, end to end, on the embedded stack.
 
-It brings the stack up if needed, creates a project, starts an engineering task with a coding
-agent, follows it live to its pull request, then deploys the pull request's branch to a target
-on this machine (``orchestrator server local``: an sshd of the stack's own, reached by Ansible)
-and checks that the app answers at its URL. It shows where each run is in the Temporal Web UI.
-The agent: Claude Code when ANTHROPIC_API_KEY is set, else Codex when OPENAI_API_KEY is, else the
-deterministic ``scripted`` agent playing cli/demo_script.py. The stack is left running.
+It brings the stack up if needed, creates a project from the ``app`` template (FastAPI on
+PostgreSQL, a uv lockfile), starts an engineering task with a coding agent and follows it live
+to its pull request: the agent installs a package and adds an endpoint that writes to the
+database, with pytest tests, which the Tester runs in the Worker against the project's test
+PostgreSQL; a failing test goes back to the agent by name. It shows where each run is in the
+Temporal Web UI. ``--template service`` builds a feature of the dependency-free ``service``
+template instead and then deploys the pull request's branch to a target on this machine
+(``orchestrator server local``: an sshd of the stack's own, reached by Ansible), checking that
+the app answers at its URL; deploying an app with dependencies and a database needs the
+container runtime, which the deploy stage does not have yet. The agent: Claude Code when
+ANTHROPIC_API_KEY is set, else Codex when OPENAI_API_KEY is, else the deterministic ``scripted``
+agent playing cli/demo_notes.py (``app``) or cli/demo_script.py (``service``). The stack is left
+running.
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from cli.demo_notes import SPEC as NOTES_SPEC
+from cli.demo_notes import notes_script
 from cli.demo_script import DEMO_SPEC, demo_script
 from cli.deploy import start_deploy
 from cli.engineering import start_task
@@ -26,7 +35,7 @@ from cli.pr import test_summary
 from cli.server import ensure_local_server
 from cli.stack import ensure_up, print_summary, summary
 from cli.task import exit_code_of, follow_with_progress, styled, timed_out
-from core.enums import DeployAction, EngineeringAction
+from core.enums import DeployAction, EngineeringAction, ProjectTemplate
 from core.ids import scaffold_workflow_id
 
 if TYPE_CHECKING:
@@ -37,19 +46,59 @@ if TYPE_CHECKING:
 ANTHROPIC_KEYS = ("ANTHROPIC_API_KEY", "ORCHESTRATOR_ANTHROPIC_API_KEY")
 OPENAI_KEYS = ("OPENAI_API_KEY", "ORCHESTRATOR_OPENAI_API_KEY")
 SPEC_HELP = (
-    "What the demo asks Engineering to build (the scripted agent plays its script, which adds "
-    "GET /greet/<name>, whatever this says)."
+    "What the demo asks Engineering to build (the scripted agent plays its script whatever this "
+    "says). Default: the template's demo feature."
 )
+TEMPLATE_HELP = (
+    "app: notes in PostgreSQL with a package from PyPI, tested against a test PostgreSQL; "
+    "service: GET /greet/<name> in a dependency-free service, then deployed on this machine."
+)
+
+
+@dataclass(frozen=True)
+class DemoFeature:
+    """What the demo builds on a template."""
+
+    spec: str
+    modules: list[str]
+    words: str  # the feature, for people
+    deploys: bool  # whether the demo deploys it (the deploy stage runs dependency-free apps)
+
+
+FEATURES = {
+    ProjectTemplate.app: DemoFeature(
+        NOTES_SPEC,
+        ["backend"],
+        "notes stored in PostgreSQL, with slugs from the python-slugify package it installs",
+        deploys=False,
+    ),
+    ProjectTemplate.service: DemoFeature(DEMO_SPEC, ["backend"], "GET /greet/<name>", True),
+}
+
+
+def scripted_rounds(template: ProjectTemplate, project_name: str) -> dict[str, Any]:
+    """The scripted agent's script for the template's feature in the project."""
+    if template is ProjectTemplate.app:
+        return notes_script(project_name)
+    return demo_script()
 
 
 @dataclass(frozen=True)
 class DemoAgent:
     name: str
-    engineering: dict[str, Any]  # TaskCreate.engineering
+    engineering: dict[str, Any]  # TaskCreate.engineering, without the scripted agent's script
     note: str  # what people are told about it
 
+    def options(self, template: ProjectTemplate, project_name: str) -> dict[str, Any]:
+        """TaskCreate.engineering for a project: the scripted agent gets its script."""
+        if self.name != "scripted":
+            return self.engineering
+        return {**self.engineering, "script": scripted_rounds(template, project_name)}
 
-def choose_agent(env: Mapping[str, str]) -> DemoAgent:
+
+def choose_agent(
+    env: Mapping[str, str], template: ProjectTemplate = ProjectTemplate.app
+) -> DemoAgent:
     """Claude Code or Codex when their model key is set, else the scripted stand-in."""
     if any(env.get(key) for key in ANTHROPIC_KEYS):
         return DemoAgent(
@@ -67,40 +116,50 @@ def choose_agent(env: Mapping[str, str]) -> DemoAgent:
         )
     return DemoAgent(
         "scripted",
-        {"agent": "scripted", "script": demo_script()},
+        {"agent": "scripted"},
         "Agent: scripted. No model API key is set, so a deterministic scripted agent stands in "
-        "for a real coding agent: it really writes a small feature (GET /greet/<name>) and its "
-        "tests, and the Tester really runs them. Set ANTHROPIC_API_KEY or OPENAI_API_KEY to use "
-        "Claude Code or Codex instead.",
+        f"for a real coding agent: it really writes a feature ({FEATURES[template].words}) and "
+        "its tests, and the Tester really runs them. Set ANTHROPIC_API_KEY or OPENAI_API_KEY to "
+        "use Claude Code or Codex instead.",
     )
 
 
-def image_missing(settings: Settings, agent: str) -> bool | None:
-    """Whether the agent's Worker image still has to be built here; None when we cannot tell."""
+# The image of the test PostgreSQL an ``app`` project's tests get beside their Worker.
+POSTGRESQL_IMAGE = "service-postgresql"
+
+
+def image_missing(settings: Settings, names: list[str]) -> bool | None:
+    """Whether one of these images still has to be built here; None when we cannot tell."""
     if settings.api_url:
         return None  # a stack elsewhere builds its images on its own machine
     try:
         import docker.errors  # here: the CLI imports with its client dependencies only
 
         with builder(settings) as images:
-            try:
-                images.docker.images.get(images.reference(agent))
-            except docker.errors.ImageNotFound:
-                return True
+            for name in names:
+                try:
+                    images.docker.images.get(images.reference(name))
+                except docker.errors.ImageNotFound:
+                    return True
             return False
     except Exception:  # no Docker API (or SDK) here, no apt sources, ...: say what may happen
         return None
 
 
-def image_note(settings: Settings, agent: str) -> str | None:
-    missing = image_missing(settings, agent)
+def image_note(settings: Settings, agent: str, template: ProjectTemplate) -> str | None:
+    with_database = template is ProjectTemplate.app
+    names = [agent, POSTGRESQL_IMAGE] if with_database else [agent]
+    missing = image_missing(settings, names)
     if missing is False:
         return None
     when = "This is" if missing else "If this is"
+    database = (
+        ", then the test PostgreSQL's image when the tests first run," if with_database else ","
+    )
     return (
         f"{when} the first engineering run on this machine: after the scaffold stage the worker "
-        f"builds the {agent} Worker image (a Debian base with debootstrap, then the agent), "
-        "which takes a few minutes, once; later runs reuse it."
+        f"builds the {agent} Worker image (a Debian base with debootstrap, then the agent)"
+        f"{database} which takes a few minutes, once; later runs reuse them."
     )
 
 
@@ -119,18 +178,21 @@ def pull_request_of(client: ApiClient, task_id: str) -> dict[str, Any] | None:
 
 
 def demo(
-    spec: Annotated[str, typer.Option(help=SPEC_HELP)] = DEMO_SPEC,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for the task.")] = 900,
+    template: Annotated[ProjectTemplate, typer.Option(help=TEMPLATE_HELP)] = ProjectTemplate.app,
+    spec: Annotated[str | None, typer.Option(help=SPEC_HELP)] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for each task.")] = 900,
     deploy: Annotated[
         bool,
         typer.Option(
-            "--deploy/--no-deploy", help="Deploy the pull request's branch to this machine."
+            "--deploy/--no-deploy",
+            help="Deploy the pull request's branch to this machine (the service template's).",
         ),
     ] = True,
     json_output: JsonOption = False,
 ) -> None:
-    """Run the main job: stack up, a project, an engineering task followed to its pull request,
-    then a deploy of that branch to a target on this machine, answering at its URL."""
+    """Run the main job: stack up, a project from a template, an engineering task followed to
+    its pull request (for the service template, then a deploy of that branch to a target on
+    this machine, answering at its URL)."""
     import secrets
 
     from cli.client import ApiClient, WaitTimeout
@@ -138,7 +200,8 @@ def demo(
 
     out = Output(json_output)
     settings = Settings()
-    agent = choose_agent(os.environ)
+    feature = FEATURES[template]
+    agent = choose_agent(os.environ, template)
     if settings.api_url:  # an API elsewhere: use it as it is
         current, started = {"api_url": settings.effective_api_url}, False
     else:
@@ -156,14 +219,23 @@ def demo(
     out.say(escape(agent.note))
     with ApiClient(settings) as client:
         name = f"demo-{secrets.token_hex(2)}"
-        project = client.post("/projects", {"name": name, "description": "orchestrator demo"})
-        out.say(f"Project [bold]{name}[/bold] ({project['id']})")
-        run = start_task(client, project["id"], spec, EngineeringAction.create, agent.engineering)
+        body = {
+            "name": name,
+            "description": "orchestrator demo",
+            "template": template.value,
+            "modules": feature.modules,
+        }
+        project = client.post("/projects", body)
+        out.say(f"Project [bold]{name}[/bold] ({project['id']}), from the {template} template")
+        options = agent.options(template, name)
+        run = start_task(
+            client, project["id"], spec or feature.spec, EngineeringAction.create, options
+        )
         scaffold_id = scaffold_workflow_id(project["id"])
         out.say(f"Task {run['task_id']}")
         out.say(f"Web UI  engineering run  {run['workflow_url']}")
         out.say(f"        scaffold run     {settings.workflow_url(scaffold_id)}")
-        note = image_note(settings, agent.name)
+        note = image_note(settings, agent.name, template)
         if note:
             out.say(f"[yellow]{escape(note)}[/yellow]")
         try:
@@ -174,7 +246,13 @@ def demo(
         pull = pull_request_of(client, task["id"]) if task["status"] == "COMPLETED" else None
         report = demo_report(settings, project, agent, task, events, pull)
         status = task["status"]
-        if deploy and status == "COMPLETED":
+        if deploy and not feature.deploys:
+            report["deploy_skipped"] = (
+                "Not deployed: an app with dependencies and a PostgreSQL database needs the "
+                "deploy stage's container runtime, which it does not have yet. "
+                f"`{cli_name()} demo --template service` deploys a dependency-free app."
+            )
+        elif deploy and status == "COMPLETED":
             deployed = deploy_branch(client, out, project, report["branch"], timeout)
             report["workflow_urls"].update(deployed.pop("workflow_urls"))
             report.update(deployed)
@@ -256,6 +334,7 @@ def demo_report(
         "rounds": result.get("rounds"),
         "project_id": project["id"],
         "project_name": project["name"],
+        "template": project.get("template"),
         "repository": result.get("repository"),
         "result": task.get("result"),
         "workflow_url": settings.workflow_url(task["workflow_id"]),
@@ -286,6 +365,8 @@ def render(out: Output, report: dict[str, Any]) -> None:
         say(f"repository  {escape(report['repository'])}")
     if report.get("deploy_task_id"):
         render_deploy(out, report)
+    elif report.get("deploy_skipped"):
+        say(f"[yellow]{escape(report['deploy_skipped'])}[/yellow]")
     say("Runs in the Temporal Web UI:")
     for wid, url in report["workflow_urls"].items():
         say(f"  {wid}  {url}")

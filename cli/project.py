@@ -7,6 +7,7 @@ from typing import Annotated, Any
 import typer
 
 from cli.output import JsonOption, Output, command, escape
+from core.enums import ProjectTemplate
 
 app = typer.Typer(help="Projects: create, list, show.", no_args_is_help=True)
 
@@ -28,6 +29,7 @@ def render_project(out: Output, project: dict[str, Any]) -> None:
         ("id", "id"),
         ("status", "status"),
         ("modules", "modules"),
+        ("template", "template"),
         ("repository", "repository"),
         ("description", "description"),
         ("created", "created_at"),
@@ -47,6 +49,14 @@ def create(
         str | None, typer.Option(help="Comma-separated modules, e.g. backend,tg_bot.")
     ] = None,
     description: Annotated[str, typer.Option(help="What the project is for.")] = "",
+    template: Annotated[
+        ProjectTemplate | None,
+        typer.Option(
+            help="What its repository starts from: app (FastAPI on PostgreSQL, an aiogram bot, "
+            "uv lockfile, compose) or service (a dependency-free HTTP service). Default: the "
+            "stack's."
+        ),
+    ] = None,
     json_output: JsonOption = False,
 ) -> None:
     """Create a project."""
@@ -54,6 +64,8 @@ def create(
 
     out = Output(json_output)
     body: dict[str, Any] = {"name": name, "description": description}
+    if template is not None:
+        body["template"] = template.value
     if (parsed := parse_modules(modules)) is not None:
         body["modules"] = parsed
     with ApiClient() as client:

@@ -67,6 +67,13 @@ class TaskType(StrEnum):
     deploy = "deploy"
 
 
+class ProjectTemplate(StrEnum):
+    """What a project's repository is rendered from (core/paths.py: ``TEMPLATE_DIRS``)."""
+
+    service = "service"  # a standard-library HTTP service: no dependency, deploys as a process
+    app = "app"  # FastAPI on PostgreSQL and/or an aiogram bot, with a uv lockfile and compose
+
+
 class ProjectStatus(StrEnum):
     new = "NEW"
     scaffolding = "SCAFFOLDING"

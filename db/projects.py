@@ -9,7 +9,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from core.enums import ProjectStatus
+from core.enums import ProjectStatus, ProjectTemplate
 from db.errors import Conflict, NotFound
 from db.tables import Project, utcnow
 
@@ -21,11 +21,19 @@ async def find_by_name(session: AsyncSession, name: str) -> Project | None:
 
 
 async def create_project(
-    session: AsyncSession, *, name: str, description: str, modules: list[str], owner_id: str
+    session: AsyncSession,
+    *,
+    name: str,
+    description: str,
+    modules: list[str],
+    owner_id: str,
+    template: ProjectTemplate | None = None,
 ) -> Project:
     if await find_by_name(session, name) is not None:
         raise Conflict(f"a project named {name!r} already exists")
-    project = Project(name=name, description=description, modules=modules, owner_id=owner_id)
+    project = Project(
+        name=name, description=description, modules=modules, template=template, owner_id=owner_id
+    )
     session.add(project)
     try:
         await session.commit()

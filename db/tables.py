@@ -28,6 +28,7 @@ from core.enums import (
     EngineeringAction,
     EventType,
     ProjectStatus,
+    ProjectTemplate,
     PullRequestState,
     ServerStatus,
     TaskStatus,
@@ -72,6 +73,8 @@ class Project(SQLModel, table=True):
     name: str = Field(index=True, max_length=100)
     description: str = ""
     modules: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    # None: the deployment's default template (ORCHESTRATOR_TEMPLATE_DIR, else ``service``).
+    template: ProjectTemplate | None = Field(default=None, sa_type=String(20))
     status: ProjectStatus = Field(default=ProjectStatus.new, sa_type=String(20))
     repo_full_name: str | None = Field(default=None, max_length=200)
     repository: str | None = Field(default=None, description="Clone URL of the repository")

@@ -116,6 +116,19 @@ MAX_JUNIT_BYTES = 8 * 1024 * 1024
 _MISSING = 3  # the exit code of _READ_FILE for a path that is no regular file
 # Run in the Worker: print at most $2 bytes of the regular file $1 (a FIFO would block a read).
 _READ_FILE = f'[ -f "$1" ] || exit {_MISSING}; head -c "$2" -- "$1"'
+# The same, then the file goes (the JUnit XML, read once): one exec for both.
+_TAKE_FILE = f'{_READ_FILE} && rm -f -- "$1"'
+# Run in the Worker: the test command ($2), after removing the JUnit XML an earlier run left
+# at $1 (a crash between that run and its read), which must never pass for this one's; said on
+# stderr with its own exit code when it cannot be removed. In one exec with the command.
+_CANNOT_REMOVE = "orchestrator: cannot remove the old test report"
+_CANNOT_REMOVE_EXIT = 125
+_RUN_TEST_COMMAND = f"""[ -z "$1" ] || rm -f -- "$1" 2>&1 || {{
+    echo "{_CANNOT_REMOVE} $1" >&2
+    exit {_CANNOT_REMOVE_EXIT}
+}}
+exec sh -c "$2"
+"""
 # The project's dependency caches inside the Worker: a host directory per project, shared by
 # its tasks (uv's, pip's and npm's caches, and the Tester's environments).
 DEPENDENCIES_MOUNT = "/var/cache/project-deps"
@@ -258,15 +271,17 @@ async def run_agent_turn(
 
 
 async def read_worker_file(
-    runtime: ContainerRuntime, worker_id: str, path: str, limit: int
+    runtime: ContainerRuntime, worker_id: str, path: str, limit: int, *, remove: bool = False
 ) -> str | None:
     """At most ``limit`` bytes of a file of the Worker (relative paths under /workspace), as
-    text; None when there is no such regular file.
+    text; None when there is no such regular file. ``remove``: the file goes once read.
 
     Read inside the Worker, not from the mounted workspace on the host: a path the agent made a
     symbolic link can only ever reach what the Worker itself can read."""
     done = await runtime.exec(
-        worker_id, ["sh", "-c", _READ_FILE, "sh", path, str(limit)], timeout=60
+        worker_id,
+        ["sh", "-c", _TAKE_FILE if remove else _READ_FILE, "sh", path, str(limit)],
+        timeout=60,
     )
     if done.exit_code == _MISSING:
         return None
@@ -377,24 +392,21 @@ async def run_tests(
         env |= await start_backing_services(
             runtime, worker_id, manifest.backing_services, image_for
         )
-    if spec.junit is not None:
-        # A report left by an earlier run (a crash between the run and its removal below) must
-        # never pass for this one's.
-        cannot = await _remove_file(runtime, worker_id, spec.junit)
-        if cannot:
-            return TestReport(
-                passed=False,
-                exit_code=-1,
-                command=spec.command,
-                summary=f"no tests ran: the old {spec.junit} cannot be removed: {cannot}",
-            )
     done = await runtime.exec(
         worker_id,
-        ["sh", "-c", spec.command],
+        test_command_argv(spec.command, spec.junit),
         # A round rewrites files within the same second: no stale .pyc may shadow them.
         env={**env, "PYTHONDONTWRITEBYTECODE": "1"},
         timeout=max(1.0, timeout_s - (time.monotonic() - started)),
     )
+    if done.exit_code == _CANNOT_REMOVE_EXIT and _CANNOT_REMOVE in done.stderr:
+        return TestReport(
+            passed=False,
+            exit_code=-1,
+            command=spec.command,
+            summary=f"no tests ran: the old {spec.junit} cannot be removed: "
+            f"{done.stdout.strip()[-300:] or 'rm failed'}",
+        )
     output = done.stdout + done.stderr
     if done.timed_out:
         return TestReport(
@@ -408,10 +420,9 @@ async def run_tests(
         report = parse_unittest(output, done.exit_code)
         report.command = spec.command
         return report
-    xml = await read_worker_file(runtime, worker_id, spec.junit, MAX_JUNIT_BYTES)
     # Read, it goes: the pull request commits what the workspace holds, and the report is none
     # of the agent's work.
-    await _remove_file(runtime, worker_id, spec.junit)
+    xml = await read_worker_file(runtime, worker_id, spec.junit, MAX_JUNIT_BYTES, remove=True)
     if xml is None or len(xml.encode()) >= MAX_JUNIT_BYTES:
         why = (
             f"the test command wrote no JUnit XML at {spec.junit}"
@@ -422,7 +433,7 @@ async def run_tests(
     return parse_junit(xml, done.exit_code, output, command=spec.command)
 
 
-async def _remove_file(runtime: ContainerRuntime, worker_id: str, path: str) -> str | None:
-    """Remove a file of the Worker's workspace if it is there; why it cannot be, else None."""
-    removed = await runtime.exec(worker_id, ["rm", "-f", "--", path], timeout=60)
-    return None if removed.exit_code == 0 else removed.stderr.strip()[-300:] or "rm failed"
+def test_command_argv(command: str, junit: str | None) -> list[str]:
+    """How the Tester runs the manifest's test command in the Worker (with the removal of an
+    old JUnit XML at ``junit`` first)."""
+    return ["sh", "-c", _RUN_TEST_COMMAND, "sh", junit or "", command]

@@ -29,6 +29,7 @@ from core.contracts.workflows import (
     EngineeringInput,
     EngineeringOutput,
 )
+from core.enums import ProjectTemplate
 from core.ids import turns_workflow_id
 from core.settings import Settings
 from core.temporal import search_attributes
@@ -41,7 +42,10 @@ from workflows.engineering import EngineeringWorkflow
 
 
 async def make_project(
-    db: Database, name: str | None = None, modules: list[str] | None = None
+    db: Database,
+    name: str | None = None,
+    modules: list[str] | None = None,
+    template: ProjectTemplate | None = None,
 ) -> Project:
     async with db.session() as session:
         user = User(name="tester")
@@ -51,6 +55,7 @@ async def make_project(
             name=name or f"demo-{uuid.uuid4().hex[:6]}",
             description="A demo project",
             modules=modules or ["backend"],
+            template=template,
             owner_id=user.id,
         )
         session.add(project)

@@ -97,6 +97,7 @@ class ScaffoldWorkflow:
                     repo_full_name=full_name,
                     description=project.description,
                     modules=request.modules or project.modules,
+                    template=project.template,
                 ),
                 start_to_close_timeout=SCAFFOLD_TIMEOUT,
                 heartbeat_timeout=SCAFFOLD_HEARTBEAT,

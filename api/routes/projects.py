@@ -24,6 +24,7 @@ async def create_project(data: ProjectCreate, user: CurrentUser, session: DbSess
         name=data.name,
         description=data.description,
         modules=data.modules,
+        template=data.template,
         owner_id=user.id,
     )
     return ProjectRead.model_validate(project)

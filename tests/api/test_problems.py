@@ -81,6 +81,17 @@ async def test_projects_unique_names(admin: httpx.AsyncClient, project: dict[str
     assert [p["id"] for p in listed] == [other["id"], project["id"]]  # newest first
 
 
+async def test_a_project_names_its_template_or_takes_the_default(
+    admin: httpx.AsyncClient, project: dict[str, Any]
+) -> None:
+    assert project["template"] is None  # the deployment's default
+    made = await admin.post("/projects", json={"name": "notes", "template": "app"})
+    assert made.status_code == 201 and made.json()["template"] == "app"
+    assert (await admin.get("/projects/notes")).json()["template"] == "app"
+    unknown = await admin.post("/projects", json={"name": "x", "template": "django"})
+    assert "template" in assert_problem(unknown, 422)["detail"]
+
+
 async def test_a_task_that_does_not_fit_its_type_is_refused_readably(
     admin: httpx.AsyncClient, project: dict[str, Any]
 ) -> None:

@@ -57,6 +57,17 @@ def test_project_create_list_show(cli: Cli) -> None:
     human = cli("project", "list")
     assert human.exit_code == 0
     assert name in human.stdout
+    assert created["template"] is None  # the stack's default
+
+
+def test_a_project_is_made_from_the_template_it_names(cli: Cli) -> None:
+    name = unique("app")
+    created = cli.json("project", "create", "--name", name, "--template", "app")
+    assert created["template"] == "app"
+    shown = cli("project", "show", name)
+    assert shown.exit_code == 0 and "template" in shown.stdout and "app" in shown.stdout
+    refused = cli("project", "create", "--name", unique("x"), "--template", "django")
+    assert refused.exit_code == 2 and "django" in refused.output
 
 
 def test_duplicate_project_is_refused_with_exit_1(cli: Cli) -> None:

@@ -1,6 +1,6 @@
 """`orchestrator demo`: its scripted feature passes the project template's tests, and it asks for
-the agent the environment's model keys call for (against a real API process; the whole demo on
-the stack is in tests/stack/test_up_smoke.py)."""
+the agent the environment's model keys call for, on a project from the app template (against a
+real API process; the whole demo on the stack is in tests/stack/test_up_smoke.py)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,10 @@ import copier
 import pytest
 
 from cli.demo import ANTHROPIC_KEYS, OPENAI_KEYS, choose_agent
+from cli.demo_notes import SPEC, notes_script
 from cli.demo_script import DEMO_FILES, demo_script
 from cli.main import app
+from core.enums import ProjectTemplate
 from core.paths import TEMPLATES_DIR
 from infra.agents.scripted import RUNNER_SOURCE
 from tests.cli.conftest import FOREIGN, Api, Cli
@@ -53,7 +55,11 @@ def play(repo: Path, script: Path) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("modules", [["backend"], ["backend", "tg_bot"]])
-def test_the_scripted_round_passes_the_template_tests(tmp_path: Path, modules: list[str]) -> None:
+def test_the_scripted_round_passes_the_service_template_tests(
+    tmp_path: Path, modules: list[str]
+) -> None:
+    """The ``service`` template's demo round; the ``app`` template's runs through the whole
+    pipeline in tests/workflows/test_engineering_app.py."""
     repo = scaffolded(tmp_path / "repo", modules)
     script = tmp_path / "script.json"
     script.write_text(json.dumps(demo_script()))
@@ -93,8 +99,9 @@ def test_the_scripted_round_passes_the_template_tests(tmp_path: Path, modules: l
 )
 def test_the_agent_follows_the_model_keys(env: dict[str, str], agent: str) -> None:
     chosen = choose_agent(env)
-    assert chosen.name == chosen.engineering["agent"] == agent
-    assert ("script" in chosen.engineering) == (agent == "scripted")
+    options = chosen.options(ProjectTemplate.app, "notes")
+    assert chosen.name == options["agent"] == agent
+    assert ("script" in options) == (agent == "scripted")
 
 
 def run_demo(cli: Cli, api: Api, **env: str) -> tuple[int, Any, str]:
@@ -124,8 +131,12 @@ def test_the_demo_starts_its_task_with_the_agent(
     task = cli.json("task", "show", error["task_id"])
     options = task["details"]["engineering"]
     assert options["agent"] == agent
+    project = cli.json("project", "show", task["project_id"])
+    assert (project["template"], project["modules"]) == ("app", ["backend"])
+    assert task["spec"] == SPEC
     if agent == "scripted":
-        assert options["script"] == demo_script()
+        assert options["script"] == notes_script(project["name"])
+        assert "python-slugify" in notes
         assert "deterministic scripted agent stands in for a real coding agent" in notes
         assert "ANTHROPIC_API_KEY or OPENAI_API_KEY" in notes
     else:

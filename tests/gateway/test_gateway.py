@@ -45,7 +45,7 @@ from tests.gateway.conftest import (
 
 REPO = REPO_ROOT
 CLIENT_SECRET = "client-side-credential-must-not-travel"
-CONNECT_REFUSED = b"CONNECT pypi.org:443 HTTP/1.0\r\n\r\n"  # no allowlist: a 403
+CONNECT_REFUSED = b"CONNECT example.com:443 HTTP/1.0\r\n\r\n"  # not allowed: a 403
 A_TOKENS_IN = A_IN + A_CACHE_WRITE + A_CACHE_READ
 # The stand-in's prices (conftest.PRICES), USD per million tokens.
 A_COST = (A_IN * 3 + A_CACHE_WRITE * 3.75 + A_CACHE_READ * 0.3 + A_OUT * 15) / 1e6

@@ -70,6 +70,8 @@ async def test_the_failing_test_is_named_from_the_junit_report(tmp_path: Path) -
     assert report.failure_messages == {"tests.test_greeting.test_greets": "'Hi' != 'Hello'"}
     # Read, the report is gone: the pull request commits what the workspace holds.
     assert not (tmp_path / "reports/junit.xml").exists()
+    # Three commands in the Worker: the inputs read, the tests run, the report taken.
+    assert len(place.argvs) == 3
 
 
 async def test_a_stale_report_is_never_read(tmp_path: Path) -> None:
@@ -88,6 +90,22 @@ async def test_a_stale_report_is_never_read(tmp_path: Path) -> None:
     )
     assert "it broke before the tests ran" in report.output
     assert not (tmp_path / "reports/junit.xml").exists()
+
+
+async def test_an_old_report_that_cannot_be_removed_runs_nothing_and_says_why(
+    tmp_path: Path,
+) -> None:
+    place = worker(
+        tmp_path, {".orchestrator.yml": MANIFEST, "write_report.sh": "touch ran\nexit 0\n"}
+    )
+    (tmp_path / "reports" / "junit.xml").mkdir(parents=True)  # a directory: rm -f refuses it
+    report = await outcome_of(place)
+    assert not report.passed and report.exit_code == -1
+    assert report.summary.startswith("no tests ran: the old reports/junit.xml cannot be removed")
+    assert "Is a directory" in report.summary
+    assert not (tmp_path / "ran").exists()
+    # The manifest read, then the command's one exec: the old report's removal is part of it.
+    assert len(place.argvs) == 2
 
 
 async def test_without_a_manifest_make_test_runs_and_its_unittest_output_is_read(

@@ -40,6 +40,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
 
 from cli.demo import ANTHROPIC_KEYS, OPENAI_KEYS
+from cli.demo_notes import FAILING_TEST
 from cli.demo_script import DEMO_FILES
 from core.settings import Settings
 from infra.containers import TASK_ID, ContainerRuntime, WorkerSpec
@@ -65,6 +66,10 @@ FOREIGN = [
     )
 ] + [*ANTHROPIC_KEYS, *OPENAI_KEYS]  # the stack must not pick a real agent from this machine
 NO_AGENT = "No coding agent is configured"
+# The notes feature's files in its pull request, and pytest's count once it passes (the
+# template's own tests and the feature's two).
+NOTES_FILES = {"pyproject.toml", "uv.lock", "app/routes/notes.py", "tests/test_notes.py"}
+TESTS_AFTER = 8
 # A small script for the scripted agent: one round that writes, commits and completes.
 PING_SCRIPT = {
     "rounds": [
@@ -338,14 +343,56 @@ async def test_up_run_a_task_down(stack: Stack) -> None:
     assert stack.json("status")["running"] is False
 
 
-async def test_the_demo_opens_a_pull_request_and_deploys_it(
+async def test_the_demo_builds_a_database_feature_with_a_package_to_a_pull_request(
+    stack: Stack,
+    docker_host: str,
+    docker_client: docker.DockerClient,
+    scripted_image: str,
+    postgresql_image: str,
+) -> None:
+    """`make run`: the demo starts the stack itself; on a project from the app template the
+    scripted agent installs python-slugify and adds notes in PostgreSQL with one failing pytest
+    test, which the Tester names from the JUnit XML; fixed in round 2, the pull request follows
+    with pytest's count. Not deployed: the deploy stage has no container runtime yet."""
+    stack.env["DOCKER_HOST"] = docker_host  # where the images are kept (see the top)
+    done = await asyncio.to_thread(stack.cli, "demo", "--json", timeout=600)
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    demo = json.loads(done.stdout)
+    assert "deterministic scripted agent stands in for a real coding agent" in done.stderr
+    assert "python-slugify" in done.stderr
+    assert (demo["status"], demo["agent"], demo["error"]) == ("COMPLETED", "scripted", None)
+    assert demo["template"] == "app"
+    assert demo["result"]["stages"] == ["scaffold", "developer", "tester", "pull_request"]
+    assert demo["rounds"] == 2
+    assert (demo["test_outcome"]["passed"], demo["test_outcome"]["failed"]) == (TESTS_AFTER, 0)
+    assert NOTES_FILES <= set(demo["files_changed"])
+    assert "deploy_task_id" not in demo and "container runtime" in demo["deploy_skipped"]
+
+    # Round 1's failing test, named from pytest's JUnit XML, and round 2's pass.
+    events = stack.json("task", "show", demo["task_id"])["events"]
+    tester = [e for e in events if e["stage"] == "tester" and e["type"] == "stage_completed"]
+    assert [e["data"]["failing_tests"] for e in tester] == [[FAILING_TEST], []]
+
+    [pull] = stack.json("pr", "list", "--task", demo["task_id"])
+    repo = LocalForge(stack.home / "forge").path(pull["repo_full_name"])
+    lock = git_out(repo, "show", f"{pull['head_sha']}:uv.lock")
+    assert 'name = "python-slugify"' in lock and "127.0.0.1" not in lock
+    label = f"{TASK_ID}={demo['task_id']}"
+    assert docker_client.containers.list(all=True, filters={"label": label}) == []
+    down = await asyncio.to_thread(stack.json, "down")
+    assert down["was_running"] is True and down["killed"] == []
+
+
+async def test_the_demo_of_the_service_template_opens_a_pull_request_and_deploys_it(
     stack: Stack, docker_host: str, docker_client: docker.DockerClient, scripted_image: str
 ) -> None:
-    """`make run`: the demo starts the stack itself, the scripted agent's feature ends in a
-    pull request whose branch holds it, its tests passed, and that branch answers at its URL on
-    a deploy target the demo made on this machine."""
+    """`make run -- --template service`: the scripted agent's feature ends in a pull request
+    whose branch holds it, its tests passed, and that branch answers at its URL on a deploy
+    target the demo made on this machine."""
     stack.env["DOCKER_HOST"] = docker_host  # where the scripted image is kept (see the top)
-    done = await asyncio.to_thread(stack.cli, "demo", "--json", timeout=600)
+    done = await asyncio.to_thread(
+        stack.cli, "demo", "--template", "service", "--json", timeout=600
+    )
     assert done.returncode == 0, (done.stdout, done.stderr)
     demo = json.loads(done.stdout)
     assert "deterministic scripted agent stands in for a real coding agent" in done.stderr

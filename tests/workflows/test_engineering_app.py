@@ -5,13 +5,14 @@ a feature that installs a package and writes to the database goes to a pull requ
 Real parts throughout: the real worker (Temporal dev server, podman), the scripted agent in its
 sealed Worker, ``uv add`` against PyPI through the egress proxy, the lockfile's packages installed
 through the registry path from the session's package caches, the test PostgreSQL beside the
-Worker, JUnit XML from pytest, the local forge. The scripted agent plays testing/notes_feature.py:
+Worker, JUnit XML from pytest, the local forge. The scripted agent plays cli/demo_notes.py:
 round 1 adds python-slugify and notes with one failing test, round 2 fixes it.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import docker
@@ -19,14 +20,13 @@ from redis.asyncio import Redis
 from sqlmodel import select
 from temporalio.client import Client, WorkflowFailureError
 
-from core.enums import EventType, TaskStatus
-from core.paths import APP_TEMPLATE_DIR
+from cli.demo_notes import FAILING_TEST, PACKAGE, SPEC, notes_script
+from core.enums import EventType, ProjectTemplate, TaskStatus
 from core.settings import Settings
 from db.engine import Database
 from db.tables import Project, PullRequest
 from gateway import Gateway, GatewaySettings
 from infra.containers import TASK_ID, ContainerRuntime
-from testing.notes_feature import FAILING_TEST, PACKAGE, SPEC, notes_script
 from testing.servers import PackageCaches
 from testing.workflows import (
     bare_repositories,
@@ -49,11 +49,28 @@ def big_runtime(docker_client: docker.DockerClient) -> ContainerRuntime:
     return ContainerRuntime(docker_client, Settings(worker_memory="1g", worker_pids=256))
 
 
-def caches_for(package_caches: PackageCaches) -> GatewaySettings:
-    return GatewaySettings(
+@contextlib.asynccontextmanager
+async def app_worker(
+    client: Client,
+    db: Database,
+    redis: Redis,
+    home: Path,
+    docker_client: docker.DockerClient,
+    package_caches: PackageCaches,
+) -> AsyncIterator[str]:
+    """The real worker for app template projects: a gateway to the session's package caches,
+    Workers with room for uv, pytest and FastAPI; yields its task queue."""
+    caches = GatewaySettings(
         pypi_cache_url=package_caches.settings.pypi_cache_url,
         npm_cache_url=package_caches.settings.npm_cache_url,
     )
+    async with (
+        Gateway(db, caches) as gateway,
+        running_worker(
+            client, db, redis, home, runtime=big_runtime(docker_client), gateway=gateway
+        ) as queue,
+    ):
+        yield queue
 
 
 async def test_a_scaffolded_backend_and_bot_passes_its_own_make_test_in_its_worker(
@@ -65,20 +82,13 @@ async def test_a_scaffolded_backend_and_bot_passes_its_own_make_test_in_its_work
     package_caches: PackageCaches,
     short_dir: Path,
 ) -> None:
-    project = await make_project(sqlite_database, name="both", modules=["backend", "tg_bot"])
+    project = await make_project(
+        sqlite_database, name="both", modules=["backend", "tg_bot"], template=ProjectTemplate.app
+    )
     home = short_dir / "home"
-    async with (
-        Gateway(sqlite_database, caches_for(package_caches)) as gateway,
-        running_worker(
-            temporal_client,
-            sqlite_database,
-            redis,
-            home,
-            template_dir=APP_TEMPLATE_DIR,
-            runtime=big_runtime(docker_client),
-            gateway=gateway,
-        ) as queue,
-    ):
+    async with app_worker(
+        temporal_client, sqlite_database, redis, home, docker_client, package_caches
+    ) as queue:
         first = await run_task(temporal_client, sqlite_database, redis, project, queue, "one")
         environments = list((home / "dependencies" / project.id / "environments").iterdir())
         installed = (environments[0] / ".installed").stat().st_mtime_ns
@@ -122,7 +132,9 @@ async def test_a_backend_feature_with_a_package_and_the_database_goes_to_a_pull_
     short_dir: Path,
 ) -> None:
     home = short_dir / "home"
-    project = await make_project(sqlite_database, name="notes", modules=["backend"])
+    project = await make_project(
+        sqlite_database, name="notes", modules=["backend"], template=ProjectTemplate.app
+    )
     task = await make_task(
         sqlite_database,
         redis,
@@ -132,18 +144,9 @@ async def test_a_backend_feature_with_a_package_and_the_database_goes_to_a_pull_
         script=notes_script("notes"),
         max_rounds=3,
     )
-    async with (
-        Gateway(sqlite_database, caches_for(package_caches)) as gateway,
-        running_worker(
-            temporal_client,
-            sqlite_database,
-            redis,
-            home,
-            template_dir=APP_TEMPLATE_DIR,
-            runtime=big_runtime(docker_client),
-            gateway=gateway,
-        ) as queue,
-    ):
+    async with app_worker(
+        temporal_client, sqlite_database, redis, home, docker_client, package_caches
+    ) as queue:
         output = await (await start_engineering(temporal_client, task, queue)).result()
 
     assert output.status == TaskStatus.completed, output

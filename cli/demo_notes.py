@@ -1,18 +1,18 @@
-"""A real feature for the ``app`` template's backend, played by the scripted agent in two rounds.
+"""The demo's feature for the ``app`` template's backend, played by the scripted agent in two
+rounds.
 
-Round 1 installs a third-party package from the registry path (``uv add python-slugify``, which
+Round 1 installs a third-party package (``uv add python-slugify``, resolved against PyPI, which
 changes ``pyproject.toml`` and ``uv.lock``) and adds notes stored in PostgreSQL: a model, its
 Alembic migration, ``POST /notes`` and ``GET /notes/{slug}``, and their pytest tests. Its lookup
 has a bug (by title instead of slug), so ``test_a_note_is_found_by_its_slug`` fails; round 2 fixes
 the route. The files are the template's own, extended, so the project's migration check and
-linters still pass once the bug is gone.
+linters still pass once the bug is gone. Without a model API key ``orchestrator demo`` plays it;
+tests/workflows/test_engineering_app.py runs it through the whole pipeline.
 """
 
 from __future__ import annotations
 
 from typing import Any
-
-import jinja2
 
 from core.paths import APP_TEMPLATE_DIR
 
@@ -152,6 +152,8 @@ def _route(lookup: str) -> str:
 
 
 def _api(project_name: str) -> str:
+    import jinja2  # here: the CLI starts without it
+
     api = jinja2.Template(API.read_text(), keep_trailing_newline=True).render(
         project_name=project_name
     )
