@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import os
+import random
 import re
 import shutil
 import socket
@@ -41,10 +42,36 @@ TEMPORAL_SQLITE_PRAGMAS = [
 ]
 
 
+# Test servers listen below the kernel's ephemeral range: a port taken from that range (as
+# ``bind(0)`` does) can meanwhile become the source port of any outgoing connection, and the
+# server meant to listen on it then finds it in use.
+LOWEST_TEST_PORT = 20_000
+_ports_handed_out: set[int] = set()
+
+
+def _ephemeral_floor() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port nothing listens on, outside the ephemeral range, not handed out before
+    in this process."""
+    ceiling = _ephemeral_floor()
+    for _ in range(500):
+        port = random.randrange(LOWEST_TEST_PORT, max(ceiling, LOWEST_TEST_PORT + 1))
+        if port in _ports_handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _ports_handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free loopback port between {LOWEST_TEST_PORT} and {ceiling}")
 
 
 def wait_for_port(port: int, timeout: float = 30.0, proc: subprocess.Popen | None = None) -> None:
