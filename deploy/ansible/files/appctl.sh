@@ -9,6 +9,9 @@
 #   appctl.sh stop-all                 stop every release of the app
 #   appctl.sh install RELEASE DIR      stop the release, then make DIR (a fresh unpack of its
 #                                      archive, in releases/) its directory, replacing the old one
+#   appctl.sh deps RELEASE PYTHON      install the release's requirements.txt into an environment
+#                                      of its own (releases/RELEASE/.venv, made with PYTHON's venv);
+#                                      says "installed", or "none" for a release without one
 #
 # Layout (next to this script): releases/RELEASE (the release's archive unpacked, with its .env),
 # releases/.RELEASE.unpack (deploy.yml unpacks there, then swaps it in), run/RELEASE.sh (its start
@@ -38,7 +41,8 @@ stop_pidfile() {
 start() {  # start RELEASE [COMMAND]
     mkdir -p run logs
     if [ -n "${2:-}" ]; then
-        printf '#!/bin/sh\ncd %s || exit 1\nset -a; . ./.env; set +a\nexec %s\n' \
+        # The release's own environment, when it has one, comes first on PATH: its python3.
+        printf '#!/bin/sh\ncd %s || exit 1\n[ -d .venv/bin ] && PATH="$PWD/.venv/bin:$PATH"\nset -a; . ./.env; set +a\nexec %s\n' \
             "'$APP_DIR/releases/$1'" "$2" >"run/$1.sh"
     fi
     [ -f "run/$1.sh" ] || { echo "appctl.sh: release $1 has no start command" >&2; exit 2; }
@@ -68,6 +72,14 @@ install)
     stop_pidfile "run/${2:?release}.pid"
     rm -rf -- "releases/$2"
     mv -T -- "${3:?unpacked directory}" "releases/$2"
+    ;;
+deps)
+    cd "releases/${2:?release}"
+    if [ ! -f requirements.txt ]; then echo none; exit 0; fi
+    "${3:?python}" -m venv .venv
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-input \
+        -r requirements.txt
+    echo installed
     ;;
 stop-all)
     for file in run/*.pid; do

@@ -23,6 +23,11 @@ sys.exit(3)
 """
 
 
+# The `deps` branch needs a package from PyPI to start; `bad-deps` asks for one PyPI does not have.
+DEPENDENCY = "six==1.17.0"
+MISSING_DEPENDENCY = "orchestrator-no-such-package-3f9a==1.0"
+
+
 def git(repo: Path, *args: str) -> str:
     done = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True)
     return done.stdout.strip()
@@ -57,8 +62,10 @@ def apps_root() -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def app_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The service template rendered and committed on `main`, plus two branches: `broken` (fails
-    its health check) and `v2` (serves, and says so on `/`, so a test sees which version serves)."""
+    """The service template rendered and committed on `main`, plus branches: `broken` (fails its
+    health check), `v2` (serves, and says so on `/`, so a test sees which version serves), `deps`
+    (needs six from PyPI, listed in its requirements.txt, to answer) and `bad-deps` (lists a
+    package PyPI does not have)."""
     repo = tmp_path_factory.mktemp("app") / "repo"
     data = {"project_name": "hello", "description": "A deploy test.", "modules": ["backend"]}
     copier.run_copy(str(TEMPLATES_DIR / "service"), str(repo), data=data, defaults=True, quiet=True)
@@ -75,5 +82,14 @@ def app_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert hello in server.read_text()
     server.write_text(server.read_text().replace(hello, '"message": "hello from v2"'))
     git(repo, *commit, "Say which version serves", "--all")
+    git(repo, "checkout", "-q", "-b", "deps", "main")
+    (repo / "requirements.txt").write_text(f"{DEPENDENCY}\n")
+    with_six = '"message": "hello with six " + __import__("six").__version__'
+    server.write_text(server.read_text().replace(hello, with_six))
+    git(repo, "add", "--all")
+    git(repo, *commit, "Say hello with a dependency")
+    git(repo, "checkout", "-q", "-b", "bad-deps", "deps")
+    (repo / "requirements.txt").write_text(f"{MISSING_DEPENDENCY}\n")
+    git(repo, *commit, "Ask for a package that does not exist", "--all")
     git(repo, "checkout", "-q", "main")
     return repo

@@ -15,6 +15,7 @@ from infra.ansible import MASK, AnsibleRunner, RunnerEvent, SshTarget
 from testing.apps import answers, deploy, pid_alive, processes_in, stop, undeploy
 from testing.servers import free_port
 from testing.waiting import eventually
+from tests.infra.ansible.conftest import DEPENDENCY, MISSING_DEPENDENCY
 
 
 def message(port: int) -> str:
@@ -86,6 +87,38 @@ def test_deploy_serves_and_a_failed_release_leaves_the_previous_serving(
     assert not answers(port)
     assert not pid_alive(pid)
     assert list(app_dir.glob("run/*.pid")) == []
+
+
+def test_a_release_gets_its_dependencies_and_one_that_cannot_leaves_the_previous_serving(
+    runner: AnsibleRunner, target: SshTarget, app_repo: Path, apps_root: Path
+) -> None:
+    """A process app with a requirements.txt: an environment of the release's own, from PyPI,
+    whose python3 runs the start command; a release whose dependencies cannot be installed
+    fails before the serving one is touched, saying what pip said."""
+    port = free_port()
+    first = deploy(runner, target, app_repo, apps_root, "d1", port, ref="deps")
+    assert first.ok, first.stdout_tail
+    assert message(port) == f"hello with six {DEPENDENCY.split('==')[1]}"
+    release_dir = apps_root / "hello" / "releases" / "d1"
+    assert (release_dir / ".venv" / "bin" / "python3").exists()
+    pid = pid_of(apps_root / "hello", "d1")
+
+    second = deploy(runner, target, app_repo, apps_root, "d2", port, ref="bad-deps")
+    assert not second.ok
+    assert second.failed_task == "Refuse a release whose dependencies cannot be installed"
+    assert "release d2: its dependencies (requirements.txt) could not be installed" in (
+        second.failed_msg or ""
+    )
+    assert MISSING_DEPENDENCY.split("==")[0] in (second.failed_msg or "")
+    # d1 served throughout: the same process, never stopped.
+    assert message(port) == f"hello with six {DEPENDENCY.split('==')[1]}"
+    assert pid_of(apps_root / "hello", "d1") == pid and pid_alive(pid)
+
+    # A release without a requirements.txt has no environment and runs as before.
+    third = deploy(runner, target, app_repo, apps_root, "d3", port)
+    assert third.ok, third.stdout_tail
+    assert message(port) == "hello"
+    assert not (apps_root / "hello" / "releases" / "d3" / ".venv").exists()
 
 
 def test_stop_of_an_unknown_app_succeeds(
