@@ -12,7 +12,6 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
 
 from activities import infra_failures, run_blocking
 from core.contracts.engineering import PullRequestCreate, PullRequestRead
@@ -36,7 +35,7 @@ class ScaffoldRequest(BaseModel):
     )
     description: str = ""
     modules: list[str] = Field(default_factory=list)
-    template: str | None = Field(default=None, description="Its name; else the default template")
+    template: ProjectTemplate | None = Field(default=None, description="Else the default one")
 
 
 class FindRepositoryInput(BaseModel):
@@ -101,18 +100,8 @@ class ForgeActivities:
             modules=request.modules,
         )
 
-    def _template(self, name: str | None) -> Path:
-        if name is None:
-            return self.template_dir
-        try:
-            return TEMPLATE_DIRS[ProjectTemplate(name)]
-        except ValueError:
-            known = ", ".join(ProjectTemplate)
-            raise ApplicationError(
-                f"no project template {name!r}; known: {known}",
-                type="TemplateMissing",
-                non_retryable=True,
-            ) from None
+    def _template(self, template: ProjectTemplate | None) -> Path:
+        return self.template_dir if template is None else TEMPLATE_DIRS[template]
 
     @activity.defn
     async def find_repository(self, found: FindRepositoryInput) -> ScaffoldResult | None:

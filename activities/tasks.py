@@ -14,7 +14,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from core.contracts.scaffolder import ScaffoldResult
-from core.enums import TERMINAL_STATUSES, EventType, ProjectStatus, TaskStatus
+from core.enums import TERMINAL_STATUSES, EventType, ProjectStatus, ProjectTemplate, TaskStatus
 from db import projects
 from db.engine import Database
 from db.errors import NotFound
@@ -56,7 +56,7 @@ class ProjectInfo(BaseModel):
     name: str
     description: str = ""
     modules: list[str] = Field(default_factory=list)
-    template: str | None = None
+    template: ProjectTemplate | None = None
     status: ProjectStatus
     repository: str | None = None
     repo_full_name: str | None = None

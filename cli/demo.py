@@ -18,7 +18,7 @@ running.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -63,6 +63,7 @@ class DemoFeature:
     modules: list[str]
     words: str  # the feature, for people
     deploys: bool  # whether the demo deploys it (the deploy stage runs dependency-free apps)
+    script: Callable[[str], dict[str, Any]]  # the scripted agent's, for the project's name
 
 
 FEATURES = {
@@ -71,16 +72,12 @@ FEATURES = {
         ["backend"],
         "notes stored in PostgreSQL, with slugs from the python-slugify package it installs",
         deploys=False,
+        script=notes_script,
     ),
-    ProjectTemplate.service: DemoFeature(DEMO_SPEC, ["backend"], "GET /greet/<name>", True),
+    ProjectTemplate.service: DemoFeature(
+        DEMO_SPEC, ["backend"], "GET /greet/<name>", deploys=True, script=lambda _: demo_script()
+    ),
 }
-
-
-def scripted_rounds(template: ProjectTemplate, project_name: str) -> dict[str, Any]:
-    """The scripted agent's script for the template's feature in the project."""
-    if template is ProjectTemplate.app:
-        return notes_script(project_name)
-    return demo_script()
 
 
 @dataclass(frozen=True)
@@ -93,7 +90,7 @@ class DemoAgent:
         """TaskCreate.engineering for a project: the scripted agent gets its script."""
         if self.name != "scripted":
             return self.engineering
-        return {**self.engineering, "script": scripted_rounds(template, project_name)}
+        return {**self.engineering, "script": FEATURES[template].script(project_name)}
 
 
 def choose_agent(
