@@ -153,7 +153,7 @@ class TimedRuntime(ContainerRuntime):
         starting the test services beside the Worker."""
         mine = [e for e in self.execs if e.worker_id == worker_id]
         agent = sum(e.seconds for e in mine if RUNNER_PATH in e.argv)
-        tests = sum(e.seconds for e in mine if e.argv[-1] == DEFAULT_TEST_COMMAND)
+        tests = sum(e.seconds for e in mine if DEFAULT_TEST_COMMAND in e.argv)
         services = sum(e.seconds for e in mine if e.argv[0] == SIDECAR)
         return agent, tests, services
 

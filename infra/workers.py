@@ -11,12 +11,13 @@ and every HTTP client as its proxy. No credential enters the container's environ
 from __future__ import annotations
 
 import posixpath
+import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from core.contracts.agents import AgentEvent, AgentResult
-from infra.agents.base import DEFAULT_HOME, AgentAdapter, AgentRequest
+from infra.agents.base import DEFAULT_HOME, AgentAdapter, AgentFile, AgentRequest
 from infra.backing_services import ImageFor, start_backing_services
 from infra.containers import ContainerRuntime
 from infra.env_analyzer import MANIFEST, AnalysisError, read_manifest
@@ -113,21 +114,31 @@ MAX_LINES = 20_000
 # (a cut report is not valid XML, and the outcome falls back to the exit code).
 MAX_MANIFEST_BYTES = 256 * 1024
 MAX_JUNIT_BYTES = 8 * 1024 * 1024
-_MISSING = 3  # the exit code of _READ_FILE for a path that is no regular file
-# Run in the Worker: print at most $2 bytes of the regular file $1 (a FIFO would block a read).
-_READ_FILE = f'[ -f "$1" ] || exit {_MISSING}; head -c "$2" -- "$1"'
-# The same, then the file goes (the JUnit XML, read once): one exec for both.
-_TAKE_FILE = f'{_READ_FILE} && rm -f -- "$1"'
-# Run in the Worker: the test command ($2), after removing the JUnit XML an earlier run left
-# at $1 (a crash between that run and its read), which must never pass for this one's; said on
-# stderr with its own exit code when it cannot be removed. In one exec with the command.
+_MISSING = 3  # the exit code of _READ_TEST_INPUTS without a manifest
+# Run in the Worker: the test command ($2), then its JUnit XML ($1) read and removed, in one exec
+# (each exec costs ~0.1 s). First the report an earlier run left at $1 goes (a crash between that
+# run and its read), which must never pass for this one's: said on stderr with its own exit code
+# when it cannot be removed. After the command, the marker line $3 on stdout, and when $1 is a
+# regular file (a FIFO would block a read) the word "report" and at most $4 bytes of it: read,
+# it goes, since the pull request commits what the workspace holds and the report is none of
+# the agent's work. The command runs as a child of this script, in `timeout`'s process group,
+# so a timeout still ends it and everything it started.
 _CANNOT_REMOVE = "orchestrator: cannot remove the old test report"
 _CANNOT_REMOVE_EXIT = 125
 _RUN_TEST_COMMAND = f"""[ -z "$1" ] || rm -f -- "$1" 2>&1 || {{
     echo "{_CANNOT_REMOVE} $1" >&2
     exit {_CANNOT_REMOVE_EXIT}
 }}
-exec sh -c "$2"
+[ -n "$1" ] || exec sh -c "$2"
+sh -c "$2"
+status=$?
+printf '\\n%s\\n' "$3"
+if [ -f "$1" ]; then
+    echo report
+    head -c "$4" -- "$1"
+    rm -f -- "$1"
+fi
+exit $status
 """
 # The project's dependency caches inside the Worker: a host directory per project, shared by
 # its tasks (uv's, pip's and npm's caches, and the Tester's environments).
@@ -197,6 +208,29 @@ async def write_file(
     await runtime.put_file(worker_id, target, content.encode(), mode)
 
 
+async def write_agent_files(
+    runtime: ContainerRuntime, worker_id: str, files: list[AgentFile], home: str
+) -> None:
+    """An agent's files: those in its home (its settings, a script) in one archive with the
+    directories they need, which only the orchestrator and the agent write; any other one as
+    :func:`write_file` does."""
+
+    def in_home(path: str) -> bool:
+        path = posixpath.normpath(path)
+        return posixpath.isabs(path) and path != home and path.startswith(home.rstrip("/") + "/")
+
+    own = {
+        posixpath.relpath(posixpath.normpath(f.path), home): (f.content.encode(), f.mode)
+        for f in files
+        if in_home(f.path)
+    }
+    if own:
+        await runtime.put_tree(worker_id, home, own)
+    for file in files:
+        if not in_home(file.path):
+            await write_file(runtime, worker_id, file.path, file.content, file.mode)
+
+
 async def give_cli_key(runtime: ContainerRuntime, worker_id: str, key: str) -> None:
     """The ``orchestrator`` CLI's key as a 0600 file of the Worker's user where the CLI looks,
     once the forwarder to the API listens (the CLI's first call must not find it closed)."""
@@ -239,8 +273,7 @@ async def run_agent_turn(
     env = dict(command.env)
     if scripted_default:
         env.setdefault("SCRIPTED_AGENT_SCRIPT", SCRIPTED_SCRIPT)
-    for file in command.files:
-        await write_file(runtime, worker_id, file.path, file.content, file.mode)
+    await write_agent_files(runtime, worker_id, command.files, request.home)
     lines: list[str] = []
 
     def take_line(stream: str, line: str) -> None:
@@ -268,26 +301,6 @@ async def run_agent_turn(
             status="failed", raw_error=f"the agent ran past its {timeout_s:g} s limit"
         )
     return adapter.result(lines, result.exit_code, workdir=command.cwd)
-
-
-async def read_worker_file(
-    runtime: ContainerRuntime, worker_id: str, path: str, limit: int, *, remove: bool = False
-) -> str | None:
-    """At most ``limit`` bytes of a file of the Worker (relative paths under /workspace), as
-    text; None when there is no such regular file. ``remove``: the file goes once read.
-
-    Read inside the Worker, not from the mounted workspace on the host: a path the agent made a
-    symbolic link can only ever reach what the Worker itself can read."""
-    done = await runtime.exec(
-        worker_id,
-        ["sh", "-c", _TAKE_FILE if remove else _READ_FILE, "sh", path, str(limit)],
-        timeout=60,
-    )
-    if done.exit_code == _MISSING:
-        return None
-    if done.exit_code != 0 or done.timed_out:
-        raise InfraError(f"cannot read {path} in the Worker: {done.stderr.strip()[-500:]}")
-    return done.stdout
 
 
 def environment_for(lock_hash: str) -> str:
@@ -392,9 +405,10 @@ async def run_tests(
         env |= await start_backing_services(
             runtime, worker_id, manifest.backing_services, image_for
         )
+    marker = f"orchestrator-junit-{secrets.token_hex(8)}"
     done = await runtime.exec(
         worker_id,
-        test_command_argv(spec.command, spec.junit),
+        test_command_argv(spec.command, spec.junit, marker),
         # A round rewrites files within the same second: no stale .pyc may shadow them.
         env={**env, "PYTHONDONTWRITEBYTECODE": "1"},
         timeout=max(1.0, timeout_s - (time.monotonic() - started)),
@@ -407,7 +421,8 @@ async def run_tests(
             summary=f"no tests ran: the old {spec.junit} cannot be removed: "
             f"{done.stdout.strip()[-300:] or 'rm failed'}",
         )
-    output = done.stdout + done.stderr
+    stdout, xml = _split_report(done.stdout, marker)
+    output = stdout + done.stderr
     if done.timed_out:
         return TestReport(
             passed=False,
@@ -420,9 +435,6 @@ async def run_tests(
         report = parse_unittest(output, done.exit_code)
         report.command = spec.command
         return report
-    # Read, it goes: the pull request commits what the workspace holds, and the report is none
-    # of the agent's work.
-    xml = await read_worker_file(runtime, worker_id, spec.junit, MAX_JUNIT_BYTES, remove=True)
     if xml is None or len(xml.encode()) >= MAX_JUNIT_BYTES:
         why = (
             f"the test command wrote no JUnit XML at {spec.junit}"
@@ -433,7 +445,18 @@ async def run_tests(
     return parse_junit(xml, done.exit_code, output, command=spec.command)
 
 
-def test_command_argv(command: str, junit: str | None) -> list[str]:
-    """How the Tester runs the manifest's test command in the Worker (with the removal of an
-    old JUnit XML at ``junit`` first)."""
-    return ["sh", "-c", _RUN_TEST_COMMAND, "sh", junit or "", command]
+def test_command_argv(command: str, junit: str | None, marker: str) -> list[str]:
+    """How the Tester runs the manifest's test command in the Worker: with the removal of an old
+    JUnit XML at ``junit`` first, and the new one printed after ``marker`` once it ends."""
+    limit = str(MAX_JUNIT_BYTES)
+    return ["sh", "-c", _RUN_TEST_COMMAND, "sh", junit or "", command, marker, limit]
+
+
+def _split_report(stdout: str, marker: str) -> tuple[str, str | None]:
+    """The test command's own output, and the JUnit XML printed after the marker (None when
+    the command wrote none, or the script never got there)."""
+    output, found, after = stdout.rpartition(f"\n{marker}\n")
+    if not found:
+        return stdout, None
+    kind, _, xml = after.partition("\n")
+    return output, xml if kind == "report" else None

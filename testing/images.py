@@ -22,7 +22,7 @@ import docker.errors
 from infra.images import ImageBuilder
 from testing import servers
 
-TOOLS = ("sh", "cat", "sleep", "ls", "mkdir", "timeout", "env", "pwd")
+TOOLS = ("sh", "cat", "sleep", "ls", "mkdir", "timeout", "env", "pwd", "head", "rm")
 REPOSITORY = "localhost/orchestrator/test-tiny"
 
 

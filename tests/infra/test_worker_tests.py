@@ -62,7 +62,10 @@ MANIFEST = "test:\n  command: sh write_report.sh\n  junit: reports/junit.xml\n"
 
 
 async def test_the_failing_test_is_named_from_the_junit_report(tmp_path: Path) -> None:
-    script = f"mkdir -p reports\ncat > reports/junit.xml <<'XML'\n{FAILING_REPORT}\nXML\nexit 1\n"
+    script = (
+        "echo 'collected 1 item'\nmkdir -p reports\n"
+        f"cat > reports/junit.xml <<'XML'\n{FAILING_REPORT}\nXML\nexit 1\n"
+    )
     place = worker(tmp_path, {".orchestrator.yml": MANIFEST, "write_report.sh": script})
     report = await outcome_of(place)
     assert not report.passed and report.command == "sh write_report.sh"
@@ -70,8 +73,10 @@ async def test_the_failing_test_is_named_from_the_junit_report(tmp_path: Path) -
     assert report.failure_messages == {"tests.test_greeting.test_greets": "'Hi' != 'Hello'"}
     # Read, the report is gone: the pull request commits what the workspace holds.
     assert not (tmp_path / "reports/junit.xml").exists()
-    # Three commands in the Worker: the inputs read, the tests run, the report taken.
-    assert len(place.argvs) == 3
+    # The command's own output is the output; the report read after it is not part of it.
+    assert "collected 1 item" in report.output and "<testsuite" not in report.output
+    # Two commands in the Worker: the inputs read, then the tests run and their report taken.
+    assert len(place.argvs) == 2
 
 
 async def test_a_stale_report_is_never_read(tmp_path: Path) -> None:

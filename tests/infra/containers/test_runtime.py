@@ -15,6 +15,8 @@ import pytest_asyncio
 
 from core.settings import Settings
 from infra.containers import ContainerRuntime, Mount, WorkerNotFound, WorkerSpec, container_name
+from infra.agents.base import AgentFile
+from infra.workers import run_tests, write_agent_files
 
 MiB = 1024 * 1024
 MakeWorker = Callable[..., Awaitable[WorkerSpec]]
@@ -175,6 +177,24 @@ async def test_a_command_past_its_timeout_is_killed_and_its_lines_came_while_it_
     assert again.exit_code == 0  # the Worker itself lives on
 
 
+async def test_the_testers_command_past_its_limit_leaves_no_process_behind(
+    runtime: ContainerRuntime, make_worker: MakeWorker
+) -> None:
+    """The test command runs as a child of the Tester's script, which reads its JUnit XML in the
+    same exec: a timeout still ends it and what it started."""
+    spec = await make_worker()
+    assert spec.workspace is not None
+    manifest = "test:\n  command: 'sleep 300 & sleep 301'\n  junit: report.xml\n"
+    (spec.workspace / ".orchestrator.yml").write_text(manifest)
+    started = time.monotonic()
+    report = await run_tests(runtime, spec.worker_id, timeout_s=2)
+    assert report.summary == "the tests ran past their 2 s limit"
+    assert time.monotonic() - started < 15
+    left = await runtime.exec(spec.worker_id, ["sh", "-c", "cat /proc/[0-9]*/cmdline"])
+    assert "sleep\x00infinity" in left.stdout  # the Worker's main process: the list is whole
+    assert "sleep\x00300" not in left.stdout and "sleep\x00301" not in left.stdout
+
+
 async def test_an_exclusive_command_ends_the_earlier_one_still_running(
     runtime: ContainerRuntime, make_worker: MakeWorker
 ) -> None:
@@ -219,6 +239,36 @@ async def test_put_file_writes_into_the_worker(
     assert (spec.workspace / "notes.txt").read_bytes() == b"relative to the workspace"
     appended = await runtime.exec(spec.worker_id, ["sh", "-c", "echo ! >> notes.txt"])
     assert appended.exit_code == 0, appended.stderr  # the file is the Worker user's
+
+
+async def test_an_agents_files_go_in_one_archive_with_directories_its_user_can_write(
+    runtime: ContainerRuntime, make_worker: MakeWorker
+) -> None:
+    spec = await make_worker()
+    home = "/tmp/agent-home"
+    files = [
+        AgentFile(path=f"{home}/.tool/settings.json", content="{}", mode=0o600),
+        AgentFile(path=f"{home}/run/deep/script.json", content="[1]"),
+        AgentFile(path="notes/outside.txt", content="in the workspace"),
+    ]
+    await write_agent_files(runtime, spec.worker_id, files, home)
+    # The agent (the Worker's user) writes in every directory made for it, its home included.
+    wrote = await runtime.exec(
+        spec.worker_id,
+        [
+            "sh",
+            "-c",
+            f"cat {home}/.tool/settings.json {home}/run/deep/script.json && "
+            f"echo x > {home}/own && echo y > {home}/run/deep/own && echo z > {home}/.tool/own",
+        ],
+    )
+    assert (wrote.exit_code, wrote.stdout) == (0, "{}[1]"), wrote.stderr
+    assert spec.workspace is not None
+    assert (spec.workspace / "notes" / "outside.txt").read_text() == "in the workspace"
+    # Written again (the next round), what the agent added there stays.
+    await write_agent_files(runtime, spec.worker_id, files[:1], home)
+    kept = await runtime.exec(spec.worker_id, ["cat", f"{home}/own", f"{home}/.tool/own"])
+    assert (kept.exit_code, kept.stdout) == (0, "x\nz\n"), kept.stderr
 
 
 async def test_the_workspace_and_mounts_are_shared_with_the_host(
