@@ -1,7 +1,8 @@
 """Releases on servers, through Ansible: what ``AnsibleDeployWorkflow`` and stop/undeploy run.
 
-The release travels as an archive made here (``git archive`` of one commit), so a server needs
-no access to the forge and holds no credential. Secrets are decrypted only in ``deploy_release``,
+The release travels as an archive made here (``git archive`` of one commit, plus the
+``requirements.txt`` its uv lockfile pins), so a server needs no access to the forge and holds no
+credential. Secrets are decrypted only in ``deploy_release``,
 handed to the runner as secret variables (a 0600 file, masked in its output) and written by the
 playbook into the release's ``.env``; they appear in no result, event, log or history.
 """
@@ -37,6 +38,7 @@ from db.tables import Server
 from infra.ansible import AnsibleRunner, PlaybookRun, RunnerEvent, SshTarget
 from infra.forges import make_forge
 from infra.git import archive_commit
+from infra.release_archives import export_locked_requirements
 
 log = get_logger("activities.releases")
 
@@ -175,13 +177,16 @@ class ReleaseActivities:
             return await secrets.project_env(session, self.vault, project_id)
 
     def _archive(self, message: AnsibleDeployMessage, path: Path) -> str:
-        """``git archive`` of the release's commit at ``path``; returns the commit."""
+        """``git archive`` of the release's commit at ``path``, with the requirements its uv
+        lockfile pins; returns the commit."""
         repository = message.repository or make_forge(self.settings).clone_url(
             message.repo_full_name
         )
         wanted = message.commit_sha or DEFAULT_COMMIT
         with infra_failures():
-            return archive_commit(repository, wanted, path, name=message.repo_full_name)
+            commit = archive_commit(repository, wanted, path, name=message.repo_full_name)
+            export_locked_requirements(path)
+            return commit
 
     def _archives(self) -> Path:
         directory = self.runner.work_root / "archives"

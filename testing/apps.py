@@ -15,12 +15,14 @@ from typing import Any
 import httpx
 
 from infra.ansible import AnsibleRunner, OnEvent, PlaybookRun, SshTarget
+from infra.release_archives import export_locked_requirements
 
 APP = "hello"
 
 
 def release_archive(repo: Path, ref: str, directory: Path) -> Path:
-    """What the deploy pipeline ships: `git archive` of `ref`, a .tar.gz on the controller."""
+    """What the deploy pipeline ships: `git archive` of `ref`, a .tar.gz on the controller, with
+    the requirements its uv lockfile pins."""
     archive = directory / f"{ref.replace('/', '-')}.tar.gz"
     subprocess.run(
         ["git", "archive", "--format=tar.gz", "-o", str(archive), ref],
@@ -28,6 +30,7 @@ def release_archive(repo: Path, ref: str, directory: Path) -> Path:
         check=True,
         capture_output=True,
     )
+    export_locked_requirements(archive)
     return archive
 
 

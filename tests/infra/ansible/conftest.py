@@ -14,6 +14,7 @@ import pytest
 from core.paths import TEMPLATES_DIR
 from infra.ansible import AnsibleRunner, SshTarget
 from testing.apps import end_apps
+from testing.locked_app import write_locked_project
 from testing.ssh_host import SshHost
 
 # The `broken` branch starts, logs why it cannot serve, and exits: its health check must fail.
@@ -64,8 +65,8 @@ def apps_root() -> Iterator[Path]:
 def app_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The service template rendered and committed on `main`, plus branches: `broken` (fails its
     health check), `v2` (serves, and says so on `/`, so a test sees which version serves), `deps`
-    (needs six from PyPI, listed in its requirements.txt, to answer) and `bad-deps` (lists a
-    package PyPI does not have)."""
+    (needs six from PyPI, listed in its requirements.txt, to answer), `bad-deps` (lists a
+    package PyPI does not have) and `locked` (`deps` with six in a uv lockfile instead)."""
     repo = tmp_path_factory.mktemp("app") / "repo"
     data = {"project_name": "hello", "description": "A deploy test.", "modules": ["backend"]}
     copier.run_copy(str(TEMPLATES_DIR / "service"), str(repo), data=data, defaults=True, quiet=True)
@@ -91,5 +92,10 @@ def app_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     git(repo, "checkout", "-q", "-b", "bad-deps", "deps")
     (repo / "requirements.txt").write_text(f"{MISSING_DEPENDENCY}\n")
     git(repo, *commit, "Ask for a package that does not exist", "--all")
+    git(repo, "checkout", "-q", "-b", "locked", "deps")
+    git(repo, "rm", "-q", "requirements.txt")
+    write_locked_project(repo)
+    git(repo, "add", "--all")
+    git(repo, *commit, "Lock the dependency with uv instead")
     git(repo, "checkout", "-q", "main")
     return repo

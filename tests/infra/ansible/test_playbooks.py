@@ -121,6 +121,23 @@ def test_a_release_gets_its_dependencies_and_one_that_cannot_leaves_the_previous
     assert not (apps_root / "hello" / "releases" / "d3" / ".venv").exists()
 
 
+def test_a_locked_project_gets_the_packages_its_lockfile_pins(
+    runner: AnsibleRunner, target: SshTarget, app_repo: Path, apps_root: Path
+) -> None:
+    """A project locked with uv and no requirements.txt: the controller exports the lockfile's
+    pins into the archive, and the server installs them, hash-checked, in the release's own
+    environment; the dev group stays out."""
+    port = free_port()
+    run = deploy(runner, target, app_repo, apps_root, "l1", port, ref="locked")
+    assert run.ok, run.stdout_tail
+    assert message(port) == f"hello with six {DEPENDENCY.split('==')[1]}"
+    release_dir = apps_root / "hello" / "releases" / "l1"
+    assert "--hash=sha256:" in (release_dir / "requirements.txt").read_text()
+    site = list((release_dir / ".venv" / "lib").glob("python3*/site-packages"))
+    assert [p.name for p in site[0].glob("six-*.dist-info")] == ["six-1.17.0.dist-info"]
+    assert not list(site[0].glob("iniconfig*"))
+
+
 def test_stop_of_an_unknown_app_succeeds(
     runner: AnsibleRunner, target: SshTarget, apps_root: Path
 ) -> None:
