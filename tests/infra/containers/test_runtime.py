@@ -14,8 +14,8 @@ import pytest
 import pytest_asyncio
 
 from core.settings import Settings
-from infra.containers import ContainerRuntime, Mount, WorkerNotFound, WorkerSpec, container_name
 from infra.agents.base import AgentFile
+from infra.containers import ContainerRuntime, Mount, WorkerNotFound, WorkerSpec, container_name
 from infra.workers import run_tests, write_agent_files
 
 MiB = 1024 * 1024
