@@ -95,7 +95,8 @@ def pid_alive(pid: int) -> bool:
 
 
 def processes_in(directory: Path) -> set[int]:
-    """Live processes whose working directory is in `directory` (a deleted one still counts)."""
+    """Live processes whose working directory is `directory` or in it (a deleted one still
+    counts): under an app's directory, its releases' supervisors and apps."""
     prefix = str(directory) + os.sep
     found = set()
     for entry in Path("/proc").iterdir():
@@ -105,7 +106,7 @@ def processes_in(directory: Path) -> set[int]:
             cwd = os.readlink(entry / "cwd")
         except OSError:  # gone, or another user's
             continue
-        if cwd.startswith(prefix) and pid_alive(int(entry.name)):
+        if (cwd == str(directory) or cwd.startswith(prefix)) and pid_alive(int(entry.name)):
             found.add(int(entry.name))
     return found
 

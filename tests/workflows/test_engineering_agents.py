@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import posixpath
 import shutil
 import sqlite3
 import tempfile
@@ -129,6 +130,13 @@ class RecordingRuntime(ContainerRuntime):
     async def put_file(self, worker_id: str, path: str, content: bytes, mode: int = 0o644) -> None:
         self.put_files[path] = content.decode(errors="replace")
         await super().put_file(worker_id, path, content, mode)
+
+    async def put_tree(
+        self, worker_id: str, root: str, files: dict[str, tuple[bytes, int]]
+    ) -> None:
+        for path, (content, _) in files.items():
+            self.put_files[posixpath.join(root, path)] = content.decode(errors="replace")
+        await super().put_tree(worker_id, root, files)
 
     async def exec(self, worker_id: str, argv: list[str], **options: Any) -> ExecResult:
         self.exec_envs.append(dict(options.get("env") or {}))

@@ -2,9 +2,13 @@
 # Runs the releases of one app as background processes, without systemd.
 #
 #   appctl.sh start RELEASE [COMMAND]  start the release (stopped first if up) in a session of its
-#                                      own; COMMAND (shell) is saved, so a later start reuses it
-#   appctl.sh stop RELEASE             SIGTERM the release's process group, SIGKILL after 10 s
-#   appctl.sh status RELEASE           exit 0 when the release's process is alive
+#                                      own, supervised: started again whenever it exits, after
+#                                      1 s, doubling up to 30 s while it keeps failing within a
+#                                      minute; COMMAND (shell) is saved, so a later start reuses it
+#   appctl.sh stop RELEASE             SIGTERM the release's process group (the app gets it and
+#                                      its supervisor waits for it), SIGKILL after 10 s
+#   appctl.sh status RELEASE           exit 0 when the release's supervisor is alive
+#   appctl.sh supervise RELEASE        (what start runs) the supervisor itself
 #   appctl.sh switch RELEASE PORT      make RELEASE current; stop every other release
 #   appctl.sh stop-all                 stop every release of the app
 #   appctl.sh install RELEASE DIR      stop the release, then make DIR (a fresh unpack of its
@@ -15,7 +19,10 @@
 #
 # Layout (next to this script): releases/RELEASE (the release's archive unpacked, with its .env),
 # releases/.RELEASE.unpack (deploy.yml unpacks there, then swaps it in), run/RELEASE.sh (its start
-# script), run/RELEASE.pid, logs/RELEASE.log, current -> releases/RELEASE, current.json.
+# script), run/RELEASE.pid (its supervisor, leading the release's process group), run/RELEASE.child
+# (the app's own process now), run/RELEASE.exits (how often it exited since its start: deploy.yml
+# fails a release that exits while it is checked), logs/RELEASE.log (the app's output and the
+# supervisor's restarts), current -> releases/RELEASE, current.json.
 set -eu
 APP_DIR=$(cd "$(dirname "$0")" && pwd)
 cd "$APP_DIR"
@@ -47,14 +54,40 @@ start() {  # start RELEASE [COMMAND]
     fi
     [ -f "run/$1.sh" ] || { echo "appctl.sh: release $1 has no start command" >&2; exit 2; }
     stop_pidfile "run/$1.pid"
+    echo 0 >"run/$1.exits"
     # setsid: the app outlives the SSH session and leads a process group we can stop as one.
-    setsid nohup sh "run/$1.sh" >>"logs/$1.log" 2>&1 </dev/null &
+    setsid nohup sh "$APP_DIR/appctl.sh" supervise "$1" >>"logs/$1.log" 2>&1 </dev/null &
     echo $! >"run/$1.pid"
 }
 
-command=${1:?usage: appctl.sh start|stop|status|switch|install RELEASE ... | stop-all}
+supervise() {  # supervise RELEASE: run run/RELEASE.sh, again each time it ends, until stopped
+    exits=0
+    delay=1
+    child=
+    # A stop signals the whole group: the app ends as it does on SIGTERM (finishing what it
+    # serves), and the supervisor waits for that instead of ending first.
+    trap 'trap - TERM INT; kill -TERM "$child" 2>/dev/null || true; wait; exit 0' TERM INT
+    while :; do
+        started=$(date +%s)
+        sh "run/$1.sh" </dev/null &
+        child=$!
+        echo "$child" >"run/$1.child"
+        status=0
+        wait "$child" || status=$?
+        exits=$((exits + 1))
+        echo "$exits" >"run/$1.exits"
+        ran=$(($(date +%s) - started))
+        if [ "$ran" -ge 60 ]; then delay=1; fi
+        echo "appctl: release $1 exited (status $status) after ${ran} s; starting it again in ${delay} s"
+        sleep "$delay"
+        delay=$((delay * 2 > 30 ? 30 : delay * 2))
+    done
+}
+
+command=${1:?usage: appctl.sh start|stop|status|switch|install|deps|supervise RELEASE ... | stop-all}
 case $command in
 start) start "${2:?release}" "${3:-}" ;;
+supervise) supervise "${2:?release}" ;;
 stop) stop_pidfile "run/${2:?release}.pid" ;;
 status)
     if [ -s "run/${2:?release}.pid" ] && alive "$(cat "run/$2.pid")"; then exit 0; else exit 1; fi

@@ -83,7 +83,7 @@ async def test_kill_9_of_the_worker_during_the_playbook(
         assert done["status"] == "COMPLETED", done["error"]
         url = done["result"]["deployed_url"]
         assert await served(url) == {"service": name, "message": "hello"}
-        # One release: one row, serving, one process of the app, the one its pid file names.
+        # One release: one row, serving, one process of the app, the one its supervisor names.
         async with stack.db.session() as session:
             rows = (
                 await session.exec(select(Deployment).where(col(Deployment.task_id) == task["id"]))
@@ -91,8 +91,8 @@ async def test_kill_9_of_the_worker_during_the_playbook(
         assert [(row.status, row.release) for row in rows] == [
             ("RUNNING", done["result"]["release"])
         ]
-        pid_file = stack.apps_root / name / "run" / f"{done['result']['release']}.pid"
-        assert app_processes(stack, name) == {int(pid_file.read_text())}
+        child = stack.apps_root / name / "run" / f"{done['result']['release']}.child"
+        assert app_processes(stack, name) == {int(child.read_text())}
         # The playbook really ran twice: the killed attempt and the one that finished.
         workflow_id = f"ansible-deploy-{task['id']}-{done['result']['release']}"
         history = await stack.client.get_workflow_handle(workflow_id).fetch_history()

@@ -35,8 +35,9 @@ services:
 
 
 def app_environment(apps_root: Path, project: str, release: str) -> dict[str, str]:
-    """The environment of the release's running process, read from /proc."""
-    pid = int((apps_root / project / "run" / f"{release}.pid").read_text())
+    """The environment of the release's running app process (not its supervisor's, which
+    holds none of its variables), read from /proc."""
+    pid = int((apps_root / project / "run" / f"{release}.child").read_text())
     raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
 

@@ -24,7 +24,17 @@ def message(port: int) -> str:
 
 
 def pid_of(app_dir: Path, release: str) -> int:
+    """The release's supervisor (appctl.sh), which leads its process group."""
     return int((app_dir / "run" / f"{release}.pid").read_text())
+
+
+def child_of(app_dir: Path, release: str) -> int:
+    """The release's app process, as its supervisor started it last."""
+    return int((app_dir / "run" / f"{release}.child").read_text())
+
+
+def release_processes(app_dir: Path, release: str) -> set[int]:
+    return {pid_of(app_dir, release), child_of(app_dir, release)}
 
 
 def test_provision_reports_this_machines_capacity(
@@ -185,7 +195,7 @@ def test_deploying_an_old_release_again_rolls_back_to_it(
     assert message(port) == "hello"
     assert (app_dir / "current").resolve() == app_dir / "releases" / "r1"
     assert not pid_alive(newer_pid) and not (app_dir / "run" / "r2.pid").exists()
-    assert processes_in(app_dir) == {pid_of(app_dir, "r1")}
+    assert processes_in(app_dir) == release_processes(app_dir, "r1")
     assert not stray.exists()
     assert sorted(path.name for path in (app_dir / "releases").iterdir()) == ["r1", "r2"]
 
@@ -212,7 +222,8 @@ def test_a_port_another_process_holds_is_named_and_nothing_starts(
     assert answers(port) and pid_alive(serving)
     assert (app_dir / "current").resolve() == app_dir / "releases" / "r1"
     # r2 never ran: no process, no pid file, not a line of log.
-    assert processes_in(app_dir) == {serving}
+    assert processes_in(app_dir) == release_processes(app_dir, "r1")
+    assert pid_of(app_dir, "r1") == serving
     assert not (app_dir / "run" / "r2.pid").exists()
     assert not (app_dir / "logs" / "r2.log").exists()
 
@@ -245,7 +256,7 @@ async def test_a_deploy_retried_after_a_crash_replaces_its_own_leftover(
     assert (app_dir / "current").resolve() == app_dir / "releases" / "r1"
     serving = pid_of(app_dir, "r1")
     assert serving != leftover and not pid_alive(leftover)
-    assert processes_in(app_dir) == {serving}
+    assert processes_in(app_dir) == release_processes(app_dir, "r1")
 
 
 def test_undeploy_stops_the_app_and_removes_its_directory(

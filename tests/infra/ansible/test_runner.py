@@ -96,7 +96,7 @@ def test_a_secret_reaches_the_app_and_nothing_else(
 
     # In the app's environment and its 0600 .env on the target...
     app_dir = apps_root / "hello"
-    pid = int((app_dir / "run" / "r1.pid").read_text())
+    pid = int((app_dir / "run" / "r1.child").read_text())  # the app, not its supervisor
     assert f"API_TOKEN={secret}".encode() in Path(f"/proc/{pid}/environ").read_bytes()
     env_file = app_dir / "releases" / "r1" / ".env"
     assert (env_file.stat().st_mode & 0o777) == 0o600
