@@ -109,7 +109,9 @@ class DevOpsNodes:
         return {"commit_sha": commit, "spec": spec.model_dump(mode="json")}
 
     async def place(self, state: DevOpsState) -> dict[str, Any]:
-        """Deployer: a READY server with room and a port the project holds there."""
+        """Deployer: a READY server with room and a port the project holds there. An app that
+        serves no port holds one too: it is the project's place on that server (its next
+        release goes to the same server, where the one it replaces runs), never listened on."""
         spec = AppSpec.model_validate(state.get("spec") or {})
         avoid = state.get("avoid_ports") or []
         async with self.db.session() as session:
@@ -181,6 +183,8 @@ class DevOpsNodes:
             start_command=spec.command,
             port_env=spec.port_env,
             health_path=spec.health_path,
+            serves_port=spec.serves_port,
+            bot_token_env=spec.bot_token_env,
             notify_workflow_id=activity.info().workflow_id,
         )
         async with self.db.session() as session:
@@ -239,6 +243,18 @@ class DevOpsNodes:
         """The release answers at the URL a person will use, from here (not only on the server)."""
         deployed = state.get("deployed") or {}
         spec = AppSpec.model_validate(state.get("spec") or {})
+        if not spec.serves_port:
+            # Judged on its server: it stayed up (and its bot answered getMe); no URL to ask.
+            bot = deployed.get("bot")
+            said = f"; its bot is @{bot}" if bot else ""
+            await self._event(
+                state,
+                EventType.stage_completed,
+                f"{spec.service} serves no port: it stays up on its server{said}",
+                HEALTH,
+                data={"bot": bot},
+            )
+            return {"url": None}
         base = str(deployed.get("deployed_url") or "")
         url = base.rstrip("/") + spec.health_path
         await self._event(state, EventType.stage_started, f"Checking {url}", HEALTH)
@@ -267,10 +283,11 @@ class DevOpsNodes:
                 },
             )
             await deployments.promote(session, placement["deployment_id"], state.get("url") or "")
+        where = f"at {state['url']}" if state.get("url") else "(it serves no port)"
         await self._event(
             state,
             EventType.stage_completed,
-            f"{state['project_name']} release {state['release']} is live at {state.get('url')}",
+            f"{state['project_name']} release {state['release']} is live {where}",
             RECORD,
         )
         return {}
@@ -294,9 +311,4 @@ def _undeployable(spec: AppSpec) -> str | None:
         )
     if not spec.command:
         return f"its {spec.source} names no command to start it"
-    if not (spec.port_env or spec.port):
-        return (
-            f"{spec.service} serves no HTTP port (no port variable or default port in its "
-            f"{spec.source}): only web apps get a URL"
-        )
     return None

@@ -203,7 +203,10 @@ class ReleaseActivities:
             "app_name": message.project_name,
             "release": release,
             "archive": str(archive),
-            "app_port": message.port,
+            # An app that serves no port gets none: the project's port on the server is only its
+            # place there.
+            "app_port": message.port if message.serves_port else 0,
+            "bot_token_env": (message.bot_token_env or "") if not message.serves_port else "",
             "start_command": message.start_command or "",
             "port_env": message.port_env or "PORT",
             "health_path": message.health_path or "/",
@@ -233,8 +236,11 @@ class ReleaseActivities:
             return AnsibleDeployResult(
                 **common,
                 success=True,
-                deployed_url=deployed_url(server.host, message.port),
+                deployed_url=deployed_url(server.host, message.port)
+                if message.serves_port
+                else None,
                 previous_release=run.data.get("previous_release") or None,
+                bot=run.data.get("bot") or None,
             )
         error = run.failed_msg or f"the playbook failed (rc {run.rc})"
         log.warning("release failed", release=release, server=server.handle, task=run.failed_task)

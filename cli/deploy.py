@@ -96,6 +96,9 @@ def _render_final(out: Output, task: dict[str, Any]) -> None:
     out.console.print(f"Deploy {task['id']} {styled(task['status'])}")
     if result.get("deployed_url"):
         out.console.print(f"URL      [bold]{result['deployed_url']}[/bold]")
+    elif result.get("bot"):
+        out.console.print(f"bot      [bold]@{escape(result['bot'])}[/bold] (serves no port)")
+    if result.get("release"):
         out.console.print(f"release  {result.get('release')} on {result.get('server')}")
     if task.get("error"):
         out.console.print(f"[red]{escape(task['error'])}[/red]")

@@ -122,6 +122,11 @@ class AppSpec(BaseModel):
     port: int | None = Field(default=None, description="The port it listens on by default")
     port_env: str | None = Field(default=None, description="The variable that sets its port")
     health_path: str = "/"
+    bot_token_env: str | None = Field(
+        default=None,
+        description="A service serving no port that is a Telegram bot: the variable holding "
+        "its token, with which the deploy asks the Bot API's getMe (manifest only)",
+    )
     required_env: list[str] = Field(default_factory=list)
     optional_env: list[str] = Field(default_factory=list)
     backing_services: list[BackingService] = Field(
@@ -131,6 +136,11 @@ class AppSpec(BaseModel):
         default_factory=dict,
         description="Every variable the app reads, by kind (manifest only; empty: not declared)",
     )
+
+    @property
+    def serves_port(self) -> bool:
+        """Whether it listens on a port the deploy gives it (else: a bot, a background worker)."""
+        return bool(self.port_env or self.port)
 
 
 def analyze(repository: Path) -> AppSpec:
@@ -312,6 +322,7 @@ def _from_manifest(repository: Path) -> AppSpec | None:
         port=_int(chosen.get("default_port")),
         port_env=chosen.get("port_env"),
         health_path=str(chosen.get("health_path") or "/"),
+        bot_token_env=chosen.get("bot_token_env") or None,
         required_env=[str(v) for v in env.get("required") or []],
         optional_env=[str(v) for v in env.get("optional") or []],
         backing_services=manifest.backing_services,

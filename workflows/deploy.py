@@ -158,7 +158,8 @@ class DeployWorkflow(WaitsForPerson, TakesTurns):
         return DeployResult(
             deployed_url=final.get("url"),
             server_ip=placement.get("server_ip"),
-            port=placement.get("port"),
+            # An app that serves no port holds one only as its place on the server.
+            port=placement.get("port") if final.get("url") else None,
             action=plan.action,
             server=placement.get("server"),
             release=plan.release,
@@ -166,6 +167,7 @@ class DeployWorkflow(WaitsForPerson, TakesTurns):
             commit_sha=final.get("commit_sha"),
             deployment_id=placement.get("deployment_id"),
             playbook_s=deployed.get("playbook_s"),
+            bot=deployed.get("bot"),
         )
 
     async def _run_graph(self, state: DevOpsState) -> dict[str, Any]:

@@ -54,6 +54,9 @@ class DeployResult(Strict):
     commit_sha: str | None = None
     deployment_id: str | None = None
     playbook_s: float | None = Field(default=None, description="Time inside Ansible's playbook")
+    bot: str | None = Field(
+        default=None, description="An app serving no port: its bot's username, from getMe"
+    )
 
 
 def project_secrets_ref(project_id: str) -> str:
@@ -83,6 +86,16 @@ class AnsibleDeployMessage(Envelope):
     start_command: str | None = Field(default=None, description="Else the EnvAnalyzer's")
     port_env: str | None = None
     health_path: str | None = None
+    serves_port: bool = Field(
+        default=True,
+        description="False for an app that serves no port (a bot, a background worker): it is "
+        "healthy when it stays up, and does not get the port",
+    )
+    bot_token_env: str | None = Field(
+        default=None,
+        description="An app serving no port: the variable holding its Telegram bot token, "
+        "checked with getMe on the server",
+    )
     env: dict[str, str] = Field(default_factory=dict, description="Non-secret variables")
     notify_workflow_id: str | None = Field(
         default=None,
@@ -108,6 +121,7 @@ class AnsibleDeployResult(Strict):
         default=False, description="The port was taken on the server by something else"
     )
     playbook_s: float | None = None
+    bot: str | None = Field(default=None, description="The bot's username, when getMe was asked")
 
 
 def deploy_result_key(request_id: str) -> str:
