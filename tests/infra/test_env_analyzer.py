@@ -19,6 +19,7 @@ from infra.env_analyzer import (
     read_manifest,
     read_test_spec,
 )
+from tests.activities.test_app_template import render as render_app
 from tests.activities.test_template import render
 
 
@@ -40,8 +41,17 @@ async def test_a_scaffolded_backend_runs_as_its_manifest_says(tmp_path: Path) ->
 async def test_a_scaffolded_bot_needs_its_token_and_has_no_port(tmp_path: Path) -> None:
     spec = analyze(await render(tmp_path, ["tg_bot"]))
     assert spec.command == "python3 -m app.bot"
-    assert spec.port is None and spec.port_env is None
+    assert spec.port is None and spec.port_env is None and not spec.serves_port
     assert spec.required_env == ["TELEGRAM_BOT_TOKEN"]
+
+
+async def test_the_app_templates_bot_names_its_token_for_getme(tmp_path: Path) -> None:
+    """The deploy asks the Bot API's getMe with the variable the manifest names."""
+    spec = analyze(await render_app(tmp_path, ["tg_bot"]))
+    assert (spec.service, spec.command) == ("tg_bot", "python -m app.bot")
+    assert not spec.serves_port and spec.bot_token_env == "TELEGRAM_BOT_TOKEN"
+    backend = analyze(await render_app(tmp_path / "backend", ["backend", "tg_bot"]))
+    assert backend.serves_port and backend.bot_token_env is None
 
 
 def test_a_procfile_web_process_takes_its_port_from_port(tmp_path: Path) -> None:
