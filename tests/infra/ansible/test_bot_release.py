@@ -21,7 +21,31 @@ from testing.waiting import eventually
 from tests.infra.ansible.conftest import git
 
 TOKEN = "424242:bot-release-token"
-BOT_COMMAND = "python -m app.bot"  # the template's manifest: the release's own python
+BOT_COMMAND = "python3 -m app.bot"  # python3: the release's own, or the server's without one
+# Long polling with the standard library alone, as the template's bot starts (deleteWebhook);
+# like aiogram, it keeps trying when the Bot API refuses it.
+STDLIB_BOT = """import json, os, time, urllib.request
+base = os.environ.get("TELEGRAM_API_URL") or "https://api.telegram.org"
+url = base.rstrip("/") + "/bot" + os.environ["TELEGRAM_BOT_TOKEN"]
+
+def call(method, **params):
+    request = urllib.request.Request(
+        f"{url}/{method}", json.dumps(params).encode(), {"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return json.load(answer)["result"]
+
+offset, started = 0, False
+while True:
+    try:
+        if not started:
+            started = call("deleteWebhook")
+        for update in call("getUpdates", offset=offset, timeout=1):
+            offset = update["update_id"] + 1
+    except OSError as error:
+        print("the Bot API refused:", error, flush=True)
+        time.sleep(1)
+"""
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +57,20 @@ def bot_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     git(repo, "init", "--quiet", "--initial-branch=main")
     git(repo, "add", "--all")
     git(repo, "-c", "user.name=t", "-c", "user.email=t@localhost", "commit", "-qm", "Scaffold")
+    return repo
+
+
+@pytest.fixture(scope="module")
+def stdlib_bot_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A bot of the standard library alone (nothing to install): for the failure paths."""
+    repo = tmp_path_factory.mktemp("stdlib-bot") / "repo"
+    (repo / "app" / "bot").mkdir(parents=True)
+    (repo / "app" / "__init__.py").write_text("")
+    (repo / "app" / "bot" / "__init__.py").write_text("")
+    (repo / "app" / "bot" / "__main__.py").write_text(STDLIB_BOT)
+    git(repo, "init", "--quiet", "--initial-branch=main")
+    git(repo, "add", "--all")
+    git(repo, "-c", "user.name=t", "-c", "user.email=t@localhost", "commit", "-qm", "A bot")
     return repo
 
 
@@ -113,15 +151,15 @@ async def test_a_bot_goes_live_by_getme_and_is_started_again_when_killed(
 async def test_a_bot_whose_token_is_refused_fails_and_the_serving_one_starts_again(
     runner: AnsibleRunner,
     target: SshTarget,
-    bot_repo: Path,
+    stdlib_bot_repo: Path,
     apps_root: Path,
     telegram: TelegramStandIn,
 ) -> None:
     app_dir = apps_root / "hello"
-    ok, _, said = deploy_bot(runner, target, bot_repo, apps_root, "b1", telegram)
+    ok, _, said = deploy_bot(runner, target, stdlib_bot_repo, apps_root, "b1", telegram)
     assert ok, said
     ok, _, said = deploy_bot(
-        runner, target, bot_repo, apps_root, "b2", telegram, token="424242:a-wrong-token"
+        runner, target, stdlib_bot_repo, apps_root, "b2", telegram, token="424242:a-wrong-token"
     )
     assert not ok
     assert said.startswith(
