@@ -81,6 +81,9 @@ RETIRED_PATCHES = (
 # Runs from before it waited for a scaffold under way in an activity; new runs ask the scaffold
 # run to signal its end and wait in workflow code.
 SCAFFOLD_WAIT_PATCH = "engineering-waits-for-scaffold-signal"
+# Runs from before it removed the Worker before recording the task's end; new runs record the
+# end first (a person hears of the pull request sooner) and remove the Worker right after.
+REMOVE_AFTER_FINISH_PATCH = "engineering-removes-worker-after-finish"
 
 
 class StageFailed(ApplicationError):
@@ -95,12 +98,15 @@ class EngineeringWorkflow(WaitsForPerson, TakesTurns):
         self._stages: list[str] = []
         self._task = TaskRun("", failure_type="EngineeringFailed")
         self._scaffold_ended: ScaffoldEnded | None = None
+        self._leftover_worker: str | None = None
 
     @workflow.run
     async def run(self, request: EngineeringInput) -> EngineeringOutput:
         self._task_id = request.task_id
         self._task = TaskRun(request.task_id, failure_type="EngineeringFailed")
-        result = await self._task.run(lambda: self._work(request))
+        result = await self._task.run(
+            lambda: self._work(request), finally_=self._remove_leftover_worker
+        )
         if result is None:
             return EngineeringOutput(task_id=request.task_id, status=self._task.status)
         return EngineeringOutput(
@@ -219,14 +225,19 @@ class EngineeringWorkflow(WaitsForPerson, TakesTurns):
         try:
             await self._create_worker(worker)
             final = await self._run_graph(state, worker)
-        finally:
+        except BaseException:
             # Also after a cancellation: the container must not outlive the task's work.
             await self._remove_worker(worker_id)
-            if uses_model(str(plan.agent)):
-                workflow.deprecate_patch(RETIRED_PATCHES[1])
-                await close_gateway(request.task_id, "Close the task's model gateway")
-            elif gateway_was_opened(str(plan.agent)):
-                await close_gateway(request.task_id, "Close the task's gateway")
+            await self._close_gateway(str(plan.agent))
+            raise
+        if workflow.patched(REMOVE_AFTER_FINISH_PATCH):
+            # The work is done: the gateway closes now (the task's model usage is then final),
+            # and the Worker goes once the task's end is recorded (_remove_leftover_worker).
+            await self._close_gateway(str(plan.agent))
+            self._leftover_worker = worker_id
+        else:
+            await self._remove_worker(worker_id)
+            await self._close_gateway(str(plan.agent))
         for stage in (DEVELOPER, TESTER, PULL_REQUEST):
             if _ran(stage, final):
                 self._stages.append(stage)
@@ -254,6 +265,25 @@ class EngineeringWorkflow(WaitsForPerson, TakesTurns):
 
     async def _remove_worker(self, worker_id: str) -> None:
         await self.remove_worker_and_turn(WORKERS_POOL, worker_id, f"Remove the Worker {worker_id}")
+
+    async def _remove_leftover_worker(self) -> None:
+        """The Worker of a run whose graph ended, once the task's end is recorded (also after a
+        cancel or a failure that came since). Failing here fails no task: the reaper removes
+        what a closed run leaves, and gives back its turn."""
+        if self._leftover_worker is None:
+            return
+        worker_id, self._leftover_worker = self._leftover_worker, None
+        try:
+            await self._remove_worker(worker_id)
+        except FailureError as failure:
+            workflow.logger.warning("Worker %s left to the reaper: %s", worker_id, failure)
+
+    async def _close_gateway(self, agent: str) -> None:
+        if uses_model(agent):
+            workflow.deprecate_patch(RETIRED_PATCHES[1])
+            await close_gateway(self._task_id, "Close the task's model gateway")
+        elif gateway_was_opened(agent):
+            await close_gateway(self._task_id, "Close the task's gateway")
 
     async def _run_graph(
         self, state: DevelopmentState, worker: CreateContainerInput

@@ -48,6 +48,7 @@ from infra.forges.local import LocalForge
 from testing.apps import end_apps
 from testing.images import tiny_image
 from testing.servers import free_port
+from testing.waiting import eventually
 from tests.conftest import fresh_postgres_database
 from tests.stack.test_state import assert_strangers_refused
 
@@ -92,6 +93,10 @@ REGISTRY_TOKENS = {
     "ORCHESTRATOR_NPM_REGISTRY_TOKEN": "npm_smokeSECRET8a2c4e6f0b",
 }
 ORCHESTRATOR = Path(sys.executable).parent / "orchestrator"
+
+
+def workers_of(docker_client: docker.DockerClient, task_id: str) -> list[Any]:
+    return list(docker_client.containers.list(all=True, filters={"label": f"{TASK_ID}={task_id}"}))
 
 
 @dataclass
@@ -377,8 +382,10 @@ async def test_the_demo_builds_a_database_feature_with_a_package_to_a_pull_reque
     repo = LocalForge(stack.home / "forge").path(pull["repo_full_name"])
     lock = git_out(repo, "show", f"{pull['head_sha']}:uv.lock")
     assert 'name = "python-slugify"' in lock and "127.0.0.1" not in lock
-    label = f"{TASK_ID}={demo['task_id']}"
-    assert docker_client.containers.list(all=True, filters={"label": label}) == []
+    # The Worker and its sidecars go right after the task's end is recorded.
+    await eventually(
+        lambda: not workers_of(docker_client, demo["task_id"]), "the task's containers to go"
+    )
     down = await asyncio.to_thread(stack.json, "down")
     assert down["was_running"] is True and down["killed"] == []
 
@@ -417,8 +424,10 @@ async def test_the_demo_of_the_service_template_opens_a_pull_request_and_deploys
     changed = git_out(repo, "diff", "--name-only", f"{pull['base']}...{pull['branch']}")
     assert sorted(changed.splitlines()) == sorted(DEMO_FILES)
     assert "greet_route" in git_out(repo, "show", f"{head}:app/server.py")
-    label = f"{TASK_ID}={demo['task_id']}"
-    assert docker_client.containers.list(all=True, filters={"label": label}) == []
+    # The Worker and its sidecars go right after the task's end is recorded.
+    await eventually(
+        lambda: not workers_of(docker_client, demo["task_id"]), "the task's containers to go"
+    )
 
     # The branch is live on the local target: the feature answers at the deployed URL.
     assert (demo["deploy_status"], demo["deploy_error"]) == ("COMPLETED", None)

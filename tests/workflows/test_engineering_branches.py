@@ -29,7 +29,11 @@ SCAFFOLD = ["get_project", "set_project_status", "scaffold_repository", "record_
 # Before the Worker: the task's row, its project, the repository stage, the plan, the checkout.
 BEFORE_WORKER = ["start_task", "get_project", "record_event", "plan_task", "prepare_workspace"]
 # After the graph, on every path that made a Worker.
+# After a cancel or an activity's failure: the Worker goes before the task's end is recorded.
 CLEAN_UP = ["remove_container", "close_gateway"]
+# A run whose graph ended (the pull request, or a limit the graph met): the gateway closes, the
+# task's end is recorded, then the Worker goes.
+ENDED = ["close_gateway", "finish_task", "remove_container"]
 
 
 def plan(fakes: Fakes, **changes: object) -> None:
@@ -85,9 +89,10 @@ async def test_a_new_project_is_scaffolded_and_failing_tests_go_back_to_the_agen
         "create_container",
         *["developer", "tester"] * 2,
         "propose",
-        *CLEAN_UP,
+        "close_gateway",
         "gateway_usage",
         "finish_task",
+        "remove_container",
     ]
     # The second turn was told what failed in the first round.
     assert fakes.development.feedback == [None, FAILING]
@@ -205,9 +210,10 @@ async def test_a_blocked_agent_waits_for_a_person_without_its_worker(fakes: Fake
         "developer",
         "tester",
         "propose",
-        *CLEAN_UP,
+        "close_gateway",
         "gateway_usage",
         "finish_task",
+        "remove_container",
     ]
     assert fakes.development.feedback == [None, f"You asked: {QUESTION}\nThe answer: UTC"]
     assert await handle.query(EngineeringWorkflow.question) is None
@@ -245,6 +251,20 @@ async def test_waiting_for_a_person_does_not_count_against_the_wall_time(fakes: 
     assert fakes.log.count("developer") == 2
 
 
+async def test_a_worker_that_cannot_be_removed_after_the_end_leaves_it_to_the_reaper(
+    fakes: Fakes,
+) -> None:
+    """The task's end is recorded before its Worker goes: a removal that fails then fails no
+    task (the reaper removes what a closed run leaves)."""
+    fakes.log.fail(
+        "remove_container", ApplicationError("podman is gone", type="Gone", non_retryable=True)
+    )
+    output = await (await fakes.start_engineering()).result()
+    assert output.status is TaskStatus.completed
+    assert fakes.rows.status is TaskStatus.completed
+    assert fakes.log.names()[-2:] == ["finish_task", "remove_container"]
+
+
 # --- the task's limits --------------------------------------------------------------------------
 
 
@@ -258,7 +278,7 @@ async def test_the_round_limit_fails_the_task_naming_it(fakes: Fakes) -> None:
         "the tests still fail after 2 round(s), the task's limit: 3 tests, 1 failure: test_time",
     )
     assert fakes.log.names("developer", "tester", "propose") == ["developer", "tester"] * 2
-    assert fakes.log.names()[-3:] == [*CLEAN_UP, "finish_task"]
+    assert fakes.log.names()[-3:] == ENDED
 
 
 async def test_the_wall_time_limit_stops_the_next_turn(fakes: Fakes) -> None:
@@ -295,8 +315,7 @@ async def test_the_budget_refuses_a_turn_once_the_tokens_are_spent(fakes: Fakes)
         "developer",
         "tester",
         "gateway_usage",
-        *CLEAN_UP,
-        "finish_task",
+        *ENDED,
     ]
 
 
@@ -308,7 +327,7 @@ async def test_a_failed_agent_turn_fails_the_task(fakes: Fakes) -> None:
         await fakes.start_engineering(),
         "the agent failed in round 1: claude exited with status 1",
     )
-    assert after_checkout(fakes) == ["create_container", "developer", *CLEAN_UP, "finish_task"]
+    assert after_checkout(fakes) == ["create_container", "developer", *ENDED]
 
 
 # --- failures before the agent ------------------------------------------------------------------
