@@ -19,6 +19,32 @@ from infra.release_archives import export_locked_requirements
 
 APP = "hello"
 
+# A Telegram bot of the standard library alone (nothing to install), polling as the app
+# template's starts (deleteWebhook, then getUpdates); like aiogram, it keeps trying when the Bot
+# API refuses it.
+STDLIB_BOT = """import json, os, time, urllib.request
+base = os.environ.get("TELEGRAM_API_URL") or "https://api.telegram.org"
+url = base.rstrip("/") + "/bot" + os.environ["TELEGRAM_BOT_TOKEN"]
+
+def call(method, **params):
+    request = urllib.request.Request(
+        f"{url}/{method}", json.dumps(params).encode(), {"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return json.load(answer)["result"]
+
+offset, started = 0, False
+while True:
+    try:
+        if not started:
+            started = call("deleteWebhook")
+        for update in call("getUpdates", offset=offset, timeout=1):
+            offset = update["update_id"] + 1
+    except OSError as error:
+        print("the Bot API refused:", error, flush=True)
+        time.sleep(1)
+"""
+
 
 def release_archive(repo: Path, ref: str, directory: Path) -> Path:
     """What the deploy pipeline ships: `git archive` of `ref`, a .tar.gz on the controller, with

@@ -14,12 +14,14 @@ a user can reply to a message the bot sent (``send_text(..., reply_to=...)``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import html
 import itertools
 import json
 import re
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
@@ -28,6 +30,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+
+from testing.standins.server import serve
 
 
 def bot_user(token: str) -> dict[str, Any]:
@@ -385,3 +389,14 @@ def _tag(inside: str, stack: list[str], offset: int) -> None:
 
 def _offset(text: str, pos: int) -> int:
     return len(text[:pos].encode())
+
+
+@contextlib.contextmanager
+def serving(token: str) -> Iterator[TelegramStandIn]:
+    """A stand-in for the bot ``token``, served on loopback (its ``url`` set) for the block; at
+    its end a waiting getUpdates returns, so the server stops at once."""
+    standin = TelegramStandIn(token)
+    with serve(standin.app) as url:
+        standin.url = url
+        yield standin
+        standin.closing = True

@@ -27,8 +27,7 @@ from core.readiness import ready_file
 from core.settings import Settings
 from db.engine import Database
 from db.users import ensure_admin_key
-from testing.standins.server import serve as serve_standin
-from testing.standins.telegram_api import TelegramStandIn, person
+from testing.standins.telegram_api import TelegramStandIn, person, serving
 from testing.waiting import eventually
 from tests.api.conftest import auth, live_server
 
@@ -38,11 +37,8 @@ ADMIN = person(1001, "Admin")
 
 @pytest.fixture
 def telegram() -> Iterator[TelegramStandIn]:
-    standin = TelegramStandIn(TOKEN)
-    with serve_standin(standin.app) as url:
-        standin.url = url
+    with serving(TOKEN) as standin:
         yield standin
-        standin.closing = True  # let a waiting getUpdates return, so the server stops at once
 
 
 @pytest_asyncio.fixture

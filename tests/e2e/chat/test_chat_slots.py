@@ -11,6 +11,7 @@ half an hour. Everything real but Telegram and the agents (the scripted ones).
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -91,7 +92,11 @@ async def test_four_chats_with_live_po_sessions_each_start_a_task_and_none_waits
             assert worker is not None and worker.status == "running", chat
 
         # The task pool is apart: only the four tasks ever asked it, each granted at once, and
-        # each gave its turn back; no PO session was ever among its holders.
+        # each gave its turn back (with its Worker, right after its task's end is recorded: by
+        # the time its run closes); no PO session was ever among its holders.
+        for task in tasks:
+            handle = stack.client.get_workflow_handle(task.workflow_id)
+            await asyncio.wait_for(handle.result(), 60)
         asked = await holders_asked(stack.client, queue, WORKERS_POOL)
         assert sorted(asked) == sorted(t.workflow_id for t in tasks)
         assert not sessions & set(asked)

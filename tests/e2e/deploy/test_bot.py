@@ -11,32 +11,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from testing.apps import pid_alive
+from testing.apps import STDLIB_BOT, pid_alive
 from testing.deploy import DeployStack
-from testing.standins.server import serve as serve_standin
-from testing.standins.telegram_api import TelegramStandIn, bot_user
+from testing.standins.telegram_api import TelegramStandIn, bot_user, serving
 from testing.waiting import eventually
 
 TOKEN = "515151:deploy-bot-token"
-
-# A bot with nothing but the standard library: long polling until it is stopped.
-BOT = """import json, os, urllib.request
-base = os.environ.get("TELEGRAM_API_URL") or "https://api.telegram.org"
-url = base.rstrip("/") + "/bot" + os.environ["TELEGRAM_BOT_TOKEN"]
-
-def call(method, **params):
-    request = urllib.request.Request(
-        f"{url}/{method}", json.dumps(params).encode(), {"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(request, timeout=30) as answer:
-        return json.load(answer)["result"]
-
-call("deleteWebhook")
-offset = 0
-while True:
-    for update in call("getUpdates", offset=offset, timeout=1):
-        offset = update["update_id"] + 1
-"""
 
 
 def manifest(name: str) -> str:
@@ -53,11 +33,8 @@ services:
 
 @pytest.fixture
 def telegram() -> Iterator[TelegramStandIn]:
-    standin = TelegramStandIn(TOKEN)
-    with serve_standin(standin.app) as url:
-        standin.url = url
+    with serving(TOKEN) as standin:
         yield standin
-        standin.closing = True
 
 
 async def test_a_bot_only_project_goes_live_judged_by_getme(
@@ -65,7 +42,9 @@ async def test_a_bot_only_project_goes_live_judged_by_getme(
 ) -> None:
     stack = deploy_stack
     name = "polling-bot"
-    project = await stack.project(name, **{".orchestrator.yml": manifest(name), "bot.py": BOT})
+    project = await stack.project(
+        name, **{".orchestrator.yml": manifest(name), "bot.py": STDLIB_BOT}
+    )
     for key, value in (("TELEGRAM_BOT_TOKEN", TOKEN), ("TELEGRAM_API_URL", telegram.url)):
         put = await stack.api.put(f"/projects/{name}/secrets/{key}", json={"value": value})
         assert put.status_code == 201, put.text

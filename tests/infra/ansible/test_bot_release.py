@@ -14,38 +14,13 @@ import pytest
 
 from core.paths import TEMPLATES_DIR
 from infra.ansible import AnsibleRunner, SshTarget
-from testing.apps import deploy, pid_alive, processes_in
-from testing.standins.server import serve as serve_standin
-from testing.standins.telegram_api import TelegramStandIn, bot_user
+from testing.apps import STDLIB_BOT, deploy, pid_alive, processes_in
+from testing.standins.telegram_api import TelegramStandIn, bot_user, serving
 from testing.waiting import eventually
 from tests.infra.ansible.conftest import git
 
 TOKEN = "424242:bot-release-token"
 BOT_COMMAND = "python3 -m app.bot"  # python3: the release's own, or the server's without one
-# Long polling with the standard library alone, as the template's bot starts (deleteWebhook);
-# like aiogram, it keeps trying when the Bot API refuses it.
-STDLIB_BOT = """import json, os, time, urllib.request
-base = os.environ.get("TELEGRAM_API_URL") or "https://api.telegram.org"
-url = base.rstrip("/") + "/bot" + os.environ["TELEGRAM_BOT_TOKEN"]
-
-def call(method, **params):
-    request = urllib.request.Request(
-        f"{url}/{method}", json.dumps(params).encode(), {"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(request, timeout=30) as answer:
-        return json.load(answer)["result"]
-
-offset, started = 0, False
-while True:
-    try:
-        if not started:
-            started = call("deleteWebhook")
-        for update in call("getUpdates", offset=offset, timeout=1):
-            offset = update["update_id"] + 1
-    except OSError as error:
-        print("the Bot API refused:", error, flush=True)
-        time.sleep(1)
-"""
 
 
 @pytest.fixture(scope="module")
@@ -76,11 +51,8 @@ def stdlib_bot_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def telegram() -> Iterator[TelegramStandIn]:
-    standin = TelegramStandIn(TOKEN)
-    with serve_standin(standin.app) as url:
-        standin.url = url
+    with serving(TOKEN) as standin:
         yield standin
-        standin.closing = True
 
 
 def deploy_bot(
