@@ -161,6 +161,9 @@ async def test_a_port_another_process_holds_is_skipped(deploy_stack: DeployStack
     stack = deploy_stack
     first_port = stack.settings.deploy_port_range.start
     with socket.socket() as squatter:
+        # As servers bind: an earlier test's app on this port may have left connections in
+        # TIME_WAIT, which only a listener's bind may pass.
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         squatter.bind(("127.0.0.1", first_port))
         squatter.listen()
         project = await stack.project()
