@@ -112,6 +112,21 @@ def answers(port: int) -> bool:
         return False
 
 
+def pid_of(app_dir: Path, release: str) -> int:
+    """The release's supervisor (appctl.sh), which leads its process group."""
+    return int((app_dir / "run" / f"{release}.pid").read_text())
+
+
+def child_of(app_dir: Path, release: str) -> int:
+    """The release's app process, as its supervisor started it last."""
+    return int((app_dir / "run" / f"{release}.child").read_text())
+
+
+def release_processes(app_dir: Path, release: str) -> set[int]:
+    """The release's supervisor and its app."""
+    return {pid_of(app_dir, release), child_of(app_dir, release)}
+
+
 def pid_alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0]

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from testing.apps import STDLIB_BOT, pid_alive
+from testing.apps import STDLIB_BOT, child_of, pid_alive
 from testing.deploy import DeployStack
 from testing.standins.telegram_api import TelegramStandIn, bot_user, serving
 from testing.waiting import eventually
@@ -67,12 +67,12 @@ async def test_a_bot_only_project_goes_live_judged_by_getme(
     assert row["status"] == "RUNNING" and row["release"] == result["release"]
 
     # Killed, it is started again by its supervisor on the server.
-    run = stack.apps_root / name / "run"
-    killed = int((run / f"{result['release']}.child").read_text())
+    app_dir = stack.apps_root / name
+    killed = child_of(app_dir, result["release"])
     os.kill(killed, signal.SIGKILL)
 
     def restarted() -> bool:
-        child = int((run / f"{result['release']}.child").read_text())
+        child = child_of(app_dir, result["release"])
         return child != killed and pid_alive(child)
 
     await eventually(restarted, "the bot started again", within=30)

@@ -13,7 +13,7 @@ from temporalio.client import Client
 
 from db.engine import Database
 from db.tables import Deployment
-from testing.apps import processes_in
+from testing.apps import child_of, processes_in
 from testing.deploy import DeployStack, deploy_stack_on, served
 from testing.ssh_host import SshHost
 from testing.waiting import eventually
@@ -91,8 +91,8 @@ async def test_kill_9_of_the_worker_during_the_playbook(
         assert [(row.status, row.release) for row in rows] == [
             ("RUNNING", done["result"]["release"])
         ]
-        child = stack.apps_root / name / "run" / f"{done['result']['release']}.child"
-        assert app_processes(stack, name) == {int(child.read_text())}
+        child = child_of(stack.apps_root / name, done["result"]["release"])
+        assert app_processes(stack, name) == {child}
         # The playbook really ran twice: the killed attempt and the one that finished.
         workflow_id = f"ansible-deploy-{task['id']}-{done['result']['release']}"
         history = await stack.client.get_workflow_handle(workflow_id).fetch_history()

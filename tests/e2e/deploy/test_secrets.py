@@ -9,6 +9,7 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
+from testing.apps import child_of
 from testing.deploy import DeployStack, served
 from testing.logs import logs_to
 from testing.waiting import eventually
@@ -37,7 +38,7 @@ services:
 def app_environment(apps_root: Path, project: str, release: str) -> dict[str, str]:
     """The environment of the release's running app process (not its supervisor's, which
     holds none of its variables), read from /proc."""
-    pid = int((apps_root / project / "run" / f"{release}.child").read_text())
+    pid = child_of(apps_root / project, release)
     raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
 

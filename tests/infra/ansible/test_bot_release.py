@@ -14,7 +14,15 @@ import pytest
 
 from core.paths import TEMPLATES_DIR
 from infra.ansible import AnsibleRunner, SshTarget
-from testing.apps import STDLIB_BOT, deploy, pid_alive, processes_in
+from testing.apps import (
+    STDLIB_BOT,
+    child_of,
+    deploy,
+    pid_alive,
+    pid_of,
+    processes_in,
+    release_processes,
+)
 from testing.standins.telegram_api import TelegramStandIn, bot_user, serving
 from testing.waiting import eventually
 from tests.infra.ansible.conftest import git
@@ -79,10 +87,6 @@ def deploy_bot(
     return run.ok, run.data, run.failed_msg or run.stdout_tail
 
 
-def child_of(app_dir: Path, release: str) -> int:
-    return int((app_dir / "run" / f"{release}.child").read_text())
-
-
 async def test_a_bot_goes_live_by_getme_and_is_started_again_when_killed(
     runner: AnsibleRunner,
     target: SshTarget,
@@ -114,10 +118,7 @@ async def test_a_bot_goes_live_by_getme_and_is_started_again_when_killed(
     )
     log = (app_dir / "logs" / "b1.log").read_text()
     assert "appctl: release b1 exited (status 137)" in log
-    assert processes_in(app_dir) == {
-        int((app_dir / "run" / "b1.pid").read_text()),
-        child_of(app_dir, "b1"),
-    }
+    assert processes_in(app_dir) == release_processes(app_dir, "b1")
 
 
 async def test_a_bot_whose_token_is_refused_fails_and_the_serving_one_starts_again(
@@ -140,5 +141,5 @@ async def test_a_bot_whose_token_is_refused_fails_and_the_serving_one_starts_aga
     ), said
     # b1 stopped for b2 (one poller per bot), and started again once b2 failed.
     assert (app_dir / "current").resolve() == app_dir / "releases" / "b1"
-    assert pid_alive(int((app_dir / "run" / "b1.pid").read_text()))
+    assert pid_alive(pid_of(app_dir, "b1"))
     assert not (app_dir / "run" / "b2.pid").exists()

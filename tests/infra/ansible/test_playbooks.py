@@ -12,7 +12,16 @@ from pathlib import Path
 import httpx
 
 from infra.ansible import MASK, AnsibleRunner, RunnerEvent, SshTarget
-from testing.apps import answers, deploy, pid_alive, processes_in, stop, undeploy
+from testing.apps import (
+    answers,
+    deploy,
+    pid_alive,
+    pid_of,
+    processes_in,
+    release_processes,
+    stop,
+    undeploy,
+)
 from testing.servers import free_port
 from testing.waiting import eventually
 from tests.infra.ansible.conftest import DEPENDENCY, MISSING_DEPENDENCY
@@ -21,20 +30,6 @@ from tests.infra.ansible.conftest import DEPENDENCY, MISSING_DEPENDENCY
 def message(port: int) -> str:
     """What the app says on `/`: `hello` on main, `hello from v2` on the v2 branch."""
     return httpx.get(f"http://127.0.0.1:{port}/", timeout=5).json()["message"]
-
-
-def pid_of(app_dir: Path, release: str) -> int:
-    """The release's supervisor (appctl.sh), which leads its process group."""
-    return int((app_dir / "run" / f"{release}.pid").read_text())
-
-
-def child_of(app_dir: Path, release: str) -> int:
-    """The release's app process, as its supervisor started it last."""
-    return int((app_dir / "run" / f"{release}.child").read_text())
-
-
-def release_processes(app_dir: Path, release: str) -> set[int]:
-    return {pid_of(app_dir, release), child_of(app_dir, release)}
 
 
 def test_provision_reports_this_machines_capacity(
