@@ -212,6 +212,10 @@ async def post_and_wait(parts: Parts, worker: psutil.Process, k: int, first: int
     await all_ended(service, ids)
     seen = time.perf_counter() - began
     temporal1, worker1 = cpu_seconds(parts.temporal), cpu_seconds(worker)
+    # A task's end is recorded before its Worker goes and its turn is given back: the round is
+    # over once every run has closed, so that the next round starts on free slots.
+    for task in tasks:
+        await asyncio.wait_for(parts.client.get_workflow_handle(task.workflow_id).result(), 60)
     done = [await service.get(i) for i in ids]
     failed = [t for t in done if t.status != TaskStatus.completed or t.completed_at is None]
     if failed:
