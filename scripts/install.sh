@@ -68,6 +68,9 @@ compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql
 command -v npm >/dev/null || missing+=(nodejs npm)
 # Deploy targets in tests are real sshd servers on loopback (Ansible over SSH); brings ssh too.
 [[ -x /usr/sbin/sshd ]] || command -v sshd >/dev/null || missing+=(openssh-server)
+# The edge every deploy target runs in front of its apps (HTTPS, switches between releases);
+# the tests' target is this machine.
+command -v caddy >/dev/null || missing+=(caddy)
 if [[ ! -x $VENV/bin/python ]] && ! find_python >/dev/null; then
     missing+=(python3 python3-venv)
 fi

@@ -16,6 +16,7 @@ import httpx
 
 from infra.ansible import AnsibleRunner, OnEvent, PlaybookRun, SshTarget
 from infra.release_archives import export_locked_requirements
+from testing.servers import free_port
 
 APP = "hello"
 
@@ -60,6 +61,28 @@ def release_archive(repo: Path, ref: str, directory: Path) -> Path:
     return archive
 
 
+_EDGES: dict[Path, dict[str, Any]] = {}
+
+
+def edge_of(apps_root: Path) -> dict[str, Any]:
+    """The edge settings of the test target whose apps live in ``apps_root``: ports of its own,
+    chosen once per root, on loopback, with Caddy's internal CA."""
+    if apps_root not in _EDGES:
+        _EDGES[apps_root] = {
+            "admin_port": free_port(),
+            "http_port": free_port(),
+            "https_port": free_port(),
+            "bind": "127.0.0.1",
+            "tls_internal": True,
+        }
+    return _EDGES[apps_root]
+
+
+def edge_ca(apps_root: Path) -> Path:
+    """The root certificate of the edge's internal CA, which a client verifies its names with."""
+    return apps_root / ".edge" / "data" / "pki" / "authorities" / "local" / "root.crt"
+
+
 def deploy(
     runner: AnsibleRunner,
     target: SshTarget,
@@ -87,6 +110,7 @@ def deploy(
             # A broken release should fail in a few seconds, not thirty.
             "health_retries": 3,
             "health_delay": 0.3,
+            "edge": edge_of(apps_root),
             **(extravars or {}),
         }
         secrets = {"secret_env": secret_env} if secret_env else None
@@ -153,8 +177,12 @@ def processes_in(directory: Path) -> set[int]:
 
 
 def end_apps(root: Path) -> None:
-    """SIGKILL every app started under the apps root ``root``: what the pid files name, and a
-    release whose pid file is gone (a test that failed halfway through a crash)."""
+    """SIGKILL every app started under the apps root ``root``: what the pid files name, a
+    release whose pid file is gone (a test that failed halfway through a crash), and the edge."""
+    edge_pid = root / ".edge" / "caddy.pid"
+    if edge_pid.exists():
+        with contextlib.suppress(ValueError, ProcessLookupError, PermissionError):
+            os.kill(int(edge_pid.read_text()), signal.SIGKILL)
     for pid_file in root.glob("*/run/*.pid"):
         with contextlib.suppress(ValueError, ProcessLookupError, PermissionError):
             os.killpg(int(pid_file.read_text()), signal.SIGKILL)

@@ -9,7 +9,6 @@
 #                                      its supervisor waits for it), SIGKILL after 10 s
 #   appctl.sh status RELEASE           exit 0 when the release's supervisor is alive
 #   appctl.sh supervise RELEASE        (what start runs) the supervisor itself
-#   appctl.sh switch RELEASE PORT      make RELEASE current; stop every other release
 #   appctl.sh stop-all                 stop every release of the app
 #   appctl.sh install RELEASE DIR      stop the release, then make DIR (a fresh unpack of its
 #                                      archive, in releases/) its directory, replacing the old one
@@ -22,7 +21,8 @@
 # script), run/RELEASE.pid (its supervisor, leading the release's process group), run/RELEASE.child
 # (the app's own process now), run/RELEASE.exits (how often it exited since its start: deploy.yml
 # fails a release that exits while it is checked), logs/RELEASE.log (the app's output and the
-# supervisor's restarts), current -> releases/RELEASE, current.json.
+# supervisor's restarts). release.py (beside this script) decides which release serves: it keeps
+# current -> releases/RELEASE, current.json, and edge/ (the app's two slots and which serves).
 set -eu
 APP_DIR=$(cd "$(dirname "$0")" && pwd)
 cd "$APP_DIR"
@@ -84,21 +84,13 @@ supervise() {  # supervise RELEASE: run run/RELEASE.sh, again each time it ends,
     done
 }
 
-command=${1:?usage: appctl.sh start|stop|status|switch|install|deps|supervise RELEASE ... | stop-all}
+command=${1:?usage: appctl.sh start|stop|status|install|deps|supervise RELEASE ... | stop-all}
 case $command in
 start) start "${2:?release}" "${3:-}" ;;
 supervise) supervise "${2:?release}" ;;
 stop) stop_pidfile "run/${2:?release}.pid" ;;
 status)
     if [ -s "run/${2:?release}.pid" ] && alive "$(cat "run/$2.pid")"; then exit 0; else exit 1; fi
-    ;;
-switch)
-    printf '{"release": "%s", "port": %d}\n' "${2:?release}" "${3:?port}" >current.json.new
-    mv current.json.new current.json
-    ln -sfn "releases/$2" current.new && mv -T current.new current
-    for file in run/*.pid; do
-        [ -e "$file" ] && [ "$file" != "run/$2.pid" ] && stop_pidfile "$file"
-    done
     ;;
 install)
     # A process of the release runs from the directory being replaced: it goes first.

@@ -223,34 +223,36 @@ def test_a_port_another_process_holds_is_named_and_nothing_starts(
     assert not (app_dir / "logs" / "r2.log").exists()
 
 
-async def test_a_deploy_retried_after_a_crash_replaces_its_own_leftover(
+async def test_a_deploy_cancelled_on_the_controller_stops_on_the_server_and_a_retry_serves(
     runner: AnsibleRunner, target: SshTarget, app_repo: Path, apps_root: Path
 ) -> None:
     port = free_port()
     app_dir = apps_root / "hello"
     killed = threading.Event()
+    step = "Start the release, check its health and switch to it"
 
-    def kill_at_the_health_check(event: RunnerEvent) -> None:
-        if event.event == "runner_on_start" and event.task == "Wait for the health check":
+    def kill_at_the_release_step(event: RunnerEvent) -> None:
+        if event.event == "runner_on_start" and event.task == step:
             killed.set()
 
-    # The first attempt dies after starting the release, before its switch (its health path
-    # never answers, so nothing but the kill ends it): r1 runs, holds the port, and is not current.
+    # The first attempt is cancelled while its release waits for a health path that never
+    # answers: on the server, the step sees its SSH session gone and stops what it started.
     first = deploy(
-        runner, target, app_repo, apps_root, "r1", port, on_event=kill_at_the_health_check,
+        runner, target, app_repo, apps_root, "r1", port, on_event=kill_at_the_release_step,
         extravars={"health_path": "/never", "health_retries": 100}, cancel=killed,
     )  # fmt: skip
     assert not first.ok and first.failed_msg == "the playbook was cancelled"
-    leftover = pid_of(app_dir, "r1")
-    await eventually(lambda: answers(port), "the leftover of r1 to answer on its port")
+    await eventually(
+        lambda: (app_dir / "logs" / "r1.log").exists() and not processes_in(app_dir),
+        "the cancelled attempt to stop the release it started",
+    )
     assert not (app_dir / "current.json").exists()
+    assert not answers(port)
 
     again = deploy(runner, target, app_repo, apps_root, "r1", port)
     assert again.ok, again.failed_msg
     assert answers(port)
     assert (app_dir / "current").resolve() == app_dir / "releases" / "r1"
-    serving = pid_of(app_dir, "r1")
-    assert serving != leftover and not pid_alive(leftover)
     assert processes_in(app_dir) == release_processes(app_dir, "r1")
 
 

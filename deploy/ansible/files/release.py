@@ -1,0 +1,639 @@
+#!/usr/bin/env python3
+"""One release of an app on this server, from unpacked archive to serving, in one call.
+
+deploy.yml sends this file, the release's archive and its .env, then runs
+
+    release.py deploy SPEC      SPEC: JSON (see Spec below); prints one JSON line, the outcome
+
+and undeploy.yml runs ``release.py forget SPEC`` (the app's routes leave the edge). The standard
+library only: it runs with the server's python3, as Ansible's modules do.
+
+An app that serves a port sits behind the server's edge, a Caddy of its own under
+``<apps root>/.edge`` (started here when it is not running; ``caddy`` comes with provisioning):
+the app's port on the server and its HTTPS names are the edge's, and each release listens on one
+of the app's two internal slots, ``blue`` and ``green`` (loopback ports chosen here once, kept in
+``edge/slots.json``). A new release starts on the slot that does not serve, is health checked
+there directly, and only then does the edge send requests to it: its route picks the slot per
+request by whether ``edge/serving-blue`` exists, so the switch is one atomic file operation, with
+no proxy reload. The previous release drains (the edge counts its requests in flight) and stops.
+Caddy is reloaded only when the app's site changes (its first deploy, a new port or name): a
+reload can reset a connection that arrives at that instant, a marker flip cannot.
+
+An app with no port (a bot, a worker) takes its previous release's place: that one stops before
+it starts (two pollers of one bot would take each other's updates) and starts again if it fails.
+
+Failures are outcomes, not tracebacks: ``{"ok": false, "kind": ..., "message": ...}`` with kind
+``port_busy``, ``deps``, ``health`` or ``edge``; the message says what a person can act on.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+SLOTS = ("blue", "green")
+MARKER = "serving-blue"  # in the app's edge/: present while the blue slot serves
+DRAIN_QUIET_S = 0.2  # no request in flight to the old slot for this long: it has drained
+BOT_API = "https://api.telegram.org"
+
+
+class Refused(Exception):
+    """A release that cannot serve, and why; ``url``: the health check's, when one failed."""
+
+    def __init__(self, kind: str, message: str, url: str = "") -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.url = url
+
+
+# --- the release's files and processes ----------------------------------------------------------
+
+
+class App:
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.spec = spec
+        self.root = Path(os.path.expanduser(spec["apps_root"]))
+        self.dir = self.root / spec["app_name"]
+        self.release = spec.get("release", "")
+        self.appctl = str(self.dir / "appctl.sh")
+
+    def ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [self.appctl, *args], capture_output=True, text=True, stdin=subprocess.DEVNULL
+        )
+        if check and done.returncode != 0:
+            raise RuntimeError(f"appctl.sh {args[0]} failed: {(done.stderr or done.stdout)[-500:]}")
+        return done
+
+    def current(self) -> dict[str, Any]:
+        try:
+            return dict(json.loads((self.dir / "current.json").read_text()))
+        except (OSError, ValueError):
+            return {}
+
+    def install_tools(self, tools: dict[str, str]) -> None:
+        """The app's directory (0700: .env files live in it) and the scripts that run its
+        releases (this one among them: undeploy runs it from there)."""
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for name, text in tools.items():
+            path = self.dir / name
+            if not path.exists() or path.read_text() != text:
+                path.with_suffix(".new").write_text(text)
+                path.with_suffix(".new").chmod(0o755)
+                os.replace(path.with_suffix(".new"), path)
+
+    def unpack(self, archive: Path, env: str) -> None:
+        """The archive deploy.yml sent, unpacked beside the releases with its .env (written
+        straight into the 0600 file), then put in place by appctl.sh (which stops what runs of
+        this release first)."""
+        unpack = self.dir / "releases" / f".{self.release}.unpack"
+        shutil.rmtree(unpack, ignore_errors=True)
+        unpack.mkdir(parents=True, mode=0o755)
+        with tarfile.open(archive) as tar:
+            if hasattr(tarfile, "data_filter"):  # no absolute paths, links out, devices
+                tar.extractall(unpack, filter="data")
+            else:  # a python3 older than 3.8.17 (Debian 12 has 3.11.2)
+                tar.extractall(unpack)
+        archive.unlink()
+        # The archive may hold a .env (or a link by that name) of its own: ours replaces it.
+        (unpack / ".env").unlink(missing_ok=True)
+        descriptor = os.open(unpack / ".env", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            file.write(env)
+        self.ctl("install", self.release, str(unpack))
+
+    def install_dependencies(self) -> None:
+        python = self.spec.get("python") or sys.executable
+        done = self.ctl("deps", self.release, python, check=False)
+        if done.returncode != 0:
+            tail = ((done.stdout or "") + "\n" + (done.stderr or "")).strip()[-1500:]
+            raise Refused(
+                "deps",
+                f"release {self.release}: its dependencies (requirements.txt) could not be "
+                f"installed; the end of pip's output: {tail}",
+            )
+
+    def add_env(self, name: str, value: int) -> None:
+        with open(self.dir / "releases" / self.release / ".env", "a") as env:
+            env.write(f"\n{name}={value}\n")
+
+    def exits(self, release: str) -> int:
+        """How often the release's process exited since its start (appctl.sh counts them)."""
+        try:
+            return int((self.dir / "run" / f"{release}.exits").read_text().strip())
+        except (OSError, ValueError):
+            return 1
+
+    def log_tail(self, release: str, lines: int = 40) -> str:
+        try:
+            text = (self.dir / "logs" / f"{release}.log").read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def running(self) -> list[str]:
+        return sorted(p.stem for p in (self.dir / "run").glob("*.pid"))
+
+    def record(self, release: str, port: int, slot: str | None) -> None:
+        state = {"release": release, "port": port, "slot": slot}
+        (self.dir / "current.json.new").write_text(json.dumps(state) + "\n")
+        os.replace(self.dir / "current.json.new", self.dir / "current.json")
+        link = self.dir / "current.new"
+        link.unlink(missing_ok=True)
+        link.symlink_to(Path("releases") / release)
+        os.replace(link, self.dir / "current")
+
+
+# --- the edge -----------------------------------------------------------------------------------
+
+
+def bindable(port: int) -> bool:
+    """Whether a server could listen on ``port`` (all addresses, as servers bind)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_loopback_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Edge:
+    """The server's Caddy: one for every app under the apps root."""
+
+    def __init__(self, root: Path, spec: dict[str, Any] | None) -> None:
+        self.dir = root / ".edge"
+        if spec is None:  # undeploy: the settings the last deploy gave it
+            try:
+                spec = dict(json.loads((self.dir / "edge.json").read_text()))
+            except (OSError, ValueError):
+                spec = {}
+        self.spec = spec
+        self.admin = f"127.0.0.1:{int(spec.get('admin_port') or 2019)}"
+        self.http_port = int(spec.get("http_port") or 80)
+        self.https_port = int(spec.get("https_port") or 443)
+        self.bind = spec.get("bind") or ""
+        self.caddyfile = self.dir / "Caddyfile"
+
+    def global_config(self) -> str:
+        lines = [
+            "{",
+            f"\tadmin {self.admin}",
+            f"\thttp_port {self.http_port}",
+            f"\thttps_port {self.https_port}",
+            f"\tstorage file_system {self.dir / 'data'}",
+            # The internal CA's root stays in data/pki; nothing is added to this system's trust.
+            "\tskip_install_trust",
+            # A reload waits at most this long for the old config's connections.
+            "\tgrace_period 10s",
+        ]
+        if self.bind:
+            lines.append(f"\tdefault_bind {self.bind}")
+        lines += ["}", f"import {self.dir / 'sites'}/*.caddy", ""]
+        return "\n".join(lines)
+
+    def answers(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{self.admin}/config/", timeout=2):
+                return True
+        except OSError:
+            return False
+
+    def ensure(self) -> None:
+        """Caddy running with this configuration (started, or reloaded when it changed)."""
+        (self.dir / "sites").mkdir(parents=True, exist_ok=True)
+        wanted = self.global_config()
+        changed = not self.caddyfile.exists() or self.caddyfile.read_text() != wanted
+        if changed:
+            self.caddyfile.write_text(wanted)
+            (self.dir / "edge.json").write_text(json.dumps(self.spec) + "\n")
+        if not self.answers():
+            self._start()
+        elif changed:
+            self.reload()
+
+    def _caddy(self) -> str:
+        found = shutil.which("caddy")
+        if not found:
+            raise Refused("edge", "the server has no caddy: provision it again (it installs Caddy)")
+        return found
+
+    def _env(self) -> dict[str, str]:
+        # Caddy's autosaved config and anything else it keeps stays under the edge's directory.
+        return {
+            **os.environ,
+            "XDG_CONFIG_HOME": str(self.dir / "config"),
+            "XDG_DATA_HOME": str(self.dir / "data"),
+        }
+
+    def _start(self) -> None:
+        with open(self.dir / "caddy.log", "ab") as log:
+            # setsid: the edge outlives this SSH session; `caddy start` returns once it serves.
+            done = subprocess.run(
+                [
+                    "setsid",
+                    self._caddy(),
+                    "start",
+                    "--config",
+                    str(self.caddyfile),
+                    "--adapter",
+                    "caddyfile",
+                    "--pidfile",
+                    str(self.dir / "caddy.pid"),
+                ],
+                stdout=log,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
+                env=self._env(),
+                cwd=self.dir,
+            )
+        if done.returncode != 0:
+            raise Refused("edge", f"the edge (Caddy) did not start: {self._log_tail()}")
+
+    def reload(self) -> None:
+        done = subprocess.run(
+            [
+                self._caddy(),
+                "reload",
+                "--config",
+                str(self.caddyfile),
+                "--adapter",
+                "caddyfile",
+                "--address",
+                self.admin,
+            ],
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            env=self._env(),
+            cwd=self.dir,
+        )
+        if done.returncode != 0:
+            raise Refused("edge", f"the edge (Caddy) refused the new routes: {done.stderr[-800:]}")
+
+    def _log_tail(self) -> str:
+        try:
+            return "\n".join((self.dir / "caddy.log").read_text().splitlines()[-10:])
+        except OSError:
+            return ""
+
+    def site_path(self, app: str) -> Path:
+        return self.dir / "sites" / f"{app}.caddy"
+
+    def in_flight(self, port: int) -> int:
+        """Requests the edge has in flight to ``127.0.0.1:port``."""
+        try:
+            with urllib.request.urlopen(
+                f"http://{self.admin}/reverse_proxy/upstreams", timeout=2
+            ) as r:
+                upstreams = json.load(r)
+        except (OSError, ValueError):
+            return 0
+        return sum(
+            u.get("num_requests", 0) for u in upstreams if u.get("address") == f"127.0.0.1:{port}"
+        )
+
+    def drain(self, port: int, limit_s: float) -> None:
+        """Until no request has been in flight to ``port`` for a moment (or ``limit_s``)."""
+        began = quiet = time.monotonic()
+        while time.monotonic() - quiet < DRAIN_QUIET_S and time.monotonic() - began < limit_s:
+            if self.in_flight(port):
+                quiet = time.monotonic()
+            time.sleep(0.02)
+
+
+def site(app: App, port: int, names: list[str], slots: dict[str, int], tls_internal: bool) -> str:
+    """The app's routes on the edge: its port (plain HTTP) and its names (HTTPS), both to the
+    slot the marker file says serves."""
+    snippet = f"app_{app.spec['app_name']}"
+    lines = [
+        f"# {app.spec['app_name']}: written by release.py on each deploy; edit nothing here.",
+        f"({snippet}) {{",
+        "\t@blue file {",
+        f"\t\troot {app.dir / 'edge'}",
+        f"\t\ttry_files /{MARKER}",
+        "\t}",
+        "\thandle @blue {",
+        f"\t\treverse_proxy 127.0.0.1:{slots['blue']}",
+        "\t}",
+        "\thandle {",
+        f"\t\treverse_proxy 127.0.0.1:{slots['green']}",
+        "\t}",
+        "}",
+        f"http://:{port} {{",
+        f"\timport {snippet}",
+        "}",
+    ]
+    if names:
+        lines += [", ".join(names) + " {"]
+        if tls_internal:
+            lines += ["\ttls internal"]
+        lines += [f"\timport {snippet}", "}"]
+    return "\n".join(lines) + "\n"
+
+
+def slots_of(app: App, serving: str | None) -> dict[str, int]:
+    """The app's two internal ports, chosen once; a slot whose port another process took since
+    (and that does not serve) gets a new one."""
+    path = app.dir / "edge" / "slots.json"
+    try:
+        slots = {k: int(v) for k, v in json.loads(path.read_text()).items()}
+    except (OSError, ValueError):
+        slots = {}
+    for slot in SLOTS:
+        if slot not in slots or (slot != serving and not bindable(slots[slot])):
+            slots[slot] = free_loopback_port()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(slots) + "\n")
+    return slots
+
+
+def flip(app: App, slot: str) -> None:
+    """Route the app's requests to ``slot``: atomic, seen by the edge's next request."""
+    marker = app.dir / "edge" / MARKER
+    if slot == "blue":
+        marker.with_suffix(".new").touch()
+        os.replace(marker.with_suffix(".new"), marker)
+    else:
+        marker.unlink(missing_ok=True)
+
+
+# --- the controller -----------------------------------------------------------------------------
+
+
+def _sshd_ancestor() -> int:
+    """The sshd process this run hangs from (0 when it runs without one)."""
+    pid = os.getppid()
+    while pid > 1:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return 0
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        if name.startswith("sshd"):
+            return pid
+        pid = int(stat[stat.rindex(")") + 2 :].split()[1])
+    return 0
+
+
+SSHD = _sshd_ancestor()
+
+
+def check_controller() -> None:
+    """Refuse to go on when the SSH session that started this run has ended (its controller
+    was cancelled or killed): whatever retries the deploy starts from a clean place."""
+    if SSHD and not Path(f"/proc/{SSHD}").exists():
+        raise Refused("cancelled", "the deploy that started this release is gone")
+
+
+# --- health -------------------------------------------------------------------------------------
+
+
+def wait_healthy(app: App, url: str, within_s: float, delay_s: float) -> None:
+    """Until ``url`` answers 2xx; refused at once when the release's process exits."""
+    began = time.monotonic()
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5):
+                return
+        except Exception as exc:  # refused, an HTTP error status, a timeout
+            problem = str(exc)
+        check_controller()
+        if app.exits(app.release) > 0:
+            raise Refused("health", f"its process exited before it answered ({problem})", url)
+        if time.monotonic() - began > within_s:
+            raise Refused("health", f"no answer within {within_s:g} s: {problem}", url)
+        time.sleep(delay_s)
+
+
+def wait_alive(app: App, liveness_s: float) -> None:
+    began = time.monotonic()
+    while time.monotonic() - began < liveness_s:
+        check_controller()
+        if app.exits(app.release) > 0:
+            raise Refused("health", f"its process exited within {liveness_s:g} s of its start")
+        time.sleep(0.1)
+
+
+def bot_username(app: App, token_env: str, api_env: str) -> str:
+    """getMe with the release's own token, read from its .env here: it never leaves the server,
+    and no message printed here holds it (nor the URL, which does)."""
+    env: dict[str, str] = {}
+    for line in (app.dir / "releases" / app.release / ".env").read_text().splitlines():
+        if "=" in line:
+            key, value = line.split("=", 1)
+            env[key.strip()] = _unquote(value.strip())
+    token = env.get(token_env, "")
+    if not token:
+        raise Refused("health", f"its {token_env} is empty")
+    base = (env.get(api_env) or BOT_API).rstrip("/")
+    try:
+        with urllib.request.urlopen(f"{base}/bot{token}/getMe", timeout=10) as answer:
+            me = json.load(answer)
+    except urllib.error.HTTPError as exc:  # Telegram says why in its JSON body
+        try:
+            why = json.load(exc).get("description") or ""
+        except ValueError:
+            why = ""
+        raise Refused("health", f"the Bot API refused getMe: {exc.code} {why}".strip()) from None
+    except Exception as exc:  # never str(exc) of a request: its URL holds the token
+        why = getattr(exc, "reason", "")
+        raise Refused(
+            "health", f"the Bot API did not answer getMe: {type(exc).__name__} {why}".strip()
+        ) from None
+    if not me.get("ok"):
+        raise Refused("health", f"the Bot API's getMe answered: {me.get('description')}")
+    return str(me["result"].get("username") or "")
+
+
+def _unquote(value: str) -> str:
+    """A value as deploy.yml quotes it (shell single quotes)."""
+    if len(value) >= 2 and value[0] == value[-1] == "'":
+        return value[1:-1].replace("'\"'\"'", "'")
+    return value
+
+
+# --- deploy -------------------------------------------------------------------------------------
+
+
+def deploy(payload: dict[str, Any]) -> dict[str, Any]:
+    spec = payload["spec"]
+    app = App(spec)
+    app.install_tools(payload["tools"])
+    # One deploy of the app at a time on this server: a retry waits for what an earlier attempt
+    # still runs here (it ends soon: it stops once it sees its controller gone).
+    lock = open(app.dir / ".deploy.lock", "w")
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    previous = app.current()
+    app.unpack(Path(os.path.expanduser(spec["archive"])), payload["env"])
+    app.install_dependencies()
+    if int(spec.get("app_port") or 0) > 0:
+        outcome = _serve_port(app, spec, previous)
+    else:
+        outcome = _take_over(app, spec, previous)
+    return {"previous_release": previous.get("release"), **outcome}
+
+
+def _serve_port(app: App, spec: dict[str, Any], previous: dict[str, Any]) -> dict[str, Any]:
+    port = int(spec["app_port"])
+    names = [str(n) for n in spec.get("names") or []]
+    tls_internal = bool((spec.get("edge") or {}).get("tls_internal"))
+    edge = Edge(app.root, spec.get("edge") or {})
+    before = previous.get("release") or ""
+    # A release of the layout before the edge serves on the app's port itself: it must give
+    # the port up to the edge (and gets it back if this release fails).
+    legacy = before not in ("", app.release) and "slot" not in previous
+    serving = before if previous.get("slot") and before != app.release else ""
+    serving_slot = previous.get("slot") if serving else None
+    edge.ensure()
+    if legacy:
+        app.ctl("stop", before)
+    site_file = edge.site_path(spec["app_name"])
+    rendered = site_file.read_text() if site_file.exists() else ""
+    if f"http://:{port} {{" not in rendered and not bindable(port):
+        if legacy:
+            app.ctl("start", before)
+        raise Refused(
+            "port_busy",
+            f"port {port} is in use on the server by another process; "
+            f"release {app.release} was not started",
+        )
+    slots = slots_of(app, serving_slot)
+    slot = "green" if serving_slot == "blue" else "blue"
+    # Whatever else runs (an attempt that died before its switch) goes: nothing but the serving
+    # release may hold a slot's port.
+    for other in app.running():
+        if other not in (serving, before if legacy else ""):
+            app.ctl("stop", other)
+    serving_site = site(app, int(previous.get("port") or port), names, slots, tls_internal)
+    if rendered and serving_site != rendered:  # a slot's port moved: the edge must know first
+        site_file.write_text(serving_site)
+        edge.reload()
+
+    app.add_env(spec.get("port_env") or "PORT", slots[slot])
+    app.ctl("start", app.release, spec["start_command"])
+    url = f"http://127.0.0.1:{slots[slot]}{spec.get('health_path') or '/'}"
+    try:
+        wait_healthy(
+            app, url, float(spec.get("health_s", 30)), float(spec.get("health_delay", 0.2))
+        )
+    except Refused:
+        app.ctl("stop", app.release)
+        if legacy:
+            app.ctl("start", before)
+        raise
+
+    flip(app, slot)
+    wanted_site = site(app, port, names, slots, tls_internal)
+    if wanted_site != (site_file.read_text() if site_file.exists() else ""):
+        site_file.write_text(wanted_site)
+        edge.reload()
+    if serving_slot:
+        edge.drain(slots[serving_slot], float(spec.get("drain_s", 30)))
+    for other in app.running():
+        if other != app.release:
+            app.ctl("stop", other)
+    app.record(app.release, port, slot)
+    return {"slot": slot, "internal_port": slots[slot]}
+
+
+def _take_over(app: App, spec: dict[str, Any], previous: dict[str, Any]) -> dict[str, Any]:
+    before = previous.get("release") or ""
+    take_over = before not in ("", app.release)
+    if take_over:
+        app.ctl("stop", before)
+    app.ctl("start", app.release, spec["start_command"])
+    try:
+        wait_alive(app, float(spec.get("liveness_s", 3)))
+        bot = ""
+        if spec.get("bot_token_env"):
+            bot = bot_username(app, spec["bot_token_env"], spec.get("bot_api_env") or "")
+    except Refused:
+        app.ctl("stop", app.release)
+        if take_over:
+            app.ctl("start", before)
+        raise
+    for other in app.running():
+        if other != app.release:
+            app.ctl("stop", other)
+    app.record(app.release, 0, None)
+    return {"bot": bot or None}
+
+
+def forget(spec: dict[str, Any]) -> dict[str, Any]:
+    """The app's routes off the edge (undeploy): its port is free again."""
+    app = App(spec)
+    edge = Edge(app.root, None)
+    site_file = edge.site_path(spec["app_name"])
+    found = site_file.exists()
+    if found:
+        site_file.unlink()
+        if edge.answers():
+            edge.reload()
+    return {"routes_removed": found}
+
+
+def _failure(spec: dict[str, Any], refused: Refused) -> dict[str, Any]:
+    message = str(refused)
+    if refused.kind == "health":
+        app = App(spec)
+        where = f" at {refused.url}" if refused.url else ""
+        message = (
+            f"release {app.release} failed its health check{where} ({refused}); "
+            f"last lines of its log:\n{app.log_tail(app.release)}"
+        )
+    return {"ok": False, "kind": refused.kind, "message": message}
+
+
+def main() -> int:
+    """``deploy`` reads its payload on stdin (the .env's values are in it: never in argv, which
+    other users of the server can read); ``forget`` takes its spec as an argument."""
+    command = sys.argv[1]
+    began = time.monotonic()
+    if command == "deploy":
+        payload = json.load(sys.stdin)
+        spec, run = payload["spec"], lambda: deploy(payload)
+    elif command == "forget":
+        spec = json.loads(sys.argv[2])
+        run = lambda: forget(spec)  # noqa: E731
+    else:
+        print(f"release.py: unknown command {command}", file=sys.stderr)
+        return 2
+    try:
+        outcome = run()
+    except Refused as refused:
+        print(json.dumps(_failure(spec, refused)))
+        return 0
+    app = App(spec)
+    print(
+        json.dumps(
+            {
+                "ok": True,
+                "release_dir": str(app.dir / "releases" / app.release),
+                "seconds": round(time.monotonic() - began, 3),
+                **outcome,
+            }
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
