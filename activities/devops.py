@@ -258,7 +258,15 @@ class DevOpsNodes:
         base = str(deployed.get("deployed_url") or "")
         url = base.rstrip("/") + spec.health_path
         await self._event(state, EventType.stage_started, f"Checking {url}", HEALTH)
-        problem = await check_health(url, self.settings.deploy_health_timeout_s, activity.heartbeat)
+        # At the server the release went to, whatever DNS says of its name; TLS checked against
+        # the edge's own CA when its names have no public certificate.
+        problem = await check_health(
+            url,
+            self.settings.deploy_health_timeout_s,
+            activity.heartbeat,
+            connect_to=deployed.get("server_ip") if url.startswith("https://") else None,
+            ca_pem=deployed.get("edge_ca"),
+        )
         if problem is not None:
             return {
                 "failure": f"release {state['release']} serves on its server but {url} does not "

@@ -10,6 +10,7 @@ playbook into the release's ``.env``; they appear in no result, event, log or hi
 from __future__ import annotations
 
 import math
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -27,6 +28,7 @@ from core.contracts.deploy import (
     PROJECT_SECRETS_PREFIX,
     AnsibleDeployMessage,
     AnsibleDeployResult,
+    EdgeSettings,
     deploy_result_key,
 )
 from core.crypto import Vault
@@ -44,7 +46,6 @@ log = get_logger("activities.releases")
 
 PORT_BUSY = "port {port} is in use on the server by another process"
 DEFAULT_COMMIT = "refs/heads/main"
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 PLAYBOOK_TIMEOUT_S = 900
 # Between the playbook's health checks: an app is often up a moment after its first check.
 HEALTH_DELAY_S = 0.5
@@ -72,6 +73,16 @@ def _apps_root(server: Server) -> dict[str, str]:
 
 def deployed_url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+
+def app_host_name(project_name: str, base_domain: str) -> str:
+    """The app's name under the server's base domain: its project's name as a DNS label."""
+    label = re.sub(r"[^a-z0-9-]+", "-", project_name.lower()).strip("-")[:63] or "app"
+    return f"{label}.{base_domain}"
+
+
+def named_url(name: str, edge: EdgeSettings) -> str:
+    return f"https://{name}/" if edge.https_port == 443 else f"https://{name}:{edge.https_port}/"
 
 
 class ReleaseActivities:
@@ -103,7 +114,11 @@ class ReleaseActivities:
             )
         finally:
             shutil.rmtree(archive_dir, ignore_errors=True)
-        return self._result(message, server, release, commit, run)
+        result = self._result(message, server, release, commit, run)
+        if result.edge_ca:
+            async with self.db.session() as session:
+                await servers.learn_edge_ca(session, server.id, result.edge_ca)
+        return result
 
     @activity.defn
     async def publish_deploy_result(self, result: AnsibleDeployResult) -> None:
@@ -196,8 +211,6 @@ class ReleaseActivities:
     def _extravars(
         self, message: AnsibleDeployMessage, server: Server, release: str, archive: Path
     ) -> dict[str, Any]:
-        # An app on a loopback server answers on loopback only; elsewhere on every interface.
-        host = "127.0.0.1" if server.host in LOOPBACK_HOSTS else "0.0.0.0"
         retries = max(1, math.ceil(self.settings.deploy_health_timeout_s / HEALTH_DELAY_S))
         return {
             "app_name": message.project_name,
@@ -210,11 +223,24 @@ class ReleaseActivities:
             "start_command": message.start_command or "",
             "port_env": message.port_env or "PORT",
             "health_path": message.health_path or "/",
-            "env": {"HOST": host, **message.env},
+            # The edge in front of it is the app's way in: it listens on loopback only.
+            "env": {"HOST": "127.0.0.1", **message.env},
+            "names": [app_host_name(message.project_name, server.base_domain)]
+            if server.base_domain
+            else [],
+            "edge": EdgeSettings.model_validate(server.edge or {}).playbook_vars(),
             "health_retries": retries,
             "health_delay": HEALTH_DELAY_S,
             **_apps_root(server),
         }
+
+    @staticmethod
+    def _url(message: AnsibleDeployMessage, server: Server) -> str:
+        """The URL a person uses: the app's HTTPS name, else its port on the server."""
+        if server.base_domain:
+            name = app_host_name(message.project_name, server.base_domain)
+            return named_url(name, EdgeSettings.model_validate(server.edge or {}))
+        return deployed_url(server.host, message.port)
 
     def _result(
         self,
@@ -236,11 +262,14 @@ class ReleaseActivities:
             return AnsibleDeployResult(
                 **common,
                 success=True,
-                deployed_url=deployed_url(server.host, message.port)
-                if message.serves_port
-                else None,
+                deployed_url=self._url(message, server) if message.serves_port else None,
                 previous_release=run.data.get("previous_release") or None,
                 bot=run.data.get("bot") or None,
+                # Only what a client needs: names on a server whose edge is its own CA.
+                edge_ca=(run.data.get("edge_ca") or None)
+                if server.base_domain
+                and EdgeSettings.model_validate(server.edge or {}).tls == "internal"
+                else None,
             )
         error = run.failed_msg or f"the playbook failed (rc {run.rc})"
         log.warning("release failed", release=release, server=server.handle, task=run.failed_task)

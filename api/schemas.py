@@ -12,7 +12,7 @@ from pydantic import Field as PydanticField
 
 from core.contracts.base import JsonInput, ReadModel
 from core.contracts.chat import TelegramId
-from core.contracts.deploy import DeployOptions
+from core.contracts.deploy import DeployOptions, EdgeSettings
 from core.contracts.engineering import EngineeringOptions, PullRequestCreate, PullRequestRead
 from core.enums import (
     DeploymentStatus,
@@ -228,6 +228,9 @@ class TaskEventRead(ReadModel):
 # Handles name servers in commands and workflow ids (provision-<handle>).
 SERVER_HANDLE_PATTERN = r"^[a-z0-9][a-z0-9-]*$"
 APPS_ROOT_PATTERN = r"^(/|~/)[A-Za-z0-9._/-]*$"
+# DNS labels (letters, digits, inner hyphens) joined by dots: example.com, apps.internal.
+DNS_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+BASE_DOMAIN_PATTERN = rf"^{DNS_LABEL}(\.{DNS_LABEL})*$"
 
 
 class ServerCreate(RequestBody):
@@ -251,6 +254,16 @@ class ServerCreate(RequestBody):
         # Checked by the validator below, which says what is wrong in words.
         json_schema_extra={"pattern": APPS_ROOT_PATTERN},
     )
+    base_domain: str | None = PydanticField(
+        default=None,
+        max_length=200,
+        pattern=BASE_DOMAIN_PATTERN,
+        description="Apps get https://<project>.<base_domain> (a wildcard DNS record pointing "
+        "at the server); none: each app is reached on its port",
+    )
+    edge: EdgeSettings | None = PydanticField(
+        default=None, description="The edge in front of its apps; default ports 80/443, ACME"
+    )
 
     @field_validator("apps_root")
     @classmethod
@@ -273,6 +286,13 @@ class ServerRead(ReadModel):
     status: ServerStatus
     capacity: dict[str, Any] | None
     apps_root: str | None = None
+    base_domain: str | None = None
+    edge: dict[str, Any] | None = None
+    edge_ca: str | None = PydanticField(
+        default=None,
+        description="The root certificate (PEM, public) of its edge's own CA: what clients "
+        "verify its apps' names with when they have no public certificate",
+    )
     last_error: str | None
     created_at: datetime
     updated_at: datetime

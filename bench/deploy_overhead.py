@@ -55,6 +55,7 @@ from db.engine import Database  # noqa: E402
 from db.migrate import upgrade_async  # noqa: E402
 from infra.ansible import AnsibleRunner, SshTarget  # noqa: E402
 from testing import servers  # noqa: E402
+from testing.apps import edge_of  # noqa: E402
 from testing.deploy import DeployStack, deploy_stack_on  # noqa: E402
 from testing.ssh_host import SshHost, ssh_host  # noqa: E402
 
@@ -138,6 +139,7 @@ def bare_playbook(stack: DeployStack, sshd: SshHost, project: str, m: int) -> li
             "health_path": "/health",
             "env": {"HOST": "127.0.0.1"},
             "apps_root": str(stack.apps_root),
+            "edge": edge_of(stack.apps_root).playbook_vars(),
         }
         run = runner.run("deploy.yml", target, extravars, timeout_s=300)
         if not run.ok:

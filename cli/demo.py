@@ -266,7 +266,7 @@ def deploy_branch(
     from cli.client import WaitTimeout
 
     out.say("\n[bold]Deploy[/bold]: the pull request's branch, to a target on this machine")
-    ensure_local_server(client, out, client.settings)
+    server = ensure_local_server(client, out, client.settings)
     run = start_deploy(client, project["id"], DeployAction.create, ref=branch)
     out.say(f"Deploy task {run['task_id']}")
     out.say(f"Web UI  deploy run  {run['workflow_url']}")
@@ -277,6 +277,7 @@ def deploy_branch(
     task = client.task(run["task_id"])
     result = task.get("result") or {}
     url = result.get("deployed_url")
+    server = client.get(f"/servers/{server['id']}")  # with its edge's CA, learned by the deploy
     return {
         "deploy_task_id": task["id"],
         "deploy_workflow_id": task["workflow_id"],
@@ -284,25 +285,44 @@ def deploy_branch(
         "deploy_error": task.get("error"),
         "deployed_url": url,
         "release": result.get("release"),
-        "health": answer_at(f"{url}health") if url else None,
+        "health": answer_at(f"{url}health", server) if url else None,
         "workflow_urls": {task["workflow_id"]: run["workflow_url"]},
     }
 
 
-def answer_at(url: str) -> dict[str, Any]:
-    """What the deployed app answers at ``url`` (status and body), as a person would see it."""
-    from urllib.error import HTTPError
+def answer_at(url: str, server: dict[str, Any]) -> dict[str, Any]:
+    """What the deployed app answers at ``url`` (status and body), as a person would see it: an
+    HTTPS name is asked at the server it went to (as curl's --resolve does: *.localhost names
+    resolve to loopback in browsers and curl, not in Python) and verified with its edge's CA."""
+    import http.client
+    import socket
+    import ssl
+    from urllib.parse import urlsplit
 
-    from cli.client import TRANSPORT_ERRORS, describe, opener
+    from cli.client import TRANSPORT_ERRORS, describe
 
+    parts = urlsplit(url)
+    context = ssl.create_default_context(cadata=server.get("edge_ca") or None)
+
+    class AtServer(http.client.HTTPSConnection):
+        def connect(self) -> None:
+            sock = socket.create_connection((server["host"], self.port), self.timeout)
+            self.sock = context.wrap_socket(sock, server_hostname=self.host)
+
+    if parts.scheme == "https":
+        connection: http.client.HTTPConnection = AtServer(
+            parts.hostname or "", parts.port or 443, timeout=10
+        )
+    else:
+        connection = http.client.HTTPConnection(parts.hostname or "", parts.port or 80, timeout=10)
     try:
-        with opener(url).open(url, timeout=10) as response:
-            status, body = response.status, response.read()
-    except HTTPError as error:
-        with error:
-            status, body = error.code, error.read()
+        connection.request("GET", parts.path or "/")
+        response = connection.getresponse()
+        status, body = response.status, response.read()
     except TRANSPORT_ERRORS as exc:
         return {"url": url, "error": describe(exc)}
+    finally:
+        connection.close()
     return {"url": url, "status": status, "body": body.decode(errors="replace")[:500]}
 
 

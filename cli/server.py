@@ -230,6 +230,15 @@ def ensure_local_server(
             "ssh_user": target.user,
             "private_key": target.private_key,
             "apps_root": str(target.apps_root),
+            # *.localhost names resolve to loopback in curl and browsers; the edge's own CA.
+            "base_domain": "localhost",
+            "edge": {
+                "http_port": settings.local_edge_http_port,
+                "https_port": settings.local_edge_https_port,
+                "admin_port": settings.local_edge_admin_port,
+                "bind": target.host,
+                "tls": "internal",
+            },
         }
         out.say(f"Registering this machine as the deploy target [bold]{LOCAL}[/bold] ...")
         server = wait_provisioned(client, out, client.post("/servers", body), timeout)

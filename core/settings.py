@@ -204,6 +204,14 @@ class Settings(BaseSettings):
         default=8722,
         description="SSH port of the deploy target on this machine (orchestrator server local)",
     )
+    local_edge_https_port: int = Field(
+        default=8723,
+        description="The local target's edge: HTTPS for its apps' names (<project>.localhost)",
+    )
+    local_edge_http_port: int = Field(default=8724, description="The local target's edge: HTTP")
+    local_edge_admin_port: int = Field(
+        default=8725, description="The local target's edge: Caddy's admin API, on loopback"
+    )
     deploy_health_timeout_s: float = Field(
         default=60.0, gt=0, description="How long a new release has to answer its health check"
     )

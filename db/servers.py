@@ -88,6 +88,8 @@ async def create_server(
     ssh_user: str,
     private_key: str,
     apps_root: str | None,
+    base_domain: str | None = None,
+    edge: dict[str, Any] | None = None,
 ) -> tuple[Server, ProvisionerMessage, int | None]:
     """Store the server, its key (encrypted) and the provision request in one commit.
 
@@ -106,6 +108,8 @@ async def create_server(
         ssh_user=ssh_user,
         key_ref=secrets.secret_ref(secret),
         apps_root=apps_root,
+        base_domain=base_domain,
+        edge=edge,
     )
     session.add(server)
     message = ProvisionerMessage(server_handle=server.handle)
@@ -223,3 +227,14 @@ async def ssh_access(session: AsyncSession, vault: Vault, id_or_handle: str) -> 
         private_key=SecretStr(key),
         known_hosts=server.known_hosts,
     )
+
+
+async def learn_edge_ca(session: AsyncSession, server_id: str, certificate: str) -> None:
+    """Keep the root certificate of the server's edge CA (public) as a deploy read it."""
+    server = await session.get(Server, server_id)
+    if server is None or server.edge_ca == certificate:
+        return
+    server.edge_ca = certificate
+    server.updated_at = utcnow()
+    session.add(server)
+    await session.commit()

@@ -207,6 +207,12 @@ class Server(SQLModel, table=True):
     known_hosts: str | None = None
     # Where apps live on the server; None: ~/orchestrator-apps of the SSH user.
     apps_root: str | None = Field(default=None, max_length=500)
+    # Apps get https://<project>.<base_domain>; None: no names, each app on its port.
+    base_domain: str | None = Field(default=None, max_length=253)
+    # core.contracts.deploy.EdgeSettings as JSON; None: its defaults.
+    edge: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    # The edge's internal CA (public): a client of a server without ACME verifies names with it.
+    edge_ca: str | None = None
     last_error: str | None = None
     created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
     updated_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 
@@ -13,16 +15,36 @@ HEALTH_INTERVAL_S = 0.5
 
 
 async def check_health(
-    url: str, within_s: float, on_wait: Callable[[str], object] = lambda problem: None
+    url: str,
+    within_s: float,
+    on_wait: Callable[[str], object] = lambda problem: None,
+    *,
+    connect_to: str | None = None,
+    ca_pem: str | None = None,
 ) -> str | None:
     """None once ``url`` answers 2xx; else, after ``within_s``, what went wrong last.
-    ``on_wait`` hears each problem before the next try (an activity heartbeats with it)."""
+    ``on_wait`` hears each problem before the next try (an activity heartbeats with it).
+
+    ``connect_to``: the address to reach the URL's host at (a name no DNS here knows yet), as
+    curl's ``--resolve``: TLS still checks the certificate for the URL's name. ``ca_pem``: the
+    only CA trusted (a server edge's own), else the system's."""
     deadline = time.monotonic() + within_s
     problem = "no answer"
-    async with httpx.AsyncClient(timeout=5.0) as client:
+    request_url = httpx.URL(url)
+    extensions: dict[str, Any] = {}
+    headers: dict[str, str] = {}
+    if connect_to:
+        name = request_url.host
+        request_url = request_url.copy_with(host=connect_to)
+        extensions["sni_hostname"] = name
+        headers["Host"] = name if request_url.port is None else f"{name}:{request_url.port}"
+    verify: ssl.SSLContext | bool = True
+    if ca_pem:
+        verify = ssl.create_default_context(cadata=ca_pem)
+    async with httpx.AsyncClient(timeout=5.0, verify=verify) as client:
         while True:
             try:
-                response = await client.get(url)
+                response = await client.get(request_url, headers=headers, extensions=extensions)
                 if response.is_success:
                     return None
                 problem = f"HTTP {response.status_code}"

@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 
+from core.contracts.deploy import EdgeSettings
 from infra.ansible import AnsibleRunner, OnEvent, PlaybookRun, SshTarget
 from infra.release_archives import export_locked_requirements
 from testing.servers import free_port
@@ -61,20 +62,20 @@ def release_archive(repo: Path, ref: str, directory: Path) -> Path:
     return archive
 
 
-_EDGES: dict[Path, dict[str, Any]] = {}
+_EDGES: dict[Path, EdgeSettings] = {}
 
 
-def edge_of(apps_root: Path) -> dict[str, Any]:
-    """The edge settings of the test target whose apps live in ``apps_root``: ports of its own,
-    chosen once per root, on loopback, with Caddy's internal CA."""
+def edge_of(apps_root: Path) -> EdgeSettings:
+    """The edge of the test target whose apps live in ``apps_root``: ports of its own, chosen
+    once per root, on loopback, with Caddy's internal CA."""
     if apps_root not in _EDGES:
-        _EDGES[apps_root] = {
-            "admin_port": free_port(),
-            "http_port": free_port(),
-            "https_port": free_port(),
-            "bind": "127.0.0.1",
-            "tls_internal": True,
-        }
+        _EDGES[apps_root] = EdgeSettings(
+            http_port=free_port(),
+            https_port=free_port(),
+            admin_port=free_port(),
+            bind="127.0.0.1",
+            tls="internal",
+        )
     return _EDGES[apps_root]
 
 
@@ -110,7 +111,7 @@ def deploy(
             # A broken release should fail in a few seconds, not thirty.
             "health_retries": 3,
             "health_delay": 0.3,
-            "edge": edge_of(apps_root),
+            "edge": edge_of(apps_root).playbook_vars(),
             **(extravars or {}),
         }
         secrets = {"secret_env": secret_env} if secret_env else None

@@ -33,7 +33,7 @@ from db.tables import Project, Server
 from db.users import ensure_admin_key
 from infra.forges.local import LocalForge
 from infra.git import git
-from testing.apps import end_apps
+from testing.apps import edge_of, end_apps
 from testing.ssh_host import SshHost
 from testing.waiting import eventually
 from testing.workflows import running_bridge, running_worker
@@ -207,6 +207,7 @@ async def add_ready_server(stack: DeployStack, handle: str = SERVER) -> dict[str
         "ssh_user": stack.sshd.user,
         "private_key": stack.sshd.private_key,
         "apps_root": str(stack.apps_root),
+        "edge": edge_of(stack.apps_root).model_dump(),
     }
     added = await stack.api.post("/servers", json=body)
     assert added.status_code == 201, added.text

@@ -155,8 +155,11 @@ class DeployWorkflow(WaitsForPerson, TakesTurns):
             raise DeployFailed(str(final["failure"]))
         placement = final.get("placement") or {}
         deployed = final.get("deployed") or {}
+        spec = final.get("spec") or {}
         return DeployResult(
             deployed_url=final.get("url"),
+            project=plan.project_name,
+            runtime=spec.get("runtime"),
             server_ip=placement.get("server_ip"),
             # An app that serves no port holds one only as its place on the server.
             port=placement.get("port") if final.get("url") else None,

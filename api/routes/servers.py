@@ -59,6 +59,8 @@ async def add_server(
         ssh_user=data.ssh_user,
         private_key=data.private_key.get_secret_value(),
         apps_root=data.apps_root,
+        base_domain=data.base_domain,
+        edge=data.edge.model_dump() if data.edge else None,
     )
     return await queued_answer(runtime, server, message.request_id, queued)
 

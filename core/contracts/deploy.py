@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import ConfigDict, Field
 
 from core.contracts.base import Envelope, JsonInput, Strict
@@ -17,6 +19,34 @@ DEPLOY_SECRETS_CHANGED = "secrets_changed"
 ANSIBLE_DEPLOY_ENDED = "ansible_deploy_ended"
 # What ``secrets_ref`` holds for "the project's stored secrets, as its environment".
 PROJECT_SECRETS_PREFIX = "project-secrets:"
+
+
+class EdgeSettings(Strict):
+    """A server's edge (the reverse proxy in front of its apps: Caddy)."""
+
+    http_port: int = Field(default=80, ge=1, le=65535, description="Plain HTTP and ACME")
+    https_port: int = Field(default=443, ge=1, le=65535)
+    admin_port: int = Field(
+        default=2019, ge=1, le=65535, description="Caddy's admin API, on the server's loopback"
+    )
+    bind: str = Field(
+        default="", max_length=255, pattern=r"^[0-9A-Fa-f.:]*$",
+        description="The address the edge listens on; empty: every address",
+    )  # fmt: skip
+    tls: Literal["acme", "internal"] = Field(
+        default="acme",
+        description="acme: certificates from Let's Encrypt for names that resolve to the server; "
+        "internal: from the edge's own CA (a private network, or no public name)",
+    )
+
+    def playbook_vars(self) -> dict[str, object]:
+        return {
+            "http_port": self.http_port,
+            "https_port": self.https_port,
+            "admin_port": self.admin_port,
+            "bind": self.bind,
+            "tls_internal": self.tls == "internal",
+        }
 
 
 class DeployOptions(JsonInput):
@@ -47,6 +77,10 @@ class DeployResult(Strict):
     server_ip: str | None = None
     port: int | None = None
     # Beyond the original contract's three: what a person wants to know about the release.
+    project: str | None = Field(default=None, description="The project's name")
+    runtime: str | None = Field(
+        default=None, description="How it runs: process (a command) or container (an image)"
+    )
     action: DeployAction = DeployAction.create
     server: str | None = Field(default=None, description="The server's handle")
     release: str | None = None
@@ -122,6 +156,11 @@ class AnsibleDeployResult(Strict):
     )
     playbook_s: float | None = None
     bot: str | None = Field(default=None, description="The bot's username, when getMe was asked")
+    edge_ca: str | None = Field(
+        default=None,
+        description="The root certificate (PEM, public) of the server's edge CA, when its names "
+        "use the edge's internal CA: what a client verifies the app's HTTPS name with",
+    )
 
 
 def deploy_result_key(request_id: str) -> str:

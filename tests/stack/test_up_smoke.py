@@ -186,6 +186,9 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         "PYPI_CACHE_PORT": free_port(),
         "NPM_CACHE_PORT": free_port(),
         "LOCAL_TARGET_PORT": free_port(),
+        "LOCAL_EDGE_HTTPS_PORT": free_port(),
+        "LOCAL_EDGE_HTTP_PORT": free_port(),
+        "LOCAL_EDGE_ADMIN_PORT": free_port(),
     }
     env = {k: v for k, v in os.environ.items() if k not in FOREIGN}
     env["ORCHESTRATOR_HOME"] = str(tmp_path / "home")
@@ -429,20 +432,34 @@ async def test_the_demo_of_the_service_template_opens_a_pull_request_and_deploys
         lambda: not workers_of(docker_client, demo["task_id"]), "the task's containers to go"
     )
 
-    # The branch is live on the local target: the feature answers at the deployed URL.
+    # The branch is live on the local target at its HTTPS name, behind the target's edge: the
+    # feature answers there to a client trusting the edge's CA (curl resolves *.localhost).
     assert (demo["deploy_status"], demo["deploy_error"]) == ("COMPLETED", None)
     url = demo["deployed_url"]
-    assert url == f"http://127.0.0.1:{url.rsplit(':', 1)[1]}"
+    https = stack.ports["LOCAL_EDGE_HTTPS_PORT"]
+    assert url == f"https://{demo['project_name']}.localhost:{https}/"
     assert demo["health"]["status"] == 200
-    async with httpx.AsyncClient(timeout=10) as http:
-        assert (await http.get(f"{url}greet/world")).json() == {"message": "Hello, world!"}
     [local] = stack.json("server", "list")
-    assert (local["handle"], local["status"]) == ("local", "READY")
+    assert (local["handle"], local["status"], local["base_domain"]) == (
+        "local",
+        "READY",
+        "localhost",
+    )
+    ca = stack.home / "edge-ca.pem"
+    ca.write_text(local["edge_ca"])
+
+    def curl(path: str) -> subprocess.CompletedProcess[str]:
+        command = ["curl", "-sS", "--max-time", "10", "--cacert", str(ca), f"{url}{path}"]
+        return subprocess.run(command, capture_output=True, text=True)
+
+    greeted = curl("greet/world")
+    assert greeted.returncode == 0, greeted.stderr
+    assert json.loads(greeted.stdout) == {"message": "Hello, world!"}
     [release] = stack.json("deploy", "list", "--project", demo["project_name"])
     assert (release["status"], release["url"]) == ("RUNNING", url)
     gone = await asyncio.to_thread(stack.json, "deploy", "undeploy", demo["project_name"], "--wait")
     assert gone["status"] == "COMPLETED"
-    assert not listening(int(url.rstrip("/").rsplit(":", 1)[1]))
+    assert curl("health").returncode != 0  # the edge knows the name no more
 
     down = await asyncio.to_thread(stack.json, "down")
     assert down["was_running"] is True and down["killed"] == []

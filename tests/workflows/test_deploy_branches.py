@@ -64,6 +64,8 @@ async def test_a_deploy_goes_from_its_repository_to_a_live_url(fakes: Fakes) -> 
     assert output.status is TaskStatus.completed
     assert output.result == DeployResult(
         deployed_url=URL,
+        project="shop",
+        runtime="process",
         server_ip=SERVER_IP,
         port=8001,
         action=DeployAction.create,

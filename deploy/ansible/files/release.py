@@ -294,6 +294,13 @@ class Edge:
         except OSError:
             return ""
 
+    def internal_ca(self) -> str | None:
+        """The root certificate of the edge's own CA (public), once Caddy has made it."""
+        try:
+            return (self.dir / "data" / "pki" / "authorities" / "local" / "root.crt").read_text()
+        except OSError:
+            return None
+
     def site_path(self, app: str) -> Path:
         return self.dir / "sites" / f"{app}.caddy"
 
@@ -551,7 +558,7 @@ def _serve_port(app: App, spec: dict[str, Any], previous: dict[str, Any]) -> dic
         if other != app.release:
             app.ctl("stop", other)
     app.record(app.release, port, slot)
-    return {"slot": slot, "internal_port": slots[slot]}
+    return {"slot": slot, "internal_port": slots[slot], "edge_ca": edge.internal_ca()}
 
 
 def _take_over(app: App, spec: dict[str, Any], previous: dict[str, Any]) -> dict[str, Any]:

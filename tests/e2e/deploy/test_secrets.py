@@ -70,7 +70,9 @@ async def test_a_missing_secret_waits_then_the_deploy_finishes_without_leaking_i
     assert await served(url + "health") == {"status": "ok"}
     env = app_environment(stack.apps_root, name, done["result"]["release"])
     assert env["API_TOKEN"] == SECRET_VALUE
-    assert env["PORT"] == str(done["result"]["port"])
+    # The app listens on a port of its own behind the edge, which serves the project's port.
+    assert env["PORT"] != str(done["result"]["port"])
+    assert await served(f"http://127.0.0.1:{env['PORT']}/health") == {"status": "ok"}
 
     # Nowhere else: the runs' histories, the database, Redis, the worker's log, the home.
     places: dict[str, str] = {}

@@ -97,7 +97,7 @@ def test_the_apps_name_is_served_on_https_with_the_edges_internal_ca(
     name = "hello.example.test"
     run = deploy(runner, target, app_repo, apps_root, "r1", port, extravars={"names": [name]})
     assert run.ok, run.failed_msg
-    https = edge_of(apps_root)["https_port"]
+    https = edge_of(apps_root).https_port
 
     def curl(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
