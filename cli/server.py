@@ -74,6 +74,9 @@ def render_server(out: Output, server: dict[str, Any]) -> None:
         "status": server.get("status"),
         "capacity": capacity_text(server.get("capacity")),
         "apps": server.get("apps_root"),
+        "apps at": f"https://<project>.{server['base_domain']}"
+        if server.get("base_domain")
+        else None,
         "key": server.get("key_ref"),
         "last error": server.get("last_error"),
         "last checked": server.get("last_checked_at"),
@@ -149,6 +152,22 @@ def add(
             help="Where apps live on it (absolute or ~/...); default ~/orchestrator-apps."
         ),
     ] = None,
+    base_domain: Annotated[
+        str | None,
+        typer.Option(
+            help="Apps go live at https://<project>.<base-domain> (point a wildcard DNS record "
+            "at the server); without it each app is reached on its port."
+        ),
+    ] = None,
+    tls: Annotated[
+        str,
+        typer.Option(
+            help="acme: certificates from Let's Encrypt (the names must resolve to it); "
+            "internal: the edge's own CA (a private network)."
+        ),
+    ] = "acme",
+    https_port: Annotated[int, typer.Option(help="The edge's HTTPS port.", min=1)] = 443,
+    http_port: Annotated[int, typer.Option(help="The edge's HTTP port (ACME).", min=1)] = 80,
     wait: WaitOption = False,
     timeout: TimeoutOption = None,
     json_output: JsonOption = False,
@@ -157,7 +176,7 @@ def add(
     from cli.client import ApiClient
 
     out = Output(json_output)
-    body = {
+    body: dict[str, Any] = {
         "handle": handle,
         "host": host,
         "port": port,
@@ -166,6 +185,9 @@ def add(
     }
     if apps_root:
         body["apps_root"] = apps_root
+    if base_domain:
+        body["base_domain"] = base_domain
+    body["edge"] = {"tls": tls, "https_port": https_port, "http_port": http_port}
     with ApiClient() as client:
         server = client.post("/servers", body)
         out.print(

@@ -4,6 +4,7 @@ the bridges too: tests/cli/test_server_provision_cli.py.)"""
 
 from __future__ import annotations
 
+import json
 import stat
 import uuid
 from pathlib import Path
@@ -152,3 +153,22 @@ def test_provision_queues_a_new_request(cli: Cli, key_file: Path, api: Api) -> N
     assert f"Provisioning of server {handle} requested" in human.stdout
     missing = cli.json("server", "provision", unique("nope"), expect=3)
     assert missing["error"]["status"] == 404
+
+
+def test_a_server_with_a_base_domain_names_its_apps_and_a_bad_one_is_refused(
+    cli: Cli, key_file: Path
+) -> None:
+    handle = unique("edge")
+    server = add(
+        cli, handle, key_file, "--base-domain", "apps.example.com", "--tls", "internal",
+        "--https-port", "8443",
+    )  # fmt: skip
+    assert server["base_domain"] == "apps.example.com"
+    assert server["edge"]["tls"] == "internal" and server["edge"]["https_port"] == 8443
+    shown = cli("server", "show", handle)
+    assert "https://<project>.apps.example.com" in shown.stdout
+
+    bad = add(cli, unique("edge"), key_file, "--base-domain", "not a domain", expect=2)
+    assert bad["error"]["status"] == 422 and "base_domain" in json.dumps(bad["error"])
+    bad = add(cli, unique("edge"), key_file, "--tls", "self-signed", expect=2)
+    assert bad["error"]["status"] == 422 and "tls" in json.dumps(bad["error"])
