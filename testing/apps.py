@@ -178,12 +178,9 @@ def processes_in(directory: Path) -> set[int]:
 
 
 def end_apps(root: Path) -> None:
-    """SIGKILL every app started under the apps root ``root``: what the pid files name, a
-    release whose pid file is gone (a test that failed halfway through a crash), and the edge."""
-    edge_pid = root / ".edge" / "caddy.pid"
-    if edge_pid.exists():
-        with contextlib.suppress(ValueError, ProcessLookupError, PermissionError):
-            os.kill(int(edge_pid.read_text()), signal.SIGKILL)
+    """SIGKILL every app started under the apps root ``root`` and its edge (supervised the same
+    way, in ``.edge``): what the pid files name, and a release whose pid file is gone (a test
+    that failed halfway through a crash)."""
     for pid_file in root.glob("*/run/*.pid"):
         with contextlib.suppress(ValueError, ProcessLookupError, PermissionError):
             os.killpg(int(pid_file.read_text()), signal.SIGKILL)

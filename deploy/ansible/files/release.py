@@ -31,6 +31,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -216,7 +217,7 @@ class Edge:
         except OSError:
             return False
 
-    def ensure(self) -> None:
+    def ensure(self, appctl: Path) -> None:
         """Caddy running with this configuration (started, or reloaded when it changed)."""
         (self.dir / "sites").mkdir(parents=True, exist_ok=True)
         wanted = self.global_config()
@@ -225,7 +226,7 @@ class Edge:
             self.caddyfile.write_text(wanted)
             (self.dir / "edge.json").write_text(json.dumps(self.spec) + "\n")
         if not self.answers():
-            self._start()
+            self._start(appctl)
         elif changed:
             self.reload()
 
@@ -243,29 +244,40 @@ class Edge:
             "XDG_DATA_HOME": str(self.dir / "data"),
         }
 
-    def _start(self) -> None:
-        with open(self.dir / "caddy.log", "ab") as log:
-            # setsid: the edge outlives this SSH session; `caddy start` returns once it serves.
-            done = subprocess.run(
-                [
-                    "setsid",
-                    self._caddy(),
-                    "start",
-                    "--config",
-                    str(self.caddyfile),
-                    "--adapter",
-                    "caddyfile",
-                    "--pidfile",
-                    str(self.dir / "caddy.pid"),
-                ],
-                stdout=log,
-                stderr=log,
-                stdin=subprocess.DEVNULL,
-                env=self._env(),
-                cwd=self.dir,
-            )
-        if done.returncode != 0:
-            raise Refused("edge", f"the edge (Caddy) did not start: {self._log_tail()}")
+    def _start(self, appctl: Path) -> None:
+        """Caddy under the same supervisor as the apps (a copy of appctl.sh in the edge's
+        directory): started again whenever it exits, killed or not; it outlives this session."""
+        shutil.copy2(appctl, self.dir / "appctl.sh")
+        home = self.dir / "releases" / "caddy"
+        home.mkdir(parents=True, exist_ok=True)
+        (home / ".env").touch()
+        command = " ".join(
+            shlex.quote(part)
+            for part in [
+                "env",
+                f"XDG_CONFIG_HOME={self.dir / 'config'}",  # its autosave stays in the edge's dir
+                f"XDG_DATA_HOME={self.dir / 'data'}",
+                self._caddy(),
+                "run",
+                "--config",
+                str(self.caddyfile),
+                "--adapter",
+                "caddyfile",
+            ]
+        )
+        subprocess.run(
+            [str(self.dir / "appctl.sh"), "start", "caddy", command],
+            check=True,
+            capture_output=True,
+            stdin=subprocess.DEVNULL,
+        )
+        began = time.monotonic()
+        while not self.answers():
+            exits = (self.dir / "run" / "caddy.exits").read_text().strip()
+            if exits not in ("", "0") or time.monotonic() - began > 15:
+                subprocess.run([str(self.dir / "appctl.sh"), "stop", "caddy"], check=False)
+                raise Refused("edge", f"the edge (Caddy) did not start: {self._log_tail()}")
+            time.sleep(0.05)
 
     def reload(self) -> None:
         done = subprocess.run(
@@ -290,7 +302,7 @@ class Edge:
 
     def _log_tail(self) -> str:
         try:
-            return "\n".join((self.dir / "caddy.log").read_text().splitlines()[-10:])
+            return "\n".join((self.dir / "logs" / "caddy.log").read_text().splitlines()[-10:])
         except OSError:
             return ""
 
@@ -509,7 +521,7 @@ def _serve_port(app: App, spec: dict[str, Any], previous: dict[str, Any]) -> dic
     legacy = before not in ("", app.release) and "slot" not in previous
     serving = before if previous.get("slot") and before != app.release else ""
     serving_slot = previous.get("slot") if serving else None
-    edge.ensure()
+    edge.ensure(Path(app.appctl))
     if legacy:
         app.ctl("stop", before)
     site_file = edge.site_path(spec["app_name"])

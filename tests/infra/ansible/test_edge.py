@@ -3,6 +3,8 @@ internal CA, and releases switched behind it with no request lost."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import threading
 from collections import Counter
@@ -13,8 +15,19 @@ from pathlib import Path
 import httpx
 
 from infra.ansible import AnsibleRunner, SshTarget
-from testing.apps import APP, deploy, edge_ca, edge_of, pid_alive, pid_of, undeploy
+from testing.apps import (
+    APP,
+    answers,
+    child_of,
+    deploy,
+    edge_ca,
+    edge_of,
+    pid_alive,
+    pid_of,
+    undeploy,
+)
 from testing.servers import free_port
+from testing.waiting import eventually
 
 
 class Load:
@@ -122,3 +135,19 @@ def test_the_apps_name_is_served_on_https_with_the_edges_internal_ca(
     gone = curl("--cacert", str(edge_ca(apps_root)), f"https://{name}:{https}/health")
     assert gone.returncode != 0
     assert not (apps_root / ".edge" / "sites" / f"{APP}.caddy").exists()
+
+
+async def test_an_edge_killed_is_started_again_by_its_supervisor(
+    runner: AnsibleRunner, target: SshTarget, app_repo: Path, apps_root: Path
+) -> None:
+    port = free_port()
+    assert deploy(runner, target, app_repo, apps_root, "r1", port).ok
+    edge = apps_root / ".edge"
+    killed = child_of(edge, "caddy")
+    os.kill(killed, signal.SIGKILL)
+
+    async def serves_again() -> bool:
+        return child_of(edge, "caddy") != killed and answers(port)
+
+    await eventually(serves_again, "the edge to be started again and serve the app", within=30)
+    assert "appctl: release caddy exited (status 137)" in (edge / "logs" / "caddy.log").read_text()
