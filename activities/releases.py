@@ -34,7 +34,7 @@ from core.contracts.deploy import (
 from core.crypto import Vault
 from core.logging import get_logger
 from core.settings import Settings
-from db import secrets, servers
+from db import domains, secrets, servers
 from db.engine import Database
 from db.tables import Server
 from infra.ansible import AnsibleRunner, PlaybookRun, RunnerEvent, SshTarget
@@ -105,16 +105,17 @@ class ReleaseActivities:
         try:
             archive = archive_dir / f"{release}.tar.gz"
             commit = await run_blocking(self._archive, message, archive)
+            names = await self._names(message, server)
             run = await self._run(
                 "deploy.yml",
                 target,
-                self._extravars(message, server, release, archive),
+                self._extravars(message, server, release, archive, names),
                 {"secret_env": await self._secret_env(message.secrets_ref)},
                 run_name=message.request_id,
             )
         finally:
             shutil.rmtree(archive_dir, ignore_errors=True)
-        result = self._result(message, server, release, commit, run)
+        result = self._result(message, server, release, commit, run, names)
         if result.edge_ca:
             async with self.db.session() as session:
                 await servers.learn_edge_ca(session, server.id, result.edge_ca)
@@ -208,8 +209,22 @@ class ReleaseActivities:
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         return directory
 
+    async def _names(self, message: AnsibleDeployMessage, server: Server) -> list[str]:
+        """The app's HTTPS names: <project>.<base domain> first, then its custom domains."""
+        async with self.db.session() as session:
+            custom = await domains.names_of(session, message.project_id)
+        base = (
+            [app_host_name(message.project_name, server.base_domain)] if server.base_domain else []
+        )
+        return base + [name for name in custom if name not in base]
+
     def _extravars(
-        self, message: AnsibleDeployMessage, server: Server, release: str, archive: Path
+        self,
+        message: AnsibleDeployMessage,
+        server: Server,
+        release: str,
+        archive: Path,
+        names: list[str],
     ) -> dict[str, Any]:
         retries = max(1, math.ceil(self.settings.deploy_health_timeout_s / HEALTH_DELAY_S))
         return {
@@ -225,9 +240,7 @@ class ReleaseActivities:
             "health_path": message.health_path or "/",
             # The edge in front of it is the app's way in: it listens on loopback only.
             "env": {"HOST": "127.0.0.1", **message.env},
-            "names": [app_host_name(message.project_name, server.base_domain)]
-            if server.base_domain
-            else [],
+            "names": names,
             "edge": EdgeSettings.model_validate(server.edge or {}).playbook_vars(),
             "health_retries": retries,
             "health_delay": HEALTH_DELAY_S,
@@ -235,11 +248,10 @@ class ReleaseActivities:
         }
 
     @staticmethod
-    def _url(message: AnsibleDeployMessage, server: Server) -> str:
-        """The URL a person uses: the app's HTTPS name, else its port on the server."""
-        if server.base_domain:
-            name = app_host_name(message.project_name, server.base_domain)
-            return named_url(name, EdgeSettings.model_validate(server.edge or {}))
+    def _url(message: AnsibleDeployMessage, server: Server, names: list[str]) -> str:
+        """The URL a person uses: the app's first HTTPS name, else its port on the server."""
+        if names:
+            return named_url(names[0], EdgeSettings.model_validate(server.edge or {}))
         return deployed_url(server.host, message.port)
 
     def _result(
@@ -249,6 +261,7 @@ class ReleaseActivities:
         release: str,
         commit: str,
         run: PlaybookRun,
+        names: list[str],
     ) -> AnsibleDeployResult:
         common: dict[str, Any] = {
             "request_id": message.request_id,
@@ -262,13 +275,12 @@ class ReleaseActivities:
             return AnsibleDeployResult(
                 **common,
                 success=True,
-                deployed_url=self._url(message, server) if message.serves_port else None,
+                deployed_url=self._url(message, server, names) if message.serves_port else None,
                 previous_release=run.data.get("previous_release") or None,
                 bot=run.data.get("bot") or None,
                 # Only what a client needs: names on a server whose edge is its own CA.
                 edge_ca=(run.data.get("edge_ca") or None)
-                if server.base_domain
-                and EdgeSettings.model_validate(server.edge or {}).tls == "internal"
+                if names and EdgeSettings.model_validate(server.edge or {}).tls == "internal"
                 else None,
             )
         error = run.failed_msg or f"the playbook failed (rc {run.rc})"

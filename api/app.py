@@ -26,6 +26,7 @@ from api.routes import (
     api_keys,
     chats,
     deployments,
+    domains,
     health,
     projects,
     pull_requests,
@@ -175,6 +176,7 @@ def create_app(
             {"name": "servers", "description": "Machines deploys go to, reached over SSH"},
             {"name": "secrets", "description": "A project's secrets: names out, values only in"},
             {"name": "deployments", "description": "Releases deploy tasks put on servers"},
+            {"name": "domains", "description": "Names a project's app is served at over HTTPS"},
         ],
     )
     problems.install(app)
@@ -190,6 +192,7 @@ def create_app(
         servers,
         secrets,
         deployments,
+        domains,
     )
     for module in routers:
         # Authentication on the router: a route added later cannot forget it.

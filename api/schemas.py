@@ -24,6 +24,7 @@ from core.enums import (
     TaskStatus,
     TaskType,
 )
+from db.domains import DOMAIN_INPUT
 from db.tables import SecretKind
 from db.tasks import NewTask
 
@@ -304,6 +305,22 @@ class ServerCreated(ServerRead):
         description="request_id of the provisioner:queue message; its result lands on "
         "provisioner:result:<request_id>"
     )
+
+
+class DomainCreate(RequestBody):
+    name: str = PydanticField(
+        min_length=3,
+        max_length=253,
+        description="A DNS name pointing at the project's server, e.g. shop.example.com",
+        # domains.normalized() enforces it, with a 422 that says the rule in words.
+        json_schema_extra={"pattern": DOMAIN_INPUT},
+    )
+
+
+class DomainRead(ReadModel):
+    name: str
+    project_id: str
+    created_at: datetime
 
 
 class SecretWrite(RequestBody):

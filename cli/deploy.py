@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     from cli.client import ApiClient
 
 app = typer.Typer(
-    help="Deploys: start, rollback, stop, undeploy, status, wait, list.", no_args_is_help=True
+    help="Deploys: start, rollback, stop, undeploy, status, wait, list; custom domains.",
+    no_args_is_help=True,
 )
 
 ProjectOption = Annotated[str, typer.Option(help="Project ID or name.")]
@@ -194,3 +195,84 @@ def list_deployments(
 
 command(app, "status")(task_status)
 command(app, "wait")(task_wait)
+
+
+# --- custom domains: `deploy domain add|remove|list` --------------------------------------------
+
+domain_app = typer.Typer(
+    help="A project's custom domains, served over HTTPS by its server's edge from its next deploy.",
+    no_args_is_help=True,
+)
+app.add_typer(domain_app, name="domain")
+
+DomainArgument = Annotated[str, typer.Argument(help="A DNS name, e.g. shop.example.com.")]
+ProjectArgument = Annotated[str, typer.Argument(help="Project ID or name.")]
+
+
+def _domains_path(client: ApiClient, project: str) -> tuple[dict[str, Any], str]:
+    from urllib.parse import quote
+
+    found = client.project(project)
+    return found, f"/projects/{quote(found['id'], safe='')}/domains"
+
+
+@command(domain_app, "add")
+def add_domain(
+    project: ProjectArgument, name: DomainArgument, json_output: JsonOption = False
+) -> None:
+    """Serve the project's app at NAME too (point NAME's DNS at its server first)."""
+    from cli.client import ApiClient
+
+    out = Output(json_output)
+    with ApiClient() as client:
+        found, path = _domains_path(client, project)
+        domain = client.post(path, {"name": name})
+    out.emit(
+        domain,
+        lambda: out.console.print(
+            f"Added [bold]{escape(domain['name'])}[/bold] to {escape(found['name'])}: served from "
+            f"its next deploy (`{cli_name()} deploy start {escape(found['name'])}`)"
+        ),
+    )
+
+
+@command(domain_app, "remove")
+def remove_domain(
+    project: ProjectArgument, name: DomainArgument, json_output: JsonOption = False
+) -> None:
+    """Stop serving the project's app at NAME (from its next deploy)."""
+    from urllib.parse import quote
+
+    from cli.client import ApiClient
+
+    out = Output(json_output)
+    with ApiClient() as client:
+        found, path = _domains_path(client, project)
+        client.request("DELETE", f"{path}/{quote(name, safe='')}")
+    result = {"project_id": found["id"], "project": found["name"], "name": name, "removed": True}
+    out.emit(
+        result,
+        lambda: out.console.print(
+            f"Removed [bold]{escape(name)}[/bold] from {escape(found['name'])}: no longer served "
+            "from its next deploy"
+        ),
+    )
+
+
+@command(domain_app, "list")
+def list_domains(project: ProjectArgument, json_output: JsonOption = False) -> None:
+    """The project's custom domains."""
+    from cli.client import ApiClient
+
+    out = Output(json_output)
+    with ApiClient() as client:
+        _, path = _domains_path(client, project)
+        domains = client.get(path)
+
+    def render() -> None:
+        if not domains:
+            out.console.print(f"No custom domains: `{cli_name()} deploy domain add P NAME`.")
+        for domain in domains:
+            out.console.print(escape(domain["name"]))
+
+    out.emit(domains, render)

@@ -274,6 +274,16 @@ class Deployment(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
 
 
+class Domain(SQLModel, table=True):
+    """A custom name a project's app is served at (besides <project>.<its server's base domain>);
+    one project per name."""
+
+    __tablename__ = "domains"
+    name: str = Field(primary_key=True, max_length=253)
+    project_id: str = Field(foreign_key="projects.id", index=True, max_length=32)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+
+
 class PortAllocation(SQLModel, table=True):
     """A port of a server taken by a project: the primary key makes concurrent takers collide
     in the database, so exactly one of them gets it."""
