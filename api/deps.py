@@ -22,9 +22,9 @@ from core.contracts.base import NO_NUL, NUL
 from core.crypto import Vault, VaultError
 from core.logging import bind_context, get_logger
 from core.settings import Settings
-from db import users
+from db import projects, users
 from db.engine import Database
-from db.tables import User
+from db.tables import Project, User
 from db.tasks import TaskService
 
 log = get_logger(__name__)
@@ -205,3 +205,11 @@ def get_vault(runtime: AppRuntime) -> Vault:
 
 
 VaultDep = Annotated[Vault, Depends(get_vault)]
+
+
+async def path_project(project_id_or_name: str, session: DbSession) -> Project:
+    """The project a route's ``{project_id_or_name}`` names (404 when none)."""
+    return await projects.get_project(session, project_id_or_name)
+
+
+PathProject = Annotated[Project, Depends(path_project)]

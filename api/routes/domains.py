@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response, status
 
-from api.deps import DbSession
+from api.deps import DbSession, PathProject
 from api.problems import problem_responses
 from api.schemas import DomainCreate, DomainRead
-from db import domains, projects
+from db import domains
 
 router = APIRouter(prefix="/projects/{project_id_or_name}/domains", tags=["domains"])
 
@@ -23,9 +23,8 @@ router = APIRouter(prefix="/projects/{project_id_or_name}/domains", tags=["domai
     responses={200: {"description": "The project had it already"}, **problem_responses(404, 409)},
 )
 async def add_domain(
-    project_id_or_name: str, data: DomainCreate, session: DbSession, response: Response
+    project: PathProject, data: DomainCreate, session: DbSession, response: Response
 ) -> DomainRead:
-    project = await projects.get_project(session, project_id_or_name)
     domain, created = await domains.add_domain(session, project.id, data.name)
     if not created:
         response.status_code = status.HTTP_200_OK
@@ -33,8 +32,7 @@ async def add_domain(
 
 
 @router.get("", summary="The project's custom domains", responses=problem_responses(404))
-async def list_domains(project_id_or_name: str, session: DbSession) -> list[DomainRead]:
-    project = await projects.get_project(session, project_id_or_name)
+async def list_domains(project: PathProject, session: DbSession) -> list[DomainRead]:
     return [DomainRead.model_validate(d) for d in await domains.list_domains(session, project.id)]
 
 
@@ -44,6 +42,5 @@ async def list_domains(project_id_or_name: str, session: DbSession) -> list[Doma
     summary="Remove a domain; its name stops being served with the project's next deploy",
     responses=problem_responses(404),
 )
-async def remove_domain(project_id_or_name: str, name: str, session: DbSession) -> None:
-    project = await projects.get_project(session, project_id_or_name)
+async def remove_domain(project: PathProject, name: str, session: DbSession) -> None:
     await domains.remove_domain(session, project.id, name)
