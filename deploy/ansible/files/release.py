@@ -146,8 +146,8 @@ class App:
     def running(self) -> list[str]:
         return sorted(p.stem for p in (self.dir / "run").glob("*.pid"))
 
-    def record(self, release: str, port: int, slot: str | None) -> None:
-        state = {"release": release, "port": port, "slot": slot}
+    def record(self, release: str, port: int, slot: str | None, before: str | None) -> None:
+        state = {"release": release, "port": port, "slot": slot, "previous": before}
         (self.dir / "current.json.new").write_text(json.dumps(state) + "\n")
         os.replace(self.dir / "current.json.new", self.dir / "current.json")
         link = self.dir / "current.new"
@@ -501,13 +501,65 @@ def deploy(payload: dict[str, Any]) -> dict[str, Any]:
     lock = open(app.dir / ".deploy.lock", "w")
     fcntl.flock(lock, fcntl.LOCK_EX)
     previous = app.current()
-    app.unpack(Path(os.path.expanduser(spec["archive"])), payload["env"])
+    archive = Path(os.path.expanduser(spec["archive"]))
+    if _serves_already(app, spec, previous):
+        # A retry of a deploy that got this far before its controller died: nothing to redo,
+        # and nothing that serves is touched.
+        archive.unlink(missing_ok=True)
+        edge = Edge(app.root, spec.get("edge") or {}) if previous.get("slot") else None
+        return {
+            "previous_release": previous.get("previous"),
+            "slot": previous.get("slot"),
+            "internal_port": _slots(app).get(previous.get("slot") or ""),
+            "edge_ca": edge.internal_ca() if edge else None,
+            "bot": bot_username(app, spec["bot_token_env"], spec.get("bot_api_env") or "")
+            if spec.get("bot_token_env") and not edge
+            else None,
+            "unchanged": True,
+        }
+    app.unpack(archive, payload["env"])
     app.install_dependencies()
     if int(spec.get("app_port") or 0) > 0:
         outcome = _serve_port(app, spec, previous)
     else:
         outcome = _take_over(app, spec, previous)
     return {"previous_release": previous.get("release"), **outcome}
+
+
+def _slots(app: App) -> dict[str, int]:
+    try:
+        return {
+            k: int(v) for k, v in json.loads((app.dir / "edge" / "slots.json").read_text()).items()
+        }
+    except (OSError, ValueError):
+        return {}
+
+
+def _serves_already(app: App, spec: dict[str, Any], previous: dict[str, Any]) -> bool:
+    """Whether this very release serves, healthy, as the spec wants it (port, names)."""
+    if (
+        previous.get("release") != app.release
+        or app.ctl("status", app.release, check=False).returncode
+    ):
+        return False
+    port = int(spec.get("app_port") or 0)
+    if not port:
+        return not previous.get("slot")
+    slots, slot = _slots(app), str(previous.get("slot") or "")
+    if slot not in slots or int(previous.get("port") or 0) != port:
+        return False
+    edge = Edge(app.root, spec.get("edge") or {})
+    site_file = edge.site_path(spec["app_name"])
+    names = [str(n) for n in spec.get("names") or []]
+    wanted = site(app, port, names, slots, bool((spec.get("edge") or {}).get("tls_internal")))
+    if not edge.answers() or not site_file.exists() or site_file.read_text() != wanted:
+        return False
+    try:
+        url = f"http://127.0.0.1:{slots[slot]}{spec.get('health_path') or '/'}"
+        with urllib.request.urlopen(url, timeout=5):
+            return True
+    except Exception:  # not healthy: deploy it again
+        return False
 
 
 def _serve_port(app: App, spec: dict[str, Any], previous: dict[str, Any]) -> dict[str, Any]:
@@ -569,7 +621,7 @@ def _serve_port(app: App, spec: dict[str, Any], previous: dict[str, Any]) -> dic
     for other in app.running():
         if other != app.release:
             app.ctl("stop", other)
-    app.record(app.release, port, slot)
+    app.record(app.release, port, slot, before or None)
     return {"slot": slot, "internal_port": slots[slot], "edge_ca": edge.internal_ca()}
 
 
@@ -592,7 +644,7 @@ def _take_over(app: App, spec: dict[str, Any], previous: dict[str, Any]) -> dict
     for other in app.running():
         if other != app.release:
             app.ctl("stop", other)
-    app.record(app.release, 0, None)
+    app.record(app.release, 0, None, before or None)
     return {"bot": bot or None}
 
 

@@ -151,3 +151,23 @@ async def test_an_edge_killed_is_started_again_by_its_supervisor(
 
     await eventually(serves_again, "the edge to be started again and serve the app", within=30)
     assert "appctl: release caddy exited (status 137)" in (edge / "logs" / "caddy.log").read_text()
+
+
+def test_a_retried_deploy_of_the_serving_release_touches_nothing(
+    runner: AnsibleRunner, target: SshTarget, app_repo: Path, apps_root: Path
+) -> None:
+    """What a retry after a crash past the switch finds: its release serves already."""
+    port = free_port()
+    app_dir = apps_root / APP
+    assert deploy(runner, target, app_repo, apps_root, "r1", port).ok
+    first = deploy(runner, target, app_repo, apps_root, "r2", port, ref="v2")
+    assert first.ok, first.failed_msg
+    serving = pid_of(app_dir, "r2")
+    load = Load(f"http://127.0.0.1:{port}/")
+    with load.running():
+        again = deploy(runner, target, app_repo, apps_root, "r2", port, ref="v2")
+    assert again.ok, again.failed_msg
+    assert again.data["previous_release"] == "r1" and again.data["slot"] == first.data["slot"]
+    assert pid_of(app_dir, "r2") == serving and pid_alive(serving)
+    assert load.failures == [] and set(load.answers) == {"hello from v2"}
+    assert not list(apps_root.glob(f".{APP}-*.tar.gz"))  # the archive sent is not left behind
