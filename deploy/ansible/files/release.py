@@ -1,12 +1,17 @@
 #!/usr/bin/env python3
 """One release of an app on this server, from unpacked archive to serving, in one call.
 
-deploy.yml sends this file, the release's archive and its .env, then runs
+deploy.yml sends the release's archive, then runs this program (``python3 -c`` with its text):
 
-    release.py deploy SPEC      SPEC: JSON (see Spec below); prints one JSON line, the outcome
+    release.py deploy           stdin: {"spec": {...}, "env": the .env's text, "tools": {name:
+                                text}} (the scripts it keeps in the app's directory, itself among
+                                them); prints one JSON line, the outcome
 
-and undeploy.yml runs ``release.py forget SPEC`` (the app's routes leave the edge). The standard
-library only: it runs with the server's python3, as Ansible's modules do.
+and undeploy.yml runs ``release.py forget SPEC`` from the app's directory (its routes leave the
+edge). The standard library only: it runs with the server's python3, as Ansible's modules do.
+One deploy of an app runs at a time (a lock in its directory); a run whose SSH session ended (its
+controller was cancelled or killed) stops what it started before the switch, and a retry that
+finds its release serving already, healthy and routed as asked, touches nothing.
 
 An app that serves a port sits behind the server's edge, a Caddy of its own under
 ``<apps root>/.edge`` (started here when it is not running; ``caddy`` comes with provisioning):
@@ -23,7 +28,8 @@ An app with no port (a bot, a worker) takes its previous release's place: that o
 it starts (two pollers of one bot would take each other's updates) and starts again if it fails.
 
 Failures are outcomes, not tracebacks: ``{"ok": false, "kind": ..., "message": ...}`` with kind
-``port_busy``, ``deps``, ``health`` or ``edge``; the message says what a person can act on.
+``port_busy``, ``deps``, ``health``, ``edge`` or ``cancelled``; the message says what a person
+can act on.
 """
 
 from __future__ import annotations
@@ -236,14 +242,6 @@ class Edge:
             raise Refused("edge", "the server has no caddy: provision it again (it installs Caddy)")
         return found
 
-    def _env(self) -> dict[str, str]:
-        # Caddy's autosaved config and anything else it keeps stays under the edge's directory.
-        return {
-            **os.environ,
-            "XDG_CONFIG_HOME": str(self.dir / "config"),
-            "XDG_DATA_HOME": str(self.dir / "data"),
-        }
-
     def _start(self, appctl: Path) -> None:
         """Caddy under the same supervisor as the apps (a copy of appctl.sh in the edge's
         directory): started again whenever it exits, killed or not; it outlives this session."""
@@ -279,6 +277,22 @@ class Edge:
                 raise Refused("edge", f"the edge (Caddy) did not start: {self._log_tail()}")
             time.sleep(0.05)
 
+    def apply(self, site_file: Path, text: str) -> None:
+        """An app's site as ``text``, the edge reloaded when it changed; when the edge refuses
+        it, the file is put back as it was (Caddy keeps serving its routes of before)."""
+        old = site_file.read_text() if site_file.exists() else None
+        if text == old:
+            return
+        site_file.write_text(text)
+        try:
+            self.reload()
+        except Refused:
+            if old is None:
+                site_file.unlink()
+            else:
+                site_file.write_text(old)
+            raise
+
     def reload(self) -> None:
         done = subprocess.run(
             [
@@ -294,7 +308,6 @@ class Edge:
             capture_output=True,
             text=True,
             stdin=subprocess.DEVNULL,
-            env=self._env(),
             cwd=self.dir,
         )
         if done.returncode != 0:
@@ -593,10 +606,10 @@ def _serve_port(app: App, spec: dict[str, Any], previous: dict[str, Any]) -> dic
     for other in app.running():
         if other not in (serving, before if legacy else ""):
             app.ctl("stop", other)
-    serving_site = site(app, int(previous.get("port") or port), names, slots, tls_internal)
-    if rendered and serving_site != rendered:  # a slot's port moved: the edge must know first
-        site_file.write_text(serving_site)
-        edge.reload()
+    if rendered:  # a slot's port moved: the edge must know before a release listens there
+        edge.apply(
+            site_file, site(app, int(previous.get("port") or port), names, slots, tls_internal)
+        )
 
     app.add_env(spec.get("port_env") or "PORT", slots[slot])
     app.ctl("start", app.release, spec["start_command"])
@@ -611,11 +624,16 @@ def _serve_port(app: App, spec: dict[str, Any], previous: dict[str, Any]) -> dic
             app.ctl("start", before)
         raise
 
+    was_blue = (app.dir / "edge" / MARKER).exists()
     flip(app, slot)
-    wanted_site = site(app, port, names, slots, tls_internal)
-    if wanted_site != (site_file.read_text() if site_file.exists() else ""):
-        site_file.write_text(wanted_site)
-        edge.reload()
+    try:
+        edge.apply(site_file, site(app, port, names, slots, tls_internal))
+    except Refused:  # the edge kept its routes: what served before serves on
+        flip(app, "blue" if was_blue else "green")
+        app.ctl("stop", app.release)
+        if legacy:
+            app.ctl("start", before)
+        raise
     if serving_slot:
         edge.drain(slots[serving_slot], float(spec.get("drain_s", 30)))
     for other in app.running():
