@@ -270,8 +270,8 @@ class DevOpsNodes:
         if problem is not None:
             return {
                 "failure": f"release {state['release']} serves on its server but {url} does not "
-                f"answer from the orchestrator: {problem} (a firewall, or the app listening on "
-                "loopback only?)"
+                f"answer from the orchestrator: {problem} (a firewall in front of the server's "
+                "edge, or a name whose certificate the edge could not get?)"
             }
         await self._event(state, EventType.stage_completed, f"{url} answers", HEALTH)
         return {"url": base}
