@@ -98,6 +98,19 @@ async def test_a_missing_secret_waits_then_the_deploy_finishes_without_leaking_i
     assert "playbook finished" in places["worker log"]
     for path in (p for p in stack.home.rglob("*") if p.is_file() and not p.is_symlink()):
         places[f"file {path}"] = path.read_bytes().decode(errors="replace")
+    # On the server, beside the release's own .env (0600): not in the app's state, its
+    # supervisor's files, nor the edge's configuration, log and storage.
+    edge = stack.apps_root / ".edge"
+    app_dir = stack.apps_root / name
+    on_server = [p for p in edge.rglob("*") if p.is_file()]
+    on_server += [p for p in app_dir.glob("*") if p.is_file()]
+    on_server += [p for p in app_dir.glob("edge/*") if p.is_file()]
+    on_server += [p for p in app_dir.glob("run/*") if p.is_file()]
+    assert any(p.name == "caddy.log" for p in on_server) and any(
+        p.name == "current.json" for p in on_server
+    )
+    for path in on_server:
+        places[f"server file {path}"] = path.read_bytes().decode(errors="replace")
     leaks = [place for place, text in places.items() if SECRET_VALUE in text]
     assert leaks == []
 
