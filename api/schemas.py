@@ -277,6 +277,17 @@ class ServerCreate(RequestBody):
         return value
 
 
+class ServerUpdate(RequestBody):
+    """What changes: a field left out stays; ``base_domain: null`` takes the names away."""
+
+    base_domain: str | None = PydanticField(
+        default=None, max_length=200, pattern=BASE_DOMAIN_PATTERN
+    )
+    edge: EdgeSettings | None = PydanticField(
+        default=None, description="The whole edge; null: its defaults (ports 80/443, ACME)"
+    )
+
+
 class ServerRead(ReadModel):
     id: str
     handle: str

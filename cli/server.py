@@ -199,6 +199,43 @@ def add(
     out.emit(server, lambda: None)  # people read the line above
 
 
+@command(app, "update")
+def update(
+    server: Annotated[str, typer.Argument(help="Server ID or handle.")],
+    base_domain: Annotated[
+        str | None,
+        typer.Option(
+            help="Apps go live at https://<project>.<base-domain> from their next deploy."
+        ),
+    ] = None,
+    no_base_domain: Annotated[
+        bool, typer.Option("--no-base-domain", help="Take the names away: apps on their ports.")
+    ] = False,
+    tls: Annotated[str | None, typer.Option(help="acme or internal.")] = None,
+    https_port: Annotated[int | None, typer.Option(help="The edge's HTTPS port.", min=1)] = None,
+    http_port: Annotated[int | None, typer.Option(help="The edge's HTTP port.", min=1)] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Change a server's base domain or edge (admins); its apps get them on their next deploy."""
+    from cli.client import ApiClient
+
+    if base_domain and no_base_domain:
+        raise CliError(USAGE, "--base-domain and --no-base-domain contradict each other")
+    out = Output(json_output)
+    body: dict[str, Any] = {}
+    if base_domain or no_base_domain:
+        body["base_domain"] = base_domain
+    given = {"tls": tls, "https_port": https_port, "http_port": http_port}
+    with ApiClient() as client:
+        if any(value is not None for value in given.values()):
+            current = client.get(server_path(server)).get("edge") or {}
+            body["edge"] = {**current, **{k: v for k, v in given.items() if v is not None}}
+        if not body:
+            raise CliError(USAGE, "nothing to change: give --base-domain, --tls or a port")
+        updated = client.request("PATCH", server_path(server), body)
+    out.emit(updated, lambda: render_server(out, updated))
+
+
 @command(app, "provision")
 def provision(
     server: Annotated[str, typer.Argument(help="Server ID or handle.")],
@@ -229,6 +266,21 @@ def provision(
     out.emit(requested, lambda: None)  # people read the line above
 
 
+def local_edge(settings: Settings, host: str) -> dict[str, Any]:
+    """The local target's names and edge: *.localhost resolve to loopback in curl and browsers;
+    certificates from the edge's own CA."""
+    return {
+        "base_domain": "localhost",
+        "edge": {
+            "http_port": settings.local_edge_http_port,
+            "https_port": settings.local_edge_https_port,
+            "admin_port": settings.local_edge_admin_port,
+            "bind": host,
+            "tls": "internal",
+        },
+    }
+
+
 def ensure_local_server(
     client: ApiClient, out: Output, settings: Settings, timeout: float | None = 120
 ) -> dict[str, Any]:
@@ -252,18 +304,12 @@ def ensure_local_server(
             "ssh_user": target.user,
             "private_key": target.private_key,
             "apps_root": str(target.apps_root),
-            # *.localhost names resolve to loopback in curl and browsers; the edge's own CA.
-            "base_domain": "localhost",
-            "edge": {
-                "http_port": settings.local_edge_http_port,
-                "https_port": settings.local_edge_https_port,
-                "admin_port": settings.local_edge_admin_port,
-                "bind": target.host,
-                "tls": "internal",
-            },
+            **local_edge(settings, target.host),
         }
         out.say(f"Registering this machine as the deploy target [bold]{LOCAL}[/bold] ...")
         server = wait_provisioned(client, out, client.post("/servers", body), timeout)
+    if server.get("edge") is None:  # registered before servers had an edge: it gets one now
+        server = client.request("PATCH", server_path(LOCAL), local_edge(settings, target.host))
     if server["status"] != "READY":
         requested = client.post(f"{server_path(LOCAL)}/provision", {})
         server = wait_provisioned(client, out, requested, timeout)

@@ -238,3 +238,26 @@ async def learn_edge_ca(session: AsyncSession, server_id: str, certificate: str)
     server.updated_at = utcnow()
     session.add(server)
     await session.commit()
+
+
+UNCHANGED: Any = object()  # update_edge: a field the caller did not name
+
+
+async def update_edge(
+    session: AsyncSession,
+    id_or_handle: str,
+    *,
+    base_domain: str | None = UNCHANGED,
+    edge: dict[str, Any] | None = UNCHANGED,
+) -> Server:
+    """A new base domain or edge for the server; its apps get them with their next deploy."""
+    server = await get_server(session, id_or_handle)
+    if base_domain is not UNCHANGED:
+        server.base_domain = base_domain
+    if edge is not UNCHANGED:
+        server.edge = dict(edge) if edge else None
+    server.updated_at = utcnow()
+    session.add(server)
+    await session.commit()
+    log.info("server edge", server_id=server.id, base_domain=server.base_domain, edge=server.edge)
+    return server

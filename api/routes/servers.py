@@ -10,7 +10,7 @@ from pydantic import Field
 
 from api.deps import AdminUser, AppRuntime, DbSession, Runtime, VaultDep
 from api.problems import problem_responses
-from api.schemas import RequestBody, ServerCreate, ServerCreated, ServerRead
+from api.schemas import RequestBody, ServerCreate, ServerCreated, ServerRead, ServerUpdate
 from core.enums import ServerStatus
 from core.logging import get_logger
 from db import outbox, servers
@@ -108,3 +108,22 @@ async def get_server(id_or_handle: str, session: DbSession) -> ServerRead:
 )
 async def remove_server(id_or_handle: str, _: AdminUser, session: DbSession) -> None:
     await servers.remove_server(session, id_or_handle)
+
+
+@router.patch(
+    "/{id_or_handle}",
+    summary="Change a server's base domain or edge (admins); its apps get them on their next "
+    "deploy",
+    responses=problem_responses(403, 404),
+)
+async def update_server(
+    id_or_handle: str, data: ServerUpdate, _: AdminUser, session: DbSession
+) -> ServerRead:
+    fields = data.model_dump(exclude_unset=True)
+    server = await servers.update_edge(
+        session,
+        id_or_handle,
+        base_domain=fields.get("base_domain", servers.UNCHANGED),
+        edge=fields.get("edge", servers.UNCHANGED),
+    )
+    return ServerRead.model_validate(server)

@@ -172,3 +172,23 @@ def test_a_server_with_a_base_domain_names_its_apps_and_a_bad_one_is_refused(
     assert bad["error"]["status"] == 422 and "base_domain" in json.dumps(bad["error"])
     bad = add(cli, unique("edge"), key_file, "--tls", "self-signed", expect=2)
     assert bad["error"]["status"] == 422 and "tls" in json.dumps(bad["error"])
+
+
+def test_update_sets_and_takes_away_the_base_domain_and_keeps_the_rest_of_the_edge(
+    cli: Cli, key_file: Path
+) -> None:
+    handle = unique("upd")
+    add(cli, handle, key_file, "--https-port", "8443")
+    named = cli.json("server", "update", handle, "--base-domain", "apps.example.org")
+    assert named["base_domain"] == "apps.example.org" and named["edge"]["https_port"] == 8443
+    internal = cli.json("server", "update", handle, "--tls", "internal")
+    assert internal["edge"] == {**named["edge"], "tls": "internal"}
+    assert internal["base_domain"] == "apps.example.org"
+    bare = cli.json("server", "update", handle, "--no-base-domain")
+    assert bare["base_domain"] is None and bare["edge"]["tls"] == "internal"
+
+    assert cli("server", "update", handle).exit_code == 2  # nothing to change
+    bad = cli.json("server", "update", handle, "--base-domain", "-bad-", expect=2)
+    assert bad["error"]["status"] == 422
+    missing = cli.json("server", "update", unique("none"), "--tls", "acme", expect=3)
+    assert missing["error"]["status"] == 404

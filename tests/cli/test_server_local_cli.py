@@ -46,6 +46,9 @@ def test_server_local_registers_this_machine_once(cli: Cli, api: Api, stack: Non
         assert (server["host"], server["port"]) == ("127.0.0.1", port)
         assert server["apps_root"] == str(api.home / "target" / "apps")
         assert server["capacity"]["cpus"] == os.cpu_count() and server["last_error"] is None
+        # Its apps go live at <project>.localhost on its edge, with the edge's own CA.
+        assert server["base_domain"] == "localhost" and server["edge"]["tls"] == "internal"
+        assert server["edge"]["bind"] == "127.0.0.1"
         pid = int(pid_file(api.home).read_text())
         assert listening(port)
         assert b"sshd" in Path(f"/proc/{pid}/cmdline").read_bytes()
