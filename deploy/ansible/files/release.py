@@ -34,6 +34,7 @@ can act on.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -46,6 +47,7 @@ import tarfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -223,8 +225,20 @@ class Edge:
         except OSError:
             return False
 
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """The edge to one deploy at a time: deploys of several apps share its configuration."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
     def ensure(self, appctl: Path) -> None:
         """Caddy running with this configuration (started, or reloaded when it changed)."""
+        with self.locked():
+            self._ensure(appctl)
+
+    def _ensure(self, appctl: Path) -> None:
         (self.dir / "sites").mkdir(parents=True, exist_ok=True)
         wanted = self.global_config()
         changed = not self.caddyfile.exists() or self.caddyfile.read_text() != wanted
@@ -280,18 +294,19 @@ class Edge:
     def apply(self, site_file: Path, text: str) -> None:
         """An app's site as ``text``, the edge reloaded when it changed; when the edge refuses
         it, the file is put back as it was (Caddy keeps serving its routes of before)."""
-        old = site_file.read_text() if site_file.exists() else None
-        if text == old:
-            return
-        site_file.write_text(text)
-        try:
-            self.reload()
-        except Refused:
-            if old is None:
-                site_file.unlink()
-            else:
-                site_file.write_text(old)
-            raise
+        with self.locked():
+            old = site_file.read_text() if site_file.exists() else None
+            if text == old:
+                return
+            site_file.write_text(text)
+            try:
+                self.reload()
+            except Refused:
+                if old is None:
+                    site_file.unlink()
+                else:
+                    site_file.write_text(old)
+                raise
 
     def reload(self) -> None:
         done = subprocess.run(
@@ -671,11 +686,12 @@ def forget(spec: dict[str, Any]) -> dict[str, Any]:
     app = App(spec)
     edge = Edge(app.root, None)
     site_file = edge.site_path(spec["app_name"])
-    found = site_file.exists()
-    if found:
-        site_file.unlink()
-        if edge.answers():
-            edge.reload()
+    with edge.locked():
+        found = site_file.exists()
+        if found:
+            site_file.unlink()
+            if edge.answers():
+                edge.reload()
     return {"routes_removed": found}
 
 
