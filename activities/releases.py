@@ -81,6 +81,11 @@ def app_host_name(project_name: str, base_domain: str) -> str:
     return f"{label}.{base_domain}"
 
 
+def edge_of(server: Server) -> EdgeSettings:
+    """The server's edge as its row says (none stored: the defaults)."""
+    return EdgeSettings.model_validate(server.edge or {})
+
+
 def named_url(name: str, edge: EdgeSettings) -> str:
     return f"https://{name}/" if edge.https_port == 443 else f"https://{name}:{edge.https_port}/"
 
@@ -241,7 +246,7 @@ class ReleaseActivities:
             # The edge in front of it is the app's way in: it listens on loopback only.
             "env": {"HOST": "127.0.0.1", **message.env},
             "names": names,
-            "edge": EdgeSettings.model_validate(server.edge or {}).playbook_vars(),
+            "edge": edge_of(server).playbook_vars(),
             "health_retries": retries,
             "health_delay": HEALTH_DELAY_S,
             **_apps_root(server),
@@ -251,7 +256,7 @@ class ReleaseActivities:
     def _url(message: AnsibleDeployMessage, server: Server, names: list[str]) -> str:
         """The URL a person uses: the app's first HTTPS name, else its port on the server."""
         if names:
-            return named_url(names[0], EdgeSettings.model_validate(server.edge or {}))
+            return named_url(names[0], edge_of(server))
         return deployed_url(server.host, message.port)
 
     def _result(
@@ -280,7 +285,7 @@ class ReleaseActivities:
                 bot=run.data.get("bot") or None,
                 # Only what a client needs: names on a server whose edge is its own CA.
                 edge_ca=(run.data.get("edge_ca") or None)
-                if names and EdgeSettings.model_validate(server.edge or {}).tls == "internal"
+                if names and edge_of(server).tls == "internal"
                 else None,
             )
         error = run.failed_msg or f"the playbook failed (rc {run.rc})"

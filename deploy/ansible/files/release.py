@@ -396,17 +396,23 @@ def site(app: App, port: int, names: list[str], slots: dict[str, int], tls_inter
     return "\n".join(lines) + "\n"
 
 
+def saved_slots(app: App) -> dict[str, int]:
+    """The app's slots and their ports as the last deploy left them (none yet: empty)."""
+    try:
+        saved = json.loads((app.dir / "edge" / "slots.json").read_text())
+        return {slot: int(port) for slot, port in saved.items()}
+    except (OSError, ValueError):
+        return {}
+
+
 def slots_of(app: App, serving: str | None) -> dict[str, int]:
     """The app's two internal ports, chosen once; a slot whose port another process took since
     (and that does not serve) gets a new one."""
-    path = app.dir / "edge" / "slots.json"
-    try:
-        slots = {k: int(v) for k, v in json.loads(path.read_text()).items()}
-    except (OSError, ValueError):
-        slots = {}
+    slots = saved_slots(app)
     for slot in SLOTS:
         if slot not in slots or (slot != serving and not bindable(slots[slot])):
             slots[slot] = free_loopback_port()
+    path = app.dir / "edge" / "slots.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(slots) + "\n")
     return slots
@@ -538,7 +544,7 @@ def deploy(payload: dict[str, Any]) -> dict[str, Any]:
         return {
             "previous_release": previous.get("previous"),
             "slot": previous.get("slot"),
-            "internal_port": _slots(app).get(previous.get("slot") or ""),
+            "internal_port": saved_slots(app).get(previous.get("slot") or ""),
             "edge_ca": edge.internal_ca() if edge else None,
             "bot": bot_username(app, spec["bot_token_env"], spec.get("bot_api_env") or "")
             if spec.get("bot_token_env") and not edge
@@ -554,15 +560,6 @@ def deploy(payload: dict[str, Any]) -> dict[str, Any]:
     return {"previous_release": previous.get("release"), **outcome}
 
 
-def _slots(app: App) -> dict[str, int]:
-    try:
-        return {
-            k: int(v) for k, v in json.loads((app.dir / "edge" / "slots.json").read_text()).items()
-        }
-    except (OSError, ValueError):
-        return {}
-
-
 def _serves_already(app: App, spec: dict[str, Any], previous: dict[str, Any]) -> bool:
     """Whether this very release serves, healthy, as the spec wants it (port, names)."""
     if (
@@ -573,7 +570,7 @@ def _serves_already(app: App, spec: dict[str, Any], previous: dict[str, Any]) ->
     port = int(spec.get("app_port") or 0)
     if not port:
         return not previous.get("slot")
-    slots, slot = _slots(app), str(previous.get("slot") or "")
+    slots, slot = saved_slots(app), str(previous.get("slot") or "")
     if slot not in slots or int(previous.get("port") or 0) != port:
         return False
     edge = Edge(app.root, spec.get("edge") or {})
