@@ -49,6 +49,16 @@ class EdgeSettings(Strict):
         }
 
 
+class DatabaseSettings(Strict):
+    """A server's PostgreSQL for its apps: a cluster the deploys run under the apps root (its
+    data beside them, or under /var/lib/postgresql when the SSH user is root, as PostgreSQL
+    does not run as root), listening on the server's loopback. A role and a database per app."""
+
+    port: int = Field(
+        default=5432, ge=1, le=65535, description="Its port on the server's loopback"
+    )
+
+
 class DeployOptions(JsonInput):
     """What one deploy task does. Stored on the task (``Task.details["deploy"]``); the workflow
     reads it in an activity."""

@@ -231,6 +231,13 @@ async def test_kill_9_of_the_worker_while_the_agent_runs(
                 "the second task waiting for the slot",
                 within=60,
             )
+            # The pool queues the ask a moment before the asking activity writes the task's
+            # event: kill only once it has been said, or the retried ask may find the slot free.
+            await eventually(
+                lambda: _says_it_waits(sqlite_database, waiter.id),
+                "the second task's events saying it waits",
+                within=30,
+            )
             doomed.send_signal(signal.SIGKILL)
             assert doomed.wait(10) == -signal.SIGKILL
 
@@ -277,8 +284,16 @@ async def test_kill_9_of_the_worker_while_the_agent_runs(
         [waiter.workflow_id],
         [waiter.workflow_id],
     )
-    said = [e.message for e in await events(sqlite_database, waiter.id) if "slot" in e.message]
+    said = await _slot_messages(sqlite_database, waiter.id)
     assert said and said[0].startswith("Waiting for a Worker slot: 1 of 1 in use")
+
+
+async def _slot_messages(db: Database, task_id: str) -> list[str]:
+    return [e.message for e in await events(db, task_id) if "slot" in e.message]
+
+
+async def _says_it_waits(db: Database, task_id: str) -> bool:
+    return bool(await _slot_messages(db, task_id))
 
 
 async def _waits_for_a_slot(client: Client, queue: str, holder: str) -> bool:
