@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from core.contracts.deploy import EdgeSettings
+from core.contracts.deploy import DatabaseSettings, EdgeSettings
 from infra.ansible import AnsibleRunner, OnEvent, PlaybookRun, SshTarget
 from infra.release_archives import export_locked_requirements
 from testing.servers import free_port
@@ -79,6 +82,41 @@ def edge_of(apps_root: Path) -> EdgeSettings:
     return _EDGES[apps_root]
 
 
+_DATABASES: dict[Path, DatabaseSettings] = {}
+
+
+def database_of(apps_root: Path) -> DatabaseSettings:
+    """The PostgreSQL cluster of the test target whose apps live in ``apps_root``: a port of its
+    own, chosen once per root."""
+    if apps_root not in _DATABASES:
+        _DATABASES[apps_root] = DatabaseSettings(port=free_port())
+    return _DATABASES[apps_root]
+
+
+def database_dir(apps_root: Path) -> Path:
+    """Where release.py keeps the cluster's data (and its socket) for ``apps_root``: as root,
+    under /var/lib/postgresql (PostgreSQL runs as the postgres user), else beside the apps."""
+    if os.geteuid() != 0:
+        return apps_root / ".postgres" / "data"
+    digest = hashlib.sha256(str(apps_root.resolve()).encode()).hexdigest()[:12]
+    return Path("/var/lib/postgresql/orchestrator") / digest
+
+
+def cluster_sql(apps_root: Path, sql: str) -> str:
+    """``sql`` run by psql as the cluster's superuser, by its socket (unaligned, tuples only)."""
+    superuser = "postgres" if os.geteuid() == 0 else None
+    argv = [
+        "/usr/lib/postgresql/15/bin/psql", "-X", "-At", "-v", "ON_ERROR_STOP=1",
+        "-h", str(database_dir(apps_root)), "-p", str(database_of(apps_root).port),
+        "-d", "postgres", "-c", sql,
+    ]  # fmt: skip
+    if superuser:
+        argv = ["runuser", "-u", superuser, "--", *argv]
+    done = subprocess.run(argv, capture_output=True, text=True, cwd="/", check=False)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
 def edge_ca(apps_root: Path) -> Path:
     """The root certificate of the edge's internal CA, which a client verifies its names with."""
     return apps_root / ".edge" / "data" / "pki" / "authorities" / "local" / "root.crt"
@@ -96,8 +134,12 @@ def deploy(
     on_event: OnEvent | None = None,
     extravars: Mapping[str, Any] | None = None,
     cancel: threading.Event | None = None,
+    database_env: str | None = None,
+    release_command: str = "",
 ) -> PlaybookRun:
-    """Deploy `ref` of `repo` as `release` on `port`; `extravars` override the defaults."""
+    """Deploy `ref` of `repo` as `release` on `port`; `extravars` override the defaults. With
+    `database_env`, the app's database on the root's cluster (`database_of`), its URL in that
+    variable (of `secret_env`, as the orchestrator passes it)."""
     with tempfile.TemporaryDirectory(prefix="o-archive-") as directory:
         archive = release_archive(repo, ref, Path(directory))
         variables = {
@@ -112,6 +154,12 @@ def deploy(
             "health_retries": 3,
             "health_delay": 0.3,
             "edge": edge_of(apps_root).playbook_vars(),
+            "release_command": release_command,
+            **(
+                {"database": {"env": database_env, "port": database_of(apps_root).port}}
+                if database_env
+                else {}
+            ),
             **(extravars or {}),
         }
         secrets = {"secret_env": secret_env} if secret_env else None
@@ -125,9 +173,16 @@ def stop(runner: AnsibleRunner, target: SshTarget, apps_root: Path) -> PlaybookR
 
 
 def undeploy(
-    runner: AnsibleRunner, target: SshTarget, apps_root: Path, app_name: str = APP
+    runner: AnsibleRunner,
+    target: SshTarget,
+    apps_root: Path,
+    app_name: str = APP,
+    drop_data: bool = False,
 ) -> PlaybookRun:
-    return runner.run("undeploy.yml", target, {"app_name": app_name, "apps_root": str(apps_root)})
+    variables: dict[str, Any] = {"app_name": app_name, "apps_root": str(apps_root)}
+    if drop_data:
+        variables["drop_data"] = True
+    return runner.run("undeploy.yml", target, variables)
 
 
 def answers(port: int) -> bool:
@@ -180,10 +235,31 @@ def processes_in(directory: Path) -> set[int]:
 def end_apps(root: Path) -> None:
     """SIGKILL every app started under the apps root ``root`` and its edge (supervised the same
     way, in ``.edge``): what the pid files name, and a release whose pid file is gone (a test
-    that failed halfway through a crash)."""
+    that failed halfway through a crash); then its PostgreSQL cluster and its data."""
+    end_cluster(root)
     for pid_file in root.glob("*/run/*.pid"):
         with contextlib.suppress(ValueError, ProcessLookupError, PermissionError):
             os.killpg(int(pid_file.read_text()), signal.SIGKILL)
     for pid in processes_in(root):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
+
+
+def end_cluster(root: Path) -> None:
+    """The cluster's supervisor killed (so nothing starts postgres again), postgres shut down
+    at once (SIGQUIT: it ends its sessions and frees its shared memory, which a SIGKILL would
+    leave behind), and its data directory removed."""
+    run = root / ".postgres" / "run"
+    with contextlib.suppress(OSError, ValueError, ProcessLookupError):
+        os.kill(int((run / "postgres.pid").read_text()), signal.SIGKILL)
+    with contextlib.suppress(OSError, ValueError, ProcessLookupError):
+        postgres = int((run / "postgres.child").read_text())
+        os.kill(postgres, signal.SIGQUIT)
+        deadline = time.monotonic() + 10
+        while pid_alive(postgres) and time.monotonic() < deadline:
+            time.sleep(0.05)  # a bounded wait for a process we cannot wait() on (not ours)
+        if pid_alive(postgres):
+            os.kill(postgres, signal.SIGKILL)
+    data = database_dir(root)
+    shutil.rmtree(data, ignore_errors=True)
+    shutil.rmtree(data.with_name(data.name + ".init"), ignore_errors=True)

@@ -5,23 +5,30 @@
 #                                      own, supervised: started again whenever it exits, after
 #                                      1 s, doubling up to 30 s while it keeps failing within a
 #                                      minute; COMMAND (shell) is saved, so a later start reuses it
-#   appctl.sh stop RELEASE             SIGTERM the release's process group (the app gets it and
-#                                      its supervisor waits for it), SIGKILL after 10 s
+#   appctl.sh stop RELEASE [SIGNAL]    SIGNAL (default TERM) to the release's process group (the
+#                                      app gets it and its supervisor waits for it), SIGKILL
+#                                      after 10 s
 #   appctl.sh status RELEASE           exit 0 when the release's supervisor is alive
 #   appctl.sh supervise RELEASE        (what start runs) the supervisor itself
 #   appctl.sh stop-all                 stop every release of the app
 #   appctl.sh install RELEASE DIR      stop the release, then make DIR (a fresh unpack of its
 #                                      archive, in releases/) its directory, replacing the old one
-#   appctl.sh deps RELEASE PYTHON      install the release's requirements.txt into an environment
-#                                      of its own (releases/RELEASE/.venv, made with PYTHON's venv);
-#                                      says "installed", or "none" for a release without one
+#   appctl.sh deps RELEASE PYTHON      the release's requirements.txt installed in an environment
+#                                      (made with PYTHON's venv) shared by every release with the
+#                                      same requirements and python: venvs/KEY, built once, and
+#                                      releases/RELEASE/.venv a link to it; environments no release
+#                                      links to go; says "installed", "reused", or "none" for a
+#                                      release without requirements
+#   appctl.sh run RELEASE COMMAND      run COMMAND (shell) once in the release's directory as its
+#                                      start script would (its .venv first on PATH, its .env
+#                                      exported), in the foreground: the release command
 #
 # Layout (next to this script): releases/RELEASE (the release's archive unpacked, with its .env),
 # releases/.RELEASE.unpack (deploy.yml unpacks there, then swaps it in), run/RELEASE.sh (its start
 # script), run/RELEASE.pid (its supervisor, leading the release's process group), run/RELEASE.child
 # (the app's own process now), run/RELEASE.exits (how often it exited since its start: deploy.yml
 # fails a release that exits while it is checked), logs/RELEASE.log (the app's output and the
-# supervisor's restarts). release.py (beside this script) decides which release serves: it keeps
+# supervisor's restarts), venvs/KEY (the environments releases link to). release.py (beside this script) decides which release serves: it keeps
 # current -> releases/RELEASE, current.json, and edge/ (the app's two slots and which serves).
 set -eu
 APP_DIR=$(cd "$(dirname "$0")" && pwd)
@@ -32,12 +39,13 @@ alive() {  # alive PID: the process exists and is not a zombie nobody reaped yet
     [ -n "$state" ] && [ "$state" != Z ]
 }
 
-stop_pidfile() {
+stop_pidfile() {  # stop_pidfile FILE [SIGNAL]
     [ -s "$1" ] || { rm -f "$1"; return 0; }
     pid=$(cat "$1")
+    signal=${2:-TERM}
     if alive "$pid"; then
         # The release leads its own session (setsid): signal the whole group, children too.
-        kill -TERM -"$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+        kill -"$signal" -"$pid" 2>/dev/null || kill -"$signal" "$pid" 2>/dev/null || true
         i=0
         while alive "$pid" && [ "$i" -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
         kill -KILL -"$pid" 2>/dev/null || true
@@ -84,11 +92,54 @@ supervise() {  # supervise RELEASE: run run/RELEASE.sh, again each time it ends,
     done
 }
 
-command=${1:?usage: appctl.sh start|stop|status|install|deps|supervise RELEASE ... | stop-all}
+deps() {  # deps RELEASE PYTHON
+    requirements="releases/$1/requirements.txt"
+    if [ ! -f "$requirements" ]; then echo none; return 0; fi
+    # Same requirements, same python: same environment (pip reaches the network once per lock).
+    key=$({ cat "$requirements"; command -v "$2"; "$2" -c 'import sys; print(sys.version)'; } |
+        sha256sum | cut -c1-64)
+    venv="venvs/$key"
+    if [ -f "$venv/.complete" ]; then
+        result=reused
+    else
+        # Built where it stays (a venv's scripts name its absolute path, so a renamed one breaks
+        # its console scripts); the .complete marker, written last, is what says it is whole: a
+        # build killed halfway is thrown away by the next one, and no release links to it.
+        rm -rf -- "$venv"
+        mkdir -p venvs
+        "$2" -m venv "$venv"
+        if ! "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-input \
+            -r "$requirements"; then
+            rm -rf -- "$venv"
+            exit 1
+        fi
+        touch "$venv/.complete"
+        result=installed
+    fi
+    # An archive's own .venv (a directory committed by mistake) makes way for the link.
+    [ -L "releases/$1/.venv" ] || rm -rf -- "releases/$1/.venv"
+    ln -sfn "$APP_DIR/$venv" "releases/$1/.venv.new"
+    mv -T "releases/$1/.venv.new" "releases/$1/.venv"
+    prune_venvs
+    echo "$result"
+}
+
+prune_venvs() {  # an environment no release links to any more (its releases were replaced) goes
+    for venv in venvs/*; do
+        [ -d "$venv" ] || continue
+        used=
+        for link in releases/*/.venv; do
+            if [ "$(readlink "$link" 2>/dev/null)" = "$APP_DIR/$venv" ]; then used=1; break; fi
+        done
+        [ -n "$used" ] || rm -rf -- "$venv"
+    done
+}
+
+command=${1:?usage: appctl.sh start|stop|status|install|deps|run|supervise RELEASE ... | stop-all}
 case $command in
 start) start "${2:?release}" "${3:-}" ;;
 supervise) supervise "${2:?release}" ;;
-stop) stop_pidfile "run/${2:?release}.pid" ;;
+stop) stop_pidfile "run/${2:?release}.pid" "${3:-TERM}" ;;
 status)
     if [ -s "run/${2:?release}.pid" ] && alive "$(cat "run/$2.pid")"; then exit 0; else exit 1; fi
     ;;
@@ -98,13 +149,12 @@ install)
     rm -rf -- "releases/$2"
     mv -T -- "${3:?unpacked directory}" "releases/$2"
     ;;
-deps)
+deps) deps "${2:?release}" "${3:?python}" ;;
+run)
     cd "releases/${2:?release}"
-    if [ ! -f requirements.txt ]; then echo none; exit 0; fi
-    "${3:?python}" -m venv .venv
-    .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-input \
-        -r requirements.txt
-    echo installed
+    if [ -d .venv/bin ]; then PATH="$PWD/.venv/bin:$PATH"; fi
+    set -a; . ./.env; set +a
+    exec sh -c "${3:?command}" </dev/null
     ;;
 stop-all)
     for file in run/*.pid; do

@@ -27,25 +27,37 @@ reload can reset a connection that arrives at that instant, a marker flip cannot
 An app with no port (a bot, a worker) takes its previous release's place: that one stops before
 it starts (two pollers of one bot would take each other's updates) and starts again if it fails.
 
+An app with a database (the spec's ``database``: the variable of its .env whose
+``postgresql://`` URL names its role, password and database) gets them in the server's PostgreSQL
+cluster, one for every app under the apps root (class Database), before its release command (the
+spec's ``release_command``, e.g. its migrations) runs once in the release's directory; both come
+before the release starts, so a failure leaves what serves serving. ``forget`` with ``drop_data``
+drops the app's database and role; without, they stay for the app's next deploy.
+
 Failures are outcomes, not tracebacks: ``{"ok": false, "kind": ..., "message": ...}`` with kind
-``port_busy``, ``deps``, ``health``, ``edge`` or ``cancelled``; the message says what a person
-can act on.
+``port_busy``, ``deps``, ``database``, ``release_command``, ``health``, ``edge`` or
+``cancelled``; the message says what a person can act on.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
+import pwd
+import re
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tarfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,6 +67,16 @@ SLOTS = ("blue", "green")
 MARKER = "serving-blue"  # in the app's edge/: present while the blue slot serves
 DRAIN_QUIET_S = 0.2  # no request in flight to the old slot for this long: it has drained
 BOT_API = "https://api.telegram.org"
+# PostgreSQL does not run as root: a root SSH user's clusters live here, run by the postgres user.
+ROOT_CLUSTERS = Path("/var/lib/postgresql/orchestrator")
+PG_USER = "postgres"
+DB_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+# The characters a URL carries unescaped and a SQL string literal holds without quoting.
+DB_PASSWORD = re.compile(r"^[A-Za-z0-9._~-]+$")
+# Names an app may not take: the cluster's own databases and the superuser.
+RESERVED_DATABASES = ("postgres", "template0", "template1")
+READY_S = 30.0
+RELEASE_COMMAND_S = 1800.0
 
 
 class Refused(Exception):
@@ -428,6 +450,390 @@ def flip(app: App, slot: str) -> None:
         marker.unlink(missing_ok=True)
 
 
+# --- the database -------------------------------------------------------------------------------
+
+
+def env_values(text: str) -> dict[str, str]:
+    """The variables of a .env as deploy.yml writes it (``KEY='value'`` lines)."""
+    values: dict[str, str] = {}
+    for line in text.splitlines():
+        if "=" in line:
+            key, value = line.split("=", 1)
+            values[key.strip()] = _unquote(value.strip())
+    return values
+
+
+class AppDatabase:
+    """What an app's URL asks for: its role, password and database (the password is never in
+    an exception's message, nor in a file of ours)."""
+
+    def __init__(self, variable: str, url: str) -> None:
+        try:
+            parts = urllib.parse.urlsplit(url)
+            self.role = urllib.parse.unquote(parts.username or "")
+            self.password = urllib.parse.unquote(parts.password or "")
+            self.name = parts.path.lstrip("/")
+        except ValueError:
+            raise Refused("database", f"its {variable} is not a postgresql:// URL") from None
+        if parts.scheme not in ("postgresql", "postgres"):
+            raise Refused("database", f"its {variable} is not a postgresql:// URL")
+        for what, value in (("role", self.role), ("database", self.name)):
+            if not DB_NAME.match(value):
+                raise Refused(
+                    "database",
+                    f"its {variable} names the {what} {value!r}: a name of lowercase letters, "
+                    "digits and '_' (at most 63, not starting with a digit) is needed",
+                )
+        if self.name in RESERVED_DATABASES or self.role.startswith("pg_") or self.role == PG_USER:
+            raise Refused("database", f"its {variable} names the cluster's own: pick another")
+        if not DB_PASSWORD.match(self.password):
+            raise Refused(
+                "database",
+                f"its {variable} has no password, or one with characters other than letters, "
+                "digits and '._~-'",
+            )
+
+
+class Database:
+    """The server's PostgreSQL cluster for every app under the apps root, supervised by a copy
+    of appctl.sh in ``<apps root>/.postgres`` (as the edge is in ``.edge``): started again
+    whenever it exits. Admin connections go by its Unix socket (in the data directory, peer
+    authentication); apps connect on the loopback port with their password."""
+
+    def __init__(self, root: Path, port: int) -> None:
+        self.dir = root / ".postgres"
+        self.port = port
+        self.as_root = os.geteuid() == 0
+        if self.as_root:
+            # Root's apps root may sit in a home the postgres user cannot enter.
+            digest = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:12]
+            self.data = ROOT_CLUSTERS / digest
+            self.superuser = PG_USER
+        else:
+            self.data = self.dir / "data"
+            self.superuser = pwd.getpwuid(os.geteuid()).pw_name
+        self.settings = self.data / "orchestrator.conf"
+
+    @classmethod
+    def saved(cls, root: Path) -> Database | None:
+        """The cluster as the last deploy set it up (undeploy has no port of its own)."""
+        try:
+            port = int(json.loads((root / ".postgres" / "cluster.json").read_text())["port"])
+        except (OSError, ValueError, KeyError):
+            return None
+        return cls(root, port)
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Deploys of several apps start the cluster and change roles one at a time."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    # -- running its programs
+
+    def bin(self, program: str) -> str:
+        """A program of the newest PostgreSQL installed (Debian's layout, else PATH's)."""
+        found = sorted(
+            Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+            key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0,
+        )
+        if found:
+            return str(found[-1].parent / program)
+        on_path = shutil.which("initdb")
+        if on_path:
+            return str(Path(on_path).resolve().parent / program)
+        raise Refused(
+            "database",
+            "the server has no PostgreSQL: provision it again with install_packages=true "
+            "(it installs PostgreSQL)",
+        )
+
+    def as_owner(self, argv: list[str]) -> list[str]:
+        """``argv`` run as the cluster's OS user. setpriv executes it in place (no process of
+        its own between the supervisor and postgres, so a signal reaches postgres itself)."""
+        if not self.as_root:
+            return argv
+        try:
+            home = pwd.getpwnam(PG_USER).pw_dir
+        except KeyError:
+            raise Refused(
+                "database", "the server has no postgres user: provision it again"
+            ) from None
+        return [
+            "setpriv", f"--reuid={PG_USER}", f"--regid={PG_USER}", "--init-groups",
+            "env", f"HOME={home}", *argv,
+        ]  # fmt: skip
+
+    def run(self, argv: list[str], stdin: str = "") -> subprocess.CompletedProcess[str]:
+        # In /: the postgres user may not enter this run's working directory.
+        return subprocess.run(
+            self.as_owner(argv), input=stdin, capture_output=True, text=True, cwd="/"
+        )
+
+    def psql(self, sql: str) -> subprocess.CompletedProcess[str]:
+        """SQL on psql's stdin (never its argv, which every user of the server can read)."""
+        return self.run(
+            [
+                self.bin("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", str(self.data),
+                "-p", str(self.port), "-U", self.superuser, "-d", "postgres",
+            ],
+            stdin=sql,
+        )  # fmt: skip
+
+    # -- the cluster
+
+    def ensure(self, appctl: Path) -> None:
+        """The cluster made once, running with these settings, answering."""
+        with self.locked():
+            self._install_supervisor(appctl)
+            self._init()
+            changed = self._write_settings()
+            supervised = self._ctl("status", "postgres").returncode == 0
+            if supervised and changed:  # a new port: only a restart takes it
+                self._ctl("stop", "INT")  # INT: fast shutdown, apps' sessions end at once
+            if changed or not supervised:
+                self._start()
+            self._wait_ready()
+
+    def _install_supervisor(self, appctl: Path) -> None:
+        """A copy of the apps' appctl.sh, replaced by a rename: a supervisor running the old
+        one (sh reads its script as it goes) keeps reading the file it opened."""
+        target = self.dir / "appctl.sh"
+        text = appctl.read_text()
+        if not target.exists() or target.read_text() != text:
+            target.with_suffix(".new").write_text(text)
+            target.with_suffix(".new").chmod(0o755)
+            os.replace(target.with_suffix(".new"), target)
+
+    def _init(self) -> None:
+        """initdb into a directory beside the data's, renamed once whole: a run killed halfway
+        leaves no half cluster where the next one looks."""
+        if (self.data / "PG_VERSION").exists():
+            return
+        initdb = self.bin("initdb")
+        partial = self.data.with_name(self.data.name + ".init")
+        if self.as_root:
+            ROOT_CLUSTERS.mkdir(parents=True, exist_ok=True, mode=0o755)
+            shutil.chown(ROOT_CLUSTERS, PG_USER, PG_USER)
+        else:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        if partial.exists():
+            shutil.rmtree(partial)
+        done = self.run(
+            [
+                initdb, "-D", str(partial), "-U", self.superuser, "--auth-local=peer",
+                "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C", "--no-instructions",
+            ]
+        )  # fmt: skip
+        if done.returncode != 0:
+            raise Refused("database", f"initdb failed: {(done.stderr or done.stdout)[-800:]}")
+        with open(partial / "postgresql.conf", "a") as conf:
+            conf.write("\n# Written by the orchestrator's deploys.\ninclude 'orchestrator.conf'\n")
+        os.rename(partial, self.data)
+
+    def _write_settings(self) -> bool:
+        """Our settings, in a file postgresql.conf includes; whether they changed."""
+        wanted = "\n".join(
+            [
+                "# Written by release.py on each deploy; edit nothing here.",
+                "listen_addresses = '127.0.0.1'",
+                f"port = {self.port}",
+                f"unix_socket_directories = '{self.data}'",
+                # A failed statement is logged with its text, and ALTER ROLE's holds a password.
+                "log_min_error_statement = panic",
+                "",
+            ]
+        )
+        old = self.settings.read_text() if self.settings.exists() else None
+        if old != wanted:
+            self.settings.write_text(wanted)
+            if self.as_root:
+                shutil.chown(self.settings, PG_USER, PG_USER)
+        # For undeploy, which has no port of its own.
+        (self.dir / "cluster.json").write_text(json.dumps({"port": self.port}) + "\n")
+        return old != wanted
+
+    def _ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(self.dir / "appctl.sh"), *args],
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
+
+    def _start(self) -> None:
+        """postgres under the same supervisor as the apps; it outlives this session."""
+        if not bindable_on_loopback(self.port):
+            raise Refused(
+                "database",
+                f"the server's PostgreSQL did not start: port {self.port} is in use on the "
+                "server by another process (give the server's database another port)",
+            )
+        home = self.dir / "releases" / "postgres"
+        home.mkdir(parents=True, exist_ok=True)
+        (home / ".env").touch()
+        argv = self.as_owner([self.bin("postgres"), "-D", str(self.data)])
+        self._ctl("start", "postgres", " ".join(shlex.quote(part) for part in argv))
+
+    def _wait_ready(self) -> None:
+        """Until pg_isready says it accepts connections; refused when it exits or never does."""
+        began = time.monotonic()
+        isready = [self.bin("pg_isready"), "-q", "-h", str(self.data), "-p", str(self.port)]
+        while self.run(isready).returncode != 0:
+            exited = self._exits() > 0
+            if exited or time.monotonic() - began > READY_S:
+                self._ctl("stop", "postgres", "INT")
+                why = "exited" if exited else f"did not answer within {READY_S:g} s"
+                raise Refused(
+                    "database",
+                    f"the server's PostgreSQL did not start (it {why}): {self._log_tail()}",
+                )
+            time.sleep(0.1)
+
+    def _exits(self) -> int:
+        try:
+            return int((self.dir / "run" / "postgres.exits").read_text().strip() or 0)
+        except (OSError, ValueError):
+            return 0
+
+    def _log_tail(self) -> str:
+        try:
+            lines = (self.dir / "logs" / "postgres.log").read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(lines[-10:])
+
+    # -- an app's role and database
+
+    def ensure_app(self, app: str, wanted: AppDatabase) -> None:
+        """The app's role (with the URL's password, so the stored URL always works) and its
+        database, owned by the role, which only the role (and the superuser) may connect to."""
+        role, name = wanted.role, wanted.name
+        if role == self.superuser:
+            raise Refused("database", f"the role {role} is the cluster's superuser: pick another")
+        with self.locked():
+            self._claim(app, wanted)
+            script = "\n".join(
+                [
+                    f"\\set password '{wanted.password}'",
+                    f"SELECT 'CREATE ROLE \"{role}\" LOGIN' WHERE NOT EXISTS "
+                    f"(SELECT FROM pg_roles WHERE rolname = '{role}') \\gexec",
+                    f"ALTER ROLE \"{role}\" LOGIN PASSWORD :'password';",
+                    f'SELECT \'CREATE DATABASE "{name}" OWNER "{role}"\' WHERE NOT EXISTS '
+                    f"(SELECT FROM pg_database WHERE datname = '{name}') \\gexec",
+                    f'REVOKE CONNECT ON DATABASE "{name}" FROM PUBLIC;',
+                    "",
+                ]
+            )
+            done = self.psql(script)
+        if done.returncode != 0:
+            # psql quotes the statement that failed, the password with it.
+            why = done.stderr.replace(wanted.password, "********").strip()[-800:]
+            raise Refused("database", f"the server could not create the database {name}: {why}")
+
+    def _claim(self, app: str, wanted: AppDatabase) -> None:
+        """A role or database is one app's: another app's URL naming it would take it over."""
+        path = self.dir / "claims.json"
+        try:
+            claims = dict(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            claims = {}
+        for key in (f"role {wanted.role}", f"database {wanted.name}"):
+            owner = claims.setdefault(key, app)
+            if owner != app:
+                raise Refused("database", f"the {key} on the server is the app {owner}'s")
+        path.write_text(json.dumps(claims, indent=1, sort_keys=True) + "\n")
+
+    def drop_app(self, app: str, role: str, name: str) -> None:
+        with self.locked():
+            done = self.psql(
+                f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE);\nDROP ROLE IF EXISTS "{role}";\n'
+            )
+            if done.returncode != 0:
+                raise Refused(
+                    "database", f"the server could not drop the database {name}: {done.stderr}"
+                )
+            path = self.dir / "claims.json"
+            with contextlib.suppress(OSError, ValueError):
+                claims = json.loads(path.read_text())
+                for key in (f"role {role}", f"database {name}"):
+                    if claims.get(key) == app:
+                        del claims[key]
+                path.write_text(json.dumps(claims, indent=1, sort_keys=True) + "\n")
+
+
+def bindable_on_loopback(port: int) -> bool:
+    """Whether PostgreSQL could listen on 127.0.0.1:``port``."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def ensure_database(app: App, spec: dict[str, Any], env: str) -> AppDatabase | None:
+    """The app's database on the server's cluster, when its spec has one; saved (without the
+    password) for undeploy's drop."""
+    settings = spec.get("database") or {}
+    if not settings:
+        return None
+    variable = str(settings.get("env") or "DATABASE_URL")
+    url = env_values(env).get(variable, "")
+    if not url:
+        raise Refused("database", f"its {variable} (the database's URL) is not set")
+    wanted = AppDatabase(variable, url)
+    database = Database(app.root, int(settings.get("port") or 5432))
+    database.ensure(Path(app.appctl))
+    database.ensure_app(spec["app_name"], wanted)
+    saved = {"name": wanted.name, "role": wanted.role}
+    (app.dir / "database.json").write_text(json.dumps(saved) + "\n")
+    return wanted
+
+
+def run_release_command(app: App, command: str, secrets: list[str]) -> None:
+    """The release command, once, in the release's directory (as its start script runs, by
+    appctl.sh); its output in logs/RELEASE.release-command.log. A non-zero exit refuses the
+    release with the end of its output (a secret the command printed, masked)."""
+    log = app.dir / "logs" / f"{app.release}.release-command.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            [app.appctl, "run", app.release, command],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # a group of its own: a cancel stops its children too
+        )
+        began = time.monotonic()
+        while process.poll() is None:
+            try:
+                check_controller()
+                if time.monotonic() - began > RELEASE_COMMAND_S:
+                    raise Refused(
+                        "release_command",
+                        f"release {app.release}: its release command ran past "
+                        f"{RELEASE_COMMAND_S:g} s",
+                    )
+            except Refused:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+                raise
+            time.sleep(0.05)
+    if process.returncode != 0:
+        tail = log.read_text(errors="replace")
+        for secret in secrets:
+            tail = tail.replace(secret, "********")
+        raise Refused(
+            "release_command",
+            f"release {app.release}: its release command exited with status "
+            f"{process.returncode}; the end of its output: {tail.strip()[-1500:]}",
+        )
+
+
 # --- the controller -----------------------------------------------------------------------------
 
 
@@ -488,11 +894,7 @@ def wait_alive(app: App, liveness_s: float) -> None:
 def bot_username(app: App, token_env: str, api_env: str) -> str:
     """getMe with the release's own token, read from its .env here: it never leaves the server,
     and no message printed here holds it (nor the URL, which does)."""
-    env: dict[str, str] = {}
-    for line in (app.dir / "releases" / app.release / ".env").read_text().splitlines():
-        if "=" in line:
-            key, value = line.split("=", 1)
-            env[key.strip()] = _unquote(value.strip())
+    env = env_values((app.dir / "releases" / app.release / ".env").read_text())
     token = env.get(token_env, "")
     if not token:
         raise Refused("health", f"its {token_env} is empty")
@@ -549,15 +951,32 @@ def deploy(payload: dict[str, Any]) -> dict[str, Any]:
             "bot": bot_username(app, spec["bot_token_env"], spec.get("bot_api_env") or "")
             if spec.get("bot_token_env") and not edge
             else None,
+            "database": saved_database(app) if spec.get("database") else None,
             "unchanged": True,
         }
     app.unpack(archive, payload["env"])
     app.install_dependencies()
+    # Before the release starts: a database or a command that fails leaves what serves serving.
+    database = ensure_database(app, spec, payload["env"])
+    if spec.get("release_command"):
+        secrets = [database.password] if database else []
+        run_release_command(app, str(spec["release_command"]), secrets)
     if int(spec.get("app_port") or 0) > 0:
         outcome = _serve_port(app, spec, previous)
     else:
         outcome = _take_over(app, spec, previous)
-    return {"previous_release": previous.get("release"), **outcome}
+    return {
+        "previous_release": previous.get("release"),
+        "database": database.name if database else None,
+        **outcome,
+    }
+
+
+def saved_database(app: App) -> str | None:
+    try:
+        return str(json.loads((app.dir / "database.json").read_text())["name"])
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def _serves_already(app: App, spec: dict[str, Any], previous: dict[str, Any]) -> bool:
@@ -679,7 +1098,8 @@ def _take_over(app: App, spec: dict[str, Any], previous: dict[str, Any]) -> dict
 
 
 def forget(spec: dict[str, Any]) -> dict[str, Any]:
-    """The app's routes off the edge (undeploy): its port is free again."""
+    """The app's routes off the edge (undeploy): its port is free again; with ``drop_data``,
+    its database and role dropped too (without, a later deploy of the app finds its data)."""
     app = App(spec)
     edge = Edge(app.root, None)
     site_file = edge.site_path(spec["app_name"])
@@ -689,7 +1109,22 @@ def forget(spec: dict[str, Any]) -> dict[str, Any]:
             site_file.unlink()
             if edge.answers():
                 edge.reload()
-    return {"routes_removed": found}
+    return {"routes_removed": found, "data_dropped": bool(spec.get("drop_data")) and drop(app)}
+
+
+def drop(app: App) -> bool:
+    """The app's database and role dropped; False when it had none."""
+    try:
+        saved = json.loads((app.dir / "database.json").read_text())
+    except (OSError, ValueError):
+        return False
+    database = Database.saved(app.root)
+    if database is None:
+        return False
+    database.ensure(Path(app.appctl))  # started, should it have stopped (a reboot)
+    database.drop_app(app.spec["app_name"], saved["role"], saved["name"])
+    (app.dir / "database.json").unlink()
+    return True
 
 
 def _failure(spec: dict[str, Any], refused: Refused) -> dict[str, Any]:

@@ -29,6 +29,58 @@ DEPENDENCY = "six==1.17.0"
 MISSING_DEPENDENCY = "orchestrator-no-such-package-3f9a==1.0"
 
 
+# The database app: notes in PostgreSQL through psycopg (from PyPI), its table made by its
+# release command (`python -m app.migrate`), its URL in DATABASE_URL. A request whose database
+# does not answer gets a 503, so a test waits for it to answer again.
+DATABASE_DEPENDENCY = "psycopg[binary]==3.2.10"
+NOTES_MAIN = """import json, os
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import psycopg
+
+URL = os.environ["DATABASE_URL"]
+
+
+class Notes(BaseHTTPRequestHandler):
+    def do_GET(self):
+        if self.path == "/health":
+            return self.answer(200, {"status": "ok"})
+        self.with_database(lambda db: [row[0] for row in db.execute("SELECT body FROM notes")])
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"])).decode()
+        insert = "INSERT INTO notes (body) VALUES (%s) RETURNING body"
+        self.with_database(lambda db: db.execute(insert, (body,)).fetchone()[0])
+
+    def with_database(self, work):
+        try:
+            with psycopg.connect(URL, connect_timeout=3) as db:
+                self.answer(200, {"notes": work(db)})
+        except psycopg.Error as error:
+            self.answer(503, {"error": str(error)})
+
+    def answer(self, status, body):
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+address = (os.environ.get("HOST", "127.0.0.1"), int(os.environ["PORT"]))
+ThreadingHTTPServer(address, Notes).serve_forever()
+"""
+NOTES_MIGRATE = """import os
+
+import psycopg
+
+with psycopg.connect(os.environ["DATABASE_URL"]) as db:
+    db.execute("CREATE TABLE IF NOT EXISTS notes (id serial PRIMARY KEY, body text NOT NULL)")
+print("migrated")
+"""
+
+
 def git(repo: Path, *args: str) -> str:
     done = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True)
     return done.stdout.strip()
@@ -98,4 +150,19 @@ def app_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     git(repo, "add", "--all")
     git(repo, *commit, "Lock the dependency with uv instead")
     git(repo, "checkout", "-q", "main")
+    return repo
+
+
+@pytest.fixture(scope="session")
+def notes_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The database app (notes in PostgreSQL) committed on `main`."""
+    repo = tmp_path_factory.mktemp("notes") / "repo"
+    (repo / "app").mkdir(parents=True)
+    (repo / "app" / "__init__.py").write_text("")
+    (repo / "app" / "__main__.py").write_text(NOTES_MAIN)
+    (repo / "app" / "migrate.py").write_text(NOTES_MIGRATE)
+    (repo / "requirements.txt").write_text(f"{DATABASE_DEPENDENCY}\n")
+    git(repo, "init", "--quiet", "--initial-branch=main")
+    git(repo, "add", "--all")
+    git(repo, "-c", "user.name=t", "-c", "user.email=t@localhost", "commit", "-qm", "Notes")
     return repo
