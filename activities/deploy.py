@@ -46,6 +46,7 @@ class DeployPlan(BaseModel):
     release: str = Field(description="The release to serve (a rollback: the earlier one)")
     commit_sha: str | None = Field(default=None, description="A rollback: the release's commit")
     replaces: str | None = Field(default=None, description="A rollback: the release it replaces")
+    drop_data: bool = Field(default=False, description="An undeploy: its database goes too")
 
 
 class LockInput(BaseModel):
@@ -156,6 +157,7 @@ class DeployActivities:
                 modules=list(project.modules),
                 ref=options.ref or DEFAULT_REF,
                 release=release_id(task),
+                drop_data=options.drop_data,
             )
             if options.action is DeployAction.rollback:
                 plan = await self._rollback_plan(session, plan)

@@ -185,6 +185,9 @@ class DevOpsNodes:
             health_path=spec.health_path,
             serves_port=spec.serves_port,
             bot_token_env=spec.bot_token_env,
+            release_command=spec.release_command,
+            database_env=spec.database_env,
+            generated_secrets=spec.generated_secrets,
             notify_workflow_id=activity.info().workflow_id,
         )
         async with self.db.session() as session:

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import math
 import re
+import secrets as random_secrets
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel
 from redis.asyncio import Redis
@@ -28,6 +30,7 @@ from core.contracts.deploy import (
     PROJECT_SECRETS_PREFIX,
     AnsibleDeployMessage,
     AnsibleDeployResult,
+    DatabaseSettings,
     EdgeSettings,
     deploy_result_key,
 )
@@ -55,11 +58,13 @@ class StopAppInput(BaseModel):
     server_handle: str
     app_name: str
     remove: bool = False  # undeploy: the app's directory goes too
+    drop_data: bool = False  # undeploy: its database and role too
 
 
 class StopAppResult(BaseModel):
     server_handle: str
     app_found: bool
+    data_dropped: bool = False
 
 
 def _fail(message: str, kind: str = "ReleaseFailed") -> ApplicationError:
@@ -84,6 +89,33 @@ def app_host_name(project_name: str, base_domain: str) -> str:
 def edge_of(server: Server) -> EdgeSettings:
     """The server's edge as its row says (none stored: the defaults)."""
     return EdgeSettings.model_validate(server.edge or {})
+
+
+def database_of(server: Server) -> DatabaseSettings:
+    """The server's PostgreSQL for apps as its row says (none stored: the defaults)."""
+    return DatabaseSettings.model_validate(server.database or {})
+
+
+def database_role(project_name: str) -> str:
+    """The role and database an app gets on its server's PostgreSQL: ``app_<name>`` (prefixed,
+    so no project is ever named like the cluster's own roles)."""
+    name = re.sub(r"[^a-z0-9_]", "_", project_name.lower())
+    return f"app_{name}"[:63]
+
+
+def database_url(project_name: str, settings: DatabaseSettings, current: str | None) -> str | None:
+    """The URL of the project's own database on a server with ``settings``; ``current`` (the
+    project's stored one) keeps its password. None: ``current`` names a database the project
+    was given by a person (another host or role), which the deploy leaves alone."""
+    role = database_role(project_name)
+    password = None
+    if current:
+        parts = urlsplit(current)
+        if parts.hostname != "127.0.0.1" or parts.username != role:
+            return None
+        password = parts.password
+    password = password or random_secrets.token_urlsafe(24)
+    return f"postgresql://{role}:{password}@127.0.0.1:{settings.port}/{role}"
 
 
 def named_url(name: str, edge: EdgeSettings) -> str:
@@ -111,10 +143,11 @@ class ReleaseActivities:
             archive = archive_dir / f"{release}.tar.gz"
             commit = await run_blocking(self._archive, message, archive)
             names = await self._names(message, server)
+            managed_database = await self._provide_generated(message, server)
             run = await self._run(
                 "deploy.yml",
                 target,
-                self._extravars(message, server, release, archive, names),
+                self._extravars(message, server, release, archive, names, managed_database),
                 {"secret_env": await self._secret_env(message.secrets_ref)},
                 run_name=message.request_id,
             )
@@ -140,7 +173,9 @@ class ReleaseActivities:
         """Stop the app's releases on one server (undeploy: and remove them)."""
         target, server = await ssh_target(self.db, self.vault, request.server_handle)
         playbook = "undeploy.yml" if request.remove else "stop.yml"
-        extravars = {"app_name": request.app_name, **_apps_root(server)}
+        extravars: dict[str, Any] = {"app_name": request.app_name, **_apps_root(server)}
+        if request.remove:
+            extravars["drop_data"] = request.drop_data
         run = await self._run(playbook, target, extravars)
         if not run.ok:
             # Retried: an unreachable server may come back; the message says what failed.
@@ -148,7 +183,9 @@ class ReleaseActivities:
                 f"{playbook} failed on {server.handle}: {run.failed_msg}", type="PlaybookFailed"
             )
         return StopAppResult(
-            server_handle=server.handle, app_found=bool(run.data.get("app_found", True))
+            server_handle=server.handle,
+            app_found=bool(run.data.get("app_found", True)),
+            data_dropped=bool(run.data.get("data_dropped", False)),
         )
 
     # --- private ---------------------------------------------------------------------------
@@ -186,6 +223,31 @@ class ReleaseActivities:
                 f"{many} the address {host}: name the server by its handle", "ServerNotFound"
             )
         return found[0].handle
+
+    async def _provide_generated(self, message: AnsibleDeployMessage, server: Server) -> bool:
+        """The values the deploy makes for the project, once, as project secrets (encrypted,
+        never in a message or history): its generated secrets, and the URL of its own database
+        on this server (the password kept if it moves). True when the server is to create that
+        database; False when it has none or a person gave it another one."""
+        async with self.db.session() as session:
+            stored = await secrets.project_env(session, self.vault, message.project_id)
+            made: dict[str, str] = {
+                name: random_secrets.token_urlsafe(length)[:length]
+                for name, length in message.generated_secrets.items()
+                if name not in stored
+            }
+            url = None
+            if message.database_env:
+                current = stored.get(message.database_env)
+                url = database_url(message.project_name, database_of(server), current)
+                if url is not None and url != current:
+                    made[message.database_env] = url
+            for name, value in made.items():
+                await secrets.stage_secret(session, self.vault, message.project_id, name, value)
+            await session.commit()
+        if made:
+            log.info("secrets generated", project_id=message.project_id, names=sorted(made))
+        return url is not None
 
     async def _secret_env(self, secrets_ref: str | None) -> dict[str, str]:
         """The project's stored secrets by name, decrypted (only here, only for the playbook)."""
@@ -230,6 +292,7 @@ class ReleaseActivities:
         release: str,
         archive: Path,
         names: list[str],
+        managed_database: bool,
     ) -> dict[str, Any]:
         retries = max(1, math.ceil(self.settings.deploy_health_timeout_s / HEALTH_DELAY_S))
         return {
@@ -247,6 +310,11 @@ class ReleaseActivities:
             "env": {"HOST": "127.0.0.1", **message.env},
             "names": names,
             "edge": edge_of(server).playbook_vars(),
+            # The server makes the role and database the URL in this variable names.
+            "database": {"env": message.database_env, "port": database_of(server).port}
+            if managed_database
+            else {},
+            "release_command": message.release_command or "",
             "health_retries": retries,
             "health_delay": HEALTH_DELAY_S,
             **_apps_root(server),
@@ -283,6 +351,7 @@ class ReleaseActivities:
                 deployed_url=self._url(message, server, names) if message.serves_port else None,
                 previous_release=run.data.get("previous_release") or None,
                 bot=run.data.get("bot") or None,
+                database=run.data.get("database") or None,
                 # Only what a client needs: names on a server whose edge is its own CA.
                 edge_ca=(run.data.get("edge_ca") or None)
                 if names and edge_of(server).tls == "internal"

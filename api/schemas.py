@@ -12,7 +12,7 @@ from pydantic import Field as PydanticField
 
 from core.contracts.base import JsonInput, ReadModel
 from core.contracts.chat import TelegramId
-from core.contracts.deploy import DeployOptions, EdgeSettings
+from core.contracts.deploy import DatabaseSettings, DeployOptions, EdgeSettings
 from core.contracts.engineering import EngineeringOptions, PullRequestCreate, PullRequestRead
 from core.enums import (
     DeploymentStatus,
@@ -173,7 +173,9 @@ class TaskCreate(RequestBody):
         details: dict[str, Any] = {}
         if self.type is TaskType.deploy:
             options = self.deploy or DeployOptions()
-            details["deploy"] = options.model_dump(mode="json", exclude_none=True)
+            # drop_data only when asked: the options read as the request gave them.
+            unasked = set() if options.drop_data else {"drop_data"}
+            details["deploy"] = options.model_dump(mode="json", exclude_none=True, exclude=unasked)
             action = options.action.value
             ref = f" ({options.ref})" if options.ref else ""
             spec = self.spec or f"{action.capitalize()} {project_name}{ref}"
@@ -265,6 +267,11 @@ class ServerCreate(RequestBody):
     edge: EdgeSettings | None = PydanticField(
         default=None, description="The edge in front of its apps; default ports 80/443, ACME"
     )
+    database: DatabaseSettings | None = PydanticField(
+        default=None,
+        description="The PostgreSQL its apps' databases are in (run by the deploys); default "
+        "port 5432",
+    )
 
     @field_validator("apps_root")
     @classmethod
@@ -286,6 +293,9 @@ class ServerUpdate(RequestBody):
     edge: EdgeSettings | None = PydanticField(
         default=None, description="The whole edge; null: its defaults (ports 80/443, ACME)"
     )
+    database: DatabaseSettings | None = PydanticField(
+        default=None, description="Its PostgreSQL for apps; null: its defaults (port 5432)"
+    )
 
 
 class ServerRead(ReadModel):
@@ -300,6 +310,7 @@ class ServerRead(ReadModel):
     apps_root: str | None = None
     base_domain: str | None = None
     edge: dict[str, Any] | None = None
+    database: dict[str, Any] | None = None
     edge_ca: str | None = PydanticField(
         default=None,
         description="The root certificate (PEM, public) of its edge's own CA: what clients "

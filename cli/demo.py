@@ -6,10 +6,10 @@ to its pull request: the agent installs a package and adds an endpoint that writ
 database, with pytest tests, which the Tester runs in the Worker against the project's test
 PostgreSQL; a failing test goes back to the agent by name. It shows where each run is in the
 Temporal Web UI. ``--template service`` builds a feature of the dependency-free ``service``
-template instead and then deploys the pull request's branch to a target on this machine
-(``orchestrator server local``: an sshd of the stack's own, reached by Ansible), checking that
-the app answers at its URL; deploying an app with dependencies and a database needs the
-container runtime, which the deploy stage does not have yet. The agent: Claude Code when
+template instead. Then the pull request's branch is deployed to a target on this machine
+(``orchestrator server local``: an sshd of the stack's own, reached by Ansible): with its packages
+and, for ``app``, its own PostgreSQL database there, on HTTPS at ``https://<project>.localhost``,
+where the demo asks the new endpoint as a person would. The agent: Claude Code when
 ANTHROPIC_API_KEY is set, else Codex when OPENAI_API_KEY is, else the deterministic ``scripted``
 agent playing cli/demo_notes.py (``app``) or cli/demo_script.py (``service``). The stack is left
 running.
@@ -50,8 +50,9 @@ SPEC_HELP = (
     "says). Default: the template's demo feature."
 )
 TEMPLATE_HELP = (
-    "app: notes in PostgreSQL with a package from PyPI, tested against a test PostgreSQL; "
-    "service: GET /greet/<name> in a dependency-free service, then deployed on this machine."
+    "app: notes in PostgreSQL with a package from PyPI, tested against a test PostgreSQL, "
+    "deployed with a database of its own; service: GET /greet/<name> in a dependency-free "
+    "service. Either is deployed on this machine at https://<project>.localhost."
 )
 
 
@@ -62,7 +63,7 @@ class DemoFeature:
     spec: str
     modules: list[str]
     words: str  # the feature, for people
-    deploys: bool  # whether the demo deploys it (the deploy stage runs dependency-free apps)
+    asks: list[tuple[str, str, dict[str, Any] | None]]  # what the demo asks the deployed app
     script: Callable[[str], dict[str, Any]]  # the scripted agent's, for the project's name
 
 
@@ -71,11 +72,18 @@ FEATURES = {
         NOTES_SPEC,
         ["backend"],
         "notes stored in PostgreSQL, with slugs from the python-slugify package it installs",
-        deploys=False,
+        asks=[
+            ("POST", "notes", {"title": "Hello from the demo", "body": "Kept in its database."}),
+            ("GET", "notes/hello-from-the-demo", None),
+        ],
         script=notes_script,
     ),
     ProjectTemplate.service: DemoFeature(
-        DEMO_SPEC, ["backend"], "GET /greet/<name>", deploys=True, script=lambda _: demo_script()
+        DEMO_SPEC,
+        ["backend"],
+        "GET /greet/<name>",
+        asks=[("GET", "greet/demo", None)],
+        script=lambda _: demo_script(),
     ),
 }
 
@@ -182,14 +190,14 @@ def demo(
         bool,
         typer.Option(
             "--deploy/--no-deploy",
-            help="Deploy the pull request's branch to this machine (the service template's).",
+            help="Deploy the pull request's branch to this machine and ask its new endpoint.",
         ),
     ] = True,
     json_output: JsonOption = False,
 ) -> None:
     """Run the main job: stack up, a project from a template, an engineering task followed to
-    its pull request (for the service template, then a deploy of that branch to a target on
-    this machine, answering at its URL)."""
+    its pull request, then a deploy of that branch to a target on this machine, where its new
+    endpoint answers at the app's HTTPS name."""
     import secrets
 
     from cli.client import ApiClient, WaitTimeout
@@ -243,14 +251,8 @@ def demo(
         pull = pull_request_of(client, task["id"]) if task["status"] == "COMPLETED" else None
         report = demo_report(settings, project, agent, task, events, pull)
         status = task["status"]
-        if deploy and not feature.deploys:
-            report["deploy_skipped"] = (
-                "Not deployed: an app with dependencies and a PostgreSQL database needs the "
-                "deploy stage's container runtime, which it does not have yet. "
-                f"`{cli_name()} demo --template service` deploys a dependency-free app."
-            )
-        elif deploy and status == "COMPLETED":
-            deployed = deploy_branch(client, out, project, report["branch"], timeout)
+        if deploy and status == "COMPLETED":
+            deployed = deploy_branch(client, out, project, report["branch"], feature, timeout)
             report["workflow_urls"].update(deployed.pop("workflow_urls"))
             report.update(deployed)
             status = report["deploy_status"]
@@ -260,9 +262,15 @@ def demo(
 
 
 def deploy_branch(
-    client: ApiClient, out: Output, project: dict[str, Any], branch: str | None, timeout: float
+    client: ApiClient,
+    out: Output,
+    project: dict[str, Any],
+    branch: str | None,
+    feature: DemoFeature,
+    timeout: float,
 ) -> dict[str, Any]:
-    """Deploy ``branch`` to the local target, follow it, and ask the app at its URL."""
+    """Deploy ``branch`` to the local target, follow it, and ask the app's new endpoint at its
+    URL."""
     from cli.client import WaitTimeout
 
     out.say("\n[bold]Deploy[/bold]: the pull request's branch, to a target on this machine")
@@ -277,6 +285,7 @@ def deploy_branch(
     task = client.task(run["task_id"])
     result = task.get("result") or {}
     url = result.get("deployed_url")
+    asks = feature.asks
     server = client.get(f"/servers/{server['id']}")  # with its edge's CA, learned by the deploy
     return {
         "deploy_task_id": task["id"],
@@ -285,16 +294,26 @@ def deploy_branch(
         "deploy_error": task.get("error"),
         "deployed_url": url,
         "release": result.get("release"),
+        "project": result.get("project"),
+        "runtime": result.get("runtime"),
+        "database": result.get("database"),
         "health": answer_at(f"{url}health", server) if url else None,
+        "answers": [answer_at(f"{url}{path}", server, method, body) for method, path, body in asks]
+        if url
+        else [],
         "workflow_urls": {task["workflow_id"]: run["workflow_url"]},
     }
 
 
-def answer_at(url: str, server: dict[str, Any]) -> dict[str, Any]:
-    """What the deployed app answers at ``url`` (status and body), as a person would see it: an
+def answer_at(
+    url: str, server: dict[str, Any], method: str = "GET", body: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """What the deployed app answers to ``method`` ``url`` (with ``body`` as JSON: status and
+    body), as a person would see it: an
     HTTPS name is asked at the server it went to (as curl's --resolve does: *.localhost names
     resolve to loopback in browsers and curl, not in Python) and verified with its edge's CA."""
     import http.client
+    import json
     import socket
     import ssl
     from urllib.parse import urlsplit
@@ -316,14 +335,21 @@ def answer_at(url: str, server: dict[str, Any]) -> dict[str, Any]:
     else:
         connection = http.client.HTTPConnection(parts.hostname or "", parts.port or 80, timeout=10)
     try:
-        connection.request("GET", parts.path or "/")
+        payload = json.dumps(body).encode() if body is not None else None
+        headers = {"Content-Type": "application/json"} if payload is not None else {}
+        connection.request(method, parts.path or "/", payload, headers)
         response = connection.getresponse()
-        status, body = response.status, response.read()
+        status, answer = response.status, response.read()
     except TRANSPORT_ERRORS as exc:
-        return {"url": url, "error": describe(exc)}
+        return {"method": method, "url": url, "error": describe(exc)}
     finally:
         connection.close()
-    return {"url": url, "status": status, "body": body.decode(errors="replace")[:500]}
+    return {
+        "method": method,
+        "url": url,
+        "status": status,
+        "body": answer.decode(errors="replace")[:500],
+    }
 
 
 def demo_report(
@@ -382,8 +408,6 @@ def render(out: Output, report: dict[str, Any]) -> None:
         say(f"repository  {escape(report['repository'])}")
     if report.get("deploy_task_id"):
         render_deploy(out, report)
-    elif report.get("deploy_skipped"):
-        say(f"[yellow]{escape(report['deploy_skipped'])}[/yellow]")
     say("Runs in the Temporal Web UI:")
     for wid, url in report["workflow_urls"].items():
         say(f"  {wid}  {url}")
@@ -398,6 +422,11 @@ def render_deploy(out: Output, report: dict[str, Any]) -> None:
         say(
             f"[bold]Live at[/bold]  {escape(report['deployed_url'])}  (release {report['release']})"
         )
-        health = report.get("health") or {}
-        answer = health.get("body") or health.get("error") or ""
-        say(f"  GET {escape(health.get('url', ''))} -> {health.get('status', '')} {escape(answer)}")
+        if report.get("database"):
+            say(f"  database {escape(report['database'])} (its own PostgreSQL on the server)")
+        for asked in [report.get("health") or {}, *report.get("answers", [])]:
+            answer = asked.get("body") or asked.get("error") or ""
+            say(
+                f"  {asked.get('method', 'GET')} {escape(asked.get('url', ''))} -> "
+                f"{asked.get('status', '')} {escape(answer)}"
+            )

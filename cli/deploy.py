@@ -37,13 +37,19 @@ TimeoutOption = Annotated[
 
 
 def start_deploy(
-    client: ApiClient, project: str, action: DeployAction, ref: str | None = None
+    client: ApiClient,
+    project: str,
+    action: DeployAction,
+    ref: str | None = None,
+    drop_data: bool = False,
 ) -> dict[str, Any]:
     """Create the deploy task; the API names its workflow before any bridge has started it."""
     project_id = client.project(project)["id"]
     options: dict[str, Any] = {"action": action.value}
     if ref:
         options["ref"] = ref
+    if drop_data:
+        options["drop_data"] = True
     task = client.post("/tasks", {"type": "deploy", "project_id": project_id, "deploy": options})
     return {
         "task_id": task["id"],
@@ -62,12 +68,13 @@ def _run(
     wait: bool,
     timeout: float | None,
     json_output: bool,
+    drop_data: bool = False,
 ) -> None:
     from cli.client import ApiClient, WaitTimeout
 
     out = Output(json_output)
     with ApiClient() as client:
-        started = start_deploy(client, project, action, ref)
+        started = start_deploy(client, project, action, ref, drop_data)
         if not wait:
             out.emit(started, lambda: _render_started(out, started))
             return
@@ -101,6 +108,8 @@ def _render_final(out: Output, task: dict[str, Any]) -> None:
         out.console.print(f"bot      [bold]@{escape(result['bot'])}[/bold] (serves no port)")
     if result.get("release"):
         out.console.print(f"release  {result.get('release')} on {result.get('server')}")
+    if result.get("database"):
+        out.console.print(f"database {escape(result['database'])} (PostgreSQL on the server)")
     if task.get("error"):
         out.console.print(f"[red]{escape(task['error'])}[/red]")
 
@@ -144,12 +153,20 @@ def stop(
 @command(app, "undeploy")
 def undeploy(
     project: Annotated[str, typer.Argument(help="Project ID or name.")],
+    drop_data: Annotated[
+        bool,
+        typer.Option(
+            "--drop-data",
+            help="Drop its database too (without it the data stays for its next deploy).",
+        ),
+    ] = False,
     wait: WaitOption = False,
     timeout: TimeoutOption = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Stop the project and remove its releases from its servers; its port is freed."""
-    _run(project, DeployAction.undeploy, None, wait, timeout, json_output)
+    """Stop the project and remove its releases from its servers; its port is freed. Its
+    database stays unless --drop-data is given."""
+    _run(project, DeployAction.undeploy, None, wait, timeout, json_output, drop_data)
 
 
 @command(app, "list")

@@ -77,6 +77,7 @@ def render_server(out: Output, server: dict[str, Any]) -> None:
         "apps at": f"https://<project>.{server['base_domain']}"
         if server.get("base_domain")
         else None,
+        "databases": f"PostgreSQL on its port {(server.get('database') or {}).get('port', 5432)}",
         "key": server.get("key_ref"),
         "last error": server.get("last_error"),
         "last checked": server.get("last_checked_at"),
@@ -168,6 +169,15 @@ def add(
     ] = "acme",
     https_port: Annotated[int, typer.Option(help="The edge's HTTPS port.", min=1)] = 443,
     http_port: Annotated[int, typer.Option(help="The edge's HTTP port (ACME).", min=1)] = 80,
+    database_port: Annotated[
+        int,
+        typer.Option(
+            help="The loopback port of the PostgreSQL its apps' databases are in (the deploys "
+            "run it).",
+            min=1,
+            max=65535,
+        ),
+    ] = 5432,
     wait: WaitOption = False,
     timeout: TimeoutOption = None,
     json_output: JsonOption = False,
@@ -188,6 +198,7 @@ def add(
     if base_domain:
         body["base_domain"] = base_domain
     body["edge"] = {"tls": tls, "https_port": https_port, "http_port": http_port}
+    body["database"] = {"port": database_port}
     with ApiClient() as client:
         server = client.post("/servers", body)
         out.print(
@@ -214,9 +225,14 @@ def update(
     tls: Annotated[str | None, typer.Option(help="acme or internal.")] = None,
     https_port: Annotated[int | None, typer.Option(help="The edge's HTTPS port.", min=1)] = None,
     http_port: Annotated[int | None, typer.Option(help="The edge's HTTP port.", min=1)] = None,
+    database_port: Annotated[
+        int | None,
+        typer.Option(help="The loopback port of its PostgreSQL for apps.", min=1, max=65535),
+    ] = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Change a server's base domain or edge (admins); its apps get them on their next deploy."""
+    """Change a server's base domain, edge or database port (admins); its apps get them on their
+    next deploy."""
     from cli.client import ApiClient
 
     if base_domain and no_base_domain:
@@ -230,6 +246,8 @@ def update(
         if any(value is not None for value in given.values()):
             current = client.get(server_path(server)).get("edge") or {}
             body["edge"] = {**current, **{k: v for k, v in given.items() if v is not None}}
+        if database_port is not None:
+            body["database"] = {"port": database_port}
         if not body:
             raise CliError(USAGE, "nothing to change: give --base-domain, --tls or a port")
         updated = client.request("PATCH", server_path(server), body)
@@ -267,9 +285,10 @@ def provision(
 
 
 def local_edge(settings: Settings, host: str) -> dict[str, Any]:
-    """The local target's names and edge: *.localhost resolve to loopback in curl and browsers;
-    certificates from the edge's own CA."""
+    """The local target's names, edge and database: *.localhost resolve to loopback in curl and
+    browsers; certificates from the edge's own CA; PostgreSQL on a port of the stack's own."""
     return {
+        "database": {"port": settings.local_database_port},
         "base_domain": "localhost",
         "edge": {
             "http_port": settings.local_edge_http_port,
@@ -308,7 +327,8 @@ def ensure_local_server(
         }
         out.say(f"Registering this machine as the deploy target [bold]{LOCAL}[/bold] ...")
         server = wait_provisioned(client, out, client.post("/servers", body), timeout)
-    if server.get("edge") is None:  # registered before servers had an edge: it gets one now
+    if server.get("edge") is None or server.get("database") is None:
+        # Registered before servers had an edge or a database: it gets them now.
         server = client.request("PATCH", server_path(LOCAL), local_edge(settings, target.host))
     if server["status"] != "READY":
         requested = client.post(f"{server_path(LOCAL)}/provision", {})

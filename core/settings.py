@@ -212,6 +212,10 @@ class Settings(BaseSettings):
     local_edge_admin_port: int = Field(
         default=8725, description="The local target's edge: Caddy's admin API, on loopback"
     )
+    local_database_port: int = Field(
+        default=8726,
+        description="The local target's PostgreSQL for its apps' databases, on loopback",
+    )
     deploy_health_timeout_s: float = Field(
         default=60.0, gt=0, description="How long a new release has to answer its health check"
     )

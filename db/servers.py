@@ -90,6 +90,7 @@ async def create_server(
     apps_root: str | None,
     base_domain: str | None = None,
     edge: dict[str, Any] | None = None,
+    database: dict[str, Any] | None = None,
 ) -> tuple[Server, ProvisionerMessage, int | None]:
     """Store the server, its key (encrypted) and the provision request in one commit.
 
@@ -110,6 +111,7 @@ async def create_server(
         apps_root=apps_root,
         base_domain=base_domain,
         edge=edge,
+        database=database,
     )
     session.add(server)
     message = ProvisionerMessage(server_handle=server.handle)
@@ -240,24 +242,34 @@ async def learn_edge_ca(session: AsyncSession, server_id: str, certificate: str)
     await session.commit()
 
 
-UNCHANGED: Any = object()  # update_edge: a field the caller did not name
+UNCHANGED: Any = object()  # update_server: a field the caller did not name
 
 
-async def update_edge(
+async def update_server(
     session: AsyncSession,
     id_or_handle: str,
     *,
     base_domain: str | None = UNCHANGED,
     edge: dict[str, Any] | None = UNCHANGED,
+    database: dict[str, Any] | None = UNCHANGED,
 ) -> Server:
-    """A new base domain or edge for the server; its apps get them with their next deploy."""
+    """A new base domain, edge or database settings for the server; its apps get them with
+    their next deploy."""
     server = await get_server(session, id_or_handle)
     if base_domain is not UNCHANGED:
         server.base_domain = base_domain
     if edge is not UNCHANGED:
         server.edge = dict(edge) if edge else None
+    if database is not UNCHANGED:
+        server.database = dict(database) if database else None
     server.updated_at = utcnow()
     session.add(server)
     await session.commit()
-    log.info("server edge", server_id=server.id, base_domain=server.base_domain, edge=server.edge)
+    log.info(
+        "server updated",
+        server_id=server.id,
+        base_domain=server.base_domain,
+        edge=server.edge,
+        database=server.database,
+    )
     return server

@@ -213,6 +213,9 @@ class Server(SQLModel, table=True):
     edge: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     # The edge's internal CA (public): a client of a server without ACME verifies names with it.
     edge_ca: str | None = None
+    # core.contracts.deploy.DatabaseSettings as JSON (the PostgreSQL its apps' databases are
+    # in); None: its defaults.
+    database: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     last_error: str | None = None
     created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
     updated_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]

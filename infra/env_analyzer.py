@@ -136,6 +136,32 @@ class AppSpec(BaseModel):
         default_factory=dict,
         description="Every variable the app reads, by kind (manifest only; empty: not declared)",
     )
+    release_command: str | None = Field(
+        default=None,
+        description="Run once per release before it starts, e.g. its migrations (manifest only)",
+    )
+
+    @property
+    def database_env(self) -> str | None:
+        """The variable the deploy puts the app's own PostgreSQL database's URL in (an
+        ``allocation`` of ``postgresql`` in its contract), if it asks for one."""
+        return next(
+            (
+                name
+                for name, var in self.env_contract.items()
+                if isinstance(var, Allocation) and var.resource == "postgresql"
+            ),
+            None,
+        )
+
+    @property
+    def generated_secrets(self) -> dict[str, int]:
+        """The secrets the deploy makes once for the project: variable -> length."""
+        return {
+            name: var.length
+            for name, var in self.env_contract.items()
+            if isinstance(var, GeneratedSecret)
+        }
 
     @property
     def serves_port(self) -> bool:
@@ -327,6 +353,7 @@ def _from_manifest(repository: Path) -> AppSpec | None:
         optional_env=[str(v) for v in env.get("optional") or []],
         backing_services=manifest.backing_services,
         env_contract=manifest.env,
+        release_command=str(chosen.get("release_command") or "") or None,
     )
 
 

@@ -5,9 +5,11 @@ projects scaffolded into the local forge."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import random
 import shutil
+import subprocess
 import tempfile
 import uuid
 from collections.abc import AsyncIterator
@@ -25,7 +27,7 @@ from temporalio.testing import ActivityEnvironment
 from activities.forge import ForgeActivities, ScaffoldRequest
 from api.app import create_app
 from core.contracts.deploy import ANSIBLE_DEPLOY_QUEUE, DEPLOY_QUEUE
-from core.enums import ServerStatus
+from core.enums import ProjectTemplate, ServerStatus
 from core.paths import SERVICE_TEMPLATE_DIR
 from core.settings import Settings
 from db.engine import Database
@@ -33,7 +35,7 @@ from db.tables import Project, Server
 from db.users import ensure_admin_key
 from infra.forges.local import LocalForge
 from infra.git import git
-from testing.apps import edge_of, end_apps
+from testing.apps import database_of, edge_of, end_apps
 from testing.ssh_host import SshHost
 from testing.waiting import eventually
 from testing.workflows import running_bridge, running_worker
@@ -64,17 +66,25 @@ class DeployStack:
     apps_root: Path
     home: Path
 
-    async def project(self, name: str | None = None, **files: str) -> dict[str, Any]:
-        """A project whose repository the service template made; ``files`` are committed on top
-        (path -> content), as an engineering task would have."""
+    async def project(
+        self,
+        name: str | None = None,
+        template: ProjectTemplate = ProjectTemplate.service,
+        **files: str,
+    ) -> dict[str, Any]:
+        """A project whose repository ``template`` made (its backend); ``files`` are committed
+        on top (path -> content), as an engineering task would have."""
         name = name or f"app-{random.randrange(16**6):06x}"
-        created = await self.api.post("/projects", json={"name": name})
+        body = {"name": name, "template": template.value, "modules": ["backend"]}
+        created = await self.api.post("/projects", json=body)
         assert created.status_code == 201, created.text
         project = created.json()
         forge = ForgeActivities(SERVICE_TEMPLATE_DIR, LocalForge(self.settings.forge_dir))
         made = await ActivityEnvironment().run(
             forge.scaffold_repository,
-            ScaffoldRequest(project_id=project["id"], project_name=name, modules=["backend"]),
+            ScaffoldRequest(
+                project_id=project["id"], project_name=name, modules=["backend"], template=template
+            ),
         )
         if files:
             commit_files(Path(made.repository.removeprefix("file://")), files, "Change the app")
@@ -110,6 +120,19 @@ class DeployStack:
     async def events(self, task_id: str) -> list[dict[str, Any]]:
         got = await self.api.get(f"/tasks/{task_id}/events")
         return list(got.json())
+
+
+async def curl_at(
+    ca: str, name: str, port: int, path: str = "/", *options: str
+) -> subprocess.CompletedProcess[str]:
+    """``https://name:port/path`` asked at this machine, trusting only the edge's CA ``ca``, as
+    curl's ``--resolve`` stands in for DNS; ``options``: more of curl's (a method, a body)."""
+    return await asyncio.to_thread(
+        subprocess.run,
+        ["curl", "-sS", "--max-time", "10", "--cacert", ca, "--resolve",
+         f"{name}:{port}:127.0.0.1", *options, f"https://{name}:{port}{path}"],
+        capture_output=True, text=True,
+    )  # fmt: skip
 
 
 def commit_files(bare: Path, files: dict[str, str], message: str, branch: str = "main") -> str:
@@ -208,6 +231,7 @@ async def add_ready_server(stack: DeployStack, handle: str = SERVER) -> dict[str
         "private_key": stack.sshd.private_key,
         "apps_root": str(stack.apps_root),
         "edge": edge_of(stack.apps_root).model_dump(),
+        "database": database_of(stack.apps_root).model_dump(),
     }
     added = await stack.api.post("/servers", json=body)
     assert added.status_code == 201, added.text

@@ -160,6 +160,7 @@ class DeployWorkflow(WaitsForPerson, TakesTurns):
             deployed_url=final.get("url"),
             project=plan.project_name,
             runtime=spec.get("runtime"),
+            database=deployed.get("database"),
             server_ip=placement.get("server_ip"),
             # An app that serves no port holds one only as its place on the server.
             port=placement.get("port") if final.get("url") else None,
@@ -281,7 +282,10 @@ class DeployWorkflow(WaitsForPerson, TakesTurns):
             await workflow.execute_activity_method(
                 ReleaseActivities.stop_app,
                 StopAppInput(
-                    server_handle=app.server_handle, app_name=app.app_name, remove=undeploy
+                    server_handle=app.server_handle,
+                    app_name=app.app_name,
+                    remove=undeploy,
+                    drop_data=plan.drop_data,
                 ),
                 task_queue=host_with(ANSIBLE),
                 start_to_close_timeout=STOP_TIMEOUT,
@@ -300,7 +304,12 @@ class DeployWorkflow(WaitsForPerson, TakesTurns):
         if not apps:
             message = f"{plan.project_name} is deployed nowhere: nothing to {plan.action.value}"
         elif undeploy:
-            message = f"{plan.project_name} is undeployed from {where}; its port is free"
+            data = (
+                "its data is dropped"
+                if plan.drop_data
+                else "its data, if it has a database, stays (`undeploy --drop-data` drops it)"
+            )
+            message = f"{plan.project_name} is undeployed from {where}; its port is free; {data}"
         else:
             message = f"{plan.project_name} is stopped on {where} ({stopped} release(s))"
         return DeployResult(action=plan.action, server=where or None), message

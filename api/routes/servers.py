@@ -61,6 +61,7 @@ async def add_server(
         apps_root=data.apps_root,
         base_domain=data.base_domain,
         edge=data.edge.model_dump() if data.edge else None,
+        database=data.database.model_dump() if data.database else None,
     )
     return await queued_answer(runtime, server, message.request_id, queued)
 
@@ -112,18 +113,19 @@ async def remove_server(id_or_handle: str, _: AdminUser, session: DbSession) -> 
 
 @router.patch(
     "/{id_or_handle}",
-    summary="Change a server's base domain or edge (admins); its apps get them on their next "
-    "deploy",
+    summary="Change a server's base domain, edge or database settings (admins); its apps get "
+    "them on their next deploy",
     responses=problem_responses(403, 404),
 )
 async def update_server(
     id_or_handle: str, data: ServerUpdate, _: AdminUser, session: DbSession
 ) -> ServerRead:
     fields = data.model_dump(exclude_unset=True)
-    server = await servers.update_edge(
+    server = await servers.update_server(
         session,
         id_or_handle,
         base_domain=fields.get("base_domain", servers.UNCHANGED),
         edge=fields.get("edge", servers.UNCHANGED),
+        database=fields.get("database", servers.UNCHANGED),
     )
     return ServerRead.model_validate(server)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, model_validator
 
 from core.contracts.base import Envelope, JsonInput, Strict
 from core.enums import DeployAction  # pydantic-free there: the CLI imports it cheaply
@@ -54,9 +54,7 @@ class DatabaseSettings(Strict):
     data beside them, or under /var/lib/postgresql when the SSH user is root, as PostgreSQL
     does not run as root), listening on the server's loopback. A role and a database per app."""
 
-    port: int = Field(
-        default=5432, ge=1, le=65535, description="Its port on the server's loopback"
-    )
+    port: int = Field(default=5432, ge=1, le=65535, description="Its port on the server's loopback")
 
 
 class DeployOptions(JsonInput):
@@ -73,6 +71,17 @@ class DeployOptions(JsonInput):
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$",
         description="The branch or commit to deploy (create / redeploy); None: main",
     )
+    drop_data: bool = Field(
+        default=False,
+        description="undeploy only: drop the app's database too (else its data stays for a "
+        "later deploy of the project)",
+    )
+
+    @model_validator(mode="after")
+    def _drop_data_only_when_undeploying(self) -> DeployOptions:
+        if self.drop_data and self.action is not DeployAction.undeploy:
+            raise ValueError("drop_data goes with the undeploy action only")
+        return self
 
 
 class DeployMessage(Envelope):
@@ -90,6 +99,9 @@ class DeployResult(Strict):
     project: str | None = Field(default=None, description="The project's name")
     runtime: str | None = Field(
         default=None, description="How it runs: process (a command) or container (an image)"
+    )
+    database: str | None = Field(
+        default=None, description="Its own PostgreSQL database on the server, when it has one"
     )
     action: DeployAction = DeployAction.create
     server: str | None = Field(default=None, description="The server's handle")
@@ -140,6 +152,18 @@ class AnsibleDeployMessage(Envelope):
         description="An app serving no port: the variable holding its Telegram bot token, "
         "checked with getMe on the server",
     )
+    release_command: str | None = Field(
+        default=None, description="Run once per release before it starts (its migrations)"
+    )
+    database_env: str | None = Field(
+        default=None,
+        description="The variable the app's own PostgreSQL database's URL goes in: the deploy "
+        "makes the URL once (a project secret) and the server creates the role and database",
+    )
+    generated_secrets: dict[str, int] = Field(
+        default_factory=dict,
+        description="Secrets the deploy makes once for the project, by variable: their length",
+    )
     env: dict[str, str] = Field(default_factory=dict, description="Non-secret variables")
     notify_workflow_id: str | None = Field(
         default=None,
@@ -165,6 +189,9 @@ class AnsibleDeployResult(Strict):
         default=False, description="The port was taken on the server by something else"
     )
     playbook_s: float | None = None
+    database: str | None = Field(
+        default=None, description="The app's own database on the server, when it has one"
+    )
     bot: str | None = Field(default=None, description="The bot's username, when getMe was asked")
     edge_ca: str | None = Field(
         default=None,

@@ -215,6 +215,21 @@ def test_the_env_contract_types_each_variable(tmp_path: Path) -> None:
     }
     # It survives the trip through a workflow's history (JSON) unchanged.
     assert AppSpec.model_validate_json(spec.model_dump_json()) == spec
+    # What the deploy makes for it: the database's URL, and the generated secret once.
+    assert spec.database_env == "DATABASE_URL"
+    assert spec.generated_secrets == {"SECRET_KEY": 48}
+
+
+async def test_the_app_templates_backend_asks_for_its_database_and_migrates_first(
+    tmp_path: Path,
+) -> None:
+    spec = analyze(await render_app(tmp_path, ["backend"]))
+    assert (spec.service, spec.command) == ("backend", "python -m app")
+    assert spec.release_command == "alembic upgrade head"
+    assert spec.database_env == "DATABASE_URL"
+    assert spec.generated_secrets == {"SECRET_KEY": 32}
+    bot = analyze(await render_app(tmp_path / "bot", ["tg_bot"]))
+    assert (bot.release_command, bot.database_env) == (None, None)
 
 
 def test_a_manifest_without_a_contract_reads_as_before(tmp_path: Path) -> None:

@@ -189,6 +189,7 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         "LOCAL_EDGE_HTTPS_PORT": free_port(),
         "LOCAL_EDGE_HTTP_PORT": free_port(),
         "LOCAL_EDGE_ADMIN_PORT": free_port(),
+        "LOCAL_DATABASE_PORT": free_port(),
     }
     env = {k: v for k, v in os.environ.items() if k not in FOREIGN}
     env["ORCHESTRATOR_HOME"] = str(tmp_path / "home")
@@ -361,7 +362,9 @@ async def test_the_demo_builds_a_database_feature_with_a_package_to_a_pull_reque
     """`make run`: the demo starts the stack itself; on a project from the app template the
     scripted agent installs python-slugify and adds notes in PostgreSQL with one failing pytest
     test, which the Tester names from the JUnit XML; fixed in round 2, the pull request follows
-    with pytest's count. Not deployed: the deploy stage has no container runtime yet."""
+    with pytest's count. Its branch then goes live on the local target at its HTTPS name, with
+    its packages and its own PostgreSQL database there, where the demo's note is written and
+    read back."""
     stack.env["DOCKER_HOST"] = docker_host  # where the images are kept (see the top)
     done = await asyncio.to_thread(stack.cli, "demo", "--json", timeout=600)
     assert done.returncode == 0, (done.stdout, done.stderr)
@@ -374,7 +377,22 @@ async def test_the_demo_builds_a_database_feature_with_a_package_to_a_pull_reque
     assert demo["rounds"] == 2
     assert (demo["test_outcome"]["passed"], demo["test_outcome"]["failed"]) == (TESTS_AFTER, 0)
     assert NOTES_FILES <= set(demo["files_changed"])
-    assert "deploy_task_id" not in demo and "container runtime" in demo["deploy_skipped"]
+    # Live at its name, with a database of its own: the note the demo posted is read back.
+    assert (demo["deploy_status"], demo["deploy_error"]) == ("COMPLETED", None)
+    https = stack.ports["LOCAL_EDGE_HTTPS_PORT"]
+    assert demo["deployed_url"] == f"https://{demo['project_name']}.localhost:{https}/"
+    role = "app_" + demo["project_name"].replace("-", "_")
+    assert (demo["project"], demo["runtime"], demo["database"]) == (
+        demo["project_name"],
+        "process",
+        role,
+    )
+    assert demo["health"]["status"] == 200
+    posted, read = demo["answers"]
+    assert (posted["method"], posted["status"]) == ("POST", 201), posted
+    assert json.loads(posted["body"])["slug"] == "hello-from-the-demo"
+    assert (read["method"], read["status"]) == ("GET", 200), read
+    assert json.loads(read["body"])["title"] == "Hello from the demo"
 
     # Round 1's failing test, named from pytest's JUnit XML, and round 2's pass.
     events = stack.json("task", "show", demo["task_id"])["events"]

@@ -353,7 +353,10 @@ async def test_a_deploy_cancelled_before_it_started_takes_no_lock(fakes: Fakes) 
 
 # --- stop and undeploy --------------------------------------------------------------------------
 
-UNDEPLOYED = "shop is undeployed from web-1, web-2; its port is free"
+UNDEPLOYED = (
+    "shop is undeployed from web-1, web-2; its port is free; its data, if it has a database, "
+    "stays (`undeploy --drop-data` drops it)"
+)
 TWO_SERVERS = [
     AppOnServer(server_handle="web-1", app_name="shop"),
     AppOnServer(server_handle="web-2", app_name="shop"),

@@ -3,14 +3,11 @@ the orchestrator at that name (at the server, whatever DNS says) and verified wi
 
 from __future__ import annotations
 
-import asyncio
-import subprocess
-
 from sqlmodel import col, select
 
 from db.tables import Server
 from testing.apps import edge_of
-from testing.deploy import SERVER, DeployStack
+from testing.deploy import SERVER, DeployStack, curl_at
 
 BASE_DOMAIN = "apps.example.internal"  # no DNS knows it: only the edge's own CA can vouch for it
 
@@ -41,18 +38,6 @@ async def test_an_app_goes_live_at_its_https_name(deploy_stack: DeployStack) -> 
     answer = await curl_at(str(ca), name, https)
     assert answer.returncode == 0, answer.stderr
     assert f'"service": "{project["name"]}"' in answer.stdout
-
-
-async def curl_at(
-    ca: str, name: str, port: int, path: str = "/"
-) -> subprocess.CompletedProcess[str]:
-    """``https://name:port/path`` asked at this machine, trusting only the edge's CA ``ca``."""
-    return await asyncio.to_thread(
-        subprocess.run,
-        ["curl", "-sS", "--max-time", "10", "--cacert", ca, "--resolve",
-         f"{name}:{port}:127.0.0.1", f"https://{name}:{port}{path}"],
-        capture_output=True, text=True,
-    )  # fmt: skip
 
 
 async def test_a_custom_domain_is_served_from_the_next_deploy_and_gone_after_its_removal(

@@ -1,0 +1,172 @@
+"""The ``app`` template's backend through the whole deploy pipeline: its packages installed on
+the server, its own PostgreSQL database there (the URL made once, a project secret), its
+migrations run before the switch, live at its HTTPS name; redeploy, rollback and undeploy keep
+its data, ``--drop-data`` drops it, and the database's password goes nowhere else."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from redis.asyncio import Redis
+from sqlmodel import col, select
+
+from core.crypto import Vault
+from core.enums import ProjectTemplate
+from db import secrets
+from db.tables import Server
+from testing.apps import edge_of
+from testing.deploy import SERVER, DeployStack, commit_files, curl_at
+from testing.logs import logs_to
+
+BASE_DOMAIN = "apps.example.internal"
+# The first deploy installs FastAPI, SQLAlchemy, Alembic and psycopg from PyPI on the server.
+FIRST_DEPLOY_S = 420.0
+
+
+class Named:
+    """The app at its HTTPS name, asked as a person with the server's CA would."""
+
+    def __init__(self, stack: DeployStack, project: str) -> None:
+        self.name = f"{project}.{BASE_DOMAIN}"
+        self.port = edge_of(stack.apps_root).https_port
+        self.ca = stack.home / "edge-ca.pem"
+
+    async def items(self) -> list[dict[str, object]]:
+        answer = await curl_at(str(self.ca), self.name, self.port, "/items", "--fail")
+        assert answer.returncode == 0, answer.stderr
+        return list(json.loads(answer.stdout))
+
+    async def add(self, name: str) -> dict[str, object]:
+        body = json.dumps({"name": name, "description": "kept across releases"})
+        answer = await curl_at(
+            str(self.ca), self.name, self.port, "/items", "--fail",
+            "-X", "POST", "-H", "Content-Type: application/json", "-d", body,
+        )  # fmt: skip
+        assert answer.returncode == 0, answer.stderr
+        return dict(json.loads(answer.stdout))
+
+
+async def test_the_backend_template_goes_live_with_its_database_and_keeps_its_data(
+    deploy_stack: DeployStack, redis: Redis, tmp_path: Path
+) -> None:
+    stack = deploy_stack
+    await _give_the_server_a_base_domain(stack)
+    project = await stack.project("ledger", ProjectTemplate.app)
+    app = Named(stack, project["name"])
+
+    with logs_to(tmp_path / "logs") as log_file:
+        first = await _deployed(stack, project["id"], within=FIRST_DEPLOY_S)
+        result = first["result"]
+        assert (result["project"], result["runtime"], result["database"]) == (
+            "ledger",
+            "process",
+            "app_ledger",
+        )
+        assert result["deployed_url"] == f"https://{app.name}:{app.port}/"
+        app.ca.write_text((await stack.api.get(f"/servers/{SERVER}")).json()["edge_ca"])
+        # The migration ran before the release took requests: the table is there at once.
+        assert await app.items() == []
+        added = await app.add("first")
+
+        # A new commit, a new release: the data is the project's, not the release's.
+        repository = Path(project_repository(await _project(stack, project["id"])))
+        commit_files(repository, {"CHANGES.md": "A second release.\n"}, "A second release")
+        second = await _deployed(stack, project["id"])
+        assert second["result"]["previous_release"] == result["release"]
+        assert await app.items() == [added]
+        await app.add("second")
+        rolled_back = await _deployed(stack, project["id"], "rollback")
+        assert rolled_back["result"]["release"] == result["release"]
+        names = [item["name"] for item in await app.items()]
+        assert names == ["first", "second"]
+
+        # Undeploy keeps the data for the project's next deploy; --drop-data drops it.
+        assert (await _ended(stack, project["id"], "undeploy"))["status"] == "COMPLETED"
+        await _deployed(stack, project["id"])
+        assert [item["name"] for item in await app.items()] == ["first", "second"]
+        dropped = await _ended(stack, project["id"], "undeploy", drop_data=True)
+        assert dropped["status"] == "COMPLETED", dropped["error"]
+        await _deployed(stack, project["id"])
+        assert await app.items() == []
+
+    # The URL was made once (the same password throughout) and is a project secret; its
+    # password is nowhere but there (encrypted) and on the server.
+    url = await _project_secret(stack, project["id"], "DATABASE_URL")
+    assert urlsplit(url).username == "app_ledger"
+    password = urlsplit(url).password
+    assert password and len(password) >= 24
+    assert await _project_secret(stack, project["id"], "SECRET_KEY")  # generated once, too
+    places = await _places(stack, redis, [first, second, rolled_back, dropped])
+    places["worker log"] = log_file.read_text()
+    assert "playbook finished" in places["worker log"]
+    assert [place for place, text in places.items() if password in text] == []
+
+
+def project_repository(project: dict[str, object]) -> str:
+    return str(project["repository"]).removeprefix("file://")
+
+
+async def _give_the_server_a_base_domain(stack: DeployStack) -> None:
+    async with stack.db.session() as session:
+        server = (await session.exec(select(Server).where(col(Server.handle) == SERVER))).one()
+        server.base_domain = BASE_DOMAIN
+        session.add(server)
+        await session.commit()
+
+
+async def _project(stack: DeployStack, project_id: str) -> dict[str, object]:
+    return dict((await stack.api.get(f"/projects/{project_id}")).json())
+
+
+async def _ended(
+    stack: DeployStack, project_id: str, action: str, within: float = 180.0, **options: object
+) -> dict[str, object]:
+    return await stack.finished((await stack.deploy(project_id, action, **options))["id"], within)
+
+
+async def _deployed(
+    stack: DeployStack, project_id: str, action: str = "create", within: float = 180.0
+) -> dict[str, object]:
+    done = await _ended(stack, project_id, action, within)
+    assert done["status"] == "COMPLETED", done["error"]
+    return done
+
+
+async def _project_secret(stack: DeployStack, project_id: str, name: str) -> str:
+    async with stack.db.session() as session:
+        env = await secrets.project_env(session, Vault.from_settings(stack.settings), project_id)
+    return env[name]
+
+
+async def _places(
+    stack: DeployStack, redis: Redis, tasks: list[dict[str, object]]
+) -> dict[str, str]:
+    """What the orchestrator keeps: its runs' histories, database, Redis and home, and on the
+    server what is not the release's own .env (the app's state, the cluster's log)."""
+    places: dict[str, str] = {}
+    for task in tasks:
+        history = await stack.client.get_workflow_handle(str(task["workflow_id"])).fetch_history()
+        places[f"history {task['workflow_id']}"] = history.to_json()
+    await stack.db.dispose()
+    database = Path(str(stack.db.url).removeprefix("sqlite+aiosqlite:///"))
+    with contextlib.closing(sqlite3.connect(database)) as conn:
+        places["database"] = "\n".join(conn.iterdump())
+    assert "DATABASE_URL" in places["database"]  # the name is there, the value is not
+    async for key in redis.scan_iter():
+        kind = (await redis.type(key)).decode()
+        if kind == "stream":
+            places[f"stream {key!r}"] = repr(await redis.xrange(key))
+        elif kind == "string":
+            places[f"key {key!r}"] = repr(await redis.get(key))
+    for path in (p for p in stack.home.rglob("*") if p.is_file() and not p.is_symlink()):
+        places[f"file {path}"] = path.read_bytes().decode(errors="replace")
+    server_side = [*stack.apps_root.glob(".postgres/logs/*"), *stack.apps_root.glob("*/*.json")]
+    server_side += list(stack.apps_root.glob("*/logs/*"))
+    assert any(p.parent.name == "logs" for p in server_side)
+    for path in (p for p in server_side if p.is_file()):
+        places[f"server file {path}"] = path.read_bytes().decode(errors="replace")
+    return places
