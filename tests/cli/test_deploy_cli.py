@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import redis
 
@@ -77,6 +78,24 @@ def test_rollback_stop_and_undeploy_are_deploy_tasks_too(
         assert messages[task["task_id"]].action == action
         shown = cli.json("task", "show", task["task_id"])
         assert shown["details"] == {"deploy": {"action": action}}
+
+
+def test_undeploy_drops_the_data_only_when_asked(
+    cli: Cli, api: Api, project: dict[str, Any]
+) -> None:
+    task = cli.json("deploy", "undeploy", project["name"], "--drop-data")
+    shown = cli.json("task", "show", task["task_id"])
+    assert shown["details"] == {"deploy": {"action": "undeploy", "drop_data": True}}
+    # Only an undeploy drops data: asked of another action, the API refuses it, saying why.
+    body = {
+        "type": "deploy",
+        "project_id": project["id"],
+        "deploy": {"action": "create", "drop_data": True},
+    }
+    admin = {"Authorization": f"Bearer {api.settings().read_api_key()}"}
+    refused = httpx.post(f"{api.url}/tasks", json=body, headers=admin)
+    assert refused.status_code == 422, refused.text
+    assert "drop_data goes with the undeploy action only" in refused.text
 
 
 def test_an_unknown_project_exits_3(cli: Cli, api: Api) -> None:

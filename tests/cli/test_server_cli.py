@@ -165,6 +165,7 @@ def test_a_server_with_a_base_domain_names_its_apps_and_a_bad_one_is_refused(
     )  # fmt: skip
     assert server["base_domain"] == "apps.example.com"
     assert server["edge"]["tls"] == "internal" and server["edge"]["https_port"] == 8443
+    assert server["database"] == {"port": 5432}  # its apps' PostgreSQL, on its default port
     shown = cli("server", "show", handle)
     assert "https://<project>.apps.example.com" in shown.stdout
 
@@ -187,6 +188,8 @@ def test_update_sets_and_takes_away_the_base_domain_and_keeps_the_rest_of_the_ed
     bare = cli.json("server", "update", handle, "--no-base-domain")
     assert bare["base_domain"] is None and bare["edge"]["tls"] == "internal"
 
+    moved = cli.json("server", "update", handle, "--database-port", "5433")
+    assert moved["database"] == {"port": 5433} and moved["edge"] == bare["edge"]
     assert cli("server", "update", handle).exit_code == 2  # nothing to change
     bad = cli.json("server", "update", handle, "--base-domain", "-bad-", expect=2)
     assert bad["error"]["status"] == 422
