@@ -12,6 +12,7 @@ row is one per task, the port one per project and server, the Ansible run one pe
 
 from __future__ import annotations
 
+import posixpath
 from typing import Any, NotRequired, TypedDict
 
 from redis.asyncio import Redis
@@ -23,6 +24,7 @@ from core.contracts.deploy import (
     ANSIBLE_DEPLOY_QUEUE,
     AnsibleDeployMessage,
     AnsibleDeployResult,
+    ContainerSpec,
     project_secrets_ref,
 )
 from core.enums import DeploymentStatus, EventType
@@ -99,10 +101,12 @@ class DevOpsNodes:
         if problem:
             return {"failure": f"cannot deploy {state['project_name']}: {problem}"}
         needs = ", ".join(spec.required_env) or "no secrets"
+        database = "; it gets a PostgreSQL database of its own" if spec.database_env else ""
         await self._event(
             state,
             EventType.stage_completed,
-            f"{spec.service} runs `{spec.command}` (from its {spec.source}); it needs {needs}",
+            f"{spec.service} {_how_it_runs(spec)} (from its {spec.source}); it needs {needs}"
+            f"{database}",
             ANALYZE,
             data={"spec": spec.model_dump(mode="json"), "commit_sha": commit},
         )
@@ -188,6 +192,7 @@ class DevOpsNodes:
             release_command=spec.release_command,
             database_env=spec.database_env,
             generated_secrets=spec.generated_secrets,
+            container=_container(spec),
             notify_workflow_id=activity.info().workflow_id,
         )
         async with self.db.session() as session:
@@ -315,11 +320,26 @@ class DevOpsNodes:
 
 
 def _undeployable(spec: AppSpec) -> str | None:
-    if spec.runtime != "process":
-        return (
-            f"it runs as a container (from its {spec.source}), and container deploys are not "
-            "supported yet: describe the process in .orchestrator.yml or a Procfile"
-        )
-    if not spec.command:
+    if spec.runtime == "process" and not spec.command:
         return f"its {spec.source} names no command to start it"
     return None
+
+
+def _how_it_runs(spec: AppSpec) -> str:
+    if spec.runtime == "process":
+        return f"runs `{spec.command}`"
+    if spec.build is None:
+        return f"runs the image {spec.image}"
+    dockerfile = posixpath.join(spec.build.context, spec.build.dockerfile)
+    return f"runs as a container built from {posixpath.normpath(dockerfile)}"
+
+
+def _container(spec: AppSpec) -> ContainerSpec | None:
+    """How the server runs an app that is a container (None: a process)."""
+    if spec.runtime != "container":
+        return None
+    if spec.build is None:
+        return ContainerSpec(image=spec.image, port=spec.port)
+    return ContainerSpec(
+        context=spec.build.context, dockerfile=spec.build.dockerfile, port=spec.port
+    )

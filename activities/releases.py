@@ -315,6 +315,9 @@ class ReleaseActivities:
             if managed_database
             else {},
             "release_command": message.release_command or "",
+            # A container: built on the server from the release's files (its Dockerfile), run by
+            # the server's podman; else a process.
+            "container": message.container.model_dump() if message.container else {},
             "health_retries": retries,
             "health_delay": HEALTH_DELAY_S,
             **_apps_root(server),

@@ -8,11 +8,14 @@ The sources, in order of trust:
    what it needs beside it (PostgreSQL: the Tester starts it beside the Worker,
    infra/backing_services.py); ``env`` its environment contract, each variable typed
    by who supplies its value (:data:`EnvVar`).
-2. ``Procfile``: its ``web`` process (else the first one); the port comes in ``$PORT``, as on the
+2. A compose file (``compose.yaml``, ``docker-compose.yml`` and their spellings): the first service
+   publishing a port runs as a container, built from its ``build`` (or its ``image`` as it is);
+   its ``environment`` without a default is required, except the variable naming the file's own
+   PostgreSQL service (``...@db:5432/...``), which the deploy fills with a database of the app's
+   own on the server (``database_env``).
+3. ``Dockerfile``: a container built from it; ``EXPOSE``, ``CMD``/``ENTRYPOINT`` and ``ENV``.
+4. ``Procfile``: its ``web`` process (else the first one); the port comes in ``$PORT``, as on the
    platforms that made Procfiles common.
-3. A compose file (``compose.yaml``, ``docker-compose.yml`` and their spellings): the first service
-   publishing a port; its ``environment`` without a default is required.
-4. ``Dockerfile``: ``EXPOSE``, ``CMD``/``ENTRYPOINT`` and ``ENV``.
 
 A repository none of these describe cannot be deployed, and :class:`AnalysisError` says what was
 looked for. Pure functions of the files: no I/O beyond reading them.
@@ -110,6 +113,13 @@ EnvVar = Annotated[
 ]
 
 
+class ContainerBuild(BaseModel):
+    """Where a container's image is built from, in the repository."""
+
+    context: str = "."
+    dockerfile: str = DOCKERFILE
+
+
 class AppSpec(BaseModel):
     """How to run one app of a repository."""
 
@@ -140,19 +150,18 @@ class AppSpec(BaseModel):
         default=None,
         description="Run once per release before it starts, e.g. its migrations (manifest only)",
     )
-
-    @property
-    def database_env(self) -> str | None:
-        """The variable the deploy puts the app's own PostgreSQL database's URL in (an
-        ``allocation`` of ``postgresql`` in its contract), if it asks for one."""
-        return next(
-            (
-                name
-                for name, var in self.env_contract.items()
-                if isinstance(var, Allocation) and var.resource == "postgresql"
-            ),
-            None,
-        )
+    database_env: str | None = Field(
+        default=None,
+        description="The variable the deploy puts the URL of the app's own PostgreSQL database "
+        "in: an allocation of postgresql in its contract, or the variable of a compose service "
+        "that names the file's PostgreSQL service",
+    )
+    build: ContainerBuild | None = Field(
+        default=None, description="A container: how its image is built from the repository"
+    )
+    image: str | None = Field(
+        default=None, description="A container with no build: the image it runs (compose only)"
+    )
 
     @property
     def generated_secrets(self) -> dict[str, int]:
@@ -170,11 +179,12 @@ class AppSpec(BaseModel):
 
 
 def analyze(repository: Path) -> AppSpec:
-    for reader in (_from_manifest, _from_procfile, _from_compose, _from_dockerfile):
+    # The order of trust: our manifest, then a compose file, a Dockerfile, a Procfile.
+    for reader in (_from_manifest, _from_compose, _from_dockerfile, _from_procfile):
         spec = reader(repository)
         if spec is not None:
             return spec
-    looked_for = ", ".join([MANIFEST, PROCFILE, *COMPOSE_FILES, DOCKERFILE])
+    looked_for = ", ".join([MANIFEST, *COMPOSE_FILES, DOCKERFILE, PROCFILE])
     raise AnalysisError(f"cannot tell how to run this repository: none of {looked_for} is there")
 
 
@@ -354,6 +364,14 @@ def _from_manifest(repository: Path) -> AppSpec | None:
         backing_services=manifest.backing_services,
         env_contract=manifest.env,
         release_command=str(chosen.get("release_command") or "") or None,
+        database_env=next(
+            (
+                name
+                for name, var in manifest.env.items()
+                if isinstance(var, Allocation) and var.resource == "postgresql"
+            ),
+            None,
+        ),
     )
 
 
@@ -397,22 +415,69 @@ def _from_compose(repository: Path) -> AppSpec | None:
             raise AnalysisError(f"{name} has no services")
         chosen = next((n for n, s in services.items() if (s or {}).get("ports")), None)
         if chosen is None:
-            raise AnalysisError(f"{name}: no service publishes a port")
+            raise AnalysisError(
+                f"{name}: no service publishes a port (give the app's service `ports:`)"
+            )
         service = services[chosen] or {}
         required, optional = _compose_env(service.get("environment"))
+        database_env = _database_variable(services, service)
         command = service.get("command")
         if isinstance(command, list):
             command = shlex.join(str(part) for part in command)
+        build = _compose_build(name, chosen, service)
         return AppSpec(
             source="compose",
             runtime="container",
             service=str(chosen),
             command=command,
             port=_container_port(service["ports"][0]),
-            required_env=required,
-            optional_env=optional,
+            # The deploy gives the app a database of its own: its URL is not a person's to set.
+            required_env=[v for v in required if v != database_env],
+            optional_env=[v for v in optional if v != database_env],
+            backing_services=["postgresql"] if database_env else [],
+            database_env=database_env,
+            build=build,
+            image=None if build else str(service.get("image") or "") or None,
         )
     return None
+
+
+def _compose_build(file: str, name: str, service: dict[str, Any]) -> ContainerBuild | None:
+    """The service's ``build`` (a context, or a context and a Dockerfile); None: it names an
+    image to run as it is. A service with neither cannot run."""
+    build = service.get("build")
+    if isinstance(build, str):
+        return ContainerBuild(context=build)
+    if isinstance(build, dict):
+        return ContainerBuild(
+            context=str(build.get("context") or "."),
+            dockerfile=str(build.get("dockerfile") or DOCKERFILE),
+        )
+    if not service.get("image"):
+        raise AnalysisError(f"{file}: service {name!r} has neither `build` nor `image`")
+    return None
+
+
+_POSTGRES_IMAGE = re.compile(r"^(docker\.io/)?(library/)?postgres(:|@|$)")
+
+
+def _database_variable(services: dict[str, Any], app: dict[str, Any]) -> str | None:
+    """The app's variable that names the compose file's own PostgreSQL service (``...@db:5432``
+    in its value), which the deploy replaces by a database of the app's own on the server."""
+    databases = [
+        str(name)
+        for name, service in services.items()
+        if _POSTGRES_IMAGE.match(str((service or {}).get("image") or ""))
+    ]
+    if not databases:
+        return None
+    environment = app.get("environment") or {}
+    if isinstance(environment, list):
+        environment = dict(str(e).partition("=")[::2] for e in environment)
+    for key, value in environment.items():
+        if any(f"@{db}:" in str(value) or f"@{db}/" in str(value) for db in databases):
+            return str(key)
+    return "DATABASE_URL" if "DATABASE_URL" in environment else None
 
 
 def _compose_env(environment: Any) -> tuple[list[str], list[str]]:
@@ -480,6 +545,7 @@ def _from_dockerfile(repository: Path) -> AppSpec | None:
         command=start,
         port=port,
         optional_env=_unique(optional),
+        build=ContainerBuild(),
     )
 
 

@@ -115,6 +115,18 @@ class DeployResult(Strict):
     )
 
 
+class ContainerSpec(Strict):
+    """An app that runs as a container: its image built on the server from the release's files
+    (a Dockerfile at ``dockerfile`` in ``context``), or ``image`` pulled as it is."""
+
+    context: str = Field(default=".", max_length=500)
+    dockerfile: str = Field(default="Dockerfile", max_length=500)
+    image: str | None = Field(default=None, max_length=500, description="Run as it is: no build")
+    port: int | None = Field(
+        default=None, ge=1, le=65535, description="The port it listens on inside the container"
+    )
+
+
 def project_secrets_ref(project_id: str) -> str:
     return f"{PROJECT_SECRETS_PREFIX}{project_id}"
 
@@ -163,6 +175,9 @@ class AnsibleDeployMessage(Envelope):
     generated_secrets: dict[str, int] = Field(
         default_factory=dict,
         description="Secrets the deploy makes once for the project, by variable: their length",
+    )
+    container: ContainerSpec | None = Field(
+        default=None, description="None: a process on the server; else a container built there"
     )
     env: dict[str, str] = Field(default_factory=dict, description="Non-secret variables")
     notify_workflow_id: str | None = Field(

@@ -11,6 +11,7 @@ from infra.env_analyzer import (
     Allocation,
     AnalysisError,
     AppSpec,
+    ContainerBuild,
     GeneratedSecret,
     LiteralValue,
     TestSpec,
@@ -24,6 +25,7 @@ from tests.activities.test_template import render
 
 
 def repo(tmp_path: Path, files: dict[str, str]) -> Path:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     for name, text in files.items():
         (tmp_path / name).write_text(text)
     return tmp_path
@@ -80,7 +82,7 @@ services:
     command: ["uvicorn", "app:api", "--port", "8000"]
     ports: ["127.0.0.1:8080:8000/tcp"]
     environment:
-      DATABASE_URL: ${DATABASE_URL}
+      DATABASE_URL: postgresql://app:${DB_PASSWORD:-app}@db:5432/app
       LOG_LEVEL: ${LOG_LEVEL:-info}
       STRIPE_KEY:
       MODE: production
@@ -89,12 +91,26 @@ services:
     assert spec.source == "compose" and spec.runtime == "container"
     assert spec.service == "api" and spec.port == 8000
     assert spec.command == "uvicorn app:api --port 8000"
-    assert spec.required_env == ["DATABASE_URL", "STRIPE_KEY"]
-    assert spec.optional_env == ["LOG_LEVEL", "MODE"]
+    assert spec.build == ContainerBuild(context=".") and spec.image is None
+    # The URL naming the file's PostgreSQL is the deploy's to fill with the app's own database.
+    assert (spec.database_env, spec.backing_services) == ("DATABASE_URL", ["postgresql"])
+    assert spec.required_env == ["STRIPE_KEY"]
+    assert spec.optional_env == ["DB_PASSWORD", "LOG_LEVEL", "MODE"]
+
+
+def test_a_compose_service_runs_its_image_or_says_it_has_none(tmp_path: Path) -> None:
+    compose = "services:\n  web:\n    image: nginx:1.27\n    ports: ['8080:80']\n"
+    spec = analyze(repo(tmp_path / "image", {"compose.yaml": compose}))
+    assert (spec.image, spec.build, spec.port, spec.database_env) == ("nginx:1.27", None, 80, None)
+    built = "services:\n  web:\n    build: {context: ./api, dockerfile: Containerfile}\n"
+    spec = analyze(repo(tmp_path / "built", {"compose.yaml": built + "    ports: [80]\n"}))
+    assert spec.build == ContainerBuild(context="./api", dockerfile="Containerfile")
+    with pytest.raises(AnalysisError, match="'web' has neither `build` nor `image`"):
+        analyze(repo(tmp_path / "none", {"compose.yaml": "services:\n  web:\n    ports: [80]\n"}))
 
 
 def test_a_compose_list_environment(tmp_path: Path) -> None:
-    compose = "services:\n  web:\n    ports: [3000]\n    environment: [TOKEN, 'MODE=prod']\n"
+    compose = "services:\n  web:\n    build: .\n    ports: [3000]\n    environment: [TOKEN, 'MODE=prod']\n"
     spec = analyze(repo(tmp_path, {"compose.yaml": compose}))
     assert (spec.port, spec.required_env, spec.optional_env) == (3000, ["TOKEN"], ["MODE"])
 
@@ -112,6 +128,13 @@ def test_a_dockerfile_exposes_its_port_and_command(tmp_path: Path) -> None:
     assert spec.port == 5000
     assert spec.command == "python -m flask run"
     assert spec.optional_env == ["APP_HOME", "WORKERS"]
+    assert spec.build == ContainerBuild()
+
+
+def test_a_compose_file_wins_over_a_procfile(tmp_path: Path) -> None:
+    compose = "services:\n  web:\n    build: .\n    ports: [8000]\n"
+    spec = analyze(repo(tmp_path, {"compose.yaml": compose, "Procfile": "web: ./serve\n"}))
+    assert (spec.source, spec.runtime) == ("compose", "container")
 
 
 def test_the_manifest_wins_over_the_others(tmp_path: Path) -> None:
@@ -123,7 +146,7 @@ def test_the_manifest_wins_over_the_others(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("files", "message"),
     [
-        ({}, "none of .orchestrator.yml, Procfile"),
+        ({}, "none of .orchestrator.yml, compose.yaml"),
         ({"compose.yaml": "services:\n  db:\n    image: x\n"}, "no service publishes a port"),
         ({"Dockerfile": "FROM x\nCMD run\n"}, "exposes no port"),
         ({".orchestrator.yml": "services: [\n"}, "not valid YAML"),
