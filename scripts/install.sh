@@ -71,6 +71,12 @@ command -v npm >/dev/null || missing+=(nodejs npm)
 # The edge every deploy target runs in front of its apps (HTTPS, switches between releases);
 # the tests' target is this machine.
 command -v caddy >/dev/null || missing+=(caddy)
+# Deploy targets build and run apps' images with podman; the tests give the target's podman a
+# registry mirror on loopback (there is no Docker Hub here) and slirp4netns for its pods'
+# networks, catatonit as their init.
+command -v docker-registry >/dev/null || missing+=(docker-registry)
+command -v slirp4netns >/dev/null || missing+=(slirp4netns)
+command -v catatonit >/dev/null || missing+=(catatonit)
 if [[ ! -x $VENV/bin/python ]] && ! find_python >/dev/null; then
     missing+=(python3 python3-venv)
 fi

@@ -3,7 +3,8 @@
 `ssh_host()` starts `sshd -D -e -f <config>` with its own host key, pid file and authorized keys in
 a short temporary directory, lets the current user log in with a fresh ed25519 key, and yields an
 :class:`SshHost`. Tests of any package can use it (tests/infra/ansible/conftest.py wraps it in
-fixtures).
+fixtures). Given an ``environment``, sshd sets it in every session (``SetEnv``): the tests point
+the target's podman at their registry mirror that way (testing/registry_mirror.py).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import getpass
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,8 +55,9 @@ class SshHost:
 
 
 @contextlib.contextmanager
-def ssh_host() -> Iterator[SshHost]:
-    """Start an sshd on 127.0.0.1:<free port>; stop it and remove its directory afterwards."""
+def ssh_host(environment: Mapping[str, str] | None = None) -> Iterator[SshHost]:
+    """Start an sshd on 127.0.0.1:<free port>; stop it and remove its directory afterwards.
+    Every session it starts has ``environment`` set, whatever the client sends."""
     sshd = find_sshd()
     if sshd is None:
         raise RuntimeError("sshd is not installed (scripts/install.sh installs openssh-server)")
@@ -72,7 +74,10 @@ def ssh_host() -> Iterator[SshHost]:
         keygen(directory / CLIENT_KEY, "test-client")
         (directory / "authorized_keys").write_text((directory / "client_ed25519.pub").read_text())
         config = directory / "sshd_config"
-        config.write_text(sshd_config(host="127.0.0.1", port=port, directory=directory, user=user))
+        config.write_text(
+            sshd_config(host="127.0.0.1", port=port, directory=directory, user=user)
+            + _set_env(environment or {})
+        )
         log_file = directory / "sshd.log"
         with log_file.open("ab") as log:
             # sshd re-executes itself, so its path must be absolute.
@@ -102,3 +107,13 @@ def ssh_host() -> Iterator[SshHost]:
             # SIGTERM ends the listener; sessions still open end with their connections.
             stop_process(proc)
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def _set_env(environment: Mapping[str, str]) -> str:
+    """The ``SetEnv`` line of ``environment`` (one line: sshd keeps the first of a repeated
+    option), quoted; nothing for an empty one."""
+    for name, value in environment.items():
+        if not name.isidentifier() or any(c in value for c in '"\n'):
+            raise ValueError(f"cannot pass {name}={value!r} through sshd_config's SetEnv")
+    pairs = " ".join(f'"{name}={value}"' for name, value in environment.items())
+    return f"SetEnv {pairs}\n" if pairs else ""

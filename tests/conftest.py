@@ -23,6 +23,7 @@ from core.temporal import SEARCH_ATTRIBUTES
 from db.engine import Database
 from db.migrate import upgrade_async
 from testing import servers
+from testing.registry_mirror import RegistryMirror, registry_server
 from testing.ssh_host import SshHost, ssh_host
 
 # The suite never calls a real model API (it would cost money and fail offline): the stand-ins'
@@ -181,9 +182,32 @@ def postgresql_image(docker_client: docker.DockerClient) -> str:
 
 
 @pytest.fixture(scope="session")
-def sshd() -> Iterator[SshHost]:
-    """A real sshd on loopback (this machine as a deploy target), shared by the session."""
-    with ssh_host() as host:
+def registry_mirror_server() -> Iterator[RegistryMirror]:
+    """The registry mirror the loopback target's podman pulls Docker Hub's names from
+    (testing/registry_mirror.py), started; what it holds is whatever earlier sessions pushed."""
+    with registry_server() as mirror:
+        yield mirror
+
+
+@pytest.fixture(scope="session")
+def registry_mirror(
+    registry_mirror_server: RegistryMirror, docker_client: docker.DockerClient
+) -> RegistryMirror:
+    """The registry mirror with the stand-in of ``python:3.12-slim`` in it: built and pushed
+    once per hash of its recipe, kept between sessions."""
+    from testing.images import image_builder
+    from testing.registry_mirror import ensure_python_slim
+
+    ensure_python_slim(registry_mirror_server, image_builder(docker_client))
+    return registry_mirror_server
+
+
+@pytest.fixture(scope="session")
+def sshd(registry_mirror_server: RegistryMirror) -> Iterator[SshHost]:
+    """A real sshd on loopback (this machine as a deploy target), shared by the session. Its
+    sessions' podman resolves Docker Hub's names from the mirror (images in it: use the
+    ``registry_mirror`` fixture too)."""
+    with ssh_host(registry_mirror_server.target_environment()) as host:
         yield host
 
 
