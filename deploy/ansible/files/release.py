@@ -593,9 +593,10 @@ class Database:
             supervised = self._ctl("status", "postgres").returncode == 0
             if supervised and changed:  # a new port: only a restart takes it
                 self._ctl("stop", "INT")  # INT: fast shutdown, apps' sessions end at once
-            if changed or not supervised:
+            started = changed or not supervised
+            if started:
                 self._start()
-            self._wait_ready()
+            self._wait_ready(started)
 
     def _install_supervisor(self, appctl: Path) -> None:
         """A copy of the apps' appctl.sh, replaced by a rename: a supervisor running the old
@@ -677,14 +678,17 @@ class Database:
         argv = self.as_owner([self.bin("postgres"), "-D", str(self.data)])
         self._ctl("start", "postgres", " ".join(shlex.quote(part) for part in argv))
 
-    def _wait_ready(self) -> None:
-        """Until pg_isready says it accepts connections; refused when it exits or never does."""
+    def _wait_ready(self, started: bool) -> None:
+        """Until pg_isready says it accepts connections; refused when one started here exits
+        (its supervisor stopped: it would only fail again) or when it never answers. One that
+        ran already may be between a crash and its restart: its supervisor goes on."""
         began = time.monotonic()
         isready = [self.bin("pg_isready"), "-q", "-h", str(self.data), "-p", str(self.port)]
         while self.run(isready).returncode != 0:
-            exited = self._exits() > 0
+            exited = started and self._exits() > 0
             if exited or time.monotonic() - began > READY_S:
-                self._ctl("stop", "postgres", "INT")
+                if started:
+                    self._ctl("stop", "postgres", "INT")
                 why = "exited" if exited else f"did not answer within {READY_S:g} s"
                 raise Refused(
                     "database",

@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -105,6 +106,24 @@ def test_an_apps_rows_outlive_its_releases_which_share_one_environment_and_no_pa
         "name": "app_notes",
         "role": "app_notes",
     }
+    # Another app's role, with its own valid password, cannot get into this app's database.
+    cluster_sql(apps_root, "CREATE ROLE other_app LOGIN PASSWORD 'other-pw'")
+    assert "permission denied for database" in connect(apps_root, "other_app", "other-pw")
+
+
+def connect(apps_root: Path, role: str, password: str) -> str:
+    """What psql says connecting as ``role`` to the app's database over TCP (the password in
+    its environment, not its argv)."""
+    done = subprocess.run(
+        [
+            "/usr/lib/postgresql/15/bin/psql", "-X", "-h", "127.0.0.1",
+            "-p", str(database_of(apps_root).port), "-U", role, "-d", "app_notes", "-c", "SELECT 1",
+        ],
+        env={**os.environ, "PGPASSWORD": password},
+        capture_output=True,
+        text=True,
+    )  # fmt: skip
+    return done.stderr
 
 
 def test_a_failing_release_command_refuses_the_release_and_the_previous_serves(
