@@ -23,8 +23,9 @@ from testing.registry_mirror import (
 )
 from testing.ssh_host import SshHost
 
-DOCKERFILE = """\
-FROM python:3.12-slim
+BASE = "python:3.12-slim"  # as a Dockerfile names it: a short name, docker.io's
+DOCKERFILE = f"""\
+FROM {BASE}
 RUN pip install six==1.16.0
 CMD python -c "import six; print(six.__version__)"
 """
@@ -41,7 +42,8 @@ def ok(sshd: SshHost, *command: str, timeout: float = 60) -> str:
 
 @pytest.fixture
 def image_name(sshd: SshHost, registry_mirror: RegistryMirror) -> Iterator[str]:
-    """A fresh image name on the target; the image, its containers and the base are removed."""
+    """A fresh image name on the target; afterwards its containers, the image and the base
+    pulled from the mirror are gone from the target's (the system's) storage."""
     name = f"localhost/orchestrator-test/mirror-{uuid.uuid4().hex[:8]}"
     try:
         yield name
@@ -62,11 +64,12 @@ def test_the_targets_sessions_point_podman_at_the_mirror(
     )
 
 
+@pytest.mark.usefixtures("image_name")
 def test_a_pull_of_python_slim_resolves_from_the_mirror(
-    sshd: SshHost, registry_mirror: RegistryMirror, image_name: str
+    sshd: SshHost, registry_mirror: RegistryMirror
 ) -> None:
     seen = len(registry_mirror.requests())
-    ok(sshd, "podman", "pull", "python:3.12-slim", timeout=120)
+    ok(sshd, "podman", "pull", BASE, timeout=120)
     manifest = f"GET /v2/{PYTHON_SLIM_REPOSITORY}/manifests/{PYTHON_SLIM_TAG} "
     assert any(manifest in line for line in registry_mirror.requests()[seen:]), (
         registry_mirror.log()[-3000:]
@@ -74,11 +77,25 @@ def test_a_pull_of_python_slim_resolves_from_the_mirror(
     assert PYTHON_SLIM_REPOSITORY in registry_mirror.catalog()
     # The image the target now has is the one the mirror serves (an image's id is the digest of
     # its configuration), the stand-in of this recipe.
-    pulled = ok(sshd, "podman", "image", "inspect", "--format", "{{.Id}}", "python:3.12-slim")
+    pulled = ok(sshd, "podman", "image", "inspect", "--format", "{{.Id}}", BASE)
     served = registry_mirror.config_digest(PYTHON_SLIM_REPOSITORY, PYTHON_SLIM_TAG)
     assert served == f"sha256:{pulled.strip()}"
     config = registry_mirror.image_config(PYTHON_SLIM_REPOSITORY, PYTHON_SLIM_TAG) or {}
     assert INPUTS_LABEL in config["config"]["Labels"]
+
+
+@pytest.mark.usefixtures("image_name", "registry_mirror")
+def test_the_stand_in_offers_what_dockerfiles_count_on(sshd: SshHost) -> None:
+    script = (
+        "for c in python pip useradd; do command -v $c; done"
+        " && python -c 'import venv, ssl' && echo $PIP_CERT"
+    )
+    run = ["podman", "run", "--rm", "--network", "host", BASE, "sh", "-c", script]
+    found = ok(sshd, *run, timeout=120).split()
+    assert [Path(path).name for path in found[:3]] == ["python", "pip", "useradd"]
+    assert found[3] == "/etc/ssl/certs/ca-certificates.crt"
+    command = ok(sshd, "podman", "image", "inspect", "--format", "{{json .Config.Cmd}}", BASE)
+    assert command.strip() == '["python3"]'
 
 
 def test_a_dockerfile_from_python_slim_builds_and_runs_on_the_target(
