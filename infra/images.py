@@ -422,7 +422,7 @@ class ImageBuilder:
 
         changes = [*self._config_changes(BASE, inputs), 'CMD ["/bin/bash"]']
         packages = read_list(self.base_dir / "packages.txt")
-        self._build_rootfs(BASE, packages, finish, reference, inputs, changes)
+        self.build_rootfs(BASE, packages, finish, reference, inputs, changes)
 
     def _build_service(self, service: str, reference: str, inputs: str) -> None:
         """A backing service's image: the base's steps with the service's packages and its
@@ -446,9 +446,9 @@ class ImageBuilder:
             f'CMD ["{TOOLS_DIR}/start"]',
         ]
         packages = read_list(recipe / "packages.txt")
-        self._build_rootfs(name, packages, finish, reference, inputs, changes)
+        self.build_rootfs(name, packages, finish, reference, inputs, changes)
 
-    def _build_rootfs(
+    def build_rootfs(
         self,
         name: str,
         packages: list[str],

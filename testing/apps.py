@@ -136,6 +136,7 @@ def deploy(
     cancel: threading.Event | None = None,
     database_env: str | None = None,
     release_command: str = "",
+    timeout_s: float = 120,
 ) -> PlaybookRun:
     """Deploy `ref` of `repo` as `release` on `port`; `extravars` override the defaults. With
     `database_env`, the app's database on the root's cluster (`database_of`), its URL in that
@@ -164,7 +165,7 @@ def deploy(
         }
         secrets = {"secret_env": secret_env} if secret_env else None
         return runner.run(
-            "deploy.yml", target, variables, secrets, on_event, timeout_s=120, cancel=cancel
+            "deploy.yml", target, variables, secrets, on_event, timeout_s=timeout_s, cancel=cancel
         )
 
 
@@ -235,8 +236,16 @@ def processes_in(directory: Path) -> set[int]:
 def end_apps(root: Path) -> None:
     """SIGKILL every app started under the apps root ``root`` and its edge (supervised the same
     way, in ``.edge``): what the pid files name, and a release whose pid file is gone (a test
-    that failed halfway through a crash); then its PostgreSQL cluster and its data."""
+    that failed halfway through a crash); then its PostgreSQL cluster and its data, and the
+    containers its releases ran as."""
     end_cluster(root)
+    names = [path.read_text().strip() for path in root.glob("*/run/*.container")]
+    if names and shutil.which("podman"):
+        subprocess.run(
+            ["podman", "rm", "--force", "--ignore", "--time", "0", *names],
+            capture_output=True,
+            check=False,
+        )
     for pid_file in root.glob("*/run/*.pid"):
         with contextlib.suppress(ValueError, ProcessLookupError, PermissionError):
             os.killpg(int(pid_file.read_text()), signal.SIGKILL)

@@ -9,7 +9,7 @@ knows nothing of this.
 - :func:`registry_server` starts ``docker-registry serve`` with a configuration of ours. Its
   storage is kept between sessions under ``~/.cache/orchestrator-tests/registry``, so what was
   pushed once stays; its configuration, log and ``registries.conf`` are the session's.
-- :func:`ensure_python_slim` puts the stand-in of ``python:3.12-slim`` (testing/images/python-slim)
+- :func:`ensure_python_slim` puts the stand-in of ``python:3.12-slim`` (testing/recipes/python-slim)
   in the mirror: built like the service images of infra/images.py and pushed once per hash of
   its recipe; a session whose mirror already has it only asks the registry.
 """
@@ -39,7 +39,7 @@ REGISTRY_BIN = "docker-registry"
 START_TIMEOUT_S = 30.0
 PUSH_TIMEOUT_S = 600.0
 
-PYTHON_SLIM_RECIPE = Path(__file__).parent / "images" / "python-slim"
+PYTHON_SLIM_RECIPE = Path(__file__).parent / "recipes" / "python-slim"
 # Where Dockerfiles look for it: docker.io's official images live under ``library/``.
 PYTHON_SLIM_REPOSITORY = "library/python"
 PYTHON_SLIM_TAG = "3.12-slim"  # a stand-in's tag: its Python is Debian's (3.11 on bookworm)
@@ -267,9 +267,9 @@ def _local_python_slim(builder: ImageBuilder, inputs: str) -> str:
         return reference
     changes = [f"LABEL {INPUTS_LABEL}={inputs}", *PYTHON_SLIM_CONFIG]
     packages = read_list(PYTHON_SLIM_RECIPE / "packages.txt")
-    # infra/images.py's service-image steps (debootstrap, apt in a chroot, import): its builder
-    # takes recipes from deploy/images only, so the stand-in goes through the common step.
-    builder._build_rootfs(
+    # infra/images.py's service-image steps (debootstrap, apt in a chroot, import), with a recipe
+    # of the tests' own (not one of deploy/images, which are the product's).
+    builder.build_rootfs(
         "test-python-slim", packages, _finish_python_slim, reference, inputs, changes
     )
     return reference

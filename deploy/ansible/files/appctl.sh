@@ -7,7 +7,8 @@
 #                                      minute; COMMAND (shell) is saved, so a later start reuses it
 #   appctl.sh stop RELEASE [SIGNAL]    SIGNAL (default TERM) to the release's process group (the
 #                                      app gets it and its supervisor waits for it), SIGKILL
-#                                      after 10 s
+#                                      after 10 s; a release that is a container (its name in
+#                                      run/RELEASE.container) has that container removed too
 #   appctl.sh status RELEASE           exit 0 when the release's supervisor is alive
 #   appctl.sh supervise RELEASE        (what start runs) the supervisor itself
 #   appctl.sh stop-all                 stop every release of the app
@@ -28,7 +29,8 @@
 # script), run/RELEASE.pid (its supervisor, leading the release's process group), run/RELEASE.child
 # (the app's own process now), run/RELEASE.exits (how often it exited since its start: deploy.yml
 # fails a release that exits while it is checked), logs/RELEASE.log (the app's output and the
-# supervisor's restarts), venvs/KEY (the environments releases link to). release.py (beside this script) decides which release serves: it keeps
+# supervisor's restarts), venvs/KEY (the environments releases link to), run/RELEASE.container
+# (the container a release runs as: `podman run` in the foreground is its process). release.py (beside this script) decides which release serves: it keeps
 # current -> releases/RELEASE, current.json, and edge/ (the app's two slots and which serves).
 set -eu
 APP_DIR=$(cd "$(dirname "$0")" && pwd)
@@ -51,6 +53,16 @@ stop_pidfile() {  # stop_pidfile FILE [SIGNAL]
         kill -KILL -"$pid" 2>/dev/null || true
     fi
     rm -f "$1"
+}
+
+stop_release() {  # stop_release RELEASE [SIGNAL]
+    stop_pidfile "run/$1.pid" "${2:-TERM}"
+    # `podman run` forwards the signal to its container and --rm removes it; a client killed
+    # before it could (SIGKILL after 10 s) leaves the container running: it goes here.
+    if [ -s "run/$1.container" ]; then
+        podman rm --force --ignore --time 5 "$(cat "run/$1.container")" >/dev/null 2>&1 || true
+        rm -f "run/$1.container"
+    fi
 }
 
 start() {  # start RELEASE [COMMAND]
@@ -139,13 +151,13 @@ command=${1:?usage: appctl.sh start|stop|status|install|deps|run|supervise RELEA
 case $command in
 start) start "${2:?release}" "${3:-}" ;;
 supervise) supervise "${2:?release}" ;;
-stop) stop_pidfile "run/${2:?release}.pid" "${3:-TERM}" ;;
+stop) stop_release "${2:?release}" "${3:-TERM}" ;;
 status)
     if [ -s "run/${2:?release}.pid" ] && alive "$(cat "run/$2.pid")"; then exit 0; else exit 1; fi
     ;;
 install)
     # A process of the release runs from the directory being replaced: it goes first.
-    stop_pidfile "run/${2:?release}.pid"
+    stop_release "${2:?release}"
     rm -rf -- "releases/$2"
     mv -T -- "${3:?unpacked directory}" "releases/$2"
     ;;
@@ -158,7 +170,7 @@ run)
     ;;
 stop-all)
     for file in run/*.pid; do
-        [ -e "$file" ] && stop_pidfile "$file"
+        [ -e "$file" ] && stop_release "$(basename "$file" .pid)"
     done
     ;;
 *) echo "appctl.sh: unknown command $command" >&2; exit 2 ;;

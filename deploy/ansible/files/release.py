@@ -77,6 +77,7 @@ DB_PASSWORD = re.compile(r"^[A-Za-z0-9._~-]+$")
 RESERVED_DATABASES = ("postgres", "template0", "template1")
 READY_S = 30.0
 RELEASE_COMMAND_S = 1800.0
+BUILD_S = 1800.0
 
 
 class Refused(Exception):
@@ -468,6 +469,8 @@ class AppDatabase:
     an exception's message, nor in a file of ours)."""
 
     def __init__(self, variable: str, url: str) -> None:
+        self.variable = variable
+        self.url = url
         try:
             parts = urllib.parse.urlsplit(url)
             self.role = urllib.parse.unquote(parts.username or "")
@@ -798,15 +801,13 @@ def ensure_database(app: App, spec: dict[str, Any], env: str) -> AppDatabase | N
     return wanted
 
 
-def run_release_command(app: App, command: str, secrets: list[str]) -> None:
-    """The release command, once, in the release's directory (as its start script runs, by
-    appctl.sh); its output in logs/RELEASE.release-command.log. A non-zero exit refuses the
-    release with the end of its output (a secret the command printed, masked)."""
-    log = app.dir / "logs" / f"{app.release}.release-command.log"
+def run_watched(argv: list[str], log: Path, limit_s: float, kind: str, what: str) -> int:
+    """Run ``argv`` to its end with its output in ``log``; stopped (and refused) when the
+    controller is gone or it runs past ``limit_s``. Its exit status."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as out:
         process = subprocess.Popen(
-            [app.appctl, "run", app.release, command],
+            argv,
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -816,26 +817,159 @@ def run_release_command(app: App, command: str, secrets: list[str]) -> None:
         while process.poll() is None:
             try:
                 check_controller()
-                if time.monotonic() - began > RELEASE_COMMAND_S:
-                    raise Refused(
-                        "release_command",
-                        f"release {app.release}: its release command ran past "
-                        f"{RELEASE_COMMAND_S:g} s",
-                    )
+                if time.monotonic() - began > limit_s:
+                    raise Refused(kind, f"{what} ran past {limit_s:g} s")
             except Refused:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+                # TERM first: podman cleans up a build's containers on it, not on KILL.
+                os.killpg(process.pid, signal.SIGTERM)
+                try:
+                    process.wait(10)
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()
                 raise
             time.sleep(0.05)
-    if process.returncode != 0:
-        tail = log.read_text(errors="replace")
-        for secret in secrets:
-            tail = tail.replace(secret, "********")
+    return process.returncode
+
+
+def output_tail(log: Path, secrets: list[str]) -> str:
+    """The end of a step's output, with any secret it printed masked."""
+    tail = log.read_text(errors="replace")
+    for secret in secrets:
+        tail = tail.replace(secret, "********")
+    return tail.strip()[-1500:]
+
+
+def run_release_command(
+    app: App, command: str, secrets: list[str], container: Container | None
+) -> None:
+    """The release command, once: in the release's directory as its start script runs (by
+    appctl.sh), or in a container of its image; its output in
+    logs/RELEASE.release-command.log. A non-zero exit refuses the release with the end of its
+    output (a secret the command printed, masked)."""
+    log = app.dir / "logs" / f"{app.release}.release-command.log"
+    if container is not None:
+        command = container.run_command(["sh", "-c", command])
+    what = f"release {app.release}: its release command"
+    status = run_watched(
+        [app.appctl, "run", app.release, command], log, RELEASE_COMMAND_S, "release_command", what
+    )
+    if status != 0:
         raise Refused(
             "release_command",
-            f"release {app.release}: its release command exited with status "
-            f"{process.returncode}; the end of its output: {tail.strip()[-1500:]}",
+            f"{what} exited with status {status}; the end of its output: "
+            f"{output_tail(log, secrets)}",
         )
+
+
+# --- containers ---------------------------------------------------------------------------------
+
+
+class Container:
+    """A release that is a container: its image built here by podman from the release's files
+    (the Dockerfile the spec names; the server needs no forge and no registry of ours), or an
+    image pulled as it is, and run in the foreground under appctl.sh's supervisor (``podman run
+    --rm``, so the supervisor's restarts and stops apply to it). Its network is slirp4netns:
+    nothing is added to the server's firewall, its slot's port is published on loopback only,
+    and the server's own loopback (the app's database) is ``10.0.2.2`` from inside."""
+
+    HOST_LOOPBACK = "10.0.2.2"
+    IMAGES = "localhost/orchestrator-apps"
+
+    def __init__(self, app: App, spec: dict[str, Any]) -> None:
+        self.app = app
+        self.context = str(spec.get("context") or ".")
+        self.dockerfile = str(spec.get("dockerfile") or "Dockerfile")
+        self.pulled = str(spec.get("image") or "")
+        self.port = int(spec.get("port") or 0)
+        app_name = str(app.spec["app_name"]).lower()
+        self.repository = f"{self.IMAGES}/{app_name}"
+        self.image = self.pulled or f"{self.repository}:{app.release.lower()}"
+        self.name = f"orchestrator-{app.spec['app_name']}-{app.release}"
+
+    @staticmethod
+    def podman() -> str:
+        found = shutil.which("podman")
+        if not found:
+            raise Refused(
+                "container", "the server has no podman: provision it again (it installs Podman)"
+            )
+        return found
+
+    def build(self) -> None:
+        """The image, built from the release's directory (layers cached from its earlier
+        releases), or pulled; its output in logs/RELEASE.build.log."""
+        directory = self.app.dir / "releases" / self.app.release
+        if self.pulled:
+            argv = [self.podman(), "pull", self.pulled]
+        else:
+            context = (directory / self.context).resolve()
+            if directory.resolve() not in (context, *context.parents):
+                raise Refused("build", f"its build context {self.context!r} is outside it")
+            argv = [
+                self.podman(), "build", "--network", "host", "--tag", self.image,
+                "--file", str(context / self.dockerfile), str(context),
+            ]  # fmt: skip
+        log = self.app.dir / "logs" / f"{self.app.release}.build.log"
+        what = f"release {self.app.release}: its image"
+        status = run_watched(argv, log, BUILD_S, "build", what)
+        if status != 0:
+            verb = "could not be pulled" if self.pulled else "did not build"
+            raise Refused(
+                "build",
+                f"{what} {verb} (podman exited with status {status}); the end of its output: "
+                f"{output_tail(log, [])}",
+            )
+
+    def prepare_env(self, port_env: str, database: AppDatabase | None) -> None:
+        """What differs inside the container, appended to the release's .env (later lines win):
+        it listens on every address of its own network on its own port, and reaches the
+        server's loopback at HOST_LOOPBACK."""
+        lines = ["HOST=0.0.0.0"]
+        if self.port:
+            lines.append(f"{port_env}={self.port}")
+        if database is not None:
+            inside = database.url.replace("@127.0.0.1:", f"@{self.HOST_LOOPBACK}:", 1)
+            lines.append(f"{database.variable}={shlex.quote(inside)}")
+        with open(self.app.dir / "releases" / self.app.release / ".env", "a") as env:
+            env.write("\n" + "\n".join(lines) + "\n")
+
+    def run_command(self, command: list[str], publish: int = 0) -> str:
+        """``podman run`` of the image as a shell command for appctl.sh, whose start script
+        exports the release's .env first: each variable is passed by name (``--env NAME``),
+        so no value is ever in a command line."""
+        names = env_values((self.app.dir / "releases" / self.app.release / ".env").read_text())
+        network = "slirp4netns:allow_host_loopback=true"
+        argv = [self.podman(), "run", "--rm", "--replace", "--name", self.name]
+        argv += ["--network", network, "--log-driver", "none"]
+        if publish and self.port:
+            argv += ["--publish", f"127.0.0.1:{publish}:{self.port}"]
+        for name in names:
+            argv += ["--env", name]
+        return " ".join(shlex.quote(part) for part in [*argv, self.image, *command])
+
+    def start(self, publish: int, command: str) -> None:
+        """Started by appctl.sh's supervisor; run/RELEASE.container names it, so a stop
+        removes it whatever happens to ``podman run``."""
+        run = self.app.dir / "run"
+        run.mkdir(exist_ok=True)
+        (run / f"{self.app.release}.container").write_text(self.name + "\n")
+        extra = shlex.split(command) if command else []
+        self.app.ctl("start", self.app.release, self.run_command(extra, publish))
+
+    def prune(self, keep: list[str]) -> None:
+        """This app's images but those of ``keep`` (the serving release and the one before,
+        which a rollback rebuilds from its cached layers anyway): best effort."""
+        listed = subprocess.run(
+            [self.podman(), "images", "--format", "{{.Repository}}:{{.Tag}}",
+             "--filter", f"reference={self.repository}"],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        wanted = {f"{self.repository}:{release.lower()}" for release in keep if release}
+        stale = [i for i in listed.stdout.split() if i.startswith(self.repository + ":")]
+        stale = [i for i in stale if i not in wanted]
+        if stale:
+            subprocess.run([self.podman(), "rmi", "--force", *stale], capture_output=True)
 
 
 # --- the controller -----------------------------------------------------------------------------
@@ -959,16 +1093,24 @@ def deploy(payload: dict[str, Any]) -> dict[str, Any]:
             "unchanged": True,
         }
     app.unpack(archive, payload["env"])
-    app.install_dependencies()
+    container = Container(app, spec["container"]) if spec.get("container") else None
+    if container is None:
+        app.install_dependencies()
+    else:
+        container.build()
     # Before the release starts: a database or a command that fails leaves what serves serving.
     database = ensure_database(app, spec, payload["env"])
+    if container is not None:
+        container.prepare_env(spec.get("port_env") or "PORT", database)
     if spec.get("release_command"):
         secrets = [database.password] if database else []
-        run_release_command(app, str(spec["release_command"]), secrets)
+        run_release_command(app, str(spec["release_command"]), secrets, container)
     if int(spec.get("app_port") or 0) > 0:
-        outcome = _serve_port(app, spec, previous)
+        outcome = _serve_port(app, spec, previous, container)
     else:
-        outcome = _take_over(app, spec, previous)
+        outcome = _take_over(app, spec, previous, container)
+    if container is not None:
+        container.prune([app.release, previous.get("release") or ""])
     return {
         "previous_release": previous.get("release"),
         "database": database.name if database else None,
@@ -1010,7 +1152,9 @@ def _serves_already(app: App, spec: dict[str, Any], previous: dict[str, Any]) ->
         return False
 
 
-def _serve_port(app: App, spec: dict[str, Any], previous: dict[str, Any]) -> dict[str, Any]:
+def _serve_port(
+    app: App, spec: dict[str, Any], previous: dict[str, Any], container: Container | None
+) -> dict[str, Any]:
     port = int(spec["app_port"])
     names = [str(n) for n in spec.get("names") or []]
     tls_internal = bool((spec.get("edge") or {}).get("tls_internal"))
@@ -1046,8 +1190,11 @@ def _serve_port(app: App, spec: dict[str, Any], previous: dict[str, Any]) -> dic
             site_file, site(app, int(previous.get("port") or port), names, slots, tls_internal)
         )
 
-    app.add_env(spec.get("port_env") or "PORT", slots[slot])
-    app.ctl("start", app.release, spec["start_command"])
+    if container is None:
+        app.add_env(spec.get("port_env") or "PORT", slots[slot])
+        app.ctl("start", app.release, spec["start_command"])
+    else:  # inside, it listens on its own port, which its slot's publishes
+        container.start(slots[slot], spec.get("start_command") or "")
     url = f"http://127.0.0.1:{slots[slot]}{spec.get('health_path') or '/'}"
     try:
         wait_healthy(
@@ -1078,12 +1225,17 @@ def _serve_port(app: App, spec: dict[str, Any], previous: dict[str, Any]) -> dic
     return {"slot": slot, "internal_port": slots[slot], "edge_ca": edge.internal_ca()}
 
 
-def _take_over(app: App, spec: dict[str, Any], previous: dict[str, Any]) -> dict[str, Any]:
+def _take_over(
+    app: App, spec: dict[str, Any], previous: dict[str, Any], container: Container | None
+) -> dict[str, Any]:
     before = previous.get("release") or ""
     take_over = before not in ("", app.release)
     if take_over:
         app.ctl("stop", before)
-    app.ctl("start", app.release, spec["start_command"])
+    if container is None:
+        app.ctl("start", app.release, spec["start_command"])
+    else:
+        container.start(0, spec.get("start_command") or "")
     try:
         wait_alive(app, float(spec.get("liveness_s", 3)))
         bot = ""
@@ -1113,6 +1265,8 @@ def forget(spec: dict[str, Any]) -> dict[str, Any]:
             site_file.unlink()
             if edge.answers():
                 edge.reload()
+    if shutil.which("podman"):  # its images, if it ran as a container
+        Container(app, {}).prune([])
     return {"routes_removed": found, "data_dropped": bool(spec.get("drop_data")) and drop(app)}
 
 
