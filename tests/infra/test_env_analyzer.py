@@ -110,7 +110,10 @@ def test_a_compose_service_runs_its_image_or_says_it_has_none(tmp_path: Path) ->
 
 
 def test_a_compose_list_environment(tmp_path: Path) -> None:
-    compose = "services:\n  web:\n    build: .\n    ports: [3000]\n    environment: [TOKEN, 'MODE=prod']\n"
+    compose = (
+        "services:\n  web:\n    build: .\n    ports: [3000]\n"
+        "    environment: [TOKEN, 'MODE=prod']\n"
+    )
     spec = analyze(repo(tmp_path, {"compose.yaml": compose}))
     assert (spec.port, spec.required_env, spec.optional_env) == (3000, ["TOKEN"], ["MODE"])
 
