@@ -193,6 +193,7 @@ class DevOpsNodes:
             database_env=spec.database_env,
             generated_secrets=spec.generated_secrets,
             container=_container(spec),
+            health_any_status=spec.health_any_status,
             notify_workflow_id=activity.info().workflow_id,
         )
         async with self.db.session() as session:
@@ -274,6 +275,7 @@ class DevOpsNodes:
             activity.heartbeat,
             connect_to=deployed.get("server_ip") if url.startswith("https://") else None,
             ca_pem=deployed.get("edge_ca"),
+            any_status=spec.health_any_status,
         )
         if problem is not None:
             return {

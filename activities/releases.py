@@ -306,6 +306,7 @@ class ReleaseActivities:
             "start_command": message.start_command or "",
             "port_env": message.port_env or "PORT",
             "health_path": message.health_path or "/",
+            "health_any_status": message.health_any_status,
             # The edge in front of it is the app's way in: it listens on loopback only.
             "env": {"HOST": "127.0.0.1", **message.env},
             "names": names,

@@ -132,6 +132,11 @@ class AppSpec(BaseModel):
     port: int | None = Field(default=None, description="The port it listens on by default")
     port_env: str | None = Field(default=None, description="The variable that sets its port")
     health_path: str = "/"
+    health_any_status: bool = Field(
+        default=False,
+        description="No health path was declared (a compose service without a healthcheck URL, "
+        "a Dockerfile): any HTTP answer below 500 at / says it serves",
+    )
     bot_token_env: str | None = Field(
         default=None,
         description="A service serving no port that is a Telegram bot: the variable holding "
@@ -425,12 +430,15 @@ def _from_compose(repository: Path) -> AppSpec | None:
         if isinstance(command, list):
             command = shlex.join(str(part) for part in command)
         build = _compose_build(name, chosen, service)
+        health_path = _healthcheck_path(service.get("healthcheck"))
         return AppSpec(
             source="compose",
             runtime="container",
             service=str(chosen),
             command=command,
             port=_container_port(service["ports"][0]),
+            health_path=health_path or "/",
+            health_any_status=health_path is None,
             # The deploy gives the app a database of its own: its URL is not a person's to set.
             required_env=[v for v in required if v != database_env],
             optional_env=[v for v in optional if v != database_env],
@@ -440,6 +448,20 @@ def _from_compose(repository: Path) -> AppSpec | None:
             image=None if build else str(service.get("image") or "") or None,
         )
     return None
+
+
+_LOCAL_URL = re.compile(r"https?://(?:localhost|127\.0\.0\.1|0\.0\.0\.0)(?::\d+)?(/[^\s'\"]*)")
+
+
+def _healthcheck_path(healthcheck: Any) -> str | None:
+    """The path a compose healthcheck asks the app on itself (``curl -f
+    http://localhost:8000/health``, a python one-liner, ...); None when it asks none."""
+    if not isinstance(healthcheck, dict):
+        return None
+    test = healthcheck.get("test")
+    text = " ".join(str(part) for part in test) if isinstance(test, list) else str(test or "")
+    found = _LOCAL_URL.search(text)
+    return found.group(1) if found else None
 
 
 def _compose_build(file: str, name: str, service: dict[str, Any]) -> ContainerBuild | None:
@@ -546,6 +568,7 @@ def _from_dockerfile(repository: Path) -> AppSpec | None:
         port=port,
         optional_env=_unique(optional),
         build=ContainerBuild(),
+        health_any_status=True,
     )
 
 

@@ -21,8 +21,10 @@ async def check_health(
     *,
     connect_to: str | None = None,
     ca_pem: str | None = None,
+    any_status: bool = False,
 ) -> str | None:
-    """None once ``url`` answers 2xx; else, after ``within_s``, what went wrong last.
+    """None once ``url`` answers 2xx (``any_status``: any status below 500, for an app that
+    declares no health path: it serves HTTP); else, after ``within_s``, what went wrong last.
     ``on_wait`` hears each problem before the next try (an activity heartbeats with it).
 
     ``connect_to``: the address to reach the URL's host at (a name no DNS here knows yet), as
@@ -45,7 +47,7 @@ async def check_health(
         while True:
             try:
                 response = await client.get(request_url, headers=headers, extensions=extensions)
-                if response.is_success:
+                if response.is_success or (any_status and response.status_code < 500):
                     return None
                 problem = f"HTTP {response.status_code}"
             except httpx.HTTPError as exc:

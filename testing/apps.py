@@ -136,7 +136,7 @@ def deploy(
     cancel: threading.Event | None = None,
     database_env: str | None = None,
     release_command: str = "",
-    timeout_s: float = 120,
+    timeout_s: int = 120,
 ) -> PlaybookRun:
     """Deploy `ref` of `repo` as `release` on `port`; `extravars` override the defaults. With
     `database_env`, the app's database on the root's cluster (`database_of`), its URL in that

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
 import shutil
 import subprocess
@@ -70,10 +71,11 @@ class DeployStack:
         self,
         name: str | None = None,
         template: ProjectTemplate = ProjectTemplate.service,
+        remove: tuple[str, ...] = (),
         **files: str,
     ) -> dict[str, Any]:
         """A project whose repository ``template`` made (its backend); ``files`` are committed
-        on top (path -> content), as an engineering task would have."""
+        on top (path -> content) and ``remove`` removed, as an engineering task would have."""
         name = name or f"app-{random.randrange(16**6):06x}"
         body = {"name": name, "template": template.value, "modules": ["backend"]}
         created = await self.api.post("/projects", json=body)
@@ -86,8 +88,9 @@ class DeployStack:
                 project_id=project["id"], project_name=name, modules=["backend"], template=template
             ),
         )
-        if files:
-            commit_files(Path(made.repository.removeprefix("file://")), files, "Change the app")
+        if files or remove:
+            bare = Path(made.repository.removeprefix("file://"))
+            commit_files(bare, files, "Change the app", remove=remove)
         async with self.db.session() as session:
             row = await session.get(Project, project["id"])
             assert row is not None
@@ -102,6 +105,23 @@ class DeployStack:
         created = await self.api.post("/tasks", json=body)
         assert created.status_code == 201, created.text
         return dict(created.json())
+
+    async def run_deploy(
+        self, project: str, action: str = "create", within: float = 180.0, **options: Any
+    ) -> dict[str, Any]:
+        """A deploy task of ``project``, started and followed to its end."""
+        return await self.finished((await self.deploy(project, action, **options))["id"], within)
+
+    async def playbook_attempts(self, task_id: str, release: str) -> list[int]:
+        """The attempts of the Ansible run of ``release`` of a deploy task (a killed worker's
+        attempt, then the one that finished), from its history."""
+        workflow_id = f"ansible-deploy-{task_id}-{release}"
+        history = await self.client.get_workflow_handle(workflow_id).fetch_history()
+        return [
+            event.activity_task_started_event_attributes.attempt
+            for event in history.events
+            if event.HasField("activity_task_started_event_attributes")
+        ]
 
     async def task(self, task_id: str) -> dict[str, Any]:
         got = await self.api.get(f"/tasks/{task_id}")
@@ -135,8 +155,51 @@ async def curl_at(
     )  # fmt: skip
 
 
-def commit_files(bare: Path, files: dict[str, str], message: str, branch: str = "main") -> str:
-    """Commit ``files`` onto ``branch`` of the bare repository; returns the new commit."""
+class AppAtName:
+    """An app at its HTTPS name on the stack's server, asked as a person with the server's CA
+    would (``ca`` holds it once the first deploy learned it): the `app` template's items."""
+
+    def __init__(self, stack: DeployStack, name: str) -> None:
+        self.name = name
+        self.port = edge_of(stack.apps_root).https_port
+        self.ca = stack.home / "edge-ca.pem"
+
+    async def learn_ca(self, stack: DeployStack) -> None:
+        self.ca.write_text((await stack.api.get(f"/servers/{SERVER}")).json()["edge_ca"])
+
+    async def items(self) -> list[dict[str, Any]]:
+        answer = await curl_at(str(self.ca), self.name, self.port, "/items", "--fail")
+        assert answer.returncode == 0, answer.stderr
+        return list(json.loads(answer.stdout))
+
+    async def add(self, name: str) -> dict[str, Any]:
+        body = json.dumps({"name": name, "description": "kept across releases"})
+        answer = await curl_at(
+            str(self.ca), self.name, self.port, "/items", "--fail",
+            "-X", "POST", "-H", "Content-Type: application/json", "-d", body,
+        )  # fmt: skip
+        assert answer.returncode == 0, answer.stderr
+        return dict(json.loads(answer.stdout))
+
+
+async def give_base_domain(stack: DeployStack, base_domain: str) -> None:
+    """The stack's server gets ``base_domain``: its apps go live at https://<project>.<it>."""
+    async with stack.db.session() as session:
+        server = (await session.exec(select(Server).where(col(Server.handle) == SERVER))).one()
+        server.base_domain = base_domain
+        session.add(server)
+        await session.commit()
+
+
+def commit_files(
+    bare: Path,
+    files: dict[str, str],
+    message: str,
+    branch: str = "main",
+    remove: tuple[str, ...] = (),
+) -> str:
+    """Commit ``files`` (and the removal of ``remove``) onto ``branch`` of the bare repository;
+    returns the new commit."""
     work = Path(tempfile.mkdtemp(prefix="commit-"))
     try:
         git("clone", "--quiet", "--branch", "main", str(bare), str(work))
@@ -145,6 +208,8 @@ def commit_files(bare: Path, files: dict[str, str], message: str, branch: str = 
         for path, content in files.items():
             (work / path).parent.mkdir(parents=True, exist_ok=True)
             (work / path).write_text(content)
+        for path in remove:
+            (work / path).unlink()
         git("add", "--all", cwd=work)
         git("commit", "--quiet", "-m", message, cwd=work)
         git("push", "--quiet", "origin", f"HEAD:refs/heads/{branch}", cwd=work)

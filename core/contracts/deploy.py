@@ -179,6 +179,10 @@ class AnsibleDeployMessage(Envelope):
     container: ContainerSpec | None = Field(
         default=None, description="None: a process on the server; else a container built there"
     )
+    health_any_status: bool = Field(
+        default=False,
+        description="No health path was declared: any HTTP answer below 500 says it serves",
+    )
     env: dict[str, str] = Field(default_factory=dict, description="Non-secret variables")
     notify_workflow_id: str | None = Field(
         default=None,

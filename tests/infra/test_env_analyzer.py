@@ -109,6 +109,27 @@ def test_a_compose_service_runs_its_image_or_says_it_has_none(tmp_path: Path) ->
         analyze(repo(tmp_path / "none", {"compose.yaml": "services:\n  web:\n    ports: [80]\n"}))
 
 
+@pytest.mark.parametrize(
+    ("healthcheck", "path", "any_status"),
+    [
+        ('{test: ["CMD", "curl", "-f", "http://localhost:8000/health"]}', "/health", False),
+        ("{test: curl -fsS http://127.0.0.1/up || exit 1}", "/up", False),
+        ('{test: ["CMD", "pg_isready"]}', "/", True),
+        ("", "/", True),
+    ],
+    ids=["curl", "shell-form", "no-url", "none"],
+)
+def test_a_compose_healthcheck_names_the_health_path(
+    tmp_path: Path, healthcheck: str, path: str, any_status: bool
+) -> None:
+    """A URL the service asks itself is its health path; without one, any HTTP answer below
+    500 says it serves."""
+    check = f"    healthcheck: {healthcheck}\n" if healthcheck else ""
+    compose = "services:\n  web:\n    build: .\n    ports: [8000]\n" + check
+    spec = analyze(repo(tmp_path, {"compose.yaml": compose}))
+    assert (spec.health_path, spec.health_any_status) == (path, any_status)
+
+
 def test_a_compose_list_environment(tmp_path: Path) -> None:
     compose = (
         "services:\n  web:\n    build: .\n    ports: [3000]\n"

@@ -1003,14 +1003,22 @@ def check_controller() -> None:
 # --- health -------------------------------------------------------------------------------------
 
 
-def wait_healthy(app: App, url: str, within_s: float, delay_s: float) -> None:
-    """Until ``url`` answers 2xx; refused at once when the release's process exits."""
+def wait_healthy(
+    app: App, url: str, within_s: float, delay_s: float, any_status: bool = False
+) -> None:
+    """Until ``url`` answers 2xx (``any_status``: any status below 500: an app that declares no
+    health path serves once it answers HTTP); refused at once when the release's process
+    exits."""
     began = time.monotonic()
     while True:
         try:
             with urllib.request.urlopen(url, timeout=5):
                 return
-        except Exception as exc:  # refused, an HTTP error status, a timeout
+        except urllib.error.HTTPError as exc:
+            if any_status and exc.code < 500:
+                return
+            problem = str(exc)
+        except Exception as exc:  # refused, a timeout
             problem = str(exc)
         check_controller()
         if app.exits(app.release) > 0:
@@ -1198,7 +1206,11 @@ def _serve_port(
     url = f"http://127.0.0.1:{slots[slot]}{spec.get('health_path') or '/'}"
     try:
         wait_healthy(
-            app, url, float(spec.get("health_s", 30)), float(spec.get("health_delay", 0.2))
+            app,
+            url,
+            float(spec.get("health_s", 30)),
+            float(spec.get("health_delay", 0.2)),
+            str(spec.get("health_any_status")).lower() == "true",
         )
     except Refused:
         app.ctl("stop", app.release)

@@ -94,12 +94,6 @@ async def test_kill_9_of_the_worker_during_the_playbook(
         child = child_of(stack.apps_root / name, done["result"]["release"])
         assert app_processes(stack, name) == {child}
         # The playbook really ran twice: the killed attempt and the one that finished.
-        workflow_id = f"ansible-deploy-{task['id']}-{done['result']['release']}"
-        history = await stack.client.get_workflow_handle(workflow_id).fetch_history()
-        attempts = [
-            event.activity_task_started_event_attributes.attempt
-            for event in history.events
-            if event.HasField("activity_task_started_event_attributes")
-        ]
+        attempts = await stack.playbook_attempts(task["id"], done["result"]["release"])
         assert max(attempts) >= 2, attempts
         assert survivor is not None and survivor.returncode == 0, log.read_text()[-3000:]

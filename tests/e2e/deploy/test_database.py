@@ -6,20 +6,16 @@ its data, ``--drop-data`` drops it, and the database's password goes nowhere els
 from __future__ import annotations
 
 import contextlib
-import json
 import sqlite3
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from redis.asyncio import Redis
-from sqlmodel import col, select
 
 from core.crypto import Vault
 from core.enums import ProjectTemplate
 from db import secrets
-from db.tables import Server
-from testing.apps import edge_of
-from testing.deploy import SERVER, DeployStack, commit_files, curl_at
+from testing.deploy import AppAtName, DeployStack, commit_files, give_base_domain
 from testing.logs import logs_to
 
 BASE_DOMAIN = "apps.example.internal"
@@ -27,36 +23,13 @@ BASE_DOMAIN = "apps.example.internal"
 FIRST_DEPLOY_S = 420.0
 
 
-class Named:
-    """The app at its HTTPS name, asked as a person with the server's CA would."""
-
-    def __init__(self, stack: DeployStack, project: str) -> None:
-        self.name = f"{project}.{BASE_DOMAIN}"
-        self.port = edge_of(stack.apps_root).https_port
-        self.ca = stack.home / "edge-ca.pem"
-
-    async def items(self) -> list[dict[str, object]]:
-        answer = await curl_at(str(self.ca), self.name, self.port, "/items", "--fail")
-        assert answer.returncode == 0, answer.stderr
-        return list(json.loads(answer.stdout))
-
-    async def add(self, name: str) -> dict[str, object]:
-        body = json.dumps({"name": name, "description": "kept across releases"})
-        answer = await curl_at(
-            str(self.ca), self.name, self.port, "/items", "--fail",
-            "-X", "POST", "-H", "Content-Type: application/json", "-d", body,
-        )  # fmt: skip
-        assert answer.returncode == 0, answer.stderr
-        return dict(json.loads(answer.stdout))
-
-
 async def test_the_backend_template_goes_live_with_its_database_and_keeps_its_data(
     deploy_stack: DeployStack, redis: Redis, tmp_path: Path
 ) -> None:
     stack = deploy_stack
-    await _give_the_server_a_base_domain(stack)
+    await give_base_domain(stack, BASE_DOMAIN)
     project = await stack.project("ledger", ProjectTemplate.app)
-    app = Named(stack, project["name"])
+    app = AppAtName(stack, f"{project['name']}.{BASE_DOMAIN}")
 
     with logs_to(tmp_path / "logs") as log_file:
         first = await _deployed(stack, project["id"], within=FIRST_DEPLOY_S)
@@ -67,7 +40,7 @@ async def test_the_backend_template_goes_live_with_its_database_and_keeps_its_da
             "app_ledger",
         )
         assert result["deployed_url"] == f"https://{app.name}:{app.port}/"
-        app.ca.write_text((await stack.api.get(f"/servers/{SERVER}")).json()["edge_ca"])
+        await app.learn_ca(stack)
         # The migration ran before the release took requests: the table is there at once.
         assert await app.items() == []
         added = await app.add("first")
@@ -85,10 +58,10 @@ async def test_the_backend_template_goes_live_with_its_database_and_keeps_its_da
         assert names == ["first", "second"]
 
         # Undeploy keeps the data for the project's next deploy; --drop-data drops it.
-        assert (await _ended(stack, project["id"], "undeploy"))["status"] == "COMPLETED"
+        assert (await stack.run_deploy(project["id"], "undeploy"))["status"] == "COMPLETED"
         await _deployed(stack, project["id"])
         assert [item["name"] for item in await app.items()] == ["first", "second"]
-        dropped = await _ended(stack, project["id"], "undeploy", drop_data=True)
+        dropped = await stack.run_deploy(project["id"], "undeploy", drop_data=True)
         assert dropped["status"] == "COMPLETED", dropped["error"]
         await _deployed(stack, project["id"])
         assert await app.items() == []
@@ -110,28 +83,14 @@ def project_repository(project: dict[str, object]) -> str:
     return str(project["repository"]).removeprefix("file://")
 
 
-async def _give_the_server_a_base_domain(stack: DeployStack) -> None:
-    async with stack.db.session() as session:
-        server = (await session.exec(select(Server).where(col(Server.handle) == SERVER))).one()
-        server.base_domain = BASE_DOMAIN
-        session.add(server)
-        await session.commit()
-
-
 async def _project(stack: DeployStack, project_id: str) -> dict[str, object]:
     return dict((await stack.api.get(f"/projects/{project_id}")).json())
-
-
-async def _ended(
-    stack: DeployStack, project_id: str, action: str, within: float = 180.0, **options: object
-) -> dict[str, object]:
-    return await stack.finished((await stack.deploy(project_id, action, **options))["id"], within)
 
 
 async def _deployed(
     stack: DeployStack, project_id: str, action: str = "create", within: float = 180.0
 ) -> dict[str, object]:
-    done = await _ended(stack, project_id, action, within)
+    done = await stack.run_deploy(project_id, action, within)
     assert done["status"] == "COMPLETED", done["error"]
     return done
 

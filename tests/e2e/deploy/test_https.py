@@ -3,21 +3,14 @@ the orchestrator at that name (at the server, whatever DNS says) and verified wi
 
 from __future__ import annotations
 
-from sqlmodel import col, select
-
-from db.tables import Server
 from testing.apps import edge_of
-from testing.deploy import SERVER, DeployStack, curl_at
+from testing.deploy import DeployStack, curl_at, give_base_domain
 
 BASE_DOMAIN = "apps.example.internal"  # no DNS knows it: only the edge's own CA can vouch for it
 
 
 async def test_an_app_goes_live_at_its_https_name(deploy_stack: DeployStack) -> None:
-    async with deploy_stack.db.session() as session:
-        server = (await session.exec(select(Server).where(col(Server.handle) == SERVER))).one()
-        server.base_domain = BASE_DOMAIN
-        session.add(server)
-        await session.commit()
+    await give_base_domain(deploy_stack, BASE_DOMAIN)
     project = await deploy_stack.project()
 
     done = await deploy_stack.finished((await deploy_stack.deploy(project["id"]))["id"])

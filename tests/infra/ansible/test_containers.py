@@ -27,7 +27,7 @@ MIGRATE = "alembic upgrade head"
 IMAGES = f"localhost/orchestrator-apps/{APP}"
 # The first build on a machine installs the app's packages in its image (later ones reuse the
 # layer: the lockfile did not change).
-BUILD_S = 600.0
+BUILD_S = 600
 
 
 @pytest.fixture(scope="session")
