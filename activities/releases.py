@@ -43,7 +43,7 @@ from db.tables import Server
 from infra.ansible import AnsibleRunner, PlaybookRun, RunnerEvent, SshTarget
 from infra.forges import make_forge
 from infra.git import archive_commit
-from infra.release_archives import export_locked_requirements
+from infra.release_archives import archive_vars, export_locked_requirements
 
 log = get_logger("activities.releases")
 
@@ -51,7 +51,7 @@ PORT_BUSY = "port {port} is in use on the server by another process"
 DEFAULT_COMMIT = "refs/heads/main"
 PLAYBOOK_TIMEOUT_S = 900
 # Between the playbook's health checks: an app is often up a moment after its first check.
-HEALTH_DELAY_S = 0.5
+HEALTH_DELAY_S = 0.1
 
 
 class StopAppInput(BaseModel):
@@ -298,7 +298,7 @@ class ReleaseActivities:
         return {
             "app_name": message.project_name,
             "release": release,
-            "archive": str(archive),
+            **archive_vars(archive),
             # An app that serves no port gets none: the project's port on the server is only its
             # place there.
             "app_port": message.port if message.serves_port else 0,

@@ -22,6 +22,12 @@ one project into the local forge, then:
     workflow, no database), M times on the same app, so the ratio wall / bare playbook is
     measured on this machine in this run.
 
+(c) deploys a compose app (the `app` template without its manifest: FastAPI in a container
+    built on the server, its own PostgreSQL database there) once, then redeploys it N times:
+    each redeploy rebuilds its image from the server's layer cache (the lockfile is unchanged).
+    Its base image comes from the tests' registry mirror (testing/registry_mirror.py), built
+    here on first use as the tests build it.
+
 Prints a table and the medians, then one JSON line. Exits non-zero only when a deploy does not
 complete; no timing is a pass/fail threshold (machines are noisy).
 """
@@ -30,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import statistics
 import subprocess
@@ -38,6 +45,7 @@ import tempfile
 import time
 import traceback
 from collections import defaultdict
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -45,18 +53,23 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script: make the project (and tests' helpers) importable
 
+import docker  # noqa: E402
 from redis.asyncio import Redis  # noqa: E402
 from temporalio.api.enums.v1 import EventType as HistoryEventType  # noqa: E402
 from temporalio.client import Client  # noqa: E402
 
 from bench.common import exit_now, temporal_on_file  # noqa: E402
+from core.enums import ProjectTemplate  # noqa: E402
 from core.logging import configure_logging  # noqa: E402
 from db.engine import Database  # noqa: E402
 from db.migrate import upgrade_async  # noqa: E402
 from infra.ansible import AnsibleRunner, SshTarget  # noqa: E402
+from infra.release_archives import archive_vars  # noqa: E402
 from testing import servers  # noqa: E402
 from testing.apps import edge_of  # noqa: E402
 from testing.deploy import DeployStack, deploy_stack_on  # noqa: E402
+from testing.images import image_builder  # noqa: E402
+from testing.registry_mirror import RegistryMirror, ensure_python_slim, registry_server  # noqa: E402
 from testing.ssh_host import SshHost, ssh_host  # noqa: E402
 
 
@@ -89,9 +102,11 @@ async def activity_times(client: Client, workflow_id: str) -> dict[str, float]:
     return dict(spent)
 
 
-async def one_deploy(stack: DeployStack, project: dict[str, Any], action: str) -> dict[str, Any]:
+async def one_deploy(
+    stack: DeployStack, project: dict[str, Any], action: str, within: float = 300
+) -> dict[str, Any]:
     created = await stack.deploy(project["id"], action)
-    done = await stack.finished(created["id"], within=300)
+    done = await stack.finished(created["id"], within=within)
     if done["status"] != "COMPLETED":
         raise RuntimeError(f"deploy {done['id']} {done['status']}: {done['error']}")
     wall = _seconds(
@@ -132,7 +147,7 @@ def bare_playbook(stack: DeployStack, sshd: SshHost, project: str, m: int) -> li
         extravars = {
             "app_name": f"{project}-bare",
             "release": f"bare-{i}",
-            "archive": str(archive),
+            **archive_vars(archive),
             "app_port": port,
             "start_command": "python3 -m app",
             "port_env": "PORT",
@@ -171,11 +186,39 @@ def print_breakdown(runs: list[dict[str, Any]]) -> dict[str, float]:
     return {name: round(seconds, 3) for name, seconds in medians.items()}
 
 
+@contextlib.contextmanager
+def mirrored_target() -> Iterator[RegistryMirror]:
+    """The registry mirror with python:3.12-slim in it, for the target's podman (pushed from
+    the tests' image storage, built there first when it is not)."""
+    with registry_server() as mirror:
+        with servers.docker_host() as docker_url:
+            client = docker.DockerClient(base_url=docker_url, timeout=300)
+            try:
+                ensure_python_slim(mirror, image_builder(client))
+            finally:
+                client.close()
+        yield mirror
+
+
+async def compose_runs(stack: DeployStack, n: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The compose app's first deploy (its image built cold or from earlier runs' layers), then
+    N redeploys."""
+    project = await stack.project("benchc", ProjectTemplate.app, remove=(".orchestrator.yml",))
+    first = await one_deploy(stack, project, "create", within=900)
+    print_run("compose", first)
+    runs = []
+    for i in range(n):
+        runs.append(await one_deploy(stack, project, "redeploy"))
+        print_run(f"c#{i + 1}", runs[-1])
+    return first, runs
+
+
 async def run(n: int, m: int) -> dict[str, Any]:
     with (
         tempfile.TemporaryDirectory(prefix="bench-deploy-") as tmp,
         servers.redis_server() as redis_url,
-        ssh_host() as sshd,
+        mirrored_target() as mirror,
+        ssh_host(mirror.target_environment()) as sshd,
     ):
         workdir = Path(tmp)
         configure_logging("bench", "INFO", workdir / "logs")  # the worker logs to a file
@@ -194,11 +237,34 @@ async def run(n: int, m: int) -> dict[str, Any]:
                     runs.append(await one_deploy(stack, project, "redeploy"))
                     print_run(f"#{i + 1}", runs[-1])
                 bare = await asyncio.to_thread(bare_playbook, stack, sshd, "bench", m)
+                compose_first, compose = await compose_runs(stack, n)
         finally:
             await env.shutdown()
             await redis.aclose()
             await db.dispose()
-    return figures(first, runs, bare, n, m)
+    result = figures(first, runs, bare, n, m)
+    result.update(compose_figures(compose_first, compose, result["wall_s"]))
+    return result
+
+
+def compose_figures(
+    first: dict[str, Any], runs: list[dict[str, Any]], process_wall: float
+) -> dict[str, Any]:
+    wall = statistics.median(run["wall_s"] for run in runs)
+    playbook = statistics.median(run["playbook_s"] for run in runs)
+    print(
+        f"compose app (a container built on the server, its own PostgreSQL): first deploy "
+        f"{first['wall_s']:.2f} s; redeploy (median of N={len(runs)}) wall {wall:.2f} s = "
+        f"playbook {playbook:.2f} s + overhead {wall - playbook:.2f} s; "
+        f"{wall / process_wall:.2f}x the process app's",
+        flush=True,
+    )
+    return {
+        "compose_first_wall_s": round(first["wall_s"], 3),
+        "compose_wall_s": round(wall, 3),
+        "compose_playbook_s": round(playbook, 3),
+        "compose_to_process_ratio": round(wall / process_wall, 3),
+    }
 
 
 def figures(

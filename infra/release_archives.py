@@ -11,6 +11,7 @@ uv cannot read fails the release with uv's words.
 
 from __future__ import annotations
 
+import base64
 import gzip
 import io
 import os
@@ -28,6 +29,18 @@ LOCKFILE = "uv.lock"
 PROJECT_FILE = "pyproject.toml"
 REQUIREMENTS = "requirements.txt"
 EXPORT_TIMEOUT_S = 60
+# An archive up to this size travels inside the release step's own call (its stdin), not by a
+# copy of its own: one SSH round trip fewer, about a second of every deploy.
+INLINE_ARCHIVE_MAX = 4 * 1024 * 1024
+
+
+def archive_vars(archive: Path) -> dict[str, str]:
+    """deploy.yml's variables for shipping ``archive``: its path, and its bytes (base64) when
+    it is small enough to go inline."""
+    shipped = {"archive": str(archive)}
+    if archive.stat().st_size <= INLINE_ARCHIVE_MAX:
+        shipped["archive_b64"] = base64.b64encode(archive.read_bytes()).decode()
+    return shipped
 
 
 def export_locked_requirements(archive: Path) -> bool:

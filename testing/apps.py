@@ -19,7 +19,7 @@ import httpx
 
 from core.contracts.deploy import DatabaseSettings, EdgeSettings
 from infra.ansible import AnsibleRunner, OnEvent, PlaybookRun, SshTarget
-from infra.release_archives import export_locked_requirements
+from infra.release_archives import archive_vars, export_locked_requirements
 from testing.servers import free_port
 
 APP = "hello"
@@ -146,7 +146,7 @@ def deploy(
         variables = {
             "app_name": APP,
             "release": release,
-            "archive": str(archive),
+            **archive_vars(archive),
             "app_port": port,
             "start_command": "python3 -m app",
             "env": {"HOST": "127.0.0.1", "LOG_LEVEL": "INFO"},
