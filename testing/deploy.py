@@ -10,6 +10,7 @@ import contextlib
 import json
 import random
 import shutil
+import sqlite3
 import subprocess
 import tempfile
 import uuid
@@ -32,7 +33,7 @@ from core.enums import ProjectTemplate, ServerStatus
 from core.paths import SERVICE_TEMPLATE_DIR
 from core.settings import Settings
 from db.engine import Database
-from db.tables import Project, Server
+from db.tables import Deployment, Project, Server
 from db.users import ensure_admin_key
 from infra.forges.local import LocalForge
 from infra.git import git
@@ -123,6 +124,12 @@ class DeployStack:
             if event.HasField("activity_task_started_event_attributes")
         ]
 
+    async def releases_of(self, task_id: str) -> list[tuple[str, str]]:
+        """(status, release) of each deployment row a deploy task made."""
+        async with self.db.session() as session:
+            query = select(Deployment).where(col(Deployment.task_id) == task_id)
+            return [(str(row.status), row.release) for row in (await session.exec(query)).all()]
+
     async def task(self, task_id: str) -> dict[str, Any]:
         got = await self.api.get(f"/tasks/{task_id}")
         assert got.status_code == 200, got.text
@@ -153,6 +160,32 @@ async def curl_at(
          f"{name}:{port}:127.0.0.1", *options, f"https://{name}:{port}{path}"],
         capture_output=True, text=True,
     )  # fmt: skip
+
+
+async def kept_by_orchestrator(
+    stack: DeployStack, redis: Redis, workflow_ids: list[str]
+) -> dict[str, str]:
+    """What the orchestrator keeps, by place: these runs' histories, its database (dumped; the
+    engine is disposed of first), every Redis stream and string, every file of its home. What
+    a secret scan looks through."""
+    places: dict[str, str] = {}
+    for workflow_id in workflow_ids:
+        history = await stack.client.get_workflow_handle(workflow_id).fetch_history()
+        places[f"history {workflow_id}"] = history.to_json()
+    await stack.db.dispose()
+    database = Path(str(stack.db.url).removeprefix("sqlite+aiosqlite:///"))
+    with contextlib.closing(sqlite3.connect(database)) as conn:
+        places["database"] = "\n".join(conn.iterdump())
+    async for key in redis.scan_iter():
+        kind = await redis.type(key)
+        kind = kind.decode() if isinstance(kind, bytes) else kind
+        if kind == "stream":
+            places[f"stream {key!r}"] = repr(await redis.xrange(key))
+        elif kind == "string":
+            places[f"key {key!r}"] = repr(await redis.get(key))
+    for path in (p for p in stack.home.rglob("*") if p.is_file() and not p.is_symlink()):
+        places[f"file {path}"] = path.read_bytes().decode(errors="replace")
+    return places
 
 
 class AppAtName:

@@ -191,12 +191,22 @@ class App:
 # --- the edge -----------------------------------------------------------------------------------
 
 
-def bindable(port: int) -> bool:
-    """Whether a server could listen on ``port`` (all addresses, as servers bind)."""
+@contextlib.contextmanager
+def locked(directory: Path) -> Iterator[None]:
+    """``directory``'s lock file held (what the server's apps share: the edge, the cluster)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def bindable(port: int, address: str = "") -> bool:
+    """Whether a server could listen on ``port`` of ``address`` (default: all addresses, as
+    servers bind)."""
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind(("", port))
+            sock.bind((address, port))
         except OSError:
             return False
     return True
@@ -249,13 +259,9 @@ class Edge:
         except OSError:
             return False
 
-    @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
+    def locked(self) -> contextlib.AbstractContextManager[None]:
         """The edge to one deploy at a time: deploys of several apps share its configuration."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        with open(self.dir / ".lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            yield
+        return locked(self.dir)
 
     def ensure(self, appctl: Path) -> None:
         """Caddy running with this configuration (started, or reloaded when it changed)."""
@@ -527,13 +533,9 @@ class Database:
             return None
         return cls(root, port)
 
-    @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
+    def locked(self) -> contextlib.AbstractContextManager[None]:
         """Deploys of several apps start the cluster and change roles one at a time."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        with open(self.dir / ".lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            yield
+        return locked(self.dir)
 
     # -- running its programs
 
@@ -670,7 +672,7 @@ class Database:
 
     def _start(self) -> None:
         """postgres under the same supervisor as the apps; it outlives this session."""
-        if not bindable_on_loopback(self.port):
+        if not bindable(self.port, "127.0.0.1"):
             raise Refused(
                 "database",
                 f"the server's PostgreSQL did not start: port {self.port} is in use on the "
@@ -770,17 +772,6 @@ class Database:
                     if claims.get(key) == app:
                         del claims[key]
                 path.write_text(json.dumps(claims, indent=1, sort_keys=True) + "\n")
-
-
-def bindable_on_loopback(port: int) -> bool:
-    """Whether PostgreSQL could listen on 127.0.0.1:``port``."""
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def ensure_database(app: App, spec: dict[str, Any], env: str) -> AppDatabase | None:

@@ -17,25 +17,19 @@ from pathlib import Path
 
 import jinja2
 import pytest
-from redis.asyncio import Redis
-from sqlmodel import col, select
-from temporalio.client import Client
 
 from core.enums import ProjectTemplate
 from core.paths import APP_TEMPLATE_DIR
-from db.engine import Database
-from db.tables import Deployment
 from testing.deploy import (
     AppAtName,
     DeployStack,
     commit_files,
-    deploy_stack_on,
     give_base_domain,
 )
 from testing.servers import free_port
-from testing.ssh_host import SshHost
 from testing.waiting import eventually
-from testing.worker_process import spawn_worker, stop, wait_ready, worker_env
+from testing.worker_process import spawn_worker, stop, wait_ready
+from tests.e2e.deploy.conftest import KillableStack
 
 pytestmark = pytest.mark.usefixtures("registry_mirror")
 
@@ -138,69 +132,46 @@ def gated_dockerfile(dockerfile: str, port: int) -> str:
 
 
 async def test_kill_9_of_the_worker_during_the_image_build(
-    sqlite_database: Database,
-    sqlite_database_url: str,
-    redis: Redis,
-    redis_url: str,
-    temporal_client: Client,
-    temporal_address: str,
-    sshd: SshHost,
-    tmp_path: Path,
+    killable_stack: KillableStack,
 ) -> None:
-    home = tmp_path / "home"
+    stack, env, log = killable_stack.stack, killable_stack.env, killable_stack.log
     port = free_port()
-    async with deploy_stack_on(
-        sqlite_database, redis, temporal_client, sshd, home, in_process_worker=False
-    ) as stack:
-        env = worker_env(
-            home,
-            database_url=sqlite_database_url,
-            redis_url=redis_url,
-            temporal_address=temporal_address,
-            task_queue=stack.queue,
-            ORCHESTRATOR_DEPLOY_PORTS=stack.settings.deploy_ports,
-        )
-        log = tmp_path / "workers.log"
-        doomed = spawn_worker(env, log)
-        survivor: subprocess.Popen[bytes] | None = None
-        with gate(port) as opened:
-            try:
-                await wait_ready(stack.settings, doomed)
-                project = await stack.project(
-                    "crashed", ProjectTemplate.app, remove=(MANIFEST,),
-                    Dockerfile=gated_dockerfile(_rendered(TEMPLATE_DOCKERFILE), port),
-                )  # fmt: skip
-                task = await stack.deploy(project["id"])
-                build_log = stack.apps_root / "crashed" / "logs"
-                await eventually(
-                    lambda: _waits_at_the_gate(build_log), "the build at the gate", within=120
-                )
-                doomed.send_signal(signal.SIGKILL)
-                assert doomed.wait(10) == -signal.SIGKILL
-                opened.set()
+    doomed = spawn_worker(env, log)
+    survivor: subprocess.Popen[bytes] | None = None
+    with gate(port) as opened:
+        try:
+            await wait_ready(stack.settings, doomed)
+            project = await stack.project(
+                "crashed", ProjectTemplate.app, remove=(MANIFEST,),
+                Dockerfile=gated_dockerfile(_rendered(TEMPLATE_DOCKERFILE), port),
+            )  # fmt: skip
+            task = await stack.deploy(project["id"])
+            build_logs = stack.apps_root / "crashed" / "logs"
+            await eventually(
+                lambda: _waits_at_the_gate(build_logs), "the build at the gate", within=120
+            )
+            doomed.send_signal(signal.SIGKILL)
+            assert doomed.wait(10) == -signal.SIGKILL
+            opened.set()
 
-                survivor = spawn_worker(env, log)
-                await wait_ready(stack.settings, survivor)
-                done = await stack.finished(task["id"], within=FIRST_DEPLOY_S)
-            finally:
-                stop(doomed)
-                if survivor is not None:
-                    stop(survivor)
+            survivor = spawn_worker(env, log)
+            await wait_ready(stack.settings, survivor)
+            done = await stack.finished(task["id"], within=FIRST_DEPLOY_S)
+        finally:
+            stop(doomed)
+            if survivor is not None:
+                stop(survivor)
 
-        assert done["status"] == "COMPLETED", done["error"]
-        release = done["result"]["release"]
-        async with stack.db.session() as session:
-            rows = (
-                await session.exec(select(Deployment).where(col(Deployment.task_id) == task["id"]))
-            ).all()
-        assert [(row.status, row.release) for row in rows] == [("RUNNING", release)]
-        # One container (the serving release's), no build of the dead attempt still running.
-        assert containers_of("crashed") == [f"orchestrator-crashed-{release}"]
-        assert builds_running() == []
-        # The build really ran twice: the killed worker's attempt and the one that finished.
-        attempts = await stack.playbook_attempts(task["id"], release)
-        assert max(attempts) >= 2, attempts
-        assert survivor is not None and survivor.returncode == 0, log.read_text()[-3000:]
+    assert done["status"] == "COMPLETED", done["error"]
+    release = done["result"]["release"]
+    assert await stack.releases_of(task["id"]) == [("RUNNING", release)]
+    # One container (the serving release's), no build of the dead attempt still running.
+    assert containers_of("crashed") == [f"orchestrator-crashed-{release}"]
+    assert builds_running() == []
+    # The build really ran twice: the killed worker's attempt and the one that finished.
+    attempts = await stack.playbook_attempts(task["id"], release)
+    assert max(attempts) >= 2, attempts
+    assert survivor is not None and survivor.returncode == 0, log.read_text()[-3000:]
 
 
 def _rendered(dockerfile: str) -> str:

@@ -7,17 +7,11 @@ import signal
 import subprocess
 from pathlib import Path
 
-from redis.asyncio import Redis
-from sqlmodel import col, select
-from temporalio.client import Client
-
-from db.engine import Database
-from db.tables import Deployment
 from testing.apps import child_of, processes_in
-from testing.deploy import DeployStack, deploy_stack_on, served
-from testing.ssh_host import SshHost
+from testing.deploy import DeployStack, served
 from testing.waiting import eventually
-from testing.worker_process import spawn_worker, stop, wait_ready, worker_env
+from testing.worker_process import spawn_worker, stop, wait_ready
+from tests.e2e.deploy.conftest import KillableStack
 
 # Serves only once the test opens its gate: the playbook waits in its health check until then,
 # long enough for the test to kill the worker there.
@@ -35,65 +29,39 @@ def app_processes(stack: DeployStack, project: str) -> set[int]:
 
 
 async def test_kill_9_of_the_worker_during_the_playbook(
-    sqlite_database: Database,
-    sqlite_database_url: str,
-    redis: Redis,
-    redis_url: str,
-    temporal_client: Client,
-    temporal_address: str,
-    sshd: SshHost,
-    tmp_path: Path,
+    killable_stack: KillableStack, tmp_path: Path
 ) -> None:
-    home = tmp_path / "home"
-    async with deploy_stack_on(
-        sqlite_database, redis, temporal_client, sshd, home, in_process_worker=False
-    ) as stack:
-        env = worker_env(
-            home,
-            database_url=sqlite_database_url,
-            redis_url=redis_url,
-            temporal_address=temporal_address,
-            task_queue=stack.queue,
-            ORCHESTRATOR_DEPLOY_PORTS=stack.settings.deploy_ports,
-            ORCHESTRATOR_DEPLOY_HEALTH_TIMEOUT_S="30",
-        )
-        log = tmp_path / "workers.log"
-        doomed = spawn_worker(env, log)
-        survivor: subprocess.Popen[bytes] | None = None
-        try:
-            await wait_ready(stack.settings, doomed)
-            gate = tmp_path / "gate"
-            project = await stack.project(**{"app/__main__.py": GATED_MAIN.format(gate=str(gate))})
-            name = project["name"]
-            task = await stack.deploy(project["id"])
-            # The release's process is up and the playbook waits for its health check: kill.
-            await eventually(lambda: app_processes(stack, name), "the release started", within=90)
-            doomed.send_signal(signal.SIGKILL)
-            assert doomed.wait(10) == -signal.SIGKILL
-            gate.touch()
+    stack, env, log = killable_stack.stack, killable_stack.env, killable_stack.log
+    doomed = spawn_worker(env, log)
+    survivor: subprocess.Popen[bytes] | None = None
+    try:
+        await wait_ready(stack.settings, doomed)
+        gate = tmp_path / "gate"
+        project = await stack.project(**{"app/__main__.py": GATED_MAIN.format(gate=str(gate))})
+        name = project["name"]
+        task = await stack.deploy(project["id"])
+        # The release's process is up and the playbook waits for its health check: kill.
+        await eventually(lambda: app_processes(stack, name), "the release started", within=90)
+        doomed.send_signal(signal.SIGKILL)
+        assert doomed.wait(10) == -signal.SIGKILL
+        gate.touch()
 
-            survivor = spawn_worker(env, log)
-            await wait_ready(stack.settings, survivor)
-            done = await stack.finished(task["id"], within=180)
-        finally:
-            stop(doomed)
-            if survivor is not None:
-                stop(survivor)
+        survivor = spawn_worker(env, log)
+        await wait_ready(stack.settings, survivor)
+        done = await stack.finished(task["id"], within=180)
+    finally:
+        stop(doomed)
+        if survivor is not None:
+            stop(survivor)
 
-        assert done["status"] == "COMPLETED", done["error"]
-        url = done["result"]["deployed_url"]
-        assert await served(url) == {"service": name, "message": "hello"}
-        # One release: one row, serving, one process of the app, the one its supervisor names.
-        async with stack.db.session() as session:
-            rows = (
-                await session.exec(select(Deployment).where(col(Deployment.task_id) == task["id"]))
-            ).all()
-        assert [(row.status, row.release) for row in rows] == [
-            ("RUNNING", done["result"]["release"])
-        ]
-        child = child_of(stack.apps_root / name, done["result"]["release"])
-        assert app_processes(stack, name) == {child}
-        # The playbook really ran twice: the killed attempt and the one that finished.
-        attempts = await stack.playbook_attempts(task["id"], done["result"]["release"])
-        assert max(attempts) >= 2, attempts
-        assert survivor is not None and survivor.returncode == 0, log.read_text()[-3000:]
+    assert done["status"] == "COMPLETED", done["error"]
+    url = done["result"]["deployed_url"]
+    assert await served(url) == {"service": name, "message": "hello"}
+    # One release: one row, serving, one process of the app, the one its supervisor names.
+    assert await stack.releases_of(task["id"]) == [("RUNNING", done["result"]["release"])]
+    child = child_of(stack.apps_root / name, done["result"]["release"])
+    assert app_processes(stack, name) == {child}
+    # The playbook really ran twice: the killed attempt and the one that finished.
+    attempts = await stack.playbook_attempts(task["id"], done["result"]["release"])
+    assert max(attempts) >= 2, attempts
+    assert survivor is not None and survivor.returncode == 0, log.read_text()[-3000:]

@@ -5,8 +5,6 @@ its data, ``--drop-data`` drops it, and the database's password goes nowhere els
 
 from __future__ import annotations
 
-import contextlib
-import sqlite3
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -15,7 +13,13 @@ from redis.asyncio import Redis
 from core.crypto import Vault
 from core.enums import ProjectTemplate
 from db import secrets
-from testing.deploy import AppAtName, DeployStack, commit_files, give_base_domain
+from testing.deploy import (
+    AppAtName,
+    DeployStack,
+    commit_files,
+    give_base_domain,
+    kept_by_orchestrator,
+)
 from testing.logs import logs_to
 
 BASE_DOMAIN = "apps.example.internal"
@@ -106,23 +110,8 @@ async def _places(
 ) -> dict[str, str]:
     """What the orchestrator keeps: its runs' histories, database, Redis and home, and on the
     server what is not the release's own .env (the app's state, the cluster's log)."""
-    places: dict[str, str] = {}
-    for task in tasks:
-        history = await stack.client.get_workflow_handle(str(task["workflow_id"])).fetch_history()
-        places[f"history {task['workflow_id']}"] = history.to_json()
-    await stack.db.dispose()
-    database = Path(str(stack.db.url).removeprefix("sqlite+aiosqlite:///"))
-    with contextlib.closing(sqlite3.connect(database)) as conn:
-        places["database"] = "\n".join(conn.iterdump())
+    places = await kept_by_orchestrator(stack, redis, [str(t["workflow_id"]) for t in tasks])
     assert "DATABASE_URL" in places["database"]  # the name is there, the value is not
-    async for key in redis.scan_iter():
-        kind = (await redis.type(key)).decode()
-        if kind == "stream":
-            places[f"stream {key!r}"] = repr(await redis.xrange(key))
-        elif kind == "string":
-            places[f"key {key!r}"] = repr(await redis.get(key))
-    for path in (p for p in stack.home.rglob("*") if p.is_file() and not p.is_symlink()):
-        places[f"file {path}"] = path.read_bytes().decode(errors="replace")
     server_side = [*stack.apps_root.glob(".postgres/logs/*"), *stack.apps_root.glob("*/*.json")]
     server_side += list(stack.apps_root.glob("*/logs/*"))
     assert any(p.parent.name == "logs" for p in server_side)

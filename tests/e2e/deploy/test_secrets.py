@@ -3,14 +3,12 @@ reaches the app's environment on the server and nothing else."""
 
 from __future__ import annotations
 
-import contextlib
-import sqlite3
 from pathlib import Path
 
 from redis.asyncio import Redis
 
 from testing.apps import child_of
-from testing.deploy import DeployStack, served
+from testing.deploy import DeployStack, kept_by_orchestrator, served
 from testing.logs import logs_to
 from testing.waiting import eventually
 
@@ -75,29 +73,12 @@ async def test_a_missing_secret_waits_then_the_deploy_finishes_without_leaking_i
     assert await served(f"http://127.0.0.1:{env['PORT']}/health") == {"status": "ok"}
 
     # Nowhere else: the runs' histories, the database, Redis, the worker's log, the home.
-    places: dict[str, str] = {}
-    for workflow in (
-        task["workflow_id"],
-        f"ansible-deploy-{task['id']}-{done['result']['release']}",
-    ):
-        history = await stack.client.get_workflow_handle(workflow).fetch_history()
-        places[f"history {workflow}"] = history.to_json()
-        assert "ACTIVITY_TASK_COMPLETED" in places[f"history {workflow}"]
-    await stack.db.dispose()
-    database = Path(str(stack.db.url).removeprefix("sqlite+aiosqlite:///"))
-    with contextlib.closing(sqlite3.connect(database)) as conn:
-        places["database"] = "\n".join(conn.iterdump())
+    ansible_run = f"ansible-deploy-{task['id']}-{done['result']['release']}"
+    places = await kept_by_orchestrator(stack, redis, [task["workflow_id"], ansible_run])
+    assert all("ACTIVITY_TASK_COMPLETED" in text for p, text in places.items() if "history" in p)
     assert "API_TOKEN" in places["database"]  # the name is there, the value is not
-    async for key in redis.scan_iter():
-        kind = (await redis.type(key)).decode()
-        if kind == "stream":
-            places[f"stream {key!r}"] = repr(await redis.xrange(key))
-        elif kind == "string":
-            places[f"key {key!r}"] = repr(await redis.get(key))
     places["worker log"] = log_file.read_text()
     assert "playbook finished" in places["worker log"]
-    for path in (p for p in stack.home.rglob("*") if p.is_file() and not p.is_symlink()):
-        places[f"file {path}"] = path.read_bytes().decode(errors="replace")
     # On the server, beside the release's own .env (0600): not in the app's state, its
     # supervisor's files, nor the edge's configuration, log and storage.
     edge = stack.apps_root / ".edge"
