@@ -45,6 +45,7 @@ async def test_the_backend_template_goes_live_with_its_database_and_keeps_its_da
         )
         assert result["deployed_url"] == f"https://{app.name}:{app.port}/"
         await app.learn_ca(stack)
+        made = await _project_secret(stack, project["id"], "DATABASE_URL")
         # The migration ran before the release took requests: the table is there at once.
         assert await app.items() == []
         added = await app.add("first")
@@ -73,14 +74,17 @@ async def test_the_backend_template_goes_live_with_its_database_and_keeps_its_da
     # The URL was made once (the same password throughout) and is a project secret; its
     # password is nowhere but there (encrypted) and on the server.
     url = await _project_secret(stack, project["id"], "DATABASE_URL")
+    assert url == made
     assert urlsplit(url).username == "app_ledger"
     password = urlsplit(url).password
     assert password and len(password) >= 24
-    assert await _project_secret(stack, project["id"], "SECRET_KEY")  # generated once, too
+    secret_key = await _project_secret(stack, project["id"], "SECRET_KEY")  # generated once too
+    assert len(secret_key) == 32
     places = await _places(stack, redis, [first, second, rolled_back, dropped])
     places["worker log"] = log_file.read_text()
     assert "playbook finished" in places["worker log"]
-    assert [place for place, text in places.items() if password in text] == []
+    leaks = [place for place, text in places.items() if password in text or secret_key in text]
+    assert leaks == []
 
 
 def project_repository(project: dict[str, object]) -> str:

@@ -177,3 +177,50 @@ async def test_a_port_another_process_holds_is_skipped(deploy_stack: DeployStack
     async with stack.db.session() as session:
         held = await deployments.project_allocations(session, project["id"])
     assert [a.port for a in held] == [done["result"]["port"]]
+
+
+DATABASE_MANIFEST = """version: 2
+services:
+  - name: backend
+    command: python3 -m app
+    port_env: PORT
+    health_path: /health
+env:
+  DATABASE_URL: {kind: allocation, resource: postgresql}
+"""
+NO_PORT_COMPOSE = "services:\n  db:\n    image: postgres:16\n"
+
+
+async def test_bad_input_fails_the_task_saying_why_and_what_serves_serves_on(
+    deploy_stack: DeployStack,
+) -> None:
+    """A database the server cannot create (its PostgreSQL's port is another process's), then a
+    compose file in which no service publishes a port: each deploy task FAILS with the reason,
+    and the release that served before answers throughout."""
+    stack = deploy_stack
+    project = await stack.project()
+    name, repo = project["name"], bare_repository(project, stack)
+    first = await stack.run_deploy(project["id"])
+    assert first["status"] == "COMPLETED", first["error"]
+    url = first["result"]["deployed_url"]
+
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        moved = await stack.api.patch("/servers/local", json={"database": {"port": taken}})
+        assert moved.status_code == 200, moved.text
+        commit_files(repo, {".orchestrator.yml": DATABASE_MANIFEST}, "Ask for a database")
+        no_database = await stack.run_deploy(project["id"])
+    assert no_database["status"] == "FAILED"
+    assert f"port {taken} is in use on the server by another process" in no_database["error"]
+    assert await served(url) == {"service": name, "message": "hello"}
+
+    commit_files(
+        repo, {"compose.yaml": NO_PORT_COMPOSE}, "Compose only", remove=(".orchestrator.yml",)
+    )
+    no_port = await stack.run_deploy(project["id"])
+    assert no_port["status"] == "FAILED"
+    assert "compose.yaml: no service publishes a port" in no_port["error"]
+    assert await served(url) == {"service": name, "message": "hello"}
+    assert (first["result"]["release"], "RUNNING") in await releases(stack, name)
