@@ -228,7 +228,10 @@ class DevOpsNodes:
                 f"Release {state['release']} serves on {placement['server']} (playbook "
                 f"{result.playbook_s or 0:.1f} s)",
                 ANSIBLE,
-                data={"previous_release": result.previous_release},
+                data={
+                    "previous_release": result.previous_release,
+                    "release_steps": result.release_steps,
+                },
             )
             return {}
         if result.port_busy and (state.get("attempts") or 0) < MAX_PORT_ATTEMPTS:

@@ -67,6 +67,13 @@ class StopAppResult(BaseModel):
     data_dropped: bool = False
 
 
+def _seconds_by_step(steps: Any) -> dict[str, float]:
+    """The release step's own timings, as the playbook reported them (numbers, by step)."""
+    if not isinstance(steps, dict):
+        return {}
+    return {str(name): float(seconds) for name, seconds in steps.items()}
+
+
 def _fail(message: str, kind: str = "ReleaseFailed") -> ApplicationError:
     return ApplicationError(message, type=kind, non_retryable=True)
 
@@ -356,6 +363,7 @@ class ReleaseActivities:
                 previous_release=run.data.get("previous_release") or None,
                 bot=run.data.get("bot") or None,
                 database=run.data.get("database") or None,
+                release_steps=_seconds_by_step(run.data.get("release_steps")),
                 # Only what a client needs: names on a server whose edge is its own CA.
                 edge_ca=(run.data.get("edge_ca") or None)
                 if names and edge_of(server).tls == "internal"

@@ -143,6 +143,7 @@ def bare_playbook(stack: DeployStack, sshd: SshHost, project: str, m: int) -> li
     )
     port = stack.settings.deploy_port_range.stop - 1  # not one the pipeline hands out first
     times = []
+    steps: list[dict[str, float]] = []
     for i in range(m):
         extravars = {
             "app_name": f"{project}-bare",
@@ -160,9 +161,14 @@ def bare_playbook(stack: DeployStack, sshd: SshHost, project: str, m: int) -> li
         if not run.ok:
             raise RuntimeError(f"the bare playbook failed: {run.failed_msg}")
         times.append(run.duration_s)
+        steps.append(run.data.get("release_steps") or {})
     runner.run(
         "stop.yml", target, {"app_name": f"{project}-bare", "apps_root": str(stack.apps_root)}
     )
+    names = {name for taken in steps for name in taken}
+    medians = {name: statistics.median(t.get(name, 0.0) for t in steps) for name in names}
+    on_server = ", ".join(f"{name} {seconds:.2f}" for name, seconds in medians.items())
+    print(f"the bare playbook's steps on the server (median s): {on_server}", flush=True)
     return times
 
 

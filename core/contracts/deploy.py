@@ -208,6 +208,11 @@ class AnsibleDeployResult(Strict):
         default=False, description="The port was taken on the server by something else"
     )
     playbook_s: float | None = None
+    release_steps: dict[str, float] = Field(
+        default_factory=dict,
+        description="The server's seconds per release step (unpack, dependencies or image, "
+        "database, release_command, start_and_health, switch_and_drain, stop_previous)",
+    )
     database: str | None = Field(
         default=None, description="The app's own database on the server, when it has one"
     )

@@ -1065,6 +1065,18 @@ def _unquote(value: str) -> str:
 
 # --- deploy -------------------------------------------------------------------------------------
 
+# Seconds per step of this run, in order: the outcome's ``steps`` (where a deploy's time goes).
+STEPS: dict[str, float] = {}
+
+
+@contextlib.contextmanager
+def step(name: str) -> Iterator[None]:
+    began = time.monotonic()
+    try:
+        yield
+    finally:
+        STEPS[name] = round(STEPS.get(name, 0.0) + time.monotonic() - began, 3)
+
 
 def deploy(payload: dict[str, Any]) -> dict[str, Any]:
     spec = payload["spec"]
@@ -1097,19 +1109,23 @@ def deploy(payload: dict[str, Any]) -> dict[str, Any]:
             "database": saved_database(app) if spec.get("database") else None,
             "unchanged": True,
         }
-    app.unpack(archive, payload["env"])
+    with step("unpack"):
+        app.unpack(archive, payload["env"])
     container = Container(app, spec["container"]) if spec.get("container") else None
-    if container is None:
-        app.install_dependencies()
-    else:
-        container.build()
+    with step("dependencies" if container is None else "image"):
+        if container is None:
+            app.install_dependencies()
+        else:
+            container.build()
     # Before the release starts: a database or a command that fails leaves what serves serving.
-    database = ensure_database(app, spec, payload["env"])
+    with step("database"):
+        database = ensure_database(app, spec, payload["env"])
     if container is not None:
         container.prepare_env(spec.get("port_env") or "PORT", database)
     if spec.get("release_command"):
         secrets = [database.password] if database else []
-        run_release_command(app, str(spec["release_command"]), secrets, container)
+        with step("release_command"):
+            run_release_command(app, str(spec["release_command"]), secrets, container)
     if int(spec.get("app_port") or 0) > 0:
         outcome = _serve_port(app, spec, previous, container)
     else:
@@ -1195,20 +1211,21 @@ def _serve_port(
             site_file, site(app, int(previous.get("port") or port), names, slots, tls_internal)
         )
 
-    if container is None:
-        app.add_env(spec.get("port_env") or "PORT", slots[slot])
-        app.ctl("start", app.release, spec["start_command"])
-    else:  # inside, it listens on its own port, which its slot's publishes
-        container.start(slots[slot], spec.get("start_command") or "")
-    url = f"http://127.0.0.1:{slots[slot]}{spec.get('health_path') or '/'}"
     try:
-        wait_healthy(
-            app,
-            url,
-            float(spec.get("health_s", 30)),
-            float(spec.get("health_delay", 0.2)),
-            str(spec.get("health_any_status")).lower() == "true",
-        )
+        with step("start_and_health"):
+            if container is None:
+                app.add_env(spec.get("port_env") or "PORT", slots[slot])
+                app.ctl("start", app.release, spec["start_command"])
+            else:  # inside, it listens on its own port, which its slot's publishes
+                container.start(slots[slot], spec.get("start_command") or "")
+            url = f"http://127.0.0.1:{slots[slot]}{spec.get('health_path') or '/'}"
+            wait_healthy(
+                app,
+                url,
+                float(spec.get("health_s", 30)),
+                float(spec.get("health_delay", 0.2)),
+                str(spec.get("health_any_status")).lower() == "true",
+            )
     except Refused:
         app.ctl("stop", app.release)
         if legacy:
@@ -1216,20 +1233,22 @@ def _serve_port(
         raise
 
     was_blue = (app.dir / "edge" / MARKER).exists()
-    flip(app, slot)
-    try:
-        edge.apply(site_file, site(app, port, names, slots, tls_internal))
-    except Refused:  # the edge kept its routes: what served before serves on
-        flip(app, "blue" if was_blue else "green")
-        app.ctl("stop", app.release)
-        if legacy:
-            app.ctl("start", before)
-        raise
-    if serving_slot:
-        edge.drain(slots[serving_slot], float(spec.get("drain_s", 30)))
-    for other in app.running():
-        if other != app.release:
-            app.ctl("stop", other)
+    with step("switch_and_drain"):
+        flip(app, slot)
+        try:
+            edge.apply(site_file, site(app, port, names, slots, tls_internal))
+        except Refused:  # the edge kept its routes: what served before serves on
+            flip(app, "blue" if was_blue else "green")
+            app.ctl("stop", app.release)
+            if legacy:
+                app.ctl("start", before)
+            raise
+        if serving_slot:
+            edge.drain(slots[serving_slot], float(spec.get("drain_s", 30)))
+    with step("stop_previous"):
+        for other in app.running():
+            if other != app.release:
+                app.ctl("stop", other)
     app.record(app.release, port, slot, before or None)
     return {"slot": slot, "internal_port": slots[slot], "edge_ca": edge.internal_ca()}
 
@@ -1332,6 +1351,7 @@ def main() -> int:
                 "ok": True,
                 "release_dir": str(app.dir / "releases" / app.release),
                 "seconds": round(time.monotonic() - began, 3),
+                "steps": STEPS,
                 **outcome,
             }
         )
