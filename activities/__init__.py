@@ -42,6 +42,8 @@ async def heartbeating(*details: Any) -> AsyncIterator[None]:
         interval = _interval()
         while True:
             activity.heartbeat(*details)
+            # Paces the beats of the work running beside it: it waits for nothing and polls
+            # nothing, and it ends with that work.
             await asyncio.sleep(interval)
 
     task = asyncio.create_task(beat())

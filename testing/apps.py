@@ -134,13 +134,15 @@ def deploy(
     on_event: OnEvent | None = None,
     extravars: Mapping[str, Any] | None = None,
     cancel: threading.Event | None = None,
-    database_env: str | None = None,
+    database_url: str | None = None,
     release_command: str = "",
     timeout_s: int = 120,
 ) -> PlaybookRun:
     """Deploy `ref` of `repo` as `release` on `port`; `extravars` override the defaults. With
-    `database_env`, the app's database on the root's cluster (`database_of`), its URL in that
-    variable (of `secret_env`, as the orchestrator passes it)."""
+    `database_url`, the app's database on the root's cluster (`database_of`), that URL in its
+    DATABASE_URL (a secret, as the orchestrator passes it)."""
+    if database_url:
+        secret_env = {**(secret_env or {}), "DATABASE_URL": database_url}
     with tempfile.TemporaryDirectory(prefix="o-archive-") as directory:
         archive = release_archive(repo, ref, Path(directory))
         variables = {
@@ -157,8 +159,8 @@ def deploy(
             "edge": edge_of(apps_root).playbook_vars(),
             "release_command": release_command,
             **(
-                {"database": {"env": database_env, "port": database_of(apps_root).port}}
-                if database_env
+                {"database": {"env": "DATABASE_URL", "port": database_of(apps_root).port}}
+                if database_url
                 else {}
             ),
             **(extravars or {}),

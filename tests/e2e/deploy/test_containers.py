@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import http.server
-import signal
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -28,7 +27,6 @@ from testing.deploy import (
 )
 from testing.servers import free_port
 from testing.waiting import eventually
-from testing.worker_process import spawn_worker, stop, wait_ready
 from tests.e2e.deploy.conftest import KillableStack
 
 pytestmark = pytest.mark.usefixtures("registry_mirror")
@@ -134,33 +132,25 @@ def gated_dockerfile(dockerfile: str, port: int) -> str:
 async def test_kill_9_of_the_worker_during_the_image_build(
     killable_stack: KillableStack,
 ) -> None:
-    stack, env, log = killable_stack.stack, killable_stack.env, killable_stack.log
+    stack = killable_stack.stack
     port = free_port()
-    doomed = spawn_worker(env, log)
-    survivor: subprocess.Popen[bytes] | None = None
+    doomed = await killable_stack.worker()
     with gate(port) as opened:
-        try:
-            await wait_ready(stack.settings, doomed)
-            project = await stack.project(
-                "crashed", ProjectTemplate.app, remove=(MANIFEST,),
-                Dockerfile=gated_dockerfile(_rendered(TEMPLATE_DOCKERFILE), port),
-            )  # fmt: skip
-            task = await stack.deploy(project["id"])
-            build_logs = stack.apps_root / "crashed" / "logs"
-            await eventually(
-                lambda: _waits_at_the_gate(build_logs), "the build at the gate", within=120
-            )
-            doomed.send_signal(signal.SIGKILL)
-            assert doomed.wait(10) == -signal.SIGKILL
-            opened.set()
+        project = await stack.project(
+            "crashed", ProjectTemplate.app, remove=(MANIFEST,),
+            Dockerfile=gated_dockerfile(_rendered(TEMPLATE_DOCKERFILE), port),
+        )  # fmt: skip
+        task = await stack.deploy(project["id"])
+        build_logs = stack.apps_root / "crashed" / "logs"
+        await eventually(
+            lambda: _waits_at_the_gate(build_logs), "the build at the gate", within=120
+        )
+        killable_stack.kill(doomed)
+        opened.set()
 
-            survivor = spawn_worker(env, log)
-            await wait_ready(stack.settings, survivor)
-            done = await stack.finished(task["id"], within=FIRST_DEPLOY_S)
-        finally:
-            stop(doomed)
-            if survivor is not None:
-                stop(survivor)
+        survivor = await killable_stack.worker()
+        done = await stack.finished(task["id"], within=FIRST_DEPLOY_S)
+        survived = killable_stack.stop(survivor)
 
     assert done["status"] == "COMPLETED", done["error"]
     release = done["result"]["release"]
@@ -171,7 +161,7 @@ async def test_kill_9_of_the_worker_during_the_image_build(
     # The build really ran twice: the killed worker's attempt and the one that finished.
     attempts = await stack.playbook_attempts(task["id"], release)
     assert max(attempts) >= 2, attempts
-    assert survivor is not None and survivor.returncode == 0, log.read_text()[-3000:]
+    assert survived == 0, killable_stack.log.read_text()[-3000:]
 
 
 def _rendered(dockerfile: str) -> str:

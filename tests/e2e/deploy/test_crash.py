@@ -3,14 +3,11 @@
 
 from __future__ import annotations
 
-import signal
-import subprocess
 from pathlib import Path
 
 from testing.apps import child_of, processes_in
 from testing.deploy import DeployStack, served
 from testing.waiting import eventually
-from testing.worker_process import spawn_worker, stop, wait_ready
 from tests.e2e.deploy.conftest import KillableStack
 
 # Serves only once the test opens its gate: the playbook waits in its health check until then,
@@ -31,28 +28,20 @@ def app_processes(stack: DeployStack, project: str) -> set[int]:
 async def test_kill_9_of_the_worker_during_the_playbook(
     killable_stack: KillableStack, tmp_path: Path
 ) -> None:
-    stack, env, log = killable_stack.stack, killable_stack.env, killable_stack.log
-    doomed = spawn_worker(env, log)
-    survivor: subprocess.Popen[bytes] | None = None
-    try:
-        await wait_ready(stack.settings, doomed)
-        gate = tmp_path / "gate"
-        project = await stack.project(**{"app/__main__.py": GATED_MAIN.format(gate=str(gate))})
-        name = project["name"]
-        task = await stack.deploy(project["id"])
-        # The release's process is up and the playbook waits for its health check: kill.
-        await eventually(lambda: app_processes(stack, name), "the release started", within=90)
-        doomed.send_signal(signal.SIGKILL)
-        assert doomed.wait(10) == -signal.SIGKILL
-        gate.touch()
+    stack = killable_stack.stack
+    doomed = await killable_stack.worker()
+    gate = tmp_path / "gate"
+    project = await stack.project(**{"app/__main__.py": GATED_MAIN.format(gate=str(gate))})
+    name = project["name"]
+    task = await stack.deploy(project["id"])
+    # The release's process is up and the playbook waits for its health check: kill.
+    await eventually(lambda: app_processes(stack, name), "the release started", within=90)
+    killable_stack.kill(doomed)
+    gate.touch()
 
-        survivor = spawn_worker(env, log)
-        await wait_ready(stack.settings, survivor)
-        done = await stack.finished(task["id"], within=180)
-    finally:
-        stop(doomed)
-        if survivor is not None:
-            stop(survivor)
+    survivor = await killable_stack.worker()
+    done = await stack.finished(task["id"], within=180)
+    survived = killable_stack.stop(survivor)
 
     assert done["status"] == "COMPLETED", done["error"]
     url = done["result"]["deployed_url"]
@@ -64,4 +53,4 @@ async def test_kill_9_of_the_worker_during_the_playbook(
     # The playbook really ran twice: the killed attempt and the one that finished.
     attempts = await stack.playbook_attempts(task["id"], done["result"]["release"])
     assert max(attempts) >= 2, attempts
-    assert survivor is not None and survivor.returncode == 0, log.read_text()[-3000:]
+    assert survived == 0, killable_stack.log.read_text()[-3000:]

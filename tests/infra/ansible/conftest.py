@@ -86,6 +86,22 @@ def git(repo: Path, *args: str) -> str:
     return done.stdout.strip()
 
 
+COMMIT = ("-c", "user.name=t", "-c", "user.email=t@localhost", "commit", "-qm")
+
+
+def commit_all(repo: Path, message: str) -> None:
+    """Every change in ``repo`` committed on its branch."""
+    git(repo, "add", "--all")
+    git(repo, *COMMIT, message)
+
+
+def new_repository(repo: Path, message: str) -> Path:
+    """``repo``'s files committed as the first commit of a new repository on ``main``."""
+    git(repo, "init", "--quiet", "--initial-branch=main")
+    commit_all(repo, message)
+    return repo
+
+
 @pytest.fixture
 def target(sshd: SshHost) -> SshTarget:
     return SshTarget(
@@ -122,33 +138,30 @@ def app_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     repo = tmp_path_factory.mktemp("app") / "repo"
     data = {"project_name": "hello", "description": "A deploy test.", "modules": ["backend"]}
     copier.run_copy(str(TEMPLATES_DIR / "service"), str(repo), data=data, defaults=True, quiet=True)
-    commit = ("-c", "user.name=t", "-c", "user.email=t@localhost", "commit", "-qm")
-    git(repo, "init", "--quiet", "--initial-branch=main")
-    git(repo, "add", "--all")
-    git(repo, *commit, "Scaffold")
+    new_repository(repo, "Scaffold")
     git(repo, "checkout", "-q", "-b", "broken")
     (repo / "app" / "__main__.py").write_text(BROKEN_MAIN)
-    git(repo, *commit, "Break the start", "--all")
+    git(repo, *COMMIT, "Break the start", "--all")
     git(repo, "checkout", "-q", "-b", "v2", "main")
     server = repo / "app" / "server.py"
     hello = '"message": "hello"'
     assert hello in server.read_text()
     server.write_text(server.read_text().replace(hello, '"message": "hello from v2"'))
-    git(repo, *commit, "Say which version serves", "--all")
+    git(repo, *COMMIT, "Say which version serves", "--all")
     git(repo, "checkout", "-q", "-b", "deps", "main")
     (repo / "requirements.txt").write_text(f"{DEPENDENCY}\n")
     with_six = '"message": "hello with six " + __import__("six").__version__'
     server.write_text(server.read_text().replace(hello, with_six))
     git(repo, "add", "--all")
-    git(repo, *commit, "Say hello with a dependency")
+    git(repo, *COMMIT, "Say hello with a dependency")
     git(repo, "checkout", "-q", "-b", "bad-deps", "deps")
     (repo / "requirements.txt").write_text(f"{MISSING_DEPENDENCY}\n")
-    git(repo, *commit, "Ask for a package that does not exist", "--all")
+    git(repo, *COMMIT, "Ask for a package that does not exist", "--all")
     git(repo, "checkout", "-q", "-b", "locked", "deps")
     git(repo, "rm", "-q", "requirements.txt")
     write_locked_project(repo)
     git(repo, "add", "--all")
-    git(repo, *commit, "Lock the dependency with uv instead")
+    git(repo, *COMMIT, "Lock the dependency with uv instead")
     git(repo, "checkout", "-q", "main")
     return repo
 
@@ -162,7 +175,4 @@ def notes_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (repo / "app" / "__main__.py").write_text(NOTES_MAIN)
     (repo / "app" / "migrate.py").write_text(NOTES_MIGRATE)
     (repo / "requirements.txt").write_text(f"{DATABASE_DEPENDENCY}\n")
-    git(repo, "init", "--quiet", "--initial-branch=main")
-    git(repo, "add", "--all")
-    git(repo, "-c", "user.name=t", "-c", "user.email=t@localhost", "commit", "-qm", "Notes")
-    return repo
+    return new_repository(repo, "Notes")

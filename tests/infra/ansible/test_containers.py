@@ -17,7 +17,7 @@ from core.paths import TEMPLATES_DIR
 from infra.ansible import AnsibleRunner, PlaybookRun, SshTarget
 from testing.apps import APP, deploy, undeploy
 from testing.servers import free_port
-from tests.infra.ansible.conftest import git
+from tests.infra.ansible.conftest import commit_all, git, new_repository
 from tests.infra.ansible.test_database import new_url
 
 pytestmark = pytest.mark.usefixtures("registry_mirror")
@@ -37,17 +37,14 @@ def shelf_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     repo = tmp_path_factory.mktemp("shelf") / "repo"
     data = {"project_name": "shelf", "modules": ["backend"]}
     copier.run_copy(str(TEMPLATES_DIR / "app"), str(repo), data=data, defaults=True, quiet=True)
-    commit = ("-c", "user.name=t", "-c", "user.email=t@localhost", "commit", "-qm")
-    git(repo, "init", "--quiet", "--initial-branch=main")
-    git(repo, "add", "--all")
-    git(repo, *commit, "Scaffold")
+    new_repository(repo, "Scaffold")
     git(repo, "checkout", "-q", "-b", "broken-image")
     dockerfile = repo / "Dockerfile"
     lines = dockerfile.read_text().splitlines()
     after_from = next(i for i, line in enumerate(lines) if line.startswith("FROM ")) + 1
     lines.insert(after_from, "RUN echo 'the build breaks here' && exit 3")
     dockerfile.write_text("\n".join(lines) + "\n")
-    git(repo, *commit, "Break the image", "--all")
+    commit_all(repo, "Break the image")
     git(repo, "checkout", "-q", "main")
     return repo
 
@@ -64,7 +61,7 @@ def deploy_shelf(
 ) -> PlaybookRun:
     return deploy(
         runner, target, repo, apps_root, release, port, ref=ref,
-        secret_env={"DATABASE_URL": url}, database_env="DATABASE_URL", release_command=MIGRATE,
+        database_url=url, release_command=MIGRATE,
         extravars={"start_command": "", "container": CONTAINER, "health_retries": 60},
         timeout_s=BUILD_S,
     )  # fmt: skip

@@ -53,7 +53,7 @@ def deploy_notes(
 ) -> PlaybookRun:
     return deploy(
         runner, target, repo, apps_root, release, port,
-        secret_env={"DATABASE_URL": url}, database_env="DATABASE_URL",
+        database_url=url,
         release_command=release_command, on_event=events.append if events is not None else None,
         extravars={"start_command": "python3 -m app", "health_retries": 20},
     )  # fmt: skip
