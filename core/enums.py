@@ -91,7 +91,22 @@ class ServerStatus(StrEnum):
     new = "NEW"
     provisioning = "PROVISIONING"
     ready = "READY"
-    failed = "FAILED"
+    failed = "FAILED"  # provisioning failed
+    # Set by the server-health Schedule (workflows/server_health.py) on a provisioned server.
+    degraded = "DEGRADED"  # reachable, but short of disk or memory, or without its container engine
+    unreachable = "UNREACHABLE"  # SSH did not answer
+
+
+# The servers the server-health Schedule checks: provisioned ones, whatever their last check said.
+CHECKED_SERVER_STATUSES = (ServerStatus.ready, ServerStatus.degraded, ServerStatus.unreachable)
+
+
+class IncidentKind(StrEnum):
+    server_unreachable = "server_unreachable"
+    disk_low = "disk_low"
+    app_down = "app_down"
+    certificate_expiring = "certificate_expiring"
+    deploy_failed = "deploy_failed"
 
 
 class DeploymentStatus(StrEnum):

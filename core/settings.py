@@ -144,6 +144,23 @@ class Settings(BaseSettings):
         default=24.0, ge=0, description="Keep a finished task's workspace this long"
     )
 
+    # The scheduled checks (core/schedules.py), run by the Temporal Schedules `up` creates.
+    server_health_interval_s: float = Field(
+        default=60.0, gt=0, description="How often every server is checked over SSH"
+    )
+    incident_after_failures: int = Field(
+        default=3, ge=1, description="Failed checks in a row that open an incident"
+    )
+    health_check_concurrency: int = Field(
+        default=10, ge=1, description="Checks of one tick running at once"
+    )
+    server_disk_low_percent: float = Field(
+        default=10.0, ge=0, le=100, description="A server with less free disk is DEGRADED"
+    )
+    server_memory_low_percent: float = Field(
+        default=5.0, ge=0, le=100, description="A server with less available memory is DEGRADED"
+    )
+
     # Engineering tasks: the defaults of what a task does not set (EngineeringOptions).
     default_agent: str | None = Field(
         default=None,

@@ -112,12 +112,13 @@ async def choose_server(
 ) -> tuple[Server, PortAllocation | None]:
     """The server the project's release goes to, and the port it holds there already.
 
-    The project's own server while it is READY (its URL stays); else the READY server with the
-    most room, judged by its memory and the apps it holds.
+    The project's own server while it is READY or DEGRADED (its URL stays: a server short of
+    disk still serves); else the READY server with the most room, judged by its memory and the
+    apps it holds.
     """
     for allocation in await project_allocations(session, project_id):
         server = await session.get(Server, allocation.server_id)
-        if server is not None and server.status == ServerStatus.ready:
+        if server is not None and server.status in (ServerStatus.ready, ServerStatus.degraded):
             return server, allocation
     ready = (
         await session.exec(select(Server).where(col(Server.status) == ServerStatus.ready))

@@ -27,6 +27,7 @@ from core.enums import (
     DeploymentStatus,
     EngineeringAction,
     EventType,
+    IncidentKind,
     ProjectStatus,
     ProjectTemplate,
     PullRequestState,
@@ -217,6 +218,9 @@ class Server(SQLModel, table=True):
     # in); None: its defaults.
     database: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     last_error: str | None = None
+    # What the last health check read (db.servers.ServerHealth as JSON): load, memory, disk,
+    # the container engine (migration 0012).
+    health: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
     updated_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
     last_checked_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
@@ -303,3 +307,49 @@ class PortAllocation(SQLModel, table=True):
         default=None, foreign_key="deployments.id", index=True, max_length=32
     )
     created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+
+
+class Incident(SQLModel, table=True):
+    """Something a scheduled check found wrong: opened after N failed checks in a row, resolved
+    when the check passes again (migration 0012).
+
+    At most one open incident per (kind, subject): a partial unique index makes a second opener
+    collide in the database.
+    """
+
+    __tablename__ = "incidents"
+    __table_args__ = (
+        Index(
+            "uq_incidents_open",
+            "kind",
+            "subject",
+            unique=True,
+            sqlite_where=text("resolved_at IS NULL"),
+            postgresql_where=text("resolved_at IS NULL"),
+        ),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    kind: IncidentKind = Field(index=True, sa_type=String(30))
+    # What it is about, e.g. "server:prod-1" or "app:notes"; with the ids a filter needs.
+    subject: str = Field(max_length=200)
+    server_id: str | None = Field(default=None, index=True, max_length=32)
+    project_id: str | None = Field(default=None, index=True, max_length=32)
+    title: str = Field(max_length=500)
+    # What the failing checks said: their error, how many failed, an app's last log lines.
+    evidence: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    opened_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+    resolved_at: datetime | None = Field(default=None, index=True, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+    acked_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+    acked_by: str | None = Field(default=None, max_length=200)
+
+
+class CheckStreak(SQLModel, table=True):
+    """How many checks of (kind, subject) failed in a row; a passing check resets it. The tick
+    that counted last is kept, so a retried activity of the same tick counts once."""
+
+    __tablename__ = "check_streaks"
+    kind: IncidentKind = Field(primary_key=True, sa_type=String(30))
+    subject: str = Field(primary_key=True, max_length=200)
+    failures: int = 0
+    last_tick: str | None = Field(default=None, max_length=250)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
