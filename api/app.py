@@ -28,8 +28,10 @@ from api.routes import (
     deployments,
     domains,
     health,
+    incidents,
     projects,
     pull_requests,
+    schedules,
     secrets,
     servers,
     tasks,
@@ -177,6 +179,8 @@ def create_app(
             {"name": "secrets", "description": "A project's secrets: names out, values only in"},
             {"name": "deployments", "description": "Releases deploy tasks put on servers"},
             {"name": "domains", "description": "Names a project's app is served at over HTTPS"},
+            {"name": "incidents", "description": "What the scheduled checks found wrong"},
+            {"name": "schedules", "description": "The scheduled jobs: admins pause and unpause"},
         ],
     )
     problems.install(app)
@@ -193,6 +197,8 @@ def create_app(
         secrets,
         deployments,
         domains,
+        incidents,
+        schedules,
     )
     for module in routers:
         # Authentication on the router: a route added later cannot forget it.

@@ -7,7 +7,14 @@ import re
 from datetime import datetime
 from typing import Any
 
-from pydantic import ConfigDict, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    SecretStr,
+    computed_field,
+    field_validator,
+    model_validator,
+)
 from pydantic import Field as PydanticField
 
 from core.contracts.base import JsonInput, ReadModel
@@ -18,6 +25,7 @@ from core.enums import (
     DeploymentStatus,
     EngineeringAction,
     EventType,
+    IncidentKind,
     ProjectStatus,
     ProjectTemplate,
     ServerStatus,
@@ -382,3 +390,56 @@ class PortAllocationRead(ReadModel):
     project_id: str
     deployment_id: str | None
     created_at: datetime
+
+
+class IncidentRead(ReadModel):
+    """What a scheduled check found wrong: open until the check passes again."""
+
+    id: int
+    kind: IncidentKind
+    subject: str = PydanticField(description='What it is about, e.g. "server:prod-1"')
+    server_id: str | None
+    project_id: str | None
+    title: str
+    evidence: dict[str, Any] = PydanticField(
+        description="What the failing checks said: their error, how many failed, a log tail"
+    )
+    opened_at: datetime
+    resolved_at: datetime | None
+    acked_at: datetime | None = PydanticField(description="When someone took it on, the first")
+    acked_by: str | None = PydanticField(description="The name of the user who acknowledged it")
+
+    @computed_field(description="Not resolved yet")  # type: ignore[prop-decorator]
+    @property
+    def open(self) -> bool:
+        return self.resolved_at is None
+
+
+class SchedulePause(RequestBody):
+    note: str | None = PydanticField(
+        default=None,
+        min_length=1,
+        max_length=500,
+        description="Why, shown with the Schedule; default: who paused it",
+    )
+
+
+class ScheduleRead(BaseModel):
+    """A scheduled job (core/schedules.py) and its Temporal Schedule as Temporal describes it."""
+
+    name: str = PydanticField(description="The job's name, e.g. reaper")
+    schedule_id: str = PydanticField(description="The Temporal Schedule's id: <task queue>-<name>")
+    workflow: str = PydanticField(description="The workflow type each run starts")
+    summary: str
+    exists: bool = PydanticField(
+        description="Temporal has the Schedule; false until `orchestrator up` makes it"
+    )
+    interval_s: float = PydanticField(
+        description="Seconds between runs: the Schedule's, else the configured interval"
+    )
+    paused: bool
+    note: str | None = PydanticField(description="Why it was paused or unpaused, and by whom")
+    last_run_at: datetime | None = PydanticField(description="When the latest run started")
+    last_run_workflow_id: str | None
+    next_run_at: datetime | None = PydanticField(description="None while paused")
+    running: bool = PydanticField(description="A run it started is going now")

@@ -15,21 +15,21 @@ the same tick (its worker killed after the commit) changes nothing.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from core.contracts.base import utcnow
+from core.contracts.base import as_utc, utcnow
 from core.contracts.chat import ChatNote, encode_chat_entry
 from core.enums import IncidentKind
 from core.ids import chat_stream
 from core.logging import get_logger
 from db import outbox
 from db.errors import Conflict, NotFound
-from db.tables import CheckStreak, Incident
+from db.tables import CheckStreak, Incident, OutboxMessage
 
 log = get_logger(__name__)
 
@@ -56,6 +56,7 @@ class CheckRecorded:
     opened: int | None = None  # the incident this check opened
     resolved: int | None = None  # the incident this check resolved
     open_incident: int | None = None  # the one open after this check
+    notes: list[int] = field(default_factory=list)  # their outbox entries, to publish at once
 
 
 async def record_check(
@@ -75,10 +76,11 @@ async def record_check(
     failures = streak.failures
     current = await open_incident(session, check.kind, check.subject)
     opened = resolved = None
+    notes: list[OutboxMessage] = []
     if check.ok and current is not None:
         current.resolved_at = utcnow()
         session.add(current)
-        _tell(session, current, "resolved", chats)
+        notes = _tell(session, current, "resolved", chats)
         resolved, current = current.id, None
     elif not check.ok and current is None and failures >= threshold:
         current = Incident(
@@ -91,7 +93,7 @@ async def record_check(
         )
         session.add(current)
         await session.flush()  # its id names the notes
-        _tell(session, current, "opened", chats)
+        notes = _tell(session, current, "opened", chats)
         opened = current.id
     try:
         await session.commit()
@@ -112,6 +114,7 @@ async def record_check(
         opened=opened,
         resolved=resolved,
         open_incident=None if current is None else current.id,
+        notes=[note.id for note in notes if note.id is not None],
     )
 
 
@@ -179,13 +182,16 @@ def note_text(incident: Incident, event: str, now: datetime | None = None) -> st
             lines += ["", "Its last log lines:", f"```\n{tail[-1500:]}\n```"]
         lines += ["", f"`orchestrator incident show {incident.id}`"]
         return "\n".join(lines)
-    lasted = _duration((now or incident.resolved_at or utcnow()) - _aware(incident.opened_at))
+    lasted = _duration(as_utc(now or incident.resolved_at or utcnow()) - as_utc(incident.opened_at))
     return (
         f"🟢 **Resolved #{incident.id}**: {incident.title}: the check passes again after {lasted}."
     )
 
 
-def _tell(session: AsyncSession, incident: Incident, event: str, chats: list[int]) -> None:
+def _tell(
+    session: AsyncSession, incident: Incident, event: str, chats: list[int]
+) -> list[OutboxMessage]:
+    notes = []
     for chat in dict.fromkeys(chats):
         note = ChatNote(
             chat_id=chat,
@@ -193,12 +199,8 @@ def _tell(session: AsyncSession, incident: Incident, event: str, chats: list[int
             text=note_text(incident, event),
             source=NOTE_SOURCE,
         )
-        outbox.enqueue(session, chat_stream(chat), encode_chat_entry(note))
-
-
-def _aware(moment: datetime) -> datetime:
-    # SQLite hands back naive datetimes for what was written in UTC.
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+        notes.append(outbox.enqueue(session, chat_stream(chat), encode_chat_entry(note)))
+    return notes
 
 
 def _duration(delta: timedelta) -> str:

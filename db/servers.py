@@ -217,6 +217,38 @@ async def set_status(
     return server
 
 
+async def handles_with_status(
+    session: AsyncSession, statuses: tuple[ServerStatus, ...]
+) -> list[str]:
+    query = select(Server.handle).where(col(Server.status).in_(statuses))
+    return list((await session.exec(query.order_by(col(Server.handle)))).all())
+
+
+async def record_health(
+    session: AsyncSession,
+    server_id: str,
+    status: ServerStatus,
+    *,
+    error: str | None,
+    health: dict[str, Any],
+) -> None:
+    """What a health check found, in the caller's transaction (committed with the incidents it
+    opens or resolves): the status, why (``last_error``) and the reading, stamped
+    ``last_checked_at``. A server removed meanwhile is left alone."""
+    server = await session.get(Server, server_id)
+    if server is None:
+        return
+    now = utcnow()
+    if server.status != status:
+        log.info("server status", server_id=server.id, handle=server.handle, status=status.value)
+    server.status = status
+    server.last_error = error
+    server.health = health
+    server.last_checked_at = now
+    server.updated_at = now
+    session.add(server)
+
+
 async def ssh_access(session: AsyncSession, vault: Vault, id_or_handle: str) -> SshAccess:
     """Host, port, user, the decrypted private key and the known host key: for the activity
     that connects."""

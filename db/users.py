@@ -178,6 +178,14 @@ async def issue_session_key(session: AsyncSession, *, user_id: str, chat_id: int
     return generated.plaintext
 
 
+async def admin_telegram_ids(session: AsyncSession) -> list[int]:
+    """The Telegram ids of the admin users that have one: the chats told what concerns admins."""
+    query = select(User.telegram_id).where(
+        col(User.is_admin).is_(True), col(User.telegram_id).is_not(None)
+    )
+    return [int(telegram_id) for telegram_id in (await session.exec(query)).all() if telegram_id]
+
+
 async def user_by_telegram_id(session: AsyncSession, telegram_id: int) -> User | None:
     return (await session.exec(select(User).where(User.telegram_id == telegram_id))).first()
 

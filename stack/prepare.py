@@ -1,5 +1,5 @@
 """One-shot setup before the services start: migrate, make the admin key, register attributes,
-make the reaper's Temporal Schedule.
+make the Temporal Schedules of the scheduled jobs (core/schedules.py).
 
 The supervisor runs this as a child (``python -m stack.prepare``) rather than in its own process:
 the Temporal client leaves runtime threads behind, and a supervisor that forks children must not
@@ -13,10 +13,10 @@ import os
 import sys
 import time
 from collections.abc import Awaitable
-from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from core.crypto import Vault
+from core.schedules import JOBS, ScheduledJob
 from core.settings import Settings
 from db.engine import Database
 from db.migrate import upgrade
@@ -26,12 +26,10 @@ if TYPE_CHECKING:
     from temporalio.client import Client, Schedule, ScheduleDescription, ScheduleUpdateInput
 
 TEMPORAL_DEADLINE = 60.0
-# A reaper run stuck past this ends, so the next one (skipped while it runs) can start.
-REAPER_RUN_TIMEOUT = timedelta(hours=1)
 
 
 async def prepare_temporal(settings: Settings) -> None:
-    """Register the search attributes and make the reaper's Schedule."""
+    """Register the search attributes and make the scheduled jobs' Schedules."""
     # Imported here: only this step needs the Temporal SDK.
     from core.temporal import connect, ensure_search_attributes
 
@@ -40,13 +38,13 @@ async def prepare_temporal(settings: Settings) -> None:
         try:
             client = await connect(settings)
             # Temporal Cloud registers attributes in its own console, not through this API;
-            # a key without the right to make Schedules leaves the reaper to the operator.
+            # a key without the right to make Schedules leaves the jobs to the operator.
             await _unless_denied(
                 ensure_search_attributes(client, settings.temporal_namespace),
                 "search attributes not registered",
             )
             await _unless_denied(
-                ensure_reaper_schedule(client, settings), "the reaper's Schedule not made"
+                ensure_schedules(client, settings), "the scheduled jobs' Schedules not made"
             )
             return
         except Exception as exc:
@@ -67,9 +65,10 @@ async def _unless_denied(step: Awaitable[object], warning: str) -> None:
         print(f"warning: {warning}: {exc}", file=sys.stderr)
 
 
-def reaper_schedule(settings: Settings) -> Schedule:
-    """The Schedule that starts ReaperWorkflow every ``reaper_interval_minutes`` on the
-    settings' task queue; a run still going when the next is due makes that one skip."""
+def job_schedule(settings: Settings, job: ScheduledJob) -> Schedule:
+    """The Schedule that starts ``job``'s workflow every interval on the settings' task queue,
+    each run named ``<schedule id>-<time>``; a tick while a run still goes is skipped, and
+    after an outage at most one missed tick runs (the catch-up window is one interval)."""
     from temporalio.client import (
         Schedule,
         ScheduleActionStartWorkflow,
@@ -79,39 +78,44 @@ def reaper_schedule(settings: Settings) -> Schedule:
         ScheduleSpec,
     )
 
-    from workflows.reaper import REAPER_SCHEDULE, REAPER_WORKFLOW, ReaperInput
-
     return Schedule(
         action=ScheduleActionStartWorkflow(
-            REAPER_WORKFLOW,
-            ReaperInput(),  # the worker's settings decide the retention
-            id=REAPER_SCHEDULE,
+            job.workflow,
+            {},  # the worker's settings decide the rest
+            id=job.schedule_id(settings),
             task_queue=settings.temporal_task_queue,
-            execution_timeout=REAPER_RUN_TIMEOUT,
+            execution_timeout=job.run_timeout,
+            static_summary=job.summary,
         ),
-        spec=ScheduleSpec(
-            intervals=[
-                ScheduleIntervalSpec(every=timedelta(minutes=settings.reaper_interval_minutes))
-            ]
+        spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=job.interval(settings))]),
+        policy=SchedulePolicy(
+            overlap=ScheduleOverlapPolicy.SKIP, catchup_window=job.catchup_window(settings)
         ),
-        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
     )
 
 
-async def ensure_reaper_schedule(client: Client, settings: Settings) -> bool:
-    """Create the reaper's Schedule, or update the one there if its interval, workflow or
-    task queue differ (a paused Schedule stays paused). Returns whether anything changed."""
+async def ensure_schedules(client: Client, settings: Settings) -> list[str]:
+    """Every job's Schedule made or brought up to date; the ids of those that changed."""
+    changed = []
+    for job in JOBS:
+        if await ensure_schedule(client, settings, job):
+            changed.append(job.schedule_id(settings))
+    return changed
+
+
+async def ensure_schedule(client: Client, settings: Settings, job: ScheduledJob) -> bool:
+    """Create ``job``'s Schedule, or update the one there if it differs from what the settings
+    say (a paused Schedule stays paused, with its note). Returns whether anything changed."""
     from temporalio.client import ScheduleAlreadyRunningError, ScheduleUpdate
 
-    from workflows.reaper import REAPER_SCHEDULE
-
-    wanted = reaper_schedule(settings)
+    wanted = job_schedule(settings, job)
+    schedule_id = job.schedule_id(settings)
     try:
-        await client.create_schedule(REAPER_SCHEDULE, wanted)
+        await client.create_schedule(schedule_id, wanted, memo={"summary": job.summary})
         return True
     except ScheduleAlreadyRunningError:
         pass
-    handle = client.get_schedule_handle(REAPER_SCHEDULE)
+    handle = client.get_schedule_handle(schedule_id)
     if _same_schedule(await handle.describe(), wanted):
         return False
 
@@ -132,8 +136,12 @@ def _same_schedule(current: ScheduleDescription, wanted: Schedule) -> bool:
         and isinstance(want, ScheduleActionStartWorkflow)
         and have.workflow == want.workflow
         and have.task_queue == want.task_queue
+        and have.execution_timeout == want.execution_timeout
+        and have.static_summary == want.static_summary
         and [i.every for i in current.schedule.spec.intervals]
         == [i.every for i in wanted.spec.intervals]
+        and current.schedule.policy.overlap == wanted.policy.overlap
+        and current.schedule.policy.catchup_window == wanted.policy.catchup_window
     )
 
 

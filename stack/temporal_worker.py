@@ -39,6 +39,7 @@ from activities.devops import DevOpsNodes
 from activities.engineering import EngineeringActivities
 from activities.forge import ForgeActivities, PullRequestActivities
 from activities.gateway import GatewayActivities
+from activities.health import HealthActivities
 from activities.po import POActivities
 from activities.releases import ReleaseActivities
 from activities.servers import ServerActivities
@@ -69,6 +70,7 @@ from workflows.po_session import POSessionWorkflow
 from workflows.provision import ProvisionWorkflow
 from workflows.reaper import ReaperWorkflow
 from workflows.scaffold import ScaffoldWorkflow
+from workflows.server_health import ServerHealthWorkflow
 from workflows.turns import TurnsWorkflow
 from workflows.worker import WorkerWorkflow
 
@@ -155,6 +157,7 @@ def departments(parts: Parts) -> list[Department]:
     po = POActivities(settings, redis)
     servers = ServerActivities(db, redis, vault, runner)
     releases = ReleaseActivities(settings, db, redis, vault, runner)
+    health = HealthActivities(settings, db, redis, vault, runner)
     # What needs the host of the Workers: their container engine, the workspaces it mounts and
     # the gateway sockets it mounts (served by the process that opened them).
     worker_host: list[Callable[..., Any]] = [
@@ -239,6 +242,14 @@ def departments(parts: Parts) -> list[Department]:
                     DevOpsNodes(settings, db, redis, client, parts.tasks)
                 )
             },
+        ),
+        # The scheduled checks of servers (the reaper is the workers' own): incidents to the
+        # chats. Their Schedules are made by `up` (stack/prepare.py, core/schedules.py).
+        Department(
+            "schedules",
+            workflows=[ServerHealthWorkflow],
+            activities=activities_of(health, leaving_out=[health.check_server_health]),
+            needs={ANSIBLE: [health.check_server_health]},
         ),
     ]
 

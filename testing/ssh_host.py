@@ -54,10 +54,45 @@ class SshHost:
         return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
 
 
+class Sshd:
+    """An sshd a test stops and starts again (the same port, keys and config)."""
+
+    def __init__(self, sshd: str, config: Path, port: int, log_file: Path) -> None:
+        self.argv = [sshd, "-D", "-e", "-f", str(config)]  # absolute: sshd re-executes itself
+        self.port = port
+        self.log_file = log_file
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.host: SshHost
+
+    def start(self) -> None:
+        with self.log_file.open("ab") as log:
+            self.proc = subprocess.Popen(
+                self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+        try:
+            wait_for_port(self.port, timeout=15, proc=self.proc)
+        except (RuntimeError, TimeoutError) as exc:
+            log_text = self.log_file.read_text(errors="replace")
+            raise RuntimeError(f"{exc}; sshd log:\n{log_text}") from exc
+
+    def stop(self) -> None:
+        """SIGTERM ends the listener; sessions still open end with their connections."""
+        if self.proc is not None:
+            stop_process(self.proc)
+            self.proc = None
+
+
 @contextlib.contextmanager
 def ssh_host(environment: Mapping[str, str] | None = None) -> Iterator[SshHost]:
     """Start an sshd on 127.0.0.1:<free port>; stop it and remove its directory afterwards.
     Every session it starts has ``environment`` set, whatever the client sends."""
+    with ssh_daemon(environment) as daemon:
+        yield daemon.host
+
+
+@contextlib.contextmanager
+def ssh_daemon(environment: Mapping[str, str] | None = None) -> Iterator[Sshd]:
+    """:func:`ssh_host`, as an :class:`Sshd` the test may stop and start again."""
     sshd = find_sshd()
     if sshd is None:
         raise RuntimeError("sshd is not installed (scripts/install.sh installs openssh-server)")
@@ -68,7 +103,7 @@ def ssh_host(environment: Mapping[str, str] | None = None) -> Iterator[SshHost]:
     directory = Path(tempfile.mkdtemp(prefix="o-"))
     user = getpass.getuser()
     port = free_port()
-    proc: subprocess.Popen[bytes] | None = None
+    daemon: Sshd | None = None
     try:
         keygen(directory / HOST_KEY, "test-host")
         keygen(directory / CLIENT_KEY, "test-client")
@@ -78,21 +113,10 @@ def ssh_host(environment: Mapping[str, str] | None = None) -> Iterator[SshHost]:
             sshd_config(host="127.0.0.1", port=port, directory=directory, user=user)
             + _set_env(environment or {})
         )
-        log_file = directory / "sshd.log"
-        with log_file.open("ab") as log:
-            # sshd re-executes itself, so its path must be absolute.
-            proc = subprocess.Popen(
-                [sshd, "-D", "-e", "-f", str(config)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
-        try:
-            wait_for_port(port, timeout=15, proc=proc)
-        except (RuntimeError, TimeoutError) as exc:
-            raise RuntimeError(f"{exc}; sshd log:\n{log_file.read_text(errors='replace')}") from exc
+        daemon = Sshd(sshd, config, port, directory / "sshd.log")
+        daemon.start()
         host_key = (directory / "host_ed25519.pub").read_text().split()
-        yield SshHost(
+        daemon.host = SshHost(
             host="127.0.0.1",
             port=port,
             user=user,
@@ -100,12 +124,12 @@ def ssh_host(environment: Mapping[str, str] | None = None) -> Iterator[SshHost]:
             known_hosts=f"[127.0.0.1]:{port} {host_key[0]} {host_key[1]}",
             key_file=directory / "client_ed25519",
             dir=directory,
-            log_file=log_file,
+            log_file=daemon.log_file,
         )
+        yield daemon
     finally:
-        if proc is not None:
-            # SIGTERM ends the listener; sessions still open end with their connections.
-            stop_process(proc)
+        if daemon is not None:
+            daemon.stop()
         shutil.rmtree(directory, ignore_errors=True)
 
 

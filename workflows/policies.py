@@ -96,6 +96,8 @@ FEW_RETRIES = RetryPolicy(
     maximum_interval=timedelta(seconds=30),
     maximum_attempts=3,
 )
+# A server's health check: its probe's own timeout (infra/server_probe.py) and the recording.
+SERVER_CHECK_TIMEOUT = timedelta(minutes=2)
 # Beyond the playbook's own timeout, so Ansible stops first and says so.
 RELEASE_MARGIN = timedelta(seconds=300)
 RELEASE_RETRY = RetryPolicy(

@@ -2,8 +2,9 @@
 
 A Worker's container is removed by its own workflow; one that closed without doing so (its
 worker process was killed, it was terminated) leaves the container behind. So does every task's
-workspace. The Schedule ``orchestrator-reaper`` (made by ``orchestrator up``, see
-stack/prepare.py) starts this workflow every ``reaper_interval_minutes``; each run:
+workspace. The Schedule of the ``reaper`` job (``orchestrator-reaper``, made by ``orchestrator
+up``: core/schedules.py, stack/prepare.py) starts this workflow every
+``reaper_interval_minutes``; each run:
 
 - removes the containers whose workflow is closed or unknown (``WorkerActivities.reap_workers``);
 - gives back the turns (Worker slots, deploy turns: workflows/turns.py) that closed runs still
@@ -32,10 +33,10 @@ with workflow.unsafe.imports_passed_through():
     )
     from activities.turns import GivenBack, TurnActivities
     from activities.workers import WorkerActivities
+    from core.schedules import REAPER
     from core.task_queues import CONTAINERS
 
-REAPER_WORKFLOW = "ReaperWorkflow"
-REAPER_SCHEDULE = "orchestrator-reaper"
+REAPER_WORKFLOW = REAPER.workflow
 # Runs from before it had no turns to give back.
 REAP_TURNS_PATCH = "reaper-gives-back-turns"
 

@@ -3,7 +3,6 @@ reaper's Schedule as `up` makes it."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import time
@@ -24,23 +23,22 @@ from temporalio.client import (
     WorkflowExecutionStatus,
     WorkflowHandle,
 )
-from temporalio.service import RPCError
 
 from core.contracts.workflows import WORKERS_POOL
 from core.enums import TaskStatus
+from core.schedules import REAPER
 from core.settings import Settings
 from db.engine import Database
 from db.tables import Task
 from infra.containers import ContainerRuntime, WorkerSpec, container_name
 from stack import podman
-from stack.prepare import ensure_reaper_schedule
+from stack.prepare import ensure_schedule
 from testing import servers
 from testing.images import tiny_image
 from testing.turns import ask_turn, pool_state
 from testing.waiting import eventually
 from testing.workflows import make_project, make_task, running_worker
 from workflows.reaper import (
-    REAPER_SCHEDULE,
     REAPER_WORKFLOW,
     ReaperInput,
     ReaperOutput,
@@ -275,14 +273,12 @@ async def test_a_workspace_the_worker_may_not_remove_is_reported_and_the_rest_re
 async def test_the_reaper_schedule_is_made_once_and_follows_the_settings(
     temporal_client: Client, queue: str, settings: Settings, runtime: ContainerRuntime
 ) -> None:
-    handle = temporal_client.get_schedule_handle(REAPER_SCHEDULE)
-    # Another test module's `stack.prepare` may have made one already, on a queue no worker polls
-    # any more: its running action would make this test's trigger skip (overlap SKIP).
-    with contextlib.suppress(RPCError):
-        await handle.delete()
+    schedule_id = REAPER.schedule_id(settings)
+    assert schedule_id == f"{queue}-reaper"
+    handle = temporal_client.get_schedule_handle(schedule_id)
     try:
-        assert await ensure_reaper_schedule(temporal_client, settings) is True
-        assert await ensure_reaper_schedule(temporal_client, settings) is False
+        assert await ensure_schedule(temporal_client, settings, REAPER) is True
+        assert await ensure_schedule(temporal_client, settings, REAPER) is False
         described = await handle.describe()
         action = described.schedule.action
         assert isinstance(action, ScheduleActionStartWorkflow)
@@ -293,11 +289,11 @@ async def test_the_reaper_schedule_is_made_once_and_follows_the_settings(
         # Another interval updates it; a pause made by an operator stays.
         await handle.pause(note="kept paused")
         slower = settings.model_copy(update={"reaper_interval_minutes": 10.0})
-        assert await ensure_reaper_schedule(temporal_client, slower) is True
+        assert await ensure_schedule(temporal_client, slower, REAPER) is True
         described = await handle.describe()
         assert [i.every for i in described.schedule.spec.intervals] == [timedelta(minutes=10)]
         assert described.schedule.state.paused
-        assert await ensure_reaper_schedule(temporal_client, slower) is False
+        assert await ensure_schedule(temporal_client, slower, REAPER) is False
 
         # Its action starts a ReaperWorkflow on the settings' queue that this worker runs.
         await handle.trigger(overlap=ScheduleOverlapPolicy.ALLOW_ALL)
@@ -312,6 +308,6 @@ async def test_the_reaper_schedule_is_made_once_and_follows_the_settings(
             return None
 
         run = await eventually(completed_run, "a triggered reaper run to complete", within=60)
-        assert run is not None and run.startswith(REAPER_SCHEDULE)
+        assert run is not None and run.startswith(schedule_id)
     finally:
         await handle.delete()
