@@ -1,8 +1,8 @@
 """Activities of the scheduled checks: read each server over SSH, record what was found, open
 and resolve incidents, tell the chats (workflows/server_health.py).
 
-The SSH key is read and decrypted inside ``check_server_health`` and goes no further than its Ansible
-run's private directory, as in provisioning (activities/servers.py).
+The SSH key is read and decrypted inside ``check_server_health`` and goes no further than its
+Ansible run's private directory, as in provisioning (activities/servers.py).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from activities.servers import ssh_target
 from core.contracts.chat import CHATS_KEY
 from core.crypto import Vault
 from core.enums import CHECKED_SERVER_STATUSES, IncidentKind, ServerStatus
+from core.faults import crash_point
 from core.logging import get_logger
 from core.settings import Settings
 from db import incidents, outbox, servers, users
@@ -109,6 +110,9 @@ class HealthActivities:
                 )
                 for check in _checks(server, reading, thresholds)
             ]
+        # Killed here, the retry counts nothing twice (the tick is kept with the streak) and
+        # the notes already committed go out through the outbox's relay.
+        crash_point("health.after_record")
         await self._publish([note for r in recorded for note in r.notes])
         output = ServerCheckOutput(
             handle=request.handle,

@@ -17,10 +17,12 @@ from cli import (
     deploy,
     engineering,
     images,
+    incident,
     permissions,
     pr,
     project,
     respond,
+    schedule,
     secret,
     server,
     stack,
@@ -66,6 +68,8 @@ app.add_typer(pr.app, name="pr")
 app.add_typer(server.app, name="server")
 app.add_typer(secret.app, name="secret")
 app.add_typer(worker.app, name="worker")
+app.add_typer(incident.app, name="incident")
+app.add_typer(schedule.app, name="schedule")
 command(app, "demo")(demo)
 command(app, "respond")(respond.respond)
 command(app, "permissions")(permissions.permissions)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from temporalio.client import Client
+from temporalio.client import Client, ScheduleActionExecutionStartWorkflow
 
 from testing.waiting import eventually
 
@@ -34,9 +34,13 @@ class Ticks:
 
         async def started() -> str | None:
             described = await self.handle.describe()
-            ids = [action.action.workflow_id for action in described.info.recent_actions]
+            ids = [
+                action.action.workflow_id
+                for action in described.info.recent_actions
+                if isinstance(action.action, ScheduleActionExecutionStartWorkflow)
+            ]
             return next((i for i in reversed(ids) if i not in known), None)
 
-        workflow_id = await eventually(started, "the triggered run to start", within=within)
+        workflow_id = str(await eventually(started, "the triggered run to start", within=within))
         self.workflow_ids.append(workflow_id)
         return await self.client.get_workflow_handle(workflow_id).result()

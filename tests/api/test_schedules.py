@@ -23,6 +23,7 @@ from redis.asyncio import Redis
 from temporalio.client import (
     Client,
     Schedule,
+    ScheduleActionExecutionStartWorkflow,
     ScheduleActionStartWorkflow,
     ScheduleHandle,
     ScheduleIntervalSpec,
@@ -76,6 +77,7 @@ async def made(
         for handle in handles.values():
             description = await handle.describe()
             for action in description.info.running_actions:
+                assert isinstance(action, ScheduleActionExecutionStartWorkflow)
                 with contextlib.suppress(RPCError):  # ended meanwhile
                     await temporal_client.get_workflow_handle(action.workflow_id).terminate()
             await handle.delete()
@@ -120,9 +122,9 @@ async def test_every_job_is_listed_with_its_schedule(
     await made[REAPER.name].trigger()
     reader = await make_client(user_key)  # reading is for everyone
 
-    async def ran() -> dict[str, Any] | None:
+    async def ran() -> dict[str, Any]:
         found = (await listed(reader))[REAPER.name]
-        return found if found["running"] and found["last_run_at"] else None
+        return found if found["running"] and found["last_run_at"] else {}
 
     reaper = await eventually(ran, "the triggered run")
     assert datetime.fromisoformat(reaper["last_run_at"]) >= before.replace(microsecond=0)

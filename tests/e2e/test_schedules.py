@@ -3,7 +3,9 @@ the outbox, the bot and the Bot API stand-in."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +18,7 @@ from temporalio.client import Client
 
 from api.app import create_app
 from core.enums import IncidentKind, ServerStatus
+from core.faults import CRASH_AT_ENV
 from core.ids import chat_stream
 from core.schedules import SERVER_HEALTH
 from core.settings import Settings
@@ -27,6 +30,7 @@ from testing.schedules import Ticks
 from testing.ssh_host import Sshd, ssh_daemon
 from testing.standins.telegram_api import TelegramStandIn, serving
 from testing.waiting import eventually
+from testing.worker_process import spawn_worker, stop, wait_ready, worker_env
 from testing.workflows import running_worker
 from tests.api.conftest import auth, live_server
 from tests.bot.conftest import ADMIN, TOKEN, bot_running
@@ -40,9 +44,20 @@ class Watched:
 
     settings: Settings
     db: Database
+    redis: Redis
+    client: Client
     sshd: Sshd
     telegram: TelegramStandIn
     ticks: Ticks
+    env: dict[str, str]  # of a worker process on the test's servers and queue
+    log: Path
+
+    def worker(self) -> contextlib.AbstractAsyncContextManager[str]:
+        """The Temporal worker, in this process."""
+        return running_worker(
+            self.client, self.db, self.redis, self.settings.home, settings=self.settings,
+            task_queue=self.settings.temporal_task_queue,
+        )  # fmt: skip
 
     async def check(self) -> ServerHealthOutput:
         return ServerHealthOutput.model_validate(await self.ticks.tick())
@@ -67,9 +82,11 @@ class Watched:
 @pytest_asyncio.fixture
 async def watched(
     sqlite_database: Database,
+    sqlite_database_url: str,
     redis: Redis,
     redis_url: str,
     temporal_client: Client,
+    temporal_address: str,
     tmp_path: Path,
 ) -> AsyncIterator[Watched]:
     queue = f"schedules-{tmp_path.name[-12:]}"
@@ -100,15 +117,27 @@ async def watched(
             redis_url=redis_url,
         )
         await stack.enter_async_context(bot_running(bot))
-        await stack.enter_async_context(
-            running_worker(
-                temporal_client, sqlite_database, redis, settings.home, settings=settings,
-                task_queue=queue,
-            )
-        )  # fmt: skip
         assert await ensure_schedule(temporal_client, settings, SERVER_HEALTH)
         stack.push_async_callback(handle.delete)
-        yield Watched(settings, sqlite_database, sshd, telegram, Ticks(temporal_client, handle.id))
+        yield Watched(
+            settings,
+            sqlite_database,
+            redis,
+            temporal_client,
+            sshd,
+            telegram,
+            Ticks(temporal_client, handle.id),
+            worker_env(
+                settings.home,
+                database_url=sqlite_database_url,
+                redis_url=redis_url,
+                temporal_address=temporal_address,
+                task_queue=queue,
+                ORCHESTRATOR_INCIDENT_AFTER_FAILURES=str(settings.incident_after_failures),
+                ORCHESTRATOR_TELEGRAM_ADMINS=str(ADMIN["id"]),
+            ),
+            tmp_path / "workers.log",
+        )
 
 
 async def add_server(api_url: str, key: str, sshd: Sshd, db: Database) -> None:
@@ -135,6 +164,11 @@ async def add_server(api_url: str, key: str, sshd: Sshd, db: Database) -> None:
 async def test_a_server_whose_sshd_stops_opens_one_incident_told_once_and_resolves(
     watched: Watched,
 ) -> None:
+    async with watched.worker():
+        await _the_server_goes_down_and_comes_back(watched)
+
+
+async def _the_server_goes_down_and_comes_back(watched: Watched) -> None:
     checked = await watched.check()
     assert [c.status for c in checked.checked] == [ServerStatus.ready], checked
     server = await watched.server()
@@ -185,3 +219,31 @@ async def test_a_server_whose_sshd_stops_opens_one_incident_told_once_and_resolv
         query = select(OutboxMessage).where(col(OutboxMessage.stream) == chat_stream(ADMIN["id"]))
         assert len((await session.exec(query)).all()) == 2
     assert len(watched.told()) == 2, watched.told()
+
+
+async def test_kill_9_of_the_worker_during_a_tick_opens_one_incident_told_once(
+    watched: Watched,
+) -> None:
+    watched.sshd.stop()
+    async with watched.worker():
+        await watched.check()  # the first failure
+    crashing = spawn_worker({**watched.env, CRASH_AT_ENV: "health.after_record"}, watched.log)
+    try:
+        await wait_ready(watched.settings, crashing)
+        tick = asyncio.create_task(watched.ticks.tick())
+        # It dies once the incident and its note are committed, before the note is sent.
+        await eventually(lambda: crashing.poll() is not None, "the worker to die", within=60)
+        assert crashing.returncode == -signal.SIGKILL
+        [incident] = await watched.incidents()
+        async with watched.worker():  # another worker takes the check up again
+            await tick
+            assert [i.id for i in await watched.incidents()] == [incident.id]
+            await eventually(
+                lambda: [t for t in watched.told() if f"Incident #{incident.id}" in t],
+                "the admin's chat to be told",
+            )
+            await watched.check()  # still down: nothing new
+    finally:
+        stop(crashing)
+    assert len(await watched.incidents()) == 1
+    assert len(watched.told()) == 1, watched.told()
