@@ -7,24 +7,29 @@ Ansible run's private directory, as in provisioning (activities/servers.py).
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from pydantic import BaseModel, Field
 from redis.asyncio import Redis
 from temporalio import activity
 
 from activities import heartbeating
 from activities.servers import ssh_target
+from core.contracts.base import utcnow
 from core.contracts.chat import CHATS_KEY
 from core.crypto import Vault
 from core.enums import CHECKED_SERVER_STATUSES, IncidentKind, ServerStatus
 from core.faults import crash_point
 from core.logging import get_logger
 from core.settings import Settings
-from db import incidents, outbox, servers, users
+from db import deployments, incidents, outbox, secrets, servers, users
 from db.engine import Database
 from db.incidents import Check
-from db.tables import Server
-from infra.ansible import AnsibleRunner
-from infra.server_probe import ServerReading, Thresholds, probe_server
+from db.tables import Deployment, Project, Server
+from infra.ansible import AnsibleRunner, SshTarget, mask_secrets
+from infra.env_analyzer import AppSpec
+from infra.health import Certificate, check_health, served_certificate
+from infra.server_probe import AppReading, ServerReading, Thresholds, inspect_app, probe_server
 
 log = get_logger(__name__)
 
@@ -32,7 +37,9 @@ log = get_logger(__name__)
 class HealthPlan(BaseModel):
     """What one tick checks, and how many checks run at once."""
 
-    servers: list[str] = Field(default_factory=list, description="Handles of the servers")
+    subjects: list[str] = Field(
+        default_factory=list, description="Server handles, or the ids of serving deployments"
+    )
     concurrency: int = Field(default=10, ge=1)
 
 
@@ -51,6 +58,23 @@ class ServerCheckOutput(BaseModel):
     seconds: float = 0.0
 
 
+class AppCheckInput(BaseModel):
+    deployment_id: str
+    tick: str = Field(description="The run of the tick: a retry within it counts once")
+
+
+class AppCheckOutput(BaseModel):
+    deployment_id: str
+    project: str | None = None
+    up: bool | None = Field(default=None, description="None: not checked (no longer serving)")
+    problem: str | None = None
+    restarted: bool = Field(default=False, description="Started again by this check")
+    failures: int = 0
+    certificate_days_left: float | None = None
+    opened: list[int] = Field(default_factory=list)
+    resolved: list[int] = Field(default_factory=list)
+
+
 class HealthActivities:
     def __init__(
         self, settings: Settings, db: Database, redis: Redis, vault: Vault, runner: AnsibleRunner
@@ -66,7 +90,7 @@ class HealthActivities:
         """The provisioned servers, whatever their last check said."""
         async with self.db.session() as session:
             handles = await servers.handles_with_status(session, CHECKED_SERVER_STATUSES)
-        return HealthPlan(servers=handles, concurrency=self.settings.health_check_concurrency)
+        return HealthPlan(subjects=handles, concurrency=self.settings.health_check_concurrency)
 
     @activity.defn
     async def check_server_health(self, request: ServerCheckInput) -> ServerCheckOutput:
@@ -126,6 +150,133 @@ class HealthActivities:
         log.info("server checked", **output.model_dump(exclude={"problems"}))
         return output
 
+    @activity.defn
+    async def plan_app_health(self) -> HealthPlan:
+        """Every project's live release on a server."""
+        async with self.db.session() as session:
+            serving = await deployments.all_serving(session)
+        return HealthPlan(subjects=serving, concurrency=self.settings.health_check_concurrency)
+
+    @activity.defn
+    async def check_app_health(self, request: AppCheckInput) -> AppCheckOutput:
+        """Ask the app from here (its health URL; an app without a port: its process on the
+        server). Found down for the first time, it is started again once and asked again. Then
+        record what it means for its incidents (down, certificate running out), telling the
+        project's chat."""
+        async with self.db.session() as session:
+            found = await deployments.live_release(session, request.deployment_id)
+            if found is None:
+                return AppCheckOutput(deployment_id=request.deployment_id)
+            deployment, project, server = found
+            subject = f"app:{project.name}"
+            failed_before = await incidents.failures_before(
+                session, IncidentKind.app_down, subject, request.tick
+            )
+        app = ServingApp(deployment, project, server)
+        target, _ = await ssh_target(self.db, self.vault, server.handle)
+        async with heartbeating(project.name):
+            problem, reading = await self._look(app, target)
+            restarted = False
+            if (
+                problem is not None
+                and failed_before == 0
+                and self.settings.app_restart_before_incident
+            ):
+                problem, reading, restarted = await self._restart(app, target)
+            certificate = await served_certificate(
+                app.url, connect_to=server.host, timeout_s=self.settings.app_health_timeout_s
+            )
+        checks = app.checks(problem, reading, certificate, self.settings)
+        chats = [project.chat_id] if project.chat_id else await self._admin_chats()
+        if project.chat_id:
+            await self.redis.sadd(CHATS_KEY, str(project.chat_id))
+        async with self.db.session() as session:
+            recorded = [
+                await incidents.record_check(
+                    session,
+                    check,
+                    tick=request.tick,
+                    threshold=self.settings.incident_after_failures,
+                    chats=chats,
+                )
+                for check in checks
+            ]
+        crash_point("health.after_record")
+        await self._publish([note for r in recorded for note in r.notes])
+        now = utcnow()
+        output = AppCheckOutput(
+            deployment_id=deployment.id,
+            project=project.name,
+            up=problem is None,
+            problem=problem,
+            restarted=restarted,
+            failures=recorded[0].failures,
+            certificate_days_left=None if certificate is None else certificate.days_left(now),
+            opened=[r.opened for r in recorded if r.opened is not None],
+            resolved=[r.resolved for r in recorded if r.resolved is not None],
+        )
+        log.info("app checked", **output.model_dump(exclude={"problem"}))
+        return output
+
+    async def _look(
+        self, app: ServingApp, target: SshTarget
+    ) -> tuple[str | None, AppReading | None]:
+        """What is wrong with the app (None: nothing), and, when something is or it has no
+        URL, what its server says of it (its process, its last log lines)."""
+        if app.spec.serves_port:
+            problem = await check_health(
+                app.health_url,
+                self.settings.app_health_timeout_s,
+                connect_to=app.server.host if app.health_url.startswith("https://") else None,
+                ca_pem=app.server.edge_ca,
+                any_status=app.spec.health_any_status,
+            )
+            if problem is None:
+                return None, None
+            reading = await self._inspect(app, target)
+            return f"{app.health_url} does not answer: {problem}", reading
+        reading = await self._inspect(app, target)
+        return app.liveness_problem(reading), reading
+
+    async def _restart(
+        self, app: ServingApp, target: SshTarget
+    ) -> tuple[str | None, AppReading | None, bool]:
+        """Start the serving release again, then ask it again (for up to app_restart_wait_s)."""
+        started = await self._inspect(app, target, restart=True)
+        if not started.restarted:
+            return (
+                f"it could not be started again: {started.error or 'appctl start failed'}",
+                started,
+                False,
+            )
+        log.info("app started again", project=app.project.name, release=started.release)
+        if app.spec.serves_port:
+            problem = await check_health(
+                app.health_url,
+                self.settings.app_restart_wait_s,
+                connect_to=app.server.host if app.health_url.startswith("https://") else None,
+                ca_pem=app.server.edge_ca,
+                any_status=app.spec.health_any_status,
+            )
+            if problem is None:
+                return None, None, True
+            reading = await self._inspect(app, target)
+            return f"{app.health_url} does not answer after a restart: {problem}", reading, True
+        reading = await self._inspect(app, target)
+        return app.liveness_problem(reading), reading, True
+
+    async def _inspect(
+        self, app: ServingApp, target: SshTarget, *, restart: bool = False
+    ) -> AppReading:
+        reading = await inspect_app(
+            self.runner, target, app.server.apps_root, app.project.name, restart=restart
+        )
+        # Its own secrets may be in what it printed: never in an incident or a chat.
+        async with self.db.session() as session:
+            values = await secrets.project_env(session, self.vault, app.project.id)
+        reading.log_tail = mask_secrets(reading.log_tail, values.values())
+        return reading
+
     async def _publish(self, notes: list[int]) -> None:
         """Send the notes now; if Redis is away, the outbox's relay sends them later."""
         if not notes:
@@ -174,3 +325,74 @@ def _checks(server: Server, reading: ServerReading, thresholds: Thresholds) -> l
             )
         )
     return checks
+
+
+class ServingApp:
+    """A live release with its project and server, and what its checks mean."""
+
+    def __init__(self, deployment: Deployment, project: Project, server: Server) -> None:
+        self.deployment = deployment
+        self.project = project
+        self.server = server
+        self.spec = AppSpec.model_validate((deployment.details or {}).get("spec") or {})
+        self.url = deployment.url or ""
+        self.health_url = self.url.rstrip("/") + self.spec.health_path
+
+    @property
+    def subject(self) -> str:
+        return f"app:{self.project.name}"
+
+    def liveness_problem(self, reading: AppReading) -> str | None:
+        if not reading.reachable:
+            return f"its server did not answer: {reading.error}"
+        if not reading.found:
+            return "it is not on its server any more"
+        if not reading.supervised:
+            return f"release {reading.release} is not running on {self.server.handle}"
+        if not reading.running:
+            return f"release {reading.release} keeps exiting ({reading.exits} times)"
+        return None
+
+    def checks(
+        self,
+        problem: str | None,
+        reading: AppReading | None,
+        certificate: Certificate | None,
+        settings: Settings,
+    ) -> list[Check]:
+        evidence: dict[str, object] = {"error": problem, "url": self.url or None}
+        if reading is not None:
+            evidence.update(
+                release=reading.release, log_tail=reading.log_tail, restarted=reading.restarted
+            )
+        found = [
+            Check(
+                kind=IncidentKind.app_down,
+                subject=self.subject,
+                ok=problem is None,
+                title=f"app {self.project.name} is down on {self.server.handle}",
+                evidence=evidence,
+                server_id=self.server.id,
+                project_id=self.project.id,
+            )
+        ]
+        if certificate is not None:
+            now = utcnow()
+            found.append(
+                Check(
+                    kind=IncidentKind.certificate_expiring,
+                    subject=self.subject,
+                    ok=not certificate.expiring(
+                        now, timedelta(days=settings.certificate_expiry_days)
+                    ),
+                    title=(
+                        f"the TLS certificate of {self.url} runs out in "
+                        f"{certificate.days_left(now)} days "
+                        f"({certificate.not_after:%Y-%m-%d %H:%M} UTC)"
+                    ),
+                    evidence={"not_after": certificate.not_after.isoformat(), "url": self.url},
+                    server_id=self.server.id,
+                    project_id=self.project.id,
+                )
+            )
+        return found

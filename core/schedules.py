@@ -52,7 +52,15 @@ SERVER_HEALTH = ScheduledJob(
     run_timeout=timedelta(minutes=15),
 )
 
-JOBS: tuple[ScheduledJob, ...] = (REAPER, SERVER_HEALTH)
+APP_HEALTH = ScheduledJob(
+    name="app-health",
+    workflow="AppHealthWorkflow",
+    summary="Check each serving app from here: its health URL or liveness, its TLS certificate",
+    interval=lambda settings: timedelta(seconds=settings.app_health_interval_s),
+    run_timeout=timedelta(minutes=15),
+)
+
+JOBS: tuple[ScheduledJob, ...] = (REAPER, SERVER_HEALTH, APP_HEALTH)
 
 
 def job_named(name: str) -> ScheduledJob | None:

@@ -160,6 +160,22 @@ class Settings(BaseSettings):
     server_memory_low_percent: float = Field(
         default=5.0, ge=0, le=100, description="A server with less available memory is DEGRADED"
     )
+    app_health_interval_s: float = Field(
+        default=60.0, gt=0, description="How often every serving app is checked"
+    )
+    app_health_timeout_s: float = Field(
+        default=5.0, gt=0, description="How long one check waits for an app's health answer"
+    )
+    app_restart_before_incident: bool = Field(
+        default=True,
+        description="An app found down is started again once before its failures count",
+    )
+    app_restart_wait_s: float = Field(
+        default=30.0, gt=0, description="How long an app started again has to answer"
+    )
+    certificate_expiry_days: float = Field(
+        default=14.0, gt=0, description="A TLS certificate running out sooner opens an incident"
+    )
 
     # Engineering tasks: the defaults of what a task does not set (EngineeringOptions).
     default_agent: str | None = Field(

@@ -20,7 +20,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from core.enums import DeploymentStatus, ServerStatus, TaskStatus, TaskType
 from core.logging import get_logger
 from db.errors import NotFound
-from db.tables import Deployment, PortAllocation, Server, Task, utcnow
+from db.tables import Deployment, PortAllocation, Project, Server, Task, utcnow
 
 log = get_logger(__name__)
 
@@ -59,6 +59,34 @@ async def serving(session: AsyncSession, project_id: str) -> Deployment | None:
         .order_by(col(Deployment.updated_at).desc())
     )
     return (await session.exec(query)).first()
+
+
+async def all_serving(session: AsyncSession) -> list[str]:
+    """The ids of every project's live release on a server: what the app-health Schedule
+    checks."""
+    query = (
+        select(Deployment.id)
+        .where(
+            col(Deployment.status) == DeploymentStatus.running,
+            col(Deployment.server_id).is_not(None),
+        )
+        .order_by(col(Deployment.created_at))
+    )
+    return list((await session.exec(query)).all())
+
+
+async def live_release(
+    session: AsyncSession, deployment_id: str
+) -> tuple[Deployment, Project, Server] | None:
+    """The release with its project and server while it is live on one; else None."""
+    deployment = await session.get(Deployment, deployment_id)
+    if deployment is None or deployment.status != DeploymentStatus.running:
+        return None
+    server = await session.get(Server, deployment.server_id) if deployment.server_id else None
+    project = await session.get(Project, deployment.project_id)
+    if server is None or project is None:
+        return None
+    return deployment, project, server
 
 
 async def previous_release(session: AsyncSession, current: Deployment) -> Deployment | None:

@@ -118,6 +118,18 @@ async def record_check(
     )
 
 
+async def failures_before(
+    session: AsyncSession, kind: IncidentKind, subject: str, tick: str
+) -> int:
+    """Failed checks in a row before ``tick``'s (a retry of the tick sees the same number)."""
+    streak = await session.get(CheckStreak, (kind, subject))
+    if streak is None:
+        return 0
+    if streak.last_tick == tick:
+        return max(0, streak.failures - 1)
+    return streak.failures
+
+
 async def open_incident(session: AsyncSession, kind: IncidentKind, subject: str) -> Incident | None:
     query = select(Incident).where(
         col(Incident.kind) == kind,

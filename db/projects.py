@@ -28,11 +28,18 @@ async def create_project(
     modules: list[str],
     owner_id: str,
     template: ProjectTemplate | None = None,
+    chat_id: int | None = None,
 ) -> Project:
+    """``chat_id``: the chat whose PO session asked for it (told of its incidents)."""
     if await find_by_name(session, name) is not None:
         raise Conflict(f"a project named {name!r} already exists")
     project = Project(
-        name=name, description=description, modules=modules, template=template, owner_id=owner_id
+        name=name,
+        description=description,
+        modules=modules,
+        template=template,
+        owner_id=owner_id,
+        chat_id=chat_id,
     )
     session.add(project)
     try:

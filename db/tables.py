@@ -80,6 +80,9 @@ class Project(SQLModel, table=True):
     repo_full_name: str | None = Field(default=None, max_length=200)
     repository: str | None = Field(default=None, description="Clone URL of the repository")
     owner_id: str = Field(foreign_key="users.id", index=True, max_length=32)
+    # The chat whose PO session created it (its key was that chat's): told of its incidents
+    # (migration 0012). None: made with a full key; the admins are told.
+    chat_id: int | None = Field(default=None, sa_type=BigInteger)
     created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
     updated_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
 

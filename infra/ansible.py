@@ -26,7 +26,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -353,6 +353,11 @@ def _secret_values(secret_vars: Mapping[str, Any]) -> list[str]:
     walk(secret_vars)
     # Longest first, so a secret containing another is masked whole.
     return sorted(set(values), key=len, reverse=True)
+
+
+def mask_secrets(text: str, values: Iterable[str]) -> str:
+    """``text`` with each of ``values`` (secrets) replaced by the mask, the longest first."""
+    return _mask(text, sorted({v for v in values if v}, key=len, reverse=True))
 
 
 def _mask(text: str, secrets: list[str]) -> str:

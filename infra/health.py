@@ -1,14 +1,18 @@
-"""Is an app up: its health URL asked over HTTP until it answers 2xx or time runs out."""
+"""Is an app up: its health URL asked over HTTP until it answers 2xx or time runs out; when its
+TLS certificate runs out."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 import time
 from collections.abc import Callable
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, NamedTuple
 
 import httpx
+from cryptography import x509
 
 # How often a health URL is asked while the app is not up yet.
 HEALTH_INTERVAL_S = 0.5
@@ -56,3 +60,54 @@ async def check_health(
                 return problem
             on_wait(problem)
             await asyncio.sleep(HEALTH_INTERVAL_S)
+
+
+class Certificate(NamedTuple):
+    not_before: datetime
+    not_after: datetime
+
+    def expiring(self, now: datetime, within: timedelta) -> bool:
+        """Whether it runs out within ``within``, or within the last third of its own lifetime
+        when that is shorter: a short-lived certificate (an edge's internal one lasts hours) is
+        renewed when a third of it is left, so only one past that has failed to renew."""
+        lifetime = self.not_after - self.not_before
+        return self.not_after - now < min(within, lifetime / 3)
+
+    def days_left(self, now: datetime) -> float:
+        return round((self.not_after - now).total_seconds() / 86400, 2)
+
+
+async def served_certificate(
+    url: str, *, connect_to: str | None = None, timeout_s: float = 5.0
+) -> Certificate | None:
+    """The validity of the certificate served at the https ``url`` (reached at ``connect_to``
+    when given, named by the URL's host); None for an http URL or when nothing answers TLS. Not
+    verified here: what matters is when it runs out, whoever signed it."""
+    parsed = httpx.URL(url)
+    if parsed.scheme != "https" or not parsed.host:
+        return None
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        _, writer = await asyncio.wait_for(
+            asyncio.open_connection(
+                connect_to or parsed.host,
+                parsed.port or 443,
+                ssl=context,
+                server_hostname=parsed.host,
+            ),
+            timeout_s,
+        )
+    except (OSError, TimeoutError, ssl.SSLError):
+        return None
+    try:
+        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError, ssl.SSLError):
+            await writer.wait_closed()
+    if not der:
+        return None
+    certificate = x509.load_der_x509_certificate(der)
+    return Certificate(certificate.not_valid_before_utc, certificate.not_valid_after_utc)

@@ -119,3 +119,74 @@ def parse_probe(output: str, *, seconds: float = 0.0) -> ServerReading:
         container_engine=values.get("container_engine"),
         seconds=seconds,
     )
+
+
+APP_PLAYBOOK = "app_health.yml"
+LOG_MARK = "--- log"
+
+
+class AppReading(BaseModel):
+    """One look at one app on its server; ``error`` set when SSH did not get through."""
+
+    reachable: bool
+    error: str | None = None
+    found: bool = False  # the app has a directory on the server
+    release: str | None = None  # the serving release (current.json)
+    supervised: bool = False  # its supervisor is alive (it starts the app again when it exits)
+    running: bool = False  # the app's own process is alive
+    restarted: bool | None = None  # None: not asked to; else whether the start went through
+    exits: int = 0  # how often the app exited since its last start
+    log_tail: str = ""
+
+    @property
+    def alive(self) -> bool:
+        """Up, for an app without a port: supervised, and its process running."""
+        return self.found and self.supervised and self.running
+
+
+async def inspect_app(
+    runner: AnsibleRunner,
+    target: SshTarget,
+    apps_root: str | None,
+    app_name: str,
+    *,
+    restart: bool = False,
+    log_lines: int = 40,
+) -> AppReading:
+    """Read the app's serving release, its supervisor and its last log lines (``restart``:
+    start the serving release again first)."""
+    extravars: dict[str, object] = {
+        "app_name": app_name,
+        "restart": restart,
+        "log_lines": log_lines,
+    }
+    if apps_root:
+        extravars["apps_root"] = apps_root
+    run = await runner.run_async(
+        APP_PLAYBOOK, target, extravars, timeout_s=PROBE_TIMEOUT_S, run_name=f"app-{app_name}"
+    )
+    if run.status != "successful":
+        error = (run.failed_msg or "looking at the app failed").strip()
+        return AppReading(reachable=False, error=error[:2000])
+    return parse_app(str(run.data.get("app", "")))
+
+
+def parse_app(output: str) -> AppReading:
+    head, _, log = output.partition(LOG_MARK)
+    values = dict(
+        (key, value.strip())
+        for key, _, value in (line.strip().partition(" ") for line in head.splitlines())
+        if key
+    )
+    restarted = values.get("restarted")
+    exits = values.get("exits", "0")
+    return AppReading(
+        reachable=True,
+        found=values.get("found") == "yes",
+        release=values.get("release") or None,
+        supervised=values.get("supervisor") == "alive",
+        running=values.get("process") == "alive",
+        restarted=None if restarted is None else restarted == "yes",
+        exits=int(exits) if exits.isdigit() else 0,
+        log_tail=log.strip("\n"),
+    )

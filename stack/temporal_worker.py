@@ -62,6 +62,7 @@ from infra.ansible import AnsibleRunner
 from infra.containers import ContainerRuntime
 from infra.forges import make_forge
 from workflows.ansible_deploy import AnsibleDeployWorkflow
+from workflows.app_health import AppHealthWorkflow
 from workflows.deploy import DeployWorkflow
 from workflows.development import DEVELOPMENT_GRAPH, build_development_graph
 from workflows.devops import DEVOPS_GRAPH, build_devops_graph
@@ -243,13 +244,15 @@ def departments(parts: Parts) -> list[Department]:
                 )
             },
         ),
-        # The scheduled checks of servers (the reaper is the workers' own): incidents to the
-        # chats. Their Schedules are made by `up` (stack/prepare.py, core/schedules.py).
+        # The scheduled checks of servers and apps (the reaper is the workers' own): incidents
+        # to the chats. Their Schedules are made by `up` (stack/prepare.py, core/schedules.py).
         Department(
             "schedules",
-            workflows=[ServerHealthWorkflow],
-            activities=activities_of(health, leaving_out=[health.check_server_health]),
-            needs={ANSIBLE: [health.check_server_health]},
+            workflows=[ServerHealthWorkflow, AppHealthWorkflow],
+            activities=activities_of(
+                health, leaving_out=[health.check_server_health, health.check_app_health]
+            ),
+            needs={ANSIBLE: [health.check_server_health, health.check_app_health]},
         ),
     ]
 

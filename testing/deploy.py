@@ -260,15 +260,20 @@ async def deploy_stack_on(
     home: Path,
     *,
     in_process_worker: bool = True,
+    **overrides: Any,
 ) -> AsyncIterator[DeployStack]:
-    """The API, a bridge, a READY server and (unless the test runs its own) a worker."""
+    """The API, a bridge, a READY server and (unless the test runs its own) a worker;
+    ``overrides`` change the stack's settings."""
     # Ports of their own: apps of another test (or a crashed run) must not answer for ours.
     first = random.randrange(20000, 29000, 50)
     settings = Settings(
-        home=home,
-        deploy_ports=f"{first}-{first + 49}",
-        deploy_health_timeout_s=15,
-        temporal_task_queue=f"deploy-{uuid.uuid4().hex[:12]}",
+        **{
+            "home": home,
+            "deploy_ports": f"{first}-{first + 49}",
+            "deploy_health_timeout_s": 15,
+            "temporal_task_queue": f"deploy-{uuid.uuid4().hex[:12]}",
+            **overrides,
+        }
     )
     apps_root = Path(tempfile.mkdtemp(prefix="o-apps-"))
     application = create_app(settings, database=db, redis=redis, temporal=client)

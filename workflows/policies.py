@@ -98,6 +98,9 @@ FEW_RETRIES = RetryPolicy(
 )
 # A server's health check: its probe's own timeout (infra/server_probe.py) and the recording.
 SERVER_CHECK_TIMEOUT = timedelta(minutes=2)
+# An app's: its health answer, and when it is down a look on its server, a restart and the
+# wait for it to answer again (app_restart_wait_s).
+APP_CHECK_TIMEOUT = timedelta(minutes=5)
 # Beyond the playbook's own timeout, so Ansible stops first and says so.
 RELEASE_MARGIN = timedelta(seconds=300)
 RELEASE_RETRY = RetryPolicy(

@@ -76,6 +76,6 @@ class ServerHealthWorkflow:
                 except ActivityError as error:
                     output.errors[handle] = str(error.cause or error)
 
-        await asyncio.gather(*(check(handle) for handle in plan.servers))
+        await asyncio.gather(*(check(handle) for handle in plan.subjects))
         output.checked.sort(key=lambda checked: checked.handle)
         return output

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, status
 
-from api.deps import CurrentUser, DbSession
+from api.deps import CurrentUser, DbSession, KeyChat
 from api.problems import problem_responses
 from api.schemas import ProjectCreate, ProjectRead
 from db import projects
@@ -18,7 +18,10 @@ router = APIRouter(prefix="/projects", tags=["projects"])
     summary="Create a project",
     responses=problem_responses(409),
 )
-async def create_project(data: ProjectCreate, user: CurrentUser, session: DbSession) -> ProjectRead:
+async def create_project(
+    data: ProjectCreate, user: CurrentUser, chat: KeyChat, session: DbSession
+) -> ProjectRead:
+    # Made by a chat's PO session: that chat hears of the project's incidents.
     project = await projects.create_project(
         session,
         name=data.name,
@@ -26,6 +29,7 @@ async def create_project(data: ProjectCreate, user: CurrentUser, session: DbSess
         modules=data.modules,
         template=data.template,
         owner_id=user.id,
+        chat_id=chat,
     )
     return ProjectRead.model_validate(project)
 

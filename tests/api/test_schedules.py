@@ -20,22 +20,15 @@ import pytest
 import pytest_asyncio
 from fastapi import FastAPI
 from redis.asyncio import Redis
-from temporalio.client import (
-    Client,
-    Schedule,
-    ScheduleActionExecutionStartWorkflow,
-    ScheduleActionStartWorkflow,
-    ScheduleHandle,
-    ScheduleIntervalSpec,
-    ScheduleSpec,
-)
+from temporalio.client import Client, ScheduleActionExecutionStartWorkflow, ScheduleHandle
 from temporalio.service import RPCError
 
 from api.app import create_app
-from core.schedules import JOBS, REAPER, SERVER_HEALTH, ScheduledJob
+from core.schedules import JOBS, REAPER, SERVER_HEALTH
 from core.settings import Settings
 from db.engine import Database
 from db.users import ensure_admin_key
+from stack.prepare import ensure_schedule
 from testing.servers import free_port
 from testing.waiting import eventually
 from tests.api.conftest import MakeClient, auth
@@ -70,7 +63,8 @@ async def made(
     temporal_client: Client, settings: Settings
 ) -> AsyncIterator[dict[str, ScheduleHandle]]:
     """The reaper's Schedule, made as `up` makes it; the server checks' left unmade."""
-    handles = {REAPER.name: await make_schedule(temporal_client, settings, REAPER)}
+    assert await ensure_schedule(temporal_client, settings, REAPER)
+    handles = {REAPER.name: temporal_client.get_schedule_handle(REAPER.schedule_id(settings))}
     try:
         yield handles
     finally:
@@ -81,19 +75,6 @@ async def made(
                 with contextlib.suppress(RPCError):  # ended meanwhile
                     await temporal_client.get_workflow_handle(action.workflow_id).terminate()
             await handle.delete()
-
-
-async def make_schedule(client: Client, settings: Settings, job: ScheduledJob) -> ScheduleHandle:
-    schedule_id = job.schedule_id(settings)
-    return await client.create_schedule(
-        schedule_id,
-        Schedule(
-            action=ScheduleActionStartWorkflow(
-                job.workflow, id=schedule_id, task_queue=settings.temporal_task_queue
-            ),
-            spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=job.interval(settings))]),
-        ),
-    )
 
 
 async def listed(client: httpx.AsyncClient) -> dict[str, dict[str, Any]]:

@@ -86,7 +86,6 @@ def test_list_show_and_ack(cli: Cli, api: Api, project: dict) -> None:
 
     table = cli("incident", "list", "--project", name, COLUMNS="200")
     assert table.exit_code == 0, table.output
-    print(table.stdout)
     assert f"app:{name} does not answer" in table.stdout
     assert "app_down" in table.stdout and "open" in table.stdout
 

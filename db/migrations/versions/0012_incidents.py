@@ -1,5 +1,5 @@
-"""The schedulers' records: incidents, the failed-check streaks that open them, and what a
-server's last health check read.
+"""The schedulers' records: incidents, the failed-check streaks that open them, what a server's
+last health check read, and the chat a project's incidents are told to.
 
 Revision ID: 0012
 Revises: 0011
@@ -20,6 +20,9 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     with op.batch_alter_table("servers") as batch:
         batch.add_column(sa.Column("health", sa.JSON(), nullable=True))
+    with op.batch_alter_table("projects") as batch:
+        # The chat told of its incidents: the one whose PO session created it.
+        batch.add_column(sa.Column("chat_id", sa.BigInteger(), nullable=True))
     op.create_table(
         "incidents",
         sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
@@ -61,5 +64,7 @@ def downgrade() -> None:
     op.drop_table("check_streaks")
     op.drop_index("uq_incidents_open", table_name="incidents")
     op.drop_table("incidents")
+    with op.batch_alter_table("projects") as batch:
+        batch.drop_column("chat_id")
     with op.batch_alter_table("servers") as batch:
         batch.drop_column("health")
