@@ -8,6 +8,7 @@ import json
 import os
 import signal
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +18,16 @@ from sqlmodel import col, select
 from temporalio.client import Client
 
 from core.contracts.chat import ChatNote, decode_chat_entry
-from core.enums import IncidentKind
+from core.enums import DeploymentStatus, IncidentKind
 from core.ids import chat_stream
 from core.schedules import APP_HEALTH
 from db.engine import Database
-from db.tables import Incident, Project
+from db.tables import Deployment, Incident, Project, Server
 from stack.prepare import ensure_schedule
-from testing.deploy import DeployStack, deploy_stack_on, served
+from testing.deploy import SERVER, DeployStack, deploy_stack_on, served
 from testing.schedules import Ticks
 from testing.ssh_host import SshHost
+from testing.tls import https_server
 from testing.waiting import eventually
 from workflows.app_health import AppHealthOutput
 
@@ -165,3 +167,44 @@ async def test_a_killed_app_is_started_again_once_and_one_kept_down_opens_an_inc
 async def _at_least(notes: Any, count: int) -> list[ChatNote] | None:
     got: list[ChatNote] = await notes
     return got if len(got) >= count else None
+
+
+async def test_a_certificate_running_out_within_the_threshold_opens_an_incident(
+    watched_stack: DeployStack,
+) -> None:
+    stack = watched_stack
+    created = await stack.api.post("/projects", json={"name": "certs", "modules": ["backend"]})
+    assert created.status_code == 201, created.text
+    # A 90-day certificate with 2 days left (Caddy renews at 30): its renewal has failed.
+    lasting = {"expires_in": timedelta(days=2), "lifetime": timedelta(days=90)}
+    with https_server("certs.localhost", **lasting) as (port, certificate):
+        async with stack.db.session() as session:
+            server = (await session.exec(select(Server).where(col(Server.handle) == SERVER))).one()
+            server.edge_ca = certificate  # the app answers, verified: only its dates are wrong
+            project = await session.get(Project, created.json()["id"])
+            assert project is not None
+            project.chat_id = CHAT
+            spec = {"source": "manifest", "runtime": "process", "service": "web", "port": port}
+            release = Deployment(
+                project_id=project.id,
+                server_id=server.id,
+                port=port,
+                release="r1",
+                status=DeploymentStatus.running,
+                url=f"https://certs.localhost:{port}/",
+                details={"spec": spec},
+            )
+            session.add_all([server, project, release])
+            await session.commit()
+        ticks = Ticks(stack.client, APP_HEALTH.schedule_id(stack.settings))
+        for failures in (1, 2):
+            [checked] = AppHealthOutput.model_validate(await ticks.tick()).checked
+            assert (checked.up, checked.restarted) == (True, False), checked
+            assert checked.certificate_days_left is not None
+            assert 1.9 < checked.certificate_days_left <= 2
+            assert len(checked.opened) == failures - 1  # the second in a row opens it
+    [incident] = await incidents(stack)
+    assert incident.kind == IncidentKind.certificate_expiring and incident.resolved_at is None
+    assert "runs out in" in incident.title
+    [note] = await eventually(lambda: chat_notes(stack.redis), "the project's chat to be told")
+    assert note.note_id == f"incident-{incident.id}-opened"
