@@ -27,7 +27,6 @@ from infra.agents import ADAPTERS
 
 INSTRUCTIONS_FILE = DEPLOY_DIR / "po" / "AGENTS.md"
 INSTRUCTION_NAMES = ("AGENTS.md", "CLAUDE.md")
-CHAT_STREAM_MAXLEN = 10_000
 # How long a delivery key is remembered: far longer than any retry of one publish.
 PUBLISHED_TTL_S = 7 * 24 * 3600
 
@@ -36,12 +35,13 @@ NO_MODEL = (
     "(Claude Code) or OPENAI_API_KEY (Codex) for the worker, or ORCHESTRATOR_PO_AGENT."
 )
 
-# KEYS[1] the delivery key, KEYS[2] the stream; ARGV: ttl, maxlen, then field/value pairs.
+# KEYS[1] the delivery key, KEYS[2] the stream; ARGV: ttl, then field/value pairs. No length
+# cap: housekeeping trims what the bot has acknowledged (infra/streams.py).
 _PUBLISH_ONCE = """
 if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
   local fields = {}
-  for i = 3, #ARGV do fields[#fields + 1] = ARGV[i] end
-  return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(fields))
+  for i = 2, #ARGV do fields[#fields + 1] = ARGV[i] end
+  return redis.call('XADD', KEYS[2], '*', unpack(fields))
 end
 return false
 """
@@ -126,7 +126,7 @@ class POActivities:
         if entry is None:
             raise ApplicationError("nothing to publish", type="BadInput", non_retryable=True)
         key = f"telegram:published:{request.chat_id}:{delivery_key(entry)}"
-        args: list[str | int] = [PUBLISHED_TTL_S, CHAT_STREAM_MAXLEN]
+        args: list[str | int] = [PUBLISHED_TTL_S]
         for name, value in encode_chat_entry(entry).items():
             args += [name, value]
         added = await self.redis.eval(  # type: ignore[misc]

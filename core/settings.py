@@ -143,6 +143,12 @@ class Settings(BaseSettings):
     workspace_retention_hours: float = Field(
         default=24.0, ge=0, description="Keep a finished task's workspace this long"
     )
+    stream_retention_hours: float = Field(
+        default=72.0,
+        ge=0,
+        description="Keep every Redis stream entry this long; older ones go once every "
+        "consumer group has acknowledged them",
+    )
 
     # The scheduled checks (core/schedules.py), run by the Temporal Schedules `up` creates.
     server_health_interval_s: float = Field(

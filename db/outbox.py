@@ -17,8 +17,6 @@ from db.tables import OutboxMessage, utcnow
 
 log = get_logger(__name__)
 
-# An entry of ``task_progress:*`` and callback streams is kept this many messages deep.
-STREAM_MAXLEN = 10_000
 
 
 def enqueue(session: AsyncSession, stream: str, fields: dict[str, str]) -> OutboxMessage:
@@ -39,7 +37,9 @@ async def publish(db: Database, redis: Redis, ids: list[int] | None = None) -> i
         for message in pending:
             crash_point("outbox.before_xadd")
             fields: dict[Any, Any] = dict(message.fields)
-            await redis.xadd(message.stream, fields, maxlen=STREAM_MAXLEN, approximate=True)
+            # No length cap, which would drop entries a consumer has not read: housekeeping
+            # trims what every consumer acknowledged (infra/streams.py).
+            await redis.xadd(message.stream, fields)
             await session.exec(
                 update(OutboxMessage)
                 .where(col(OutboxMessage.id) == message.id)

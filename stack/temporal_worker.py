@@ -40,6 +40,7 @@ from activities.engineering import EngineeringActivities
 from activities.forge import ForgeActivities, PullRequestActivities
 from activities.gateway import GatewayActivities
 from activities.health import HealthActivities
+from activities.housekeeping import HousekeepingActivities
 from activities.po import POActivities
 from activities.releases import ReleaseActivities
 from activities.servers import ServerActivities
@@ -244,13 +245,16 @@ def departments(parts: Parts) -> list[Department]:
                 )
             },
         ),
-        # The scheduled checks of servers and apps (the reaper is the workers' own): incidents
-        # to the chats. Their Schedules are made by `up` (stack/prepare.py, core/schedules.py).
+        # The scheduled checks of servers and apps (the reaper is the workers' own), incidents
+        # to the chats, and the streams' housekeeping the reaper's runs do. Their Schedules
+        # are made by `up` (stack/prepare.py, core/schedules.py).
         Department(
             "schedules",
             workflows=[ServerHealthWorkflow, AppHealthWorkflow],
             activities=activities_of(
-                health, leaving_out=[health.check_server_health, health.check_app_health]
+                health,
+                HousekeepingActivities(settings, redis),
+                leaving_out=[health.check_server_health, health.check_app_health],
             ),
             needs={ANSIBLE: [health.check_server_health, health.check_app_health]},
         ),

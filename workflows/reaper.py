@@ -10,7 +10,9 @@ up``: core/schedules.py, stack/prepare.py) starts this workflow every
 - gives back the turns (Worker slots, deploy turns: workflows/turns.py) that closed runs still
   hold or wait for (``TurnActivities.reap_turns``);
 - removes the workspaces of tasks finished longer than ``workspace_retention_hours`` ago
-  (``EngineeringActivities.clean_workspaces``).
+  (``EngineeringActivities.clean_workspaces``);
+- trims the Redis streams: entries older than ``stream_retention_hours`` that every consumer
+  group has acknowledged (``HousekeepingActivities.trim_streams``, infra/streams.py).
 
 Every part runs even when another fails; a run with a failed part fails (after both ran), so
 the Schedule's recent actions show it.
@@ -31,14 +33,18 @@ with workflow.unsafe.imports_passed_through():
         CleanWorkspacesResult,
         EngineeringActivities,
     )
+    from activities.housekeeping import HousekeepingActivities
     from activities.turns import GivenBack, TurnActivities
     from activities.workers import WorkerActivities
     from core.schedules import REAPER
     from core.task_queues import CONTAINERS
+    from infra.streams import TrimReport
 
 REAPER_WORKFLOW = REAPER.workflow
 # Runs from before it had no turns to give back.
 REAP_TURNS_PATCH = "reaper-gives-back-turns"
+# Runs from before it trimmed no stream.
+TRIM_STREAMS_PATCH = "reaper-trims-streams"
 
 
 class ReaperInput(BaseModel):
@@ -55,6 +61,7 @@ class ReaperOutput(BaseModel):
         default_factory=list, description="Turns of closed runs given back"
     )
     workspaces: CleanWorkspacesResult = Field(default_factory=CleanWorkspacesResult)
+    streams: TrimReport = Field(default_factory=TrimReport)
     errors: list[str] = Field(default_factory=list)
 
 
@@ -95,11 +102,22 @@ class ReaperWorkflow:
             )
         except ActivityError as error:
             output.errors.append(f"removing workspaces: {_cause(error)}")
+        if workflow.patched(TRIM_STREAMS_PATCH):
+            try:
+                output.streams = await workflow.execute_activity_method(
+                    HousekeepingActivities.trim_streams,
+                    start_to_close_timeout=CLEAN_TIMEOUT,
+                    retry_policy=FEW_RETRIES,
+                    summary="Trim the Redis streams of what every consumer acknowledged",
+                )
+            except ActivityError as error:
+                output.errors.append(f"trimming streams: {_cause(error)}")
         workflow.logger.info(
-            "reaped %d containers, %d turns, %d workspaces",
+            "reaped %d containers, %d turns, %d workspaces, %d stream entries",
             len(output.workers_removed),
             len(output.turns_given_back),
             len(output.workspaces.removed),
+            output.streams.entries,
         )
         if output.errors:
             raise ApplicationError(
