@@ -9,6 +9,7 @@ have those (nor abort at exit with them, sdk-python #300).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 import time
@@ -137,12 +138,20 @@ def _same_schedule(current: ScheduleDescription, wanted: Schedule) -> bool:
         and have.workflow == want.workflow
         and have.task_queue == want.task_queue
         and have.execution_timeout == want.execution_timeout
-        and have.static_summary == want.static_summary
+        and _text(have.static_summary) == want.static_summary
         and [i.every for i in current.schedule.spec.intervals]
         == [i.every for i in wanted.spec.intervals]
         and current.schedule.policy.overlap == wanted.policy.overlap
         and current.schedule.policy.catchup_window == wanted.policy.catchup_window
     )
+
+
+def _text(summary: object) -> str | None:
+    """A described action's summary: the SDK (1.35) hands it back as the payload it sent."""
+    data = getattr(summary, "data", None)
+    if isinstance(data, bytes):
+        return str(json.loads(data))
+    return None if summary is None else str(summary)
 
 
 def _not_ours_to_change(exc: Exception) -> bool:
