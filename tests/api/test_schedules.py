@@ -21,7 +21,7 @@ import pytest_asyncio
 from fastapi import FastAPI
 from redis.asyncio import Redis
 from temporalio.client import Client, ScheduleActionExecutionStartWorkflow, ScheduleHandle
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from api.app import create_app
 from core.schedules import JOBS, REAPER, SERVER_HEALTH
@@ -62,19 +62,30 @@ async def app(
 async def made(
     temporal_client: Client, settings: Settings
 ) -> AsyncIterator[dict[str, ScheduleHandle]]:
-    """The reaper's Schedule, made as `up` makes it; the server checks' left unmade."""
+    """The reaper's Schedule, made as `up` makes it; the other jobs' left unmade."""
     assert await ensure_schedule(temporal_client, settings, REAPER)
     handles = {REAPER.name: temporal_client.get_schedule_handle(REAPER.schedule_id(settings))}
     try:
         yield handles
     finally:
         for handle in handles.values():
-            description = await handle.describe()
-            for action in description.info.running_actions:
-                assert isinstance(action, ScheduleActionExecutionStartWorkflow)
-                with contextlib.suppress(RPCError):  # ended meanwhile
-                    await temporal_client.get_workflow_handle(action.workflow_id).terminate()
-            await handle.delete()
+            await remove_schedule(temporal_client, handle.id)
+
+
+async def remove_schedule(client: Client, schedule_id: str) -> None:
+    """Delete a Schedule of a test, and end the runs it started (no worker would)."""
+    handle = client.get_schedule_handle(schedule_id)
+    try:
+        description = await handle.describe()
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            return
+        raise
+    for action in description.info.running_actions:
+        assert isinstance(action, ScheduleActionExecutionStartWorkflow)
+        with contextlib.suppress(RPCError):  # ended meanwhile
+            await client.get_workflow_handle(action.workflow_id).terminate()
+    await handle.delete()
 
 
 async def listed(client: httpx.AsyncClient) -> dict[str, dict[str, Any]]:

@@ -8,7 +8,6 @@ its own on the shared server; they are deleted at the end.
 
 from __future__ import annotations
 
-import contextlib
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -16,23 +15,27 @@ import httpx
 import pytest
 import pytest_asyncio
 from temporalio.client import Client, ScheduleHandle
-from temporalio.service import RPCError
 
 from core.schedules import JOBS, REAPER, SERVER_HEALTH
 from core.settings import Settings
 from stack.prepare import ensure_schedule
+from tests.api.test_schedules import remove_schedule
 from tests.cli.conftest import Api, Cli
 
 QUEUE = f"cli-schedules-{uuid.uuid4().hex[:8]}"
 # A day between runs: no tick of their own falls within the tests.
-SETTINGS = Settings(
-    temporal_task_queue=QUEUE, reaper_interval_minutes=1440, server_health_interval_s=86_400
-)
 ENVIRONMENT = {
     "ORCHESTRATOR_TEMPORAL_TASK_QUEUE": QUEUE,
     "ORCHESTRATOR_REAPER_INTERVAL_MINUTES": "1440",
     "ORCHESTRATOR_SERVER_HEALTH_INTERVAL_S": "86400",
+    "ORCHESTRATOR_APP_HEALTH_INTERVAL_S": "86400",
 }
+SETTINGS = Settings(
+    temporal_task_queue=QUEUE,
+    reaper_interval_minutes=1440,
+    server_health_interval_s=86_400,
+    app_health_interval_s=86_400,
+)
 
 
 @pytest.fixture(scope="module")
@@ -54,15 +57,12 @@ async def reaper(temporal_client: Client, api: Api) -> AsyncIterator[ScheduleHan
     """The reaper's Schedule as `up` makes it (its prepare step made it already, unless an
     earlier test deleted it); the server checks' not made."""
     await ensure_schedule(temporal_client, SETTINGS, REAPER)
-    with contextlib.suppress(RPCError):
-        await temporal_client.get_schedule_handle(SERVER_HEALTH.schedule_id(SETTINGS)).delete()
-    handle = temporal_client.get_schedule_handle(REAPER.schedule_id(SETTINGS))
+    await remove_schedule(temporal_client, SERVER_HEALTH.schedule_id(SETTINGS))
     try:
-        yield handle
+        yield temporal_client.get_schedule_handle(REAPER.schedule_id(SETTINGS))
     finally:
         for job in JOBS:
-            with contextlib.suppress(RPCError):  # not there
-                await temporal_client.get_schedule_handle(job.schedule_id(SETTINGS)).delete()
+            await remove_schedule(temporal_client, job.schedule_id(SETTINGS))
 
 
 async def test_list_pause_unpause(cli: Cli, reaper: ScheduleHandle) -> None:
