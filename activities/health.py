@@ -7,31 +7,45 @@ Ansible run's private directory, as in provisioning (activities/servers.py).
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
+from typing import Generic, TypeVar
 
 from pydantic import BaseModel, Field
-from redis.asyncio import Redis
 from temporalio import activity
 
 from activities import heartbeating
-from activities.servers import ssh_target
+from activities.servers import ServerWork, ssh_target
 from core.contracts.base import utcnow
 from core.contracts.chat import CHATS_KEY
-from core.crypto import Vault
 from core.enums import CHECKED_SERVER_STATUSES, IncidentKind, ServerStatus
 from core.faults import crash_point
 from core.logging import get_logger
 from core.settings import Settings
 from db import deployments, incidents, outbox, secrets, servers, users
-from db.engine import Database
 from db.incidents import Check
 from db.tables import Deployment, Project, Server
-from infra.ansible import AnsibleRunner, SshTarget, mask_secrets
+from infra.ansible import mask_secrets
 from infra.env_analyzer import AppSpec
 from infra.health import Certificate, check_health, served_certificate
 from infra.server_probe import AppReading, ServerReading, Thresholds, inspect_app, probe_server
 
 log = get_logger(__name__)
+
+Checked = TypeVar("Checked", bound=BaseModel)
+
+
+class Tick(BaseModel):
+    """A scheduled check's input: nothing, the worker's settings say what and how."""
+
+
+class CheckReport(BaseModel, Generic[Checked]):
+    """What one check (or one tick of them) found, subject by subject."""
+
+    checked: list[Checked] = Field(default_factory=list)
+    errors: dict[str, str] = Field(
+        default_factory=dict, description="Subjects whose check failed in this tick, and why"
+    )
 
 
 class HealthPlan(BaseModel):
@@ -58,8 +72,8 @@ class ServerCheckOutput(BaseModel):
     seconds: float = 0.0
 
 
-class AppCheckInput(BaseModel):
-    deployment_id: str
+class AppBatchInput(BaseModel):
+    deployment_ids: list[str]
     tick: str = Field(description="The run of the tick: a retry within it counts once")
 
 
@@ -75,16 +89,7 @@ class AppCheckOutput(BaseModel):
     resolved: list[int] = Field(default_factory=list)
 
 
-class HealthActivities:
-    def __init__(
-        self, settings: Settings, db: Database, redis: Redis, vault: Vault, runner: AnsibleRunner
-    ) -> None:
-        self.settings = settings
-        self.db = db
-        self.redis = redis
-        self.vault = vault
-        self.runner = runner
-
+class HealthActivities(ServerWork):
     @activity.defn
     async def plan_server_health(self) -> HealthPlan:
         """The provisioned servers, whatever their last check said."""
@@ -158,53 +163,64 @@ class HealthActivities:
         return HealthPlan(subjects=serving, concurrency=self.settings.health_check_concurrency)
 
     @activity.defn
-    async def check_app_health(self, request: AppCheckInput) -> AppCheckOutput:
+    async def check_app_health(self, request: AppBatchInput) -> CheckReport[AppCheckOutput]:
+        """Check a batch of live releases, ``health_check_concurrency`` at a time; one whose
+        check fails is named in ``errors``, the others go on."""
+        slots = asyncio.Semaphore(self.settings.health_check_concurrency)
+        output = CheckReport[AppCheckOutput]()
+        chats = _Chats(self)
+
+        async def check(deployment_id: str) -> None:
+            async with slots:
+                try:
+                    output.checked.append(await self._check_app(deployment_id, request.tick, chats))
+                except Exception as exc:  # reported; the next tick tries again
+                    log.warning("app check failed", deployment_id=deployment_id, error=str(exc))
+                    output.errors[deployment_id] = f"{type(exc).__name__}: {exc}"
+
+        async with heartbeating(f"{len(request.deployment_ids)} apps"):
+            await asyncio.gather(*(check(d) for d in request.deployment_ids))
+        output.checked.sort(key=lambda checked: checked.deployment_id)
+        return output
+
+    async def _check_app(self, deployment_id: str, tick: str, chats: _Chats) -> AppCheckOutput:
         """Ask the app from here (its health URL; an app without a port: its process on the
         server). Found down for the first time, it is started again once and asked again. Then
         record what it means for its incidents (down, certificate running out), telling the
         project's chat."""
         async with self.db.session() as session:
-            found = await deployments.live_release(session, request.deployment_id)
+            found = await deployments.live_release(session, deployment_id)
             if found is None:
-                return AppCheckOutput(deployment_id=request.deployment_id)
+                return AppCheckOutput(deployment_id=deployment_id)
             deployment, project, server = found
-            subject = f"app:{project.name}"
+            app = ServingApp(deployment, project, server)
             failed_before = await incidents.failures_before(
-                session, IncidentKind.app_down, subject, request.tick
+                session, IncidentKind.app_down, app.subject, tick
             )
-        app = ServingApp(deployment, project, server)
-        target, _ = await ssh_target(self.db, self.vault, server.handle)
-        async with heartbeating(project.name):
-            problem, reading = await self._look(app, target)
-            restarted = False
-            if (
-                problem is not None
-                and failed_before == 0
-                and self.settings.app_restart_before_incident
-            ):
-                problem, reading, restarted = await self._restart(app, target)
-            certificate = await served_certificate(
-                app.url, connect_to=server.host, timeout_s=self.settings.app_health_timeout_s
-            )
+        problem, reading = await self._look(app)
+        restarted = False
+        if problem is not None and failed_before == 0 and self.settings.app_restart_before_incident:
+            problem, reading, restarted = await self._restart(app)
+        certificate = await served_certificate(
+            app.url, connect_to=server.host, timeout_s=self.settings.app_health_timeout_s
+        )
         checks = app.checks(problem, reading, certificate, self.settings)
-        chats = [project.chat_id] if project.chat_id else await self._admin_chats()
-        if project.chat_id:
-            await self.redis.sadd(CHATS_KEY, str(project.chat_id))
+        told = await chats.of(project)
         async with self.db.session() as session:
             recorded = [
                 await incidents.record_check(
                     session,
                     check,
-                    tick=request.tick,
+                    tick=tick,
                     threshold=self.settings.incident_after_failures,
-                    chats=chats,
+                    chats=told,
                 )
                 for check in checks
             ]
         crash_point("health.after_record")
         await self._publish([note for r in recorded for note in r.notes])
         now = utcnow()
-        output = AppCheckOutput(
+        return AppCheckOutput(
             deployment_id=deployment.id,
             project=project.name,
             up=problem is None,
@@ -215,59 +231,42 @@ class HealthActivities:
             opened=[r.opened for r in recorded if r.opened is not None],
             resolved=[r.resolved for r in recorded if r.resolved is not None],
         )
-        log.info("app checked", **output.model_dump(exclude={"problem"}))
-        return output
 
     async def _look(
-        self, app: ServingApp, target: SshTarget
+        self, app: ServingApp, *, after_restart: bool = False
     ) -> tuple[str | None, AppReading | None]:
         """What is wrong with the app (None: nothing), and, when something is or it has no
-        URL, what its server says of it (its process, its last log lines)."""
-        if app.spec.serves_port:
-            problem = await check_health(
-                app.health_url,
-                self.settings.app_health_timeout_s,
-                connect_to=app.server.host if app.health_url.startswith("https://") else None,
-                ca_pem=app.server.edge_ca,
-                any_status=app.spec.health_any_status,
-            )
-            if problem is None:
-                return None, None
-            reading = await self._inspect(app, target)
-            return f"{app.health_url} does not answer: {problem}", reading
-        reading = await self._inspect(app, target)
-        return app.liveness_problem(reading), reading
+        URL, what its server says of it (its process, its last log lines). Just started again,
+        it has ``app_restart_wait_s`` to answer."""
+        if not app.spec.serves_port:
+            reading = await self._inspect(app)
+            return app.liveness_problem(reading), reading
+        within = self.settings.app_restart_wait_s if after_restart else None
+        problem = await check_health(
+            app.health_url,
+            within or self.settings.app_health_timeout_s,
+            connect_to=app.server.host if app.health_url.startswith("https://") else None,
+            ca_pem=app.server.edge_ca,
+            any_status=app.spec.health_any_status,
+        )
+        if problem is None:
+            return None, None
+        said = " after a restart" if after_restart else ""
+        return f"{app.health_url} does not answer{said}: {problem}", await self._inspect(app)
 
-    async def _restart(
-        self, app: ServingApp, target: SshTarget
-    ) -> tuple[str | None, AppReading | None, bool]:
-        """Start the serving release again, then ask it again (for up to app_restart_wait_s)."""
-        started = await self._inspect(app, target, restart=True)
+    async def _restart(self, app: ServingApp) -> tuple[str | None, AppReading | None, bool]:
+        """Start the serving release again, then ask it again."""
+        started = await self._inspect(app, restart=True)
         if not started.restarted:
-            return (
-                f"it could not be started again: {started.error or 'appctl start failed'}",
-                started,
-                False,
-            )
+            why = started.error or "appctl start failed"
+            return f"it could not be started again: {why}", started, False
         log.info("app started again", project=app.project.name, release=started.release)
-        if app.spec.serves_port:
-            problem = await check_health(
-                app.health_url,
-                self.settings.app_restart_wait_s,
-                connect_to=app.server.host if app.health_url.startswith("https://") else None,
-                ca_pem=app.server.edge_ca,
-                any_status=app.spec.health_any_status,
-            )
-            if problem is None:
-                return None, None, True
-            reading = await self._inspect(app, target)
-            return f"{app.health_url} does not answer after a restart: {problem}", reading, True
-        reading = await self._inspect(app, target)
-        return app.liveness_problem(reading), reading, True
+        problem, reading = await self._look(app, after_restart=True)
+        return problem, reading, True
 
-    async def _inspect(
-        self, app: ServingApp, target: SshTarget, *, restart: bool = False
-    ) -> AppReading:
+    async def _inspect(self, app: ServingApp, *, restart: bool = False) -> AppReading:
+        """Look at the app on its server over SSH (``restart``: start it again first)."""
+        target, _ = await ssh_target(self.db, self.vault, app.server.handle)
         reading = await inspect_app(
             self.runner, target, app.server.apps_root, app.project.name, restart=restart
         )
@@ -325,6 +324,23 @@ def _checks(server: Server, reading: ServerReading, thresholds: Thresholds) -> l
             )
         )
     return checks
+
+
+class _Chats:
+    """Who is told of a project's incidents: the chat whose PO session made it, else the
+    admins (looked up once per batch); each added to the chats the bot reads."""
+
+    def __init__(self, activities: HealthActivities) -> None:
+        self.activities = activities
+        self.admins: list[int] | None = None
+
+    async def of(self, project: Project) -> list[int]:
+        if project.chat_id:
+            await self.activities.redis.sadd(CHATS_KEY, str(project.chat_id))
+            return [project.chat_id]
+        if self.admins is None:
+            self.admins = await self.activities._admin_chats()
+        return self.admins
 
 
 class ServingApp:

@@ -19,12 +19,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel
-from redis.asyncio import Redis
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities import heartbeating, infra_failures, run_blocking
-from activities.servers import ssh_target
+from activities.servers import ServerWork, ssh_target
 from core.contracts.deploy import (
     DEPLOY_RESULT_TTL_SECONDS,
     PROJECT_SECRETS_PREFIX,
@@ -34,13 +33,10 @@ from core.contracts.deploy import (
     EdgeSettings,
     deploy_result_key,
 )
-from core.crypto import Vault
 from core.logging import get_logger
-from core.settings import Settings
 from db import domains, secrets, servers
-from db.engine import Database
 from db.tables import Server
-from infra.ansible import AnsibleRunner, PlaybookRun, RunnerEvent, SshTarget
+from infra.ansible import PlaybookRun, RunnerEvent, SshTarget
 from infra.forges import make_forge
 from infra.git import archive_commit
 from infra.release_archives import archive_vars, export_locked_requirements
@@ -129,16 +125,7 @@ def named_url(name: str, edge: EdgeSettings) -> str:
     return f"https://{name}/" if edge.https_port == 443 else f"https://{name}:{edge.https_port}/"
 
 
-class ReleaseActivities:
-    def __init__(
-        self, settings: Settings, db: Database, redis: Redis, vault: Vault, runner: AnsibleRunner
-    ) -> None:
-        self.settings = settings
-        self.db = db
-        self.redis = redis
-        self.vault = vault
-        self.runner = runner
-
+class ReleaseActivities(ServerWork):
     @activity.defn
     async def deploy_release(self, message: AnsibleDeployMessage) -> AnsibleDeployResult:
         """Run deploy.yml for one release; a failed playbook is a result, not an error."""

@@ -23,6 +23,7 @@ from core.contracts.provisioner import (
 from core.crypto import Vault, VaultError
 from core.enums import ServerStatus
 from core.logging import get_logger
+from core.settings import Settings
 from db import servers
 from db.engine import Database
 from db.errors import NotFound
@@ -172,6 +173,20 @@ class ServerActivities:
 
     async def _target(self, handle: str) -> tuple[SshTarget, Server]:
         return await ssh_target(self.db, self.vault, handle)
+
+
+class ServerWork:
+    """What the activities that work on servers over SSH hold: the settings, the database (the
+    servers and their keys), Redis, the vault that decrypts the keys and the Ansible runner."""
+
+    def __init__(
+        self, settings: Settings, db: Database, redis: Redis, vault: Vault, runner: AnsibleRunner
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.redis = redis
+        self.vault = vault
+        self.runner = runner
 
 
 async def ssh_target(db: Database, vault: Vault, handle: str) -> tuple[SshTarget, Server]:

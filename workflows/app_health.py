@@ -7,69 +7,56 @@ started again, over SSH). Found down for the first time in a row, it is started 
 (``ORCHESTRATOR_APP_RESTART_BEFORE_INCIDENT``) and asked again; still down, the failure counts,
 and ``incident_after_failures`` of them in a row open an ``app_down`` incident with its last log
 lines, told to the project's chat. A TLS certificate running out within
-``certificate_expiry_days`` opens ``certificate_expiring``. Checks run concurrently, at most
-``health_check_concurrency`` at a time.
+``certificate_expiry_days`` opens ``certificate_expiring``.
+
+The releases are checked in batches of ``APP_BATCH`` per activity (a tick of hundreds of apps
+stays a few dozen events in its history), each batch ``health_check_concurrency`` at a time, and
+``plan.concurrency // APP_BATCH`` batches (at least one) at once.
 """
 
 from __future__ import annotations
 
-import asyncio
-
-from pydantic import BaseModel, Field
 from temporalio import workflow
-from temporalio.exceptions import ActivityError
 
-from workflows.policies import APP_CHECK_TIMEOUT, DB_RETRY, FEW_RETRIES, PLAYBOOK_HEARTBEAT, QUICK
-from workflows.toolkit import host_with
+from workflows.policies import APP_CHECK_TIMEOUT, FEW_RETRIES, PLAYBOOK_HEARTBEAT
+from workflows.toolkit import bounded_each, host_with, read_plan
 
 with workflow.unsafe.imports_passed_through():
-    from activities.health import AppCheckInput, AppCheckOutput, HealthActivities
+    from activities.health import AppBatchInput, AppCheckOutput, CheckReport, HealthActivities, Tick
     from core.schedules import APP_HEALTH
     from core.task_queues import ANSIBLE
 
-
-class AppHealthInput(BaseModel):
-    """Nothing: the worker's settings say how (thresholds, restarts, concurrency)."""
-
-
-class AppHealthOutput(BaseModel):
-    checked: list[AppCheckOutput] = Field(default_factory=list)
-    errors: dict[str, str] = Field(
-        default_factory=dict, description="Releases whose check failed in this tick, and why"
-    )
+# Releases per activity.
+APP_BATCH = 25
+AppHealthOutput = CheckReport[AppCheckOutput]
 
 
 @workflow.defn(name=APP_HEALTH.workflow)
 class AppHealthWorkflow:
     @workflow.run
-    async def run(self, request: AppHealthInput) -> AppHealthOutput:
-        plan = await workflow.execute_activity_method(
-            HealthActivities.plan_app_health,
-            start_to_close_timeout=QUICK,
-            retry_policy=DB_RETRY,
-            summary="The serving apps to check",
-        )
-        output = AppHealthOutput()
+    async def run(self, request: Tick) -> CheckReport[AppCheckOutput]:
+        plan = await read_plan(HealthActivities.plan_app_health, "The serving apps to check")
         tick = workflow.info().workflow_id
-        slots = asyncio.Semaphore(plan.concurrency)
+        ids = plan.subjects
+        batches = [ids[i : i + APP_BATCH] for i in range(0, len(ids), APP_BATCH)]
 
-        async def check(deployment_id: str) -> None:
-            async with slots:
-                try:
-                    output.checked.append(
-                        await workflow.execute_activity_method(
-                            HealthActivities.check_app_health,
-                            AppCheckInput(deployment_id=deployment_id, tick=tick),
-                            task_queue=host_with(ANSIBLE),
-                            start_to_close_timeout=APP_CHECK_TIMEOUT,
-                            heartbeat_timeout=PLAYBOOK_HEARTBEAT,
-                            retry_policy=FEW_RETRIES,
-                            summary=f"Check release {deployment_id}",
-                        )
-                    )
-                except ActivityError as error:
-                    output.errors[deployment_id] = str(error.cause or error)
+        async def check(batch: list[str]) -> CheckReport[AppCheckOutput]:
+            return await workflow.execute_activity_method(
+                HealthActivities.check_app_health,
+                AppBatchInput(deployment_ids=batch, tick=tick),
+                task_queue=host_with(ANSIBLE),
+                start_to_close_timeout=APP_CHECK_TIMEOUT,
+                heartbeat_timeout=PLAYBOOK_HEARTBEAT,
+                retry_policy=FEW_RETRIES,
+                summary=f"Check {len(batch)} apps",
+            )
 
-        await asyncio.gather(*(check(deployment_id) for deployment_id in plan.subjects))
-        output.checked.sort(key=lambda checked: checked.deployment_id)
+        done, failed = await bounded_each(batches, plan.concurrency // APP_BATCH, check)
+        output = AppHealthOutput()
+        for batch_output in done:
+            output.checked += batch_output.checked
+            output.errors.update(batch_output.errors)
+        for batch, why in failed:
+            output.errors.update(dict.fromkeys(batch, why))
+        output.checked.sort(key=lambda one: one.deployment_id)
         return output

@@ -20,6 +20,9 @@ the Schedule's recent actions show it.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+from typing import TypeVar
+
 from pydantic import BaseModel, Field
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
@@ -33,16 +36,16 @@ with workflow.unsafe.imports_passed_through():
         CleanWorkspacesResult,
         EngineeringActivities,
     )
-    from activities.housekeeping import HousekeepingActivities
+    from activities.housekeeping import HousekeepingActivities, TrimReport
     from activities.turns import GivenBack, TurnActivities
     from activities.workers import WorkerActivities
     from core.schedules import REAPER
     from core.task_queues import CONTAINERS
-    from infra.streams import TrimReport
 
 REAPER_WORKFLOW = REAPER.workflow
 # Runs from before it had no turns to give back.
 REAP_TURNS_PATCH = "reaper-gives-back-turns"
+T = TypeVar("T")
 # Runs from before it trimmed no stream.
 TRIM_STREAMS_PATCH = "reaper-trims-streams"
 
@@ -70,48 +73,18 @@ class ReaperWorkflow:
     @workflow.run
     async def run(self, request: ReaperInput) -> ReaperOutput:
         output = ReaperOutput()
-        try:
-            output.workers_removed = await workflow.execute_activity_method(
-                WorkerActivities.reap_workers,
-                task_queue=host_with(CONTAINERS),
-                start_to_close_timeout=REAP_WORKERS_TIMEOUT,
-                retry_policy=FEW_RETRIES,
-                summary="Remove the containers of closed workflows",
-            )
-        except ActivityError as error:
-            output.errors.append(f"removing containers: {_cause(error)}")
+        part = _Parts(output.errors)
+        if (found := await part("removing containers", self._reap_workers())) is not None:
+            output.workers_removed = found
         if workflow.patched(REAP_TURNS_PATCH):
-            try:
-                output.turns_given_back = await workflow.execute_activity_method(
-                    TurnActivities.reap_turns,
-                    start_to_close_timeout=REAP_WORKERS_TIMEOUT,
-                    retry_policy=FEW_RETRIES,
-                    summary="Give back the turns of closed workflows",
-                )
-            except ActivityError as error:
-                output.errors.append(f"giving back turns: {_cause(error)}")
-        try:
-            output.workspaces = await workflow.execute_activity_method(
-                EngineeringActivities.clean_workspaces,
-                CleanWorkspacesInput(retention_hours=request.workspace_retention_hours),
-                task_queue=host_with(CONTAINERS),
-                start_to_close_timeout=CLEAN_TIMEOUT,
-                heartbeat_timeout=CLEAN_HEARTBEAT,
-                retry_policy=FEW_RETRIES,
-                summary="Remove the workspaces of finished tasks",
-            )
-        except ActivityError as error:
-            output.errors.append(f"removing workspaces: {_cause(error)}")
+            if (given := await part("giving back turns", self._reap_turns())) is not None:
+                output.turns_given_back = given
+        cleaning = self._clean_workspaces(request.workspace_retention_hours)
+        if (cleaned := await part("removing workspaces", cleaning)) is not None:
+            output.workspaces = cleaned
         if workflow.patched(TRIM_STREAMS_PATCH):
-            try:
-                output.streams = await workflow.execute_activity_method(
-                    HousekeepingActivities.trim_streams,
-                    start_to_close_timeout=CLEAN_TIMEOUT,
-                    retry_policy=FEW_RETRIES,
-                    summary="Trim the Redis streams of what every consumer acknowledged",
-                )
-            except ActivityError as error:
-                output.errors.append(f"trimming streams: {_cause(error)}")
+            if (trimmed := await part("trimming streams", self._trim_streams())) is not None:
+                output.streams = trimmed
         workflow.logger.info(
             "reaped %d containers, %d turns, %d workspaces, %d stream entries",
             len(output.workers_removed),
@@ -124,6 +97,60 @@ class ReaperWorkflow:
                 "; ".join(output.errors), output.model_dump(), type="ReapFailed", non_retryable=True
             )
         return output
+
+    @staticmethod
+    async def _reap_workers() -> list[str]:
+        return await workflow.execute_activity_method(
+            WorkerActivities.reap_workers,
+            task_queue=host_with(CONTAINERS),
+            start_to_close_timeout=REAP_WORKERS_TIMEOUT,
+            retry_policy=FEW_RETRIES,
+            summary="Remove the containers of closed workflows",
+        )
+
+    @staticmethod
+    async def _reap_turns() -> list[GivenBack]:
+        return await workflow.execute_activity_method(
+            TurnActivities.reap_turns,
+            start_to_close_timeout=REAP_WORKERS_TIMEOUT,
+            retry_policy=FEW_RETRIES,
+            summary="Give back the turns of closed workflows",
+        )
+
+    @staticmethod
+    async def _clean_workspaces(retention_hours: float | None) -> CleanWorkspacesResult:
+        return await workflow.execute_activity_method(
+            EngineeringActivities.clean_workspaces,
+            CleanWorkspacesInput(retention_hours=retention_hours),
+            task_queue=host_with(CONTAINERS),
+            start_to_close_timeout=CLEAN_TIMEOUT,
+            heartbeat_timeout=CLEAN_HEARTBEAT,
+            retry_policy=FEW_RETRIES,
+            summary="Remove the workspaces of finished tasks",
+        )
+
+    @staticmethod
+    async def _trim_streams() -> TrimReport:
+        return await workflow.execute_activity_method(
+            HousekeepingActivities.trim_streams,
+            start_to_close_timeout=CLEAN_TIMEOUT,
+            retry_policy=FEW_RETRIES,
+            summary="Trim the Redis streams of what every consumer acknowledged",
+        )
+
+
+class _Parts:
+    """Each part of a run runs even when another failed; a failed one is noted in ``errors``."""
+
+    def __init__(self, errors: list[str]) -> None:
+        self.errors = errors
+
+    async def __call__(self, what: str, part: Awaitable[T]) -> T | None:
+        try:
+            return await part
+        except ActivityError as error:
+            self.errors.append(f"{what}: {_cause(error)}")
+            return None
 
 
 def _cause(error: ActivityError) -> str:

@@ -7,7 +7,7 @@ Deterministic workflow code (activity calls, conditions, timers) only.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from temporalio import workflow
@@ -18,6 +18,7 @@ from temporalio.exceptions import (
     FailureError,
     is_cancelled_exception,
 )
+from temporalio.types import MethodAsyncNoParam
 from temporalio.workflow import ActivityCancellationType
 
 from workflows.policies import (
@@ -48,6 +49,7 @@ with workflow.unsafe.imports_passed_through():
     from core.task_queues import CONTAINERS, Capability, capability_queue
 
 R = TypeVar("R")
+Item = TypeVar("Item")
 
 # Runs from before it replay an older cancellation of ``create_container``; no run needs that any
 # more: new runs record it as a deprecated marker (see ``create_worker``).
@@ -416,3 +418,34 @@ async def close_gateway(task_id: str, summary: str) -> None:
         retry_policy=QUICK_RETRY,
         summary=summary,
     )
+
+
+# --- many checks at once (the scheduled jobs) ----------------------------------------------------
+
+
+async def read_plan(method: MethodAsyncNoParam[Any, R], summary: str) -> R:
+    """What a scheduled job's run works through, read from the database."""
+    return await workflow.execute_activity_method(
+        method, start_to_close_timeout=QUICK, retry_policy=DB_RETRY, summary=summary
+    )
+
+
+async def bounded_each(
+    items: Sequence[Item], limit: int, call: Callable[[Item], Awaitable[R]]
+) -> tuple[list[R], list[tuple[Item, str]]]:
+    """``call`` on every item, at most ``limit`` at a time. Returns the results of those that
+    ended, and (item, why) of those whose activity failed for good: one failure does not stop
+    the others."""
+    slots = asyncio.Semaphore(max(1, limit))
+    results: list[R] = []
+    failures: list[tuple[Item, str]] = []
+
+    async def one(item: Item) -> None:
+        async with slots:
+            try:
+                results.append(await call(item))
+            except ActivityError as error:
+                failures.append((item, str(error.cause or error)))
+
+    await asyncio.gather(*(one(item) for item in items))
+    return results, failures
