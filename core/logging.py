@@ -72,6 +72,9 @@ def configure_logging(service: str, level: str = "INFO", log_dir: Path | None = 
     for name in ("uvicorn", "uvicorn.access", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+    # A line per outgoing request (app health checks hundreds a minute) says nothing an error
+    # would not: httpx speaks from WARNING up.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

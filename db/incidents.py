@@ -66,6 +66,10 @@ async def record_check(
     ``chats``; commits. :class:`Conflict` if another writer opened the same incident meanwhile
     (a retry then finds it open)."""
     streak = await session.get(CheckStreak, (check.kind, check.subject))
+    if check.ok and (streak is None or streak.failures == 0):
+        # The usual case: it passed, and nothing failed before it (no incident can be open:
+        # one closes in the transaction that resets its streak). Nothing to write.
+        return CheckRecorded(failures=0)
     if streak is None:
         streak = CheckStreak(kind=check.kind, subject=check.subject)
     if streak.last_tick != tick:
