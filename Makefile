@@ -22,6 +22,7 @@ test: install
 	$(BIN)/python bench/cli_startup.py --quick
 	$(BIN)/python bench/task_burst.py --quick
 	$(BIN)/python bench/package_install.py --quick
+	$(BIN)/python bench/app_health_tick.py --quick
 	$(MAKE) --no-print-directory lint
 
 lint: install
