@@ -13,6 +13,7 @@ whose storage keeps the image between runs (testing/servers.py test_images_root)
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -42,6 +43,7 @@ from temporalio.service import RPCError
 from cli.demo import ANTHROPIC_KEYS, OPENAI_KEYS
 from cli.demo_notes import FAILING_TEST
 from cli.demo_script import DEMO_FILES
+from core.schedules import JOBS
 from core.settings import Settings
 from infra.containers import TASK_ID, ContainerRuntime, WorkerSpec
 from infra.forges.local import LocalForge
@@ -333,6 +335,8 @@ async def test_up_run_a_task_down(stack: Stack) -> None:
     assert_private(stack.home)
     async with httpx.AsyncClient(timeout=10) as http:
         assert (await http.get(status["temporal_ui_url"])).status_code == 200
+    # Every scheduled job has its Schedule, shown in the Web UI with its summary.
+    assert await schedules_in_the_web_ui(status["temporal_ui_url"]) == SCHEDULED
     containers = next(s for s in status["services"] if s["name"] == "containers")
     assert containers["address"] == f"unix://{stack.home / 'podman' / 'docker.sock'}"
     worker_pid = await start_a_worker(containers["address"])
@@ -350,6 +354,32 @@ async def test_up_run_a_task_down(stack: Stack) -> None:
     assert [p for p in stack.ports.values() if listening(p)] == []
     assert not (stack.home / "stack.json").exists()
     assert stack.json("status")["running"] is False
+
+    # Up again: the same Schedules, one per job, none added.
+    again = await asyncio.to_thread(stack.json, "up", "--detach")
+    listed = stack.json("schedule", "list")
+    assert sorted((s["name"], s["exists"]) for s in listed) == sorted(
+        (job.name, True) for job in JOBS
+    )
+    assert await schedules_in_the_web_ui(stack.json("status")["temporal_ui_url"]) == SCHEDULED
+    assert (await asyncio.to_thread(stack.json, "down"))["was_running"] is True
+    assert again["status"] == "started"
+
+
+# Each job's Schedule id on the stack's queue, and its summary.
+SCHEDULED = sorted((f"orchestrator-{job.name}", job.summary) for job in JOBS)
+
+
+async def schedules_in_the_web_ui(ui_url: str) -> list[tuple[str, str]]:
+    """(id, summary) of each Schedule, as the Temporal Web UI's own API lists them."""
+    async with httpx.AsyncClient(timeout=10) as http:
+        listed = await http.get(f"{ui_url.rstrip('/')}/api/v1/namespaces/default/schedules")
+    assert listed.status_code == 200, listed.text
+    found = []
+    for schedule in listed.json()["schedules"]:
+        summary = schedule["memo"]["fields"]["summary"]["data"]
+        found.append((schedule["scheduleId"], json.loads(base64.b64decode(summary))))
+    return sorted(found)
 
 
 async def test_the_demo_builds_a_database_feature_with_a_package_to_a_pull_request(
