@@ -13,9 +13,10 @@ from temporalio import activity
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 
+from activities.health import IncidentDesk
 from core.contracts.base import as_utc
 from core.contracts.deploy import AnsibleDeployResult, DeployOptions
-from core.enums import DeployAction, DeploymentStatus
+from core.enums import DeployAction, DeploymentStatus, IncidentKind
 from core.ids import ansible_deploy_workflow_id
 from core.logging import get_logger
 from core.settings import Settings
@@ -24,6 +25,7 @@ from db import deployments, projects, secrets
 from db import tasks as tasks_db
 from db.engine import Database
 from db.errors import NotFound
+from db.incidents import Check
 from db.tables import Task
 from db.tasks import TaskService
 
@@ -58,6 +60,7 @@ class LockInput(BaseModel):
 class FailureInput(BaseModel):
     task_id: str
     error: str
+    cancelled: bool = Field(default=False, description="A person cancelled it: no incident")
 
 
 class SecretsInput(BaseModel):
@@ -112,6 +115,29 @@ async def ansible_outcome_of(client: Client, request_id: str) -> AnsibleOutcome:
 def app_name(project_name: str) -> str:
     """The app's directory on the server (project names are already safe path parts)."""
     return project_name
+
+
+async def deploy_outcome(
+    settings: Settings, db: Database, redis: Redis, task_id: str, error: str | None
+) -> None:
+    """A deploy's outcome as its project's ``deploy_failed`` check: a failure (``error``) opens
+    the incident at once, a deploy that went live resolves it. Once per task."""
+    desk = IncidentDesk(settings, db, redis)
+    async with db.session() as session:
+        task = await tasks_db.get_task(session, task_id)
+        project = await projects.get_project_by_id(session, task.project_id)
+        check = Check(
+            kind=IncidentKind.deploy_failed,
+            subject=f"app:{project.name}",
+            ok=error is None,
+            title=f"the deploy of {project.name} failed",
+            evidence={"error": error, "task_id": task_id},
+            project_id=project.id,
+        )
+        recorded = await desk.record(
+            session, [check], task_id, await desk.chats_of(project), threshold=1
+        )
+    await desk.publish(recorded)
 
 
 def _fail(message: str, kind: str = "DeployFailed") -> ApplicationError:
@@ -215,13 +241,17 @@ class DeployActivities:
 
     @activity.defn
     async def record_deploy_failure(self, failure: FailureInput) -> None:
-        """The task's release FAILED (the serving one, if any, serves on)."""
+        """The task's release FAILED (the serving one, if any, serves on); a deploy that failed
+        (not one a person cancelled) opens the project's ``deploy_failed`` incident, told to
+        its chat, which its next deploy that goes live resolves."""
         async with self.db.session() as session:
             deployment = await deployments.of_task(session, failure.task_id)
             if deployment is not None and deployment.status != DeploymentStatus.running:
                 await deployments.set_status(
                     session, deployment.id, DeploymentStatus.failed, error=failure.error
                 )
+        if not failure.cancelled:
+            await deploy_outcome(self.settings, self.db, self.redis, failure.task_id, failure.error)
 
     @activity.defn
     async def apps_of_project(self, project_id: str) -> list[AppOnServer]:

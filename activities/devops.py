@@ -20,6 +20,7 @@ from temporalio import activity
 from temporalio.client import Client
 
 from activities import run_blocking
+from activities.deploy import deploy_outcome
 from core.contracts.deploy import (
     ANSIBLE_DEPLOY_QUEUE,
     AnsibleDeployMessage,
@@ -311,6 +312,8 @@ class DevOpsNodes:
             f"{state['project_name']} release {state['release']} is live {where}",
             RECORD,
         )
+        # Live: an earlier failed deploy's incident is resolved.
+        await deploy_outcome(self.settings, self.db, self.redis, state["task_id"], None)
         return {}
 
     async def _event(

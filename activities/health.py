@@ -12,6 +12,8 @@ from datetime import timedelta
 from typing import Generic, TypeVar
 
 from pydantic import BaseModel, Field
+from redis.asyncio import Redis
+from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
 
 from activities import heartbeating
@@ -23,7 +25,8 @@ from core.faults import crash_point
 from core.logging import get_logger
 from core.settings import Settings
 from db import deployments, incidents, outbox, secrets, servers, users
-from db.incidents import Check
+from db.engine import Database
+from db.incidents import Check, CheckRecorded
 from db.tables import Deployment, Project, Server
 from infra.ansible import mask_secrets
 from infra.env_analyzer import AppSpec
@@ -118,7 +121,7 @@ class HealthActivities(ServerWork):
             if problems
             else ServerStatus.ready
         )
-        chats = await self._admin_chats()
+        desk = IncidentDesk(self.settings, self.db, self.redis)
         async with self.db.session() as session:
             await servers.record_health(
                 session,
@@ -127,22 +130,10 @@ class HealthActivities(ServerWork):
                 error=reading.error if not reading.reachable else "; ".join(problems) or None,
                 health=reading.model_dump(exclude={"reachable", "error"}),
             )
-            # A Conflict (another writer opened the same incident meanwhile) fails this
-            # attempt; the retry finds that incident open.
-            recorded = [
-                await incidents.record_check(
-                    session,
-                    check,
-                    tick=request.tick,
-                    threshold=self.settings.incident_after_failures,
-                    chats=chats,
-                )
-                for check in _checks(server, reading, thresholds)
-            ]
-        # Killed here, the retry counts nothing twice (the tick is kept with the streak) and
-        # the notes already committed go out through the outbox's relay.
-        crash_point("health.after_record")
-        await self._publish([note for r in recorded for note in r.notes])
+            recorded = await desk.record(
+                session, _checks(server, reading, thresholds), request.tick, await desk.admins()
+            )
+        await desk.publish(recorded)
         output = ServerCheckOutput(
             handle=request.handle,
             status=status,
@@ -168,12 +159,12 @@ class HealthActivities(ServerWork):
         check fails is named in ``errors``, the others go on."""
         slots = asyncio.Semaphore(self.settings.health_check_concurrency)
         output = CheckReport[AppCheckOutput]()
-        chats = _Chats(self)
+        desk = IncidentDesk(self.settings, self.db, self.redis)
 
         async def check(deployment_id: str) -> None:
             async with slots:
                 try:
-                    output.checked.append(await self._check_app(deployment_id, request.tick, chats))
+                    output.checked.append(await self._check_app(deployment_id, request.tick, desk))
                 except Exception as exc:  # reported; the next tick tries again
                     log.warning("app check failed", deployment_id=deployment_id, error=str(exc))
                     output.errors[deployment_id] = f"{type(exc).__name__}: {exc}"
@@ -183,7 +174,7 @@ class HealthActivities(ServerWork):
         output.checked.sort(key=lambda checked: checked.deployment_id)
         return output
 
-    async def _check_app(self, deployment_id: str, tick: str, chats: _Chats) -> AppCheckOutput:
+    async def _check_app(self, deployment_id: str, tick: str, desk: IncidentDesk) -> AppCheckOutput:
         """Ask the app from here (its health URL; an app without a port: its process on the
         server). Found down for the first time, it is started again once and asked again. Then
         record what it means for its incidents (down, certificate running out), telling the
@@ -205,20 +196,10 @@ class HealthActivities(ServerWork):
             app.url, connect_to=server.host, timeout_s=self.settings.app_health_timeout_s
         )
         checks = app.checks(problem, reading, certificate, self.settings)
-        told = await chats.of(project)
+        chats = await desk.chats_of(project)
         async with self.db.session() as session:
-            recorded = [
-                await incidents.record_check(
-                    session,
-                    check,
-                    tick=tick,
-                    threshold=self.settings.incident_after_failures,
-                    chats=told,
-                )
-                for check in checks
-            ]
-        crash_point("health.after_record")
-        await self._publish([note for r in recorded for note in r.notes])
+            recorded = await desk.record(session, checks, tick, chats)
+        await desk.publish(recorded)
         now = utcnow()
         return AppCheckOutput(
             deployment_id=deployment.id,
@@ -276,25 +257,6 @@ class HealthActivities(ServerWork):
         reading.log_tail = mask_secrets(reading.log_tail, values.values())
         return reading
 
-    async def _publish(self, notes: list[int]) -> None:
-        """Send the notes now; if Redis is away, the outbox's relay sends them later."""
-        if not notes:
-            return
-        try:
-            await outbox.publish(self.db, self.redis, notes)
-        except Exception as exc:
-            log.warning("outbox publish deferred", error=str(exc))
-
-    async def _admin_chats(self) -> list[int]:
-        """The chats of the admins (settings' Telegram admins and admin users with a Telegram
-        id); each added to the chats the bot reads."""
-        async with self.db.session() as session:
-            chats = await users.admin_telegram_ids(session)
-        chats = list(dict.fromkeys([*self.settings.telegram_admins, *chats]))
-        if chats:
-            await self.redis.sadd(CHATS_KEY, *[str(chat) for chat in chats])
-        return chats
-
 
 def _checks(server: Server, reading: ServerReading, thresholds: Thresholds) -> list[Check]:
     """Reachability always; the disk only when it could be read."""
@@ -326,21 +288,71 @@ def _checks(server: Server, reading: ServerReading, thresholds: Thresholds) -> l
     return checks
 
 
-class _Chats:
-    """Who is told of a project's incidents: the chat whose PO session made it, else the
-    admins (looked up once per batch); each added to the chats the bot reads."""
+class IncidentDesk:
+    """Records what checks found as incidents (db/incidents.py) and tells the chats: the
+    scheduled checks' and the deploys' one way to do it."""
 
-    def __init__(self, activities: HealthActivities) -> None:
-        self.activities = activities
-        self.admins: list[int] | None = None
+    def __init__(self, settings: Settings, db: Database, redis: Redis) -> None:
+        self.settings = settings
+        self.db = db
+        self.redis = redis
+        self._admins: list[int] | None = None
 
-    async def of(self, project: Project) -> list[int]:
+    async def admins(self) -> list[int]:
+        """The admins' chats (the settings' Telegram admins and admin users with a Telegram
+        id), looked up once; each added to the chats the bot reads."""
+        if self._admins is None:
+            async with self.db.session() as session:
+                found = await users.admin_telegram_ids(session)
+            self._admins = list(dict.fromkeys([*self.settings.telegram_admins, *found]))
+            if self._admins:
+                await self.redis.sadd(CHATS_KEY, *[str(chat) for chat in self._admins])
+        return self._admins
+
+    async def chats_of(self, project: Project) -> list[int]:
+        """Who hears of a project's incidents: the chat whose PO session made it, else the
+        admins."""
         if project.chat_id:
-            await self.activities.redis.sadd(CHATS_KEY, str(project.chat_id))
+            await self.redis.sadd(CHATS_KEY, str(project.chat_id))
             return [project.chat_id]
-        if self.admins is None:
-            self.admins = await self.activities._admin_chats()
-        return self.admins
+        return await self.admins()
+
+    async def record(
+        self,
+        session: AsyncSession,
+        checks: list[Check],
+        tick: str,
+        chats: list[int],
+        threshold: int | None = None,
+    ) -> list[CheckRecorded]:
+        """Each check counted (once per ``tick``), its incident opened or resolved, its notes
+        enqueued; what else the session holds is committed with them. A Conflict (another
+        writer opened the same incident meanwhile) fails the attempt: its retry finds it open."""
+        recorded = [
+            await incidents.record_check(
+                session,
+                check,
+                tick=tick,
+                threshold=threshold or self.settings.incident_after_failures,
+                chats=chats,
+            )
+            for check in checks
+        ]
+        await session.commit()
+        return recorded
+
+    async def publish(self, recorded: list[CheckRecorded]) -> None:
+        """Send the notes now; if Redis is away, the outbox's relay sends them later."""
+        # Killed here, the retry counts nothing twice (the tick is kept with the streak) and
+        # the notes already committed go out through the outbox's relay.
+        crash_point("health.after_record")
+        notes = [note for r in recorded for note in r.notes]
+        if not notes:
+            return
+        try:
+            await outbox.publish(self.db, self.redis, notes)
+        except Exception as exc:
+            log.warning("outbox publish deferred", error=str(exc))
 
 
 class ServingApp:

@@ -352,10 +352,10 @@ class DeployWorkflow(WaitsForPerson, TakesTurns):
         try:
             await workflow.execute_activity_method(
                 DeployActivities.record_deploy_failure,
-                FailureInput(task_id=self._task_id, error=reason),
+                FailureInput(task_id=self._task_id, error=reason, cancelled=self._task.cancelling),
                 start_to_close_timeout=QUICK,
                 retry_policy=DB_RETRY,
-                summary="Mark the release FAILED",
+                summary="Mark the release FAILED (a failure opens a deploy_failed incident)",
             )
         except FailureError as failure:
             workflow.logger.warning("release not marked failed: %s", describe_failure(failure))

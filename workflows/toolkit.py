@@ -126,6 +126,8 @@ class TaskRun:
         self.noun = noun
         self.failure_type = failure_type
         self.status = TaskStatus.queued
+        # Set while a cancel is recorded: ``on_failure`` tells a cancel from a failure by it.
+        self.cancelling = False
 
     async def run(
         self,
@@ -153,6 +155,7 @@ class TaskRun:
             return value
         except (asyncio.CancelledError, FailureError) as error:
             if is_cancelled_exception(error):
+                self.cancelling = True
                 if on_failure is not None:
                     await on_failure(f"the {self.noun} was cancelled")
                 await self.finish(TaskStatus.cancelled, f"The {self.noun} was cancelled")

@@ -22,6 +22,12 @@ def bare_repository(project: dict[str, Any], stack: DeployStack) -> Path:
     return stack.settings.forge_dir / "local" / f"{project['name']}.git"
 
 
+async def open_incidents(stack: DeployStack) -> list[dict[str, Any]]:
+    listed = await stack.api.get("/incidents", params={"open": "true"})
+    assert listed.status_code == 200, listed.text
+    return list(listed.json())
+
+
 async def releases(stack: DeployStack, project: str) -> list[tuple[str, str]]:
     listed = (await stack.api.get("/deployments", params={"project": project})).json()
     return [(row["release"], row["status"]) for row in reversed(listed)]
@@ -45,6 +51,10 @@ async def test_a_broken_release_leaves_the_previous_serving_and_rollback_returns
     # Said as soon as its process died, not after the whole health timeout.
     assert "its process exited before it answered" in broken["error"]
     assert await served(url) == {"service": name, "message": "hello"}  # the first one serves on
+    # The failure opened the project's deploy_failed incident, saying why.
+    [incident] = await open_incidents(stack)
+    assert (incident["kind"], incident["subject"]) == ("deploy_failed", f"app:{name}")
+    assert "boom: this release cannot start" in incident["evidence"]["error"]
 
     server = (await stack.api.get("/servers/local")).json()
     assert server["status"] == "READY"
@@ -62,6 +72,7 @@ async def test_a_broken_release_leaves_the_previous_serving_and_rollback_returns
     assert third["result"]["deployed_url"] == url  # the same port: the same URL
     assert third["result"]["previous_release"] == first["result"]["release"]
     assert await served(url) == {"service": name, "message": "v3"}
+    assert await open_incidents(stack) == []  # live again: resolved
     history = await releases(stack, name)
     assert [status for _, status in history] == ["SUPERSEDED", "FAILED", "RUNNING"]
     assert (history[0][0], history[2][0]) == (
