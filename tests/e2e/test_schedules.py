@@ -9,6 +9,7 @@ import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest_asyncio
@@ -52,11 +53,12 @@ class Watched:
     env: dict[str, str]  # of a worker process on the test's servers and queue
     log: Path
 
-    def worker(self) -> contextlib.AbstractAsyncContextManager[str]:
-        """The Temporal worker, in this process."""
+    def worker(self, **overrides: Any) -> contextlib.AbstractAsyncContextManager[str]:
+        """The Temporal worker, in this process (``overrides``: of its settings)."""
+        settings = self.settings.model_copy(update=overrides)
         return running_worker(
-            self.client, self.db, self.redis, self.settings.home, settings=self.settings,
-            task_queue=self.settings.temporal_task_queue,
+            self.client, self.db, self.redis, settings.home, settings=settings,
+            task_queue=settings.temporal_task_queue,
         )  # fmt: skip
 
     async def check(self) -> ServerHealthOutput:
@@ -247,3 +249,23 @@ async def test_kill_9_of_the_worker_during_a_tick_opens_one_incident_told_once(
         stop(crashing)
     assert len(await watched.incidents()) == 1
     assert len(watched.told()) == 1, watched.told()
+
+
+async def test_a_server_short_of_disk_is_degraded_and_opens_disk_low(watched: Watched) -> None:
+    # Every disk is short of 100% free.
+    async with watched.worker(server_disk_low_percent=100.0):
+        [checked] = (await watched.check()).checked
+        assert checked.status == ServerStatus.degraded and checked.opened == []
+        assert "of its disk free" in checked.problems[0]
+        server = await watched.server()
+        assert server.status == ServerStatus.degraded and "disk free" in (server.last_error or "")
+        [checked] = (await watched.check()).checked
+        [incident] = await watched.incidents()
+        assert checked.opened == [incident.id] and incident.kind == IncidentKind.disk_low
+    await eventually(
+        lambda: [text for text in watched.told() if f"Incident #{incident.id}" in text],
+        "the admin's chat to be told",
+    )
+    async with watched.worker():  # enough room under the usual threshold: resolved
+        [checked] = (await watched.check()).checked
+        assert (checked.status, checked.resolved) == (ServerStatus.ready, [incident.id])
