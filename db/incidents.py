@@ -147,17 +147,17 @@ async def list_incidents(
     session: AsyncSession,
     *,
     open_only: bool = False,
-    project_id: str | None = None,
+    project_ids: list[str] | None = None,
     server_id: str | None = None,
     kind: IncidentKind | None = None,
     limit: int = 100,
 ) -> list[Incident]:
-    """Newest first."""
+    """Newest first; ``project_ids``: only those of these projects (none: no incident)."""
     query = select(Incident)
     if open_only:
         query = query.where(col(Incident.resolved_at).is_(None))
-    if project_id is not None:
-        query = query.where(col(Incident.project_id) == project_id)
+    if project_ids is not None:
+        query = query.where(col(Incident.project_id).in_(project_ids))
     if server_id is not None:
         query = query.where(col(Incident.server_id) == server_id)
     if kind is not None:

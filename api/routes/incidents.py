@@ -6,7 +6,6 @@ or one of no project (a server's), answers 404 as if it were not there: no probi
 
 from __future__ import annotations
 
-import heapq
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query
@@ -69,17 +68,13 @@ async def list_incidents(
     if not user.is_admin:
         owned = await owned_projects(session, user)
         projects_wanted = owned if projects_wanted is None else projects_wanted & owned
-    if projects_wanted is None:
-        found = await incidents.list_incidents(session, open_only=open_only, kind=kind, limit=limit)
-    else:
-        # Each project's newest, merged: the newest ``limit`` of them all.
-        each = [
-            await incidents.list_incidents(
-                session, open_only=open_only, project_id=project_id, kind=kind, limit=limit
-            )
-            for project_id in sorted(projects_wanted)
-        ]
-        found = list(heapq.merge(*each, key=lambda incident: -(incident.id or 0)))[:limit]
+    found = await incidents.list_incidents(
+        session,
+        open_only=open_only,
+        project_ids=None if projects_wanted is None else sorted(projects_wanted),
+        kind=kind,
+        limit=limit,
+    )
     return [IncidentRead.model_validate(incident) for incident in found]
 
 
