@@ -35,6 +35,7 @@ from api.routes import (
     secrets,
     servers,
     tasks,
+    usage,
     users,
 )
 from core.ids import new_id
@@ -181,6 +182,7 @@ def create_app(
             {"name": "domains", "description": "Names a project's app is served at over HTTPS"},
             {"name": "incidents", "description": "What the scheduled checks found wrong"},
             {"name": "schedules", "description": "The scheduled jobs: admins pause and unpause"},
+            {"name": "usage", "description": "Model calls, Worker minutes, deploys per project"},
         ],
     )
     problems.install(app)
@@ -199,6 +201,7 @@ def create_app(
         domains,
         incidents,
         schedules,
+        usage,
     )
     for module in routers:
         # Authentication on the router: a route added later cannot forget it.

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from pydantic import (
@@ -105,6 +105,9 @@ class ProjectRead(ReadModel):
     repo_full_name: str | None
     repository: str | None
     owner_id: str
+    daily_budget_usd: float | None = PydanticField(
+        default=None, description="USD its model calls may cost a UTC day before its chat is told"
+    )
     created_at: datetime
     updated_at: datetime
 
@@ -443,3 +446,45 @@ class ScheduleRead(BaseModel):
     last_run_workflow_id: str | None
     next_run_at: datetime | None = PydanticField(description="None while paused")
     running: bool = PydanticField(description="A run it started is going now")
+
+
+class UsageTotals(ReadModel):
+    """What was used, summed from the gateway's ledger, the tasks' events and the deploy tasks
+    (db/usage.py says how each is counted)."""
+
+    calls: int = PydanticField(description="Model calls the gateway answered (or the model failed)")
+    refused_calls: int = PydanticField(description="Calls the gateway refused: past their budget")
+    tokens_in: int
+    tokens_out: int
+    cache_read_tokens: int
+    cache_write_tokens: int
+    cost_usd: float = PydanticField(description="USD of the calls of priced models")
+    unpriced_calls: int = PydanticField(description="Calls of models without a known price")
+    worker_minutes: float = PydanticField(
+        description="Minutes engineering tasks had their Worker: from their first stage in it "
+        "until they waited for a person or ended"
+    )
+    deploys: int = PydanticField(description="Deploy tasks asked for")
+    deploys_succeeded: int
+    deploys_failed: int
+
+
+class UsageDayRead(UsageTotals):
+    day: date = PydanticField(description="A UTC day")
+    over_budget: bool = PydanticField(description="Its cost is past the project's daily budget")
+
+
+class ProjectUsageRead(UsageTotals):
+    project_id: str
+    project: str = PydanticField(description="The project's name")
+    daily_budget_usd: float | None
+    days: list[UsageDayRead] = PydanticField(description="The days it used something, in order")
+
+
+class UsageRead(BaseModel):
+    since: date = PydanticField(description="The first UTC day counted")
+    until: date = PydanticField(description="The last UTC day counted: today")
+    total: UsageTotals = PydanticField(description="All the projects below together")
+    projects: list[ProjectUsageRead] = PydanticField(
+        description="The projects that used something, by name"
+    )

@@ -27,6 +27,7 @@ from cli import (
     server,
     stack,
     task,
+    usage,
     worker,
 )
 from cli.demo import demo
@@ -73,6 +74,7 @@ app.add_typer(schedule.app, name="schedule")
 command(app, "demo")(demo)
 command(app, "respond")(respond.respond)
 command(app, "permissions")(permissions.permissions)
+command(app, "usage")(usage.usage)
 
 
 def main() -> None:

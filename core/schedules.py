@@ -60,7 +60,15 @@ APP_HEALTH = ScheduledJob(
     run_timeout=timedelta(minutes=15),
 )
 
-JOBS: tuple[ScheduledJob, ...] = (REAPER, SERVER_HEALTH, APP_HEALTH)
+USAGE = ScheduledJob(
+    "usage",
+    "UsageWorkflow",
+    "Tell the chats of projects whose model calls today cost past their daily budget",
+    lambda settings: timedelta(seconds=settings.usage_interval_s),
+    timedelta(minutes=15),
+)
+
+JOBS: tuple[ScheduledJob, ...] = (REAPER, SERVER_HEALTH, APP_HEALTH, USAGE)
 
 
 def job_named(name: str) -> ScheduledJob | None:

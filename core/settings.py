@@ -182,6 +182,9 @@ class Settings(BaseSettings):
     certificate_expiry_days: float = Field(
         default=14.0, gt=0, description="A TLS certificate running out sooner opens an incident"
     )
+    usage_interval_s: float = Field(
+        default=600.0, gt=0, description="How often the projects' daily budgets are checked"
+    )
 
     # Engineering tasks: the defaults of what a task does not set (EngineeringOptions).
     default_agent: str | None = Field(

@@ -89,6 +89,17 @@ async def set_repository(
     )
 
 
+async def set_daily_budget(
+    session: AsyncSession, project_id: str, budget_usd: float | None
+) -> Project:
+    """USD a UTC day of the project's model calls may cost before its chat is told
+    (db/usage.py); None: no budget."""
+    await _update(session, project_id, None, daily_budget_usd=budget_usd)
+    project = await get_project_by_id(session, project_id)
+    await session.refresh(project)
+    return project
+
+
 async def _update(session: AsyncSession, project_id: str, condition: Any, **values: Any) -> None:
     statement = update(Project).where(col(Project.id) == project_id)
     if condition is not None:

@@ -5,7 +5,7 @@ Identifiers are 32-character hex strings, so they can name workflows before anyt
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -83,6 +83,9 @@ class Project(SQLModel, table=True):
     # The chat whose PO session created it (its key was that chat's): told of its incidents
     # (migration 0012). None: made with a full key; the admins are told.
     chat_id: int | None = Field(default=None, sa_type=BigInteger)
+    # USD of model calls a UTC day may cost before its chat is told (db/usage.py, migration
+    # 0014); None: no budget.
+    daily_budget_usd: float | None = None
     created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
     updated_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
 
@@ -356,3 +359,16 @@ class CheckStreak(SQLModel, table=True):
     failures: int = 0
     last_tick: str | None = Field(default=None, max_length=250)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+
+
+class BudgetNotice(SQLModel, table=True):
+    """A project's daily budget found crossed on a UTC day, and told (migration 0014): one row
+    per project and day, so a chat hears of a day once however many runs see it (a second
+    writer of the same day collides on the primary key)."""
+
+    __tablename__ = "budget_notices"
+    project_id: str = Field(foreign_key="projects.id", primary_key=True, max_length=32)
+    day: date = Field(primary_key=True)
+    budget_usd: float
+    cost_usd: float = Field(description="What the day had cost when it was found crossed")
+    told_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]

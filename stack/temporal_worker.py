@@ -47,6 +47,7 @@ from activities.servers import ServerActivities
 from activities.tasks import TaskActivities
 from activities.temporal import TemporalActivities
 from activities.turns import TurnActivities
+from activities.usage import UsageActivities
 from activities.workers import WorkerActivities
 from core.crypto import Vault
 from core.logging import get_logger
@@ -74,6 +75,7 @@ from workflows.reaper import ReaperWorkflow
 from workflows.scaffold import ScaffoldWorkflow
 from workflows.server_health import ServerHealthWorkflow
 from workflows.turns import TurnsWorkflow
+from workflows.usage import UsageWorkflow
 from workflows.worker import WorkerWorkflow
 
 log = get_logger(__name__)
@@ -246,14 +248,16 @@ def departments(parts: Parts) -> list[Department]:
             },
         ),
         # The scheduled checks of servers and apps (the reaper is the workers' own), incidents
-        # to the chats, and the streams' housekeeping the reaper's runs do. Their Schedules
-        # are made by `up` (stack/prepare.py, core/schedules.py).
+        # to the chats, and the streams' housekeeping the reaper's runs do; the projects' daily
+        # budgets (the usage job). Their Schedules are made by `up` (stack/prepare.py,
+        # core/schedules.py).
         Department(
             "schedules",
-            workflows=[ServerHealthWorkflow, AppHealthWorkflow],
+            workflows=[ServerHealthWorkflow, AppHealthWorkflow, UsageWorkflow],
             activities=activities_of(
                 health,
                 HousekeepingActivities(settings, redis),
+                UsageActivities(settings, db, redis),
                 leaving_out=[health.check_server_health, health.check_app_health],
             ),
             needs={ANSIBLE: [health.check_server_health, health.check_app_health]},
