@@ -95,6 +95,16 @@ class ProjectCreate(RequestBody):
     )
 
 
+class ProjectUpdate(RequestBody):
+    """What ``PATCH /projects/{id}`` changes; a field left out stays as it is."""
+
+    auto_deploy: bool | None = PydanticField(
+        default=None,
+        description="Deploy the default branch each time a pull request merges into it (once "
+        "per merge commit)",
+    )
+
+
 class ProjectRead(ReadModel):
     id: str
     name: str
@@ -105,6 +115,7 @@ class ProjectRead(ReadModel):
     repo_full_name: str | None
     repository: str | None
     owner_id: str
+    auto_deploy: bool = PydanticField(description="A merge into main deploys it")
     daily_budget_usd: float | None = PydanticField(
         default=None, description="USD its model calls may cost a UTC day before its chat is told"
     )

@@ -15,6 +15,9 @@ spaces, each one of
   DEVOPS         ``project.list project.show task.list task.show task.watch respond
                  deploy.* server.* secret.*``
 
+Merging a pull request (``pr.merge``) and changing a project (``project.update``: auto-deploy)
+are a person's decisions, passed on by the PO: no agent's profile but the PO's has them.
+
 Unset: everything is allowed (a person at their terminal). Set but empty: nothing is (a Worker
 that was meant to be limited stays limited). ``permissions`` (show what is allowed) and ``--help``
 run nothing and are never refused. An entry that is no profile, or names no command of this CLI,

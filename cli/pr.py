@@ -9,7 +9,10 @@ import typer
 
 from cli.output import JsonOption, Output, command, escape
 
-app = typer.Typer(help="Pull requests: list, show.", no_args_is_help=True)
+app = typer.Typer(help="Pull requests: list, show, merge.", no_args_is_help=True)
+
+# The API waits up to a minute for the merge; this waits a little longer for the API.
+MERGE_TIMEOUT = 90.0
 
 
 def diff_summary(stat: dict[str, Any]) -> str:
@@ -45,6 +48,9 @@ def render_pull_request(out: Output, pr: dict[str, Any]) -> None:
         ("state", pr["state"]),
         ("branch", f"{escape(pr['branch'])} -> {escape(pr['base'])}"),
         ("commit", pr.get("head_sha") or ""),
+        ("merge commit", pr.get("merge_commit_sha") or ""),
+        ("merged", str(pr.get("merged_at") or "")),
+        ("deploy", pr.get("deploy_task_id") or ""),
         ("changes", diff_summary(pr.get("diff_stat") or {})),
         ("tests", f"[{tests_style}]{escape(test_summary(pr.get('test_outcome')))}[/]"),
         ("url", escape(pr["url"])),
@@ -131,3 +137,31 @@ def show(
     with ApiClient() as client:
         found = client.get(f"/pull-requests/{quote(pull_request.strip(), safe='')}")
     out.emit(found, lambda: render_pull_request(out, found))
+
+
+@command(app, "merge")
+def merge(
+    pull_request: Annotated[str, typer.Argument(help="Pull request ID.")],
+    json_output: JsonOption = False,
+) -> None:
+    """Merge a pull request on its forge (a merge commit into its base). A project with
+    auto-deploy (`project update P --auto-deploy`) then deploys its default branch."""
+    from cli.client import ApiClient
+
+    out = Output(json_output)
+    with ApiClient(timeout=MERGE_TIMEOUT) as client:
+        merged = client.post(f"/pull-requests/{quote(pull_request.strip(), safe='')}/merge")
+
+    def render() -> None:
+        out.console.print(
+            f"Merged {escape(merged['repo_full_name'])} #{merged['number']} "
+            f"({escape(merged['branch'])} -> {escape(merged['base'])}): "
+            f"[bold]{merged.get('merge_commit_sha') or ''}[/bold]"
+        )
+        if merged.get("deploy_task_id"):
+            out.console.print(
+                f"Deploying {escape(merged['base'])}: task {merged['deploy_task_id']} "
+                f"(`orchestrator deploy status {merged['deploy_task_id']}`)"
+            )
+
+    out.emit(merged, render)

@@ -6,10 +6,10 @@ from typing import Annotated, Any
 
 import typer
 
-from cli.output import JsonOption, Output, command, escape
+from cli.output import USAGE, CliError, JsonOption, Output, command, escape
 from core.enums import ProjectTemplate
 
-app = typer.Typer(help="Projects: create, list, show.", no_args_is_help=True)
+app = typer.Typer(help="Projects: create, list, show, update.", no_args_is_help=True)
 
 
 def parse_modules(value: str | None) -> list[str] | None:
@@ -39,6 +39,8 @@ def render_project(out: Output, project: dict[str, Any]) -> None:
             value = ", ".join(value)
         if value:
             table.add_row(label, escape(str(value)))
+    deploys = "on: a merge into main deploys it" if project.get("auto_deploy") else "off"
+    table.add_row("auto-deploy", deploys)
     out.console.print(table)
 
 
@@ -125,3 +127,27 @@ def show(
     with ApiClient() as client:
         found = client.project(project)
     out.emit(found, lambda: render_project(out, found))
+
+
+@command(app, "update")
+def update(
+    project: Annotated[str, typer.Argument(help="Project ID or name.")],
+    auto_deploy: Annotated[
+        bool | None,
+        typer.Option(
+            "--auto-deploy/--no-auto-deploy",
+            help="Deploy the default branch each time a pull request merges into it.",
+        ),
+    ] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Change a project's settings."""
+    from cli.client import ApiClient
+
+    if auto_deploy is None:
+        raise CliError(USAGE, "nothing to change: give --auto-deploy or --no-auto-deploy")
+    out = Output(json_output)
+    with ApiClient() as client:
+        found = client.project(project)
+        updated = client.request("PATCH", f"/projects/{found['id']}", {"auto_deploy": auto_deploy})
+    out.emit(updated, lambda: render_project(out, updated))

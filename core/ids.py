@@ -29,6 +29,11 @@ def ansible_deploy_workflow_id(request_id: str) -> str:
     return f"ansible-deploy-{request_id}"
 
 
+def merge_workflow_id(pull_request_id: str) -> str:
+    """The merge of one pull request: a second request while it runs joins it."""
+    return f"merge-{pull_request_id}"
+
+
 def turns_workflow_id(task_queue: str, pool: str) -> str:
     """A pool's run, on the task queue of the workers that share it (several orchestrators in
     one namespace keep their pools apart)."""

@@ -60,6 +60,14 @@ APP_HEALTH = ScheduledJob(
     run_timeout=timedelta(minutes=15),
 )
 
+REPO_SYNC = ScheduledJob(
+    "repo-sync",
+    "RepoSyncWorkflow",
+    "Read open pull requests' states from the forge; deploy a merge where asked",
+    lambda settings: timedelta(seconds=settings.repo_sync_interval_s),
+    timedelta(minutes=15),
+)
+
 USAGE = ScheduledJob(
     "usage",
     "UsageWorkflow",
@@ -68,7 +76,7 @@ USAGE = ScheduledJob(
     timedelta(minutes=15),
 )
 
-JOBS: tuple[ScheduledJob, ...] = (REAPER, SERVER_HEALTH, APP_HEALTH, USAGE)
+JOBS: tuple[ScheduledJob, ...] = (REAPER, SERVER_HEALTH, APP_HEALTH, REPO_SYNC, USAGE)
 
 
 def job_named(name: str) -> ScheduledJob | None:

@@ -185,6 +185,9 @@ class Settings(BaseSettings):
     usage_interval_s: float = Field(
         default=600.0, gt=0, description="How often the projects' daily budgets are checked"
     )
+    repo_sync_interval_s: float = Field(
+        default=120.0, gt=0, description="How often open pull requests are read from the forge"
+    )
 
     # Engineering tasks: the defaults of what a task does not set (EngineeringOptions).
     default_agent: str | None = Field(

@@ -89,6 +89,14 @@ async def set_repository(
     )
 
 
+async def set_auto_deploy(session: AsyncSession, project_id: str, auto_deploy: bool) -> Project:
+    """Whether a merge into the project's default branch deploys it (db/pull_requests.py)."""
+    await _update(session, project_id, None, auto_deploy=auto_deploy)
+    project = await get_project_by_id(session, project_id)
+    await session.refresh(project)
+    return project
+
+
 async def set_daily_budget(
     session: AsyncSession, project_id: str, budget_usd: float | None
 ) -> Project:

@@ -83,6 +83,9 @@ class Project(SQLModel, table=True):
     # The chat whose PO session created it (its key was that chat's): told of its incidents
     # (migration 0012). None: made with a full key; the admins are told.
     chat_id: int | None = Field(default=None, sa_type=BigInteger)
+    # A merge of a pull request into its default branch starts a deploy of that branch
+    # (the repo-sync job, `pr merge`; migration 0013).
+    auto_deploy: bool = False
     # USD of model calls a UTC day may cost before its chat is told (db/usage.py, migration
     # 0014); None: no budget.
     daily_budget_usd: float | None = None
@@ -194,6 +197,12 @@ class PullRequest(SQLModel, table=True):
     diff_stat: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     test_outcome: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     state: PullRequestState = Field(default=PullRequestState.open, sa_type=String(20))
+    # Once merged (migration 0013): the merge's commit, when, and the deploy it started (a
+    # project with auto_deploy). Recorded in the one transaction that moves the state to merged
+    # (db/pull_requests.py: record_state), so a merge starts one deploy whoever sees it.
+    merge_commit_sha: str | None = Field(default=None, max_length=64)
+    merged_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+    deploy_task_id: str | None = Field(default=None, max_length=32)
     created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
 
 

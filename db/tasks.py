@@ -34,7 +34,7 @@ from core.logging import get_logger
 from db import outbox
 from db.engine import Database
 from db.errors import Conflict, NotFound
-from db.tables import Task, TaskEventRow, utcnow
+from db.tables import OutboxMessage, Task, TaskEventRow, utcnow
 
 log = get_logger(__name__)
 
@@ -87,6 +87,16 @@ class TaskService:
 
     async def create(self, new: NewTask) -> Task:
         """Write the task and its queue message in one transaction, then try to send it."""
+        async with self.db.session() as session:
+            task, queued = self.add(session, new)
+            await session.commit()
+        await self._publish([queued.id])
+        log.info("task created", task_id=task.id, workflow_id=task.workflow_id)
+        return task
+
+    def add(self, session: AsyncSession, new: NewTask) -> tuple[Task, OutboxMessage]:
+        """The task and the queue message that starts it, added to ``session``'s transaction:
+        both are there once it commits, or neither (``send`` them after the commit)."""
         task_id = new_id()
         task = Task(
             id=task_id,
@@ -102,13 +112,13 @@ class TaskService:
             details=new.details,
         )
         queue, message = _message(task)
-        async with self.db.session() as session:
-            session.add(task)
-            queued = outbox.enqueue(session, queue, message.to_fields())
-            await session.commit()
-        await self._publish([queued.id])
-        log.info("task created", task_id=task.id, workflow_id=task.workflow_id)
-        return task
+        session.add(task)
+        return task, outbox.enqueue(session, queue, message.to_fields())
+
+    async def send(self, queued: list[int | None]) -> None:
+        """Send the committed queue messages ``queued`` now; the relay sends them later if
+        Redis is away."""
+        await self._publish(queued)
 
     async def retry(self, task_id: str, *, user_id: str) -> Task:
         """A failed or cancelled task again, as a new task doing the same (its agent, limits,

@@ -43,6 +43,7 @@ from activities.health import HealthActivities
 from activities.housekeeping import HousekeepingActivities
 from activities.po import POActivities
 from activities.releases import ReleaseActivities
+from activities.repo_sync import RepoSyncActivities
 from activities.servers import ServerActivities
 from activities.tasks import TaskActivities
 from activities.temporal import TemporalActivities
@@ -71,7 +72,9 @@ from workflows.devops import DEVOPS_GRAPH, build_devops_graph
 from workflows.engineering import EngineeringWorkflow
 from workflows.po_session import POSessionWorkflow
 from workflows.provision import ProvisionWorkflow
+from workflows.pull_request_merge import PullRequestMergeWorkflow
 from workflows.reaper import ReaperWorkflow
+from workflows.repo_sync import RepoSyncWorkflow
 from workflows.scaffold import ScaffoldWorkflow
 from workflows.server_health import ServerHealthWorkflow
 from workflows.turns import TurnsWorkflow
@@ -203,15 +206,22 @@ def departments(parts: Parts) -> list[Department]:
             activities=activities_of(workers, gateway, leaving_out=worker_host),
             needs={CONTAINERS: worker_host},
         ),
-        # Scaffold, develop, test, propose.
+        # Scaffold, develop, test, propose; pull requests' states from the forge (the repo-sync
+        # Schedule), merges, and the deploys they start.
         Department(
             "engineering",
-            workflows=[EngineeringWorkflow, ScaffoldWorkflow],
+            workflows=[
+                EngineeringWorkflow,
+                ScaffoldWorkflow,
+                RepoSyncWorkflow,
+                PullRequestMergeWorkflow,
+            ],
             activities=activities_of(
                 ForgeActivities(parts.template_dir, forge),
                 TemporalActivities(client),
                 engineering,
                 pulls,
+                RepoSyncActivities(forge, parts.tasks),
                 leaving_out=workspace_host,
             ),
             needs={CONTAINERS: workspace_host},

@@ -71,6 +71,12 @@ SCAFFOLD_RETRY = RetryPolicy(
     maximum_attempts=5,
 )
 FIND_REPOSITORY_RETRY = RetryPolicy(maximum_attempts=5)
+# The repository sync: a batch of pull requests read from the forge (a request each) and
+# recorded; its heartbeats tell a dead worker from a slow forge. A merge: one git merge or one
+# GitHub call, then the record.
+FORGE_SYNC_TIMEOUT = timedelta(minutes=5)
+FORGE_HEARTBEAT = timedelta(seconds=30)
+MERGE_TIMEOUT = timedelta(minutes=2)
 # Waiting for a run another task or the scaffolder queue started.
 WAIT_FOR_RUN_TIMEOUT = timedelta(hours=1)
 # A task waiting for the project's scaffold hears its end by signal; should that signal be lost

@@ -6,7 +6,7 @@ from fastapi import APIRouter, status
 
 from api.deps import CurrentUser, DbSession, KeyChat
 from api.problems import problem_responses
-from api.schemas import ProjectCreate, ProjectRead
+from api.schemas import ProjectCreate, ProjectRead, ProjectUpdate
 from db import projects
 
 router = APIRouter(prefix="/projects", tags=["projects"])
@@ -42,3 +42,15 @@ async def list_projects(session: DbSession) -> list[ProjectRead]:
 @router.get("/{id_or_name}", summary="One project, by id or name", responses=problem_responses(404))
 async def get_project(id_or_name: str, session: DbSession) -> ProjectRead:
     return ProjectRead.model_validate(await projects.get_project(session, id_or_name))
+
+
+@router.patch(
+    "/{id_or_name}",
+    summary="Change a project's settings (auto-deploy); what the body leaves out stays",
+    responses=problem_responses(404),
+)
+async def update_project(id_or_name: str, data: ProjectUpdate, session: DbSession) -> ProjectRead:
+    project = await projects.get_project(session, id_or_name)
+    if data.auto_deploy is not None:
+        project = await projects.set_auto_deploy(session, project.id, data.auto_deploy)
+    return ProjectRead.model_validate(project)

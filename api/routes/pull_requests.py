@@ -1,14 +1,17 @@
-"""Pull requests that tasks opened: read-only here, the engineering workflow creates them."""
+"""Pull requests that tasks opened (the engineering workflow creates them): read them, merge
+one (a worker merges it on the forge; the repo-sync job records merges made elsewhere)."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 
-from api.deps import DbSession
-from api.problems import problem_responses
+from api.deps import AppRuntime, DbSession
+from api.problems import Conflict, problem_responses
+from api.services import merges
 from core.contracts.engineering import PullRequestRead
+from core.enums import PullRequestState
 from db import pull_requests
 
 router = APIRouter(prefix="/pull-requests", tags=["pull-requests"])
@@ -30,4 +33,25 @@ async def list_pull_requests(
 @router.get("/{pull_request_id}", summary="One pull request", responses=problem_responses(404))
 async def get_pull_request(pull_request_id: str, session: DbSession) -> PullRequestRead:
     found = await pull_requests.get_pull_request(session, pull_request_id)
+    return PullRequestRead.model_validate(found)
+
+
+@router.post(
+    "/{pull_request_id}/merge",
+    summary="Merge a pull request on its forge (a merge commit into its base); a project with "
+    "auto-deploy then deploys its default branch",
+    responses=problem_responses(404, 409, 502, 503),
+)
+async def merge_pull_request(
+    pull_request_id: Annotated[str, Path(max_length=32)],
+    session: DbSession,
+    runtime: AppRuntime,
+) -> PullRequestRead:
+    found = await pull_requests.get_pull_request(session, pull_request_id)
+    if found.state != PullRequestState.open:
+        raise Conflict(f"pull request {found.id} is {found.state}: only an open one merges")
+    await session.commit()  # no connection held while the merge runs
+    client = await runtime.temporal_client()  # here: a 404 or a 409 needs no Temporal
+    await merges.merge(client, runtime.settings, found.id)
+    await session.refresh(found)
     return PullRequestRead.model_validate(found)

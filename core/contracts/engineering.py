@@ -82,6 +82,8 @@ class PullRequestCreate(BaseModel):
     diff_stat: dict[str, Any] = Field(default_factory=dict)
     test_outcome: dict[str, Any] | None = None
     state: PullRequestState = PullRequestState.open
+    merge_commit_sha: str | None = Field(default=None, max_length=64)
+    merged_at: datetime | None = None
 
 
 class PullRequestRead(ReadModel):
@@ -99,4 +101,9 @@ class PullRequestRead(ReadModel):
     diff_stat: dict[str, Any]
     test_outcome: dict[str, Any] | None
     state: PullRequestState
+    merge_commit_sha: str | None = Field(default=None, description="Once merged: its commit")
+    merged_at: datetime | None = None
+    deploy_task_id: str | None = Field(
+        default=None, description="The deploy its merge started (a project with auto-deploy)"
+    )
     created_at: datetime

@@ -342,3 +342,27 @@ class TurnsInput(BaseModel):
 
 class TurnsState(TurnsInput):
     """What the ``state`` query answers: holders, the queue in order, turns granted so far."""
+
+
+# --- Merging a pull request (workflows/pull_request_merge.py) -----------------------------------
+
+PULL_REQUEST_MERGE_WORKFLOW = "PullRequestMergeWorkflow"
+
+
+class PullRequestMergeInput(BaseModel):
+    pull_request_id: str
+
+
+class PullRequestMergeOutput(BaseModel):
+    pull_request_id: str
+    merged: bool = Field(description="The forge has it merged, and it is recorded")
+    merge_commit_sha: str | None = None
+    deploy_task_id: str | None = Field(
+        default=None, description="The deploy the merge started (a project with auto-deploy)"
+    )
+    refused: str | None = Field(
+        default=None,
+        description="What the forge refused, no retry helping: PullRequestClosed, MergeConflict, "
+        "PullRequestNotFound...",
+    )
+    error: str | None = Field(default=None, description="Why it did not merge")

@@ -4,6 +4,7 @@ and GitHub both follow, and the pull request and diff models they report."""
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -42,6 +43,8 @@ class PullRequestInfo(BaseModel):
     head_sha: str | None = None
     diff_stat: DiffStat = Field(default_factory=DiffStat)
     state: PullRequestState = PullRequestState.open
+    merge_commit_sha: str | None = Field(default=None, description="The merge's commit, merged")
+    merged_at: datetime | None = None
     created: bool = Field(default=False, description="True when this call opened it")
 
 
@@ -75,6 +78,23 @@ class PullRequestForge(Protocol):
     def open_pull_request(
         self, full_name: str, branch: str, base: str = BRANCH, *, title: str, body: str = ""
     ) -> PullRequestInfo: ...
+
+
+class MergingForge(Protocol):
+    """What the repository sync and ``pr merge`` need: a pull request as the forge has it now,
+    and its merge (a merge commit of the branch into the base). A merge the forge refuses (the
+    pull request is closed, the branch conflicts) raises a non-retryable ``InfraError`` whose
+    kind says why: ``PullRequestClosed``, ``MergeConflict``, ``PullRequestNotFound``."""
+
+    def pull_request(self, full_name: str, number: int) -> PullRequestInfo: ...
+    def merge_pull_request(self, full_name: str, number: int) -> PullRequestInfo:
+        """Merge it; one already merged is returned as it is (a retry after a crash)."""
+        ...
+
+
+def merge_message(number: int, branch: str, title: str) -> str:
+    """The merge commit's message, as GitHub writes it."""
+    return f"Merge pull request #{number} from {branch}\n\n{title}"
 
 
 def parse_numstat(output: str) -> DiffStat:

@@ -9,8 +9,8 @@ The same goes for a workspace's clone: the forge registers its web origin with
 ``infra.git.authenticate_git`` (``infra.forges.make_forge`` does).
 
 ``GitHubForge`` has the methods of ``LocalForge`` that the activities use (``full_name_for``,
-``clone_url``, ``head``, ``create``, ``push``, ``push_branch``, ``open_pull_request``), so the
-activities take either.
+``clone_url``, ``head``, ``create``, ``push``, ``push_branch``, ``open_pull_request``,
+``pull_request``, ``merge_pull_request``), so the activities take either.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from pydantic import BaseModel
 
 from core.enums import PullRequestState
 from core.logging import get_logger
-from infra.errors import InfraError
+from infra.errors import InfraError, refused
 from infra.forges.base import BRANCH, DiffStat, PullRequestInfo, slugify
 from infra.git import check_branch, git, git_env
 
@@ -91,6 +91,13 @@ class PullRequestExists(GitHubValidationError):
 
 class RepositoryExists(GitHubValidationError):
     """422 "name already exists on this account"."""
+
+
+class MergeConflict(GitHubError):
+    """405 on a merge: GitHub cannot merge the branch as it is (conflicts, or rules of the
+    repository)."""
+
+    retryable = False
 
 
 class GitHubRateLimited(GitHubError):
@@ -206,7 +213,8 @@ class Repository(BaseModel):
 
 def pull_request_info(full_name: str, data: dict[str, Any], *, created: bool) -> PullRequestInfo:
     state = PullRequestState.open
-    if data.get("merged_at") or data.get("merged"):
+    merged = bool(data.get("merged_at") or data.get("merged"))
+    if merged:
         state = PullRequestState.merged
     elif data.get("state") == "closed":
         state = PullRequestState.closed
@@ -225,6 +233,9 @@ def pull_request_info(full_name: str, data: dict[str, Any], *, created: bool) ->
             deletions=int(data.get("deletions") or 0),
         ),
         state=state,
+        # GitHub names a test merge's commit while the pull request is open: only a merge's own.
+        merge_commit_sha=data.get("merge_commit_sha") if merged else None,
+        merged_at=data.get("merged_at") if merged else None,
         created=created,
     )
 
@@ -476,3 +487,37 @@ class GitHubForge:
             return found
         log.info("github pull request opened", repository=full_name, number=created["number"])
         return pull_request_info(full_name, created, created=True)
+
+    def pull_request(self, full_name: str, number: int) -> PullRequestInfo:
+        """The pull request as GitHub has it now: open, merged (with its merge commit), closed."""
+        owner, name = _split(full_name)
+        return pull_request_info(
+            full_name, self._request("GET", f"/repos/{owner}/{name}/pulls/{number}"), created=False
+        )
+
+    def merge_pull_request(self, full_name: str, number: int) -> PullRequestInfo:
+        """Merge it with a merge commit (``PUT .../pulls/{number}/merge``, method ``merge``) of
+        the head GitHub showed us, so a push meanwhile fails the merge (409) rather than merging
+        what nobody saw; one already merged is returned as it is."""
+        owner, name = _split(full_name)
+        current = self.pull_request(full_name, number)
+        if current.state == PullRequestState.merged:
+            return current
+        if current.state == PullRequestState.closed:
+            raise refused(
+                f"{full_name} #{number} is closed: it cannot be merged", "PullRequestClosed"
+            )
+        body = {"merge_method": "merge", "sha": current.head_sha}
+        try:
+            self._request("PUT", f"/repos/{owner}/{name}/pulls/{number}/merge", json=body)
+        except GitHubError as exc:
+            if exc.status != 405:
+                raise
+            merged = self.pull_request(full_name, number)
+            if merged.state == PullRequestState.merged:
+                return merged  # merged by an attempt whose answer was lost
+            raise MergeConflict(
+                exc.status, exc.message, request=exc.request, errors=exc.errors
+            ) from None
+        log.info("github pull request merged", repository=full_name, number=number)
+        return self.pull_request(full_name, number)

@@ -4,16 +4,30 @@ through ``file://`` URLs, with pull requests recorded beside them. ``GitHubForge
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import re
 import shutil
 import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
-from infra.errors import refused
-from infra.forges.base import BRANCH, DiffStat, PullRequestInfo, parse_numstat, slugify
+from core.enums import PullRequestState
+from infra.errors import InfraError, refused
+from infra.forges.base import (
+    BRANCH,
+    DiffStat,
+    PullRequestInfo,
+    merge_message,
+    parse_numstat,
+    slugify,
+)
 from infra.git import check_branch, git
+
+# Tries of a merge whose base branch moved under it (a push between reading and moving it).
+MERGE_TRIES = 3
 
 _PART = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
@@ -143,10 +157,8 @@ class LocalForge:
         for name in (branch, base):
             if self.head(full_name, name) is None:
                 raise refused(f"{full_name} has no branch {name!r}", "BranchNotFound")
-        (path / "pulls").mkdir(exist_ok=True)
         # One opener at a time per repository: numbers increase, and a branch gets one request.
-        with open(path / "pulls.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with self._pulls_locked(path):
             existing = self.find_pull_request(full_name, branch)
             if existing is not None:
                 return existing
@@ -162,8 +174,94 @@ class LocalForge:
                 head_sha=self.head(full_name, branch),
                 diff_stat=self.diff_stat(full_name, branch, base),
             )
-            record = path / "pulls" / f"{number}.json"
-            staging = record.with_suffix(".tmp")
-            staging.write_text(info.model_dump_json(indent=2))
-            os.replace(staging, record)
+            self._save(path, info)
         return info.model_copy(update={"created": True})
+
+    def pull_request(self, full_name: str, number: int) -> PullRequestInfo:
+        record = self.path(full_name) / "pulls" / f"{number}.json"
+        if not record.is_file():
+            raise refused(f"{full_name} has no pull request #{number}", "PullRequestNotFound")
+        return PullRequestInfo.model_validate_json(record.read_text())
+
+    def merge_pull_request(self, full_name: str, number: int) -> PullRequestInfo:
+        """Merge the branch into the base with a merge commit (``git merge --no-ff``), made in
+        the bare repository itself; recorded as merged with that commit. One already merged is
+        returned as it is; a closed one, or a branch that conflicts with the base, is refused."""
+        path = self.path(full_name)
+        with self._pulls_locked(path):
+            info = self.pull_request(full_name, number)
+            if info.state == PullRequestState.merged:
+                return info
+            if info.state == PullRequestState.closed:
+                raise refused(
+                    f"{full_name} #{number} is closed: it cannot be merged", "PullRequestClosed"
+                )
+            commit, head = self._merge(full_name, info)
+            info = info.model_copy(
+                update={
+                    "state": PullRequestState.merged,
+                    "merge_commit_sha": commit,
+                    "merged_at": datetime.now(UTC),
+                    "head_sha": head,
+                }
+            )
+            self._save(path, info)
+        return info
+
+    def close_pull_request(self, full_name: str, number: int) -> PullRequestInfo:
+        """Close it unmerged (a merged one stays merged)."""
+        path = self.path(full_name)
+        with self._pulls_locked(path):
+            info = self.pull_request(full_name, number)
+            if info.state == PullRequestState.open:
+                info = info.model_copy(update={"state": PullRequestState.closed})
+                self._save(path, info)
+        return info
+
+    def _merge(self, full_name: str, info: PullRequestInfo) -> tuple[str, str]:
+        """The merge commit of the branch's head into the base's, and that head. The tree comes
+        from ``git merge-tree`` (no worktree); the base moves to the commit only from the
+        commit it was made on, so a push to the base meanwhile makes it start over."""
+        path = self.path(full_name)
+        for _ in range(MERGE_TRIES):
+            base, head = self.head(full_name, info.base), self.head(full_name, info.branch)
+            if base is None or head is None:
+                missing = info.base if base is None else info.branch
+                raise refused(f"{full_name} has no branch {missing!r}", "BranchNotFound")
+            tree = git(
+                "merge-tree", "--write-tree", "--name-only", "--no-messages", base, head,
+                cwd=path, check=False,
+            )  # fmt: skip
+            lines = tree.stdout.splitlines()
+            if tree.returncode == 1:
+                conflicted = ", ".join(line for line in lines[1:] if line)
+                raise refused(
+                    f"{info.branch} conflicts with {info.base} of {full_name} in {conflicted}: "
+                    "it cannot be merged as it is",
+                    "MergeConflict",
+                )
+            if tree.returncode != 0 or not lines:
+                raise RuntimeError(f"git merge-tree in {full_name} failed: {tree.stderr.strip()}")
+            message = merge_message(info.number, info.branch, info.title)
+            commit = git(
+                "commit-tree", lines[0], "-p", base, "-p", head, "-m", message, cwd=path
+            ).stdout.strip()
+            ref = f"refs/heads/{info.base}"
+            if git("update-ref", ref, commit, base, cwd=path, check=False).returncode == 0:
+                return commit, head
+        raise InfraError(f"{info.base} of {full_name} kept moving during the merge; try again")
+
+    @contextlib.contextmanager
+    def _pulls_locked(self, path: Path) -> Iterator[None]:
+        """The repository's pull requests, one writer at a time (across processes)."""
+        (path / "pulls").mkdir(exist_ok=True)
+        with open(path / "pulls.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    @staticmethod
+    def _save(path: Path, info: PullRequestInfo) -> None:
+        record = path / "pulls" / f"{info.number}.json"
+        staging = record.with_suffix(".tmp")
+        staging.write_text(info.model_dump_json(indent=2, exclude={"created"}))
+        os.replace(staging, record)

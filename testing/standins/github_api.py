@@ -146,6 +146,21 @@ class GitHubStandIn:
         except RuntimeError:
             return None
 
+    def merge(self, full_name: str, pr: dict[str, Any], base: str, head: str) -> str | None:
+        """The merge commit of ``head`` into ``base``, moved onto the base branch; None when
+        they conflict."""
+        bare = self.bare(full_name)
+        try:
+            tree = _git("merge-tree", "--write-tree", "--no-messages", base, head, cwd=bare)
+        except RuntimeError:
+            return None  # exit 1: conflicts
+        message = f"Merge pull request #{pr['number']} from {pr['head']['label']}\n\n{pr['title']}"
+        commit = _git(
+            "commit-tree", tree.splitlines()[0], "-p", base, "-p", head, "-m", message, cwd=bare
+        )
+        _git("update-ref", f"refs/heads/{pr['base']['ref']}", commit, base, cwd=bare)
+        return commit
+
     def _stat(self, full_name: str, base: str, branch: str) -> dict[str, int]:
         numstat = _git("diff", "--numstat", f"{base}...{branch}", cwd=self.bare(full_name))
         rows = [line.split("\t") for line in numstat.splitlines() if line]
@@ -267,7 +282,11 @@ def create_app(state: GitHubStandIn) -> FastAPI:
         answer = dict(pr)
         if full:
             answer |= state._stat(full_name, pr["base"]["ref"], pr["head"]["ref"])
+            answer["merged"] = pr["merged_at"] is not None
         return answer
+
+    def find_pull(full_name: str, number: int) -> dict[str, Any] | None:
+        return next((pr for pr in state.pulls.get(full_name, []) if pr["number"] == number), None)
 
     @app.get("/api/v3/repos/{owner}/{name}/pulls")
     async def list_pulls(
@@ -292,10 +311,50 @@ def create_app(state: GitHubStandIn) -> FastAPI:
     @app.get("/api/v3/repos/{owner}/{name}/pulls/{number}")
     async def get_pull(owner: str, name: str, number: int) -> Any:
         full_name = f"{owner}/{name}"
-        for pr in state.pulls.get(full_name, []):
-            if pr["number"] == number:
-                return pull_json(full_name, pr, full=True)
-        return _error(404, "Not Found")
+        pr = find_pull(full_name, number)
+        return _error(404, "Not Found") if pr is None else pull_json(full_name, pr, full=True)
+
+    @app.patch("/api/v3/repos/{owner}/{name}/pulls/{number}")
+    async def update_pull(owner: str, name: str, number: int, request: Request) -> Any:
+        """Close or reopen it (``state``), or change its title."""
+        full_name = f"{owner}/{name}"
+        body = await request.json()
+        with state.lock:
+            pr = find_pull(full_name, number)
+            if pr is None:
+                return _error(404, "Not Found")
+            if body.get("state") in ("open", "closed") and pr["merged_at"] is None:
+                pr["state"] = body["state"]
+                pr["closed_at"] = _now() if body["state"] == "closed" else None
+            if "title" in body:
+                pr["title"] = body["title"]
+            return pull_json(full_name, pr, full=True)
+
+    @app.put("/api/v3/repos/{owner}/{name}/pulls/{number}/merge")
+    async def merge_pull(owner: str, name: str, number: int, request: Request) -> Any:
+        """A merge commit of the head into the base (the ``merge`` method), as GitHub answers:
+        405 when it cannot be merged (closed, merged, conflicts), 409 when ``sha`` is not the
+        head any more."""
+        full_name = f"{owner}/{name}"
+        body = await request.json() if await request.body() else {}
+        with state.lock:
+            pr = find_pull(full_name, number)
+            if pr is None:
+                return _error(404, "Not Found")
+            if pr["state"] != "open":
+                return _error(405, "Pull Request is not mergeable")
+            head = state.head(full_name, pr["head"]["ref"])
+            base = state.head(full_name, pr["base"]["ref"])
+            if head is None or base is None:
+                return _error(405, "Pull Request is not mergeable")
+            if body.get("sha") and body["sha"] != head:
+                return _error(409, "Head branch was modified. Review and try the merge again.")
+            commit = state.merge(full_name, pr, base, head)
+            if commit is None:
+                return _error(405, "Pull Request is not mergeable")
+            pr |= {"state": "closed", "merged_at": _now(), "closed_at": _now()}
+            pr |= {"merge_commit_sha": commit, "head": {**pr["head"], "sha": head}}
+        return {"sha": commit, "merged": True, "message": "Pull Request successfully merged"}
 
     @app.post("/api/v3/repos/{owner}/{name}/pulls")
     async def create_pull(owner: str, name: str, request: Request) -> Any:
@@ -347,6 +406,9 @@ def create_app(state: GitHubStandIn) -> FastAPI:
                 "head": {"label": f"{owner}:{branch}", "ref": branch, "sha": head_sha},
                 "base": {"label": f"{owner}:{base}", "ref": base, "sha": base_sha},
                 "merged_at": None,
+                "closed_at": None,
+                # GitHub names a test merge's commit while it is open; the stand-in none.
+                "merge_commit_sha": None,
                 "draft": bool(body.get("draft", False)),
                 "created_at": _now(),
             }

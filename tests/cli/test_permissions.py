@@ -84,6 +84,10 @@ def test_profiles_allow_and_refuse() -> None:
         assert devops.allows(name), name
     for name in ("engineering.start", "project.create", "task.respond", "images.build"):
         assert not devops.allows(name), name
+    # A merge, and auto-deploy, are a person's to decide: only the PO passes them on.
+    for name in ("pr.merge", "project.update"):
+        assert everything.allows(name) and not developer.allows(name), name
+        assert not devops.allows(name), name
 
 
 def test_wildcards() -> None:
