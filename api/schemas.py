@@ -103,6 +103,13 @@ class ProjectUpdate(RequestBody):
         description="Deploy the default branch each time a pull request merges into it (once "
         "per merge commit)",
     )
+    daily_budget_usd: float | None = PydanticField(
+        default=None,
+        ge=0,
+        allow_inf_nan=False,
+        description="USD a UTC day of the project's model calls may cost before its chat is "
+        "told (once that day; nothing is stopped); null: no budget",
+    )
 
 
 class ProjectRead(ReadModel):

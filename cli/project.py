@@ -41,6 +41,9 @@ def render_project(out: Output, project: dict[str, Any]) -> None:
             table.add_row(label, escape(str(value)))
     deploys = "on: a merge into main deploys it" if project.get("auto_deploy") else "off"
     table.add_row("auto-deploy", deploys)
+    budget = project.get("daily_budget_usd")
+    if budget is not None:
+        table.add_row("daily budget", f"${budget:,.2f} of model calls a UTC day")
     out.console.print(table)
 
 
@@ -139,15 +142,36 @@ def update(
             help="Deploy the default branch each time a pull request merges into it.",
         ),
     ] = None,
+    daily_budget: Annotated[
+        float | None,
+        typer.Option(
+            "--daily-budget",
+            min=0,
+            help="USD a UTC day of its model calls may cost before its chat is told (once "
+            "that day; nothing is stopped).",
+        ),
+    ] = None,
+    no_daily_budget: Annotated[
+        bool, typer.Option("--no-daily-budget", help="No daily budget any more.")
+    ] = False,
     json_output: JsonOption = False,
 ) -> None:
     """Change a project's settings."""
     from cli.client import ApiClient
 
-    if auto_deploy is None:
-        raise CliError(USAGE, "nothing to change: give --auto-deploy or --no-auto-deploy")
+    if daily_budget is not None and no_daily_budget:
+        raise CliError(USAGE, "--daily-budget and --no-daily-budget contradict each other")
+    changes: dict[str, Any] = {} if auto_deploy is None else {"auto_deploy": auto_deploy}
+    if daily_budget is not None or no_daily_budget:
+        changes["daily_budget_usd"] = daily_budget
+    if not changes:
+        raise CliError(
+            USAGE,
+            "nothing to change: give --auto-deploy or --no-auto-deploy, --daily-budget USD or "
+            "--no-daily-budget",
+        )
     out = Output(json_output)
     with ApiClient() as client:
         found = client.project(project)
-        updated = client.request("PATCH", f"/projects/{found['id']}", {"auto_deploy": auto_deploy})
+        updated = client.request("PATCH", f"/projects/{found['id']}", changes)
     out.emit(updated, lambda: render_project(out, updated))

@@ -46,11 +46,14 @@ async def get_project(id_or_name: str, session: DbSession) -> ProjectRead:
 
 @router.patch(
     "/{id_or_name}",
-    summary="Change a project's settings (auto-deploy); what the body leaves out stays",
+    summary="Change a project's settings (auto-deploy, daily budget); what the body "
+    "leaves out stays",
     responses=problem_responses(404),
 )
 async def update_project(id_or_name: str, data: ProjectUpdate, session: DbSession) -> ProjectRead:
     project = await projects.get_project(session, id_or_name)
     if data.auto_deploy is not None:
         project = await projects.set_auto_deploy(session, project.id, data.auto_deploy)
+    if "daily_budget_usd" in data.model_fields_set:  # null: no budget any more
+        project = await projects.set_daily_budget(session, project.id, data.daily_budget_usd)
     return ProjectRead.model_validate(project)

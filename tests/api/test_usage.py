@@ -1,6 +1,7 @@
 """``GET /usage`` on both databases: the projects' model calls per UTC day from the gateway's
 ledger, a day past the project's budget marked; a non-admin sees only the projects they own;
-an unknown (or another's) project is a 404, a day not written YYYY-MM-DD a 422."""
+an unknown (or another's) project is a 404, a day not written YYYY-MM-DD a 422. A project's
+daily budget is set with ``PATCH /projects/{id}``, kept when left out, cleared with null."""
 
 from __future__ import annotations
 
@@ -99,3 +100,19 @@ async def test_a_day_not_written_yyyy_mm_dd_is_refused(admin: httpx.AsyncClient)
         assert refused.status_code == 422, (since, refused.text)
         assert refused.headers["content-type"] == PROBLEM_JSON
         assert refused.json()["errors"][0]["loc"] == ["query", "since"]
+
+
+async def test_a_daily_budget_is_set_kept_and_cleared(
+    admin: httpx.AsyncClient, project: dict[str, Any]
+) -> None:
+    path = f"/projects/{project['name']}"
+    assert project["daily_budget_usd"] is None
+    assert (await admin.patch(path, json={"daily_budget_usd": 5})).json()["daily_budget_usd"] == 5
+    kept = await admin.patch(path, json={})  # left out: stays
+    assert kept.status_code == 200 and kept.json()["daily_budget_usd"] == 5
+    for refused in (-1, "5", True):
+        answer = await admin.patch(path, json={"daily_budget_usd": refused})
+        assert answer.status_code == 422, (refused, answer.text)
+    cleared = await admin.patch(path, json={"daily_budget_usd": None})
+    assert cleared.json()["daily_budget_usd"] is None
+    assert (await admin.get(path)).json()["daily_budget_usd"] is None

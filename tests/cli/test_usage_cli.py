@@ -1,7 +1,8 @@
 """``orchestrator usage`` against a real API process: the tasks' model calls go through the real
 gateway (its task sockets, forwarding to the model API's stand-in, writing its ledger), and the
 totals the command shows per project are the gateway ledger's of the same tasks: calls, refused
-calls, tokens and cost; with --project, --since, --json and the table."""
+calls, tokens and cost; with --project, --since, --json and the table, and a day past the
+budget `project update --daily-budget` sets."""
 
 from __future__ import annotations
 
@@ -128,6 +129,20 @@ async def test_usage_totals_are_the_gateway_ledgers_of_the_same_tasks(
     assert table.exit_code == 0, table.output
     for name in (shop["name"], blog["name"], "all projects", "2 refused"):
         assert name in table.stdout
+    assert "budget" not in table.stdout
+
+    # A budget the shop's calls of today are past: the day shows it.
+    budgeted = cli.json("project", "update", shop["name"], "--daily-budget", "0.001")
+    assert budgeted["daily_budget_usd"] == 0.001
+    over = cli.json("usage", "--project", shop["name"])["projects"][0]
+    assert over["daily_budget_usd"] == 0.001 and over["days"][0]["over_budget"] is True
+    table = cli("usage", "--project", shop["name"], COLUMNS="200")
+    assert "over budget" in table.stdout and "budget $0.00/day" in table.stdout
+    assert "daily budget" in cli("project", "show", shop["name"]).stdout
+    cleared = cli.json("project", "update", shop["name"], "--no-daily-budget")
+    assert cleared["daily_budget_usd"] is None
+    both = cli("project", "update", shop["name"], "--daily-budget", "1", "--no-daily-budget")
+    assert both.exit_code == 2
     assert "Nothing used" in cli("usage", "--since", str(today + timedelta(days=1))).stdout
 
 
