@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from datetime import date, datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -443,6 +443,29 @@ class SchedulePause(RequestBody):
         max_length=500,
         description="Why, shown with the Schedule; default: who paused it",
     )
+
+
+class ScheduleRunRequest(RequestBody):
+    wait_s: float = PydanticField(
+        default=60.0,
+        ge=0,
+        le=300,
+        description="Seconds to wait for the run to end (0: answer once it started)",
+    )
+
+
+class ScheduleRunRead(BaseModel):
+    """A run a job's Schedule started now."""
+
+    name: str
+    workflow_id: str = PydanticField(description="The run: <schedule id>-<time>")
+    status: Literal["running", "completed", "failed"] = PydanticField(
+        description="running: still going when the wait ended"
+    )
+    result: dict[str, Any] | None = PydanticField(
+        default=None, description="What the run returned (a check's report), once completed"
+    )
+    error: str | None = PydanticField(default=None, description="Why it failed")
 
 
 class ScheduleRead(BaseModel):

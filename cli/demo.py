@@ -256,6 +256,8 @@ def demo(
             report["workflow_urls"].update(deployed.pop("workflow_urls"))
             report.update(deployed)
             status = report["deploy_status"]
+            if status == "COMPLETED":
+                report["watched"] = watched(client, out, project["name"])
     out.emit(report, lambda: render(out, report))
     out.say(f"The stack keeps running; `{cli_name()} down` stops it.")
     raise typer.Exit(exit_code_of(status))
@@ -302,6 +304,32 @@ def deploy_branch(
         if url
         else [],
         "workflow_urls": {task["workflow_id"]: run["workflow_url"]},
+    }
+
+
+def watched(client: ApiClient, out: Output, project_name: str) -> dict[str, Any]:
+    """The app as the app-health Schedule sees it: one run now, and the jobs that watch it."""
+    from cli.client import CliError
+
+    out.say("\n[bold]Watched[/bold]: the app-health Schedule checks it now, as every minute")
+    try:
+        ran = client.post("/schedules/app-health/run", {"wait_s": 25})
+    except CliError as exc:  # a run going on, or no Schedule: said, not fatal
+        return {"app_health": None, "error": str(exc), "schedules": []}
+    checked = [
+        each
+        for each in (ran.get("result") or {}).get("checked", [])
+        if each.get("project") == project_name
+    ]
+    schedules = [
+        {"name": each["name"], "interval_s": each["interval_s"], "paused": each["paused"]}
+        for each in client.get("/schedules")
+    ]
+    return {
+        "app_health": checked[0] if checked else None,
+        "run": ran["workflow_id"],
+        "schedules": schedules,
+        "open_incidents": len(client.get("/incidents", open="true")),
     }
 
 
@@ -408,6 +436,8 @@ def render(out: Output, report: dict[str, Any]) -> None:
         say(f"repository  {escape(report['repository'])}")
     if report.get("deploy_task_id"):
         render_deploy(out, report)
+    if report.get("watched"):
+        render_watched(out, report["watched"])
     say("Runs in the Temporal Web UI:")
     for wid, url in report["workflow_urls"].items():
         say(f"  {wid}  {url}")
@@ -430,3 +460,19 @@ def render_deploy(out: Output, report: dict[str, Any]) -> None:
                 f"  {asked.get('method', 'GET')} {escape(asked.get('url', ''))} -> "
                 f"{asked.get('status', '')} {escape(answer)}"
             )
+
+
+def render_watched(out: Output, watched: dict[str, Any]) -> None:
+    say = out.console.print
+    health = watched.get("app_health")
+    if health is None:
+        say(f"[yellow]app-health did not check it: {escape(watched.get('error') or '')}[/yellow]")
+        return
+    state = "[green]up[/green]" if health.get("up") else f"[red]down[/red] {health.get('problem')}"
+    say(f"app-health ({watched['run']}): {state}")
+    jobs = ", ".join(
+        f"{job['name']} every {job['interval_s']:g} s" + (" (paused)" if job["paused"] else "")
+        for job in watched["schedules"]
+    )
+    say(f"  watched by: {escape(jobs)}")
+    say(f"  open incidents: {watched['open_incidents']}  ({cli_name()} incident list --open)")

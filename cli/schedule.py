@@ -1,5 +1,5 @@
-"""``orchestrator schedule``: the scheduled jobs (the reaper, the server checks): list them,
-pause and unpause their Temporal Schedules (admins)."""
+"""``orchestrator schedule``: the scheduled jobs (the reaper, the server and app checks): list
+them, pause and unpause their Temporal Schedules, run one now (admins)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ import typer
 from cli.incident import when
 from cli.output import JsonOption, Output, command, escape
 
-app = typer.Typer(help="The scheduled jobs: list, pause, unpause (admins).", no_args_is_help=True)
+app = typer.Typer(
+    help="The scheduled jobs: list, pause, unpause, run now (admins).", no_args_is_help=True
+)
 
 NameArgument = Annotated[
     str, typer.Argument(help="The job's name, as `schedule list` shows it (e.g. reaper).")
@@ -108,3 +110,47 @@ def pause(
 def unpause(name: NameArgument, json_output: JsonOption = False) -> None:
     """Unpause a job (admins): its runs start again at its interval."""
     change(name, "unpause", None, json_output)
+
+
+@command(app, "run")
+def run(
+    name: NameArgument,
+    wait: Annotated[
+        float, typer.Option(min=0, max=300, help="Seconds to wait for the run's end (0: don't).")
+    ] = 60,
+    json_output: JsonOption = False,
+) -> None:
+    """Run a job now (admins), as its interval would, and show what the run found."""
+    from cli.client import ApiClient
+
+    out = Output(json_output)
+    # The API waits up to `wait` for the run; this client waits for the API a little longer.
+    with ApiClient(timeout=wait + 30) as client:
+        ran = client.post(f"/schedules/{quote(name, safe='')}/run", {"wait_s": wait})
+
+    def render() -> None:
+        out.console.print(f"Run {escape(ran['workflow_id'])}: {ran['status']}")
+        if ran.get("error"):
+            out.console.print(f"[red]{escape(ran['error'])}[/red]")
+        report = ran.get("result") or {}
+        for checked in report.get("checked", []):
+            out.console.print(f"  {escape(check_line(checked))}")
+        for subject, why in (report.get("errors") or {}).items():
+            out.console.print(f"  [red]{escape(subject)}: {escape(why)}[/red]")
+
+    out.emit(ran, render)
+    if ran["status"] == "failed":
+        raise typer.Exit(1)
+
+
+def check_line(checked: dict[str, Any]) -> str:
+    """One line of a check's report: a server's status, or an app's state."""
+    if "handle" in checked:
+        problems = "; ".join(checked.get("problems") or [])
+        return f"server {checked['handle']}: {checked['status']}" + (
+            f" ({problems})" if problems else ""
+        )
+    state = "up" if checked.get("up") else "not checked" if checked.get("up") is None else "down"
+    restarted = ", started again" if checked.get("restarted") else ""
+    problem = f": {checked['problem']}" if checked.get("problem") else ""
+    return f"app {checked.get('project') or checked['deployment_id']}: {state}{restarted}{problem}"

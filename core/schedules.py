@@ -37,43 +37,48 @@ class ScheduledJob:
         return max(self.interval(settings), MIN_CATCHUP_WINDOW)
 
 
+def _every(setting: str, unit: str = "seconds") -> Callable[[Settings], timedelta]:
+    """The interval a setting gives (in ``unit``)."""
+    return lambda settings: timedelta(**{unit: float(getattr(settings, setting))})
+
+
+QUARTER_HOUR = timedelta(minutes=15)
+
+# Each job: its name, the workflow it starts, its summary, its interval, how long a run may take.
 REAPER = ScheduledJob(
-    name="reaper",
-    workflow="ReaperWorkflow",
-    summary="Remove what closed runs left: Worker containers, turns, old workspaces",
-    interval=lambda settings: timedelta(minutes=settings.reaper_interval_minutes),
-    run_timeout=timedelta(hours=1),
+    "reaper",
+    "ReaperWorkflow",
+    "Remove what closed runs left: Worker containers, turns, old workspaces; trim the streams",
+    _every("reaper_interval_minutes", "minutes"),
+    timedelta(hours=1),
 )
 SERVER_HEALTH = ScheduledJob(
-    name="server-health",
-    workflow="ServerHealthWorkflow",
-    summary="Check each server over SSH: reachable, load, memory, disk, container engine",
-    interval=lambda settings: timedelta(seconds=settings.server_health_interval_s),
-    run_timeout=timedelta(minutes=15),
+    "server-health",
+    "ServerHealthWorkflow",
+    "Check each server over SSH: reachable, load, memory, disk, container engine",
+    _every("server_health_interval_s"),
+    QUARTER_HOUR,
 )
-
 APP_HEALTH = ScheduledJob(
-    name="app-health",
-    workflow="AppHealthWorkflow",
-    summary="Check each serving app from here: its health URL or liveness, its TLS certificate",
-    interval=lambda settings: timedelta(seconds=settings.app_health_interval_s),
-    run_timeout=timedelta(minutes=15),
+    "app-health",
+    "AppHealthWorkflow",
+    "Check each serving app from here: its health URL or liveness, its TLS certificate",
+    _every("app_health_interval_s"),
+    QUARTER_HOUR,
 )
-
 REPO_SYNC = ScheduledJob(
     "repo-sync",
     "RepoSyncWorkflow",
     "Read open pull requests' states from the forge; deploy a merge where asked",
-    lambda settings: timedelta(seconds=settings.repo_sync_interval_s),
-    timedelta(minutes=15),
+    _every("repo_sync_interval_s"),
+    QUARTER_HOUR,
 )
-
 USAGE = ScheduledJob(
     "usage",
     "UsageWorkflow",
     "Tell the chats of projects whose model calls today cost past their daily budget",
-    lambda settings: timedelta(seconds=settings.usage_interval_s),
-    timedelta(minutes=15),
+    _every("usage_interval_s"),
+    QUARTER_HOUR,
 )
 
 JOBS: tuple[ScheduledJob, ...] = (REAPER, SERVER_HEALTH, APP_HEALTH, REPO_SYNC, USAGE)

@@ -18,7 +18,6 @@ from db.tables import OutboxMessage, utcnow
 log = get_logger(__name__)
 
 
-
 def enqueue(session: AsyncSession, stream: str, fields: dict[str, str]) -> OutboxMessage:
     """Add a stream entry to the session's transaction; it is sent once that commits."""
     message = OutboxMessage(stream=stream, fields=fields)

@@ -1,5 +1,5 @@
 """Schedules: the scheduled jobs (core/schedules.py) and their Temporal Schedules. Everyone may
-read them; admins pause and unpause them."""
+read them; admins pause, unpause and run them now."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from fastapi import APIRouter
 
 from api.deps import AdminUser, AppRuntime
 from api.problems import problem_responses
-from api.schemas import SchedulePause, ScheduleRead
+from api.schemas import SchedulePause, ScheduleRead, ScheduleRunRead, ScheduleRunRequest
 from api.services import schedules
 
 router = APIRouter(prefix="/schedules", tags=["schedules"])
@@ -48,3 +48,17 @@ async def unpause_schedule(name: str, admin: AdminUser, runtime: AppRuntime) -> 
     client = await runtime.temporal_client()
     note = f"unpaused by {admin.name}"
     return await schedules.set_paused(client, runtime.settings, job, paused=False, note=note)
+
+
+@router.post(
+    "/{name}/run",
+    summary="Run a job now (admins), as its interval would, and wait for its end (up to wait_s)",
+    responses=problem_responses(403, 404, 409, 503),
+)
+async def run_schedule(
+    name: str, admin: AdminUser, runtime: AppRuntime, body: ScheduleRunRequest | None = None
+) -> ScheduleRunRead:
+    job = schedules.job(name)
+    client = await runtime.temporal_client()
+    wait_s = body.wait_s if body is not None else ScheduleRunRequest().wait_s
+    return await schedules.run_now(client, runtime.settings, job, wait_s)

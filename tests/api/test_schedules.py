@@ -31,6 +31,7 @@ from db.users import ensure_admin_key
 from stack.prepare import ensure_schedule
 from testing.servers import free_port
 from testing.waiting import eventually
+from testing.workflows import running_worker
 from tests.api.conftest import MakeClient, auth
 
 PROBLEM_JSON = "application/problem+json"
@@ -216,3 +217,46 @@ async def test_temporal_away_is_a_503(database: Database, redis: Redis, tmp_path
             assert address in response.json()["detail"]
         # Not Temporal's to say: an unknown job.
         assert (await admin.post("/schedules/backup/pause")).status_code == 404
+
+
+async def test_an_admin_runs_a_job_now_and_sees_what_it_found(
+    admin: httpx.AsyncClient,
+    make_client: MakeClient,
+    user_key: str,
+    made: dict[str, ScheduleHandle],
+    settings: Settings,
+    database: Database,
+    redis: Redis,
+    temporal_client: Client,
+) -> None:
+    assert await ensure_schedule(temporal_client, settings, SERVER_HEALTH)
+    made[SERVER_HEALTH.name] = temporal_client.get_schedule_handle(
+        SERVER_HEALTH.schedule_id(settings)
+    )
+    async with running_worker(
+        temporal_client, database, redis, settings.home, settings=settings,
+        task_queue=settings.temporal_task_queue,
+    ):  # fmt: skip
+        ran = await admin.post("/schedules/server-health/run", json={"wait_s": 60})
+        assert ran.status_code == 200, ran.text
+        body = ran.json()
+        assert body["workflow_id"].startswith(f"{settings.temporal_task_queue}-server-health-")
+        # No server to check: the run's own report says so.
+        assert (body["status"], body["result"]) == ("completed", {"checked": [], "errors": {}})
+        assert (await listed(admin))[SERVER_HEALTH.name]["last_run_workflow_id"] == (
+            body["workflow_id"]
+        )
+
+    user = await make_client(user_key)
+    refused = await user.post("/schedules/server-health/run")
+    assert refused.status_code == 403
+    # No worker polls the reaper's queue now: its run goes on, and a second is refused.
+    await made[REAPER.name].trigger()
+    await eventually(lambda: _running(admin, REAPER.name), "the reaper's run")
+    going = await admin.post("/schedules/reaper/run", json={"wait_s": 0})
+    assert going.status_code == 409 and going.headers["content-type"] == PROBLEM_JSON
+    assert "a run of reaper is going now" in going.json()["detail"]
+
+
+async def _running(client: httpx.AsyncClient, name: str) -> bool:
+    return bool((await listed(client))[name]["running"])

@@ -423,6 +423,12 @@ async def test_the_demo_builds_a_database_feature_with_a_package_to_a_pull_reque
     assert json.loads(posted["body"])["slug"] == "hello-from-the-demo"
     assert (read["method"], read["status"]) == ("GET", 200), read
     assert json.loads(read["body"])["title"] == "Hello from the demo"
+    # Watched: the app-health Schedule's run finds it up; every job has its Schedule.
+    watched = demo["watched"]
+    assert watched["app_health"]["up"] is True, watched
+    assert watched["run"].startswith("orchestrator-app-health-")
+    assert [job["name"] for job in watched["schedules"]] == [job.name for job in JOBS]
+    assert watched["open_incidents"] == 0
 
     # Round 1's failing test, named from pytest's JUnit XML, and round 2's pass.
     events = stack.json("task", "show", demo["task_id"])["events"]
