@@ -13,7 +13,7 @@ spaces, each one of
   DEVELOPER      ``project.list project.show task.list task.show task.watch respond
                  engineering.status engineering.wait pr.list pr.show contracts.schema``
   DEVOPS         ``project.list project.show task.list task.show task.watch respond
-                 deploy.* server.* secret.*``
+                 deploy.* server.* secret.* incident.* schedule.list``
 
 Merging a pull request (``pr.merge``) and changing a project (``project.update``: auto-deploy)
 are a person's decisions, passed on by the PO: no agent's profile but the PO's has them.
@@ -55,7 +55,8 @@ PROFILES: dict[str, tuple[str, ...]] = {
         "pr.show",
         "contracts.schema",
     ),
-    "DEVOPS": (*_READ, "deploy.*", "server.*", "secret.*"),
+    # Incidents are theirs to look into and acknowledge; the jobs that find them, to look at.
+    "DEVOPS": (*_READ, "deploy.*", "server.*", "secret.*", "incident.*", "schedule.list"),
 }
 # Commands that only look at this CLI itself: refusing them would only hide what is allowed.
 ALWAYS = ("permissions",)

@@ -82,7 +82,11 @@ def test_profiles_allow_and_refuse() -> None:
     devops = policy("DEVOPS")
     for name in ("deploy.start", "deploy.status", "server.add", "secret.set", "task.show"):
         assert devops.allows(name), name
+    for name in ("incident.list", "incident.ack", "schedule.list"):
+        assert devops.allows(name), name
     for name in ("engineering.start", "project.create", "task.respond", "images.build"):
+        assert not devops.allows(name), name
+    for name in ("schedule.pause", "schedule.run"):  # the jobs themselves: a person's
         assert not devops.allows(name), name
     # A merge, and auto-deploy, are a person's to decide: only the PO passes them on.
     for name in ("pr.merge", "project.update"):
