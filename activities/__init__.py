@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from core.logging import get_logger
 from infra.errors import InfraError
+
+log = get_logger(__name__)
 
 T = TypeVar("T")
 
@@ -63,6 +66,28 @@ async def run_blocking(function: Callable[..., T], *args: Any) -> T:
     """
     async with heartbeating(getattr(function, "__name__", "work")):
         return await asyncio.to_thread(function, *args)
+
+
+async def each_at_most(
+    limit: int, keys: Sequence[str], call: Callable[[str], Awaitable[T]], what: str
+) -> tuple[list[T], dict[str, str]]:
+    """``call`` for every key, at most ``limit`` at a time, heartbeating: the results, and why
+    each key whose call raised failed (logged; the others go on, the next tick tries again)."""
+    slots = asyncio.Semaphore(max(1, limit))
+    results: list[T] = []
+    errors: dict[str, str] = {}
+
+    async def one(key: str) -> None:
+        async with slots:
+            try:
+                results.append(await call(key))
+            except Exception as exc:
+                log.warning(f"{what}: one failed", key=key, error=str(exc))
+                errors[key] = f"{type(exc).__name__}: {exc}"
+
+    async with heartbeating(f"{len(keys)} {what}"):
+        await asyncio.gather(*(one(key) for key in keys))
+    return results, errors
 
 
 @contextlib.contextmanager

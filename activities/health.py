@@ -7,7 +7,6 @@ Ansible run's private directory, as in provisioning (activities/servers.py).
 
 from __future__ import annotations
 
-import asyncio
 from datetime import timedelta
 from typing import Generic, TypeVar
 
@@ -16,7 +15,7 @@ from redis.asyncio import Redis
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
 
-from activities import heartbeating
+from activities import each_at_most, heartbeating
 from activities.servers import ServerWork, ssh_target
 from core.contracts.base import utcnow
 from core.contracts.chat import CHATS_KEY
@@ -157,22 +156,15 @@ class HealthActivities(ServerWork):
     async def check_app_health(self, request: AppBatchInput) -> CheckReport[AppCheckOutput]:
         """Check a batch of live releases, ``health_check_concurrency`` at a time; one whose
         check fails is named in ``errors``, the others go on."""
-        slots = asyncio.Semaphore(self.settings.health_check_concurrency)
-        output = CheckReport[AppCheckOutput]()
         desk = IncidentDesk(self.settings, self.db, self.redis)
-
-        async def check(deployment_id: str) -> None:
-            async with slots:
-                try:
-                    output.checked.append(await self._check_app(deployment_id, request.tick, desk))
-                except Exception as exc:  # reported; the next tick tries again
-                    log.warning("app check failed", deployment_id=deployment_id, error=str(exc))
-                    output.errors[deployment_id] = f"{type(exc).__name__}: {exc}"
-
-        async with heartbeating(f"{len(request.deployment_ids)} apps"):
-            await asyncio.gather(*(check(d) for d in request.deployment_ids))
-        output.checked.sort(key=lambda checked: checked.deployment_id)
-        return output
+        checked, errors = await each_at_most(
+            self.settings.health_check_concurrency,
+            request.deployment_ids,
+            lambda deployment_id: self._check_app(deployment_id, request.tick, desk),
+            "apps",
+        )
+        checked.sort(key=lambda one: one.deployment_id)
+        return CheckReport[AppCheckOutput](checked=checked, errors=errors)
 
     async def _check_app(self, deployment_id: str, tick: str, desk: IncidentDesk) -> AppCheckOutput:
         """Ask the app from here (its health URL; an app without a port: its process on the

@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities import heartbeating, infra_failures, run_blocking
+from activities import each_at_most, infra_failures, run_blocking
 from core.contracts.workflows import PullRequestMergeInput, PullRequestMergeOutput
 from core.enums import PullRequestState
 from core.logging import get_logger
@@ -70,21 +70,11 @@ class RepoSyncActivities:
     async def sync_pull_requests(self, request: SyncBatchInput) -> SyncBatchOutput:
         """Read each pull request from the forge and record what changed; one the forge does
         not answer for is named in ``errors`` (the next tick reads it again)."""
-        slots = asyncio.Semaphore(FORGE_READS_AT_ONCE)
-        output = SyncBatchOutput()
-
-        async def sync(pull_request_id: str) -> None:
-            async with slots:
-                try:
-                    output.synced.append(await self._sync(pull_request_id))
-                except Exception as exc:  # reported; the next tick tries again
-                    log.warning("pull request not synced", id=pull_request_id, error=str(exc))
-                    output.errors[pull_request_id] = f"{type(exc).__name__}: {exc}"
-
-        async with heartbeating(f"{len(request.pull_request_ids)} pull requests"):
-            await asyncio.gather(*(sync(i) for i in request.pull_request_ids))
-        output.synced.sort(key=lambda synced: synced.pull_request_id)
-        return output
+        synced, errors = await each_at_most(
+            FORGE_READS_AT_ONCE, request.pull_request_ids, self._sync, "pull requests"
+        )
+        synced.sort(key=lambda one: one.pull_request_id)
+        return SyncBatchOutput(synced=synced, errors=errors)
 
     async def _sync(self, pull_request_id: str) -> SyncedPullRequest:
         row = await self._row(pull_request_id)

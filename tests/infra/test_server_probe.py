@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from infra.ansible import MASK, mask_secrets
 from infra.health import Certificate
 from infra.server_probe import Thresholds, parse_app, parse_probe
 
@@ -61,3 +62,10 @@ def test_a_certificate_is_expiring_within_the_threshold_or_the_last_third_of_its
     assert Certificate(now - timedelta(hours=9), now + timedelta(hours=3)).expiring(
         now, timedelta(days=14)
     )
+
+
+def test_an_apps_secrets_are_masked_in_its_log_tail() -> None:
+    tail = "connecting to postgresql://app:s3cret-pw@db/app\nSECRET_KEY=s3cret-pw-long\n"
+    masked = mask_secrets(tail, ["s3cret-pw", "s3cret-pw-long", ""])
+    assert "s3cret" not in masked
+    assert masked.count(MASK) == 2  # the longer one masked whole, not in part
