@@ -82,6 +82,8 @@ async def test_the_ansible_run_signals_the_deploy_which_waits_holding_no_activit
     assert 0 < await redis.ttl(deploy_result_key(request_id)) <= 3600
 
     client = deploy_stack.client
+    # The task's row says COMPLETED a moment before the run records its last activity's end.
+    await client.get_workflow_handle(done["workflow_id"]).result()
     deploy = (await client.get_workflow_handle(done["workflow_id"]).fetch_history()).events
     ansible_id = ansible_deploy_workflow_id(request_id)
     ansible = (await client.get_workflow_handle(ansible_id).fetch_history()).events
