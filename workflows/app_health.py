@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from temporalio import workflow
 
-from workflows.policies import APP_CHECK_TIMEOUT, FEW_RETRIES, PLAYBOOK_HEARTBEAT
+from workflows.policies import APP_CHECK_TIMEOUT, CHECK_HEARTBEAT, FEW_RETRIES
 from workflows.toolkit import bounded_each, host_with, read_plan
 
 with workflow.unsafe.imports_passed_through():
@@ -46,7 +46,7 @@ class AppHealthWorkflow:
                 AppBatchInput(deployment_ids=batch, tick=tick),
                 task_queue=host_with(ANSIBLE),
                 start_to_close_timeout=APP_CHECK_TIMEOUT,
-                heartbeat_timeout=PLAYBOOK_HEARTBEAT,
+                heartbeat_timeout=CHECK_HEARTBEAT,
                 retry_policy=FEW_RETRIES,
                 summary=f"Check {len(batch)} apps",
             )

@@ -104,6 +104,9 @@ FEW_RETRIES = RetryPolicy(
 )
 # A server's health check: its probe's own timeout (infra/server_probe.py) and the recording.
 SERVER_CHECK_TIMEOUT = timedelta(minutes=2)
+# A check beats every second or so: a lost worker's check is taken up again within seconds (the
+# next tick would come within a minute anyway).
+CHECK_HEARTBEAT = timedelta(seconds=5)
 # An app's: its health answer, and when it is down a look on its server, a restart and the
 # wait for it to answer again (app_restart_wait_s).
 APP_CHECK_TIMEOUT = timedelta(minutes=5)

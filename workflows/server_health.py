@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from temporalio import workflow
 
-from workflows.policies import FEW_RETRIES, PLAYBOOK_HEARTBEAT, SERVER_CHECK_TIMEOUT
+from workflows.policies import CHECK_HEARTBEAT, FEW_RETRIES, SERVER_CHECK_TIMEOUT
 from workflows.toolkit import bounded_each, host_with, read_plan
 
 with workflow.unsafe.imports_passed_through():
@@ -40,7 +40,7 @@ class ServerHealthWorkflow:
                 ServerCheckInput(handle=handle, tick=tick),
                 task_queue=host_with(ANSIBLE),
                 start_to_close_timeout=SERVER_CHECK_TIMEOUT,
-                heartbeat_timeout=PLAYBOOK_HEARTBEAT,
+                heartbeat_timeout=CHECK_HEARTBEAT,
                 retry_policy=FEW_RETRIES,
                 summary=f"Check server {handle}",
             )
