@@ -117,6 +117,25 @@ async def project(admin: httpx.AsyncClient) -> dict[str, Any]:
 
 
 @contextlib.asynccontextmanager
+async def api_with_temporal_at(
+    database: Database, redis: Redis, home: Path, temporal_address: str
+) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    """An app of its own whose Temporal is at ``temporal_address`` (one nothing listens on:
+    Temporal away), and an admin's client of it."""
+    app = create_app(
+        Settings(home=home, temporal_address=temporal_address), database=database, redis=redis
+    )
+    key = await ensure_admin_key(database, home / "api_key")
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app), base_url="http://api", headers=auth(key)
+        ) as admin,
+    ):
+        yield app, admin
+
+
+@contextlib.asynccontextmanager
 async def live_server(app: FastAPI, uds: Path | None = None) -> AsyncIterator[str]:
     """The app under a real uvicorn in this event loop: real sockets, so streams really stream.
 

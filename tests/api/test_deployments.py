@@ -22,17 +22,14 @@ from temporalio import workflow
 from temporalio.api.enums.v1 import EventType as HistoryEventType
 from temporalio.client import Client, WorkflowHandle
 
-from api.app import create_app
 from core.contracts.deploy import DEPLOY_QUEUE, DEPLOY_SECRETS_CHANGED, DeployMessage
 from core.contracts.engineering import ENGINEERING_QUEUE
 from core.enums import DeploymentStatus, TaskStatus
-from core.settings import Settings
 from db.engine import Database
 from db.tables import Deployment
-from db.users import ensure_admin_key
 from testing.servers import free_port
 from testing.waiting import eventually
-from tests.api.conftest import MakeClient, auth, probe_worker, runtime_of
+from tests.api.conftest import MakeClient, api_with_temporal_at, probe_worker, runtime_of
 from tests.api.test_auth import assert_unauthorized, protected_requests
 
 PROBE = "SecretsProbe"
@@ -320,16 +317,7 @@ async def test_a_secret_is_stored_while_temporal_is_unreachable(
     database: Database, redis: Redis, tmp_path: Path
 ) -> None:
     address = f"127.0.0.1:{free_port()}"
-    app = create_app(
-        Settings(home=tmp_path, temporal_address=address), database=database, redis=redis
-    )
-    key = await ensure_admin_key(database, tmp_path / "api_key")
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app), base_url="http://api", headers=auth(key)
-        ) as admin,
-    ):
+    async with api_with_temporal_at(database, redis, tmp_path, address) as (app, admin):
         project = (await admin.post("/projects", json={"name": "shop"})).json()
         task = await waiting_deploy(app, admin, project)
         response = await admin.put("/projects/shop/secrets/API_TOKEN", json={"value": "t0k"})

@@ -27,12 +27,11 @@ from api.app import create_app
 from core.schedules import JOBS, REAPER, SERVER_HEALTH
 from core.settings import Settings
 from db.engine import Database
-from db.users import ensure_admin_key
 from stack.prepare import ensure_schedule
 from testing.servers import free_port
 from testing.waiting import eventually
 from testing.workflows import running_worker
-from tests.api.conftest import MakeClient, auth
+from tests.api.conftest import MakeClient, api_with_temporal_at
 
 PROBLEM_JSON = "application/problem+json"
 DAY_S = 86_400
@@ -197,16 +196,7 @@ async def test_what_cannot_be_paused(
 
 async def test_temporal_away_is_a_503(database: Database, redis: Redis, tmp_path: Path) -> None:
     address = f"127.0.0.1:{free_port()}"
-    app = create_app(
-        Settings(home=tmp_path, temporal_address=address), database=database, redis=redis
-    )
-    key = await ensure_admin_key(database, tmp_path / "api_key")
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app), base_url="http://api", headers=auth(key)
-        ) as admin,
-    ):
+    async with api_with_temporal_at(database, redis, tmp_path, address) as (_, admin):
         for response in (
             await admin.get("/schedules"),
             await admin.post("/schedules/reaper/pause"),

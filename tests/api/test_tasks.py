@@ -13,15 +13,12 @@ from redis.asyncio import Redis
 from temporalio.api.enums.v1 import EventType as HistoryEventType
 from temporalio.client import Client
 
-from api.app import create_app
 from core.contracts.engineering import ENGINEERING_QUEUE, EngineeringMessage
 from core.contracts.workflows import ENGINEERING_WORKFLOW, EngineeringInput
 from core.enums import EventType, TaskStatus
-from core.settings import Settings
 from db.engine import Database
-from db.users import ensure_admin_key
 from testing.servers import free_port
-from tests.api.conftest import auth, runtime_of
+from tests.api.conftest import api_with_temporal_at, runtime_of
 
 
 async def create_task(
@@ -187,16 +184,7 @@ async def test_temporal_is_reached_lazily(
 ) -> None:
     """The API starts and serves without Temporal; only a cancel needs it, and says so."""
     address = temporal_address if reachable else f"127.0.0.1:{free_port()}"
-    app = create_app(
-        Settings(home=tmp_path, temporal_address=address), database=database, redis=redis
-    )
-    key = await ensure_admin_key(database, tmp_path / "api_key")
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app), base_url="http://api", headers=auth(key)
-        ) as admin,
-    ):
+    async with api_with_temporal_at(database, redis, tmp_path, address) as (app, admin):
         project = (await admin.post("/projects", json={"name": "p"})).json()
         task = await create_task(admin, project)
         response = await admin.post(f"/tasks/{task['id']}/cancel")
